@@ -1,0 +1,425 @@
+//! WGSL generation for fused element-wise kernels and reductions. A fused
+//! kernel evaluates an expression tree per output element; views, broadcasts,
+//! generators and gathers become index arithmetic inside it.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+
+use crate::canon::{Entry, Kind};
+use crate::graph::{contiguous_strides, numel, BinaryOp, DType, ReduceOp, UnaryOp};
+
+pub(crate) const ELEMENTWISE_WG: u32 = 256;
+pub(crate) const REDUCE_WG: u32 = 64;
+
+/// Helpers every generated kernel may call.
+const PRELUDE: &str = include_str!("../../../shaders/prelude.wgsl");
+
+pub(crate) struct Generated {
+    pub source: String,
+    /// Entries bound read-only, in binding order (bindings 0..n).
+    pub inputs: Vec<usize>,
+    /// Rand entries whose seeds fill the scalars buffer, two u32 each.
+    pub seeds: Vec<usize>,
+    /// Number of threads or workgroups the dispatch must cover.
+    pub items: u64,
+}
+
+struct Gen<'a> {
+    entries: &'a [Entry],
+    materialized: &'a dyn Fn(usize) -> bool,
+    inputs: Vec<usize>,
+    seeds: Vec<usize>,
+    memo: HashMap<(usize, String), String>,
+    counter: usize,
+}
+
+fn zero(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F32 => "0.0",
+        DType::I32 => "0i",
+        DType::U32 => "0u",
+    }
+}
+
+pub(crate) fn literal(dtype: DType, v: f64) -> String {
+    match dtype {
+        // Exact bits: a constant must not change by a round trip through decimal.
+        DType::F32 => format!("bitcast<f32>({}u)", (v as f32).to_bits()),
+        DType::I32 => {
+            let x = v as i64 as i32;
+            if x == i32::MIN {
+                "i32(-2147483647 - 1)".to_string()
+            } else {
+                format!("i32({x})")
+            }
+        }
+        DType::U32 => format!("{}u", v as u64 as u32),
+    }
+}
+
+/// Row-major coordinate `d` of linear index `idx` in `shape`.
+fn coord(idx: &str, shape: &[usize], d: usize) -> String {
+    let inner: usize = shape[d + 1..].iter().product();
+    let outer_trivial = shape[..d].iter().all(|&s| s == 1);
+    match (inner, outer_trivial) {
+        (1, true) => idx.to_string(),
+        (1, false) => format!("({idx} % {}u)", shape[d]),
+        (_, true) => format!("({idx} / {inner}u)"),
+        (_, false) => format!("(({idx} / {inner}u) % {}u)", shape[d]),
+    }
+}
+
+impl Gen<'_> {
+    fn fresh(&mut self, prefix: &str) -> String {
+        self.counter += 1;
+        format!("{prefix}{}", self.counter)
+    }
+
+    fn binding_of(&mut self, i: usize) -> usize {
+        match self.inputs.iter().position(|&x| x == i) {
+            Some(p) => p,
+            None => {
+                self.inputs.push(i);
+                self.inputs.len() - 1
+            }
+        }
+    }
+
+    /// Emits statements into `body` computing entry `i` at linear index `idx`
+    /// (a u32 expression naming a variable); returns the value's variable.
+    fn value(&mut self, body: &mut String, i: usize, idx: &str, top: bool) -> String {
+        if let Some(v) = self.memo.get(&(i, idx.to_string())) {
+            return v.clone();
+        }
+        let e = &self.entries[i];
+        let ty = e.dtype.wgsl();
+        let v = self.fresh("v");
+        if !top && (self.materialized)(i) {
+            let b = self.binding_of(i);
+            let _ = writeln!(body, "    let {v} = b{b}[{idx}];");
+            self.memo.insert((i, idx.to_string()), v.clone());
+            return v;
+        }
+        let expr = match e.kind.clone() {
+            Kind::External | Kind::Upload | Kind::Reduce { .. } | Kind::Matmul { .. } => {
+                let b = self.binding_of(i);
+                format!("b{b}[{idx}]")
+            }
+            Kind::Const(c) => literal(e.dtype, c),
+            Kind::Iota { axis } => format!("{ty}({})", coord(idx, &e.shape, axis)),
+            Kind::Rand { normal } => {
+                let s = self.seeds.len();
+                self.seeds.push(i);
+                let f = if normal { "rand_normal" } else { "rand_uniform" };
+                format!("{f}({idx}, scalars[{}u], scalars[{}u])", 2 * s, 2 * s + 1)
+            }
+            Kind::Unary(op, a) => {
+                let x = self.value(body, a, idx, false);
+                unary(op, e.dtype, &x)
+            }
+            Kind::Binary(op, a, b) => {
+                let in_ty = self.entries[a].dtype;
+                let x = self.value(body, a, idx, false);
+                let y = self.value(body, b, idx, false);
+                binary(op, in_ty, &x, &y)
+            }
+            Kind::Where(c, a, b) => {
+                let cv = self.value(body, c, idx, false);
+                let cond = match self.entries[c].dtype {
+                    DType::F32 => format!("{cv} != 0.0"),
+                    DType::I32 => format!("{cv} != 0i"),
+                    DType::U32 => format!("{cv} != 0u"),
+                };
+                let x = self.value(body, a, idx, false);
+                let y = self.value(body, b, idx, false);
+                format!("select({y}, {x}, {cond})")
+            }
+            Kind::Cast(a) => {
+                let x = self.value(body, a, idx, false);
+                format!("{ty}({x})")
+            }
+            Kind::View(spec, a) => {
+                let child = self.fresh("i");
+                let mut terms = vec![format!("{}", spec.offset)];
+                let mut conds = Vec::new();
+                for d in 0..e.shape.len() {
+                    if e.shape[d] == 1 && spec.mask.is_none() {
+                        continue;
+                    }
+                    let c = format!("i32({})", coord(idx, &e.shape, d));
+                    if spec.strides[d] != 0 {
+                        terms.push(format!("{c} * {}", spec.strides[d]));
+                    }
+                    if let Some(m) = &spec.mask {
+                        let (lo, hi) = m[d];
+                        if lo > 0 {
+                            conds.push(format!("{c} >= {lo}"));
+                        }
+                        if hi < e.shape[d] {
+                            conds.push(format!("{c} < {hi}"));
+                        }
+                    }
+                }
+                let linear = terms.join(" + ");
+                if conds.is_empty() {
+                    let _ = writeln!(body, "    let {child} = u32({linear});");
+                    let x = self.value(body, a, &child, false);
+                    self.memo.insert((i, idx.to_string()), x.clone());
+                    return x;
+                }
+                let m = self.fresh("m");
+                let _ = writeln!(body, "    let {m} = {};", conds.join(" && "));
+                // Out-of-range positions read element 0 and are then replaced
+                // by zero, so no load ever leaves the buffer.
+                let _ = writeln!(body, "    let {child} = select(0u, u32({linear}), {m});");
+                let x = self.value(body, a, &child, false);
+                format!("select({}, {x}, {m})", zero(e.dtype))
+            }
+            Kind::Gather { axis, src, index } => {
+                let ix = self.value(body, index, idx, false);
+                let src_shape = self.entries[src].shape.clone();
+                let strides = contiguous_strides(&src_shape);
+                let dim = src_shape[axis] as i64;
+                let child = self.fresh("i");
+                let mut terms = Vec::new();
+                for d in 0..e.shape.len() {
+                    if d == axis {
+                        terms.push(format!("u32(clamp(i32({ix}), 0i, {}i)) * {}u", dim - 1, strides[d]));
+                    } else if src_shape[d] > 1 {
+                        terms.push(format!("{} * {}u", coord(idx, &e.shape, d), strides[d]));
+                    }
+                }
+                let _ = writeln!(body, "    let {child} = {};", terms.join(" + "));
+                let x = self.value(body, src, &child, false);
+                self.memo.insert((i, idx.to_string()), x.clone());
+                return x;
+            }
+        };
+        let _ = writeln!(body, "    let {v}: {ty} = {expr};");
+        self.memo.insert((i, idx.to_string()), v.clone());
+        v
+    }
+
+    fn declarations(&self, out_ty: DType, extra_out: bool) -> String {
+        let mut s = String::new();
+        for (b, &i) in self.inputs.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "@group(0) @binding({b}) var<storage, read> b{b}: array<{}>;",
+                self.entries[i].dtype.wgsl()
+            );
+        }
+        let n = self.inputs.len();
+        if extra_out {
+            let _ = writeln!(
+                s,
+                "@group(0) @binding({n}) var<storage, read_write> out: array<{}>;",
+                out_ty.wgsl()
+            );
+        }
+        if !self.seeds.is_empty() {
+            let _ = writeln!(s, "@group(0) @binding({}) var<storage, read> scalars: array<u32>;", n + 1);
+        }
+        s
+    }
+}
+
+fn unary(op: UnaryOp, dtype: DType, x: &str) -> String {
+    let z = zero(dtype);
+    match (op, dtype) {
+        (UnaryOp::Neg, _) => format!("-{x}"),
+        (UnaryOp::Abs, DType::U32) => x.to_string(),
+        (UnaryOp::Abs, _) => format!("abs({x})"),
+        (UnaryOp::Relu, _) => format!("select({x}, {z}, {x} < {z})"),
+        (UnaryOp::Sign, DType::U32) => format!("min({x}, 1u)"),
+        (UnaryOp::Sign, _) => format!("sign({x})"),
+        (UnaryOp::Step, _) => format!("select({z}, {}, {x} > {z})", literal(dtype, 1.0)),
+        (UnaryOp::Not, _) => format!("select({z}, {}, {x} == {z})", literal(dtype, 1.0)),
+        (UnaryOp::Exp, _) => format!("exp({x})"),
+        (UnaryOp::Log, _) => format!("log({x})"),
+        (UnaryOp::Sqrt, _) => format!("sqrt({x})"),
+        (UnaryOp::Rsqrt, _) => format!("inverseSqrt({x})"),
+        (UnaryOp::Sigmoid, _) => format!("sigmoid_f({x})"),
+        (UnaryOp::Tanh, _) => format!("tanh_f({x})"),
+        (UnaryOp::Gelu, _) => format!("gelu_f({x})"),
+        (UnaryOp::GeluGrad, _) => format!("gelu_grad_f({x})"),
+        (UnaryOp::Recip, _) => format!("(1.0 / {x})"),
+        (UnaryOp::Floor, _) => format!("floor({x})"),
+        (UnaryOp::Sin, _) => format!("sin({x})"),
+        (UnaryOp::Cos, _) => format!("cos({x})"),
+    }
+}
+
+fn binary(op: BinaryOp, dtype: DType, x: &str, y: &str) -> String {
+    let float = dtype == DType::F32;
+    match op {
+        BinaryOp::Add => format!("({x} + {y})"),
+        BinaryOp::Sub => format!("({x} - {y})"),
+        BinaryOp::Mul => format!("({x} * {y})"),
+        BinaryOp::Div => format!("({x} / {y})"),
+        BinaryOp::Pow => format!("pow_f({x}, {y})"),
+        BinaryOp::Max if float => format!("max_f({x}, {y})"),
+        BinaryOp::Min if float => format!("min_f({x}, {y})"),
+        BinaryOp::Max => format!("max({x}, {y})"),
+        BinaryOp::Min => format!("min({x}, {y})"),
+        BinaryOp::Eq => format!("u32({x} == {y})"),
+        BinaryOp::Ne => format!("u32({x} != {y})"),
+        BinaryOp::Lt => format!("u32({x} < {y})"),
+        BinaryOp::Le => format!("u32({x} <= {y})"),
+        BinaryOp::Gt => format!("u32({x} > {y})"),
+        BinaryOp::Ge => format!("u32({x} >= {y})"),
+    }
+}
+
+/// One thread per output element; `load_root` makes the root a plain copy
+/// of its (materialized) buffer, which is what an in-place assignment needs.
+pub(crate) fn elementwise(
+    entries: &[Entry],
+    materialized: &dyn Fn(usize) -> bool,
+    root: usize,
+    load_root: bool,
+) -> Generated {
+    let mut g = Gen {
+        entries,
+        materialized,
+        inputs: Vec::new(),
+        seeds: Vec::new(),
+        memo: HashMap::new(),
+        counter: 0,
+    };
+    let mut body = String::new();
+    let v = g.value(&mut body, root, "gid", !load_root);
+    let n = numel(&entries[root].shape);
+    let mut src = String::from(PRELUDE);
+    src.push_str(&g.declarations(entries[root].dtype, true));
+    let _ = write!(
+        src,
+        "
+@compute @workgroup_size({ELEMENTWISE_WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {{
+    let gid = (wid.y * nwg.x + wid.x) * {ELEMENTWISE_WG}u + lid;
+    if (gid >= {n}u) {{ return; }}
+{body}    out[gid] = {v};
+}}
+"
+    );
+    Generated {
+        source: src,
+        inputs: g.inputs,
+        seeds: g.seeds,
+        items: n as u64,
+    }
+}
+
+/// One workgroup per output element; threads stride over the reduced
+/// elements, then a fixed-order tree combines them (deterministic, no atomics).
+pub(crate) fn reduce(
+    entries: &[Entry],
+    materialized: &dyn Fn(usize) -> bool,
+    root: usize,
+    op: ReduceOp,
+    axes: &[usize],
+    input: usize,
+) -> Generated {
+    let mut g = Gen {
+        entries,
+        materialized,
+        inputs: Vec::new(),
+        seeds: Vec::new(),
+        memo: HashMap::new(),
+        counter: 0,
+    };
+    let in_shape = &entries[input].shape;
+    let out_shape = &entries[root].shape;
+    let in_ty = entries[input].dtype;
+    let cs = contiguous_strides(in_shape);
+    let mut base_terms = vec!["0u".to_string()];
+    for d in 0..in_shape.len() {
+        if !axes.contains(&d) && in_shape[d] > 1 {
+            base_terms.push(format!("{} * {}u", coord("o", out_shape, d), cs[d]));
+        }
+    }
+    let red_shape: Vec<usize> = axes.iter().map(|&a| in_shape[a]).collect();
+    let r_total: usize = red_shape.iter().product();
+    let mut red_terms = vec!["base".to_string()];
+    for (j, &a) in axes.iter().enumerate() {
+        if in_shape[a] > 1 {
+            red_terms.push(format!("{} * {}u", coord("r", &red_shape, j), cs[a]));
+        }
+    }
+    let mut body = String::new();
+    let v = g.value(&mut body, input, "ridx", false);
+    let ty = in_ty.wgsl();
+    let (init, take) = match (op, in_ty) {
+        (ReduceOp::Sum, _) => (zero(in_ty).to_string(), String::new()),
+        (ReduceOp::Max | ReduceOp::ArgMax, DType::F32) => ("bitcast<f32>(0xff800000u)".into(), "(x != x && acc == acc) || x > acc".into()),
+        (ReduceOp::Min | ReduceOp::ArgMin, DType::F32) => ("bitcast<f32>(0x7f800000u)".into(), "(x != x && acc == acc) || x < acc".into()),
+        (ReduceOp::Max | ReduceOp::ArgMax, DType::I32) => ("i32(-2147483647 - 1)".into(), "x > acc".into()),
+        (ReduceOp::Min | ReduceOp::ArgMin, DType::I32) => ("2147483647i".into(), "x < acc".into()),
+        (ReduceOp::Max | ReduceOp::ArgMax, DType::U32) => ("0u".into(), "x > acc".into()),
+        (ReduceOp::Min | ReduceOp::ArgMin, DType::U32) => ("4294967295u".into(), "x < acc".into()),
+    };
+    let arg = matches!(op, ReduceOp::ArgMax | ReduceOp::ArgMin);
+    let (step, combine) = if op == ReduceOp::Sum {
+        (
+            format!("acc = acc + {v};"),
+            "red_v[lid] = red_v[lid] + red_v[lid + s];".to_string(),
+        )
+    } else {
+        let tie = if arg {
+            " || (x == acc && red_i[lid + s] < red_i[lid])"
+        } else {
+            ""
+        };
+        (
+            format!("let x = {v}; if ({take}) {{ acc = x; acci = r; }}"),
+            format!(
+                "let x = red_v[lid + s]; let acc = red_v[lid]; if ({take}{tie}) {{ red_v[lid] = x; red_i[lid] = red_i[lid + s]; }}"
+            ),
+        )
+    };
+    let out_ty = entries[root].dtype;
+    let result = if arg { "i32(red_i[0])" } else { "red_v[0]" };
+    let n_out = numel(out_shape);
+    let mut src = String::from(PRELUDE);
+    src.push_str(&g.declarations(out_ty, true));
+    let _ = write!(
+        src,
+        "
+var<workgroup> red_v: array<{ty}, {REDUCE_WG}>;
+var<workgroup> red_i: array<u32, {REDUCE_WG}>;
+
+@compute @workgroup_size({REDUCE_WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {{
+    let o = wid.y * nwg.x + wid.x;
+    if (o >= {n_out}u) {{ return; }}
+    let base = {base};
+    var acc: {ty} = {init};
+    var acci: u32 = 0u;
+    for (var r: u32 = lid; r < {r_total}u; r = r + {REDUCE_WG}u) {{
+        let ridx = {red};
+{body}        {step}
+    }}
+    red_v[lid] = acc;
+    red_i[lid] = acci;
+    workgroupBarrier();
+    for (var s: u32 = {half}u; s > 0u; s = s >> 1u) {{
+        if (lid < s) {{ {combine} }}
+        workgroupBarrier();
+    }}
+    if (lid == 0u) {{ out[o] = {result}; }}
+}}
+",
+        base = base_terms.join(" + "),
+        red = red_terms.join(" + "),
+        half = REDUCE_WG / 2,
+    );
+    Generated {
+        source: src,
+        inputs: g.inputs,
+        seeds: g.seeds,
+        items: n_out as u64 * REDUCE_WG as u64,
+    }
+}

@@ -1,0 +1,468 @@
+//! Adapter selection, the wgpu device and queue, and the caches and counters that
+//! make a training loop's steady state allocation-free.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::error::{Error, Result};
+use crate::pool::BufferPool;
+
+static NEXT_DEVICE_ID: AtomicU64 = AtomicU64::new(1);
+
+/// What the environment asks for: `CINDER_BACKEND=vulkan|metal|dx12|gl` and
+/// `CINDER_ADAPTER=<name substring>`.
+#[derive(Clone, Debug, Default)]
+pub struct DeviceOptions {
+    pub backend: Option<String>,
+    pub adapter_name: Option<String>,
+}
+
+impl DeviceOptions {
+    pub fn from_env() -> Self {
+        let non_empty = |v: String| if v.trim().is_empty() { None } else { Some(v) };
+        DeviceOptions {
+            backend: std::env::var("CINDER_BACKEND").ok().and_then(non_empty),
+            adapter_name: std::env::var("CINDER_ADAPTER").ok().and_then(non_empty),
+        }
+    }
+
+    fn backends(&self) -> Result<wgpu::Backends> {
+        match self.backend.as_deref().map(|b| b.to_ascii_lowercase()) {
+            None => Ok(wgpu::Backends::all()),
+            Some(b) => match b.as_str() {
+                "vulkan" | "vk" => Ok(wgpu::Backends::VULKAN),
+                "metal" => Ok(wgpu::Backends::METAL),
+                "dx12" | "d3d12" => Ok(wgpu::Backends::DX12),
+                "gl" | "gles" | "opengl" => Ok(wgpu::Backends::GL),
+                other => Err(Error::invalid(
+                    "CINDER_BACKEND",
+                    format!("unknown backend {other:?}; use one of vulkan, metal, dx12, gl"),
+                )),
+            },
+        }
+    }
+
+    fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(b) = &self.backend {
+            parts.push(format!("CINDER_BACKEND={b}"));
+        }
+        if let Some(a) = &self.adapter_name {
+            parts.push(format!("CINDER_ADAPTER={a}"));
+        }
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!(" matching {}", parts.join(" and "))
+        }
+    }
+}
+
+/// One adapter as `cinder info` shows it.
+#[derive(Clone, Debug)]
+pub struct AdapterReport {
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    pub driver_info: String,
+    pub max_buffer_size: u64,
+    pub max_storage_buffer_binding_size: u64,
+    pub max_compute_workgroup_storage_size: u32,
+    pub max_compute_invocations_per_workgroup: u32,
+    pub max_compute_workgroups_per_dimension: u32,
+    pub features: Vec<String>,
+}
+
+fn report(adapter: &wgpu::Adapter) -> AdapterReport {
+    let info = adapter.get_info();
+    let limits = adapter.limits();
+    let features = adapter.features();
+    let interesting = [
+        (wgpu::Features::SHADER_F16, "shader-f16"),
+        (wgpu::Features::SUBGROUP, "subgroup"),
+        (wgpu::Features::TIMESTAMP_QUERY, "timestamp-query"),
+        (wgpu::Features::SHADER_INT64, "shader-int64"),
+    ];
+    AdapterReport {
+        name: info.name.clone(),
+        backend: format!("{:?}", info.backend),
+        device_type: format!("{:?}", info.device_type),
+        driver: info.driver.clone(),
+        driver_info: info.driver_info.clone(),
+        max_buffer_size: limits.max_buffer_size,
+        max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size as u64,
+        max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
+        max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
+        max_compute_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
+        features: interesting
+            .iter()
+            .filter(|(f, _)| features.contains(*f))
+            .map(|(_, n)| n.to_string())
+            .collect(),
+    }
+}
+
+/// Every adapter wgpu can see, in the order `Device::new` prefers them.
+pub fn list_adapters() -> Vec<AdapterReport> {
+    let instance = new_instance(wgpu::Backends::all());
+    let mut adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    adapters.sort_by_key(rank);
+    adapters.iter().map(report).collect()
+}
+
+fn new_instance(backends: wgpu::Backends) -> wgpu::Instance {
+    wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends,
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    })
+}
+
+/// Lower is better: real GPUs before software ones, native APIs before GL.
+fn rank(adapter: &wgpu::Adapter) -> (u8, u8) {
+    let info = adapter.get_info();
+    let kind = match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    };
+    let api = match info.backend {
+        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 0,
+        _ => 1,
+    };
+    (kind, api)
+}
+
+/// Counters that prove what a training step creates. Read with [`Device::stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub shader_modules_created: u64,
+    pub pipelines_created: u64,
+    pub bind_groups_created: u64,
+    pub buffers_created: u64,
+    /// Bytes held by live and pooled GPU buffers right now.
+    pub bytes_allocated: u64,
+    pub submits: u64,
+    pub dispatches: u64,
+    pub plans_compiled: u64,
+    pub plan_cache_hits: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub shader_modules: AtomicU64,
+    pub pipelines: AtomicU64,
+    pub bind_groups: AtomicU64,
+    pub buffers: AtomicU64,
+    pub bytes: AtomicU64,
+    pub submits: AtomicU64,
+    pub dispatches: AtomicU64,
+    pub plans_compiled: AtomicU64,
+    pub plan_hits: AtomicU64,
+}
+
+impl Counters {
+    pub fn bump(counter: &AtomicU64, by: u64) {
+        counter.fetch_add(by, Ordering::Relaxed);
+    }
+}
+
+pub(crate) struct PipelineEntry {
+    pub id: u64,
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+}
+
+#[derive(Default)]
+pub(crate) struct Caches {
+    pub pipelines: HashMap<String, Arc<PipelineEntry>>,
+    pub bind_groups: HashMap<Vec<u64>, Arc<wgpu::BindGroup>>,
+    pub plans: HashMap<Vec<u64>, Arc<crate::plan::Plan>>,
+    pub next_pipeline_id: u64,
+}
+
+pub(crate) struct DeviceInner {
+    pub id: u64,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub counters: Counters,
+    pub pool: Mutex<BufferPool>,
+    pub caches: Mutex<Caches>,
+    /// Serialises realizations: one plan executes at a time per device.
+    pub exec: Mutex<()>,
+    pub gpu_error: Arc<Mutex<Option<String>>>,
+    pub seed: AtomicU64,
+}
+
+/// A GPU to compute on. Cheap to clone (an `Arc`), `Send + Sync`; several can
+/// exist in one process and each keeps its own caches.
+#[derive(Clone)]
+pub struct Device {
+    pub(crate) inner: Arc<DeviceInner>,
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Device({} on {:?})",
+            self.inner.info.name, self.inner.info.backend
+        )
+    }
+}
+
+impl PartialEq for Device {
+    fn eq(&self, other: &Self) -> bool {
+        self.inner.id == other.inner.id
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain data behind, which
+    // is still consistent, so recovering from poison is sound.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Device {
+    /// The best adapter on this machine (discrete > integrated > virtual > CPU),
+    /// honouring `CINDER_BACKEND` and `CINDER_ADAPTER`.
+    pub fn new() -> Result<Device> {
+        Device::with_options(&DeviceOptions::from_env())
+    }
+
+    pub fn with_options(options: &DeviceOptions) -> Result<Device> {
+        let requested = options.backends()?;
+        // GL is the fallback when nothing else is asked for: probing it prints
+        // EGL noise and it is the slowest path.
+        let attempts = if options.backend.is_some() {
+            vec![requested]
+        } else {
+            vec![wgpu::Backends::PRIMARY, wgpu::Backends::GL]
+        };
+        for backends in attempts {
+            let instance = new_instance(backends);
+            let mut adapters = pollster::block_on(instance.enumerate_adapters(backends));
+            if let Some(want) = &options.adapter_name {
+                let want = want.to_lowercase();
+                adapters.retain(|a| a.get_info().name.to_lowercase().contains(&want));
+            }
+            adapters.sort_by_key(rank);
+            if let Some(adapter) = adapters.into_iter().next() {
+                return Device::from_adapter(adapter);
+            }
+        }
+        Err(Error::NoAdapter {
+            filter: options.describe(),
+        })
+    }
+
+    fn from_adapter(adapter: wgpu::Adapter) -> Result<Device> {
+        let info = adapter.get_info();
+        // The adapter's real limits, not WebGPU's defaults: large tensors need
+        // the full storage-binding size and buffer size the hardware offers.
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("cinder"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::default(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| Error::Gpu(format!("requesting a device from {}: {e}", info.name)))?;
+
+        let gpu_error: Arc<Mutex<Option<String>>> = Arc::default();
+        let sink = gpu_error.clone();
+        // wgpu's default handler panics; cinder turns these into Err at the
+        // next synchronisation point instead.
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut slot = lock(&sink);
+            if slot.is_none() {
+                *slot = Some(e.to_string());
+            }
+        }));
+
+        Ok(Device {
+            inner: Arc::new(DeviceInner {
+                id: NEXT_DEVICE_ID.fetch_add(1, Ordering::Relaxed),
+                info,
+                limits,
+                device,
+                queue,
+                counters: Counters::default(),
+                pool: Mutex::new(BufferPool::default()),
+                caches: Mutex::new(Caches::default()),
+                exec: Mutex::new(()),
+                gpu_error,
+                seed: AtomicU64::new(0x5eed),
+            }),
+        })
+    }
+
+    pub fn adapter_name(&self) -> &str {
+        &self.inner.info.name
+    }
+
+    pub fn backend(&self) -> String {
+        format!("{:?}", self.inner.info.backend)
+    }
+
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.inner.limits
+    }
+
+    pub fn stats(&self) -> Stats {
+        let c = &self.inner.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Stats {
+            shader_modules_created: get(&c.shader_modules),
+            pipelines_created: get(&c.pipelines),
+            bind_groups_created: get(&c.bind_groups),
+            buffers_created: get(&c.buffers),
+            bytes_allocated: get(&c.bytes),
+            submits: get(&c.submits),
+            dispatches: get(&c.dispatches),
+            plans_compiled: get(&c.plans_compiled),
+            plan_cache_hits: get(&c.plan_hits),
+        }
+    }
+
+    /// Resets the default random stream: later `rand`/`randn` calls without an
+    /// explicit seed draw seeds from this one, like `torch.manual_seed`.
+    pub fn manual_seed(&self, seed: u64) {
+        self.inner.seed.store(seed, Ordering::Relaxed);
+    }
+
+    /// The next seed of the default stream (SplitMix64 over the counter).
+    pub fn next_seed(&self) -> u64 {
+        let s = self
+            .inner
+            .seed
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+            .wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = s;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Returns buffers kept for reuse to the driver (and forgets the bind groups
+    /// that used them). Useful between phases with very different shapes.
+    pub fn trim(&self) {
+        let freed = lock(&self.inner.pool).clear();
+        if !freed.is_empty() {
+            let mut caches = lock(&self.inner.caches);
+            caches
+                .bind_groups
+                .retain(|key, _| !key.iter().skip(1).any(|id| freed.contains_key(id)));
+            let bytes: u64 = freed.values().sum();
+            self.inner.counters.bytes.fetch_sub(bytes, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn take_gpu_error(&self) -> Result<()> {
+        match lock(&self.inner.gpu_error).take() {
+            None => Ok(()),
+            Some(msg) if msg.to_lowercase().contains("out of memory") => Err(Error::OutOfMemory {
+                bytes: 0,
+                detail: msg,
+            }),
+            Some(msg) if msg.to_lowercase().contains("lost") => Err(Error::DeviceLost(msg)),
+            Some(msg) => Err(Error::Gpu(msg)),
+        }
+    }
+
+    /// A compute pipeline for `source` with these override constants, created
+    /// once per device and cached by source text and constants.
+    pub(crate) fn pipeline(
+        &self,
+        label: &str,
+        source: &str,
+        constants: &[(String, f64)],
+    ) -> Result<Arc<PipelineEntry>> {
+        let mut key = String::with_capacity(source.len() + 64);
+        key.push_str(source);
+        for (name, value) in constants {
+            key.push_str(&format!("\n//{name}={value}"));
+        }
+        let mut caches = lock(&self.inner.caches);
+        if let Some(entry) = caches.pipelines.get(&key) {
+            return Ok(entry.clone());
+        }
+        let dev = &self.inner.device;
+        let scope = dev.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = dev.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(label),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
+        });
+        Counters::bump(&self.inner.counters.shader_modules, 1);
+        let consts: Vec<(&str, f64)> = constants.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+        let pipeline = dev.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(label),
+            layout: None,
+            module: &module,
+            entry_point: None,
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &consts,
+                zero_initialize_workgroup_memory: false,
+            },
+            cache: None,
+        });
+        if let Some(err) = pollster::block_on(scope.pop()) {
+            return Err(Error::Gpu(format!(
+                "compiling kernel {label}: {err}\n--- source ---\n{source}"
+            )));
+        }
+        Counters::bump(&self.inner.counters.pipelines, 1);
+        let layout = pipeline.get_bind_group_layout(0);
+        caches.next_pipeline_id += 1;
+        let entry = Arc::new(PipelineEntry {
+            id: caches.next_pipeline_id,
+            pipeline,
+            layout,
+        });
+        caches.pipelines.insert(key, entry.clone());
+        Ok(entry)
+    }
+
+    /// A bind group binding whole buffers in order, cached by pipeline and
+    /// buffer identity so that replaying a plan over the same buffers creates nothing.
+    pub(crate) fn bind_group(
+        &self,
+        pipeline: &PipelineEntry,
+        buffers: &[(u64, &wgpu::Buffer)],
+    ) -> Arc<wgpu::BindGroup> {
+        let mut key = Vec::with_capacity(buffers.len() + 1);
+        key.push(pipeline.id);
+        key.extend(buffers.iter().map(|(id, _)| *id));
+        let mut caches = lock(&self.inner.caches);
+        if let Some(bg) = caches.bind_groups.get(&key) {
+            return bg.clone();
+        }
+        let entries: Vec<wgpu::BindGroupEntry> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, (_, b))| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: b.as_entire_binding(),
+            })
+            .collect();
+        let bg = Arc::new(
+            self.inner
+                .device
+                .create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: None,
+                    layout: &pipeline.layout,
+                    entries: &entries,
+                }),
+        );
+        Counters::bump(&self.inner.counters.bind_groups, 1);
+        caches.bind_groups.insert(key, bg.clone());
+        bg
+    }
+}

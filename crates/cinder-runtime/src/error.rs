@@ -1,0 +1,90 @@
+use std::path::PathBuf;
+
+/// Every fallible operation in cinder returns this error. Each variant says what
+/// happened and, where there is one, what the reader can do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "no GPU adapter found{filter}. cinder needs a Vulkan, Metal or DX12 driver. On Debian/Ubuntu \
+         install the software adapter with `apt-get install mesa-vulkan-drivers libvulkan1` (Mesa lavapipe); \
+         on Fedora `dnf install mesa-vulkan-drivers`; on macOS Metal is built in; on Windows update the GPU driver. \
+         `cinder info` lists what wgpu can see"
+    )]
+    NoAdapter { filter: String },
+
+    #[error("{op}: shapes do not fit: {detail}")]
+    Shape { op: &'static str, detail: String },
+
+    #[error("{op}: {detail}")]
+    InvalidArgument { op: &'static str, detail: String },
+
+    #[error("{op}: expected dtype {expected}, got {got}")]
+    DType {
+        op: &'static str,
+        expected: String,
+        got: String,
+    },
+
+    #[error("out of device memory while allocating {bytes} bytes: {detail}")]
+    OutOfMemory { bytes: u64, detail: String },
+
+    #[error("the GPU device was lost: {0}")]
+    DeviceLost(String),
+
+    #[error("GPU error: {0}")]
+    Gpu(String),
+
+    #[error("{feature} is not supported by adapter {adapter}")]
+    Unsupported { feature: String, adapter: String },
+
+    #[error("bad file {}: {reason}", path.display())]
+    BadFile { path: PathBuf, reason: String },
+
+    #[error("{} : {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(
+        "a tensor read by a pending computation was modified in place (for example by optimizer.step) \
+         before that computation ran; realize it first (read it, or call Tensor::realize) if its old value is needed"
+    )]
+    ModifiedInPlace,
+
+    #[error("no gradient: {0}")]
+    NoGradient(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn shape(op: &'static str, detail: impl Into<String>) -> Self {
+        Error::Shape {
+            op,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn invalid(op: &'static str, detail: impl Into<String>) -> Self {
+        Error::InvalidArgument {
+            op,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn bad_file(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::BadFile {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,513 @@
+//! The lazy graph: every op appends a [`Node`]; nothing runs until a value is read
+//! or [`Device::realize`] is called.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::device::{lock, Device};
+use crate::error::{Error, Result};
+use crate::pool::Storage;
+
+static NEXT_NODE_ID: AtomicU64 = AtomicU64::new(1);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    I32,
+    U32,
+}
+
+impl DType {
+    pub fn size(self) -> usize {
+        4
+    }
+
+    pub(crate) fn wgsl(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::I32 => "i32",
+            DType::U32 => "u32",
+        }
+    }
+
+    pub(crate) fn code(self) -> u64 {
+        match self {
+            DType::F32 => 0,
+            DType::I32 => 1,
+            DType::U32 => 2,
+        }
+    }
+}
+
+impl std::fmt::Display for DType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.wgsl())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UnaryOp {
+    Neg,
+    Exp,
+    Log,
+    Sqrt,
+    Rsqrt,
+    Abs,
+    Relu,
+    Sigmoid,
+    Tanh,
+    Gelu,
+    Recip,
+    Sign,
+    Floor,
+    Sin,
+    Cos,
+    /// 1 where x > 0, else 0: the derivative of relu.
+    Step,
+    /// d gelu / dx, the exact (erf) form.
+    GeluGrad,
+    /// Logical not of a 0/1 mask.
+    Not,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Pow,
+    Max,
+    Min,
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+impl BinaryOp {
+    pub fn is_comparison(self) -> bool {
+        matches!(
+            self,
+            BinaryOp::Eq | BinaryOp::Ne | BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge
+        )
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReduceOp {
+    Sum,
+    Max,
+    Min,
+    ArgMax,
+    ArgMin,
+}
+
+/// How a node reads its input: output coordinate `c` maps to the input's
+/// row-major index `offset + sum(c[d] * strides[d])`, or to zero where `c`
+/// falls outside `mask`. Permute, expand, slice, pad and reshape of a
+/// contiguous input are all one such map, and they cost nothing when fused.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ViewSpec {
+    pub strides: Vec<i64>,
+    pub offset: i64,
+    pub mask: Option<Vec<(usize, usize)>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OptimKind {
+    Sgd,
+    SgdMomentum { nesterov: bool },
+    Adam { decoupled: bool },
+}
+
+pub(crate) enum Op {
+    Upload(Arc<Vec<u8>>),
+    Const(f64),
+    Iota { axis: usize },
+    Rand { seed: u64, normal: bool },
+    Unary(UnaryOp, Node),
+    Binary(BinaryOp, Node, Node),
+    Where(Node, Node, Node),
+    Cast(Node),
+    View(ViewSpec, Node),
+    Gather { axis: usize, src: Node, index: Node },
+    Reduce { op: ReduceOp, axes: Vec<usize>, input: Node },
+    Matmul { a: Node, b: Node, a_batched: bool, b_batched: bool },
+}
+
+impl Op {
+    pub(crate) fn inputs(&self) -> Vec<Node> {
+        match self {
+            Op::Upload(_) | Op::Const(_) | Op::Iota { .. } | Op::Rand { .. } => vec![],
+            Op::Unary(_, a) | Op::Cast(a) | Op::View(_, a) => vec![a.clone()],
+            Op::Reduce { input, .. } => vec![input.clone()],
+            Op::Binary(_, a, b) => vec![a.clone(), b.clone()],
+            Op::Gather { src, index, .. } => vec![src.clone(), index.clone()],
+            Op::Matmul { a, b, .. } => vec![a.clone(), b.clone()],
+            Op::Where(c, a, b) => vec![c.clone(), a.clone(), b.clone()],
+        }
+    }
+
+    /// Element-wise ops (and views and generators) fuse into their consumer's kernel.
+    pub(crate) fn is_elementwise(&self) -> bool {
+        !matches!(self, Op::Upload(_) | Op::Reduce { .. } | Op::Matmul { .. })
+    }
+}
+
+pub(crate) enum State {
+    Pending {
+        op: Op,
+        /// The version of each realized input when this node was recorded.
+        versions: Vec<Option<(u64, u64)>>,
+    },
+    Realized(Storage),
+}
+
+pub(crate) struct NodeInner {
+    pub id: u64,
+    pub shape: Vec<usize>,
+    pub dtype: DType,
+    pub device: Device,
+    pub state: Mutex<State>,
+}
+
+/// One value in the lazy graph: its shape, dtype and either the op that makes
+/// it or, once realized, the buffer that holds it (row-major, contiguous).
+#[derive(Clone)]
+pub struct Node(pub(crate) Arc<NodeInner>);
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Node#{}{:?}:{}", self.0.id, self.0.shape, self.0.dtype)
+    }
+}
+
+pub fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+pub fn contiguous_strides(shape: &[usize]) -> Vec<i64> {
+    let mut strides = vec![0i64; shape.len()];
+    let mut acc = 1i64;
+    for d in (0..shape.len()).rev() {
+        strides[d] = acc;
+        acc *= shape[d] as i64;
+    }
+    strides
+}
+
+impl Node {
+    pub(crate) fn new(device: &Device, shape: Vec<usize>, dtype: DType, op: Op) -> Node {
+        let versions = op
+            .inputs()
+            .iter()
+            .map(|n| n.storage().map(|s| (s.id(), s.version())))
+            .collect();
+        Node(Arc::new(NodeInner {
+            id: NEXT_NODE_ID.fetch_add(1, Ordering::Relaxed),
+            shape,
+            dtype,
+            device: device.clone(),
+            state: Mutex::new(State::Pending { op, versions }),
+        }))
+    }
+
+    pub(crate) fn realized(device: &Device, shape: Vec<usize>, dtype: DType, storage: Storage) -> Node {
+        Node(Arc::new(NodeInner {
+            id: NEXT_NODE_ID.fetch_add(1, Ordering::Relaxed),
+            shape,
+            dtype,
+            device: device.clone(),
+            state: Mutex::new(State::Realized(storage)),
+        }))
+    }
+
+    pub fn id(&self) -> u64 {
+        self.0.id
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.0.shape
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.0.dtype
+    }
+
+    pub fn numel(&self) -> usize {
+        numel(&self.0.shape)
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.0.device
+    }
+
+    pub fn is_realized(&self) -> bool {
+        matches!(&*lock(&self.0.state), State::Realized(_))
+    }
+
+    pub(crate) fn storage(&self) -> Option<Storage> {
+        match &*lock(&self.0.state) {
+            State::Realized(s) => Some(s.clone()),
+            State::Pending { .. } => None,
+        }
+    }
+
+    pub(crate) fn set_realized(&self, storage: Storage) {
+        // Dropping the op releases the inputs, so a realized value does not keep
+        // its whole history alive.
+        *lock(&self.0.state) = State::Realized(storage);
+    }
+
+    fn check_same_device(&self, op: &'static str, other: &Node) -> Result<()> {
+        if self.0.device != other.0.device {
+            return Err(Error::invalid(op, "tensors live on different devices"));
+        }
+        Ok(())
+    }
+
+    // ---- leaves -------------------------------------------------------------
+
+    pub fn from_bytes(device: &Device, shape: &[usize], dtype: DType, bytes: Vec<u8>) -> Result<Node> {
+        let want = numel(shape) * dtype.size();
+        if bytes.len() != want {
+            return Err(Error::shape(
+                "from_slice",
+                format!("{} bytes of data for shape {shape:?} of {dtype} (needs {want})", bytes.len()),
+            ));
+        }
+        Ok(Node::new(device, shape.to_vec(), dtype, Op::Upload(Arc::new(bytes))))
+    }
+
+    pub fn constant(device: &Device, shape: &[usize], dtype: DType, value: f64) -> Node {
+        Node::new(device, shape.to_vec(), dtype, Op::Const(value))
+    }
+
+    /// The coordinate along `axis`, as `dtype`.
+    pub fn iota(device: &Device, shape: &[usize], dtype: DType, axis: usize) -> Result<Node> {
+        if axis >= shape.len() {
+            return Err(Error::invalid("iota", format!("axis {axis} out of range for shape {shape:?}")));
+        }
+        Ok(Node::new(device, shape.to_vec(), dtype, Op::Iota { axis }))
+    }
+
+    /// Uniform in [0, 1) or standard normal, a pure function of (seed, index):
+    /// the same seed gives the same numbers on every run and adapter.
+    pub fn rand(device: &Device, shape: &[usize], seed: u64, normal: bool) -> Node {
+        Node::new(device, shape.to_vec(), DType::F32, Op::Rand { seed, normal })
+    }
+
+    // ---- element-wise -------------------------------------------------------
+
+    pub fn unary(&self, op: UnaryOp) -> Node {
+        Node::new(&self.0.device, self.0.shape.clone(), self.0.dtype, Op::Unary(op, self.clone()))
+    }
+
+    /// Both operands must already have the same shape (broadcast with `view`).
+    pub fn binary(&self, op: BinaryOp, other: &Node) -> Result<Node> {
+        let name = "binary op";
+        self.check_same_device(name, other)?;
+        if self.shape() != other.shape() {
+            return Err(Error::shape(name, format!("{:?} vs {:?}", self.shape(), other.shape())));
+        }
+        if self.dtype() != other.dtype() {
+            return Err(Error::DType {
+                op: name,
+                expected: self.dtype().to_string(),
+                got: other.dtype().to_string(),
+            });
+        }
+        let dtype = if op.is_comparison() { DType::U32 } else { self.dtype() };
+        Ok(Node::new(
+            &self.0.device,
+            self.0.shape.clone(),
+            dtype,
+            Op::Binary(op, self.clone(), other.clone()),
+        ))
+    }
+
+    pub fn select(cond: &Node, a: &Node, b: &Node) -> Result<Node> {
+        cond.check_same_device("where", a)?;
+        a.check_same_device("where", b)?;
+        if cond.shape() != a.shape() || a.shape() != b.shape() {
+            return Err(Error::shape(
+                "where",
+                format!("condition {:?}, a {:?}, b {:?}", cond.shape(), a.shape(), b.shape()),
+            ));
+        }
+        if a.dtype() != b.dtype() {
+            return Err(Error::DType {
+                op: "where",
+                expected: a.dtype().to_string(),
+                got: b.dtype().to_string(),
+            });
+        }
+        Ok(Node::new(
+            &a.0.device,
+            a.0.shape.clone(),
+            a.0.dtype,
+            Op::Where(cond.clone(), a.clone(), b.clone()),
+        ))
+    }
+
+    pub fn cast(&self, dtype: DType) -> Node {
+        if dtype == self.dtype() {
+            return self.clone();
+        }
+        Node::new(&self.0.device, self.0.shape.clone(), dtype, Op::Cast(self.clone()))
+    }
+
+    /// A strided view with output `shape`; see [`ViewSpec`]. Checked against the
+    /// input's size so that a view can never read out of bounds.
+    pub fn view(&self, shape: &[usize], spec: ViewSpec) -> Result<Node> {
+        if spec.strides.len() != shape.len() {
+            return Err(Error::shape("view", format!("{} strides for shape {shape:?}", spec.strides.len())));
+        }
+        if numel(shape) > 0 {
+            let (mut lo, mut hi) = (spec.offset, spec.offset);
+            for (d, &n) in shape.iter().enumerate() {
+                let (first, last) = match &spec.mask {
+                    Some(m) => (m[d].0, m[d].1.min(n)),
+                    None => (0, n),
+                };
+                if first >= last {
+                    continue;
+                }
+                let s = spec.strides[d];
+                let a = s * first as i64;
+                let b = s * (last as i64 - 1);
+                lo += a.min(b);
+                hi += a.max(b);
+            }
+            if lo < 0 || hi >= self.numel() as i64 {
+                return Err(Error::shape(
+                    "view",
+                    format!("view {shape:?} {spec:?} reads outside input {:?}", self.shape()),
+                ));
+            }
+        }
+        Ok(Node::new(&self.0.device, shape.to_vec(), self.0.dtype, Op::View(spec, self.clone())))
+    }
+
+    /// A reshape is a view with contiguous strides.
+    pub fn reshape(&self, shape: &[usize]) -> Result<Node> {
+        if numel(shape) != self.numel() {
+            return Err(Error::shape("reshape", format!("{:?} to {shape:?}", self.shape())));
+        }
+        if shape == self.shape() {
+            return Ok(self.clone());
+        }
+        self.view(
+            shape,
+            ViewSpec {
+                strides: contiguous_strides(shape),
+                offset: 0,
+                mask: None,
+            },
+        )
+    }
+
+    /// `out[c] = src[c with c[axis] replaced by index[c]]`; `index` has the output's shape.
+    pub fn gather(src: &Node, axis: usize, index: &Node) -> Result<Node> {
+        src.check_same_device("gather", index)?;
+        if index.dtype() == DType::F32 {
+            return Err(Error::DType {
+                op: "gather",
+                expected: "i32 or u32".into(),
+                got: index.dtype().to_string(),
+            });
+        }
+        if axis >= src.shape().len() || index.shape().len() != src.shape().len() {
+            return Err(Error::shape(
+                "gather",
+                format!("src {:?}, index {:?}, axis {axis}", src.shape(), index.shape()),
+            ));
+        }
+        Ok(Node::new(
+            &src.0.device,
+            index.0.shape.clone(),
+            src.0.dtype,
+            Op::Gather {
+                axis,
+                src: src.clone(),
+                index: index.clone(),
+            },
+        ))
+    }
+
+    /// Reduces `axes`, keeping them as size-1 dimensions.
+    pub fn reduce(&self, op: ReduceOp, axes: &[usize]) -> Result<Node> {
+        let mut shape = self.shape().to_vec();
+        for &a in axes {
+            if a >= shape.len() {
+                return Err(Error::invalid("reduce", format!("axis {a} out of range for {:?}", self.shape())));
+            }
+            shape[a] = 1;
+        }
+        let dtype = match op {
+            ReduceOp::ArgMax | ReduceOp::ArgMin => DType::I32,
+            _ => self.dtype(),
+        };
+        let mut axes = axes.to_vec();
+        axes.sort_unstable();
+        axes.dedup();
+        Ok(Node::new(
+            &self.0.device,
+            shape,
+            dtype,
+            Op::Reduce {
+                op,
+                axes,
+                input: self.clone(),
+            },
+        ))
+    }
+
+    /// `a: [batch?, m, k] @ b: [batch?, k, n]`, f32. Each operand is rank 3 with
+    /// a leading batch dimension, or rank 2 and shared across the batch.
+    pub fn matmul(a: &Node, b: &Node) -> Result<Node> {
+        a.check_same_device("matmul", b)?;
+        let (sa, sb) = (a.shape(), b.shape());
+        let bad = || Error::shape("matmul", format!("{sa:?} @ {sb:?}"));
+        if a.dtype() != DType::F32 || b.dtype() != DType::F32 {
+            return Err(Error::DType {
+                op: "matmul",
+                expected: "f32".into(),
+                got: format!("{} and {}", a.dtype(), b.dtype()),
+            });
+        }
+        if !(2..=3).contains(&sa.len()) || !(2..=3).contains(&sb.len()) {
+            return Err(bad());
+        }
+        let (m, k) = (sa[sa.len() - 2], sa[sa.len() - 1]);
+        let (k2, n) = (sb[sb.len() - 2], sb[sb.len() - 1]);
+        if k != k2 {
+            return Err(bad());
+        }
+        let batch_a = if sa.len() == 3 { Some(sa[0]) } else { None };
+        let batch_b = if sb.len() == 3 { Some(sb[0]) } else { None };
+        let batch = match (batch_a, batch_b) {
+            (Some(x), Some(y)) if x != y => return Err(bad()),
+            (Some(x), _) | (None, Some(x)) => Some(x),
+            (None, None) => None,
+        };
+        let shape = match batch {
+            Some(bt) => vec![bt, m, n],
+            None => vec![m, n],
+        };
+        Ok(Node::new(
+            &a.0.device,
+            shape,
+            DType::F32,
+            Op::Matmul {
+                a: a.clone(),
+                b: b.clone(),
+                a_batched: batch_a.is_some(),
+                b_batched: batch_b.is_some(),
+            },
+        ))
+    }
+}

@@ -1,0 +1,93 @@
+//! Hand-written kernels from `shaders/`: matmul and the fused optimizer updates.
+
+use crate::graph::OptimKind;
+
+const ADAM: &str = include_str!("../../../shaders/adam.wgsl");
+const SGD: &str = include_str!("../../../shaders/sgd.wgsl");
+const SGD_MOMENTUM: &str = include_str!("../../../shaders/sgd_momentum.wgsl");
+
+pub(crate) struct MatmulKernel {
+    pub source: String,
+    pub constants: Vec<(String, f64)>,
+    pub workgroups: (u32, u32, u32),
+}
+
+const NAIVE_MATMUL: &str = "
+override M: u32;
+override N: u32;
+override K: u32;
+override A_BATCH_STRIDE: u32;
+override B_BATCH_STRIDE: u32;
+override C_BATCH_STRIDE: u32;
+@group(0) @binding(0) var<storage, read> a: array<f32>;
+@group(0) @binding(1) var<storage, read> b: array<f32>;
+@group(0) @binding(2) var<storage, read_write> c: array<f32>;
+@compute @workgroup_size(8, 8)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let col = gid.x;
+    let row = gid.y;
+    if (row >= M || col >= N) { return; }
+    let ab = gid.z * A_BATCH_STRIDE;
+    let bb = gid.z * B_BATCH_STRIDE;
+    var acc = 0.0;
+    for (var k = 0u; k < K; k = k + 1u) {
+        acc = acc + a[ab + row * K + k] * b[bb + k * N + col];
+    }
+    c[gid.z * C_BATCH_STRIDE + row * N + col] = acc;
+}
+";
+
+pub(crate) fn matmul(a: &[usize], b: &[usize], a_batched: bool, b_batched: bool) -> MatmulKernel {
+    let (m, k) = (a[a.len() - 2], a[a.len() - 1]);
+    let n = b[b.len() - 1];
+    let batch = if a_batched {
+        a[0]
+    } else if b_batched {
+        b[0]
+    } else {
+        1
+    };
+    let constants = vec![
+        ("M".to_string(), m as f64),
+        ("N".to_string(), n as f64),
+        ("K".to_string(), k as f64),
+        ("A_BATCH_STRIDE".to_string(), if a_batched { (m * k) as f64 } else { 0.0 }),
+        ("B_BATCH_STRIDE".to_string(), if b_batched { (k * n) as f64 } else { 0.0 }),
+        ("C_BATCH_STRIDE".to_string(), (m * n) as f64),
+    ];
+    MatmulKernel {
+        source: NAIVE_MATMUL.to_string(),
+        constants,
+        workgroups: (n.div_ceil(8) as u32, m.div_ceil(8) as u32, batch as u32),
+    }
+}
+
+/// The shader for an optimizer, its override constants, how many state
+/// tensors it updates and how many hyper-parameters it reads.
+pub(crate) fn optimizer(kind: OptimKind) -> (String, Vec<(String, f64)>, usize, usize) {
+    match kind {
+        OptimKind::Sgd => (SGD.to_string(), vec![], 0, 2),
+        OptimKind::SgdMomentum { nesterov } => (
+            SGD_MOMENTUM.to_string(),
+            vec![("NESTEROV".to_string(), nesterov as u8 as f64)],
+            1,
+            5,
+        ),
+        OptimKind::Adam { decoupled } => (
+            ADAM.to_string(),
+            vec![("DECOUPLED".to_string(), decoupled as u8 as f64)],
+            2,
+            7,
+        ),
+    }
+}
+
+/// Every hand-written shader, for validation in tests.
+pub fn shader_sources() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("adam.wgsl", ADAM),
+        ("sgd.wgsl", SGD),
+        ("sgd_momentum.wgsl", SGD_MOMENTUM),
+        ("prelude.wgsl", include_str!("../../../shaders/prelude.wgsl")),
+    ]
+}

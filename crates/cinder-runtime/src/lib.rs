@@ -1,0 +1,18 @@
+//! cinder's GPU side: devices, buffer pool, the lazy graph, WGSL generation,
+//! the planner (fusion, liveness, plan cache) and the executor.
+
+mod canon;
+mod codegen;
+mod device;
+mod error;
+mod graph;
+mod kernels;
+mod plan;
+mod pool;
+
+pub use canon::Effect;
+pub use device::{list_adapters, AdapterReport, Device, DeviceOptions, Stats};
+pub use error::{Error, Result};
+pub use graph::{contiguous_strides, numel, BinaryOp, DType, Node, OptimKind, ReduceOp, UnaryOp, ViewSpec};
+pub use kernels::shader_sources;
+pub use pool::Storage;

@@ -1,0 +1,598 @@
+//! Compiles a canonical graph into a plan (kernels, pipelines, a buffer plan by
+//! liveness) and replays it: one command buffer, one submit.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use crate::canon::{canonicalize, Bindings, CanonEffect, Canon, Effect, Entry, Kind};
+use crate::codegen::{self, Generated, ELEMENTWISE_WG};
+use crate::device::{lock, Counters, Device, PipelineEntry};
+use crate::error::{Error, Result};
+use crate::graph::{contiguous_strides, numel, Node};
+use crate::kernels;
+use crate::pool::{padded_size, BufferKind, Storage};
+
+/// Where a binding's buffer comes from at replay time.
+#[derive(Clone, Debug)]
+enum Resource {
+    /// A realized tensor's buffer.
+    External(usize),
+    /// Host data written into a fresh buffer, which the node then keeps.
+    Upload(usize),
+    /// A requested result; its node keeps the buffer.
+    Output(usize),
+    /// An intermediate, shared by values whose lifetimes do not overlap.
+    Slot(u64),
+}
+
+enum ScalarSource {
+    Seeds(Vec<usize>),
+    Hyper { effect: usize, n: u32 },
+}
+
+struct Step {
+    pipeline: Arc<PipelineEntry>,
+    bindings: Vec<usize>,
+    scalars: Option<(Storage, ScalarSource)>,
+    workgroups: (u32, u32, u32),
+}
+
+pub(crate) struct Plan {
+    steps: Vec<Step>,
+    resources: Vec<Resource>,
+    /// Resource holding each root, in root order.
+    root_resources: Vec<usize>,
+    /// Externals written in place by effects.
+    written: Vec<usize>,
+    /// The buffers this plan used last time, asked for again so that the
+    /// bind-group cache hits.
+    last_ids: Mutex<Vec<Option<u64>>>,
+}
+
+/// Workgroup counts covering `items` threads of `wg` each, folded into two
+/// dimensions when one would exceed the adapter's per-dimension limit.
+pub(crate) fn grid(device: &Device, items: u64, wg: u32) -> (u32, u32, u32) {
+    let groups = items.div_ceil(wg as u64).max(1);
+    let max = device.inner.limits.max_compute_workgroups_per_dimension.max(1) as u64;
+    if groups <= max {
+        (groups as u32, 1, 1)
+    } else {
+        let y = groups.div_ceil(max);
+        let x = groups.div_ceil(y);
+        (x as u32, y as u32, 1)
+    }
+}
+
+fn is_contiguous_view(kind: &Kind, shape: &[usize]) -> Option<usize> {
+    match kind {
+        Kind::View(spec, child) if spec.mask.is_none() && spec.offset == 0 && spec.strides == contiguous_strides(shape) => {
+            Some(*child)
+        }
+        _ => None,
+    }
+}
+
+fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
+    let entries = &canon.entries;
+    let n = entries.len();
+    let mut uses = vec![0usize; n];
+    let mut is_root = vec![false; n];
+    for e in entries {
+        for c in e.kind.children() {
+            uses[c] += 1;
+        }
+    }
+    for &r in &canon.roots {
+        is_root[r] = true;
+    }
+    let mut mat = vec![false; n];
+    for i in 0..n {
+        mat[i] = match &entries[i].kind {
+            Kind::External | Kind::Upload | Kind::Reduce { .. } | Kind::Matmul { .. } => true,
+            // Views and generators are free to recompute in every consumer.
+            Kind::View(..) | Kind::Const(_) | Kind::Iota { .. } | Kind::Rand { .. } => is_root[i],
+            _ => is_root[i] || uses[i] > 1,
+        };
+    }
+    // Matmul and optimizer kernels read plain contiguous buffers.
+    let buffer_of = |mat: &[bool], mut i: usize| -> Option<usize> {
+        loop {
+            if mat[i] {
+                return Some(i);
+            }
+            i = is_contiguous_view(&entries[i].kind, &entries[i].shape)?;
+        }
+    };
+    let mut needs_buffer = Vec::new();
+    for e in entries {
+        if let Kind::Matmul { a, b, .. } = e.kind {
+            needs_buffer.extend([a, b]);
+        }
+    }
+    for eff in &canon.effects {
+        match eff {
+            CanonEffect::Optim { grad, .. } => needs_buffer.push(*grad),
+            CanonEffect::Assign { value, .. } => needs_buffer.push(*value),
+        }
+    }
+    for i in needs_buffer {
+        if buffer_of(&mat, i).is_none() {
+            mat[i] = true;
+        }
+    }
+
+    // Resources.
+    let mut resources = Vec::new();
+    let mut res_of: Vec<Option<usize>> = vec![None; n];
+    for i in 0..n {
+        let r = match entries[i].kind {
+            Kind::External => Resource::External(i),
+            Kind::Upload => Resource::Upload(i),
+            _ if !mat[i] => continue,
+            _ if is_root[i] => Resource::Output(i),
+            _ => Resource::Slot(padded_size((numel(&entries[i].shape) * entries[i].dtype.size()) as u64)),
+        };
+        res_of[i] = Some(resources.len());
+        resources.push(r);
+    }
+
+    // Kernels, in post-order (children first), then effects.
+    struct Pending {
+        generated: Generated,
+        output: usize,
+        label: String,
+        wg: u32,
+        constants: Vec<(String, f64)>,
+        scalars: Option<ScalarSource>,
+        workgroups: Option<(u32, u32, u32)>,
+    }
+    let mut pending: Vec<Pending> = Vec::new();
+    let matf = |i: usize| mat[i];
+    for i in 0..n {
+        if !mat[i] || matches!(entries[i].kind, Kind::External | Kind::Upload) {
+            continue;
+        }
+        if numel(&entries[i].shape) == 0 {
+            continue;
+        }
+        let mut workgroups = None;
+        let (generated, label, wg, constants) = match &entries[i].kind {
+            Kind::Reduce { op, axes, input } => (
+                codegen::reduce(entries, &matf, i, *op, axes, *input),
+                format!("reduce {op:?}"),
+                codegen::REDUCE_WG,
+                vec![],
+            ),
+            Kind::Matmul {
+                a,
+                b,
+                a_batched,
+                b_batched,
+            } => {
+                let (ba, bb) = (
+                    buffer_of(&mat, *a).ok_or_else(|| Error::Gpu("matmul input without buffer".into()))?,
+                    buffer_of(&mat, *b).ok_or_else(|| Error::Gpu("matmul input without buffer".into()))?,
+                );
+                let k = kernels::matmul(&entries[*a].shape, &entries[*b].shape, *a_batched, *b_batched);
+                workgroups = Some(k.workgroups);
+                (
+                    Generated {
+                        source: k.source,
+                        inputs: vec![ba, bb],
+                        seeds: vec![],
+                        items: 0,
+                    },
+                    "matmul".to_string(),
+                    1,
+                    k.constants,
+                )
+            }
+            _ => (
+                codegen::elementwise(entries, &matf, i, false),
+                "fused elementwise".to_string(),
+                ELEMENTWISE_WG,
+                vec![],
+            ),
+        };
+        let scalars = if generated.seeds.is_empty() {
+            None
+        } else {
+            Some(ScalarSource::Seeds(generated.seeds.clone()))
+        };
+        pending.push(Pending {
+            generated,
+            output: i,
+            label,
+            wg,
+            constants,
+            scalars,
+            workgroups,
+        });
+    }
+
+    let mut steps_effects: Vec<(Pending, usize)> = Vec::new();
+    let mut written = Vec::new();
+    for (ei, eff) in canon.effects.iter().enumerate() {
+        match eff {
+            CanonEffect::Optim {
+                kind,
+                param,
+                grad,
+                state,
+                hyper_len,
+            } => {
+                let g = buffer_of(&mat, *grad).ok_or_else(|| Error::Gpu("gradient without buffer".into()))?;
+                let (source, constants, want_state, want_hyper) = kernels::optimizer(*kind);
+                if state.len() != want_state || *hyper_len != want_hyper {
+                    return Err(Error::invalid(
+                        "optimizer step",
+                        format!("{kind:?} takes {want_state} state tensors and {want_hyper} hyper-parameters"),
+                    ));
+                }
+                if entries[*grad].shape != entries[*param].shape || state.iter().any(|s| entries[*s].shape != entries[*param].shape) {
+                    return Err(Error::shape("optimizer step", format!("parameter {:?}, gradient {:?}", entries[*param].shape, entries[*grad].shape)));
+                }
+                let count = numel(&entries[*param].shape);
+                let mut inputs = vec![g];
+                inputs.extend(state.iter().copied());
+                written.push(*param);
+                written.extend(state.iter().copied());
+                steps_effects.push((
+                    Pending {
+                        generated: Generated {
+                            source,
+                            inputs,
+                            seeds: vec![],
+                            items: count as u64,
+                        },
+                        output: *param,
+                        label: format!("{kind:?}"),
+                        wg: ELEMENTWISE_WG,
+                        constants,
+                        scalars: Some(ScalarSource::Hyper { effect: ei, n: count as u32 }),
+                        workgroups: None,
+                    },
+                    ei,
+                ));
+            }
+            CanonEffect::Assign { target, value } => {
+                let v = buffer_of(&mat, *value).ok_or_else(|| Error::Gpu("assigned value without buffer".into()))?;
+                written.push(*target);
+                steps_effects.push((
+                    Pending {
+                        generated: codegen::elementwise(entries, &|i| i == v || matf(i), v, true),
+                        output: *target,
+                        label: "assign".into(),
+                        wg: ELEMENTWISE_WG,
+                        constants: vec![],
+                        scalars: None,
+                        workgroups: None,
+                    },
+                    ei,
+                ));
+            }
+        }
+    }
+
+    // Liveness over the kernel order: an intermediate's slot is free after
+    // its last reader, and may then hold a later kernel's output.
+    let all: Vec<&Pending> = pending.iter().chain(steps_effects.iter().map(|(p, _)| p)).collect();
+    let mut last_read = vec![0usize; n];
+    for (k, p) in all.iter().enumerate() {
+        for &i in &p.generated.inputs {
+            last_read[i] = k;
+        }
+    }
+    let mut slot_of: Vec<Option<usize>> = vec![None; n];
+    let mut slot_sizes: Vec<u64> = Vec::new();
+    let mut free_slots: Vec<usize> = Vec::new();
+    let mut assigned_slot = vec![usize::MAX; resources.len()];
+    for (k, p) in all.iter().enumerate() {
+        let out = p.output;
+        if let Some(r) = res_of[out] {
+            if let Resource::Slot(size) = resources[r] {
+                let pos = free_slots.iter().position(|&s| slot_sizes[s] == size);
+                let s = match pos {
+                    Some(pos) => free_slots.swap_remove(pos),
+                    None => {
+                        slot_sizes.push(size);
+                        slot_sizes.len() - 1
+                    }
+                };
+                slot_of[out] = Some(s);
+                assigned_slot[r] = s;
+            }
+        }
+        for &i in &p.generated.inputs {
+            if last_read[i] == k {
+                if let Some(s) = slot_of[i] {
+                    if !free_slots.contains(&s) {
+                        free_slots.push(s);
+                    }
+                }
+            }
+        }
+    }
+    // Resources become: externals/uploads/outputs as before, plus one
+    // resource per physical slot; intermediate entries point at their slot.
+    let mut final_resources: Vec<Resource> = Vec::new();
+    let mut remap = vec![usize::MAX; resources.len()];
+    for (r, res) in resources.iter().enumerate() {
+        if !matches!(res, Resource::Slot(_)) {
+            remap[r] = final_resources.len();
+            final_resources.push(res.clone());
+        }
+    }
+    let slot_base = final_resources.len();
+    for &size in &slot_sizes {
+        final_resources.push(Resource::Slot(size));
+    }
+    for r in 0..resources.len() {
+        if matches!(resources[r], Resource::Slot(_)) {
+            remap[r] = slot_base + assigned_slot[r];
+        }
+    }
+    let resource_of = |i: usize| -> Result<usize> {
+        res_of[i]
+            .map(|r| remap[r])
+            .filter(|&r| r != usize::MAX)
+            .ok_or_else(|| Error::Gpu(format!("internal: entry {i} has no buffer")))
+    };
+
+    let mut steps = Vec::with_capacity(all.len());
+    for p in &all {
+        let pipeline = device.pipeline(&p.label, &p.generated.source, &p.constants)?;
+        let mut bindings = Vec::new();
+        let is_optim = matches!(p.scalars, Some(ScalarSource::Hyper { .. }));
+        if is_optim {
+            // param (read-write) first, then gradient and state.
+            bindings.push(resource_of(p.output)?);
+            for &i in &p.generated.inputs {
+                bindings.push(resource_of(i)?);
+            }
+        } else {
+            for &i in &p.generated.inputs {
+                bindings.push(resource_of(i)?);
+            }
+            bindings.push(resource_of(p.output)?);
+        }
+        let scalars = match &p.scalars {
+            None => None,
+            Some(src) => {
+                let len = match src {
+                    ScalarSource::Seeds(s) => 8 * s.len() as u64,
+                    ScalarSource::Hyper { effect, .. } => {
+                        let CanonEffect::Optim { hyper_len, .. } = &canon.effects[*effect] else {
+                            return Err(Error::Gpu("internal: hyper-parameters for a non-optimizer".into()));
+                        };
+                        4 * (*hyper_len as u64 + 1)
+                    }
+                };
+                let storage = device.alloc(len, BufferKind::Uniform, None)?;
+                let src = match src {
+                    ScalarSource::Seeds(s) => ScalarSource::Seeds(s.clone()),
+                    ScalarSource::Hyper { effect, n } => ScalarSource::Hyper { effect: *effect, n: *n },
+                };
+                Some((storage, src))
+            }
+        };
+        steps.push(Step {
+            pipeline,
+            bindings,
+            scalars,
+            workgroups: p.workgroups.unwrap_or_else(|| grid(device, p.generated.items, p.wg)),
+        });
+    }
+    let root_resources = canon.roots.iter().map(|&r| resource_of(r)).collect::<Result<Vec<_>>>()?;
+    let written = written.iter().map(|&w| resource_of(w)).collect::<Result<Vec<_>>>()?;
+    Counters::bump(&device.inner.counters.plans_compiled, 1);
+    let count = final_resources.len();
+    Ok(Plan {
+        steps,
+        resources: final_resources,
+        root_resources,
+        written,
+        last_ids: Mutex::new(vec![None; count]),
+    })
+}
+
+impl Plan {
+    fn execute(&self, device: &Device, entries: &[Entry], bind: &Bindings, readback: &[usize]) -> Result<Vec<Storage>> {
+        let queue = &device.inner.queue;
+        let mut last = lock(&self.last_ids);
+        let mut storages: Vec<Storage> = Vec::with_capacity(self.resources.len());
+        for (r, res) in self.resources.iter().enumerate() {
+            let storage = match res {
+                Resource::External(i) => bind.externals[i].clone(),
+                Resource::Upload(i) => {
+                    let data = &bind.uploads[i];
+                    let s = device.alloc(data.len() as u64, BufferKind::Storage, last[r])?;
+                    if !data.is_empty() {
+                        queue.write_buffer(s.buffer(), 0, data);
+                    }
+                    s
+                }
+                Resource::Output(i) => {
+                    let e = &entries[*i];
+                    device.alloc((numel(&e.shape) * e.dtype.size()) as u64, BufferKind::Storage, last[r])?
+                }
+                Resource::Slot(size) => device.alloc(*size, BufferKind::Storage, last[r])?,
+            };
+            last[r] = Some(storage.id());
+            storages.push(storage);
+        }
+        drop(last);
+
+        for step in &self.steps {
+            if let Some((buf, src)) = &step.scalars {
+                let words: Vec<u32> = match src {
+                    ScalarSource::Seeds(seeds) => seeds
+                        .iter()
+                        .flat_map(|i| {
+                            let s = bind.seeds[i];
+                            [s as u32, (s >> 32) as u32]
+                        })
+                        .collect(),
+                    ScalarSource::Hyper { effect, n } => {
+                        let mut w: Vec<u32> = bind.hypers[*effect].iter().map(|h| h.to_bits()).collect();
+                        w.push(*n);
+                        w
+                    }
+                };
+                queue.write_buffer(buf.buffer(), 0, bytemuck::cast_slice(&words));
+            }
+        }
+
+        let mut encoder = device
+            .inner
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("cinder step") });
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: None,
+                timestamp_writes: None,
+            });
+            for step in &self.steps {
+                let mut bufs: Vec<(u64, &wgpu::Buffer)> = step
+                    .bindings
+                    .iter()
+                    .map(|&r| (storages[r].id(), storages[r].buffer()))
+                    .collect();
+                if let Some((s, _)) = &step.scalars {
+                    bufs.push((s.id(), s.buffer()));
+                }
+                let bg = device.bind_group(&step.pipeline, &bufs);
+                pass.set_pipeline(&step.pipeline.pipeline);
+                pass.set_bind_group(0, Some(bg.as_ref()), &[]);
+                let (x, y, z) = step.workgroups;
+                pass.dispatch_workgroups(x, y, z);
+            }
+        }
+        let mut readbacks = Vec::with_capacity(readback.len());
+        for &root in readback {
+            let src = &storages[self.root_resources[root]];
+            let dst = device.alloc(src.size_bytes(), BufferKind::Readback, None)?;
+            encoder.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, src.size_bytes());
+            readbacks.push(dst);
+        }
+        queue.submit([encoder.finish()]);
+        let c = &device.inner.counters;
+        Counters::bump(&c.submits, 1);
+        Counters::bump(&c.dispatches, self.steps.len() as u64);
+        for &w in &self.written {
+            storages[w].bump_version();
+        }
+        for (r, res) in self.resources.iter().enumerate() {
+            match res {
+                Resource::Upload(i) | Resource::Output(i) => bind.nodes[*i].set_realized(storages[r].clone()),
+                _ => {}
+            }
+        }
+        Ok(readbacks)
+    }
+}
+
+impl Device {
+    /// Realizes `roots` and performs `effects` (in-place writes, after every
+    /// read of the old values) in one submit; returns a host copy of each root
+    /// listed in `read`.
+    pub fn run(&self, roots: &[Node], effects: &[Effect], read: &[usize]) -> Result<Vec<Vec<u8>>> {
+        for r in roots {
+            if r.device() != self {
+                return Err(Error::invalid("realize", "tensor belongs to another device"));
+            }
+        }
+        let _exec = lock(&self.inner.exec);
+        let canon = canonicalize(roots, effects)?;
+        let cached = lock(&self.inner.caches).plans.get(&canon.key).cloned();
+        let plan = match cached {
+            Some(p) => {
+                Counters::bump(&self.inner.counters.plan_hits, 1);
+                p
+            }
+            None => {
+                let p = Arc::new(compile(self, &canon)?);
+                lock(&self.inner.caches).plans.insert(canon.key.clone(), p.clone());
+                p
+            }
+        };
+        let readbacks = plan.execute(self, &canon.entries, &canon.bind, read)?;
+        self.take_gpu_error()?;
+        let mut out = Vec::with_capacity(read.len());
+        for (k, &root) in read.iter().enumerate() {
+            let e = &canon.entries[canon.roots[root]];
+            let bytes = numel(&e.shape) * e.dtype.size();
+            out.push(self.map_read(&readbacks[k], bytes)?);
+        }
+        Ok(out)
+    }
+
+    fn map_read(&self, staging: &Storage, bytes: usize) -> Result<Vec<u8>> {
+        if bytes == 0 {
+            return Ok(Vec::new());
+        }
+        let slice = staging.buffer().slice(0..bytes as u64);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.inner
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::DeviceLost(e.to_string()))?;
+        self.take_gpu_error()?;
+        match rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Error::Gpu(format!("reading a result back: {e}"))),
+            Err(_) => return Err(Error::DeviceLost("the map callback never ran".into())),
+        }
+        let data = slice
+            .get_mapped_range()
+            .map_err(|e| Error::Gpu(format!("reading a result back: {e}")))?
+            .to_vec();
+        staging.buffer().unmap();
+        Ok(data)
+    }
+
+    /// Realizes these nodes without reading them back.
+    pub fn realize(&self, nodes: &[Node]) -> Result<()> {
+        let pending: Vec<Node> = nodes.iter().filter(|n| !n.is_realized()).cloned().collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        self.run(&pending, &[], &[]).map(|_| ())
+    }
+
+    /// Blocks until all submitted work has finished.
+    pub fn synchronize(&self) -> Result<()> {
+        self.inner
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::DeviceLost(e.to_string()))?;
+        self.take_gpu_error()
+    }
+
+    pub(crate) fn plan_count(&self) -> usize {
+        lock(&self.inner.caches).plans.len()
+    }
+}
+
+impl Node {
+    pub fn realize(&self) -> Result<()> {
+        self.device().realize(std::slice::from_ref(self))
+    }
+
+    /// Realizes (if needed) and copies the value to the host, row-major.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let mut v = self.device().run(std::slice::from_ref(self), &[], &[0])?;
+        Ok(v.pop().unwrap_or_default())
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Device>();
+    check::<Node>();
+    let _ = Ordering::Relaxed;
+}

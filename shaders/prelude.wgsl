@@ -1,0 +1,97 @@
+// Helpers shared by every generated kernel (element-wise, reduce). Unused ones
+// cost nothing: the shader compiler drops them.
+
+fn sigmoid_f(x: f32) -> f32 {
+    // Split by sign so that exp never overflows to inf/inf.
+    if (x >= 0.0) {
+        return 1.0 / (1.0 + exp(-x));
+    }
+    let e = exp(x);
+    return e / (1.0 + e);
+}
+
+fn tanh_f(x: f32) -> f32 {
+    // tanh(x) = sign(x) (1 - e) / (1 + e) with e = exp(-2|x|): exact at large |x|,
+    // where the textbook formula gives inf/inf.
+    let e = exp(-2.0 * abs(x));
+    return sign(x) * (1.0 - e) / (1.0 + e);
+}
+
+fn erf_f(x: f32) -> f32 {
+    // Abramowitz & Stegun 7.1.26 has 1.5e-7 absolute error, below f32 resolution
+    // of the result's typical magnitude; evaluated on |x| and mirrored.
+    let a = abs(x);
+    let t = 1.0 / (1.0 + 0.3275911 * a);
+    let y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * exp(-a * a);
+    return sign(x) * y;
+}
+
+fn gelu_f(x: f32) -> f32 {
+    return 0.5 * x * (1.0 + erf_f(x * 0.70710678118654752));
+}
+
+fn gelu_grad_f(x: f32) -> f32 {
+    let cdf = 0.5 * (1.0 + erf_f(x * 0.70710678118654752));
+    let pdf = 0.39894228040143268 * exp(-0.5 * x * x);
+    return cdf + x * pdf;
+}
+
+fn pow_f(a: f32, b: f32) -> f32 {
+    // WGSL's pow is undefined for a < 0 and gives NaN for 0^0; PyTorch defines both.
+    if (b == 0.0) {
+        return 1.0;
+    }
+    let r = pow(abs(a), b);
+    if (a < 0.0) {
+        if (floor(b) != b) {
+            return bitcast<f32>(0x7fc00000u);
+        }
+        if (abs(b) < 16777216.0 && (i32(b) & 1) == 1) {
+            return -r;
+        }
+    }
+    return r;
+}
+
+fn max_f(a: f32, b: f32) -> f32 {
+    // PyTorch's maximum propagates NaN.
+    if (a != a || b != b) {
+        return a + b;
+    }
+    return max(a, b);
+}
+
+fn min_f(a: f32, b: f32) -> f32 {
+    if (a != a || b != b) {
+        return a + b;
+    }
+    return min(a, b);
+}
+
+fn hash_u32(x: u32) -> u32 {
+    // "lowbias32" integer hash (Chris Wellons): full avalanche in two multiplies.
+    var h = x;
+    h = h ^ (h >> 16u);
+    h = h * 0x7feb352du;
+    h = h ^ (h >> 15u);
+    h = h * 0x846ca68bu;
+    h = h ^ (h >> 16u);
+    return h;
+}
+
+fn rand_bits(i: u32, seed_lo: u32, seed_hi: u32, stream: u32) -> u32 {
+    let k = hash_u32(seed_lo ^ hash_u32(seed_hi ^ (stream * 0x9e3779b9u)));
+    return hash_u32(hash_u32(i ^ k) + k);
+}
+
+fn rand_uniform(i: u32, seed_lo: u32, seed_hi: u32) -> f32 {
+    // 24 random bits give every float in [0, 1) on a 2^-24 grid.
+    return f32(rand_bits(i, seed_lo, seed_hi, 0u) >> 8u) * 5.9604644775390625e-8;
+}
+
+fn rand_normal(i: u32, seed_lo: u32, seed_hi: u32) -> f32 {
+    // Box-Muller; u1 is in (0, 1] so the log is finite.
+    let u1 = (f32(rand_bits(i, seed_lo, seed_hi, 1u) >> 8u) + 1.0) * 5.9604644775390625e-8;
+    let u2 = f32(rand_bits(i, seed_lo, seed_hi, 2u) >> 8u) * 5.9604644775390625e-8;
+    return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+}

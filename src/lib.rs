@@ -1,0 +1,1 @@
+pub use cinder_runtime as runtime;
