@@ -1,6 +1,6 @@
 // SGD with momentum (optionally Nesterov), PyTorch's rule: the first step
 // copies the gradient into the buffer, later steps decay it with dampening.
-// s = [lr, weight_decay, momentum, dampening, first_step (0 or 1), n (u32 bits)]
+// s = [lr, weight_decay, momentum, 1 - dampening, first_step (0 or 1), n (u32 bits)]
 
 @group(0) @binding(0) var<storage, read_write> param: array<f32>;
 @group(0) @binding(1) var<storage, read> grad: array<f32>;
@@ -20,12 +20,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     var g = grad[i] + s[1] * p;
     var buf = g;
     if (s[4] == 0.0) {
-        buf = momentum_buffer[i] * s[2] + (1.0 - s[3]) * g;
+        buf = momentum_buffer[i] * s[2] + s[3] * g;
     }
     momentum_buffer[i] = buf;
     if (NESTEROV) {
         g = g + s[2] * buf;
-    } else {
+    }
+    else {
         g = buf;
     }
     param[i] = p - s[0] * g;

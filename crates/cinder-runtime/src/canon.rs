@@ -346,7 +346,7 @@ fn structure_key(entries: &[Entry], roots: &[usize], effects: &[CanonEffect]) ->
                 let code = match kind {
                     OptimKind::Sgd => 0,
                     OptimKind::SgdMomentum { nesterov } => 1 + *nesterov as u64,
-                    OptimKind::Adam { decoupled } => 3 + *decoupled as u64,
+                    OptimKind::Adam => 3,
                 };
                 k.extend([20, code, *param as u64, *grad as u64, *hyper_len as u64]);
                 k.extend(state.iter().map(|&s| s as u64));

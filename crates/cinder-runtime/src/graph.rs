@@ -120,7 +120,8 @@ pub struct ViewSpec {
 pub enum OptimKind {
     Sgd,
     SgdMomentum { nesterov: bool },
-    Adam { decoupled: bool },
+    /// Adam and AdamW: the host folds the decay style into the scalars.
+    Adam,
 }
 
 pub(crate) enum Op {

@@ -73,12 +73,7 @@ pub(crate) fn optimizer(kind: OptimKind) -> (String, Vec<(String, f64)>, usize, 
             1,
             5,
         ),
-        OptimKind::Adam { decoupled } => (
-            ADAM.to_string(),
-            vec![("DECOUPLED".to_string(), decoupled as u8 as f64)],
-            2,
-            7,
-        ),
+        OptimKind::Adam => (ADAM.to_string(), vec![], 2, 8),
     }
 }
 

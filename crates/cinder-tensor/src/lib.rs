@@ -1,1 +1,14 @@
+//! cinder's `Tensor`: the handle users hold, every op with its shape rule, and
+//! reverse-mode autodiff.
 
+mod autograd;
+mod ops;
+pub mod shape;
+mod tensor;
+
+pub use autograd::{no_grad, with_no_grad, Gradients, NoGradGuard};
+pub use cinder_runtime::{DType, Device, Error, Result, Stats};
+pub use tensor::{read_all, Element, Tensor};
+
+/// The runtime underneath, for code that needs nodes, effects or adapters.
+pub use cinder_runtime as runtime;
