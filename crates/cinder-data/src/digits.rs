@@ -11,6 +11,7 @@ use cinder_tensor::{Error, Result};
 
 use crate::dataset::{InMemoryDataset, Split};
 use crate::gzip::gunzip;
+use crate::rng::{permutation, SplitMix64};
 
 /// Embedded so that a program using the digits runs from any working directory and
 /// without network access.
@@ -30,10 +31,12 @@ pub struct Digits {
 impl Digits {
     /// Samples in the bundled file.
     pub const ROWS: usize = 1797;
-    /// The first `TRAIN_ROWS` rows form the training set.
+    /// Rows in the training set.
     pub const TRAIN_ROWS: usize = Self::ROWS - Self::TEST_ROWS;
-    /// The last `TEST_ROWS` rows (20%) are the held-out test set.
+    /// Rows (20%) in the held-out test set.
     pub const TEST_ROWS: usize = 360;
+    /// The seed of the fixed shuffle that picks the test rows.
+    pub const SPLIT_SEED: u64 = 20_260_101;
     /// Pixels per image.
     pub const NUM_FEATURES: usize = 64;
     /// The per-sample shape of [`Digits::split_images`]: channels, rows, columns.
@@ -63,26 +66,47 @@ impl Digits {
         &self.all
     }
 
-    /// The fixed split used throughout cinder: the first 1437 rows train, the last
-    /// 360 rows (20%) test. The rows are not shuffled first, so every program (and
-    /// every version of cinder) tests on the same images; the file's order mixes the
-    /// classes well, and every class has about 36 test samples. Feature shape `[64]`.
+    /// The fixed split used throughout cinder: a seeded shuffle of the 1797 rows
+    /// (SplitMix64 with seed [`Digits::SPLIT_SEED`], Fisher–Yates) puts 360 rows
+    /// (20%) in the test set and the other 1437 in the training set, each kept in
+    /// file order. The file's rows come in blocks by writer, so a plain "last 20%"
+    /// split would test on writers never seen in training; the shuffle mixes them
+    /// while keeping the split identical for every program and version. Feature
+    /// shape `[64]`.
     pub fn split(&self) -> Split {
-        let n = Self::TRAIN_ROWS * Self::NUM_FEATURES;
-        // ok: `load` checked that there are ROWS rows of NUM_FEATURES values, so
-        // both split points are in bounds.
-        let (train_x, test_x) = self.all.features.split_at(n);
-        let (train_y, test_y) = self.all.labels.split_at(Self::TRAIN_ROWS);
-        let part = |features: &[f32], labels: &[i32]| InMemoryDataset {
-            features: features.to_vec(),
-            feature_shape: vec![Self::NUM_FEATURES],
-            labels: labels.to_vec(),
-            num_classes: Self::NUM_CLASSES,
+        let order = permutation(Self::ROWS, &mut SplitMix64::new(Self::SPLIT_SEED));
+        let mut test_rows = order[..Self::TEST_ROWS].to_vec();
+        let mut train_rows = order[Self::TEST_ROWS..].to_vec();
+        test_rows.sort_unstable();
+        train_rows.sort_unstable();
+        let part = |rows: &[usize]| {
+            let mut features = Vec::with_capacity(rows.len() * Self::NUM_FEATURES);
+            let mut labels = Vec::with_capacity(rows.len());
+            for &r in rows {
+                // ok: `load` checked that there are ROWS rows of NUM_FEATURES values,
+                // and every r < ROWS.
+                features.extend_from_slice(&self.all.features[r * Self::NUM_FEATURES..(r + 1) * Self::NUM_FEATURES]);
+                labels.push(self.all.labels[r]);
+            }
+            InMemoryDataset {
+                features,
+                feature_shape: vec![Self::NUM_FEATURES],
+                labels,
+                num_classes: Self::NUM_CLASSES,
+            }
         };
         Split {
-            train: part(train_x, train_y),
-            test: part(test_x, test_y),
+            train: part(&train_rows),
+            test: part(&test_rows),
         }
+    }
+
+    /// The rows of the test set, in file order.
+    pub fn test_rows() -> Vec<usize> {
+        let order = permutation(Self::ROWS, &mut SplitMix64::new(Self::SPLIT_SEED));
+        let mut rows = order[..Self::TEST_ROWS].to_vec();
+        rows.sort_unstable();
+        rows
     }
 
     /// [`Digits::split`] with each sample shaped `[1, 8, 8]` for convolutional models.
@@ -205,7 +229,7 @@ mod tests {
     }
 
     #[test]
-    fn split_is_last_360_rows() {
+    fn split_is_a_fixed_seeded_shuffle() {
         let d = digits();
         let split = d.split();
         assert_eq!(split.train.len(), 1437);
@@ -213,10 +237,19 @@ mod tests {
         assert_eq!(Digits::TRAIN_ROWS + Digits::TEST_ROWS, Digits::ROWS);
         split.train.validate().expect("train consistent");
         split.test.validate().expect("test consistent");
-        assert_eq!(split.train.sample(0), d.all().sample(0));
-        assert_eq!(split.train.sample(1436), d.all().sample(1436));
-        assert_eq!(split.test.sample(0), d.all().sample(1437));
-        assert_eq!(split.test.sample(359), d.all().sample(1796));
+        let test_rows = Digits::test_rows();
+        assert_eq!(test_rows.len(), 360);
+        assert!(test_rows.windows(2).all(|w| w[0] < w[1]), "sorted, no repeats");
+        assert_eq!(test_rows, Digits::test_rows(), "the split is fixed");
+        assert_eq!(split.test.sample(0), d.all().sample(test_rows[0]));
+        assert_eq!(split.test.sample(359), d.all().sample(test_rows[359]));
+        // Train and test together are every row exactly once.
+        let train_rows: Vec<usize> = (0..Digits::ROWS).filter(|r| test_rows.binary_search(r).is_err()).collect();
+        assert_eq!(train_rows.len(), 1437);
+        assert_eq!(split.train.sample(0), d.all().sample(train_rows[0]));
+        assert_eq!(split.train.sample(1436), d.all().sample(train_rows[1436]));
+        // The shuffle reaches into every part of the file.
+        assert!(test_rows[0] < 20 && test_rows[359] > 1777);
         // Every class is represented on both sides of the split.
         for class in 0..10 {
             let in_test = split.test.labels.iter().filter(|&&l| l == class).count();

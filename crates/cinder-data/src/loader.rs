@@ -34,6 +34,13 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.targets.is_empty()
     }
+
+    /// The inputs as an f32 tensor of `input_shape` and the targets as i32 `[b]`.
+    pub fn to_tensors(&self, device: &cinder_tensor::Device) -> Result<(cinder_tensor::Tensor, cinder_tensor::Tensor)> {
+        let x = cinder_tensor::Tensor::from_slice(device, &self.inputs, &self.input_shape)?;
+        let y = cinder_tensor::Tensor::from_slice(device, &self.targets, &[self.targets.len()])?;
+        Ok((x, y))
+    }
 }
 
 /// Splits a dataset into mini-batches, epoch after epoch.

@@ -1,0 +1,129 @@
+//! Checkpoints as safetensors files with PyTorch's state_dict names, written
+//! atomically (temporary file, fsync, rename) so a crash never leaves half a file.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+
+use cinder_tensor::runtime::{DType, Effect, Node};
+use cinder_tensor::{Error, Result, Tensor};
+use safetensors::tensor::{Dtype, TensorView};
+
+use crate::module::Module;
+
+fn st_dtype(d: DType) -> Dtype {
+    match d {
+        DType::F32 => Dtype::F32,
+        DType::I32 => Dtype::I32,
+        DType::U32 => Dtype::U32,
+    }
+}
+
+/// Writes `bytes` to `path` so that readers see the old file or the new one,
+/// never a mix.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "checkpoint".into());
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(path, e));
+    }
+    Ok(())
+}
+
+/// Saves named tensors; reads them back from the GPU in one submit.
+pub fn save_tensors(path: impl AsRef<Path>, tensors: &[(String, Tensor)]) -> Result<()> {
+    let path = path.as_ref();
+    let mut seen = std::collections::HashSet::new();
+    for (name, _) in tensors {
+        if !seen.insert(name) {
+            return Err(Error::invalid("save", format!("two tensors are named {name:?}")));
+        }
+    }
+    let Some((_, first)) = tensors.first() else {
+        return write_atomic(path, &safetensors::serialize(Vec::<(String, TensorView)>::new(), None).map_err(|e| Error::bad_file(path, e.to_string()))?);
+    };
+    let nodes: Vec<Node> = tensors.iter().map(|(_, t)| t.node().clone()).collect();
+    let read: Vec<usize> = (0..nodes.len()).collect();
+    let data = first.device().run(&nodes, &[], &read)?;
+    let views = tensors
+        .iter()
+        .zip(&data)
+        .map(|((name, t), bytes)| {
+            TensorView::new(st_dtype(t.dtype()), t.shape().to_vec(), bytes)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| Error::bad_file(path, format!("tensor {name}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| Error::bad_file(path, e.to_string()))?;
+    write_atomic(path, &bytes)
+}
+
+/// Saves a module's state_dict.
+pub fn save(path: impl AsRef<Path>, module: &dyn Module) -> Result<()> {
+    save_tensors(path, &module.state_dict())
+}
+
+/// Loads a state_dict into `module` in place. Every name must be present in
+/// both with the same shape and dtype; otherwise nothing is changed and the
+/// error lists each mismatch.
+pub fn load(path: impl AsRef<Path>, module: &dyn Module) -> Result<()> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let file = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::bad_file(path, format!("not a safetensors file: {e}")))?;
+    let targets = module.state_dict();
+    let mut problems = Vec::new();
+    let mut effects = Vec::new();
+    let wanted: std::collections::HashSet<&str> = targets.iter().map(|(n, _)| n.as_str()).collect();
+    for name in file.names() {
+        if !wanted.contains(name) {
+            problems.push(format!("unexpected tensor {name:?} in the file"));
+        }
+    }
+    for (name, target) in &targets {
+        let view = match file.tensor(name) {
+            Ok(v) => v,
+            Err(_) => {
+                problems.push(format!("missing tensor {name:?} (shape {:?})", target.shape()));
+                continue;
+            }
+        };
+        let want = st_dtype(target.dtype());
+        if view.dtype() != want {
+            problems.push(format!("{name}: dtype {:?} in the file, the model has {want:?}", view.dtype()));
+            continue;
+        }
+        if view.shape() != target.shape() {
+            problems.push(format!("{name}: shape {:?} in the file, the model has {:?}", view.shape(), target.shape()));
+            continue;
+        }
+        let value = Node::from_bytes(target.device(), target.shape(), target.dtype(), view.data().to_vec())?;
+        effects.push(Effect::Assign {
+            target: target.node().clone(),
+            value,
+        });
+    }
+    if !problems.is_empty() {
+        return Err(Error::bad_file(path, format!("does not match the model: {}", problems.join("; "))));
+    }
+    let Some((_, first)) = targets.first() else {
+        return Ok(());
+    };
+    let nodes: Vec<Node> = targets.iter().map(|(_, t)| t.node().clone()).collect();
+    first.device().realize(&nodes)?;
+    first.device().run(&[], &effects, &[]).map(|_| ())
+}

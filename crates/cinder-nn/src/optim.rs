@@ -1,0 +1,242 @@
+//! SGD (momentum, Nesterov, weight decay), Adam and AdamW with PyTorch's exact
+//! update rules. Each parameter's whole update is one fused kernel, and a step's
+//! updates are submitted together with the loss they came from.
+
+use cinder_tensor::runtime::{Effect, OptimKind};
+use cinder_tensor::{Error, Gradients, Result, Tensor};
+
+use crate::init;
+
+pub trait Optimizer {
+    /// Applies one update from `grads` to every parameter that has a gradient.
+    fn step(&mut self, grads: &Gradients) -> Result<()>;
+    fn lr(&self) -> f32;
+    fn set_lr(&mut self, lr: f32);
+}
+
+fn check_params(op: &'static str, params: &[Tensor]) -> Result<()> {
+    if params.is_empty() {
+        return Err(Error::invalid(op, "no parameters to optimize"));
+    }
+    for p in params {
+        if !p.requires_grad() || !p.is_leaf() {
+            return Err(Error::invalid(op, format!("parameter {p:?} must be a leaf tensor that requires grad")));
+        }
+        if p.device() != params[0].device() {
+            return Err(Error::invalid(op, "parameters live on different devices"));
+        }
+    }
+    // Parameters are updated in place, so they must own a buffer.
+    let nodes: Vec<_> = params.iter().map(|p| p.node().clone()).collect();
+    params[0].device().realize(&nodes)
+}
+
+fn state_like(p: &Tensor) -> Result<Tensor> {
+    init::zeros(p.device(), p.shape())
+}
+
+fn run(params: &[Tensor], grads: &Gradients, effects: Vec<Effect>) -> Result<()> {
+    let device = params[0].device();
+    device.run(&[grads.root().node().clone()], &effects, &[]).map(|_| ())
+}
+
+/// `torch.optim.SGD`.
+pub struct Sgd {
+    params: Vec<Tensor>,
+    pub lr: f32,
+    pub momentum: f32,
+    pub dampening: f32,
+    pub weight_decay: f32,
+    pub nesterov: bool,
+    buffers: Vec<Option<Tensor>>,
+    started: Vec<bool>,
+}
+
+impl Sgd {
+    pub fn new(params: Vec<Tensor>, lr: f32) -> Result<Sgd> {
+        check_params("SGD", &params)?;
+        let n = params.len();
+        Ok(Sgd {
+            params,
+            lr,
+            momentum: 0.0,
+            dampening: 0.0,
+            weight_decay: 0.0,
+            nesterov: false,
+            buffers: vec![None; n],
+            started: vec![false; n],
+        })
+    }
+
+    pub fn momentum(mut self, momentum: f32) -> Sgd {
+        self.momentum = momentum;
+        self
+    }
+
+    pub fn dampening(mut self, dampening: f32) -> Sgd {
+        self.dampening = dampening;
+        self
+    }
+
+    pub fn weight_decay(mut self, weight_decay: f32) -> Sgd {
+        self.weight_decay = weight_decay;
+        self
+    }
+
+    pub fn nesterov(mut self, nesterov: bool) -> Sgd {
+        self.nesterov = nesterov;
+        self
+    }
+}
+
+impl Optimizer for Sgd {
+    fn step(&mut self, grads: &Gradients) -> Result<()> {
+        if self.nesterov && (self.momentum <= 0.0 || self.dampening != 0.0) {
+            return Err(Error::invalid("SGD", "Nesterov momentum requires a momentum and zero dampening"));
+        }
+        let mut effects = Vec::new();
+        for (i, p) in self.params.iter().enumerate() {
+            let Some(g) = grads.get(p) else { continue };
+            if self.momentum == 0.0 {
+                effects.push(Effect::Optim {
+                    kind: OptimKind::Sgd,
+                    param: p.node().clone(),
+                    grad: g.node().clone(),
+                    state: vec![],
+                    hyper: vec![self.lr, self.weight_decay],
+                });
+                continue;
+            }
+            if self.buffers[i].is_none() {
+                self.buffers[i] = Some(state_like(p)?);
+            }
+            let buf = self.buffers[i].as_ref().map(|b| b.node().clone());
+            effects.push(Effect::Optim {
+                kind: OptimKind::SgdMomentum { nesterov: self.nesterov },
+                param: p.node().clone(),
+                grad: g.node().clone(),
+                state: buf.into_iter().collect(),
+                hyper: vec![
+                    self.lr,
+                    self.weight_decay,
+                    self.momentum,
+                    (1.0 - self.dampening as f64) as f32,
+                    if self.started[i] { 0.0 } else { 1.0 },
+                ],
+            });
+        }
+        run(&self.params, grads, effects)?;
+        for (i, p) in self.params.iter().enumerate() {
+            if grads.get(p).is_some() {
+                self.started[i] = true;
+            }
+        }
+        Ok(())
+    }
+
+    fn lr(&self) -> f32 {
+        self.lr
+    }
+
+    fn set_lr(&mut self, lr: f32) {
+        self.lr = lr;
+    }
+}
+
+/// `torch.optim.Adam`, and with `decoupled` weight decay `torch.optim.AdamW`.
+pub struct Adam {
+    params: Vec<Tensor>,
+    pub lr: f32,
+    pub betas: (f32, f32),
+    pub eps: f32,
+    pub weight_decay: f32,
+    decoupled: bool,
+    state: Vec<Option<(Tensor, Tensor, u64)>>,
+}
+
+impl Adam {
+    /// Adam with PyTorch's defaults: betas (0.9, 0.999), eps 1e-8, no weight decay.
+    pub fn new(params: Vec<Tensor>, lr: f32) -> Result<Adam> {
+        check_params("Adam", &params)?;
+        let n = params.len();
+        Ok(Adam {
+            params,
+            lr,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 0.0,
+            decoupled: false,
+            state: vec![None; n],
+        })
+    }
+
+    /// AdamW with PyTorch's defaults (weight decay 0.01, decoupled from the gradient).
+    pub fn adamw(params: Vec<Tensor>, lr: f32) -> Result<Adam> {
+        let mut a = Adam::new(params, lr)?;
+        a.decoupled = true;
+        a.weight_decay = 0.01;
+        Ok(a)
+    }
+
+    pub fn betas(mut self, beta1: f32, beta2: f32) -> Adam {
+        self.betas = (beta1, beta2);
+        self
+    }
+
+    pub fn eps(mut self, eps: f32) -> Adam {
+        self.eps = eps;
+        self
+    }
+
+    pub fn weight_decay(mut self, weight_decay: f32) -> Adam {
+        self.weight_decay = weight_decay;
+        self
+    }
+}
+
+impl Optimizer for Adam {
+    fn step(&mut self, grads: &Gradients) -> Result<()> {
+        let (b1, b2) = (self.betas.0 as f64, self.betas.1 as f64);
+        let (lr, wd) = (self.lr as f64, self.weight_decay as f64);
+        let mut effects = Vec::new();
+        for (i, p) in self.params.iter().enumerate() {
+            let Some(g) = grads.get(p) else { continue };
+            if self.state[i].is_none() {
+                self.state[i] = Some((state_like(p)?, state_like(p)?, 0));
+            }
+            let Some((m, v, step)) = self.state[i].as_mut() else { continue };
+            *step += 1;
+            let t = *step as i32;
+            // PyTorch computes these in Python floats (f64) and hands f32 kernels
+            // the rounded results; so do we.
+            let bias_correction1 = 1.0 - b1.powi(t);
+            let bias_correction2 = 1.0 - b2.powi(t);
+            let (decay, coupled_wd) = if self.decoupled { (1.0 - lr * wd, 0.0) } else { (1.0, wd) };
+            effects.push(Effect::Optim {
+                kind: OptimKind::Adam,
+                param: p.node().clone(),
+                grad: g.node().clone(),
+                state: vec![m.node().clone(), v.node().clone()],
+                hyper: vec![
+                    decay as f32,
+                    (1.0 - b1) as f32,
+                    b2 as f32,
+                    (1.0 - b2) as f32,
+                    self.eps,
+                    coupled_wd as f32,
+                    (lr / bias_correction1) as f32,
+                    bias_correction2.sqrt() as f32,
+                ],
+            });
+        }
+        run(&self.params, grads, effects)
+    }
+
+    fn lr(&self) -> f32 {
+        self.lr
+    }
+
+    fn set_lr(&mut self, lr: f32) {
+        self.lr = lr;
+    }
+}
