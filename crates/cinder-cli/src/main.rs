@@ -1,1 +1,68 @@
-fn main() {}
+//! The `cinder` command: adapters, training, benchmarks.
+
+mod bench;
+mod train;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cinder", version, about = "A deep-learning engine for GPUs, on wgpu")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Lists every GPU adapter with its backend, type, driver, limits and features.
+    Info,
+    /// Trains a model on bundled data.
+    Train {
+        #[command(subcommand)]
+        model: train::TrainCommand,
+    },
+    /// Measures kernels and training steps on the current adapter.
+    Bench {
+        #[command(subcommand)]
+        what: bench::BenchCommand,
+    },
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Info => info(),
+        Command::Train { model } => train::run(model),
+        Command::Bench { what } => bench::run(what),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn info() -> cinder::Result<()> {
+    let adapters = cinder::runtime::list_adapters();
+    if adapters.is_empty() {
+        return Err(cinder::Error::NoAdapter { filter: String::new() });
+    }
+    let chosen = cinder::Device::new().ok();
+    for (i, a) in adapters.iter().enumerate() {
+        let mark = match &chosen {
+            Some(d) if d.adapter_name() == a.name && d.backend() == a.backend => "  <- Device::new() picks this one",
+            _ => "",
+        };
+        println!("[{i}] {} ({}, {}){mark}", a.name, a.backend, a.device_type);
+        println!("    driver: {} {}", a.driver, a.driver_info);
+        println!("    max buffer size: {} MiB", a.max_buffer_size >> 20);
+        println!("    max storage binding: {} MiB", a.max_storage_buffer_binding_size >> 20);
+        println!("    workgroup storage: {} KiB", a.max_compute_workgroup_storage_size >> 10);
+        println!("    invocations per workgroup: {}", a.max_compute_invocations_per_workgroup);
+        println!("    workgroups per dimension: {}", a.max_compute_workgroups_per_dimension);
+        let features = if a.features.is_empty() { "none of interest".to_string() } else { a.features.join(", ") };
+        println!("    features: {features}");
+    }
+    println!("Override with CINDER_BACKEND=vulkan|metal|dx12|gl and CINDER_ADAPTER=<name substring>.");
+    Ok(())
+}

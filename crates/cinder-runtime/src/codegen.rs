@@ -14,6 +14,12 @@ pub(crate) const REDUCE_WG: u32 = 64;
 /// Helpers every generated kernel may call.
 const PRELUDE: &str = include_str!("../../../shaders/prelude.wgsl");
 
+/// How many bindings a tensor of `numel` elements needs when one binding
+/// holds at most `chunk` elements.
+pub(crate) fn chunk_count(numel: usize, chunk: usize) -> usize {
+    numel.div_ceil(chunk).max(1)
+}
+
 pub(crate) struct Generated {
     pub source: String,
     /// Entries bound read-only, in binding order (bindings 0..n).
@@ -27,6 +33,9 @@ pub(crate) struct Generated {
 struct Gen<'a> {
     entries: &'a [Entry],
     materialized: &'a dyn Fn(usize) -> bool,
+    /// Elements one storage binding may hold; larger tensors are bound as
+    /// several consecutive ranges and read through a helper.
+    chunk: usize,
     inputs: Vec<usize>,
     seeds: Vec<usize>,
     memo: HashMap<(usize, String), String>,
@@ -95,15 +104,14 @@ impl Gen<'_> {
         let ty = e.dtype.wgsl();
         let v = self.fresh("v");
         if !top && (self.materialized)(i) {
-            let b = self.binding_of(i);
-            let _ = writeln!(body, "    let {v} = b{b}[{idx}];");
+            let load = self.load(i, idx);
+            let _ = writeln!(body, "    let {v} = {load};");
             self.memo.insert((i, idx.to_string()), v.clone());
             return v;
         }
         let expr = match e.kind.clone() {
             Kind::External | Kind::Upload | Kind::Reduce { .. } | Kind::Matmul { .. } => {
-                let b = self.binding_of(i);
-                format!("b{b}[{idx}]")
+                self.load(i, idx)
             }
             Kind::Const(c) => literal(e.dtype, c),
             Kind::Iota { axis } => format!("{ty}({})", coord(idx, &e.shape, axis)),
@@ -200,27 +208,65 @@ impl Gen<'_> {
         v
     }
 
-    fn declarations(&self, out_ty: DType, extra_out: bool) -> String {
+    fn chunks(&self, i: usize) -> usize {
+        chunk_count(numel(&self.entries[i].shape), self.chunk)
+    }
+
+    fn load(&mut self, i: usize, idx: &str) -> String {
+        let b = self.binding_of(i);
+        if self.chunks(i) > 1 {
+            format!("ld_b{b}({idx})")
+        } else {
+            format!("b{b}[{idx}]")
+        }
+    }
+
+    /// Declares a buffer of `chunks` bindings starting at `*next`; a chunked
+    /// buffer also gets a load (or store) helper that picks the binding.
+    fn declare(&self, s: &mut String, next: &mut usize, name: &str, ty: &str, chunks: usize, write: bool) {
+        let access = if write { "read_write" } else { "read" };
+        if chunks == 1 {
+            let _ = writeln!(s, "@group(0) @binding({next}) var<storage, {access}> {name}: array<{ty}>;");
+            *next += 1;
+            return;
+        }
+        for c in 0..chunks {
+            let _ = writeln!(s, "@group(0) @binding({next}) var<storage, {access}> {name}_{c}: array<{ty}>;");
+            *next += 1;
+        }
+        let chunk = self.chunk;
+        let mut branches = String::new();
+        for c in 0..chunks - 1 {
+            let target = if write { format!("{name}_{c}[i - {}u] = v; return;", c * chunk) } else { format!("return {name}_{c}[i - {}u];", c * chunk) };
+            let _ = write!(branches, "    if (i < {}u) {{ {target} }}\n", (c + 1) * chunk);
+        }
+        let last = chunks - 1;
+        if write {
+            let _ = writeln!(s, "fn st_{name}(i: u32, v: {ty}) {{\n{branches}    {name}_{last}[i - {}u] = v;\n}}", last * chunk);
+        } else {
+            let _ = writeln!(s, "fn ld_{name}(i: u32) -> {ty} {{\n{branches}    return {name}_{last}[i - {}u];\n}}", last * chunk);
+        }
+    }
+
+    fn declarations(&self, out: usize) -> String {
         let mut s = String::new();
+        let mut next = 0;
         for (b, &i) in self.inputs.iter().enumerate() {
-            let _ = writeln!(
-                s,
-                "@group(0) @binding({b}) var<storage, read> b{b}: array<{}>;",
-                self.entries[i].dtype.wgsl()
-            );
+            self.declare(&mut s, &mut next, &format!("b{b}"), self.entries[i].dtype.wgsl(), self.chunks(i), false);
         }
-        let n = self.inputs.len();
-        if extra_out {
-            let _ = writeln!(
-                s,
-                "@group(0) @binding({n}) var<storage, read_write> out: array<{}>;",
-                out_ty.wgsl()
-            );
-        }
+        self.declare(&mut s, &mut next, "out", self.entries[out].dtype.wgsl(), self.chunks(out), true);
         if !self.seeds.is_empty() {
-            let _ = writeln!(s, "@group(0) @binding({}) var<storage, read> scalars: array<u32>;", n + 1);
+            let _ = writeln!(s, "@group(0) @binding({next}) var<storage, read> scalars: array<u32>;");
         }
         s
+    }
+
+    fn store(&self, out: usize, idx: &str, v: &str) -> String {
+        if self.chunks(out) > 1 {
+            format!("st_out({idx}, {v});")
+        } else {
+            format!("out[{idx}] = {v};")
+        }
     }
 }
 
@@ -276,12 +322,15 @@ fn binary(op: BinaryOp, dtype: DType, x: &str, y: &str) -> String {
 pub(crate) fn elementwise(
     entries: &[Entry],
     materialized: &dyn Fn(usize) -> bool,
+    chunk: usize,
     root: usize,
+    out: usize,
     load_root: bool,
 ) -> Generated {
     let mut g = Gen {
         entries,
         materialized,
+        chunk,
         inputs: Vec::new(),
         seeds: Vec::new(),
         memo: HashMap::new(),
@@ -291,7 +340,8 @@ pub(crate) fn elementwise(
     let v = g.value(&mut body, root, "gid", !load_root);
     let n = numel(&entries[root].shape);
     let mut src = String::from(PRELUDE);
-    src.push_str(&g.declarations(entries[root].dtype, true));
+    src.push_str(&g.declarations(out));
+    let store = g.store(out, "gid", &v);
     let _ = write!(
         src,
         "
@@ -300,7 +350,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         @builtin(local_invocation_index) lid: u32) {{
     let gid = (wid.y * nwg.x + wid.x) * {ELEMENTWISE_WG}u + lid;
     if (gid >= {n}u) {{ return; }}
-{body}    out[gid] = {v};
+{body}    {store}
 }}
 "
     );
@@ -314,17 +364,27 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 
 /// One workgroup per output element; threads stride over the reduced
 /// elements, then a fixed-order tree combines them (deterministic, no atomics).
+/// With `parts > 1`, each output's range is split over `parts` workgroups
+/// that write partial results to `out` (shape `[outputs, parts]`); a second
+/// reduction combines them. This keeps every workgroup's share bounded, which
+/// both spreads a large reduction over the GPU and stays clear of a lavapipe
+/// miscompile of loops that run 65535 or more times per thread.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn reduce(
     entries: &[Entry],
     materialized: &dyn Fn(usize) -> bool,
+    chunk: usize,
     root: usize,
+    out: usize,
     op: ReduceOp,
     axes: &[usize],
     input: usize,
+    parts: usize,
 ) -> Generated {
     let mut g = Gen {
         entries,
         materialized,
+        chunk,
         inputs: Vec::new(),
         seeds: Vec::new(),
         memo: HashMap::new(),
@@ -381,9 +441,12 @@ pub(crate) fn reduce(
     };
     let out_ty = entries[root].dtype;
     let result = if arg { "i32(red_i[0])" } else { "red_v[0]" };
+    let _ = out_ty;
+    let store = g.store(out, "wg", result);
     let n_out = numel(out_shape);
+    let span = r_total.div_ceil(parts.max(1));
     let mut src = String::from(PRELUDE);
-    src.push_str(&g.declarations(out_ty, true));
+    src.push_str(&g.declarations(out));
     let _ = write!(
         src,
         "
@@ -393,12 +456,15 @@ var<workgroup> red_i: array<u32, {REDUCE_WG}>;
 @compute @workgroup_size({REDUCE_WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {{
-    let o = wid.y * nwg.x + wid.x;
-    if (o >= {n_out}u) {{ return; }}
+    let wg = wid.y * nwg.x + wid.x;
+    if (wg >= {n_wg}u) {{ return; }}
+    let o = wg / {parts}u;
+    let first = (wg % {parts}u) * {span}u;
+    let end = min(first + {span}u, {r_total}u);
     let base = {base};
     var acc: {ty} = {init};
     var acci: u32 = 0u;
-    for (var r: u32 = lid; r < {r_total}u; r = r + {REDUCE_WG}u) {{
+    for (var r: u32 = first + lid; r < end; r = r + {REDUCE_WG}u) {{
         let ridx = {red};
 {body}        {step}
     }}
@@ -409,17 +475,19 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         if (lid < s) {{ {combine} }}
         workgroupBarrier();
     }}
-    if (lid == 0u) {{ out[o] = {result}; }}
+    if (lid == 0u) {{ {store} }}
 }}
 ",
         base = base_terms.join(" + "),
         red = red_terms.join(" + "),
         half = REDUCE_WG / 2,
+        n_wg = n_out * parts.max(1),
+        parts = parts.max(1),
     );
     Generated {
         source: src,
         inputs: g.inputs,
         seeds: g.seeds,
-        items: n_out as u64 * REDUCE_WG as u64,
+        items: (n_out * parts.max(1)) as u64 * REDUCE_WG as u64,
     }
 }

@@ -359,7 +359,7 @@ impl Device {
             let mut caches = lock(&self.inner.caches);
             caches
                 .bind_groups
-                .retain(|key, _| !key.iter().skip(1).any(|id| freed.contains_key(id)));
+                .retain(|key, _| !key[1..].chunks(3).any(|b| freed.contains_key(&b[0])));
             let bytes: u64 = freed.values().sum();
             self.inner.counters.bytes.fetch_sub(bytes, Ordering::Relaxed);
         }
@@ -435,11 +435,13 @@ impl Device {
     pub(crate) fn bind_group(
         &self,
         pipeline: &PipelineEntry,
-        buffers: &[(u64, &wgpu::Buffer)],
+        buffers: &[(u64, u64, u64, &wgpu::Buffer)],
     ) -> Arc<wgpu::BindGroup> {
-        let mut key = Vec::with_capacity(buffers.len() + 1);
+        let mut key = Vec::with_capacity(3 * buffers.len() + 1);
         key.push(pipeline.id);
-        key.extend(buffers.iter().map(|(id, _)| *id));
+        for (id, offset, size, _) in buffers {
+            key.extend([*id, *offset, *size]);
+        }
         let mut caches = lock(&self.inner.caches);
         if let Some(bg) = caches.bind_groups.get(&key) {
             return bg.clone();
@@ -447,9 +449,13 @@ impl Device {
         let entries: Vec<wgpu::BindGroupEntry> = buffers
             .iter()
             .enumerate()
-            .map(|(i, (_, b))| wgpu::BindGroupEntry {
+            .map(|(i, (_, offset, size, b))| wgpu::BindGroupEntry {
                 binding: i as u32,
-                resource: b.as_entire_binding(),
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: b,
+                    offset: *offset,
+                    size: std::num::NonZeroU64::new(*size),
+                }),
             })
             .collect();
         let bg = Arc::new(

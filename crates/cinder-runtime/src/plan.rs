@@ -30,9 +30,17 @@ enum ScalarSource {
     Hyper { effect: usize, n: u32 },
 }
 
+/// A binding: a resource and the byte range of it that one binding covers.
+#[derive(Clone, Copy)]
+struct Binding {
+    resource: usize,
+    offset: u64,
+    size: u64,
+}
+
 struct Step {
     pipeline: Arc<PipelineEntry>,
-    bindings: Vec<usize>,
+    bindings: Vec<Binding>,
     scalars: Option<(Storage, ScalarSource)>,
     workgroups: (u32, u32, u32),
 }
@@ -72,8 +80,50 @@ fn is_contiguous_view(kind: &Kind, shape: &[usize]) -> Option<usize> {
     }
 }
 
+/// Elements per storage binding: the adapter's limit, rounded down to keep
+/// every range offset 256-byte aligned.
+pub(crate) fn binding_chunk(device: &Device) -> usize {
+    let limit = device.inner.limits.max_storage_buffer_binding_size as u64;
+    let align = (device.inner.limits.min_storage_buffer_offset_alignment as u64).max(4);
+    ((limit / align * align) / 4).max(64) as usize
+}
+
+/// Elements one reduce workgroup handles at most before the reduction is
+/// split into partials (see `codegen::reduce`).
+const REDUCE_SPAN: usize = 1 << 16;
+
 fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
-    let entries = &canon.entries;
+    let chunk = binding_chunk(device);
+    // Large reductions (not arg-reductions) become two: partials over bounded
+    // spans into a scratch tensor, then a reduction of the partials.
+    let mut entries: Vec<Entry> = canon.entries.clone();
+    let mut split: std::collections::HashMap<usize, (usize, usize, usize)> = std::collections::HashMap::new();
+    for i in 0..canon.entries.len() {
+        if let Kind::Reduce { op, axes, input } = &canon.entries[i].kind {
+            let span: usize = axes.iter().map(|&a| canon.entries[*input].shape[a]).product();
+            let arg = matches!(op, crate::graph::ReduceOp::ArgMax | crate::graph::ReduceOp::ArgMin);
+            if span > REDUCE_SPAN && !arg {
+                let parts = span.div_ceil(REDUCE_SPAN);
+                let outputs = numel(&canon.entries[i].shape);
+                let dtype = canon.entries[i].dtype;
+                let partial = entries.len();
+                entries.push(Entry {
+                    shape: vec![outputs, parts],
+                    dtype,
+                    kind: Kind::Reduce { op: *op, axes: axes.clone(), input: *input },
+                });
+                let combine = entries.len();
+                entries.push(Entry {
+                    shape: vec![outputs, 1],
+                    dtype,
+                    kind: Kind::Reduce { op: *op, axes: vec![1], input: partial },
+                });
+                split.insert(i, (partial, combine, parts));
+            }
+        }
+    }
+    let synthetic_from = canon.entries.len();
+    let entries = &entries;
     let n = entries.len();
     let mut uses = vec![0usize; n];
     let mut is_root = vec![false; n];
@@ -87,6 +137,12 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
     }
     let mut mat = vec![false; n];
     for i in 0..n {
+        if i >= synthetic_from {
+            // Partials get a scratch buffer; the combining step writes into
+            // the original reduction's buffer.
+            mat[i] = split.values().any(|&(p, _, _)| p == i);
+            continue;
+        }
         mat[i] = match &entries[i].kind {
             Kind::External | Kind::Upload | Kind::Reduce { .. } | Kind::Matmul { .. } => true,
             // Views and generators are free to recompute in every consumer.
@@ -149,7 +205,7 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
     let mut pending: Vec<Pending> = Vec::new();
     let matf = |i: usize| mat[i];
     for i in 0..n {
-        if !mat[i] || matches!(entries[i].kind, Kind::External | Kind::Upload) {
+        if i >= synthetic_from || !mat[i] || matches!(entries[i].kind, Kind::External | Kind::Upload) {
             continue;
         }
         if numel(&entries[i].shape) == 0 {
@@ -157,12 +213,33 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
         }
         let mut workgroups = None;
         let (generated, label, wg, constants) = match &entries[i].kind {
-            Kind::Reduce { op, axes, input } => (
-                codegen::reduce(entries, &matf, i, *op, axes, *input),
-                format!("reduce {op:?}"),
-                codegen::REDUCE_WG,
-                vec![],
-            ),
+            Kind::Reduce { op, axes, input } => match split.get(&i) {
+                None => (
+                    codegen::reduce(entries, &matf, chunk, i, i, *op, axes, *input, 1),
+                    format!("reduce {op:?}"),
+                    codegen::REDUCE_WG,
+                    vec![],
+                ),
+                Some(&(partial, combine, parts)) => {
+                    let generated = codegen::reduce(entries, &matf, chunk, i, partial, *op, axes, *input, parts);
+                    let scalars = (!generated.seeds.is_empty()).then(|| ScalarSource::Seeds(generated.seeds.clone()));
+                    pending.push(Pending {
+                        generated,
+                        output: partial,
+                        label: format!("reduce {op:?} partials"),
+                        wg: codegen::REDUCE_WG,
+                        constants: vec![],
+                        scalars,
+                        workgroups: None,
+                    });
+                    (
+                        codegen::reduce(entries, &matf, chunk, combine, i, *op, &[1], partial, 1),
+                        format!("reduce {op:?}"),
+                        codegen::REDUCE_WG,
+                        vec![],
+                    )
+                }
+            },
             Kind::Matmul {
                 a,
                 b,
@@ -188,7 +265,7 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
                 )
             }
             _ => (
-                codegen::elementwise(entries, &matf, i, false),
+                codegen::elementwise(entries, &matf, chunk, i, i, false),
                 "fused elementwise".to_string(),
                 ELEMENTWISE_WG,
                 vec![],
@@ -260,7 +337,7 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
                 written.push(*target);
                 steps_effects.push((
                     Pending {
-                        generated: codegen::elementwise(entries, &|i| i == v || matf(i), v, true),
+                        generated: codegen::elementwise(entries, &|i| i == v || matf(i), chunk, v, *target, true),
                         output: *target,
                         label: "assign".into(),
                         wg: ELEMENTWISE_WG,
@@ -342,19 +419,59 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
     let mut steps = Vec::with_capacity(all.len());
     for p in &all {
         let pipeline = device.pipeline(&p.label, &p.generated.source, &p.constants)?;
+        let bytes_of = |i: usize| (numel(&entries[i].shape) * entries[i].dtype.size()) as u64;
+        // Generated kernels read big tensors through several bindings;
+        // hand-written ones (matmul, optimizers) bind each tensor whole.
+        let chunked = |i: usize| -> Result<Vec<Binding>> {
+            let resource = resource_of(i)?;
+            let total = bytes_of(i);
+            let step = chunk as u64 * 4;
+            let count = codegen::chunk_count(numel(&entries[i].shape), chunk) as u64;
+            Ok((0..count)
+                .map(|c| Binding {
+                    resource,
+                    offset: c * step,
+                    size: (total - c * step).min(step).max(4),
+                })
+                .collect())
+        };
+        let whole = |i: usize| -> Result<Binding> {
+            let size = bytes_of(i).max(4);
+            if size > chunk as u64 * 4 {
+                return Err(Error::Unsupported {
+                    feature: format!(
+                        "{} on a tensor of {size} bytes (this adapter binds at most {} bytes at once)",
+                        p.label,
+                        chunk * 4
+                    ),
+                    adapter: device.adapter_name().to_string(),
+                });
+            }
+            Ok(Binding {
+                resource: resource_of(i)?,
+                offset: 0,
+                size,
+            })
+        };
         let mut bindings = Vec::new();
         let is_optim = matches!(p.scalars, Some(ScalarSource::Hyper { .. }));
+        let hand_written = is_optim || p.label == "matmul";
         if is_optim {
             // param (read-write) first, then gradient and state.
-            bindings.push(resource_of(p.output)?);
+            bindings.push(whole(p.output)?);
             for &i in &p.generated.inputs {
-                bindings.push(resource_of(i)?);
+                bindings.push(whole(i)?);
             }
+        } else if hand_written {
+            for &i in &p.generated.inputs {
+                bindings.push(whole(i)?);
+            }
+            bindings.push(whole(p.output)?);
         } else {
             for &i in &p.generated.inputs {
-                bindings.push(resource_of(i)?);
+                bindings.extend(chunked(i)?);
             }
-            bindings.push(resource_of(p.output)?);
+            bindings.extend(chunked(p.output)?);
         }
         let scalars = match &p.scalars {
             None => None,
@@ -453,13 +570,16 @@ impl Plan {
                 timestamp_writes: None,
             });
             for step in &self.steps {
-                let mut bufs: Vec<(u64, &wgpu::Buffer)> = step
+                let mut bufs: Vec<(u64, u64, u64, &wgpu::Buffer)> = step
                     .bindings
                     .iter()
-                    .map(|&r| (storages[r].id(), storages[r].buffer()))
+                    .map(|b| {
+                        let s = &storages[b.resource];
+                        (s.id(), b.offset, b.size, s.buffer())
+                    })
                     .collect();
                 if let Some((s, _)) = &step.scalars {
-                    bufs.push((s.id(), s.buffer()));
+                    bufs.push((s.id(), 0, s.size_bytes(), s.buffer()));
                 }
                 let bg = device.bind_group(&step.pipeline, &bufs);
                 pass.set_pipeline(&step.pipeline.pipeline);

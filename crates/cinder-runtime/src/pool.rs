@@ -156,15 +156,6 @@ impl Device {
                 ),
             });
         }
-        if kind != BufferKind::Readback && size > limits.max_storage_buffer_binding_size as u64 {
-            return Err(Error::Unsupported {
-                feature: format!(
-                    "a tensor of {size} bytes (the adapter binds at most {} bytes per storage buffer)",
-                    limits.max_storage_buffer_binding_size
-                ),
-                adapter: self.adapter_name().to_string(),
-            });
-        }
         let reused = lock(&self.inner.pool).take(size, kind, prefer);
         let pooled = match reused {
             Some(b) => b,

@@ -171,7 +171,8 @@ impl Tensor {
         if step == 0.0 || !step.is_finite() || !start.is_finite() || !end.is_finite() {
             return Err(Error::invalid("arange", format!("start {start}, end {end}, step {step}")));
         }
-        let n = ((end - start) / step).ceil().max(0.0) as usize;
+        // The length is computed in f64, as PyTorch does: f32 miscounts past 2^24.
+        let n = ((end as f64 - start as f64) / step as f64).ceil().max(0.0) as usize;
         let iota = Node::iota(device, &[n], DType::F32, 0)?;
         let t = Tensor::from_node(iota);
         t.mul_scalar(step)?.add_scalar(start)
