@@ -692,8 +692,15 @@ impl Device {
         self.take_gpu_error()
     }
 
-    pub(crate) fn plan_count(&self) -> usize {
+    /// The number of distinct graph structures compiled so far.
+    pub fn plan_count(&self) -> usize {
         lock(&self.inner.caches).plans.len()
+    }
+
+    /// The WGSL of every kernel this device has compiled (generated and
+    /// hand-written), for validation and inspection.
+    pub fn compiled_kernels(&self) -> Vec<String> {
+        lock(&self.inner.caches).pipelines.keys().cloned().collect()
     }
 }
 
