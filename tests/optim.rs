@@ -37,7 +37,7 @@ fn run<O: Optimizer>(make: impl FnOnce(Vec<Tensor>) -> Result<O>, steps: usize) 
 
 fn sgd_reference(lr: f32, momentum: f32, dampening: f32, wd: f32, nesterov: bool, steps: usize) -> Vec<f32> {
     let mut p = initial();
-    let mut buf = vec![0.0f32; N];
+    let mut buf = [0.0f32; N];
     for t in 0..steps {
         let g0 = grad_at(t);
         for i in 0..N {
@@ -55,7 +55,7 @@ fn sgd_reference(lr: f32, momentum: f32, dampening: f32, wd: f32, nesterov: bool
 fn adam_reference(lr: f32, wd: f32, decoupled: bool, steps: usize) -> Vec<f32> {
     let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f32);
     let mut p = initial();
-    let (mut m, mut v) = (vec![0.0f32; N], vec![0.0f32; N]);
+    let (mut m, mut v) = ([0.0f32; N], [0.0f32; N]);
     for t in 0..steps {
         let step = (t + 1) as i32;
         let bc1 = 1.0 - b1.powi(step);

@@ -38,13 +38,6 @@ impl Kind {
             Kind::Where(c, a, b) => vec![*c, *a, *b],
         }
     }
-
-    pub fn is_elementwise(&self) -> bool {
-        !matches!(
-            self,
-            Kind::External | Kind::Upload | Kind::Reduce { .. } | Kind::Matmul { .. }
-        )
-    }
 }
 
 #[derive(Clone, Debug)]

@@ -238,7 +238,7 @@ impl Gen<'_> {
         let mut branches = String::new();
         for c in 0..chunks - 1 {
             let target = if write { format!("{name}_{c}[i - {}u] = v; return;", c * chunk) } else { format!("return {name}_{c}[i - {}u];", c * chunk) };
-            let _ = write!(branches, "    if (i < {}u) {{ {target} }}\n", (c + 1) * chunk);
+            let _ = writeln!(branches, "    if (i < {}u) {{ {target} }}", (c + 1) * chunk);
         }
         let last = chunks - 1;
         if write {
@@ -439,9 +439,7 @@ pub(crate) fn reduce(
             ),
         )
     };
-    let out_ty = entries[root].dtype;
     let result = if arg { "i32(red_i[0])" } else { "red_v[0]" };
-    let _ = out_ty;
     let store = g.store(out, "wg", result);
     let n_out = numel(out_shape);
     let span = r_total.div_ceil(parts.max(1));

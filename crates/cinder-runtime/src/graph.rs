@@ -151,11 +151,6 @@ impl Op {
             Op::Where(c, a, b) => vec![c.clone(), a.clone(), b.clone()],
         }
     }
-
-    /// Element-wise ops (and views and generators) fuse into their consumer's kernel.
-    pub(crate) fn is_elementwise(&self) -> bool {
-        !matches!(self, Op::Upload(_) | Op::Reduce { .. } | Op::Matmul { .. })
-    }
 }
 
 pub(crate) enum State {
@@ -213,16 +208,6 @@ impl Node {
             dtype,
             device: device.clone(),
             state: Mutex::new(State::Pending { op, versions }),
-        }))
-    }
-
-    pub(crate) fn realized(device: &Device, shape: Vec<usize>, dtype: DType, storage: Storage) -> Node {
-        Node(Arc::new(NodeInner {
-            id: NEXT_NODE_ID.fetch_add(1, Ordering::Relaxed),
-            shape,
-            dtype,
-            device: device.clone(),
-            state: Mutex::new(State::Realized(storage)),
         }))
     }
 

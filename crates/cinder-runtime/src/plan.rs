@@ -83,7 +83,7 @@ fn is_contiguous_view(kind: &Kind, shape: &[usize]) -> Option<usize> {
 /// Elements per storage binding: the adapter's limit, rounded down to keep
 /// every range offset 256-byte aligned.
 pub(crate) fn binding_chunk(device: &Device) -> usize {
-    let limit = device.inner.limits.max_storage_buffer_binding_size as u64;
+    let limit = device.inner.limits.max_storage_buffer_binding_size;
     let align = (device.inner.limits.min_storage_buffer_offset_alignment as u64).max(4);
     ((limit / align * align) / 4).max(64) as usize
 }
@@ -485,7 +485,7 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
                         4 * (*hyper_len as u64 + 1)
                     }
                 };
-                let storage = device.alloc(len, BufferKind::Uniform, None)?;
+                let storage = device.alloc(len, BufferKind::Scalars, None)?;
                 let src = match src {
                     ScalarSource::Seeds(s) => ScalarSource::Seeds(s.clone()),
                     ScalarSource::Hyper { effect, n } => ScalarSource::Hyper { effect: *effect, n: *n },

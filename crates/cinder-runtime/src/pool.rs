@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 pub(crate) enum BufferKind {
     Storage,
     Readback,
-    Uniform,
+    Scalars,
 }
 
 impl BufferKind {
@@ -24,7 +24,7 @@ impl BufferKind {
                     | wgpu::BufferUsages::COPY_DST
             }
             BufferKind::Readback => wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            BufferKind::Uniform => wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            BufferKind::Scalars => wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
         }
     }
 }
@@ -70,13 +70,6 @@ impl BufferPool {
             }
         }
         freed
-    }
-
-    pub fn pooled_bytes(&self) -> u64 {
-        self.free
-            .values()
-            .flat_map(|l| l.iter().map(|b| b.size))
-            .sum()
     }
 }
 
@@ -126,10 +119,6 @@ impl Storage {
 
     pub(crate) fn bump_version(&self) {
         self.0.version.fetch_add(1, Ordering::AcqRel);
-    }
-
-    pub(crate) fn same(&self, other: &Storage) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
     }
 }
 

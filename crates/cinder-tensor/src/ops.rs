@@ -823,7 +823,6 @@ impl Tensor {
 /// no atomics, so it is deterministic.
 fn scatter_add(src: &Tensor, src_shape: &[usize], d: usize, index: &Tensor, g: &Tensor) -> Result<Tensor> {
     let out_shape = g.shape().to_vec();
-    let k = out_shape[d];
     let j = src_shape[d];
     // Work in [..., K, J, ...]: the gathered axis K, then the source axis J.
     let mut wide = out_shape.clone();
@@ -835,12 +834,11 @@ fn scatter_add(src: &Tensor, src_shape: &[usize], d: usize, index: &Tensor, g: &
     let summed = hit.mul(&grads)?.sum(&[d as isize], false)?;
     // Index dims other than `d` may be smaller than the source's.
     let mut out = summed;
-    for axis in 0..src_shape.len() {
-        if axis != d && out.shape()[axis] < src_shape[axis] {
-            let extra = src_shape[axis] - out.shape()[axis];
+    for (axis, &size) in src_shape.iter().enumerate() {
+        if axis != d && out.shape()[axis] < size {
+            let extra = size - out.shape()[axis];
             out = out.pad_dim(axis, 0, extra)?;
         }
     }
-    let _ = k;
     Ok(out)
 }
