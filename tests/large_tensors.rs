@@ -25,6 +25,9 @@ fn elementwise_and_reduce_beyond_the_binding_limit() -> Result<()> {
     let total = y.sum_all()?.item()? as f64;
     let want: f64 = (0..n).map(|i| ((i as f32) * 0.5 + 1.0) as f64).sum();
     assert!((total - want).abs() <= 1e-5 * want, "sum {total} vs {want}");
+    // Arg-reductions over a long axis, with the winner near the end.
+    assert_eq!(y.argmax(0, false)?.to_vec::<i32>()?, vec![n as i32 - 1]);
+    assert_eq!(y.neg()?.argmin(0, false)?.to_vec::<i32>()?, vec![n as i32 - 1]);
     let max = y.max(&[], false)?.item()?;
     assert_eq!(max, ((n - 1) as f32) * 0.5 + 1.0);
     Ok(())

@@ -6,6 +6,9 @@ use cinder_runtime::{contiguous_strides, numel, BinaryOp, DType, Error, Node, Re
 use crate::shape::{broadcast_shapes, expand_spec, norm_axes, norm_axis};
 use crate::tensor::Tensor;
 
+/// Arg-reductions longer than this run as two splittable reductions.
+const LONG_ARG_REDUCTION: usize = 1 << 16;
+
 fn float_only(op: &'static str, t: &Tensor) -> Result<()> {
     if t.dtype() != DType::F32 {
         return Err(Error::DType {
@@ -452,9 +455,28 @@ impl Tensor {
 
     fn arg(&self, axis: isize, keepdim: bool, op: ReduceOp, name: &'static str) -> Result<Tensor> {
         let a = norm_axis(name, axis, self.dims())?;
+        if self.shape()[a] > LONG_ARG_REDUCTION {
+            return self.long_arg(a, keepdim, op);
+        }
         let kept = self.node().reduce(op, &[a])?;
         let out = if keepdim { kept } else { kept.reshape(&Self::squeeze_axes(self.shape(), &[a]))? };
         Ok(Tensor::from_node(out))
+    }
+
+    /// An arg-reduction over a long axis as two plain reductions, which the
+    /// runtime splits over many workgroups: the extreme value, then the first
+    /// index holding it (or holding a NaN, which PyTorch reports).
+    fn long_arg(&self, a: usize, keepdim: bool, op: ReduceOp) -> Result<Tensor> {
+        let x = self.detach();
+        let extreme = match op {
+            ReduceOp::ArgMax => x.max(&[a as isize], true)?,
+            _ => x.min(&[a as isize], true)?,
+        };
+        let hit = x.eq(&extreme)?;
+        let hit = if x.dtype() == DType::F32 { Tensor::from_node(hit.node().binary(BinaryOp::Max, x.ne(&x)?.node())?) } else { hit };
+        let positions = Tensor::from_node(Node::iota(self.device(), self.shape(), DType::I32, a)?);
+        let never = Tensor::full_dtype(self.device(), &[], DType::I32, i32::MAX as f64);
+        Tensor::where_cond(&hit, &positions, &never)?.min(&[a as isize], keepdim)
     }
 
     /// Sums broadcast dimensions away so that a gradient matches `shape`.
