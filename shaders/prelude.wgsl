@@ -41,6 +41,15 @@ fn pow_f(a: f32, b: f32) -> f32 {
     if (b == 0.0) {
         return 1.0;
     }
+    let odd_integer = floor(b) == b && abs(b) < 16777216.0 && (i32(b) & 1) == 1;
+    if (a == 0.0 && b < 0.0) {
+        // 0^-n is inf, carrying the zero's sign for odd integer n.
+        let negative_zero = (bitcast<u32>(a) & 0x80000000u) != 0u;
+        if (negative_zero && odd_integer) {
+            return bitcast<f32>(0xff800000u);
+        }
+        return bitcast<f32>(0x7f800000u);
+    }
     let r = pow(abs(a), b);
     if (a < 0.0) {
         if (floor(b) != b) {
@@ -53,16 +62,22 @@ fn pow_f(a: f32, b: f32) -> f32 {
     return r;
 }
 
+fn is_nan_f(x: f32) -> bool {
+    // On the bits: float comparisons compile to ordered ones, so `x != x` is
+    // false even for NaN.
+    return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u;
+}
+
 fn max_f(a: f32, b: f32) -> f32 {
     // PyTorch's maximum propagates NaN.
-    if (a != a || b != b) {
+    if (is_nan_f(a) || is_nan_f(b)) {
         return a + b;
     }
     return max(a, b);
 }
 
 fn min_f(a: f32, b: f32) -> f32 {
-    if (a != a || b != b) {
+    if (is_nan_f(a) || is_nan_f(b)) {
         return a + b;
     }
     return min(a, b);

@@ -6,7 +6,11 @@ mod train;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cinder", version, about = "A deep-learning engine for GPUs, on wgpu")]
+#[command(
+    name = "cinder",
+    version,
+    about = "A deep-learning engine for GPUs, on wgpu"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -45,24 +49,46 @@ fn main() {
 fn info() -> cinder::Result<()> {
     let adapters = cinder::runtime::list_adapters();
     if adapters.is_empty() {
-        return Err(cinder::Error::NoAdapter { filter: String::new() });
+        return Err(cinder::Error::NoAdapter {
+            filter: String::new(),
+        });
     }
     let chosen = cinder::Device::new().ok();
     for (i, a) in adapters.iter().enumerate() {
         let mark = match &chosen {
-            Some(d) if d.adapter_name() == a.name && d.backend() == a.backend => "  <- Device::new() picks this one",
+            Some(d) if d.adapter_name() == a.name && d.backend() == a.backend => {
+                "  <- Device::new() picks this one"
+            }
             _ => "",
         };
         println!("[{i}] {} ({}, {}){mark}", a.name, a.backend, a.device_type);
         println!("    driver: {} {}", a.driver, a.driver_info);
         println!("    max buffer size: {} MiB", a.max_buffer_size >> 20);
-        println!("    max storage binding: {} MiB", a.max_storage_buffer_binding_size >> 20);
-        println!("    workgroup storage: {} KiB", a.max_compute_workgroup_storage_size >> 10);
-        println!("    invocations per workgroup: {}", a.max_compute_invocations_per_workgroup);
-        println!("    workgroups per dimension: {}", a.max_compute_workgroups_per_dimension);
-        let features = if a.features.is_empty() { "none of interest".to_string() } else { a.features.join(", ") };
+        println!(
+            "    max storage binding: {} MiB",
+            a.max_storage_buffer_binding_size >> 20
+        );
+        println!(
+            "    workgroup storage: {} KiB",
+            a.max_compute_workgroup_storage_size >> 10
+        );
+        println!(
+            "    invocations per workgroup: {}",
+            a.max_compute_invocations_per_workgroup
+        );
+        println!(
+            "    workgroups per dimension: {}",
+            a.max_compute_workgroups_per_dimension
+        );
+        let features = if a.features.is_empty() {
+            "none of interest".to_string()
+        } else {
+            a.features.join(", ")
+        };
         println!("    features: {features}");
     }
-    println!("Override with CINDER_BACKEND=vulkan|metal|dx12|gl and CINDER_ADAPTER=<name substring>.");
+    println!(
+        "Override with CINDER_BACKEND=vulkan|metal|dx12|gl and CINDER_ADAPTER=<name substring>."
+    );
     Ok(())
 }

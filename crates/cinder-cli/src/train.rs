@@ -48,20 +48,32 @@ pub fn mlp(device: &Device) -> Result<Sequential> {
         .add(Linear::new(device, 128, 10, true)?))
 }
 
-fn train_mlp(epochs: usize, batch_size: usize, lr: f32, seed: u64, out: &std::path::Path) -> Result<()> {
+fn train_mlp(
+    epochs: usize,
+    batch_size: usize,
+    lr: f32,
+    seed: u64,
+    out: &std::path::Path,
+) -> Result<()> {
     let device = Device::new()?;
     device.manual_seed(seed);
     println!("adapter: {} ({})", device.adapter_name(), device.backend());
     let split = Digits::load()?.split();
-    println!("digits: {} train, {} held-out test (fixed seeded split)", split.train.len(), split.test.len());
+    println!(
+        "digits: {} train, {} held-out test (fixed seeded split)",
+        split.train.len(),
+        split.test.len()
+    );
     let loader = DataLoader::new(Arc::new(split.train), batch_size, true, seed)?;
     let model = mlp(&device)?;
     let mut opt = Adam::adamw(model.parameters(), lr)?;
 
     let bar = ProgressBar::new((epochs * loader.len()) as u64);
     bar.set_style(
-        ProgressStyle::with_template("{bar:40.cyan/blue} {pos}/{len} steps [{elapsed_precise}] {per_sec} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{bar:40.cyan/blue} {pos}/{len} steps [{elapsed_precise}] {per_sec} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let start = Instant::now();
     let mut samples = 0usize;
@@ -75,14 +87,20 @@ fn train_mlp(epochs: usize, batch_size: usize, lr: f32, seed: u64, out: &std::pa
             let l = loss.item()?;
             if !l.is_finite() {
                 bar.abandon();
-                return Err(cinder::Error::invalid("train", format!("loss became {l} in epoch {epoch}; lower --lr")));
+                return Err(cinder::Error::invalid(
+                    "train",
+                    format!("loss became {l} in epoch {epoch}; lower --lr"),
+                ));
             }
             sum += l;
             n += 1;
             samples += batch.len();
             bar.inc(1);
             let rate = samples as f64 / start.elapsed().as_secs_f64();
-            bar.set_message(format!("epoch {epoch} loss {:.4} {rate:.0} samples/s", sum / n as f32));
+            bar.set_message(format!(
+                "epoch {epoch} loss {:.4} {rate:.0} samples/s",
+                sum / n as f32
+            ));
         }
     }
     bar.finish();
@@ -92,7 +110,11 @@ fn train_mlp(epochs: usize, batch_size: usize, lr: f32, seed: u64, out: &std::pa
     let test = &split.test;
     let x = Tensor::from_slice(&device, &test.features, &[test.len(), 64])?;
     let predicted = model.forward(&x)?.argmax(-1, false)?.to_vec::<i32>()?;
-    let correct = predicted.iter().zip(&test.labels).filter(|(p, t)| p == t).count();
+    let correct = predicted
+        .iter()
+        .zip(&test.labels)
+        .filter(|(p, t)| p == t)
+        .count();
     println!(
         "test accuracy: {:.2}% ({correct}/{}); trained {epochs} epochs in {train_time:.1} s ({:.0} samples/s)",
         100.0 * correct as f64 / test.len() as f64,

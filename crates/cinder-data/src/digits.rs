@@ -85,7 +85,9 @@ impl Digits {
             for &r in rows {
                 // ok: `load` checked that there are ROWS rows of NUM_FEATURES values,
                 // and every r < ROWS.
-                features.extend_from_slice(&self.all.features[r * Self::NUM_FEATURES..(r + 1) * Self::NUM_FEATURES]);
+                features.extend_from_slice(
+                    &self.all.features[r * Self::NUM_FEATURES..(r + 1) * Self::NUM_FEATURES],
+                );
                 labels.push(self.all.labels[r]);
             }
             InMemoryDataset {
@@ -239,12 +241,17 @@ mod tests {
         split.test.validate().expect("test consistent");
         let test_rows = Digits::test_rows();
         assert_eq!(test_rows.len(), 360);
-        assert!(test_rows.windows(2).all(|w| w[0] < w[1]), "sorted, no repeats");
+        assert!(
+            test_rows.windows(2).all(|w| w[0] < w[1]),
+            "sorted, no repeats"
+        );
         assert_eq!(test_rows, Digits::test_rows(), "the split is fixed");
         assert_eq!(split.test.sample(0), d.all().sample(test_rows[0]));
         assert_eq!(split.test.sample(359), d.all().sample(test_rows[359]));
         // Train and test together are every row exactly once.
-        let train_rows: Vec<usize> = (0..Digits::ROWS).filter(|r| test_rows.binary_search(r).is_err()).collect();
+        let train_rows: Vec<usize> = (0..Digits::ROWS)
+            .filter(|r| test_rows.binary_search(r).is_err())
+            .collect();
         assert_eq!(train_rows.len(), 1437);
         assert_eq!(split.train.sample(0), d.all().sample(train_rows[0]));
         assert_eq!(split.train.sample(1436), d.all().sample(train_rows[1436]));

@@ -36,7 +36,10 @@ impl Batch {
     }
 
     /// The inputs as an f32 tensor of `input_shape` and the targets as i32 `[b]`.
-    pub fn to_tensors(&self, device: &cinder_tensor::Device) -> Result<(cinder_tensor::Tensor, cinder_tensor::Tensor)> {
+    pub fn to_tensors(
+        &self,
+        device: &cinder_tensor::Device,
+    ) -> Result<(cinder_tensor::Tensor, cinder_tensor::Tensor)> {
         let x = cinder_tensor::Tensor::from_slice(device, &self.inputs, &self.input_shape)?;
         let y = cinder_tensor::Tensor::from_slice(device, &self.targets, &[self.targets.len()])?;
         Ok((x, y))

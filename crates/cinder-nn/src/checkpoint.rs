@@ -27,7 +27,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         _ => std::path::PathBuf::from("."),
     };
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "checkpoint".into());
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "checkpoint".into());
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
@@ -48,11 +51,18 @@ pub fn save_tensors(path: impl AsRef<Path>, tensors: &[(String, Tensor)]) -> Res
     let mut seen = std::collections::HashSet::new();
     for (name, _) in tensors {
         if !seen.insert(name) {
-            return Err(Error::invalid("save", format!("two tensors are named {name:?}")));
+            return Err(Error::invalid(
+                "save",
+                format!("two tensors are named {name:?}"),
+            ));
         }
     }
     let Some((_, first)) = tensors.first() else {
-        return write_atomic(path, &safetensors::serialize(Vec::<(String, TensorView)>::new(), None).map_err(|e| Error::bad_file(path, e.to_string()))?);
+        return write_atomic(
+            path,
+            &safetensors::serialize(Vec::<(String, TensorView)>::new(), None)
+                .map_err(|e| Error::bad_file(path, e.to_string()))?,
+        );
     };
     let nodes: Vec<Node> = tensors.iter().map(|(_, t)| t.node().clone()).collect();
     let read: Vec<usize> = (0..nodes.len()).collect();
@@ -68,7 +78,8 @@ pub fn save_tensors(path: impl AsRef<Path>, tensors: &[(String, Tensor)]) -> Res
         .collect::<Result<Vec<_>>>()?;
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());
-    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| Error::bad_file(path, e.to_string()))?;
+    let bytes = safetensors::serialize(views, Some(meta))
+        .map_err(|e| Error::bad_file(path, e.to_string()))?;
     write_atomic(path, &bytes)
 }
 
@@ -98,27 +109,45 @@ pub fn load(path: impl AsRef<Path>, module: &dyn Module) -> Result<()> {
         let view = match file.tensor(name) {
             Ok(v) => v,
             Err(_) => {
-                problems.push(format!("missing tensor {name:?} (shape {:?})", target.shape()));
+                problems.push(format!(
+                    "missing tensor {name:?} (shape {:?})",
+                    target.shape()
+                ));
                 continue;
             }
         };
         let want = st_dtype(target.dtype());
         if view.dtype() != want {
-            problems.push(format!("{name}: dtype {:?} in the file, the model has {want:?}", view.dtype()));
+            problems.push(format!(
+                "{name}: dtype {:?} in the file, the model has {want:?}",
+                view.dtype()
+            ));
             continue;
         }
         if view.shape() != target.shape() {
-            problems.push(format!("{name}: shape {:?} in the file, the model has {:?}", view.shape(), target.shape()));
+            problems.push(format!(
+                "{name}: shape {:?} in the file, the model has {:?}",
+                view.shape(),
+                target.shape()
+            ));
             continue;
         }
-        let value = Node::from_bytes(target.device(), target.shape(), target.dtype(), view.data().to_vec())?;
+        let value = Node::from_bytes(
+            target.device(),
+            target.shape(),
+            target.dtype(),
+            view.data().to_vec(),
+        )?;
         effects.push(Effect::Assign {
             target: target.node().clone(),
             value,
         });
     }
     if !problems.is_empty() {
-        return Err(Error::bad_file(path, format!("does not match the model: {}", problems.join("; "))));
+        return Err(Error::bad_file(
+            path,
+            format!("does not match the model: {}", problems.join("; ")),
+        ));
     }
     let Some((_, first)) = targets.first() else {
         return Ok(());

@@ -7,7 +7,10 @@ use cinder_tensor::{Device, Error, Result, Tensor};
 /// Fan-in and fan-out of a weight: `[out, in, k...]` as PyTorch computes them.
 pub fn fans(shape: &[usize]) -> Result<(usize, usize)> {
     if shape.len() < 2 {
-        return Err(Error::invalid("init", format!("fan in/out needs at least 2 dims, got {shape:?}")));
+        return Err(Error::invalid(
+            "init",
+            format!("fan in/out needs at least 2 dims, got {shape:?}"),
+        ));
     }
     let receptive: usize = shape[2..].iter().product();
     Ok((shape[1] * receptive, shape[0] * receptive))
@@ -24,7 +27,12 @@ pub fn gain(nonlinearity: &str, param: Option<f32>) -> Result<f32> {
             (2.0 / (1.0 + slope * slope)).sqrt()
         }
         "selu" => 0.75,
-        other => return Err(Error::invalid("init", format!("unknown nonlinearity {other:?}"))),
+        other => {
+            return Err(Error::invalid(
+                "init",
+                format!("unknown nonlinearity {other:?}"),
+            ))
+        }
     })
 }
 
@@ -34,11 +42,23 @@ fn realized(t: Tensor) -> Result<Tensor> {
 }
 
 pub fn uniform(device: &Device, shape: &[usize], low: f32, high: f32) -> Result<Tensor> {
-    realized(Tensor::rand_seeded(device, shape, low, high, device.next_seed())?)
+    realized(Tensor::rand_seeded(
+        device,
+        shape,
+        low,
+        high,
+        device.next_seed(),
+    )?)
 }
 
 pub fn normal(device: &Device, shape: &[usize], mean: f32, std: f32) -> Result<Tensor> {
-    realized(Tensor::randn_seeded(device, shape, mean, std, device.next_seed())?)
+    realized(Tensor::randn_seeded(
+        device,
+        shape,
+        mean,
+        std,
+        device.next_seed(),
+    )?)
 }
 
 pub fn zeros(device: &Device, shape: &[usize]) -> Result<Tensor> {
@@ -59,7 +79,12 @@ pub fn kaiming_uniform(device: &Device, shape: &[usize], a: f32) -> Result<Tenso
 /// `kaiming_normal_(mode='fan_in', nonlinearity='relu')`.
 pub fn kaiming_normal(device: &Device, shape: &[usize]) -> Result<Tensor> {
     let (fan_in, _) = fans(shape)?;
-    normal(device, shape, 0.0, gain("relu", None)? / (fan_in.max(1) as f32).sqrt())
+    normal(
+        device,
+        shape,
+        0.0,
+        gain("relu", None)? / (fan_in.max(1) as f32).sqrt(),
+    )
 }
 
 pub fn xavier_uniform(device: &Device, shape: &[usize], gain: f32) -> Result<Tensor> {
@@ -70,5 +95,10 @@ pub fn xavier_uniform(device: &Device, shape: &[usize], gain: f32) -> Result<Ten
 
 pub fn xavier_normal(device: &Device, shape: &[usize], gain: f32) -> Result<Tensor> {
     let (fan_in, fan_out) = fans(shape)?;
-    normal(device, shape, 0.0, gain * (2.0 / (fan_in + fan_out).max(1) as f32).sqrt())
+    normal(
+        device,
+        shape,
+        0.0,
+        gain * (2.0 / (fan_in + fan_out).max(1) as f32).sqrt(),
+    )
 }

@@ -13,11 +13,20 @@ pub struct Linear {
 
 impl Linear {
     /// PyTorch's default init: weight and bias uniform in ±1/sqrt(in).
-    pub fn new(device: &Device, in_features: usize, out_features: usize, bias: bool) -> Result<Linear> {
+    pub fn new(
+        device: &Device,
+        in_features: usize,
+        out_features: usize,
+        bias: bool,
+    ) -> Result<Linear> {
         if in_features == 0 || out_features == 0 {
-            return Err(Error::invalid("Linear", format!("features must be positive, got {in_features} -> {out_features}")));
+            return Err(Error::invalid(
+                "Linear",
+                format!("features must be positive, got {in_features} -> {out_features}"),
+            ));
         }
-        let weight = init::kaiming_uniform(device, &[out_features, in_features], 5f32.sqrt())?.requires_grad_();
+        let weight = init::kaiming_uniform(device, &[out_features, in_features], 5f32.sqrt())?
+            .requires_grad_();
         let bound = 1.0 / (in_features as f32).sqrt();
         let bias = if bias {
             Some(init::uniform(device, &[out_features], -bound, bound)?.requires_grad_())
@@ -42,7 +51,11 @@ impl Module for Linear {
         if n != self.in_features() {
             return Err(Error::shape(
                 "Linear",
-                format!("input {:?} has {n} features, the layer takes {}", input.shape(), self.in_features()),
+                format!(
+                    "input {:?} has {n} features, the layer takes {}",
+                    input.shape(),
+                    self.in_features()
+                ),
             ));
         }
         let y = input.matmul(&self.weight.t()?)?;

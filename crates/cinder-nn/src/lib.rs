@@ -8,6 +8,8 @@ pub mod module;
 pub mod optim;
 
 pub use checkpoint::{load, save};
-pub use layers::{Flatten, Identity, LeakyReLU, Linear, ReLU, Sequential, Sigmoid, Softmax, Tanh, GELU};
+pub use layers::{
+    Flatten, Identity, LeakyReLU, Linear, ReLU, Sequential, Sigmoid, Softmax, Tanh, GELU,
+};
 pub use module::Module;
 pub use optim::{Adam, Optimizer, Sgd};

@@ -21,7 +21,10 @@ pub trait Module: Send + Sync {
     fn set_training(&mut self, _training: bool) {}
 
     fn parameters(&self) -> Vec<Tensor> {
-        self.named_parameters().into_iter().map(|(_, t)| t).collect()
+        self.named_parameters()
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect()
     }
 
     /// Parameters then buffers, as PyTorch's `state_dict()` lists them.
@@ -46,5 +49,8 @@ pub trait Module: Send + Sync {
 
 /// Prefixes child names the way PyTorch nests modules (`fc1.weight`).
 pub fn prefixed(prefix: &str, items: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
-    items.into_iter().map(|(n, t)| (format!("{prefix}.{n}"), t)).collect()
+    items
+        .into_iter()
+        .map(|(n, t)| (format!("{prefix}.{n}"), t))
+        .collect()
 }

@@ -20,7 +20,10 @@ fn check_params(op: &'static str, params: &[Tensor]) -> Result<()> {
     }
     for p in params {
         if !p.requires_grad() || !p.is_leaf() {
-            return Err(Error::invalid(op, format!("parameter {p:?} must be a leaf tensor that requires grad")));
+            return Err(Error::invalid(
+                op,
+                format!("parameter {p:?} must be a leaf tensor that requires grad"),
+            ));
         }
         if p.device() != params[0].device() {
             return Err(Error::invalid(op, "parameters live on different devices"));
@@ -37,7 +40,9 @@ fn state_like(p: &Tensor) -> Result<Tensor> {
 
 fn run(params: &[Tensor], grads: &Gradients, effects: Vec<Effect>) -> Result<()> {
     let device = params[0].device();
-    device.run(&[grads.root().node().clone()], &effects, &[]).map(|_| ())
+    device
+        .run(&[grads.root().node().clone()], &effects, &[])
+        .map(|_| ())
 }
 
 /// `torch.optim.SGD`.
@@ -92,7 +97,10 @@ impl Sgd {
 impl Optimizer for Sgd {
     fn step(&mut self, grads: &Gradients) -> Result<()> {
         if self.nesterov && (self.momentum <= 0.0 || self.dampening != 0.0) {
-            return Err(Error::invalid("SGD", "Nesterov momentum requires a momentum and zero dampening"));
+            return Err(Error::invalid(
+                "SGD",
+                "Nesterov momentum requires a momentum and zero dampening",
+            ));
         }
         let mut effects = Vec::new();
         for (i, p) in self.params.iter().enumerate() {
@@ -112,7 +120,9 @@ impl Optimizer for Sgd {
             }
             let buf = self.buffers[i].as_ref().map(|b| b.node().clone());
             effects.push(Effect::Optim {
-                kind: OptimKind::SgdMomentum { nesterov: self.nesterov },
+                kind: OptimKind::SgdMomentum {
+                    nesterov: self.nesterov,
+                },
                 param: p.node().clone(),
                 grad: g.node().clone(),
                 state: buf.into_iter().collect(),
@@ -204,14 +214,20 @@ impl Optimizer for Adam {
             if self.state[i].is_none() {
                 self.state[i] = Some((state_like(p)?, state_like(p)?, 0));
             }
-            let Some((m, v, step)) = self.state[i].as_mut() else { continue };
+            let Some((m, v, step)) = self.state[i].as_mut() else {
+                continue;
+            };
             *step += 1;
             let t = *step as i32;
             // PyTorch computes these in Python floats (f64) and hands f32 kernels
             // the rounded results; so do we.
             let bias_correction1 = 1.0 - b1.powi(t);
             let bias_correction2 = 1.0 - b2.powi(t);
-            let (decay, coupled_wd) = if self.decoupled { (1.0 - lr * wd, 0.0) } else { (1.0, wd) };
+            let (decay, coupled_wd) = if self.decoupled {
+                (1.0 - lr * wd, 0.0)
+            } else {
+                (1.0, wd)
+            };
             effects.push(Effect::Optim {
                 kind: OptimKind::Adam,
                 param: p.node().clone(),

@@ -13,23 +13,42 @@ use crate::pool::Storage;
 pub(crate) enum Kind {
     External,
     Upload,
-    Const(f64),
-    Iota { axis: usize },
-    Rand { normal: bool },
+    Const,
+    Iota {
+        axis: usize,
+    },
+    Rand {
+        normal: bool,
+    },
     Unary(UnaryOp, usize),
     Binary(BinaryOp, usize, usize),
     Where(usize, usize, usize),
     Cast(usize),
     View(ViewSpec, usize),
-    Gather { axis: usize, src: usize, index: usize },
-    Reduce { op: ReduceOp, axes: Vec<usize>, input: usize },
-    Matmul { a: usize, b: usize, a_batched: bool, b_batched: bool },
+    Gather {
+        axis: usize,
+        src: usize,
+        index: usize,
+    },
+    Reduce {
+        op: ReduceOp,
+        axes: Vec<usize>,
+        input: usize,
+    },
+    Matmul {
+        a: usize,
+        b: usize,
+        a_batched: bool,
+        b_batched: bool,
+    },
 }
 
 impl Kind {
     pub fn children(&self) -> Vec<usize> {
         match self {
-            Kind::External | Kind::Upload | Kind::Const(_) | Kind::Iota { .. } | Kind::Rand { .. } => vec![],
+            Kind::External | Kind::Upload | Kind::Const | Kind::Iota { .. } | Kind::Rand { .. } => {
+                vec![]
+            }
             Kind::Unary(_, a) | Kind::Cast(a) | Kind::View(_, a) => vec![*a],
             Kind::Reduce { input, .. } => vec![*input],
             Kind::Binary(_, a, b) => vec![*a, *b],
@@ -70,7 +89,10 @@ pub(crate) enum CanonEffect {
         state: Vec<usize>,
         hyper_len: usize,
     },
-    Assign { target: usize, value: usize },
+    Assign {
+        target: usize,
+        value: usize,
+    },
 }
 
 /// The values a replay needs that are not part of the structure.
@@ -79,6 +101,7 @@ pub(crate) struct Bindings {
     pub externals: HashMap<usize, Storage>,
     pub uploads: HashMap<usize, std::sync::Arc<Vec<u8>>>,
     pub seeds: HashMap<usize, u64>,
+    pub consts: HashMap<usize, f64>,
     pub hypers: Vec<Vec<f32>>,
 }
 
@@ -155,7 +178,11 @@ impl Builder {
                             self.bind.uploads.insert(i, data.clone());
                             Kind::Upload
                         }
-                        Op::Const(v) => Kind::Const(*v),
+                        Op::Const(v) => {
+                            let i = self.entries.len();
+                            self.bind.consts.insert(i, *v);
+                            Kind::Const
+                        }
                         Op::Iota { axis } => Kind::Iota { axis: *axis },
                         Op::Rand { seed, normal } => {
                             let i = self.entries.len();
@@ -219,6 +246,7 @@ pub(crate) fn canonicalize(roots: &[Node], effects: &[Effect]) -> Result<Canon> 
             externals: HashMap::new(),
             uploads: HashMap::new(),
             seeds: HashMap::new(),
+            consts: HashMap::new(),
             hypers: Vec::new(),
         },
     };
@@ -244,7 +272,10 @@ pub(crate) fn canonicalize(roots: &[Node], effects: &[Effect]) -> Result<Canon> 
                 }
                 for &i in std::iter::once(&p).chain(&st) {
                     if !matches!(b.entries[i].kind, Kind::External) {
-                        return Err(Error::invalid("optimizer step", "parameters and optimizer state must be realized tensors"));
+                        return Err(Error::invalid(
+                            "optimizer step",
+                            "parameters and optimizer state must be realized tensors",
+                        ));
                     }
                 }
                 b.bind.hypers.push(hyper.clone());
@@ -260,15 +291,27 @@ pub(crate) fn canonicalize(roots: &[Node], effects: &[Effect]) -> Result<Canon> 
                 if target.shape() != value.shape() || target.dtype() != value.dtype() {
                     return Err(Error::shape(
                         "assign",
-                        format!("target {:?}:{} <- value {:?}:{}", target.shape(), target.dtype(), value.shape(), value.dtype()),
+                        format!(
+                            "target {:?}:{} <- value {:?}:{}",
+                            target.shape(),
+                            target.dtype(),
+                            value.shape(),
+                            value.dtype()
+                        ),
                     ));
                 }
                 let t = b.visit(target)?;
                 if !matches!(b.entries[t].kind, Kind::External) {
-                    return Err(Error::invalid("assign", "the target of an in-place write must be a realized tensor"));
+                    return Err(Error::invalid(
+                        "assign",
+                        "the target of an in-place write must be a realized tensor",
+                    ));
                 }
                 let v = b.visit(value)?;
-                CanonEffect::Assign { target: t, value: v }
+                CanonEffect::Assign {
+                    target: t,
+                    value: v,
+                }
             }
         });
     }
@@ -291,7 +334,8 @@ fn structure_key(entries: &[Entry], roots: &[usize], effects: &[CanonEffect]) ->
         match &e.kind {
             Kind::External => k.push(1),
             Kind::Upload => k.push(2),
-            Kind::Const(v) => k.extend([3, v.to_bits()]),
+            // The value lives in the scalars buffer, not in the structure.
+            Kind::Const => k.push(3),
             Kind::Iota { axis } => k.extend([4, *axis as u64]),
             Kind::Rand { normal } => k.extend([5, *normal as u64]),
             Kind::Unary(op, a) => k.extend([6, *op as u64, *a as u64]),
@@ -311,7 +355,9 @@ fn structure_key(entries: &[Entry], roots: &[usize], effects: &[CanonEffect]) ->
                     }
                 }
             }
-            Kind::Gather { axis, src, index } => k.extend([11, *axis as u64, *src as u64, *index as u64]),
+            Kind::Gather { axis, src, index } => {
+                k.extend([11, *axis as u64, *src as u64, *index as u64])
+            }
             Kind::Reduce { op, axes, input } => {
                 k.extend([12, *op as u64, *input as u64, axes.len() as u64]);
                 k.extend(axes.iter().map(|&a| a as u64));
@@ -321,7 +367,13 @@ fn structure_key(entries: &[Entry], roots: &[usize], effects: &[CanonEffect]) ->
                 b,
                 a_batched,
                 b_batched,
-            } => k.extend([13, *a as u64, *b as u64, *a_batched as u64, *b_batched as u64]),
+            } => k.extend([
+                13,
+                *a as u64,
+                *b as u64,
+                *a_batched as u64,
+                *b_batched as u64,
+            ]),
         }
     }
     k.push(u64::MAX);

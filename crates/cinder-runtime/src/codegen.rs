@@ -24,7 +24,10 @@ pub(crate) struct Generated {
     pub source: String,
     /// Entries bound read-only, in binding order (bindings 0..n).
     pub inputs: Vec<usize>,
-    /// Rand entries whose seeds fill the scalars buffer, two u32 each.
+    /// Rand entries (seeds) and constants whose values fill the scalars
+    /// buffer, two u32 words each: values are not baked into the source, so a
+    /// changed constant reuses the same pipeline, and the driver cannot fold
+    /// IEEE special cases (x / 0, inf * 0) away.
     pub seeds: Vec<usize>,
     /// Number of threads or workgroups the dispatch must cover.
     pub items: u64,
@@ -113,12 +116,23 @@ impl Gen<'_> {
             Kind::External | Kind::Upload | Kind::Reduce { .. } | Kind::Matmul { .. } => {
                 self.load(i, idx)
             }
-            Kind::Const(c) => literal(e.dtype, c),
+            Kind::Const => {
+                let s = self.seeds.len();
+                self.seeds.push(i);
+                match e.dtype {
+                    DType::U32 => format!("scalars[{}u]", 2 * s),
+                    other => format!("bitcast<{}>(scalars[{}u])", other.wgsl(), 2 * s),
+                }
+            }
             Kind::Iota { axis } => format!("{ty}({})", coord(idx, &e.shape, axis)),
             Kind::Rand { normal } => {
                 let s = self.seeds.len();
                 self.seeds.push(i);
-                let f = if normal { "rand_normal" } else { "rand_uniform" };
+                let f = if normal {
+                    "rand_normal"
+                } else {
+                    "rand_uniform"
+                };
                 format!("{f}({idx}, scalars[{}u], scalars[{}u])", 2 * s, 2 * s + 1)
             }
             Kind::Unary(op, a) => {
@@ -192,7 +206,11 @@ impl Gen<'_> {
                 let mut terms = Vec::new();
                 for d in 0..e.shape.len() {
                     if d == axis {
-                        terms.push(format!("u32(clamp(i32({ix}), 0i, {}i)) * {}u", dim - 1, strides[d]));
+                        terms.push(format!(
+                            "u32(clamp(i32({ix}), 0i, {}i)) * {}u",
+                            dim - 1,
+                            strides[d]
+                        ));
                     } else if src_shape[d] > 1 {
                         terms.push(format!("{} * {}u", coord(idx, &e.shape, d), strides[d]));
                     }
@@ -223,28 +241,54 @@ impl Gen<'_> {
 
     /// Declares a buffer of `chunks` bindings starting at `*next`; a chunked
     /// buffer also gets a load (or store) helper that picks the binding.
-    fn declare(&self, s: &mut String, next: &mut usize, name: &str, ty: &str, chunks: usize, write: bool) {
+    fn declare(
+        &self,
+        s: &mut String,
+        next: &mut usize,
+        name: &str,
+        ty: &str,
+        chunks: usize,
+        write: bool,
+    ) {
         let access = if write { "read_write" } else { "read" };
         if chunks == 1 {
-            let _ = writeln!(s, "@group(0) @binding({next}) var<storage, {access}> {name}: array<{ty}>;");
+            let _ = writeln!(
+                s,
+                "@group(0) @binding({next}) var<storage, {access}> {name}: array<{ty}>;"
+            );
             *next += 1;
             return;
         }
         for c in 0..chunks {
-            let _ = writeln!(s, "@group(0) @binding({next}) var<storage, {access}> {name}_{c}: array<{ty}>;");
+            let _ = writeln!(
+                s,
+                "@group(0) @binding({next}) var<storage, {access}> {name}_{c}: array<{ty}>;"
+            );
             *next += 1;
         }
         let chunk = self.chunk;
         let mut branches = String::new();
         for c in 0..chunks - 1 {
-            let target = if write { format!("{name}_{c}[i - {}u] = v; return;", c * chunk) } else { format!("return {name}_{c}[i - {}u];", c * chunk) };
+            let target = if write {
+                format!("{name}_{c}[i - {}u] = v; return;", c * chunk)
+            } else {
+                format!("return {name}_{c}[i - {}u];", c * chunk)
+            };
             let _ = writeln!(branches, "    if (i < {}u) {{ {target} }}", (c + 1) * chunk);
         }
         let last = chunks - 1;
         if write {
-            let _ = writeln!(s, "fn st_{name}(i: u32, v: {ty}) {{\n{branches}    {name}_{last}[i - {}u] = v;\n}}", last * chunk);
+            let _ = writeln!(
+                s,
+                "fn st_{name}(i: u32, v: {ty}) {{\n{branches}    {name}_{last}[i - {}u] = v;\n}}",
+                last * chunk
+            );
         } else {
-            let _ = writeln!(s, "fn ld_{name}(i: u32) -> {ty} {{\n{branches}    return {name}_{last}[i - {}u];\n}}", last * chunk);
+            let _ = writeln!(
+                s,
+                "fn ld_{name}(i: u32) -> {ty} {{\n{branches}    return {name}_{last}[i - {}u];\n}}",
+                last * chunk
+            );
         }
     }
 
@@ -252,11 +296,28 @@ impl Gen<'_> {
         let mut s = String::new();
         let mut next = 0;
         for (b, &i) in self.inputs.iter().enumerate() {
-            self.declare(&mut s, &mut next, &format!("b{b}"), self.entries[i].dtype.wgsl(), self.chunks(i), false);
+            self.declare(
+                &mut s,
+                &mut next,
+                &format!("b{b}"),
+                self.entries[i].dtype.wgsl(),
+                self.chunks(i),
+                false,
+            );
         }
-        self.declare(&mut s, &mut next, "out", self.entries[out].dtype.wgsl(), self.chunks(out), true);
+        self.declare(
+            &mut s,
+            &mut next,
+            "out",
+            self.entries[out].dtype.wgsl(),
+            self.chunks(out),
+            true,
+        );
         if !self.seeds.is_empty() {
-            let _ = writeln!(s, "@group(0) @binding({next}) var<storage, read> scalars: array<u32>;");
+            let _ = writeln!(
+                s,
+                "@group(0) @binding({next}) var<storage, read> scalars: array<u32>;"
+            );
         }
         s
     }
@@ -309,7 +370,8 @@ fn binary(op: BinaryOp, dtype: DType, x: &str, y: &str) -> String {
         BinaryOp::Max => format!("max({x}, {y})"),
         BinaryOp::Min => format!("min({x}, {y})"),
         BinaryOp::Eq => format!("u32({x} == {y})"),
-        BinaryOp::Ne => format!("u32({x} != {y})"),
+        // `!=` compiles to an ordered comparison, false for NaN; IEEE says true.
+        BinaryOp::Ne => format!("u32(!({x} == {y}))"),
         BinaryOp::Lt => format!("u32({x} < {y})"),
         BinaryOp::Le => format!("u32({x} <= {y})"),
         BinaryOp::Gt => format!("u32({x} > {y})"),
@@ -413,9 +475,17 @@ pub(crate) fn reduce(
     let ty = in_ty.wgsl();
     let (init, take) = match (op, in_ty) {
         (ReduceOp::Sum, _) => (zero(in_ty).to_string(), String::new()),
-        (ReduceOp::Max | ReduceOp::ArgMax, DType::F32) => ("bitcast<f32>(0xff800000u)".into(), "(x != x && acc == acc) || x > acc".into()),
-        (ReduceOp::Min | ReduceOp::ArgMin, DType::F32) => ("bitcast<f32>(0x7f800000u)".into(), "(x != x && acc == acc) || x < acc".into()),
-        (ReduceOp::Max | ReduceOp::ArgMax, DType::I32) => ("i32(-2147483647 - 1)".into(), "x > acc".into()),
+        (ReduceOp::Max | ReduceOp::ArgMax, DType::F32) => (
+            "bitcast<f32>(0xff800000u)".into(),
+            "(is_nan_f(x) && !is_nan_f(acc)) || x > acc".into(),
+        ),
+        (ReduceOp::Min | ReduceOp::ArgMin, DType::F32) => (
+            "bitcast<f32>(0x7f800000u)".into(),
+            "(is_nan_f(x) && !is_nan_f(acc)) || x < acc".into(),
+        ),
+        (ReduceOp::Max | ReduceOp::ArgMax, DType::I32) => {
+            ("i32(-2147483647 - 1)".into(), "x > acc".into())
+        }
         (ReduceOp::Min | ReduceOp::ArgMin, DType::I32) => ("2147483647i".into(), "x < acc".into()),
         (ReduceOp::Max | ReduceOp::ArgMax, DType::U32) => ("0u".into(), "x > acc".into()),
         (ReduceOp::Min | ReduceOp::ArgMin, DType::U32) => ("4294967295u".into(), "x < acc".into()),
@@ -427,10 +497,13 @@ pub(crate) fn reduce(
             "red_v[lid] = red_v[lid] + red_v[lid + s];".to_string(),
         )
     } else {
-        let tie = if arg {
-            " || (x == acc && red_i[lid + s] < red_i[lid])"
-        } else {
-            ""
+        let tie = match (arg, in_ty) {
+            // Equal values, or two NaNs: the smaller index wins, as in PyTorch.
+            (true, DType::F32) => {
+                " || ((x == acc || (is_nan_f(x) && is_nan_f(acc))) && red_i[lid + s] < red_i[lid])"
+            }
+            (true, _) => " || (x == acc && red_i[lid + s] < red_i[lid])",
+            _ => "",
         };
         (
             format!("let x = {v}; if ({take}) {{ acc = x; acci = r; }}"),

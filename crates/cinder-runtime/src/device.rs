@@ -361,7 +361,10 @@ impl Device {
                 .bind_groups
                 .retain(|key, _| !key[1..].chunks(3).any(|b| freed.contains_key(&b[0])));
             let bytes: u64 = freed.values().sum();
-            self.inner.counters.bytes.fetch_sub(bytes, Ordering::Relaxed);
+            self.inner
+                .counters
+                .bytes
+                .fetch_sub(bytes, Ordering::Relaxed);
         }
     }
 

@@ -119,7 +119,9 @@ pub struct ViewSpec {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum OptimKind {
     Sgd,
-    SgdMomentum { nesterov: bool },
+    SgdMomentum {
+        nesterov: bool,
+    },
     /// Adam and AdamW: the host folds the decay style into the scalars.
     Adam,
 }
@@ -127,16 +129,34 @@ pub enum OptimKind {
 pub(crate) enum Op {
     Upload(Arc<Vec<u8>>),
     Const(f64),
-    Iota { axis: usize },
-    Rand { seed: u64, normal: bool },
+    Iota {
+        axis: usize,
+    },
+    Rand {
+        seed: u64,
+        normal: bool,
+    },
     Unary(UnaryOp, Node),
     Binary(BinaryOp, Node, Node),
     Where(Node, Node, Node),
     Cast(Node),
     View(ViewSpec, Node),
-    Gather { axis: usize, src: Node, index: Node },
-    Reduce { op: ReduceOp, axes: Vec<usize>, input: Node },
-    Matmul { a: Node, b: Node, a_batched: bool, b_batched: bool },
+    Gather {
+        axis: usize,
+        src: Node,
+        index: Node,
+    },
+    Reduce {
+        op: ReduceOp,
+        axes: Vec<usize>,
+        input: Node,
+    },
+    Matmul {
+        a: Node,
+        b: Node,
+        a_batched: bool,
+        b_batched: bool,
+    },
 }
 
 impl Op {
@@ -257,15 +277,28 @@ impl Node {
 
     // ---- leaves -------------------------------------------------------------
 
-    pub fn from_bytes(device: &Device, shape: &[usize], dtype: DType, bytes: Vec<u8>) -> Result<Node> {
+    pub fn from_bytes(
+        device: &Device,
+        shape: &[usize],
+        dtype: DType,
+        bytes: Vec<u8>,
+    ) -> Result<Node> {
         let want = numel(shape) * dtype.size();
         if bytes.len() != want {
             return Err(Error::shape(
                 "from_slice",
-                format!("{} bytes of data for shape {shape:?} of {dtype} (needs {want})", bytes.len()),
+                format!(
+                    "{} bytes of data for shape {shape:?} of {dtype} (needs {want})",
+                    bytes.len()
+                ),
             ));
         }
-        Ok(Node::new(device, shape.to_vec(), dtype, Op::Upload(Arc::new(bytes))))
+        Ok(Node::new(
+            device,
+            shape.to_vec(),
+            dtype,
+            Op::Upload(Arc::new(bytes)),
+        ))
     }
 
     pub fn constant(device: &Device, shape: &[usize], dtype: DType, value: f64) -> Node {
@@ -275,7 +308,10 @@ impl Node {
     /// The coordinate along `axis`, as `dtype`.
     pub fn iota(device: &Device, shape: &[usize], dtype: DType, axis: usize) -> Result<Node> {
         if axis >= shape.len() {
-            return Err(Error::invalid("iota", format!("axis {axis} out of range for shape {shape:?}")));
+            return Err(Error::invalid(
+                "iota",
+                format!("axis {axis} out of range for shape {shape:?}"),
+            ));
         }
         Ok(Node::new(device, shape.to_vec(), dtype, Op::Iota { axis }))
     }
@@ -283,13 +319,23 @@ impl Node {
     /// Uniform in [0, 1) or standard normal, a pure function of (seed, index):
     /// the same seed gives the same numbers on every run and adapter.
     pub fn rand(device: &Device, shape: &[usize], seed: u64, normal: bool) -> Node {
-        Node::new(device, shape.to_vec(), DType::F32, Op::Rand { seed, normal })
+        Node::new(
+            device,
+            shape.to_vec(),
+            DType::F32,
+            Op::Rand { seed, normal },
+        )
     }
 
     // ---- element-wise -------------------------------------------------------
 
     pub fn unary(&self, op: UnaryOp) -> Node {
-        Node::new(&self.0.device, self.0.shape.clone(), self.0.dtype, Op::Unary(op, self.clone()))
+        Node::new(
+            &self.0.device,
+            self.0.shape.clone(),
+            self.0.dtype,
+            Op::Unary(op, self.clone()),
+        )
     }
 
     /// Both operands must already have the same shape (broadcast with `view`).
@@ -297,7 +343,10 @@ impl Node {
         let name = "binary op";
         self.check_same_device(name, other)?;
         if self.shape() != other.shape() {
-            return Err(Error::shape(name, format!("{:?} vs {:?}", self.shape(), other.shape())));
+            return Err(Error::shape(
+                name,
+                format!("{:?} vs {:?}", self.shape(), other.shape()),
+            ));
         }
         if self.dtype() != other.dtype() {
             return Err(Error::DType {
@@ -306,7 +355,11 @@ impl Node {
                 got: other.dtype().to_string(),
             });
         }
-        let dtype = if op.is_comparison() { DType::U32 } else { self.dtype() };
+        let dtype = if op.is_comparison() {
+            DType::U32
+        } else {
+            self.dtype()
+        };
         Ok(Node::new(
             &self.0.device,
             self.0.shape.clone(),
@@ -321,7 +374,12 @@ impl Node {
         if cond.shape() != a.shape() || a.shape() != b.shape() {
             return Err(Error::shape(
                 "where",
-                format!("condition {:?}, a {:?}, b {:?}", cond.shape(), a.shape(), b.shape()),
+                format!(
+                    "condition {:?}, a {:?}, b {:?}",
+                    cond.shape(),
+                    a.shape(),
+                    b.shape()
+                ),
             ));
         }
         if a.dtype() != b.dtype() {
@@ -343,14 +401,22 @@ impl Node {
         if dtype == self.dtype() {
             return self.clone();
         }
-        Node::new(&self.0.device, self.0.shape.clone(), dtype, Op::Cast(self.clone()))
+        Node::new(
+            &self.0.device,
+            self.0.shape.clone(),
+            dtype,
+            Op::Cast(self.clone()),
+        )
     }
 
     /// A strided view with output `shape`; see [`ViewSpec`]. Checked against the
     /// input's size so that a view can never read out of bounds.
     pub fn view(&self, shape: &[usize], spec: ViewSpec) -> Result<Node> {
         if spec.strides.len() != shape.len() {
-            return Err(Error::shape("view", format!("{} strides for shape {shape:?}", spec.strides.len())));
+            return Err(Error::shape(
+                "view",
+                format!("{} strides for shape {shape:?}", spec.strides.len()),
+            ));
         }
         if numel(shape) > 0 {
             let (mut lo, mut hi) = (spec.offset, spec.offset);
@@ -371,17 +437,28 @@ impl Node {
             if lo < 0 || hi >= self.numel() as i64 {
                 return Err(Error::shape(
                     "view",
-                    format!("view {shape:?} {spec:?} reads outside input {:?}", self.shape()),
+                    format!(
+                        "view {shape:?} {spec:?} reads outside input {:?}",
+                        self.shape()
+                    ),
                 ));
             }
         }
-        Ok(Node::new(&self.0.device, shape.to_vec(), self.0.dtype, Op::View(spec, self.clone())))
+        Ok(Node::new(
+            &self.0.device,
+            shape.to_vec(),
+            self.0.dtype,
+            Op::View(spec, self.clone()),
+        ))
     }
 
     /// A reshape is a view with contiguous strides.
     pub fn reshape(&self, shape: &[usize]) -> Result<Node> {
         if numel(shape) != self.numel() {
-            return Err(Error::shape("reshape", format!("{:?} to {shape:?}", self.shape())));
+            return Err(Error::shape(
+                "reshape",
+                format!("{:?} to {shape:?}", self.shape()),
+            ));
         }
         if shape == self.shape() {
             return Ok(self.clone());
@@ -409,7 +486,11 @@ impl Node {
         if axis >= src.shape().len() || index.shape().len() != src.shape().len() {
             return Err(Error::shape(
                 "gather",
-                format!("src {:?}, index {:?}, axis {axis}", src.shape(), index.shape()),
+                format!(
+                    "src {:?}, index {:?}, axis {axis}",
+                    src.shape(),
+                    index.shape()
+                ),
             ));
         }
         Ok(Node::new(
@@ -429,7 +510,10 @@ impl Node {
         let mut shape = self.shape().to_vec();
         for &a in axes {
             if a >= shape.len() {
-                return Err(Error::invalid("reduce", format!("axis {a} out of range for {:?}", self.shape())));
+                return Err(Error::invalid(
+                    "reduce",
+                    format!("axis {a} out of range for {:?}", self.shape()),
+                ));
             }
             shape[a] = 1;
         }

@@ -12,7 +12,18 @@ pub(crate) struct MatmulKernel {
     pub workgroups: (u32, u32, u32),
 }
 
-const NAIVE_MATMUL: &str = "
+/// Register-tiled matmul: 8 invocations per workgroup, each computing a 32x32
+/// block of C with vec4 accumulators (see the header of shaders/matmul.wgsl).
+const MATMUL: &str = include_str!("../../../shaders/matmul.wgsl");
+const MATMUL_BLOCK_ROWS: usize = 32;
+const MATMUL_BLOCK_COLS: usize = 256;
+
+/// Below this many multiply-adds the tuned kernel's compile time (one pipeline
+/// per shape, a large unrolled body) costs more than it saves: small products
+/// use a plain kernel with one output per invocation.
+const SMALL_MATMUL: usize = 1 << 18;
+
+const SMALL_MATMUL_SRC: &str = "
 override M: u32;
 override N: u32;
 override K: u32;
@@ -27,11 +38,11 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let col = gid.x;
     let row = gid.y;
     if (row >= M || col >= N) { return; }
-    let ab = gid.z * A_BATCH_STRIDE;
-    let bb = gid.z * B_BATCH_STRIDE;
+    let ab = gid.z * A_BATCH_STRIDE + row * K;
+    let bb = gid.z * B_BATCH_STRIDE + col;
     var acc = 0.0;
     for (var k = 0u; k < K; k = k + 1u) {
-        acc = acc + a[ab + row * K + k] * b[bb + k * N + col];
+        acc = acc + a[ab + k] * b[bb + k * N];
     }
     c[gid.z * C_BATCH_STRIDE + row * N + col] = acc;
 }
@@ -51,14 +62,31 @@ pub(crate) fn matmul(a: &[usize], b: &[usize], a_batched: bool, b_batched: bool)
         ("M".to_string(), m as f64),
         ("N".to_string(), n as f64),
         ("K".to_string(), k as f64),
-        ("A_BATCH_STRIDE".to_string(), if a_batched { (m * k) as f64 } else { 0.0 }),
-        ("B_BATCH_STRIDE".to_string(), if b_batched { (k * n) as f64 } else { 0.0 }),
+        (
+            "A_BATCH_STRIDE".to_string(),
+            if a_batched { (m * k) as f64 } else { 0.0 },
+        ),
+        (
+            "B_BATCH_STRIDE".to_string(),
+            if b_batched { (k * n) as f64 } else { 0.0 },
+        ),
         ("C_BATCH_STRIDE".to_string(), (m * n) as f64),
     ];
+    if m * n * k < SMALL_MATMUL {
+        return MatmulKernel {
+            source: SMALL_MATMUL_SRC.to_string(),
+            constants,
+            workgroups: (n.div_ceil(8) as u32, m.div_ceil(8) as u32, batch as u32),
+        };
+    }
     MatmulKernel {
-        source: NAIVE_MATMUL.to_string(),
+        source: MATMUL.to_string(),
         constants,
-        workgroups: (n.div_ceil(8) as u32, m.div_ceil(8) as u32, batch as u32),
+        workgroups: (
+            n.div_ceil(MATMUL_BLOCK_COLS) as u32,
+            m.div_ceil(MATMUL_BLOCK_ROWS) as u32,
+            batch as u32,
+        ),
     }
 }
 
@@ -83,6 +111,11 @@ pub fn shader_sources() -> Vec<(&'static str, &'static str)> {
         ("adam.wgsl", ADAM),
         ("sgd.wgsl", SGD),
         ("sgd_momentum.wgsl", SGD_MOMENTUM),
-        ("prelude.wgsl", include_str!("../../../shaders/prelude.wgsl")),
+        (
+            "prelude.wgsl",
+            include_str!("../../../shaders/prelude.wgsl"),
+        ),
+        ("matmul.wgsl", MATMUL),
+        ("small matmul", SMALL_MATMUL_SRC),
     ]
 }

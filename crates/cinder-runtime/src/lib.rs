@@ -13,6 +13,8 @@ mod pool;
 pub use canon::Effect;
 pub use device::{list_adapters, AdapterReport, Device, DeviceOptions, Stats};
 pub use error::{Error, Result};
-pub use graph::{contiguous_strides, numel, BinaryOp, DType, Node, OptimKind, ReduceOp, UnaryOp, ViewSpec};
+pub use graph::{
+    contiguous_strides, numel, BinaryOp, DType, Node, OptimKind, ReduceOp, UnaryOp, ViewSpec,
+};
 pub use kernels::shader_sources;
 pub use pool::Storage;

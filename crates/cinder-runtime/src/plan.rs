@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use crate::canon::{canonicalize, Bindings, CanonEffect, Canon, Effect, Entry, Kind};
+use crate::canon::{canonicalize, Bindings, Canon, CanonEffect, Effect, Entry, Kind};
 use crate::codegen::{self, Generated, ELEMENTWISE_WG};
 use crate::device::{lock, Counters, Device, PipelineEntry};
 use crate::error::{Error, Result};
@@ -61,7 +61,11 @@ pub(crate) struct Plan {
 /// dimensions when one would exceed the adapter's per-dimension limit.
 pub(crate) fn grid(device: &Device, items: u64, wg: u32) -> (u32, u32, u32) {
     let groups = items.div_ceil(wg as u64).max(1);
-    let max = device.inner.limits.max_compute_workgroups_per_dimension.max(1) as u64;
+    let max = device
+        .inner
+        .limits
+        .max_compute_workgroups_per_dimension
+        .max(1) as u64;
     if groups <= max {
         (groups as u32, 1, 1)
     } else {
@@ -73,7 +77,11 @@ pub(crate) fn grid(device: &Device, items: u64, wg: u32) -> (u32, u32, u32) {
 
 fn is_contiguous_view(kind: &Kind, shape: &[usize]) -> Option<usize> {
     match kind {
-        Kind::View(spec, child) if spec.mask.is_none() && spec.offset == 0 && spec.strides == contiguous_strides(shape) => {
+        Kind::View(spec, child)
+            if spec.mask.is_none()
+                && spec.offset == 0
+                && spec.strides == contiguous_strides(shape) =>
+        {
             Some(*child)
         }
         _ => None,
@@ -97,11 +105,18 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
     // Large reductions (not arg-reductions) become two: partials over bounded
     // spans into a scratch tensor, then a reduction of the partials.
     let mut entries: Vec<Entry> = canon.entries.clone();
-    let mut split: std::collections::HashMap<usize, (usize, usize, usize)> = std::collections::HashMap::new();
+    let mut split: std::collections::HashMap<usize, (usize, usize, usize)> =
+        std::collections::HashMap::new();
     for i in 0..canon.entries.len() {
         if let Kind::Reduce { op, axes, input } = &canon.entries[i].kind {
-            let span: usize = axes.iter().map(|&a| canon.entries[*input].shape[a]).product();
-            let arg = matches!(op, crate::graph::ReduceOp::ArgMax | crate::graph::ReduceOp::ArgMin);
+            let span: usize = axes
+                .iter()
+                .map(|&a| canon.entries[*input].shape[a])
+                .product();
+            let arg = matches!(
+                op,
+                crate::graph::ReduceOp::ArgMax | crate::graph::ReduceOp::ArgMin
+            );
             if span > REDUCE_SPAN && !arg {
                 let parts = span.div_ceil(REDUCE_SPAN);
                 let outputs = numel(&canon.entries[i].shape);
@@ -110,13 +125,21 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
                 entries.push(Entry {
                     shape: vec![outputs, parts],
                     dtype,
-                    kind: Kind::Reduce { op: *op, axes: axes.clone(), input: *input },
+                    kind: Kind::Reduce {
+                        op: *op,
+                        axes: axes.clone(),
+                        input: *input,
+                    },
                 });
                 let combine = entries.len();
                 entries.push(Entry {
                     shape: vec![outputs, 1],
                     dtype,
-                    kind: Kind::Reduce { op: *op, axes: vec![1], input: partial },
+                    kind: Kind::Reduce {
+                        op: *op,
+                        axes: vec![1],
+                        input: partial,
+                    },
                 });
                 split.insert(i, (partial, combine, parts));
             }
@@ -146,7 +169,7 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
         mat[i] = match &entries[i].kind {
             Kind::External | Kind::Upload | Kind::Reduce { .. } | Kind::Matmul { .. } => true,
             // Views and generators are free to recompute in every consumer.
-            Kind::View(..) | Kind::Const(_) | Kind::Iota { .. } | Kind::Rand { .. } => is_root[i],
+            Kind::View(..) | Kind::Const | Kind::Iota { .. } | Kind::Rand { .. } => is_root[i],
             _ => is_root[i] || uses[i] > 1,
         };
     }
@@ -186,7 +209,9 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
             Kind::Upload => Resource::Upload(i),
             _ if !mat[i] => continue,
             _ if is_root[i] => Resource::Output(i),
-            _ => Resource::Slot(padded_size((numel(&entries[i].shape) * entries[i].dtype.size()) as u64)),
+            _ => Resource::Slot(padded_size(
+                (numel(&entries[i].shape) * entries[i].dtype.size()) as u64,
+            )),
         };
         res_of[i] = Some(resources.len());
         resources.push(r);
@@ -201,11 +226,15 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
         constants: Vec<(String, f64)>,
         scalars: Option<ScalarSource>,
         workgroups: Option<(u32, u32, u32)>,
+        hand_written: bool,
     }
     let mut pending: Vec<Pending> = Vec::new();
     let matf = |i: usize| mat[i];
     for i in 0..n {
-        if i >= synthetic_from || !mat[i] || matches!(entries[i].kind, Kind::External | Kind::Upload) {
+        if i >= synthetic_from
+            || !mat[i]
+            || matches!(entries[i].kind, Kind::External | Kind::Upload)
+        {
             continue;
         }
         if numel(&entries[i].shape) == 0 {
@@ -221,8 +250,11 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
                     vec![],
                 ),
                 Some(&(partial, combine, parts)) => {
-                    let generated = codegen::reduce(entries, &matf, chunk, i, partial, *op, axes, *input, parts);
-                    let scalars = (!generated.seeds.is_empty()).then(|| ScalarSource::Seeds(generated.seeds.clone()));
+                    let generated = codegen::reduce(
+                        entries, &matf, chunk, i, partial, *op, axes, *input, parts,
+                    );
+                    let scalars = (!generated.seeds.is_empty())
+                        .then(|| ScalarSource::Seeds(generated.seeds.clone()));
                     pending.push(Pending {
                         generated,
                         output: partial,
@@ -231,6 +263,7 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
                         constants: vec![],
                         scalars,
                         workgroups: None,
+                        hand_written: false,
                     });
                     (
                         codegen::reduce(entries, &matf, chunk, combine, i, *op, &[1], partial, 1),
@@ -247,10 +280,17 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
                 b_batched,
             } => {
                 let (ba, bb) = (
-                    buffer_of(&mat, *a).ok_or_else(|| Error::Gpu("matmul input without buffer".into()))?,
-                    buffer_of(&mat, *b).ok_or_else(|| Error::Gpu("matmul input without buffer".into()))?,
+                    buffer_of(&mat, *a)
+                        .ok_or_else(|| Error::Gpu("matmul input without buffer".into()))?,
+                    buffer_of(&mat, *b)
+                        .ok_or_else(|| Error::Gpu("matmul input without buffer".into()))?,
                 );
-                let k = kernels::matmul(&entries[*a].shape, &entries[*b].shape, *a_batched, *b_batched);
+                let k = kernels::matmul(
+                    &entries[*a].shape,
+                    &entries[*b].shape,
+                    *a_batched,
+                    *b_batched,
+                );
                 workgroups = Some(k.workgroups);
                 (
                     Generated {
@@ -283,6 +323,7 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
             wg,
             constants,
             scalars,
+            hand_written: workgroups.is_some(),
             workgroups,
         });
     }
@@ -298,7 +339,8 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
                 state,
                 hyper_len,
             } => {
-                let g = buffer_of(&mat, *grad).ok_or_else(|| Error::Gpu("gradient without buffer".into()))?;
+                let g = buffer_of(&mat, *grad)
+                    .ok_or_else(|| Error::Gpu("gradient without buffer".into()))?;
                 let (source, constants, want_state, want_hyper) = kernels::optimizer(*kind);
                 if state.len() != want_state || *hyper_len != want_hyper {
                     return Err(Error::invalid(
@@ -306,8 +348,18 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
                         format!("{kind:?} takes {want_state} state tensors and {want_hyper} hyper-parameters"),
                     ));
                 }
-                if entries[*grad].shape != entries[*param].shape || state.iter().any(|s| entries[*s].shape != entries[*param].shape) {
-                    return Err(Error::shape("optimizer step", format!("parameter {:?}, gradient {:?}", entries[*param].shape, entries[*grad].shape)));
+                if entries[*grad].shape != entries[*param].shape
+                    || state
+                        .iter()
+                        .any(|s| entries[*s].shape != entries[*param].shape)
+                {
+                    return Err(Error::shape(
+                        "optimizer step",
+                        format!(
+                            "parameter {:?}, gradient {:?}",
+                            entries[*param].shape, entries[*grad].shape
+                        ),
+                    ));
                 }
                 let count = numel(&entries[*param].shape);
                 let mut inputs = vec![g];
@@ -326,24 +378,37 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
                         label: format!("{kind:?}"),
                         wg: ELEMENTWISE_WG,
                         constants,
-                        scalars: Some(ScalarSource::Hyper { effect: ei, n: count as u32 }),
+                        scalars: Some(ScalarSource::Hyper {
+                            effect: ei,
+                            n: count as u32,
+                        }),
                         workgroups: None,
+                        hand_written: true,
                     },
                     ei,
                 ));
             }
             CanonEffect::Assign { target, value } => {
-                let v = buffer_of(&mat, *value).ok_or_else(|| Error::Gpu("assigned value without buffer".into()))?;
+                let v = buffer_of(&mat, *value)
+                    .ok_or_else(|| Error::Gpu("assigned value without buffer".into()))?;
                 written.push(*target);
                 steps_effects.push((
                     Pending {
-                        generated: codegen::elementwise(entries, &|i| i == v || matf(i), chunk, v, *target, true),
+                        generated: codegen::elementwise(
+                            entries,
+                            &|i| i == v || matf(i),
+                            chunk,
+                            v,
+                            *target,
+                            true,
+                        ),
                         output: *target,
                         label: "assign".into(),
                         wg: ELEMENTWISE_WG,
                         constants: vec![],
                         scalars: None,
                         workgroups: None,
+                        hand_written: false,
                     },
                     ei,
                 ));
@@ -353,7 +418,10 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
 
     // Liveness over the kernel order: an intermediate's slot is free after
     // its last reader, and may then hold a later kernel's output.
-    let all: Vec<&Pending> = pending.iter().chain(steps_effects.iter().map(|(p, _)| p)).collect();
+    let all: Vec<&Pending> = pending
+        .iter()
+        .chain(steps_effects.iter().map(|(p, _)| p))
+        .collect();
     let mut last_read = vec![0usize; n];
     for (k, p) in all.iter().enumerate() {
         for &i in &p.generated.inputs {
@@ -455,7 +523,7 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
         };
         let mut bindings = Vec::new();
         let is_optim = matches!(p.scalars, Some(ScalarSource::Hyper { .. }));
-        let hand_written = is_optim || p.label == "matmul";
+        let hand_written = is_optim || p.hand_written;
         if is_optim {
             // param (read-write) first, then gradient and state.
             bindings.push(whole(p.output)?);
@@ -466,7 +534,21 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
             for &i in &p.generated.inputs {
                 bindings.push(whole(i)?);
             }
-            bindings.push(whole(p.output)?);
+            // The matmul writes C as vec4s: bind the buffer's padded size.
+            let mut out = whole(p.output)?;
+            out.size = padded_size(out.size);
+            bindings.push(out);
+            let max = device.inner.limits.max_compute_workgroups_per_dimension;
+            if let Some((x, y, z)) = p.workgroups {
+                if x > max || y > max || z > max {
+                    return Err(Error::Unsupported {
+                        feature: format!(
+                            "a matmul needing {x}x{y}x{z} workgroups (at most {max} per dimension)"
+                        ),
+                        adapter: device.adapter_name().to_string(),
+                    });
+                }
+            }
         } else {
             for &i in &p.generated.inputs {
                 bindings.extend(chunked(i)?);
@@ -480,7 +562,9 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
                     ScalarSource::Seeds(s) => 8 * s.len() as u64,
                     ScalarSource::Hyper { effect, .. } => {
                         let CanonEffect::Optim { hyper_len, .. } = &canon.effects[*effect] else {
-                            return Err(Error::Gpu("internal: hyper-parameters for a non-optimizer".into()));
+                            return Err(Error::Gpu(
+                                "internal: hyper-parameters for a non-optimizer".into(),
+                            ));
                         };
                         4 * (*hyper_len as u64 + 1)
                     }
@@ -488,7 +572,10 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
                 let storage = device.alloc(len, BufferKind::Scalars, None)?;
                 let src = match src {
                     ScalarSource::Seeds(s) => ScalarSource::Seeds(s.clone()),
-                    ScalarSource::Hyper { effect, n } => ScalarSource::Hyper { effect: *effect, n: *n },
+                    ScalarSource::Hyper { effect, n } => ScalarSource::Hyper {
+                        effect: *effect,
+                        n: *n,
+                    },
                 };
                 Some((storage, src))
             }
@@ -497,11 +584,20 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
             pipeline,
             bindings,
             scalars,
-            workgroups: p.workgroups.unwrap_or_else(|| grid(device, p.generated.items, p.wg)),
+            workgroups: p
+                .workgroups
+                .unwrap_or_else(|| grid(device, p.generated.items, p.wg)),
         });
     }
-    let root_resources = canon.roots.iter().map(|&r| resource_of(r)).collect::<Result<Vec<_>>>()?;
-    let written = written.iter().map(|&w| resource_of(w)).collect::<Result<Vec<_>>>()?;
+    let root_resources = canon
+        .roots
+        .iter()
+        .map(|&r| resource_of(r))
+        .collect::<Result<Vec<_>>>()?;
+    let written = written
+        .iter()
+        .map(|&w| resource_of(w))
+        .collect::<Result<Vec<_>>>()?;
     Counters::bump(&device.inner.counters.plans_compiled, 1);
     let count = final_resources.len();
     Ok(Plan {
@@ -513,8 +609,23 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
     })
 }
 
+/// A constant's bit pattern as the kernel reads it from the scalars buffer.
+fn const_bits(dtype: crate::graph::DType, v: f64) -> u32 {
+    match dtype {
+        crate::graph::DType::F32 => (v as f32).to_bits(),
+        crate::graph::DType::I32 => v as i64 as i32 as u32,
+        crate::graph::DType::U32 => v as u64 as u32,
+    }
+}
+
 impl Plan {
-    fn execute(&self, device: &Device, entries: &[Entry], bind: &Bindings, readback: &[usize]) -> Result<Vec<Storage>> {
+    fn execute(
+        &self,
+        device: &Device,
+        entries: &[Entry],
+        bind: &Bindings,
+        readback: &[usize],
+    ) -> Result<Vec<Storage>> {
         let queue = &device.inner.queue;
         let mut last = lock(&self.last_ids);
         let mut storages: Vec<Storage> = Vec::with_capacity(self.resources.len());
@@ -531,7 +642,11 @@ impl Plan {
                 }
                 Resource::Output(i) => {
                     let e = &entries[*i];
-                    device.alloc((numel(&e.shape) * e.dtype.size()) as u64, BufferKind::Storage, last[r])?
+                    device.alloc(
+                        (numel(&e.shape) * e.dtype.size()) as u64,
+                        BufferKind::Storage,
+                        last[r],
+                    )?
                 }
                 Resource::Slot(size) => device.alloc(*size, BufferKind::Storage, last[r])?,
             };
@@ -545,13 +660,15 @@ impl Plan {
                 let words: Vec<u32> = match src {
                     ScalarSource::Seeds(seeds) => seeds
                         .iter()
-                        .flat_map(|i| {
-                            let s = bind.seeds[i];
-                            [s as u32, (s >> 32) as u32]
+                        .flat_map(|i| match (bind.seeds.get(i), bind.consts.get(i)) {
+                            (Some(&s), _) => [s as u32, (s >> 32) as u32],
+                            (None, Some(&v)) => [const_bits(entries[*i].dtype, v), 0],
+                            (None, None) => [0, 0],
                         })
                         .collect(),
                     ScalarSource::Hyper { effect, n } => {
-                        let mut w: Vec<u32> = bind.hypers[*effect].iter().map(|h| h.to_bits()).collect();
+                        let mut w: Vec<u32> =
+                            bind.hypers[*effect].iter().map(|h| h.to_bits()).collect();
                         w.push(*n);
                         w
                     }
@@ -560,10 +677,13 @@ impl Plan {
             }
         }
 
-        let mut encoder = device
-            .inner
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("cinder step") });
+        let mut encoder =
+            device
+                .inner
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("cinder step"),
+                });
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: None,
@@ -604,7 +724,9 @@ impl Plan {
         }
         for (r, res) in self.resources.iter().enumerate() {
             match res {
-                Resource::Upload(i) | Resource::Output(i) => bind.nodes[*i].set_realized(storages[r].clone()),
+                Resource::Upload(i) | Resource::Output(i) => {
+                    bind.nodes[*i].set_realized(storages[r].clone())
+                }
                 _ => {}
             }
         }
@@ -619,7 +741,10 @@ impl Device {
     pub fn run(&self, roots: &[Node], effects: &[Effect], read: &[usize]) -> Result<Vec<Vec<u8>>> {
         for r in roots {
             if r.device() != self {
-                return Err(Error::invalid("realize", "tensor belongs to another device"));
+                return Err(Error::invalid(
+                    "realize",
+                    "tensor belongs to another device",
+                ));
             }
         }
         let _exec = lock(&self.inner.exec);
@@ -632,7 +757,9 @@ impl Device {
             }
             None => {
                 let p = Arc::new(compile(self, &canon)?);
-                lock(&self.inner.caches).plans.insert(canon.key.clone(), p.clone());
+                lock(&self.inner.caches)
+                    .plans
+                    .insert(canon.key.clone(), p.clone());
                 p
             }
         };

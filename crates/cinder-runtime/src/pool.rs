@@ -133,7 +133,12 @@ impl Drop for StorageInner {
 impl Device {
     /// A buffer of at least `bytes` bytes, from the pool when one of that size
     /// is free (`prefer` names the one a cached plan used last time).
-    pub(crate) fn alloc(&self, bytes: u64, kind: BufferKind, prefer: Option<u64>) -> Result<Storage> {
+    pub(crate) fn alloc(
+        &self,
+        bytes: u64,
+        kind: BufferKind,
+        prefer: Option<u64>,
+    ) -> Result<Storage> {
         let size = padded_size(bytes);
         let limits = &self.inner.limits;
         if size > limits.max_buffer_size {

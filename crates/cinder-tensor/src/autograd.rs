@@ -12,7 +12,8 @@ use crate::tensor::Tensor;
 
 /// Given the gradient of the output and the output itself (detached), the
 /// gradient of each input (None where the input takes none).
-pub(crate) type BackwardFn = Box<dyn Fn(&Tensor, &Tensor) -> Result<Vec<Option<Tensor>>> + Send + Sync>;
+pub(crate) type BackwardFn =
+    Box<dyn Fn(&Tensor, &Tensor) -> Result<Vec<Option<Tensor>>> + Send + Sync>;
 
 pub(crate) struct GradFn {
     pub name: &'static str,
@@ -85,7 +86,10 @@ impl Tensor {
         if self.numel() != 1 {
             return Err(Error::shape(
                 "backward",
-                format!("needs a one-element loss, got shape {:?}; use backward_with(grad)", self.shape()),
+                format!(
+                    "needs a one-element loss, got shape {:?}; use backward_with(grad)",
+                    self.shape()
+                ),
             ));
         }
         let seed = Tensor::full(self.device(), self.shape(), 1.0);
@@ -95,7 +99,10 @@ impl Tensor {
     /// Vector-Jacobian product: gradients given `grad` as d(out)/d(self).
     pub fn backward_with(&self, grad: &Tensor) -> Result<Gradients> {
         if grad.shape() != self.shape() {
-            return Err(Error::shape("backward", format!("gradient {:?} for tensor {:?}", grad.shape(), self.shape())));
+            return Err(Error::shape(
+                "backward",
+                format!("gradient {:?} for tensor {:?}", grad.shape(), self.shape()),
+            ));
         }
         if !self.requires_grad() {
             return Err(Error::NoGradient(

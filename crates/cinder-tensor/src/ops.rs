@@ -1,7 +1,9 @@
 //! Every tensor op: its shape rule (checked when called), its forward node and
 //! its backward rule, side by side.
 
-use cinder_runtime::{contiguous_strides, numel, BinaryOp, DType, Error, Node, ReduceOp, Result, UnaryOp, ViewSpec};
+use cinder_runtime::{
+    contiguous_strides, numel, BinaryOp, DType, Error, Node, ReduceOp, Result, UnaryOp, ViewSpec,
+};
 
 use crate::shape::{broadcast_shapes, expand_spec, norm_axes, norm_axis};
 use crate::tensor::Tensor;
@@ -41,26 +43,53 @@ fn expand_node(op: &'static str, n: &Node, shape: &[usize]) -> Result<Node> {
 impl Tensor {
     // ---- element-wise, unary ----------------------------------------------------
 
-    fn unary_op(&self, op: UnaryOp, name: &'static str, backward: crate::autograd::BackwardFn) -> Result<Tensor> {
-        Ok(Tensor::from_op(self.node().unary(op), name, &[self], backward))
+    fn unary_op(
+        &self,
+        op: UnaryOp,
+        name: &'static str,
+        backward: crate::autograd::BackwardFn,
+    ) -> Result<Tensor> {
+        Ok(Tensor::from_op(
+            self.node().unary(op),
+            name,
+            &[self],
+            backward,
+        ))
     }
 
-    fn unary_float(&self, op: UnaryOp, name: &'static str, backward: crate::autograd::BackwardFn) -> Result<Tensor> {
+    fn unary_float(
+        &self,
+        op: UnaryOp,
+        name: &'static str,
+        backward: crate::autograd::BackwardFn,
+    ) -> Result<Tensor> {
         float_only(name, self)?;
         self.unary_op(op, name, backward)
     }
 
     pub fn neg(&self) -> Result<Tensor> {
-        self.unary_op(UnaryOp::Neg, "neg", Box::new(|g, _| Ok(vec![Some(g.neg()?)])))
+        self.unary_op(
+            UnaryOp::Neg,
+            "neg",
+            Box::new(|g, _| Ok(vec![Some(g.neg()?)])),
+        )
     }
 
     pub fn exp(&self) -> Result<Tensor> {
-        self.unary_float(UnaryOp::Exp, "exp", Box::new(|g, out| Ok(vec![Some(g.mul(out)?)])))
+        self.unary_float(
+            UnaryOp::Exp,
+            "exp",
+            Box::new(|g, out| Ok(vec![Some(g.mul(out)?)])),
+        )
     }
 
     pub fn log(&self) -> Result<Tensor> {
         let x = self.detach();
-        self.unary_float(UnaryOp::Log, "log", Box::new(move |g, _| Ok(vec![Some(g.div(&x)?)])))
+        self.unary_float(
+            UnaryOp::Log,
+            "log",
+            Box::new(move |g, _| Ok(vec![Some(g.div(&x)?)])),
+        )
     }
 
     pub fn sqrt(&self) -> Result<Tensor> {
@@ -75,17 +104,29 @@ impl Tensor {
         self.unary_float(
             UnaryOp::Rsqrt,
             "rsqrt",
-            Box::new(|g, out| Ok(vec![Some(g.mul(&out.mul(out)?.mul(out)?)?.mul_scalar(-0.5)?)])),
+            Box::new(|g, out| {
+                Ok(vec![Some(
+                    g.mul(&out.mul(out)?.mul(out)?)?.mul_scalar(-0.5)?,
+                )])
+            }),
         )
     }
 
     pub fn abs(&self) -> Result<Tensor> {
         let x = self.detach();
-        self.unary_op(UnaryOp::Abs, "abs", Box::new(move |g, _| Ok(vec![Some(g.mul(&x.sign()?)?)])))
+        self.unary_op(
+            UnaryOp::Abs,
+            "abs",
+            Box::new(move |g, _| Ok(vec![Some(g.mul(&x.sign()?)?)])),
+        )
     }
 
     pub fn sign(&self) -> Result<Tensor> {
-        self.unary_op(UnaryOp::Sign, "sign", Box::new(|g, _| Ok(vec![Some(g.zeros_like())])))
+        self.unary_op(
+            UnaryOp::Sign,
+            "sign",
+            Box::new(|g, _| Ok(vec![Some(g.zeros_like())])),
+        )
     }
 
     pub fn relu(&self) -> Result<Tensor> {
@@ -93,7 +134,11 @@ impl Tensor {
         self.unary_op(
             UnaryOp::Relu,
             "relu",
-            Box::new(move |g, _| Ok(vec![Some(g.mul(&Tensor::from_node(x.node().unary(UnaryOp::Step)))?)])),
+            Box::new(move |g, _| {
+                Ok(vec![Some(
+                    g.mul(&Tensor::from_node(x.node().unary(UnaryOp::Step)))?,
+                )])
+            }),
         )
     }
 
@@ -119,7 +164,11 @@ impl Tensor {
         self.unary_float(
             UnaryOp::Gelu,
             "gelu",
-            Box::new(move |g, _| Ok(vec![Some(g.mul(&Tensor::from_node(x.node().unary(UnaryOp::GeluGrad)))?)])),
+            Box::new(move |g, _| {
+                Ok(vec![Some(g.mul(&Tensor::from_node(
+                    x.node().unary(UnaryOp::GeluGrad),
+                ))?)])
+            }),
         )
     }
 
@@ -133,7 +182,11 @@ impl Tensor {
 
     pub fn sin(&self) -> Result<Tensor> {
         let x = self.detach();
-        self.unary_float(UnaryOp::Sin, "sin", Box::new(move |g, _| Ok(vec![Some(g.mul(&x.cos()?)?)])))
+        self.unary_float(
+            UnaryOp::Sin,
+            "sin",
+            Box::new(move |g, _| Ok(vec![Some(g.mul(&x.cos()?)?)])),
+        )
     }
 
     pub fn cos(&self) -> Result<Tensor> {
@@ -165,12 +218,26 @@ impl Tensor {
             return Err(Error::invalid(name, "tensors live on different devices"));
         }
         let shape = broadcast_shapes(name, self.shape(), other.shape())?;
-        Ok((expand_node(name, self.node(), &shape)?, expand_node(name, other.node(), &shape)?))
+        Ok((
+            expand_node(name, self.node(), &shape)?,
+            expand_node(name, other.node(), &shape)?,
+        ))
     }
 
-    fn binary_op(&self, other: &Tensor, op: BinaryOp, name: &'static str, backward: crate::autograd::BackwardFn) -> Result<Tensor> {
+    fn binary_op(
+        &self,
+        other: &Tensor,
+        op: BinaryOp,
+        name: &'static str,
+        backward: crate::autograd::BackwardFn,
+    ) -> Result<Tensor> {
         let (a, b) = self.broadcast_pair(other, name)?;
-        Ok(Tensor::from_op(a.binary(op, &b)?, name, &[self, other], backward))
+        Ok(Tensor::from_op(
+            a.binary(op, &b)?,
+            name,
+            &[self, other],
+            backward,
+        ))
     }
 
     pub fn add(&self, other: &Tensor) -> Result<Tensor> {
@@ -202,8 +269,16 @@ impl Tensor {
             "mul",
             Box::new(move |g, _| {
                 Ok(vec![
-                    if ra { Some(g.mul(&b)?.sum_to(a.shape())?) } else { None },
-                    if rb { Some(g.mul(&a)?.sum_to(b.shape())?) } else { None },
+                    if ra {
+                        Some(g.mul(&b)?.sum_to(a.shape())?)
+                    } else {
+                        None
+                    },
+                    if rb {
+                        Some(g.mul(&a)?.sum_to(b.shape())?)
+                    } else {
+                        None
+                    },
                 ])
             }),
         )
@@ -218,8 +293,16 @@ impl Tensor {
             "div",
             Box::new(move |g, out| {
                 Ok(vec![
-                    if ra { Some(g.div(&b)?.sum_to(a.shape())?) } else { None },
-                    if rb { Some(g.mul(out)?.div(&b)?.neg()?.sum_to(b.shape())?) } else { None },
+                    if ra {
+                        Some(g.div(&b)?.sum_to(a.shape())?)
+                    } else {
+                        None
+                    },
+                    if rb {
+                        Some(g.mul(out)?.div(&b)?.neg()?.sum_to(b.shape())?)
+                    } else {
+                        None
+                    },
                 ])
             }),
         )
@@ -234,13 +317,26 @@ impl Tensor {
             BinaryOp::Pow,
             "pow",
             Box::new(move |g, out| {
+                // PyTorch's masks: d/da is 0 where b == 0 (at a == 0 the product
+                // b * a^(b-1) would be 0 * inf), d/db is 0 where a == 0 and
+                // b >= 0 (out * log(a) would be 0 * -inf).
+                let zero = Tensor::full(g.device(), &[], 0.0);
                 Ok(vec![
                     if ra {
-                        Some(g.mul(&b)?.mul(&a.pow(&b.add_scalar(-1.0)?)?)?.sum_to(a.shape())?)
+                        let d = g.mul(&b)?.mul(&a.pow(&b.add_scalar(-1.0)?)?)?;
+                        let d = Tensor::where_cond(&b.eq(&zero)?, &zero, &d)?;
+                        Some(d.sum_to(a.shape())?)
                     } else {
                         None
                     },
-                    if rb { Some(g.mul(out)?.mul(&a.log()?)?.sum_to(b.shape())?) } else { None },
+                    if rb {
+                        let d = g.mul(out)?.mul(&a.log()?)?;
+                        let base_zero = a.eq(&zero)?.mul(&b.ge(&zero)?)?;
+                        let d = Tensor::where_cond(&base_zero, &zero, &d)?;
+                        Some(d.sum_to(b.shape())?)
+                    } else {
+                        None
+                    },
                 ])
             }),
         )
@@ -260,7 +356,13 @@ impl Tensor {
         self.extremum(other, BinaryOp::Min, BinaryOp::Lt, "minimum")
     }
 
-    fn extremum(&self, other: &Tensor, op: BinaryOp, wins: BinaryOp, name: &'static str) -> Result<Tensor> {
+    fn extremum(
+        &self,
+        other: &Tensor,
+        op: BinaryOp,
+        wins: BinaryOp,
+        name: &'static str,
+    ) -> Result<Tensor> {
         let (a, b) = (self.detach(), other.detach());
         self.binary_op(
             other,
@@ -269,10 +371,14 @@ impl Tensor {
             Box::new(move |g, _| {
                 let (an, bn) = a.broadcast_pair(&b, name)?;
                 let win = Tensor::from_node(an.binary(wins, &bn)?.cast(DType::F32));
-                let tie = Tensor::from_node(an.binary(BinaryOp::Eq, &bn)?.cast(DType::F32)).mul_scalar(0.5)?;
+                let tie = Tensor::from_node(an.binary(BinaryOp::Eq, &bn)?.cast(DType::F32))
+                    .mul_scalar(0.5)?;
                 let wa = win.add(&tie)?;
                 let wb = wa.rsub_scalar(1.0)?;
-                Ok(vec![Some(g.mul(&wa)?.sum_to(a.shape())?), Some(g.mul(&wb)?.sum_to(b.shape())?)])
+                Ok(vec![
+                    Some(g.mul(&wa)?.sum_to(a.shape())?),
+                    Some(g.mul(&wb)?.sum_to(b.shape())?),
+                ])
             }),
         )
     }
@@ -306,7 +412,11 @@ impl Tensor {
     pub fn where_cond(cond: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         let name = "where";
         same_dtype(name, a, b)?;
-        let shape = broadcast_shapes(name, &broadcast_shapes(name, cond.shape(), a.shape())?, b.shape())?;
+        let shape = broadcast_shapes(
+            name,
+            &broadcast_shapes(name, cond.shape(), a.shape())?,
+            b.shape(),
+        )?;
         let (cn, an, bn) = (
             expand_node(name, cond.node(), &shape)?,
             expand_node(name, a.node(), &shape)?,
@@ -354,8 +464,20 @@ impl Tensor {
     pub fn minimum_scalar(&self, v: f32) -> Result<Tensor> {
         self.minimum(&self.scalar_like(v))
     }
+    /// `min(max(x, lo), hi)`. The gradient passes where `lo <= x <= hi`, bounds
+    /// included, as in PyTorch (maximum/minimum would halve it at the bounds).
     pub fn clamp(&self, lo: f32, hi: f32) -> Result<Tensor> {
-        self.maximum_scalar(lo)?.minimum_scalar(hi)
+        let value = crate::autograd::with_no_grad(|| self.maximum_scalar(lo)?.minimum_scalar(hi))?;
+        let x = self.detach();
+        Ok(Tensor::from_op(
+            value.node().clone(),
+            "clamp",
+            &[self],
+            Box::new(move |g, _| {
+                let inside = x.ge(&x.scalar_like(lo))?.mul(&x.le(&x.scalar_like(hi))?)?;
+                Ok(vec![Some(g.mul(&inside.to_dtype(DType::F32)?)?)])
+            }),
+        ))
     }
 
     // ---- reductions -----------------------------------------------------------
@@ -368,7 +490,12 @@ impl Tensor {
     }
 
     fn squeeze_axes(shape: &[usize], axes: &[usize]) -> Vec<usize> {
-        shape.iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &d)| d).collect()
+        shape
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !axes.contains(i))
+            .map(|(_, &d)| d)
+            .collect()
     }
 
     /// Sum over `axes` (all when empty). Reductions never use float atomics:
@@ -377,7 +504,11 @@ impl Tensor {
         let ax = self.reduce_axes(axes, "sum")?;
         let kept = self.node().reduce(ReduceOp::Sum, &ax)?;
         let keep_shape = kept.shape().to_vec();
-        let out = if keepdim { kept } else { kept.reshape(&Self::squeeze_axes(self.shape(), &ax))? };
+        let out = if keepdim {
+            kept
+        } else {
+            kept.reshape(&Self::squeeze_axes(self.shape(), &ax))?
+        };
         let in_shape = self.shape().to_vec();
         Ok(Tensor::from_op(
             out,
@@ -395,7 +526,8 @@ impl Tensor {
         float_only("mean", self)?;
         let ax = self.reduce_axes(axes, "mean")?;
         let count: usize = ax.iter().map(|&a| self.shape()[a]).product();
-        self.sum(axes, keepdim)?.mul_scalar(1.0 / count.max(1) as f32)
+        self.sum(axes, keepdim)?
+            .mul_scalar(1.0 / count.max(1) as f32)
     }
 
     pub fn mean_all(&self) -> Result<Tensor> {
@@ -410,14 +542,26 @@ impl Tensor {
         let mean = self.mean(axes, true)?;
         let diff = self.sub(&mean)?;
         let denom = count.saturating_sub(correction);
-        diff.mul(&diff)?.sum(axes, keepdim)?.div_scalar(denom as f32)
+        diff.mul(&diff)?
+            .sum(axes, keepdim)?
+            .div_scalar(denom as f32)
     }
 
-    fn extreme(&self, axes: &[isize], keepdim: bool, op: ReduceOp, name: &'static str) -> Result<Tensor> {
+    fn extreme(
+        &self,
+        axes: &[isize],
+        keepdim: bool,
+        op: ReduceOp,
+        name: &'static str,
+    ) -> Result<Tensor> {
         let ax = self.reduce_axes(axes, name)?;
         let kept = self.node().reduce(op, &ax)?;
         let keep_shape = kept.shape().to_vec();
-        let out = if keepdim { kept.clone() } else { kept.reshape(&Self::squeeze_axes(self.shape(), &ax))? };
+        let out = if keepdim {
+            kept.clone()
+        } else {
+            kept.reshape(&Self::squeeze_axes(self.shape(), &ax))?
+        };
         let x = self.detach();
         let ext = Tensor::from_node(kept);
         let axes: Vec<isize> = ax.iter().map(|&a| a as isize).collect();
@@ -459,7 +603,11 @@ impl Tensor {
             return self.long_arg(a, keepdim, op);
         }
         let kept = self.node().reduce(op, &[a])?;
-        let out = if keepdim { kept } else { kept.reshape(&Self::squeeze_axes(self.shape(), &[a]))? };
+        let out = if keepdim {
+            kept
+        } else {
+            kept.reshape(&Self::squeeze_axes(self.shape(), &[a]))?
+        };
         Ok(Tensor::from_node(out))
     }
 
@@ -473,7 +621,11 @@ impl Tensor {
             _ => x.min(&[a as isize], true)?,
         };
         let hit = x.eq(&extreme)?;
-        let hit = if x.dtype() == DType::F32 { Tensor::from_node(hit.node().binary(BinaryOp::Max, x.ne(&x)?.node())?) } else { hit };
+        let hit = if x.dtype() == DType::F32 {
+            Tensor::from_node(hit.node().binary(BinaryOp::Max, x.ne(&x)?.node())?)
+        } else {
+            hit
+        };
         let positions = Tensor::from_node(Node::iota(self.device(), self.shape(), DType::I32, a)?);
         let never = Tensor::full_dtype(self.device(), &[], DType::I32, i32::MAX as f64);
         Tensor::where_cond(&hit, &positions, &never)?.min(&[a as isize], keepdim)
@@ -485,14 +637,20 @@ impl Tensor {
             return Ok(self.clone());
         }
         let lead = self.dims().checked_sub(shape.len()).ok_or_else(|| {
-            Error::shape("sum_to", format!("cannot reduce {:?} to {shape:?}", self.shape()))
+            Error::shape(
+                "sum_to",
+                format!("cannot reduce {:?} to {shape:?}", self.shape()),
+            )
         })?;
         let mut axes = Vec::new();
         for i in 0..self.dims() {
             if i < lead || (shape[i - lead] == 1 && self.shape()[i] != 1) {
                 axes.push(i as isize);
             } else if shape[i - lead] != self.shape()[i] {
-                return Err(Error::shape("sum_to", format!("cannot reduce {:?} to {shape:?}", self.shape())));
+                return Err(Error::shape(
+                    "sum_to",
+                    format!("cannot reduce {:?} to {shape:?}", self.shape()),
+                ));
             }
         }
         if axes.is_empty() {
@@ -503,13 +661,31 @@ impl Tensor {
 
     // ---- movement -------------------------------------------------------------
 
-    fn view_op(&self, shape: &[usize], spec: ViewSpec, name: &'static str, backward: crate::autograd::BackwardFn) -> Result<Tensor> {
-        Ok(Tensor::from_op(self.node().view(shape, spec)?, name, &[self], backward))
+    fn view_op(
+        &self,
+        shape: &[usize],
+        spec: ViewSpec,
+        name: &'static str,
+        backward: crate::autograd::BackwardFn,
+    ) -> Result<Tensor> {
+        Ok(Tensor::from_op(
+            self.node().view(shape, spec)?,
+            name,
+            &[self],
+            backward,
+        ))
     }
 
     pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
         if numel(shape) != self.numel() {
-            return Err(Error::shape("reshape", format!("cannot reshape {:?} ({} elements) to {shape:?}", self.shape(), self.numel())));
+            return Err(Error::shape(
+                "reshape",
+                format!(
+                    "cannot reshape {:?} ({} elements) to {shape:?}",
+                    self.shape(),
+                    self.numel()
+                ),
+            ));
         }
         if shape == self.shape() {
             return Ok(self.clone());
@@ -531,7 +707,10 @@ impl Tensor {
         let s = norm_axis("flatten", start, self.dims())?;
         let e = norm_axis("flatten", end, self.dims())?;
         if s > e {
-            return Err(Error::invalid("flatten", format!("start {start} after end {end}")));
+            return Err(Error::invalid(
+                "flatten",
+                format!("start {start} after end {end}"),
+            ));
         }
         let mut shape: Vec<usize> = self.shape()[..s].to_vec();
         shape.push(self.shape()[s..=e].iter().product());
@@ -559,8 +738,18 @@ impl Tensor {
     pub fn permute(&self, perm: &[usize]) -> Result<Tensor> {
         let rank = self.dims();
         let mut seen = vec![false; rank];
-        if perm.len() != rank || perm.iter().any(|&p| p >= rank || std::mem::replace(&mut seen[p], true)) {
-            return Err(Error::shape("permute", format!("{perm:?} is not a permutation of the {rank} dims of {:?}", self.shape())));
+        if perm.len() != rank
+            || perm
+                .iter()
+                .any(|&p| p >= rank || std::mem::replace(&mut seen[p], true))
+        {
+            return Err(Error::shape(
+                "permute",
+                format!(
+                    "{perm:?} is not a permutation of the {rank} dims of {:?}",
+                    self.shape()
+                ),
+            ));
         }
         let cs = contiguous_strides(self.shape());
         let shape: Vec<usize> = perm.iter().map(|&p| self.shape()[p]).collect();
@@ -571,7 +760,11 @@ impl Tensor {
         }
         self.view_op(
             &shape,
-            ViewSpec { strides, offset: 0, mask: None },
+            ViewSpec {
+                strides,
+                offset: 0,
+                mask: None,
+            },
             "permute",
             Box::new(move |g, _| Ok(vec![Some(g.permute(&inverse)?)])),
         )
@@ -588,7 +781,10 @@ impl Tensor {
     /// Transpose of a 2-D tensor.
     pub fn t(&self) -> Result<Tensor> {
         if self.dims() != 2 {
-            return Err(Error::shape("t", format!("needs a 2-D tensor, got {:?}", self.shape())));
+            return Err(Error::shape(
+                "t",
+                format!("needs a 2-D tensor, got {:?}", self.shape()),
+            ));
         }
         self.transpose(0, 1)
     }
@@ -599,7 +795,12 @@ impl Tensor {
         }
         let spec = expand_spec("broadcast_to", self.shape(), shape)?;
         let from = self.shape().to_vec();
-        self.view_op(shape, spec, "broadcast_to", Box::new(move |g, _| Ok(vec![Some(g.sum_to(&from)?)])))
+        self.view_op(
+            shape,
+            spec,
+            "broadcast_to",
+            Box::new(move |g, _| Ok(vec![Some(g.sum_to(&from)?)])),
+        )
     }
 
     /// `len` elements of `dim` from `start` (`torch.narrow`).
@@ -607,7 +808,14 @@ impl Tensor {
         let d = norm_axis("narrow", dim, self.dims())?;
         let size = self.shape()[d];
         if start + len > size {
-            return Err(Error::shape("narrow", format!("[{start}, {}) of dim {d} with size {size} in {:?}", start + len, self.shape())));
+            return Err(Error::shape(
+                "narrow",
+                format!(
+                    "[{start}, {}) of dim {d} with size {size} in {:?}",
+                    start + len,
+                    self.shape()
+                ),
+            ));
         }
         if start == 0 && len == size {
             return Ok(self.clone());
@@ -618,7 +826,11 @@ impl Tensor {
         let after = size - start - len;
         self.view_op(
             &shape,
-            ViewSpec { strides: cs.clone(), offset: start as i64 * cs[d], mask: None },
+            ViewSpec {
+                strides: cs.clone(),
+                offset: start as i64 * cs[d],
+                mask: None,
+            },
             "narrow",
             Box::new(move |g, _| Ok(vec![Some(g.pad_dim(d, start, after)?)])),
         )
@@ -627,7 +839,10 @@ impl Tensor {
     /// Elements `start..end` of `dim`.
     pub fn slice(&self, dim: isize, start: usize, end: usize) -> Result<Tensor> {
         if end < start {
-            return Err(Error::shape("slice", format!("end {end} before start {start}")));
+            return Err(Error::shape(
+                "slice",
+                format!("end {end} before start {start}"),
+            ));
         }
         self.narrow(dim, start, end - start)
     }
@@ -635,7 +850,10 @@ impl Tensor {
     /// Zero padding of one dimension: `before` zeros, the values, `after` zeros.
     pub fn pad_dim(&self, dim: usize, before: usize, after: usize) -> Result<Tensor> {
         if dim >= self.dims() {
-            return Err(Error::invalid("pad", format!("dim {dim} out of range for {:?}", self.shape())));
+            return Err(Error::invalid(
+                "pad",
+                format!("dim {dim} out of range for {:?}", self.shape()),
+            ));
         }
         if before == 0 && after == 0 {
             return Ok(self.clone());
@@ -648,7 +866,11 @@ impl Tensor {
         mask[dim] = (before, before + size);
         self.view_op(
             &shape,
-            ViewSpec { strides: cs.clone(), offset: -(before as i64) * cs[dim], mask: Some(mask) },
+            ViewSpec {
+                strides: cs.clone(),
+                offset: -(before as i64) * cs[dim],
+                mask: Some(mask),
+            },
             "pad",
             Box::new(move |g, _| Ok(vec![Some(g.narrow(dim as isize, before, size)?)])),
         )
@@ -656,7 +878,9 @@ impl Tensor {
 
     /// Joins tensors along an existing dimension.
     pub fn concat(tensors: &[&Tensor], dim: isize) -> Result<Tensor> {
-        let first = tensors.first().ok_or_else(|| Error::invalid("concat", "needs at least one tensor"))?;
+        let first = tensors
+            .first()
+            .ok_or_else(|| Error::invalid("concat", "needs at least one tensor"))?;
         let d = norm_axis("concat", dim, first.dims())?;
         let mut total = 0;
         for t in tensors {
@@ -665,7 +889,10 @@ impl Tensor {
                 && (0..t.dims()).all(|i| i == d || t.shape()[i] == first.shape()[i]);
             if !ok {
                 let shapes: Vec<_> = tensors.iter().map(|t| t.shape().to_vec()).collect();
-                return Err(Error::shape("concat", format!("shapes {shapes:?} along dim {d}")));
+                return Err(Error::shape(
+                    "concat",
+                    format!("shapes {shapes:?} along dim {d}"),
+                ));
             }
             total += t.shape()[d];
         }
@@ -686,14 +913,22 @@ impl Tensor {
 
     /// Joins tensors along a new dimension.
     pub fn stack(tensors: &[&Tensor], dim: isize) -> Result<Tensor> {
-        let first = tensors.first().ok_or_else(|| Error::invalid("stack", "needs at least one tensor"))?;
+        let first = tensors
+            .first()
+            .ok_or_else(|| Error::invalid("stack", "needs at least one tensor"))?;
         let d = norm_axis("stack", dim, first.dims() + 1)?;
         for t in tensors {
             if t.shape() != first.shape() {
-                return Err(Error::shape("stack", format!("{:?} vs {:?}", first.shape(), t.shape())));
+                return Err(Error::shape(
+                    "stack",
+                    format!("{:?} vs {:?}", first.shape(), t.shape()),
+                ));
             }
         }
-        let expanded: Vec<Tensor> = tensors.iter().map(|t| t.unsqueeze(d as isize)).collect::<Result<_>>()?;
+        let expanded: Vec<Tensor> = tensors
+            .iter()
+            .map(|t| t.unsqueeze(d as isize))
+            .collect::<Result<_>>()?;
         let refs: Vec<&Tensor> = expanded.iter().collect();
         Tensor::concat(&refs, d as isize)
     }
@@ -702,8 +937,17 @@ impl Tensor {
     /// i32 or u32 with the same rank, its other dims no larger than self's.
     pub fn gather(&self, dim: isize, index: &Tensor) -> Result<Tensor> {
         let d = norm_axis("gather", dim, self.dims())?;
-        if index.dims() != self.dims() || (0..self.dims()).any(|i| i != d && index.shape()[i] > self.shape()[i]) {
-            return Err(Error::shape("gather", format!("input {:?}, index {:?}, dim {d}", self.shape(), index.shape())));
+        if index.dims() != self.dims()
+            || (0..self.dims()).any(|i| i != d && index.shape()[i] > self.shape()[i])
+        {
+            return Err(Error::shape(
+                "gather",
+                format!(
+                    "input {:?}, index {:?}, dim {d}",
+                    self.shape(),
+                    index.shape()
+                ),
+            ));
         }
         let src = self.detach();
         let idx = index.detach();
@@ -720,7 +964,10 @@ impl Tensor {
     pub fn index_select(&self, dim: isize, index: &Tensor) -> Result<Tensor> {
         let d = norm_axis("index_select", dim, self.dims())?;
         if index.dims() != 1 {
-            return Err(Error::shape("index_select", format!("index must be 1-D, got {:?}", index.shape())));
+            return Err(Error::shape(
+                "index_select",
+                format!("index must be 1-D, got {:?}", index.shape()),
+            ));
         }
         let mut idx_shape = vec![1; self.dims()];
         idx_shape[d] = index.shape()[0];
@@ -733,12 +980,21 @@ impl Tensor {
     /// One-hot f32 encoding of an integer tensor: shape `[..., num_classes]`.
     pub fn one_hot(&self, num_classes: usize) -> Result<Tensor> {
         if self.dtype() == DType::F32 {
-            return Err(Error::DType { op: "one_hot", expected: "i32 or u32".into(), got: "f32".into() });
+            return Err(Error::DType {
+                op: "one_hot",
+                expected: "i32 or u32".into(),
+                got: "f32".into(),
+            });
         }
         let mut shape = self.shape().to_vec();
         shape.push(num_classes);
         let labels = self.unsqueeze(-1)?.broadcast_to(&shape)?;
-        let classes = Tensor::from_node(Node::iota(self.device(), &shape, self.dtype(), shape.len() - 1)?);
+        let classes = Tensor::from_node(Node::iota(
+            self.device(),
+            &shape,
+            self.dtype(),
+            shape.len() - 1,
+        )?);
         labels.eq(&classes)?.to_dtype(DType::F32)
     }
 
@@ -749,9 +1005,32 @@ impl Tensor {
     pub fn matmul(&self, other: &Tensor) -> Result<Tensor> {
         float_only("matmul", self)?;
         float_only("matmul", other)?;
-        let bad = || Error::shape("matmul", format!("{:?} @ {:?}", self.shape(), other.shape()));
+        let bad = || {
+            Error::shape(
+                "matmul",
+                format!("{:?} @ {:?}", self.shape(), other.shape()),
+            )
+        };
         if self.dims() == 0 || other.dims() == 0 {
             return Err(bad());
+        }
+        // Check the inner dimension here, so that the error names the shapes the
+        // caller passed rather than those of the vector cases' reshapes.
+        let k_self = self.shape()[self.dims() - 1];
+        let k_other = if other.dims() == 1 {
+            other.shape()[0]
+        } else {
+            other.shape()[other.dims() - 2]
+        };
+        if k_self != k_other {
+            return Err(bad());
+        }
+        if self.dims() == 1 && other.dims() == 1 {
+            // Vector . vector: the 0-d dot product.
+            return self
+                .unsqueeze(0)?
+                .matmul(&other.unsqueeze(1)?)?
+                .reshape(&[]);
         }
         if self.dims() == 1 {
             return self.unsqueeze(0)?.matmul(other)?.squeeze(-2);
@@ -765,7 +1044,8 @@ impl Tensor {
         if k != k2 {
             return Err(bad());
         }
-        let batch = broadcast_shapes("matmul", &sa[..sa.len() - 2], &sb[..sb.len() - 2]).map_err(|_| bad())?;
+        let batch = broadcast_shapes("matmul", &sa[..sa.len() - 2], &sb[..sb.len() - 2])
+            .map_err(|_| bad())?;
         let nb: usize = batch.iter().product();
         let a_shared = sa[..sa.len() - 2].iter().product::<usize>() == 1;
         let b_shared = sb[..sb.len() - 2].iter().product::<usize>() == 1;
@@ -799,8 +1079,16 @@ impl Tensor {
             &[self, other],
             Box::new(move |g, _| {
                 Ok(vec![
-                    if ra { Some(g.matmul(&b.transpose(-1, -2)?)?.sum_to(a.shape())?) } else { None },
-                    if rb { Some(a.transpose(-1, -2)?.matmul(g)?.sum_to(b.shape())?) } else { None },
+                    if ra {
+                        Some(g.matmul(&b.transpose(-1, -2)?)?.sum_to(a.shape())?)
+                    } else {
+                        None
+                    },
+                    if rb {
+                        Some(a.transpose(-1, -2)?.matmul(g)?.sum_to(b.shape())?)
+                    } else {
+                        None
+                    },
                 ])
             }),
         ))
@@ -823,14 +1111,27 @@ impl Tensor {
     /// (`torch.nn.functional.cross_entropy`).
     pub fn cross_entropy(&self, targets: &Tensor) -> Result<Tensor> {
         if self.dims() != 2 || targets.dims() != 1 || targets.shape()[0] != self.shape()[0] {
-            return Err(Error::shape("cross_entropy", format!("logits {:?} (want [N, C]) with targets {:?} (want [N])", self.shape(), targets.shape())));
+            return Err(Error::shape(
+                "cross_entropy",
+                format!(
+                    "logits {:?} (want [N, C]) with targets {:?} (want [N])",
+                    self.shape(),
+                    targets.shape()
+                ),
+            ));
         }
         if targets.dtype() == DType::F32 {
-            return Err(Error::DType { op: "cross_entropy", expected: "i32 or u32 class indices".into(), got: "f32".into() });
+            return Err(Error::DType {
+                op: "cross_entropy",
+                expected: "i32 or u32 class indices".into(),
+                got: "f32".into(),
+            });
         }
         let logp = self.log_softmax(-1)?;
         let picked = logp.mul(&targets.one_hot(self.shape()[1])?)?;
-        picked.sum_all()?.mul_scalar(-1.0 / self.shape()[0].max(1) as f32)
+        picked
+            .sum_all()?
+            .mul_scalar(-1.0 / self.shape()[0].max(1) as f32)
     }
 
     /// Mean squared error (`torch.nn.functional.mse_loss`).
@@ -843,7 +1144,13 @@ impl Tensor {
 /// The gradient of `gather`: each source position receives the sum of the
 /// output gradients whose index picked it. Built as compare-and-reduce, with
 /// no atomics, so it is deterministic.
-fn scatter_add(src: &Tensor, src_shape: &[usize], d: usize, index: &Tensor, g: &Tensor) -> Result<Tensor> {
+fn scatter_add(
+    src: &Tensor,
+    src_shape: &[usize],
+    d: usize,
+    index: &Tensor,
+    g: &Tensor,
+) -> Result<Tensor> {
     let out_shape = g.shape().to_vec();
     let j = src_shape[d];
     // Work in [..., K, J, ...]: the gathered axis K, then the source axis J.

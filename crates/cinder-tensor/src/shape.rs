@@ -7,13 +7,26 @@ pub fn broadcast_shapes(op: &'static str, a: &[usize], b: &[usize]) -> Result<Ve
     let rank = a.len().max(b.len());
     let mut out = vec![0; rank];
     for i in 0..rank {
-        let da = if i < rank - a.len() { 1 } else { a[i - (rank - a.len())] };
-        let db = if i < rank - b.len() { 1 } else { b[i - (rank - b.len())] };
+        let da = if i < rank - a.len() {
+            1
+        } else {
+            a[i - (rank - a.len())]
+        };
+        let db = if i < rank - b.len() {
+            1
+        } else {
+            b[i - (rank - b.len())]
+        };
         out[i] = match (da, db) {
             (x, y) if x == y => x,
             (1, y) => y,
             (x, 1) => x,
-            _ => return Err(Error::shape(op, format!("cannot broadcast {a:?} with {b:?}"))),
+            _ => {
+                return Err(Error::shape(
+                    op,
+                    format!("cannot broadcast {a:?} with {b:?}"),
+                ))
+            }
         };
     }
     Ok(out)
@@ -22,7 +35,10 @@ pub fn broadcast_shapes(op: &'static str, a: &[usize], b: &[usize]) -> Result<Ve
 /// The view that broadcasts `from` to `to` (which must be a valid broadcast).
 pub fn expand_spec(op: &'static str, from: &[usize], to: &[usize]) -> Result<ViewSpec> {
     if to.len() < from.len() {
-        return Err(Error::shape(op, format!("cannot broadcast {from:?} to {to:?}")));
+        return Err(Error::shape(
+            op,
+            format!("cannot broadcast {from:?} to {to:?}"),
+        ));
     }
     let lead = to.len() - from.len();
     let cs = contiguous_strides(from);
@@ -34,7 +50,10 @@ pub fn expand_spec(op: &'static str, from: &[usize], to: &[usize]) -> Result<Vie
         } else if f == 1 {
             strides[lead + i] = 0;
         } else {
-            return Err(Error::shape(op, format!("cannot broadcast {from:?} to {to:?}")));
+            return Err(Error::shape(
+                op,
+                format!("cannot broadcast {from:?} to {to:?}"),
+            ));
         }
     }
     Ok(ViewSpec {
@@ -49,7 +68,10 @@ pub fn norm_axis(op: &'static str, axis: isize, rank: usize) -> Result<usize> {
     let r = rank as isize;
     let a = if axis < 0 { axis + r } else { axis };
     if a < 0 || a >= r.max(1) {
-        return Err(Error::invalid(op, format!("axis {axis} out of range for a tensor of rank {rank}")));
+        return Err(Error::invalid(
+            op,
+            format!("axis {axis} out of range for a tensor of rank {rank}"),
+        ));
     }
     Ok(a as usize)
 }

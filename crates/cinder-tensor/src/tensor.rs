@@ -58,7 +58,12 @@ impl Tensor {
 
     /// Records an op's result; keeps its backward rule when autodiff is on and
     /// an input needs a gradient.
-    pub(crate) fn from_op(node: Node, name: &'static str, inputs: &[&Tensor], backward: crate::autograd::BackwardFn) -> Tensor {
+    pub(crate) fn from_op(
+        node: Node,
+        name: &'static str,
+        inputs: &[&Tensor],
+        backward: crate::autograd::BackwardFn,
+    ) -> Tensor {
         let needs = grad_enabled() && inputs.iter().any(|t| t.requires_grad());
         Tensor(Arc::new(TensorInner {
             id: NEXT_TENSOR_ID.fetch_add(1, Ordering::Relaxed),
@@ -131,7 +136,12 @@ impl Tensor {
 
     pub fn from_slice<T: Element>(device: &Device, data: &[T], shape: &[usize]) -> Result<Tensor> {
         let bytes = bytemuck::cast_slice(data).to_vec();
-        Ok(Tensor::from_node(Node::from_bytes(device, shape, T::DTYPE, bytes)?))
+        Ok(Tensor::from_node(Node::from_bytes(
+            device,
+            shape,
+            T::DTYPE,
+            bytes,
+        )?))
     }
 
     pub fn from_vec<T: Element>(device: &Device, data: Vec<T>, shape: &[usize]) -> Result<Tensor> {
@@ -169,7 +179,10 @@ impl Tensor {
     /// `start, start + step, ...` below `end`, as f32 (PyTorch's `arange`).
     pub fn arange(device: &Device, start: f32, end: f32, step: f32) -> Result<Tensor> {
         if step == 0.0 || !step.is_finite() || !start.is_finite() || !end.is_finite() {
-            return Err(Error::invalid("arange", format!("start {start}, end {end}, step {step}")));
+            return Err(Error::invalid(
+                "arange",
+                format!("start {start}, end {end}, step {step}"),
+            ));
         }
         // The length is computed in f64, as PyTorch does: f32 miscounts past 2^24.
         let n = ((end as f64 - start as f64) / step as f64).ceil().max(0.0) as usize;
@@ -184,14 +197,26 @@ impl Tensor {
     }
 
     /// Uniform in [low, high), generated on the GPU from `seed`.
-    pub fn rand_seeded(device: &Device, shape: &[usize], low: f32, high: f32, seed: u64) -> Result<Tensor> {
+    pub fn rand_seeded(
+        device: &Device,
+        shape: &[usize],
+        low: f32,
+        high: f32,
+        seed: u64,
+    ) -> Result<Tensor> {
         Tensor::from_node(Node::rand(device, shape, seed, false))
             .mul_scalar(high - low)?
             .add_scalar(low)
     }
 
     /// Normal with this mean and standard deviation, generated on the GPU from `seed`.
-    pub fn randn_seeded(device: &Device, shape: &[usize], mean: f32, std: f32, seed: u64) -> Result<Tensor> {
+    pub fn randn_seeded(
+        device: &Device,
+        shape: &[usize],
+        mean: f32,
+        std: f32,
+        seed: u64,
+    ) -> Result<Tensor> {
         Tensor::from_node(Node::rand(device, shape, seed, true))
             .mul_scalar(std)?
             .add_scalar(mean)
@@ -229,7 +254,10 @@ impl Tensor {
     /// The value of a one-element f32 tensor.
     pub fn item(&self) -> Result<f32> {
         if self.numel() != 1 {
-            return Err(Error::shape("item", format!("needs one element, tensor has shape {:?}", self.shape())));
+            return Err(Error::shape(
+                "item",
+                format!("needs one element, tensor has shape {:?}", self.shape()),
+            ));
         }
         let v = self.to_dtype(DType::F32)?.to_vec::<f32>()?;
         Ok(v[0])
@@ -241,8 +269,14 @@ pub fn read_all(tensors: &[&Tensor]) -> Result<Vec<Vec<f32>>> {
     let Some(first) = tensors.first() else {
         return Ok(Vec::new());
     };
-    let nodes: Vec<Node> = tensors.iter().map(|t| t.to_dtype(DType::F32).map(|t| t.0.node.clone())).collect::<Result<_>>()?;
+    let nodes: Vec<Node> = tensors
+        .iter()
+        .map(|t| t.to_dtype(DType::F32).map(|t| t.0.node.clone()))
+        .collect::<Result<_>>()?;
     let read: Vec<usize> = (0..nodes.len()).collect();
     let bytes = first.device().run(&nodes, &[], &read)?;
-    Ok(bytes.iter().map(|b| bytemuck::pod_collect_to_vec(b)).collect())
+    Ok(bytes
+        .iter()
+        .map(|b| bytemuck::pod_collect_to_vec(b))
+        .collect())
 }

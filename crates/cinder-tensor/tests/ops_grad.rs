@@ -12,6 +12,9 @@
 //! Inputs stay away from kinks (relu and abs at 0, ties of max/min/maximum) by
 //! more than eps; the behaviour at ties is checked exactly in separate tests.
 
+// Tables of test cases are written as `vec![...]` of shapes for readability.
+#![allow(clippy::useless_vec, clippy::type_complexity)]
+
 mod common;
 
 use cinder_tensor::{no_grad, with_no_grad, Error, Result, Tensor};
@@ -117,7 +120,7 @@ fn grad_recip_sin_cos_square() {
         .vec(15, 0.4, 2.0)
         .iter()
         .enumerate()
-        .map(|(i, v)| if i % 2 == 0 { *v } else { -v })
+        .map(|(i, v)| if i.is_multiple_of(2) { *v } else { -v })
         .collect();
     unary_grad("recip", x, |t| t.recip(), |x| 1.0 / x);
     unary_grad("sin", r.vec(15, -3.0, 3.0), |t| t.sin(), f64::sin);
@@ -172,6 +175,74 @@ fn grad_scalar_ops_and_clamp() {
         &[input(x, &[15])],
         |t| t[0].clamp(-1.0, 1.0),
         |a| a[0].map(|v| v.clamp(-1.0, 1.0)),
+    );
+}
+
+#[test]
+fn grad_at_kinks_follows_pytorch() {
+    // PyTorch: relu'(0) = 0, abs'(0) = 0, and clamp passes the gradient where
+    // lo <= x <= hi, bounds included (it is not split like maximum/minimum).
+    let x = tensor(&[0.0, -0.0, 1.0, -1.0, 2.0, -2.0], &[6]).requires_grad_();
+    let grad_of = |name: &str, y: Result<Tensor>| -> Vec<f32> {
+        let g = ok(name, y.and_then(|y| y.sum_all()).and_then(|l| l.backward()));
+        read_f32(name, g.get(&x).expect("gradient of x"))
+    };
+    let g = grad_of("relu", x.relu());
+    assert_close_msg(
+        "relu' at [0, -0, 1, -1, 2, -2]",
+        &g,
+        &[0.0, 0.0, 1.0, 0.0, 1.0, 0.0],
+        0.0,
+        0.0,
+    );
+    let g = grad_of("abs", x.abs());
+    assert_close_msg(
+        "abs' at [0, -0, 1, -1, 2, -2]",
+        &g,
+        &[0.0, 0.0, 1.0, -1.0, 1.0, -1.0],
+        0.0,
+        0.0,
+    );
+    let g = grad_of("clamp", x.clamp(-1.0, 1.0));
+    assert_close_msg(
+        "clamp(x, -1, 1)' at [0, -0, 1, -1, 2, -2]",
+        &g,
+        &[1.0, 1.0, 1.0, 1.0, 0.0, 0.0],
+        0.0,
+        0.0,
+    );
+}
+
+#[test]
+fn grad_pow_edge_cases_follow_pytorch() {
+    // PyTorch's pow backward: d/da is 0 where b == 0 (even at a == 0, where
+    // b * a^(b-1) would be 0 * inf), and d/db is 0 where a == 0 and b >= 0
+    // (where out * log(a) would be 0 * -inf).
+    let a = tensor(&[0.0, 0.0, 2.0, 3.0, 0.0], &[5]).requires_grad_();
+    let b = tensor(&[2.0, 0.0, 0.0, 1.0, 1.0], &[5]).requires_grad_();
+    let g = ok(
+        "pow",
+        a.pow(&b)
+            .and_then(|y| y.sum_all())
+            .and_then(|l| l.backward()),
+    );
+    let ga = read_f32("grad a", g.get(&a).expect("gradient of a"));
+    let gb = read_f32("grad b", g.get(&b).expect("gradient of b"));
+    let what = "at a = [0, 0, 2, 3, 0], b = [2, 0, 0, 1, 1]";
+    assert_close_msg(
+        &format!("d(a^b)/da {what}"),
+        &ga,
+        &[0.0, 0.0, 0.0, 1.0, 1.0],
+        GRAD_ATOL,
+        GRAD_RTOL,
+    );
+    let want_b = [0.0, 0.0, 2f64.ln(), 3.0 * 3f64.ln(), 0.0];
+    assert_close_msg(
+        &format!("d(a^b)/db {what}"),
+        &gb,
+        &want_b,
+        GRAD_ATOL,
+        GRAD_RTOL,
     );
 }
 
@@ -622,6 +693,17 @@ fn grad_gather_index_select() {
         |t| t[0].gather(1, &itu),
         |a| a[0].gather(1, &Arr::from_i32(&idx1, &[3, 4])),
     );
+    // 3-D, along the middle, with an index smaller than the source in the
+    // other dims (the gradient is zero-padded there) and repeats.
+    let x3 = r.vec(24, -1.0, 1.0);
+    let idx3 = [3i32, 0, 3, 1, 1, 2, 0, 0, 3, 3];
+    let it3 = tensor_i32(&idx3, &[1, 5, 2]);
+    check_grad_ref(
+        "gather dim 1, index [1, 5, 2] into [2, 4, 3]",
+        &[input(x3, &[2, 4, 3])],
+        |t| t[0].gather(1, &it3),
+        |a| a[0].gather(1, &Arr::from_i32(&idx3, &[1, 5, 2])),
+    );
     for dim in [0isize, 1] {
         let sel = [2usize, 0, 2, 3, 2];
         let si: Vec<i32> = sel.iter().map(|&v| v as i32).collect();
@@ -896,6 +978,29 @@ fn grad_composite_network() {
                 .cross_entropy(&targets)
         },
     );
+}
+
+// ---- the checker itself ----------------------------------------------------------------------
+
+/// `detach(x) * x` has the value x^2 but the analytic gradient x (one factor is
+/// cut from the graph): both comparisons must reject it.
+#[test]
+#[should_panic(expected = "differences")]
+fn checker_rejects_a_wrong_gradient() {
+    check_grad_ref(
+        "detach(x) * x",
+        &[input(vec![0.5, -1.0, 2.0], &[3])],
+        |t| t[0].detach().mul(&t[0]),
+        |a| a[0].map(|v| v * v),
+    );
+}
+
+#[test]
+#[should_panic(expected = "GPU central differences")]
+fn checker_rejects_a_wrong_gradient_without_reference() {
+    check_grad("detach(x) * x", &[input(vec![0.5, -1.0, 2.0], &[3])], |t| {
+        t[0].detach().mul(&t[0])
+    });
 }
 
 // ---- autograd semantics --------------------------------------------------------------------

@@ -214,7 +214,7 @@ pub fn axis(a: isize, rank: usize) -> usize {
     let r = rank as isize;
     let x = if a < 0 { a + r } else { a };
     assert!(
-        x >= 0 && x < r.max(1),
+        (0..r.max(1)).contains(&x),
         "axis {a} out of range for rank {rank}"
     );
     x as usize
@@ -224,7 +224,7 @@ pub fn axis(a: isize, rank: usize) -> usize {
 pub fn broadcast_shapes(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
     let rank = a.len().max(b.len());
     let mut out = vec![0; rank];
-    for i in 0..rank {
+    for (i, o) in out.iter_mut().enumerate() {
         let da = if i + a.len() < rank {
             1
         } else {
@@ -235,7 +235,7 @@ pub fn broadcast_shapes(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
         } else {
             b[i + b.len() - rank]
         };
-        out[i] = if da == db {
+        *o = if da == db {
             da
         } else if da == 1 {
             db
@@ -312,9 +312,9 @@ impl Arr {
             self.shape
         );
         let lead = shape.len() - self.rank();
-        for d in 0..self.rank() {
+        for (d, &n) in self.shape.iter().enumerate() {
             assert!(
-                self.shape[d] == shape[lead + d] || self.shape[d] == 1,
+                n == shape[lead + d] || n == 1,
                 "broadcast {:?} to {shape:?}",
                 self.shape
             );
@@ -383,13 +383,13 @@ impl Arr {
             .map(|(d, &s)| if axes.contains(&d) { 1 } else { s })
             .collect();
         let mut out = vec![init; numel(&kept)];
-        for i in 0..self.numel() {
+        for (i, &x) in self.data.iter().enumerate() {
             let mut c = unravel(i, &self.shape);
             for &a in &axes {
                 c[a] = 0;
             }
             let o = ravel(&c, &kept);
-            out[o] = f(out[o], self.data[i]);
+            out[o] = f(out[o], x);
         }
         let shape = if keepdim {
             kept
@@ -704,6 +704,9 @@ pub fn nan_min(a: f64, b: f64) -> f64 {
 /// beyond 6.
 pub fn erf(x: f64) -> f64 {
     let a = x.abs();
+    if a == 0.0 {
+        return x;
+    }
     if a > 6.0 {
         return x.signum();
     }
