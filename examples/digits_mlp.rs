@@ -45,7 +45,11 @@ fn main() -> Result<()> {
     let _no_grad = cinder::no_grad();
     let x = Tensor::from_slice(&device, &test.features, &[test.len(), 64])?;
     let predicted = model.forward(&x)?.argmax(-1, false)?.to_vec::<i32>()?;
-    let correct = predicted.iter().zip(&test.labels).filter(|(p, t)| p == t).count();
+    let correct = predicted
+        .iter()
+        .zip(&test.labels)
+        .filter(|(p, t)| p == t)
+        .count();
     println!(
         "test accuracy {:.2}% ({correct}/{}) after {:.1} s of training",
         100.0 * correct as f64 / test.len() as f64,

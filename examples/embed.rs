@@ -78,7 +78,8 @@ fn run(device: &Device) -> cinder::Result<()> {
         }
     }
 
-    let path = std::env::temp_dir().join(format!("cinder-embed-{}.safetensors", std::process::id()));
+    let path =
+        std::env::temp_dir().join(format!("cinder-embed-{}.safetensors", std::process::id()));
     cinder::nn::save(&path, &net)?;
     println!("saved {}", path.display());
 
@@ -90,7 +91,10 @@ fn run(device: &Device) -> cinder::Result<()> {
     let _no_grad = cinder::no_grad();
     let (test_points, test_labels) = dataset(8, 2);
     let test_x = Tensor::from_slice(device, &test_points, &[8, 4])?;
-    let predicted = restored.forward(&test_x)?.argmax(-1, false)?.to_vec::<i32>()?;
+    let predicted = restored
+        .forward(&test_x)?
+        .argmax(-1, false)?
+        .to_vec::<i32>()?;
     for (i, (p, want)) in predicted.iter().zip(&test_labels).enumerate() {
         let point = &test_points[i * 4..(i + 1) * 4];
         println!("{point:5.2?} -> class {p} (rule says {want})");

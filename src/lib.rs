@@ -17,7 +17,9 @@ pub use cinder_nn as nn;
 pub use cinder_runtime as runtime;
 pub use cinder_tensor as tensor;
 
-pub use cinder_tensor::{no_grad, with_no_grad, DType, Device, Error, Gradients, Result, Stats, Tensor};
+pub use cinder_tensor::{
+    no_grad, with_no_grad, DType, Device, Error, Gradients, Result, Stats, Tensor,
+};
 
 /// What most programs need, in one import.
 pub mod prelude {

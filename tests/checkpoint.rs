@@ -42,7 +42,11 @@ fn save_then_load_reproduces_outputs() -> Result<()> {
     save(&path, &a)?;
     load(&path, &b)?;
     assert_eq!(ya, b.forward(&x)?.to_vec::<f32>()?);
-    let leftovers: Vec<_> = std::fs::read_dir(&dir).expect("dir").filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().ends_with(".tmp")).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
     assert!(leftovers.is_empty(), "temporary files left behind");
     std::fs::remove_dir_all(&dir).ok();
     Ok(())
@@ -54,20 +58,39 @@ fn a_file_written_by_another_tool_loads_by_name() -> Result<()> {
     // f32 tensors under state_dict names, in any order.
     let dir = temp_dir("foreign");
     let path = dir.join("torch.safetensors");
-    let shapes = [("2.bias", vec![3usize]), ("0.weight", vec![4, 5]), ("0.bias", vec![4]), ("2.weight", vec![3, 4])];
+    let shapes = [
+        ("2.bias", vec![3usize]),
+        ("0.weight", vec![4, 5]),
+        ("0.bias", vec![4]),
+        ("2.weight", vec![3, 4]),
+    ];
     let data: Vec<(String, Vec<u8>, Vec<usize>)> = shapes
         .iter()
         .map(|(n, s)| {
             let count: usize = s.iter().product();
             let values: Vec<f32> = (0..count).map(|i| i as f32 * 0.01).collect();
-            (n.to_string(), values.iter().flat_map(|v| v.to_le_bytes()).collect(), s.clone())
+            (
+                n.to_string(),
+                values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                s.clone(),
+            )
         })
         .collect();
     let views: Vec<(String, safetensors::tensor::TensorView)> = data
         .iter()
-        .map(|(n, b, s)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).expect("view")))
+        .map(|(n, b, s)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                    .expect("view"),
+            )
+        })
         .collect();
-    std::fs::write(&path, safetensors::serialize(views, None).expect("serialize")).expect("write");
+    std::fs::write(
+        &path,
+        safetensors::serialize(views, None).expect("serialize"),
+    )
+    .expect("write");
     let m = model(4)?;
     load(&path, &m)?;
     let w = m.state_dict()[0].1.to_vec::<f32>()?;
@@ -83,20 +106,38 @@ fn mismatches_are_listed_and_change_nothing() -> Result<()> {
     save(&path, &model(8)?)?;
     let other = model(6)?;
     let before = other.state_dict()[0].1.to_vec::<f32>()?;
-    let err = load(&path, &other).err().map(|e| e.to_string()).unwrap_or_default();
-    assert!(err.contains("0.weight: shape [8, 5] in the file, the model has [6, 5]"), "{err}");
+    let err = load(&path, &other)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("0.weight: shape [8, 5] in the file, the model has [6, 5]"),
+        "{err}"
+    );
     assert!(err.contains("2.weight"), "{err}");
     assert_eq!(before, other.state_dict()[0].1.to_vec::<f32>()?);
 
     let device = common::device();
     let extra = Sequential::new().add(Linear::new(&device, 5, 8, false)?);
-    let err = load(&path, &extra).err().map(|e| e.to_string()).unwrap_or_default();
+    let err = load(&path, &extra)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(err.contains("unexpected tensor \"0.bias\""), "{err}");
 
     std::fs::write(dir.join("junk.safetensors"), b"not a checkpoint").expect("write");
-    let err = load(dir.join("junk.safetensors"), &other).err().map(|e| e.to_string()).unwrap_or_default();
-    assert!(err.contains("junk.safetensors") && err.contains("not a safetensors file"), "{err}");
-    let err = load(dir.join("missing.safetensors"), &other).err().map(|e| e.to_string()).unwrap_or_default();
+    let err = load(dir.join("junk.safetensors"), &other)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("junk.safetensors") && err.contains("not a safetensors file"),
+        "{err}"
+    );
+    let err = load(dir.join("missing.safetensors"), &other)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(err.contains("missing.safetensors"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
     Ok(())

@@ -38,14 +38,23 @@ fn no_matching_adapter_says_how_to_get_one() {
         backend: None,
         adapter_name: Some("no adapter is called this".into()),
     };
-    let err = Device::with_options(&options).err().map(|e| e.to_string()).unwrap_or_default();
-    assert!(err.contains("CINDER_ADAPTER=no adapter is called this"), "{err}");
+    let err = Device::with_options(&options)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("CINDER_ADAPTER=no adapter is called this"),
+        "{err}"
+    );
     assert!(err.contains("mesa-vulkan-drivers"), "{err}");
     let bad = DeviceOptions {
         backend: Some("glide".into()),
         adapter_name: None,
     };
-    let err = Device::with_options(&bad).err().map(|e| e.to_string()).unwrap_or_default();
+    let err = Device::with_options(&bad)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(err.contains("glide") && err.contains("vulkan"), "{err}");
 }
 

@@ -20,7 +20,9 @@ fn elementwise_and_reduce_beyond_the_binding_limit() -> Result<()> {
     }
     // Reductions that read across the boundary: integer sums are exact, float
     // sums agree to f32 rounding.
-    let count = Tensor::full_dtype(&device, &[n], cinder::DType::I32, 1.0).sum_all()?.to_vec::<i32>()?;
+    let count = Tensor::full_dtype(&device, &[n], cinder::DType::I32, 1.0)
+        .sum_all()?
+        .to_vec::<i32>()?;
     assert_eq!(count, vec![n as i32]);
     let total = y.sum_all()?.item()? as f64;
     let want: f64 = (0..n).map(|i| ((i as f32) * 0.5 + 1.0) as f64).sum();

@@ -9,20 +9,30 @@ const N: usize = 37;
 
 fn close(got: &[f32], want: &[f32]) {
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!((g - w).abs() <= 1e-5 + 1e-4 * w.abs(), "element {i}: got {g}, want {w}");
+        assert!(
+            (g - w).abs() <= 1e-5 + 1e-4 * w.abs(),
+            "element {i}: got {g}, want {w}"
+        );
     }
 }
 
 fn initial() -> Vec<f32> {
-    (0..N).map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.13).collect()
+    (0..N)
+        .map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.13)
+        .collect()
 }
 
 /// The gradient fed at step `t`: loss = sum(p * c_t) has gradient c_t.
 fn grad_at(t: usize) -> Vec<f32> {
-    (0..N).map(|i| (((i + 3 * t) * 7 % 13) as f32 - 6.0) * 0.05).collect()
+    (0..N)
+        .map(|i| (((i + 3 * t) * 7 % 13) as f32 - 6.0) * 0.05)
+        .collect()
 }
 
-fn run<O: Optimizer>(make: impl FnOnce(Vec<Tensor>) -> Result<O>, steps: usize) -> Result<Vec<f32>> {
+fn run<O: Optimizer>(
+    make: impl FnOnce(Vec<Tensor>) -> Result<O>,
+    steps: usize,
+) -> Result<Vec<f32>> {
     let device = common::device();
     let p = Tensor::from_slice(&device, &initial(), &[N])?.requires_grad_();
     p.realize()?;
@@ -35,7 +45,14 @@ fn run<O: Optimizer>(make: impl FnOnce(Vec<Tensor>) -> Result<O>, steps: usize) 
     p.to_vec::<f32>()
 }
 
-fn sgd_reference(lr: f32, momentum: f32, dampening: f32, wd: f32, nesterov: bool, steps: usize) -> Vec<f32> {
+fn sgd_reference(
+    lr: f32,
+    momentum: f32,
+    dampening: f32,
+    wd: f32,
+    nesterov: bool,
+    steps: usize,
+) -> Vec<f32> {
     let mut p = initial();
     let mut buf = [0.0f32; N];
     for t in 0..steps {
@@ -43,8 +60,16 @@ fn sgd_reference(lr: f32, momentum: f32, dampening: f32, wd: f32, nesterov: bool
         for i in 0..N {
             let mut g = g0[i] + wd * p[i];
             if momentum != 0.0 {
-                buf[i] = if t == 0 { g } else { buf[i] * momentum + (1.0 - dampening) * g };
-                g = if nesterov { g + momentum * buf[i] } else { buf[i] };
+                buf[i] = if t == 0 {
+                    g
+                } else {
+                    buf[i] * momentum + (1.0 - dampening) * g
+                };
+                g = if nesterov {
+                    g + momentum * buf[i]
+                } else {
+                    buf[i]
+                };
             }
             p[i] -= lr * g;
         }
@@ -79,33 +104,65 @@ fn adam_reference(lr: f32, wd: f32, decoupled: bool, steps: usize) -> Vec<f32> {
 
 #[test]
 fn sgd_plain_and_with_weight_decay() -> Result<()> {
-    close(&run(|p| Sgd::new(p, 0.1), 5)?, &sgd_reference(0.1, 0.0, 0.0, 0.0, false, 5));
-    close(&run(|p| Ok(Sgd::new(p, 0.1)?.weight_decay(0.01)), 5)?, &sgd_reference(0.1, 0.0, 0.0, 0.01, false, 5));
+    close(
+        &run(|p| Sgd::new(p, 0.1), 5)?,
+        &sgd_reference(0.1, 0.0, 0.0, 0.0, false, 5),
+    );
+    close(
+        &run(|p| Ok(Sgd::new(p, 0.1)?.weight_decay(0.01)), 5)?,
+        &sgd_reference(0.1, 0.0, 0.0, 0.01, false, 5),
+    );
     Ok(())
 }
 
 #[test]
 fn sgd_momentum_dampening_and_nesterov() -> Result<()> {
-    close(&run(|p| Ok(Sgd::new(p, 0.05)?.momentum(0.9)), 6)?, &sgd_reference(0.05, 0.9, 0.0, 0.0, false, 6));
     close(
-        &run(|p| Ok(Sgd::new(p, 0.05)?.momentum(0.9).dampening(0.3).weight_decay(1e-3)), 6)?,
+        &run(|p| Ok(Sgd::new(p, 0.05)?.momentum(0.9)), 6)?,
+        &sgd_reference(0.05, 0.9, 0.0, 0.0, false, 6),
+    );
+    close(
+        &run(
+            |p| {
+                Ok(Sgd::new(p, 0.05)?
+                    .momentum(0.9)
+                    .dampening(0.3)
+                    .weight_decay(1e-3))
+            },
+            6,
+        )?,
         &sgd_reference(0.05, 0.9, 0.3, 1e-3, false, 6),
     );
-    close(&run(|p| Ok(Sgd::new(p, 0.05)?.momentum(0.8).nesterov(true)), 6)?, &sgd_reference(0.05, 0.8, 0.0, 0.0, true, 6));
+    close(
+        &run(|p| Ok(Sgd::new(p, 0.05)?.momentum(0.8).nesterov(true)), 6)?,
+        &sgd_reference(0.05, 0.8, 0.0, 0.0, true, 6),
+    );
     Ok(())
 }
 
 #[test]
 fn adam_and_adamw_follow_pytorch() -> Result<()> {
-    close(&run(|p| Adam::new(p, 1e-2), 7)?, &adam_reference(1e-2, 0.0, false, 7));
-    close(&run(|p| Ok(Adam::new(p, 1e-2)?.weight_decay(0.1)), 7)?, &adam_reference(1e-2, 0.1, false, 7));
-    close(&run(|p| Adam::adamw(p, 1e-2), 7)?, &adam_reference(1e-2, 0.01, true, 7));
+    close(
+        &run(|p| Adam::new(p, 1e-2), 7)?,
+        &adam_reference(1e-2, 0.0, false, 7),
+    );
+    close(
+        &run(|p| Ok(Adam::new(p, 1e-2)?.weight_decay(0.1)), 7)?,
+        &adam_reference(1e-2, 0.1, false, 7),
+    );
+    close(
+        &run(|p| Adam::adamw(p, 1e-2), 7)?,
+        &adam_reference(1e-2, 0.01, true, 7),
+    );
     Ok(())
 }
 
 #[test]
 fn nesterov_without_momentum_is_an_error() -> Result<()> {
-    let err = run(|p| Ok(Sgd::new(p, 0.1)?.nesterov(true)), 1).err().map(|e| e.to_string()).unwrap_or_default();
+    let err = run(|p| Ok(Sgd::new(p, 0.1)?.nesterov(true)), 1)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(err.contains("Nesterov"), "{err}");
     Ok(())
 }
@@ -119,7 +176,11 @@ fn a_stale_lazy_read_of_an_updated_parameter_is_an_error() -> Result<()> {
     let before = p.mul_scalar(2.0)?; // recorded, not yet run
     let loss = p.sum_all()?;
     opt.step(&loss.backward()?)?;
-    let err = before.to_vec::<f32>().err().map(|e| e.to_string()).unwrap_or_default();
+    let err = before
+        .to_vec::<f32>()
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(err.contains("modified in place"), "{err}");
     Ok(())
 }

@@ -6,10 +6,18 @@ use cinder::nn::{Adam, Linear, Module, Optimizer, ReLU, Sequential, Sgd};
 use cinder::{DType, Result, Tensor};
 
 fn validate(name: &str, source: &str) {
-    let module = naga::front::wgsl::parse_str(source).unwrap_or_else(|e| panic!("{name} does not parse:\n{}\n{source}", e.emit_to_string(source)));
-    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
-        .validate(&module)
-        .unwrap_or_else(|e| panic!("{name} does not validate: {e:?}\n{source}"));
+    let module = naga::front::wgsl::parse_str(source).unwrap_or_else(|e| {
+        panic!(
+            "{name} does not parse:\n{}\n{source}",
+            e.emit_to_string(source)
+        )
+    });
+    naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::all(),
+    )
+    .validate(&module)
+    .unwrap_or_else(|e| panic!("{name} does not validate: {e:?}\n{source}"));
 }
 
 #[test]
@@ -17,7 +25,10 @@ fn hand_written_shaders_validate() {
     for (name, source) in cinder::runtime::shader_sources() {
         if name == "prelude.wgsl" {
             // Functions only; validated as part of every generated kernel.
-            validate(name, &format!("{source}\n@compute @workgroup_size(1) fn main() {{}}"));
+            validate(
+                name,
+                &format!("{source}\n@compute @workgroup_size(1) fn main() {{}}"),
+            );
         } else {
             validate(name, source);
         }
@@ -28,16 +39,28 @@ fn hand_written_shaders_validate() {
 fn generated_kernels_validate() -> Result<()> {
     let device = common::device();
     // A spread of ops so that many kernel shapes get generated.
-    let model = Sequential::new().add(Linear::new(&device, 6, 5, true)?).add(ReLU).add(Linear::new(&device, 5, 3, true)?);
+    let model = Sequential::new()
+        .add(Linear::new(&device, 6, 5, true)?)
+        .add(ReLU)
+        .add(Linear::new(&device, 5, 3, true)?);
     let mut adam = Adam::new(model.parameters(), 1e-3)?;
     let mut sgd = Sgd::new(model.parameters(), 1e-3)?.momentum(0.9);
     let x = Tensor::randn_seeded(&device, &[4, 6], 0.0, 1.0, 3)?;
     let y = Tensor::from_slice(&device, &[0i32, 2, 1, 0], &[4])?;
     let loss = model.forward(&x)?.cross_entropy(&y)?;
     adam.step(&loss.backward()?)?;
-    let loss = model.forward(&x)?.gelu()?.tanh()?.sigmoid()?.softmax(0)?.var(&[0], 1, false)?.sum_all()?;
+    let loss = model
+        .forward(&x)?
+        .gelu()?
+        .tanh()?
+        .sigmoid()?
+        .softmax(0)?
+        .var(&[0], 1, false)?
+        .sum_all()?;
     sgd.step(&loss.backward()?)?;
-    let z = Tensor::concat(&[&x, &x.exp()?], 1)?.narrow(1, 3, 5)?.permute(&[1, 0])?;
+    let z = Tensor::concat(&[&x, &x.exp()?], 1)?
+        .narrow(1, 3, 5)?
+        .permute(&[1, 0])?;
     let idx = Tensor::from_slice(&device, &[2i32, 0], &[2])?;
     let parts = [
         z.index_select(0, &idx)?.sum_all()?,
@@ -49,7 +72,11 @@ fn generated_kernels_validate() -> Result<()> {
         p.realize()?;
     }
     let kernels = device.compiled_kernels();
-    assert!(kernels.len() > 10, "only {} kernels compiled", kernels.len());
+    assert!(
+        kernels.len() > 10,
+        "only {} kernels compiled",
+        kernels.len()
+    );
     for (i, source) in kernels.iter().enumerate() {
         validate(&format!("kernel {i}"), source);
     }

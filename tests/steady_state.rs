@@ -17,7 +17,9 @@ fn training_steps_create_nothing_after_the_first() -> Result<()> {
     let mut opt = Adam::new(model.parameters(), 1e-3)?;
     let batch = 32;
     let step = |i: usize, opt: &mut Adam| -> Result<f32> {
-        let xs: Vec<f32> = (0..batch * 64).map(|j| ((i * 31 + j * 7) % 17) as f32 / 17.0).collect();
+        let xs: Vec<f32> = (0..batch * 64)
+            .map(|j| ((i * 31 + j * 7) % 17) as f32 / 17.0)
+            .collect();
         let ys: Vec<i32> = (0..batch).map(|j| ((i + j) % 10) as i32).collect();
         let x = Tensor::from_slice(&device, &xs, &[batch, 64])?;
         let y = Tensor::from_slice(&device, &ys, &[batch])?;
@@ -30,12 +32,30 @@ fn training_steps_create_nothing_after_the_first() -> Result<()> {
     for i in 1..300 {
         step(i, &mut opt)?;
         let now = device.stats();
-        assert_eq!(now.pipelines_created, after_first.pipelines_created, "step {i} created a pipeline");
-        assert_eq!(now.shader_modules_created, after_first.shader_modules_created, "step {i} created a shader module");
-        assert_eq!(now.bind_groups_created, after_first.bind_groups_created, "step {i} created a bind group");
-        assert_eq!(now.buffers_created, after_first.buffers_created, "step {i} created a buffer");
-        assert_eq!(now.bytes_allocated, after_first.bytes_allocated, "step {i} grew memory");
-        assert_eq!(now.plans_compiled, after_first.plans_compiled, "step {i} compiled a plan");
+        assert_eq!(
+            now.pipelines_created, after_first.pipelines_created,
+            "step {i} created a pipeline"
+        );
+        assert_eq!(
+            now.shader_modules_created, after_first.shader_modules_created,
+            "step {i} created a shader module"
+        );
+        assert_eq!(
+            now.bind_groups_created, after_first.bind_groups_created,
+            "step {i} created a bind group"
+        );
+        assert_eq!(
+            now.buffers_created, after_first.buffers_created,
+            "step {i} created a buffer"
+        );
+        assert_eq!(
+            now.bytes_allocated, after_first.bytes_allocated,
+            "step {i} grew memory"
+        );
+        assert_eq!(
+            now.plans_compiled, after_first.plans_compiled,
+            "step {i} compiled a plan"
+        );
     }
     let end = device.stats();
     // Each step is one submit for the whole training step and one for reading the loss.

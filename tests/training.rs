@@ -48,7 +48,10 @@ fn mlp_loss_falls_on_real_digits() -> Result<()> {
     let losses = train(&device, 3, 120)?;
     let first: f32 = losses[..10].iter().sum::<f32>() / 10.0;
     let last: f32 = losses[110..].iter().sum::<f32>() / 10.0;
-    assert!(first > 1.5, "an untrained 10-class model starts near ln(10): {first}");
+    assert!(
+        first > 1.5,
+        "an untrained 10-class model starts near ln(10): {first}"
+    );
     assert!(last < 0.5 * first, "loss fell from {first} to only {last}");
     Ok(())
 }
