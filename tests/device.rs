@@ -37,6 +37,7 @@ fn no_matching_adapter_says_how_to_get_one() {
     let options = DeviceOptions {
         backend: None,
         adapter_name: Some("no adapter is called this".into()),
+        ..Default::default()
     };
     let err = Device::with_options(&options)
         .err()
@@ -49,7 +50,7 @@ fn no_matching_adapter_says_how_to_get_one() {
     assert!(err.contains("mesa-vulkan-drivers"), "{err}");
     let bad = DeviceOptions {
         backend: Some("glide".into()),
-        adapter_name: None,
+        ..Default::default()
     };
     let err = Device::with_options(&bad)
         .err()
@@ -67,6 +68,7 @@ fn adapter_filter_and_listing() -> cinder::Result<()> {
     let chosen = Device::with_options(&DeviceOptions {
         backend: Some(first.backend().to_lowercase()),
         adapter_name: Some(name[..name.len().min(6)].to_uppercase()),
+        ..Default::default()
     })?;
     assert_eq!(chosen.adapter_name(), name);
     Ok(())

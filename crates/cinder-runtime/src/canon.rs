@@ -6,7 +6,9 @@ use std::collections::HashMap;
 
 use crate::device::lock;
 use crate::error::{Error, Result};
-use crate::graph::{BinaryOp, DType, Node, Op, OptimKind, ReduceOp, State, UnaryOp, ViewSpec};
+use crate::graph::{
+    BinaryOp, DType, Fill, Node, Op, OptimKind, ReduceOp, State, UnaryOp, ViewSpec, Window2d,
+};
 use crate::pool::Storage;
 
 #[derive(Clone, Debug)]
@@ -35,6 +37,8 @@ pub(crate) enum Kind {
         axes: Vec<usize>,
         input: usize,
     },
+    Unfold(Window2d, Fill, usize),
+    Fold(Window2d, usize),
     Matmul {
         a: usize,
         b: usize,
@@ -49,7 +53,11 @@ impl Kind {
             Kind::External | Kind::Upload | Kind::Const | Kind::Iota { .. } | Kind::Rand { .. } => {
                 vec![]
             }
-            Kind::Unary(_, a) | Kind::Cast(a) | Kind::View(_, a) => vec![*a],
+            Kind::Unary(_, a)
+            | Kind::Cast(a)
+            | Kind::View(_, a)
+            | Kind::Unfold(_, _, a)
+            | Kind::Fold(_, a) => vec![*a],
             Kind::Reduce { input, .. } => vec![*input],
             Kind::Binary(_, a, b) => vec![*a, *b],
             Kind::Gather { src, index, .. } => vec![*src, *index],
@@ -194,6 +202,8 @@ impl Builder {
                         Op::Where(c, a, b) => Kind::Where(ix(c), ix(a), ix(b)),
                         Op::Cast(a) => Kind::Cast(ix(a)),
                         Op::View(spec, a) => Kind::View(spec.clone(), ix(a)),
+                        Op::Unfold(win, fill, a) => Kind::Unfold(win.clone(), *fill, ix(a)),
+                        Op::Fold(win, a) => Kind::Fold(win.clone(), ix(a)),
                         Op::Gather { axis, src, index } => Kind::Gather {
                             axis: *axis,
                             src: ix(src),
@@ -358,6 +368,14 @@ fn structure_key(entries: &[Entry], roots: &[usize], effects: &[CanonEffect]) ->
             Kind::Gather { axis, src, index } => {
                 k.extend([11, *axis as u64, *src as u64, *index as u64])
             }
+            Kind::Unfold(win, fill, a) => {
+                k.extend([14, *a as u64, *fill as u64]);
+                window_key(&mut k, win);
+            }
+            Kind::Fold(win, a) => {
+                k.extend([15, *a as u64]);
+                window_key(&mut k, win);
+            }
             Kind::Reduce { op, axes, input } => {
                 k.extend([12, *op as u64, *input as u64, axes.len() as u64]);
                 k.extend(axes.iter().map(|&a| a as u64));
@@ -400,4 +418,17 @@ fn structure_key(entries: &[Entry], roots: &[usize], effects: &[CanonEffect]) ->
         }
     }
     k
+}
+
+fn window_key(k: &mut Vec<u64>, win: &Window2d) {
+    for pair in [
+        win.image,
+        win.out,
+        win.kernel,
+        win.stride,
+        win.padding,
+        win.dilation,
+    ] {
+        k.extend(pair.iter().map(|&v| v as u64));
+    }
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::fmt::Write;
 
 use crate::canon::{Entry, Kind};
-use crate::graph::{contiguous_strides, numel, BinaryOp, DType, ReduceOp, UnaryOp};
+use crate::graph::{contiguous_strides, numel, BinaryOp, DType, Fill, ReduceOp, UnaryOp, Window2d};
 
 pub(crate) const ELEMENTWISE_WG: u32 = 256;
 pub(crate) const REDUCE_WG: u32 = 64;
@@ -197,6 +197,18 @@ impl Gen<'_> {
                 let x = self.value(body, a, &child, false);
                 format!("select({}, {x}, {m})", zero(e.dtype))
             }
+            Kind::Unfold(win, fill, a) => {
+                let x = self.unfold(body, &e.shape, &win, a, idx);
+                let (m, x) = x;
+                let outside = match (fill, e.dtype) {
+                    (Fill::Zero, dtype) => zero(dtype).to_string(),
+                    (Fill::NegInfinity, DType::F32) => "bitcast<f32>(0xff800000u)".to_string(),
+                    (Fill::NegInfinity, DType::I32) => literal(DType::I32, i32::MIN as f64),
+                    (Fill::NegInfinity, DType::U32) => "0u".to_string(),
+                };
+                format!("select({outside}, {x}, {m})")
+            }
+            Kind::Fold(win, a) => self.fold(body, &e.shape, e.dtype, &win, a, idx),
             Kind::Gather { axis, src, index } => {
                 let ix = self.value(body, index, idx, false);
                 let src_shape = self.entries[src].shape.clone();
@@ -224,6 +236,112 @@ impl Gen<'_> {
         let _ = writeln!(body, "    let {v}: {ty} = {expr};");
         self.memo.insert((i, idx.to_string()), v.clone());
         v
+    }
+
+    /// Tap `(kh, kw)` of window `(oh, ow)` for output element `idx` of an
+    /// unfold: whether it is inside the image, and the value read there.
+    fn unfold(
+        &mut self,
+        body: &mut String,
+        shape: &[usize],
+        win: &Window2d,
+        input: usize,
+        idx: &str,
+    ) -> (String, String) {
+        let [h, w] = win.image;
+        let taps: usize = shape[2..].iter().product();
+        let (kh, kw, oh, ow) = (
+            coord(idx, shape, 2),
+            coord(idx, shape, 3),
+            coord(idx, shape, 4),
+            coord(idx, shape, 5),
+        );
+        let (y, x, m, child) = (
+            self.fresh("y"),
+            self.fresh("x"),
+            self.fresh("m"),
+            self.fresh("i"),
+        );
+        let _ = writeln!(
+            body,
+            "    let {y} = i32({oh} * {}u + {kh} * {}u) - {};",
+            win.stride[0], win.dilation[0], win.padding[0]
+        );
+        let _ = writeln!(
+            body,
+            "    let {x} = i32({ow} * {}u + {kw} * {}u) - {};",
+            win.stride[1], win.dilation[1], win.padding[1]
+        );
+        let _ = writeln!(
+            body,
+            "    let {m} = {y} >= 0 && {y} < {h} && {x} >= 0 && {x} < {w};"
+        );
+        // Outside the image the load reads element 0 and is discarded.
+        let _ = writeln!(
+            body,
+            "    let {child} = select(0u, ({idx} / {taps}u) * {}u + u32({y}) * {w}u + u32({x}), {m});",
+            h * w
+        );
+        let v = self.value(body, input, &child, false);
+        (m, v)
+    }
+
+    /// Output pixel `idx` of a fold: the sum of every tap that reads it.
+    fn fold(
+        &mut self,
+        body: &mut String,
+        shape: &[usize],
+        dtype: DType,
+        win: &Window2d,
+        input: usize,
+        idx: &str,
+    ) -> String {
+        let [kh_n, kw_n] = win.kernel;
+        let [oh_n, ow_n] = win.out;
+        let plane = shape[2] * shape[3];
+        let (acc, nc, kh, kw, ty, tx, oh, ow, child) = (
+            self.fresh("acc"),
+            self.fresh("nc"),
+            self.fresh("kh"),
+            self.fresh("kw"),
+            self.fresh("ty"),
+            self.fresh("tx"),
+            self.fresh("oh"),
+            self.fresh("ow"),
+            self.fresh("i"),
+        );
+        let mut inner = String::new();
+        let v = self.value(&mut inner, input, &child, false);
+        let _ = write!(
+            body,
+            "    var {acc}: {ty_name} = {zero};
+    let {nc} = {idx} / {plane}u;
+    for (var {kh} = 0u; {kh} < {kh_n}u; {kh}++) {{
+    let {ty} = i32({row}) + {ph} - i32({kh} * {dh}u);
+    if ({ty} < 0 || {ty} % {sh} != 0 || {ty} / {sh} >= {oh_n}) {{ continue; }}
+    let {oh} = u32({ty} / {sh});
+    for (var {kw} = 0u; {kw} < {kw_n}u; {kw}++) {{
+    let {tx} = i32({col}) + {pw} - i32({kw} * {dw}u);
+    if ({tx} < 0 || {tx} % {sw} != 0 || {tx} / {sw} >= {ow_n}) {{ continue; }}
+    let {ow} = u32({tx} / {sw});
+    let {child} = (({nc} * {kh_n}u + {kh}) * {kw_n}u + {kw}) * {windows}u + {oh} * {ow_n}u + {ow};
+{inner}    {acc} += {v};
+    }}
+    }}
+",
+            ty_name = dtype.wgsl(),
+            zero = zero(dtype),
+            row = coord(idx, shape, 2),
+            col = coord(idx, shape, 3),
+            ph = win.padding[0],
+            pw = win.padding[1],
+            dh = win.dilation[0],
+            dw = win.dilation[1],
+            sh = win.stride[0],
+            sw = win.stride[1],
+            windows = oh_n * ow_n,
+        );
+        acc
     }
 
     fn chunks(&self, i: usize) -> usize {

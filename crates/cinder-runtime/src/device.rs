@@ -10,12 +10,16 @@ use crate::pool::BufferPool;
 
 static NEXT_DEVICE_ID: AtomicU64 = AtomicU64::new(1);
 
-/// What the environment asks for: `CINDER_BACKEND=vulkan|metal|dx12|gl` and
-/// `CINDER_ADAPTER=<name substring>`.
+/// What the environment asks for: `CINDER_BACKEND=vulkan|metal|dx12|gl`,
+/// `CINDER_ADAPTER=<name substring>` and `CINDER_PORTABLE_KERNELS=1`.
 #[derive(Clone, Debug, Default)]
 pub struct DeviceOptions {
     pub backend: Option<String>,
     pub adapter_name: Option<String>,
+    /// Use only kernels that need no optional device features, even where
+    /// faster ones would run (`CINDER_PORTABLE_KERNELS=1`); for comparing
+    /// kernels and for testing the portable ones on any adapter.
+    pub portable_kernels: bool,
 }
 
 impl DeviceOptions {
@@ -24,6 +28,8 @@ impl DeviceOptions {
         DeviceOptions {
             backend: std::env::var("CINDER_BACKEND").ok().and_then(non_empty),
             adapter_name: std::env::var("CINDER_ADAPTER").ok().and_then(non_empty),
+            portable_kernels: std::env::var("CINDER_PORTABLE_KERNELS")
+                .is_ok_and(|v| !v.trim().is_empty() && v.trim() != "0"),
         }
     }
 
@@ -188,6 +194,8 @@ pub(crate) struct DeviceInner {
     pub id: u64,
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
+    /// Whether matmuls use shaders/matmul_subgroup.wgsl.
+    pub subgroup_matmul: bool,
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
     pub counters: Counters,
@@ -253,7 +261,7 @@ impl Device {
             }
             adapters.sort_by_key(rank);
             if let Some(adapter) = adapters.into_iter().next() {
-                return Device::from_adapter(adapter);
+                return Device::from_adapter(adapter, options.portable_kernels);
             }
         }
         Err(Error::NoAdapter {
@@ -261,14 +269,24 @@ impl Device {
         })
     }
 
-    fn from_adapter(adapter: wgpu::Adapter) -> Result<Device> {
+    fn from_adapter(adapter: wgpu::Adapter, portable_kernels: bool) -> Result<Device> {
         let info = adapter.get_info();
+        // The subgroup matmul broadcasts A across 8 lanes and loads pairs of
+        // floats as u64: it needs both features and subgroups of at least 8.
+        let subgroup_features = wgpu::Features::SUBGROUP | wgpu::Features::SHADER_INT64;
+        let subgroup_matmul = !portable_kernels
+            && adapter.features().contains(subgroup_features)
+            && info.subgroup_min_size >= 8;
         // The adapter's real limits, not WebGPU's defaults: large tensors need
         // the full storage-binding size and buffer size the hardware offers.
         let limits = adapter.limits();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("cinder"),
-            required_features: wgpu::Features::empty(),
+            required_features: if subgroup_matmul {
+                subgroup_features
+            } else {
+                wgpu::Features::empty()
+            },
             required_limits: limits.clone(),
             experimental_features: wgpu::ExperimentalFeatures::default(),
             memory_hints: wgpu::MemoryHints::Performance,
@@ -292,6 +310,7 @@ impl Device {
                 id: NEXT_DEVICE_ID.fetch_add(1, Ordering::Relaxed),
                 info,
                 limits,
+                subgroup_matmul,
                 device,
                 queue,
                 counters: Counters::default(),

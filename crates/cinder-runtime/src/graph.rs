@@ -116,6 +116,38 @@ pub struct ViewSpec {
     pub mask: Option<Vec<(usize, usize)>>,
 }
 
+/// The sliding windows of a 2-D convolution or pooling over an image of
+/// `image` rows and columns: `out` window positions per axis, the first at
+/// `-padding`, then every `stride`; a window reads `kernel` taps `dilation`
+/// apart.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Window2d {
+    pub image: [usize; 2],
+    pub out: [usize; 2],
+    pub kernel: [usize; 2],
+    pub stride: [usize; 2],
+    pub padding: [usize; 2],
+    pub dilation: [usize; 2],
+}
+
+impl Window2d {
+    /// The image row (or column, `axis` 1) that tap `k` of window `o` reads,
+    /// if it is inside the image.
+    pub fn source(&self, axis: usize, o: usize, k: usize) -> Option<usize> {
+        let at =
+            (o * self.stride[axis] + k * self.dilation[axis]) as i64 - self.padding[axis] as i64;
+        (at >= 0 && at < self.image[axis] as i64).then_some(at as usize)
+    }
+}
+
+/// What an unfold reads outside the image: zero for convolutions, minus
+/// infinity for max pooling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Fill {
+    Zero,
+    NegInfinity,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum OptimKind {
     Sgd,
@@ -151,6 +183,11 @@ pub(crate) enum Op {
         axes: Vec<usize>,
         input: Node,
     },
+    /// `[N, C, H, W] -> [N, C, KH, KW, OH, OW]`: every window's taps (im2col).
+    Unfold(Window2d, Fill, Node),
+    /// The adjoint of a zero-filled unfold: `[N, C, KH, KW, OH, OW] ->
+    /// [N, C, H, W]`, each pixel the sum of the taps that read it (col2im).
+    Fold(Window2d, Node),
     Matmul {
         a: Node,
         b: Node,
@@ -163,7 +200,11 @@ impl Op {
     pub(crate) fn inputs(&self) -> Vec<Node> {
         match self {
             Op::Upload(_) | Op::Const(_) | Op::Iota { .. } | Op::Rand { .. } => vec![],
-            Op::Unary(_, a) | Op::Cast(a) | Op::View(_, a) => vec![a.clone()],
+            Op::Unary(_, a)
+            | Op::Cast(a)
+            | Op::View(_, a)
+            | Op::Unfold(_, _, a)
+            | Op::Fold(_, a) => vec![a.clone()],
             Op::Reduce { input, .. } => vec![input.clone()],
             Op::Binary(_, a, b) => vec![a.clone(), b.clone()],
             Op::Gather { src, index, .. } => vec![src.clone(), index.clone()],
@@ -506,6 +547,63 @@ impl Node {
     }
 
     /// Reduces `axes`, keeping them as size-1 dimensions.
+    fn check_window(&self, op: &'static str, win: &Window2d, image_shape: &[usize]) -> Result<()> {
+        let bad = win.kernel.contains(&0)
+            || win.stride.contains(&0)
+            || win.dilation.contains(&0)
+            || win.out.contains(&0)
+            || image_shape.len() != 4
+            || image_shape[2..] != win.image;
+        if bad {
+            return Err(Error::shape(
+                op,
+                format!("windows {win:?} over an input of shape {:?}", self.shape()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every window's taps: `[N, C, H, W] -> [N, C, KH, KW, OH, OW]`, with
+    /// `fill` where a tap falls outside the image.
+    pub fn unfold(&self, win: &Window2d, fill: Fill) -> Result<Node> {
+        self.check_window("unfold", win, self.shape())?;
+        let s = self.shape();
+        let shape = vec![
+            s[0],
+            s[1],
+            win.kernel[0],
+            win.kernel[1],
+            win.out[0],
+            win.out[1],
+        ];
+        Ok(Node::new(
+            &self.0.device,
+            shape,
+            self.dtype(),
+            Op::Unfold(win.clone(), fill, self.clone()),
+        ))
+    }
+
+    /// Sums taps back onto the image: `[N, C, KH, KW, OH, OW] -> [N, C, H, W]`.
+    pub fn fold(&self, win: &Window2d) -> Result<Node> {
+        let s = self.shape();
+        let expected = [win.kernel[0], win.kernel[1], win.out[0], win.out[1]];
+        if s.len() != 6 || s[2..] != expected {
+            return Err(Error::shape(
+                "fold",
+                format!("windows {win:?} over taps of shape {s:?}"),
+            ));
+        }
+        let image = [s[0], s[1], win.image[0], win.image[1]];
+        self.check_window("fold", win, &image)?;
+        Ok(Node::new(
+            &self.0.device,
+            image.to_vec(),
+            self.dtype(),
+            Op::Fold(win.clone(), self.clone()),
+        ))
+    }
+
     pub fn reduce(&self, op: ReduceOp, axes: &[usize]) -> Result<Node> {
         let mut shape = self.shape().to_vec();
         for &a in axes {

@@ -7,48 +7,62 @@ const SGD: &str = include_str!("../../../shaders/sgd.wgsl");
 const SGD_MOMENTUM: &str = include_str!("../../../shaders/sgd_momentum.wgsl");
 
 pub(crate) struct MatmulKernel {
-    pub source: String,
+    pub source: &'static str,
     pub constants: Vec<(String, f64)>,
+    /// M, N, K and the A, B, C batch strides (0 = broadcast), read by the
+    /// kernel from its last binding so one pipeline serves every shape.
+    pub dims: Vec<u32>,
     pub workgroups: (u32, u32, u32),
 }
 
-/// Register-tiled matmul: 8 invocations per workgroup, each computing a 32x32
-/// block of C with vec4 accumulators (see the header of shaders/matmul.wgsl).
+/// Register-tiled matmul needing no device features: 8 invocations per
+/// workgroup, each computing a 32x32 block of C with vec4 accumulators (see
+/// the header of shaders/matmul.wgsl).
 const MATMUL: &str = include_str!("../../../shaders/matmul.wgsl");
-const MATMUL_BLOCK_ROWS: usize = 32;
-const MATMUL_BLOCK_COLS: usize = 256;
+const MATMUL_BLOCK: (usize, usize) = (32, 256);
 
-/// Below this many multiply-adds the tuned kernel's compile time (one pipeline
-/// per shape, a large unrolled body) costs more than it saves: small products
-/// use a plain kernel with one output per invocation.
+/// The fast matmul where subgroups and 64-bit integers exist: one subgroup of
+/// 8 lanes computes a 128x128 block, A is loaded once and broadcast, loads
+/// fetch two floats at once (see shaders/matmul_subgroup.wgsl).
+const MATMUL_SUBGROUP: &str = include_str!("../../../shaders/matmul_subgroup.wgsl");
+const MATMUL_SUBGROUP_BLOCK: (usize, usize) = (128, 128);
+
+/// Below this many multiply-adds a tiled kernel's big blocks are mostly
+/// padding: small products use a plain kernel with one output per invocation.
 const SMALL_MATMUL: usize = 1 << 18;
 
 const SMALL_MATMUL_SRC: &str = "
-override M: u32;
-override N: u32;
-override K: u32;
-override A_BATCH_STRIDE: u32;
-override B_BATCH_STRIDE: u32;
-override C_BATCH_STRIDE: u32;
 @group(0) @binding(0) var<storage, read> a: array<f32>;
 @group(0) @binding(1) var<storage, read> b: array<f32>;
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;
+@group(0) @binding(3) var<storage, read> dims: array<u32>;
 @compute @workgroup_size(8, 8)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let m = dims[0];
+    let n = dims[1];
+    let k = dims[2];
     let col = gid.x;
     let row = gid.y;
-    if (row >= M || col >= N) { return; }
-    let ab = gid.z * A_BATCH_STRIDE + row * K;
-    let bb = gid.z * B_BATCH_STRIDE + col;
+    if (row >= m || col >= n) { return; }
+    let ab = gid.z * dims[3] + row * k;
+    let bb = gid.z * dims[4] + col;
     var acc = 0.0;
-    for (var k = 0u; k < K; k = k + 1u) {
-        acc = acc + a[ab + k] * b[bb + k * N];
+    for (var i = 0u; i < k; i = i + 1u) {
+        acc = acc + a[ab + i] * b[bb + i * n];
     }
-    c[gid.z * C_BATCH_STRIDE + row * N + col] = acc;
+    c[gid.z * dims[5] + row * n + col] = acc;
 }
 ";
 
-pub(crate) fn matmul(a: &[usize], b: &[usize], a_batched: bool, b_batched: bool) -> MatmulKernel {
+/// The kernel for `a @ b` (row-major, batch dims already flattened to one).
+/// `subgroups` says whether the device offers the subgroup kernel.
+pub(crate) fn matmul(
+    a: &[usize],
+    b: &[usize],
+    a_batched: bool,
+    b_batched: bool,
+    subgroups: bool,
+) -> MatmulKernel {
     let (m, k) = (a[a.len() - 2], a[a.len() - 1]);
     let n = b[b.len() - 1];
     let batch = if a_batched {
@@ -58,35 +72,47 @@ pub(crate) fn matmul(a: &[usize], b: &[usize], a_batched: bool, b_batched: bool)
     } else {
         1
     };
-    let constants = vec![
-        ("M".to_string(), m as f64),
-        ("N".to_string(), n as f64),
-        ("K".to_string(), k as f64),
+    let (stride_a, stride_b, stride_c) = (
+        if a_batched { m * k } else { 0 },
+        if b_batched { k * n } else { 0 },
+        m * n,
+    );
+    let dims = [m, n, k, stride_a, stride_b, stride_c]
+        .iter()
+        .map(|&d| d as u32)
+        .collect();
+    let grid = |(rows, cols): (usize, usize)| {
         (
-            "A_BATCH_STRIDE".to_string(),
-            if a_batched { (m * k) as f64 } else { 0.0 },
-        ),
-        (
-            "B_BATCH_STRIDE".to_string(),
-            if b_batched { (k * n) as f64 } else { 0.0 },
-        ),
-        ("C_BATCH_STRIDE".to_string(), (m * n) as f64),
-    ];
+            n.div_ceil(cols) as u32,
+            m.div_ceil(rows) as u32,
+            batch as u32,
+        )
+    };
     if m * n * k < SMALL_MATMUL {
         return MatmulKernel {
-            source: SMALL_MATMUL_SRC.to_string(),
+            source: SMALL_MATMUL_SRC,
+            constants: vec![],
+            dims,
+            workgroups: grid((8, 8)),
+        };
+    }
+    let c_vec4 = n.is_multiple_of(4) && stride_c.is_multiple_of(4);
+    let mut constants = vec![("C_VEC4".to_string(), c_vec4 as u8 as f64)];
+    if subgroups {
+        let aligned = [k, n, stride_a, stride_b].iter().all(|d| d.is_multiple_of(2));
+        constants.push(("ALIGNED".to_string(), aligned as u8 as f64));
+        return MatmulKernel {
+            source: MATMUL_SUBGROUP,
             constants,
-            workgroups: (n.div_ceil(8) as u32, m.div_ceil(8) as u32, batch as u32),
+            dims,
+            workgroups: grid(MATMUL_SUBGROUP_BLOCK),
         };
     }
     MatmulKernel {
-        source: MATMUL.to_string(),
+        source: MATMUL,
         constants,
-        workgroups: (
-            n.div_ceil(MATMUL_BLOCK_COLS) as u32,
-            m.div_ceil(MATMUL_BLOCK_ROWS) as u32,
-            batch as u32,
-        ),
+        dims,
+        workgroups: grid(MATMUL_BLOCK),
     }
 }
 
@@ -116,6 +142,7 @@ pub fn shader_sources() -> Vec<(&'static str, &'static str)> {
             include_str!("../../../shaders/prelude.wgsl"),
         ),
         ("matmul.wgsl", MATMUL),
+        ("matmul_subgroup.wgsl", MATMUL_SUBGROUP),
         ("small matmul", SMALL_MATMUL_SRC),
     ]
 }

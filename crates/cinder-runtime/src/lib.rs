@@ -14,7 +14,8 @@ pub use canon::Effect;
 pub use device::{list_adapters, AdapterReport, Device, DeviceOptions, Stats};
 pub use error::{Error, Result};
 pub use graph::{
-    contiguous_strides, numel, BinaryOp, DType, Node, OptimKind, ReduceOp, UnaryOp, ViewSpec,
+    contiguous_strides, numel, BinaryOp, DType, Fill, Node, OptimKind, ReduceOp, UnaryOp, ViewSpec,
+    Window2d,
 };
 pub use kernels::shader_sources;
 pub use pool::Storage;

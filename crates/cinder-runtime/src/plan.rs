@@ -27,7 +27,12 @@ enum Resource {
 
 enum ScalarSource {
     Seeds(Vec<usize>),
-    Hyper { effect: usize, n: u32 },
+    /// Fixed words: a matmul's shape.
+    Words(Vec<u32>),
+    Hyper {
+        effect: usize,
+        n: u32,
+    },
 }
 
 /// A binding: a resource and the byte range of it that one binding covers.
@@ -241,6 +246,7 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
             continue;
         }
         let mut workgroups = None;
+        let mut matmul_dims = None;
         let (generated, label, wg, constants) = match &entries[i].kind {
             Kind::Reduce { op, axes, input } => match split.get(&i) {
                 None => (
@@ -290,11 +296,13 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
                     &entries[*b].shape,
                     *a_batched,
                     *b_batched,
+                    device.inner.subgroup_matmul,
                 );
                 workgroups = Some(k.workgroups);
+                matmul_dims = Some(k.dims);
                 (
                     Generated {
-                        source: k.source,
+                        source: k.source.to_string(),
                         inputs: vec![ba, bb],
                         seeds: vec![],
                         items: 0,
@@ -311,10 +319,10 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
                 vec![],
             ),
         };
-        let scalars = if generated.seeds.is_empty() {
-            None
-        } else {
-            Some(ScalarSource::Seeds(generated.seeds.clone()))
+        let scalars = match matmul_dims {
+            Some(dims) => Some(ScalarSource::Words(dims)),
+            None if generated.seeds.is_empty() => None,
+            None => Some(ScalarSource::Seeds(generated.seeds.clone())),
         };
         pending.push(Pending {
             generated,
@@ -531,8 +539,12 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
                 bindings.push(whole(i)?);
             }
         } else if hand_written {
+            // The subgroup matmul reads A and B as u64 pairs: bind whole
+            // 16-byte blocks (every buffer is allocated in them).
             for &i in &p.generated.inputs {
-                bindings.push(whole(i)?);
+                let mut input = whole(i)?;
+                input.size = padded_size(input.size);
+                bindings.push(input);
             }
             // The matmul writes C as vec4s: bind the buffer's padded size.
             let mut out = whole(p.output)?;
@@ -560,6 +572,7 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
             Some(src) => {
                 let len = match src {
                     ScalarSource::Seeds(s) => 8 * s.len() as u64,
+                    ScalarSource::Words(w) => 4 * w.len() as u64,
                     ScalarSource::Hyper { effect, .. } => {
                         let CanonEffect::Optim { hyper_len, .. } = &canon.effects[*effect] else {
                             return Err(Error::Gpu(
@@ -570,8 +583,16 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
                     }
                 };
                 let storage = device.alloc(len, BufferKind::Scalars, None)?;
+                if let ScalarSource::Words(words) = src {
+                    device.inner.queue.write_buffer(
+                        storage.buffer(),
+                        0,
+                        bytemuck::cast_slice(words),
+                    );
+                }
                 let src = match src {
                     ScalarSource::Seeds(s) => ScalarSource::Seeds(s.clone()),
+                    ScalarSource::Words(w) => ScalarSource::Words(w.clone()),
                     ScalarSource::Hyper { effect, n } => ScalarSource::Hyper {
                         effect: *effect,
                         n: *n,
@@ -666,6 +687,8 @@ impl Plan {
                             (None, None) => [0, 0],
                         })
                         .collect(),
+                    // Written once, when the plan was compiled.
+                    ScalarSource::Words(_) => continue,
                     ScalarSource::Hyper { effect, n } => {
                         let mut w: Vec<u32> =
                             bind.hypers[*effect].iter().map(|h| h.to_bits()).collect();

@@ -2,12 +2,14 @@
 //! reverse-mode autodiff.
 
 mod autograd;
+mod conv;
 mod ops;
 pub mod shape;
 mod tensor;
 
 pub use autograd::{no_grad, with_no_grad, Gradients, NoGradGuard};
 pub use cinder_runtime::{DType, Device, Error, Result, Stats};
+pub use conv::{Conv2dOptions, Pool2dOptions};
 pub use tensor::{read_all, Element, Tensor};
 
 /// The runtime underneath, for code that needs nodes, effects or adapters.

@@ -1707,6 +1707,39 @@ fn matmul_2d() {
     }
 }
 
+/// The kernel that needs no device features, forced on a second device: on
+/// adapters with subgroups the default device never runs it.
+#[test]
+fn matmul_portable_kernel() {
+    let portable = ok(
+        "portable device",
+        cinder_tensor::Device::with_options(&cinder_tensor::runtime::DeviceOptions {
+            portable_kernels: true,
+            ..cinder_tensor::runtime::DeviceOptions::from_env()
+        }),
+    );
+    let mut rng = Rng::named("matmul_portable");
+    // Past the small-product threshold; odd and vec4-friendly widths, partial
+    // tiles in both directions, a broadcast batch.
+    for (sa, sb) in [
+        (vec![129, 127], vec![127, 33]),
+        (vec![67, 256], vec![256, 260]),
+        (vec![3, 33, 129], vec![129, 65]),
+    ] {
+        let a = rng.vec(numel(&sa), -1.0, 1.0);
+        let b = rng.vec(numel(&sb), -1.0, 1.0);
+        let (aa, ab) = (Arr::from_f32(&a, &sa), Arr::from_f32(&b, &sb));
+        let ta = ok("a", Tensor::from_slice(&portable, &a, &sa));
+        let tb = ok("b", Tensor::from_slice(&portable, &b, &sb));
+        check_scaled(
+            &format!("portable matmul {sa:?} @ {sb:?}"),
+            &ok("matmul", ta.matmul(&tb)),
+            &aa.matmul(&ab),
+            &aa.abs().matmul(&ab.abs()),
+        );
+    }
+}
+
 #[test]
 fn matmul_batched_and_broadcast() {
     let mut rng = Rng::named("matmul_batched");

@@ -1,0 +1,485 @@
+//! Convolution and pooling over NCHW images. Everything is built from two
+//! window primitives, `unfold` (im2col) and its adjoint `fold` (col2im), plus
+//! matmuls and reductions, so gradients follow from their rules.
+
+use cinder_runtime::{DType, Error, Fill, Node, Result, Window2d};
+
+use crate::tensor::Tensor;
+
+/// Stride, padding and dilation of a 2-D convolution, and its groups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dOptions {
+    pub stride: [usize; 2],
+    pub padding: [usize; 2],
+    pub dilation: [usize; 2],
+    pub groups: usize,
+}
+
+impl Default for Conv2dOptions {
+    fn default() -> Self {
+        Conv2dOptions {
+            stride: [1, 1],
+            padding: [0, 0],
+            dilation: [1, 1],
+            groups: 1,
+        }
+    }
+}
+
+impl Conv2dOptions {
+    pub fn stride(mut self, s: usize) -> Self {
+        self.stride = [s, s];
+        self
+    }
+    pub fn padding(mut self, p: usize) -> Self {
+        self.padding = [p, p];
+        self
+    }
+    pub fn dilation(mut self, d: usize) -> Self {
+        self.dilation = [d, d];
+        self
+    }
+    pub fn groups(mut self, g: usize) -> Self {
+        self.groups = g;
+        self
+    }
+}
+
+/// Kernel, stride, padding, dilation and rounding of a 2-D pooling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pool2dOptions {
+    pub kernel: [usize; 2],
+    pub stride: [usize; 2],
+    pub padding: [usize; 2],
+    pub dilation: [usize; 2],
+    /// Round the number of windows up, as PyTorch's `ceil_mode`.
+    pub ceil_mode: bool,
+}
+
+impl Pool2dOptions {
+    /// A `k`x`k` window moving by `k` (PyTorch's default stride).
+    pub fn new(k: usize) -> Self {
+        Pool2dOptions {
+            kernel: [k, k],
+            stride: [k, k],
+            padding: [0, 0],
+            dilation: [1, 1],
+            ceil_mode: false,
+        }
+    }
+    pub fn stride(mut self, s: usize) -> Self {
+        self.stride = [s, s];
+        self
+    }
+    pub fn padding(mut self, p: usize) -> Self {
+        self.padding = [p, p];
+        self
+    }
+    pub fn dilation(mut self, d: usize) -> Self {
+        self.dilation = [d, d];
+        self
+    }
+    pub fn ceil_mode(mut self, on: bool) -> Self {
+        self.ceil_mode = on;
+        self
+    }
+}
+
+/// Window positions along one axis, PyTorch's formula; `None` when the
+/// window does not fit.
+fn positions(
+    size: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    dilation: usize,
+    ceil_mode: bool,
+) -> Option<usize> {
+    let span = dilation * (kernel - 1) + 1;
+    let room = (size + 2 * padding).checked_sub(span)?;
+    let mut n = if ceil_mode {
+        room.div_ceil(stride) + 1
+    } else {
+        room / stride + 1
+    };
+    // The last window must start inside the image or its left padding.
+    if ceil_mode && (n - 1) * stride >= size + padding {
+        n -= 1;
+    }
+    Some(n)
+}
+
+fn nonzero(op: &'static str, what: &str, v: [usize; 2]) -> Result<()> {
+    if v.contains(&0) {
+        return Err(Error::invalid(
+            op,
+            format!("{what} must be positive, got {v:?}"),
+        ));
+    }
+    Ok(())
+}
+
+fn image_dims(op: &'static str, x: &Tensor) -> Result<[usize; 4]> {
+    match *x.shape() {
+        [n, c, h, w] => Ok([n, c, h, w]),
+        _ => Err(Error::shape(
+            op,
+            format!("expected an [N, C, H, W] input, got {:?}", x.shape()),
+        )),
+    }
+}
+
+impl Tensor {
+    /// Every window's taps, `[N, C, H, W] -> [N, C, KH, KW, OH, OW]` (im2col);
+    /// taps outside the image read zero. The gradient is [`Tensor::fold2d`].
+    pub fn unfold2d(&self, win: &Window2d) -> Result<Tensor> {
+        self.unfold_filled(win, Fill::Zero)
+    }
+
+    fn unfold_filled(&self, win: &Window2d, fill: Fill) -> Result<Tensor> {
+        let w = win.clone();
+        Ok(Tensor::from_op(
+            self.node().unfold(win, fill)?,
+            "unfold2d",
+            &[self],
+            Box::new(move |g, _| Ok(vec![Some(g.fold2d(&w)?)])),
+        ))
+    }
+
+    /// Sums every window's taps back onto the image,
+    /// `[N, C, KH, KW, OH, OW] -> [N, C, H, W]` (col2im): the adjoint of
+    /// [`Tensor::unfold2d`].
+    pub fn fold2d(&self, win: &Window2d) -> Result<Tensor> {
+        let w = win.clone();
+        Ok(Tensor::from_op(
+            self.node().fold(win)?,
+            "fold2d",
+            &[self],
+            Box::new(move |g, _| Ok(vec![Some(g.unfold2d(&w)?)])),
+        ))
+    }
+
+    /// PyTorch's `conv2d`: `self` is `[N, C_in, H, W]`, `weight` is
+    /// `[C_out, C_in / groups, KH, KW]`, `bias` is `[C_out]`. Computed as a
+    /// GEMM of the weights with the unfolded input.
+    pub fn conv2d(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        opts: Conv2dOptions,
+    ) -> Result<Tensor> {
+        const OP: &str = "conv2d";
+        let [n, c_in, h, w] = image_dims(OP, self)?;
+        let [c_out, c_in_g, kh, kw] = match *weight.shape() {
+            [a, b, c, d] => [a, b, c, d],
+            _ => {
+                return Err(Error::shape(
+                    OP,
+                    format!(
+                        "weight must be [C_out, C_in/groups, KH, KW], got {:?}",
+                        weight.shape()
+                    ),
+                ))
+            }
+        };
+        let g = opts.groups;
+        nonzero(OP, "stride", opts.stride)?;
+        nonzero(OP, "dilation", opts.dilation)?;
+        nonzero(OP, "kernel size", [kh, kw])?;
+        if g == 0 || c_in % g != 0 || c_out % g != 0 || c_in / g != c_in_g {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "input {:?} and weight {:?} with {g} groups: channels must split evenly",
+                    self.shape(),
+                    weight.shape()
+                ),
+            ));
+        }
+        let out = |axis: usize, size: usize, k: usize| {
+            positions(
+                size,
+                k,
+                opts.stride[axis],
+                opts.padding[axis],
+                opts.dilation[axis],
+                false,
+            )
+        };
+        let (Some(oh), Some(ow)) = (out(0, h, kh), out(1, w, kw)) else {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "kernel {kh}x{kw} (dilation {:?}) is larger than the padded input {:?}",
+                    opts.dilation,
+                    self.shape()
+                ),
+            ));
+        };
+        let win = Window2d {
+            image: [h, w],
+            out: [oh, ow],
+            kernel: [kh, kw],
+            stride: opts.stride,
+            padding: opts.padding,
+            dilation: opts.dilation,
+        };
+        let taps = c_in_g * kh * kw;
+        let cols = self.unfold2d(&win)?.reshape(&[n, g, taps, oh * ow])?;
+        let w2 = weight.reshape(&[g, c_out / g, taps])?;
+        let y = w2.matmul(&cols)?.reshape(&[n, c_out, oh, ow])?;
+        add_channel_bias(OP, y, bias, c_out)
+    }
+
+    /// PyTorch's `conv_transpose2d`: `self` is `[N, C_in, H, W]`, `weight` is
+    /// `[C_in, C_out / groups, KH, KW]`; the gradient of `conv2d` with
+    /// respect to its input, as a GEMM followed by a fold.
+    pub fn conv_transpose2d(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        opts: Conv2dOptions,
+        output_padding: [usize; 2],
+    ) -> Result<Tensor> {
+        const OP: &str = "conv_transpose2d";
+        let [n, c_in, h, w] = image_dims(OP, self)?;
+        let [w_in, c_out_g, kh, kw] = match *weight.shape() {
+            [a, b, c, d] => [a, b, c, d],
+            _ => {
+                return Err(Error::shape(
+                    OP,
+                    format!(
+                        "weight must be [C_in, C_out/groups, KH, KW], got {:?}",
+                        weight.shape()
+                    ),
+                ))
+            }
+        };
+        let g = opts.groups;
+        nonzero(OP, "stride", opts.stride)?;
+        nonzero(OP, "dilation", opts.dilation)?;
+        nonzero(OP, "kernel size", [kh, kw])?;
+        if g == 0 || c_in % g != 0 || w_in != c_in {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "input {:?} and weight {:?} with {g} groups: channels must split evenly",
+                    self.shape(),
+                    weight.shape()
+                ),
+            ));
+        }
+        for axis in 0..2 {
+            if output_padding[axis] >= opts.stride[axis].max(opts.dilation[axis]) {
+                return Err(Error::invalid(
+                    OP,
+                    format!(
+                        "output_padding {output_padding:?} must be smaller than stride {:?} or dilation {:?}",
+                        opts.stride, opts.dilation
+                    ),
+                ));
+            }
+        }
+        let size = |axis: usize, input: usize, k: usize| -> Option<usize> {
+            ((input - 1) * opts.stride[axis]
+                + opts.dilation[axis] * (k - 1)
+                + output_padding[axis]
+                + 1)
+            .checked_sub(2 * opts.padding[axis])
+            .filter(|&s| s > 0)
+        };
+        let (Some(oh), Some(ow)) = (size(0, h, kh), size(1, w, kw)) else {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "padding {:?} leaves no output for input {:?}",
+                    opts.padding,
+                    self.shape()
+                ),
+            ));
+        };
+        let c_out = c_out_g * g;
+        let win = Window2d {
+            image: [oh, ow],
+            out: [h, w],
+            kernel: [kh, kw],
+            stride: opts.stride,
+            padding: opts.padding,
+            dilation: opts.dilation,
+        };
+        // cols[n, g] = W[g]^T @ x[n, g]: [C_out/g * KH * KW, H * W].
+        let wt = weight
+            .reshape(&[g, c_in / g, c_out_g * kh * kw])?
+            .transpose(1, 2)?;
+        let x = self.reshape(&[n, g, c_in / g, h * w])?;
+        let y = wt
+            .matmul(&x)?
+            .reshape(&[n, c_out, kh, kw, h, w])?
+            .fold2d(&win)?;
+        add_channel_bias(OP, y, bias, c_out)
+    }
+
+    /// PyTorch's `max_pool2d`; windows that fall partly outside the image
+    /// ignore the outside. The gradient goes to the first maximum of each
+    /// window.
+    pub fn max_pool2d(&self, opts: Pool2dOptions) -> Result<Tensor> {
+        const OP: &str = "max_pool2d";
+        let win = pool_window(OP, self, &opts)?;
+        let [n, c, _, _] = image_dims(OP, self)?;
+        let [oh, ow] = win.out;
+        let taps = win.kernel[0] * win.kernel[1];
+        let x = self.detach();
+        let unfolded = self.node().unfold(&win, Fill::NegInfinity)?;
+        let flat = unfolded.reshape(&[n, c, taps, oh, ow])?;
+        let pooled = flat.reduce(cinder_runtime::ReduceOp::Max, &[2])?;
+        let out = pooled.reshape(&[n, c, oh, ow])?;
+        let w = win.clone();
+        Ok(Tensor::from_op(
+            out,
+            OP,
+            &[self],
+            Box::new(move |g, _| {
+                let taps_of = Tensor::from_node(
+                    x.node()
+                        .unfold(&w, Fill::NegInfinity)?
+                        .reshape(&[n, c, taps, oh, ow])?,
+                );
+                let first = taps_of.argmax(2, true)?;
+                let shape = [n, c, taps, oh, ow];
+                let tap = Tensor::from_node(Node::iota(x.device(), &shape, DType::I32, 2)?);
+                let route = tap.eq(&first)?.to_dtype(DType::F32)?;
+                let spread = route.mul(&g.reshape(&[n, c, 1, oh, ow])?)?;
+                Ok(vec![Some(
+                    spread
+                        .reshape(&[n, c, w.kernel[0], w.kernel[1], oh, ow])?
+                        .fold2d(&w)?,
+                )])
+            }),
+        ))
+    }
+
+    /// PyTorch's `avg_pool2d` with `count_include_pad`: the divisor counts
+    /// padding but not window parts beyond it (which `ceil_mode` creates).
+    pub fn avg_pool2d(&self, opts: Pool2dOptions, count_include_pad: bool) -> Result<Tensor> {
+        const OP: &str = "avg_pool2d";
+        if opts.dilation != [1, 1] {
+            return Err(Error::invalid(OP, "avg_pool2d has no dilation"));
+        }
+        let win = pool_window(OP, self, &opts)?;
+        let [n, c, h, w] = image_dims(OP, self)?;
+        let [oh, ow] = win.out;
+        let count = |axis: usize, o: usize, limit: usize| -> usize {
+            let start = (o * win.stride[axis]) as i64 - win.padding[axis] as i64;
+            let end = (start + win.kernel[axis] as i64).min(limit as i64);
+            let start = if count_include_pad {
+                start
+            } else {
+                start.max(0)
+            };
+            (end - start).max(0) as usize
+        };
+        let mut divisor = Vec::with_capacity(oh * ow);
+        for y in 0..oh {
+            for x in 0..ow {
+                let (limit_h, limit_w) = if count_include_pad {
+                    (h + win.padding[0], w + win.padding[1])
+                } else {
+                    (h, w)
+                };
+                let d = count(0, y, limit_h) * count(1, x, limit_w);
+                divisor.push(1.0 / d.max(1) as f32);
+            }
+        }
+        let scale = Tensor::from_slice(self.device(), &divisor, &[oh, ow])?;
+        self.unfold2d(&win)?
+            .reshape(&[n, c, win.kernel[0] * win.kernel[1], oh, ow])?
+            .sum(&[2], false)?
+            .mul(&scale)
+    }
+
+    /// PyTorch's `adaptive_avg_pool2d`: output cell `i` averages input rows
+    /// `floor(i * H / OH)` to `ceil((i + 1) * H / OH)`. Averages over a
+    /// rectangle separate into rows and columns, so this is two matmuls with
+    /// constant averaging matrices.
+    pub fn adaptive_avg_pool2d(&self, out: [usize; 2]) -> Result<Tensor> {
+        const OP: &str = "adaptive_avg_pool2d";
+        let [_, _, h, w] = image_dims(OP, self)?;
+        nonzero(OP, "output size", out)?;
+        let averaging = |size: usize, cells: usize| -> Vec<f32> {
+            let mut m = vec![0.0f32; cells * size];
+            for i in 0..cells {
+                let (start, end) = (i * size / cells, ((i + 1) * size).div_ceil(cells));
+                for j in start..end {
+                    m[i * size + j] = 1.0 / (end - start) as f32;
+                }
+            }
+            m
+        };
+        let rows = Tensor::from_slice(self.device(), &averaging(h, out[0]), &[out[0], h])?;
+        let cols = Tensor::from_slice(self.device(), &averaging(w, out[1]), &[out[1], w])?;
+        rows.matmul(&self.matmul(&cols.t()?)?)
+    }
+}
+
+fn pool_window(op: &'static str, x: &Tensor, opts: &Pool2dOptions) -> Result<Window2d> {
+    let [_, _, h, w] = image_dims(op, x)?;
+    nonzero(op, "kernel size", opts.kernel)?;
+    nonzero(op, "stride", opts.stride)?;
+    nonzero(op, "dilation", opts.dilation)?;
+    for axis in 0..2 {
+        if 2 * opts.padding[axis] > opts.kernel[axis] {
+            return Err(Error::invalid(
+                op,
+                format!(
+                    "padding {:?} must be at most half the kernel size {:?}",
+                    opts.padding, opts.kernel
+                ),
+            ));
+        }
+    }
+    let out = |axis: usize, size: usize| {
+        positions(
+            size,
+            opts.kernel[axis],
+            opts.stride[axis],
+            opts.padding[axis],
+            opts.dilation[axis],
+            opts.ceil_mode,
+        )
+    };
+    let (Some(oh), Some(ow)) = (out(0, h), out(1, w)) else {
+        return Err(Error::shape(
+            op,
+            format!(
+                "window {:?} (dilation {:?}) is larger than the padded input {:?}",
+                opts.kernel,
+                opts.dilation,
+                x.shape()
+            ),
+        ));
+    };
+    Ok(Window2d {
+        image: [h, w],
+        out: [oh, ow],
+        kernel: opts.kernel,
+        stride: opts.stride,
+        padding: opts.padding,
+        dilation: opts.dilation,
+    })
+}
+
+fn add_channel_bias(
+    op: &'static str,
+    y: Tensor,
+    bias: Option<&Tensor>,
+    channels: usize,
+) -> Result<Tensor> {
+    match bias {
+        None => Ok(y),
+        Some(b) if b.shape() == [channels] => y.add(&b.reshape(&[1, channels, 1, 1])?),
+        Some(b) => Err(Error::shape(
+            op,
+            format!("bias must be [{channels}], got {:?}", b.shape()),
+        )),
+    }
+}

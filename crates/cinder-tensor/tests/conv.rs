@@ -1,0 +1,441 @@
+//! Convolution and pooling against plain f64 CPU references on awkward shapes
+//! (odd sizes, 1x1 and 7x7 kernels, batch 1, channels not a multiple of 4),
+//! with every gradient checked against finite differences.
+
+mod common;
+
+use cinder_tensor::{Conv2dOptions, Pool2dOptions, Tensor};
+use common::*;
+
+// ---- f64 references ------------------------------------------------------------------
+
+/// PyTorch's conv2d, straight from its definition.
+fn conv2d_ref(x: &Arr, w: &Arr, b: Option<&Arr>, o: Conv2dOptions) -> Arr {
+    let [n, ci, h, wd] = [x.shape[0], x.shape[1], x.shape[2], x.shape[3]];
+    let [co, cig, kh, kw] = [w.shape[0], w.shape[1], w.shape[2], w.shape[3]];
+    let cog = co / o.groups;
+    let oh = (h + 2 * o.padding[0] - o.dilation[0] * (kh - 1) - 1) / o.stride[0] + 1;
+    let ow = (wd + 2 * o.padding[1] - o.dilation[1] * (kw - 1) - 1) / o.stride[1] + 1;
+    let mut out = vec![0.0; n * co * oh * ow];
+    for b_ in 0..n {
+        for c in 0..co {
+            let g = c / cog;
+            for y in 0..oh {
+                for xo in 0..ow {
+                    let mut acc = b.map_or(0.0, |b| b.data[c]);
+                    for k in 0..cig {
+                        let cin = g * cig + k;
+                        for i in 0..kh {
+                            for j in 0..kw {
+                                let iy = (y * o.stride[0] + i * o.dilation[0]) as i64
+                                    - o.padding[0] as i64;
+                                let ix = (xo * o.stride[1] + j * o.dilation[1]) as i64
+                                    - o.padding[1] as i64;
+                                if iy < 0 || ix < 0 || iy >= h as i64 || ix >= wd as i64 {
+                                    continue;
+                                }
+                                acc += x.at(&[b_, cin, iy as usize, ix as usize])
+                                    * w.at(&[c, k, i, j]);
+                            }
+                        }
+                    }
+                    out[((b_ * co + c) * oh + y) * ow + xo] = acc;
+                }
+            }
+        }
+    }
+    let _ = ci;
+    Arr::new(&[n, co, oh, ow], out)
+}
+
+/// PyTorch's conv_transpose2d: every input pixel scatters its weighted kernel.
+fn conv_transpose2d_ref(
+    x: &Arr,
+    w: &Arr,
+    b: Option<&Arr>,
+    o: Conv2dOptions,
+    output_padding: [usize; 2],
+) -> Arr {
+    let [n, ci, h, wd] = [x.shape[0], x.shape[1], x.shape[2], x.shape[3]];
+    let [_, cog, kh, kw] = [w.shape[0], w.shape[1], w.shape[2], w.shape[3]];
+    let co = cog * o.groups;
+    let cig = ci / o.groups;
+    let oh =
+        (h - 1) * o.stride[0] - 2 * o.padding[0] + o.dilation[0] * (kh - 1) + output_padding[0] + 1;
+    let ow = (wd - 1) * o.stride[1] - 2 * o.padding[1]
+        + o.dilation[1] * (kw - 1)
+        + output_padding[1]
+        + 1;
+    let mut out = vec![0.0; n * co * oh * ow];
+    for b_ in 0..n {
+        for c in 0..co {
+            for y in 0..oh {
+                for xo in 0..ow {
+                    out[((b_ * co + c) * oh + y) * ow + xo] = b.map_or(0.0, |b| b.data[c]);
+                }
+            }
+        }
+        for cin in 0..ci {
+            let g = cin / cig;
+            for iy in 0..h {
+                for ix in 0..wd {
+                    let v = x.at(&[b_, cin, iy, ix]);
+                    for k in 0..cog {
+                        let c = g * cog + k;
+                        for i in 0..kh {
+                            for j in 0..kw {
+                                let y = (iy * o.stride[0] + i * o.dilation[0]) as i64
+                                    - o.padding[0] as i64;
+                                let xo = (ix * o.stride[1] + j * o.dilation[1]) as i64
+                                    - o.padding[1] as i64;
+                                if y < 0 || xo < 0 || y >= oh as i64 || xo >= ow as i64 {
+                                    continue;
+                                }
+                                out[((b_ * co + c) * oh + y as usize) * ow + xo as usize] +=
+                                    v * w.at(&[cin, k, i, j]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Arr::new(&[n, co, oh, ow], out)
+}
+
+/// Window positions along one axis, as PyTorch computes them for pooling.
+fn pool_positions(size: usize, k: usize, s: usize, p: usize, d: usize, ceil: bool) -> usize {
+    let room = size + 2 * p - d * (k - 1) - 1;
+    let mut n = if ceil {
+        room.div_ceil(s) + 1
+    } else {
+        room / s + 1
+    };
+    if ceil && (n - 1) * s >= size + p {
+        n -= 1;
+    }
+    n
+}
+
+/// Max over each window's taps inside the image; avg with PyTorch's divisor.
+fn pool_ref(x: &Arr, o: Pool2dOptions, max: bool, count_include_pad: bool) -> Arr {
+    let [n, c, h, w] = [x.shape[0], x.shape[1], x.shape[2], x.shape[3]];
+    let pos = |axis: usize, size: usize| {
+        pool_positions(
+            size,
+            o.kernel[axis],
+            o.stride[axis],
+            o.padding[axis],
+            o.dilation[axis],
+            o.ceil_mode,
+        )
+    };
+    let (oh, ow) = (pos(0, h), pos(1, w));
+    let mut out = Vec::with_capacity(n * c * oh * ow);
+    for b in 0..n {
+        for ch in 0..c {
+            for y in 0..oh {
+                for xo in 0..ow {
+                    let y0 = (y * o.stride[0]) as i64 - o.padding[0] as i64;
+                    let x0 = (xo * o.stride[1]) as i64 - o.padding[1] as i64;
+                    let mut best = f64::NEG_INFINITY;
+                    let mut sum = 0.0;
+                    for i in 0..o.kernel[0] {
+                        for j in 0..o.kernel[1] {
+                            let iy = y0 + (i * o.dilation[0]) as i64;
+                            let ix = x0 + (j * o.dilation[1]) as i64;
+                            if iy < 0 || ix < 0 || iy >= h as i64 || ix >= w as i64 {
+                                continue;
+                            }
+                            let v = x.at(&[b, ch, iy as usize, ix as usize]);
+                            best = best.max(v);
+                            sum += v;
+                        }
+                    }
+                    if max {
+                        out.push(best);
+                    } else {
+                        let (limit_y, limit_x, lo_y, lo_x) = if count_include_pad {
+                            ((h + o.padding[0]) as i64, (w + o.padding[1]) as i64, y0, x0)
+                        } else {
+                            (h as i64, w as i64, y0.max(0), x0.max(0))
+                        };
+                        let rows = (y0 + o.kernel[0] as i64).min(limit_y) - lo_y;
+                        let cols = (x0 + o.kernel[1] as i64).min(limit_x) - lo_x;
+                        out.push(sum / (rows * cols) as f64);
+                    }
+                }
+            }
+        }
+    }
+    Arr::new(&[n, c, oh, ow], out)
+}
+
+fn adaptive_avg_ref(x: &Arr, out: [usize; 2]) -> Arr {
+    let [n, c, h, w] = [x.shape[0], x.shape[1], x.shape[2], x.shape[3]];
+    let mut v = Vec::new();
+    for b in 0..n {
+        for ch in 0..c {
+            for i in 0..out[0] {
+                let (y0, y1) = (i * h / out[0], ((i + 1) * h).div_ceil(out[0]));
+                for j in 0..out[1] {
+                    let (x0, x1) = (j * w / out[1], ((j + 1) * w).div_ceil(out[1]));
+                    let mut s = 0.0;
+                    for y in y0..y1 {
+                        for col in x0..x1 {
+                            s += x.at(&[b, ch, y, col]);
+                        }
+                    }
+                    v.push(s / ((y1 - y0) * (x1 - x0)) as f64);
+                }
+            }
+        }
+    }
+    Arr::new(&[n, c, out[0], out[1]], v)
+}
+
+// ---- checks ---------------------------------------------------------------------------
+
+struct ConvCase {
+    x: [usize; 4],
+    w: [usize; 4],
+    bias: bool,
+    opts: Conv2dOptions,
+}
+
+fn conv_case(name: &str, case: ConvCase) {
+    let mut rng = Rng::named(name);
+    let mut inputs = vec![
+        rand_input(&mut rng, &case.x, -1.0, 1.0),
+        rand_input(&mut rng, &case.w, -1.0, 1.0),
+    ];
+    if case.bias {
+        inputs.push(rand_input(&mut rng, &[case.w[0]], -1.0, 1.0));
+    }
+    let opts = case.opts;
+    check_grad_ref(
+        name,
+        &inputs,
+        |t| t[0].conv2d(&t[1], t.get(2), opts),
+        |a| conv2d_ref(&a[0], &a[1], a.get(2), opts),
+    );
+}
+
+#[test]
+fn conv2d_3x3_padded_with_bias() {
+    conv_case(
+        "conv2d 3x3 pad 1",
+        ConvCase {
+            x: [2, 3, 7, 9],
+            w: [5, 3, 3, 3],
+            bias: true,
+            opts: Conv2dOptions::default().padding(1),
+        },
+    );
+}
+
+#[test]
+fn conv2d_7x7_strided_batch_1() {
+    conv_case(
+        "conv2d 7x7 stride 2 pad 3",
+        ConvCase {
+            x: [1, 2, 11, 8],
+            w: [3, 2, 7, 7],
+            bias: true,
+            opts: Conv2dOptions::default().stride(2).padding(3),
+        },
+    );
+}
+
+#[test]
+fn conv2d_1x1() {
+    conv_case(
+        "conv2d 1x1",
+        ConvCase {
+            x: [2, 5, 5, 3],
+            w: [7, 5, 1, 1],
+            bias: false,
+            opts: Conv2dOptions::default(),
+        },
+    );
+}
+
+#[test]
+fn conv2d_groups_dilation_uneven_stride() {
+    conv_case(
+        "conv2d groups 2 dilation 2",
+        ConvCase {
+            x: [2, 4, 9, 10],
+            w: [6, 2, 3, 2],
+            bias: true,
+            opts: Conv2dOptions {
+                stride: [2, 3],
+                padding: [1, 2],
+                dilation: [2, 1],
+                groups: 2,
+            },
+        },
+    );
+}
+
+#[test]
+fn conv2d_depthwise() {
+    conv_case(
+        "conv2d depthwise",
+        ConvCase {
+            x: [2, 3, 6, 5],
+            w: [3, 1, 3, 3],
+            bias: true,
+            opts: Conv2dOptions::default().padding(1).groups(3),
+        },
+    );
+}
+
+#[test]
+fn conv2d_shape_errors() {
+    let dev = device();
+    let x = Tensor::zeros(dev, &[1, 4, 5, 5]);
+    let w = Tensor::zeros(dev, &[6, 3, 3, 3]);
+    let err = x
+        .conv2d(&w, None, Conv2dOptions::default())
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("conv2d") && err.contains("[6, 3, 3, 3]"),
+        "{err}"
+    );
+    let w = Tensor::zeros(dev, &[2, 4, 7, 7]);
+    assert!(x.conv2d(&w, None, Conv2dOptions::default()).is_err());
+    let w = Tensor::zeros(dev, &[2, 4, 3, 3]);
+    let b = Tensor::zeros(dev, &[3]);
+    assert!(x.conv2d(&w, Some(&b), Conv2dOptions::default()).is_err());
+    assert!(x
+        .conv2d(&w, None, Conv2dOptions::default().stride(0))
+        .is_err());
+    assert!(Tensor::zeros(dev, &[4, 5, 5])
+        .conv2d(&w, None, Conv2dOptions::default())
+        .is_err());
+}
+
+#[test]
+fn conv_transpose2d_strided_output_padding() {
+    let mut rng = Rng::named("conv_transpose2d");
+    let opts = Conv2dOptions::default().stride(2).padding(1);
+    check_grad_ref(
+        "conv_transpose2d stride 2 pad 1 output_padding 1",
+        &[
+            rand_input(&mut rng, &[2, 3, 4, 5], -1.0, 1.0),
+            rand_input(&mut rng, &[3, 4, 3, 3], -1.0, 1.0),
+            rand_input(&mut rng, &[4], -1.0, 1.0),
+        ],
+        |t| t[0].conv_transpose2d(&t[1], Some(&t[2]), opts, [1, 1]),
+        |a| conv_transpose2d_ref(&a[0], &a[1], Some(&a[2]), opts, [1, 1]),
+    );
+}
+
+#[test]
+fn conv_transpose2d_groups_dilation() {
+    let mut rng = Rng::named("conv_transpose2d groups");
+    let opts = Conv2dOptions {
+        stride: [1, 2],
+        padding: [0, 1],
+        dilation: [2, 1],
+        groups: 2,
+    };
+    check_grad_ref(
+        "conv_transpose2d groups 2 dilation 2",
+        &[
+            rand_input(&mut rng, &[1, 4, 3, 5], -1.0, 1.0),
+            rand_input(&mut rng, &[4, 3, 2, 3], -1.0, 1.0),
+        ],
+        |t| t[0].conv_transpose2d(&t[1], None, opts, [0, 1]),
+        |a| conv_transpose2d_ref(&a[0], &a[1], None, opts, [0, 1]),
+    );
+}
+
+/// Distinct values so that no window has a tie within the finite-difference step.
+fn spread_input(rng: &mut Rng, shape: &[usize]) -> Input {
+    input(rng.distinct(numel(shape), 0.05, -1.0), shape)
+}
+
+#[test]
+fn max_pool2d_padded_ceil_mode() {
+    let mut rng = Rng::named("max_pool2d");
+    let opts = Pool2dOptions::new(3).stride(2).padding(1).ceil_mode(true);
+    check_grad_ref(
+        "max_pool2d 3x3 stride 2 pad 1 ceil",
+        &[spread_input(&mut rng, &[2, 3, 7, 8])],
+        |t| t[0].max_pool2d(opts),
+        |a| pool_ref(&a[0], opts, true, true),
+    );
+}
+
+#[test]
+fn max_pool2d_default_stride_and_dilation() {
+    let mut rng = Rng::named("max_pool2d dilation");
+    let opts = Pool2dOptions::new(2);
+    check_grad_ref(
+        "max_pool2d 2x2",
+        &[spread_input(&mut rng, &[1, 3, 9, 6])],
+        |t| t[0].max_pool2d(opts),
+        |a| pool_ref(&a[0], opts, true, true),
+    );
+    let opts = Pool2dOptions::new(3).stride(1).dilation(2);
+    check_grad_ref(
+        "max_pool2d 3x3 dilation 2",
+        &[spread_input(&mut rng, &[2, 1, 7, 7])],
+        |t| t[0].max_pool2d(opts),
+        |a| pool_ref(&a[0], opts, true, true),
+    );
+}
+
+#[test]
+fn max_pool2d_gradient_goes_to_the_first_maximum() -> cinder_tensor::Result<()> {
+    // A window of equal values: PyTorch routes the whole gradient to one tap.
+    let x = Tensor::from_slice(device(), &[1.0f32; 4], &[1, 1, 2, 2])?.requires_grad_();
+    let y = x.max_pool2d(Pool2dOptions::new(2))?;
+    let g = y.sum_all()?.backward()?;
+    let gx = g.get(&x).expect("gradient of x").to_vec::<f32>()?;
+    assert_eq!(gx, vec![1.0, 0.0, 0.0, 0.0]);
+    Ok(())
+}
+
+#[test]
+fn avg_pool2d_divisors() {
+    let mut rng = Rng::named("avg_pool2d");
+    for include in [true, false] {
+        let opts = Pool2dOptions::new(3).stride(2).padding(1).ceil_mode(true);
+        check_grad_ref(
+            &format!("avg_pool2d 3x3 stride 2 pad 1 ceil count_include_pad={include}"),
+            &[rand_input(&mut rng, &[2, 3, 8, 7], -1.0, 1.0)],
+            |t| t[0].avg_pool2d(opts, include),
+            |a| pool_ref(&a[0], opts, false, include),
+        );
+    }
+}
+
+#[test]
+fn adaptive_avg_pool2d_uneven_cells() {
+    let mut rng = Rng::named("adaptive_avg_pool2d");
+    for out in [[3, 4], [1, 1], [7, 9]] {
+        check_grad_ref(
+            &format!("adaptive_avg_pool2d to {out:?}"),
+            &[rand_input(&mut rng, &[2, 3, 7, 9], -1.0, 1.0)],
+            |t| t[0].adaptive_avg_pool2d(out),
+            |a| adaptive_avg_ref(&a[0], out),
+        );
+    }
+}
+
+#[test]
+fn pool_errors() {
+    let x = Tensor::zeros(device(), &[1, 1, 4, 4]);
+    assert!(x.max_pool2d(Pool2dOptions::new(5)).is_err());
+    assert!(x.max_pool2d(Pool2dOptions::new(2).padding(2)).is_err());
+    assert!(x.max_pool2d(Pool2dOptions::new(0)).is_err());
+    assert!(x
+        .avg_pool2d(Pool2dOptions::new(2).dilation(2), true)
+        .is_err());
+    assert!(x.adaptive_avg_pool2d([0, 2]).is_err());
+}
