@@ -47,6 +47,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Saves named tensors; reads them back from the GPU in one submit.
 pub fn save_tensors(path: impl AsRef<Path>, tensors: &[(String, Tensor)]) -> Result<()> {
+    save_tensors_with_metadata(path, tensors, HashMap::new())
+}
+
+/// [`save_tensors`] plus string metadata in the file's header (safetensors'
+/// `__metadata__`), such as a training run's epoch.
+pub fn save_tensors_with_metadata(
+    path: impl AsRef<Path>,
+    tensors: &[(String, Tensor)],
+    mut meta: HashMap<String, String>,
+) -> Result<()> {
     let path = path.as_ref();
     let mut seen = std::collections::HashSet::new();
     for (name, _) in tensors {
@@ -57,10 +67,11 @@ pub fn save_tensors(path: impl AsRef<Path>, tensors: &[(String, Tensor)]) -> Res
             ));
         }
     }
+    meta.insert("format".to_string(), "pt".to_string());
     let Some((_, first)) = tensors.first() else {
         return write_atomic(
             path,
-            &safetensors::serialize(Vec::<(String, TensorView)>::new(), None)
+            &safetensors::serialize(Vec::<(String, TensorView)>::new(), Some(meta))
                 .map_err(|e| Error::bad_file(path, e.to_string()))?,
         );
     };
@@ -76,8 +87,6 @@ pub fn save_tensors(path: impl AsRef<Path>, tensors: &[(String, Tensor)]) -> Res
                 .map_err(|e| Error::bad_file(path, format!("tensor {name}: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
-    let mut meta = HashMap::new();
-    meta.insert("format".to_string(), "pt".to_string());
     let bytes = safetensors::serialize(views, Some(meta))
         .map_err(|e| Error::bad_file(path, e.to_string()))?;
     write_atomic(path, &bytes)
@@ -92,11 +101,31 @@ pub fn save(path: impl AsRef<Path>, module: &dyn Module) -> Result<()> {
 /// both with the same shape and dtype; otherwise nothing is changed and the
 /// error lists each mismatch.
 pub fn load(path: impl AsRef<Path>, module: &dyn Module) -> Result<()> {
+    load_tensors(path, &module.state_dict()).map(|_| ())
+}
+
+/// The string metadata in a safetensors file's header, without its tensors.
+pub fn read_metadata(path: impl AsRef<Path>) -> Result<HashMap<String, String>> {
     let path = path.as_ref();
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| Error::bad_file(path, format!("not a safetensors file: {e}")))?;
+    Ok(header.metadata().clone().unwrap_or_default())
+}
+
+/// Loads the file's tensors into `targets` in place, by name, all or nothing
+/// (see [`load`]); returns the file's metadata.
+pub fn load_tensors(
+    path: impl AsRef<Path>,
+    targets: &[(String, Tensor)],
+) -> Result<HashMap<String, String>> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| Error::bad_file(path, format!("not a safetensors file: {e}")))?;
+    let metadata = header.metadata().clone().unwrap_or_default();
     let file = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| Error::bad_file(path, format!("not a safetensors file: {e}")))?;
-    let targets = module.state_dict();
     let mut problems = Vec::new();
     let mut effects = Vec::new();
     let wanted: std::collections::HashSet<&str> = targets.iter().map(|(n, _)| n.as_str()).collect();
@@ -105,7 +134,7 @@ pub fn load(path: impl AsRef<Path>, module: &dyn Module) -> Result<()> {
             problems.push(format!("unexpected tensor {name:?} in the file"));
         }
     }
-    for (name, target) in &targets {
+    for (name, target) in targets {
         let view = match file.tensor(name) {
             Ok(v) => v,
             Err(_) => {
@@ -150,9 +179,10 @@ pub fn load(path: impl AsRef<Path>, module: &dyn Module) -> Result<()> {
         ));
     }
     let Some((_, first)) = targets.first() else {
-        return Ok(());
+        return Ok(metadata);
     };
     let nodes: Vec<Node> = targets.iter().map(|(_, t)| t.node().clone()).collect();
     first.device().realize(&nodes)?;
-    first.device().run(&[], &effects, &[]).map(|_| ())
+    first.device().run(&[], &effects, &[])?;
+    Ok(metadata)
 }

@@ -9,9 +9,48 @@ use crate::init;
 
 pub trait Optimizer {
     /// Applies one update from `grads` to every parameter that has a gradient.
-    fn step(&mut self, grads: &Gradients) -> Result<()>;
+    fn step(&mut self, grads: &Gradients) -> Result<()> {
+        self.step_realizing(grads, &[])
+    }
+    /// [`Optimizer::step`], realizing `also` in the same submit: values of
+    /// the forward pass (accuracy counts, say) that would otherwise need the
+    /// old parameters, and so a second pass, once the update has run.
+    fn step_realizing(&mut self, grads: &Gradients, also: &[&Tensor]) -> Result<()>;
     fn lr(&self) -> f32;
     fn set_lr(&mut self, lr: f32);
+
+    /// Every state tensor under a stable name (created as zeros where no step
+    /// has made it yet), for checkpoints. Loading values into these tensors
+    /// and calling [`Optimizer::set_counters`] restores the optimizer.
+    fn state_tensors(&mut self) -> Result<Vec<(String, Tensor)>> {
+        Ok(Vec::new())
+    }
+
+    /// Host-side per-parameter counters (Adam's step, SGD's started flag).
+    fn counters(&self) -> Vec<u64> {
+        Vec::new()
+    }
+
+    fn set_counters(&mut self, counters: &[u64]) -> Result<()> {
+        if counters.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::invalid(
+                "optimizer",
+                "this optimizer keeps no counters",
+            ))
+        }
+    }
+}
+
+fn check_counters(op: &'static str, counters: &[u64], params: usize) -> Result<()> {
+    if counters.len() != params {
+        return Err(Error::invalid(
+            op,
+            format!("{} counters for {params} parameters", counters.len()),
+        ));
+    }
+    Ok(())
 }
 
 fn check_params(op: &'static str, params: &[Tensor]) -> Result<()> {
@@ -38,11 +77,11 @@ fn state_like(p: &Tensor) -> Result<Tensor> {
     init::zeros(p.device(), p.shape())
 }
 
-fn run(params: &[Tensor], grads: &Gradients, effects: Vec<Effect>) -> Result<()> {
+fn run(params: &[Tensor], grads: &Gradients, also: &[&Tensor], effects: Vec<Effect>) -> Result<()> {
     let device = params[0].device();
-    device
-        .run(&[grads.root().node().clone()], &effects, &[])
-        .map(|_| ())
+    let mut roots = vec![grads.root().node().clone()];
+    roots.extend(also.iter().map(|t| t.node().clone()));
+    device.run(&roots, &effects, &[]).map(|_| ())
 }
 
 /// `torch.optim.SGD`.
@@ -95,7 +134,7 @@ impl Sgd {
 }
 
 impl Optimizer for Sgd {
-    fn step(&mut self, grads: &Gradients) -> Result<()> {
+    fn step_realizing(&mut self, grads: &Gradients, also: &[&Tensor]) -> Result<()> {
         if self.nesterov && (self.momentum <= 0.0 || self.dampening != 0.0) {
             return Err(Error::invalid(
                 "SGD",
@@ -135,7 +174,7 @@ impl Optimizer for Sgd {
                 ],
             });
         }
-        run(&self.params, grads, effects)?;
+        run(&self.params, grads, also, effects)?;
         for (i, p) in self.params.iter().enumerate() {
             if grads.get(p).is_some() {
                 self.started[i] = true;
@@ -150,6 +189,32 @@ impl Optimizer for Sgd {
 
     fn set_lr(&mut self, lr: f32) {
         self.lr = lr;
+    }
+
+    fn state_tensors(&mut self) -> Result<Vec<(String, Tensor)>> {
+        if self.momentum == 0.0 {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for (i, p) in self.params.iter().enumerate() {
+            if self.buffers[i].is_none() {
+                self.buffers[i] = Some(state_like(p)?);
+            }
+            if let Some(b) = &self.buffers[i] {
+                out.push((format!("{i}.momentum_buffer"), b.clone()));
+            }
+        }
+        Ok(out)
+    }
+
+    fn counters(&self) -> Vec<u64> {
+        self.started.iter().map(|&s| s as u64).collect()
+    }
+
+    fn set_counters(&mut self, counters: &[u64]) -> Result<()> {
+        check_counters("SGD", counters, self.params.len())?;
+        self.started = counters.iter().map(|&c| c != 0).collect();
+        Ok(())
     }
 }
 
@@ -205,7 +270,7 @@ impl Adam {
 }
 
 impl Optimizer for Adam {
-    fn step(&mut self, grads: &Gradients) -> Result<()> {
+    fn step_realizing(&mut self, grads: &Gradients, also: &[&Tensor]) -> Result<()> {
         let (b1, b2) = (self.betas.0 as f64, self.betas.1 as f64);
         let (lr, wd) = (self.lr as f64, self.weight_decay as f64);
         let mut effects = Vec::new();
@@ -245,7 +310,7 @@ impl Optimizer for Adam {
                 ],
             });
         }
-        run(&self.params, grads, effects)
+        run(&self.params, grads, also, effects)
     }
 
     fn lr(&self) -> f32 {
@@ -254,5 +319,43 @@ impl Optimizer for Adam {
 
     fn set_lr(&mut self, lr: f32) {
         self.lr = lr;
+    }
+
+    fn state_tensors(&mut self) -> Result<Vec<(String, Tensor)>> {
+        let mut out = Vec::new();
+        for (i, p) in self.params.iter().enumerate() {
+            if self.state[i].is_none() {
+                self.state[i] = Some((state_like(p)?, state_like(p)?, 0));
+            }
+            if let Some((m, v, _)) = &self.state[i] {
+                out.push((format!("{i}.exp_avg"), m.clone()));
+                out.push((format!("{i}.exp_avg_sq"), v.clone()));
+            }
+        }
+        Ok(out)
+    }
+
+    fn counters(&self) -> Vec<u64> {
+        self.state
+            .iter()
+            .map(|s| s.as_ref().map_or(0, |(_, _, step)| *step))
+            .collect()
+    }
+
+    fn set_counters(&mut self, counters: &[u64]) -> Result<()> {
+        check_counters("Adam", counters, self.params.len())?;
+        for (i, &c) in counters.iter().enumerate() {
+            if self.state[i].is_none() {
+                self.state[i] = Some((
+                    state_like(&self.params[i])?,
+                    state_like(&self.params[i])?,
+                    0,
+                ));
+            }
+            if let Some((_, _, step)) = self.state[i].as_mut() {
+                *step = c;
+            }
+        }
+        Ok(())
     }
 }

@@ -75,6 +75,7 @@ pub(crate) struct Entry {
 }
 
 /// An in-place write that a realization performs after everything else.
+#[derive(Clone)]
 pub enum Effect {
     /// A fused optimizer update of `param` and its `state` buffers from `grad`.
     Optim {

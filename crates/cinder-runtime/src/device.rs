@@ -205,6 +205,8 @@ pub(crate) struct DeviceInner {
     pub exec: Mutex<()>,
     pub gpu_error: Arc<Mutex<Option<String>>>,
     pub seed: AtomicU64,
+    /// Writes that ride along with the next realization (see `defer_assign`).
+    pub deferred: Mutex<Vec<crate::canon::Effect>>,
 }
 
 /// A GPU to compute on. Cheap to clone (an `Arc`), `Send + Sync`; several can
@@ -319,6 +321,7 @@ impl Device {
                 exec: Mutex::new(()),
                 gpu_error,
                 seed: AtomicU64::new(0x5eed),
+                deferred: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -349,6 +352,17 @@ impl Device {
             plans_compiled: get(&c.plans_compiled),
             plan_cache_hits: get(&c.plan_hits),
         }
+    }
+
+    /// Writes `value` into the realized `target` during the next realization
+    /// on this device, after everything in it has read the old value. Batch
+    /// norm's running statistics use this: updated in the training step's
+    /// own submit, in place, with no extra pass and no buffer created.
+    pub fn defer_assign(&self, target: &crate::graph::Node, value: crate::graph::Node) {
+        lock(&self.inner.deferred).push(crate::canon::Effect::Assign {
+            target: target.clone(),
+            value,
+        });
     }
 
     /// Resets the default random stream: later `rand`/`randn` calls without an

@@ -99,7 +99,9 @@ pub(crate) fn matmul(
     let c_vec4 = n.is_multiple_of(4) && stride_c.is_multiple_of(4);
     let mut constants = vec![("C_VEC4".to_string(), c_vec4 as u8 as f64)];
     if subgroups {
-        let aligned = [k, n, stride_a, stride_b].iter().all(|d| d.is_multiple_of(2));
+        let aligned = [k, n, stride_a, stride_b]
+            .iter()
+            .all(|d| d.is_multiple_of(2));
         constants.push(("ALIGNED".to_string(), aligned as u8 as f64));
         return MatmulKernel {
             source: MATMUL_SUBGROUP,

@@ -771,7 +771,14 @@ impl Device {
             }
         }
         let _exec = lock(&self.inner.exec);
-        let canon = canonicalize(roots, effects)?;
+        let deferred = std::mem::take(&mut *lock(&self.inner.deferred));
+        let canon = if deferred.is_empty() {
+            canonicalize(roots, effects)?
+        } else {
+            let mut all = effects.to_vec();
+            all.extend(deferred);
+            canonicalize(roots, &all)?
+        };
         let cached = lock(&self.inner.caches).plans.get(&canon.key).cloned();
         let plan = match cached {
             Some(p) => {

@@ -71,6 +71,44 @@ impl Gradients {
         self.grads.is_empty()
     }
 
+    /// Scales the gradients of `params` so that their joint L2 norm is at most
+    /// `max_norm` (PyTorch's `clip_grad_norm_`, coefficient
+    /// `max_norm / (norm + 1e-6)` capped at 1). Returns the norm before
+    /// clipping, still lazy: nothing is read back.
+    pub fn clip_grad_norm(&mut self, params: &[Tensor], max_norm: f32) -> Result<Tensor> {
+        if max_norm.is_nan() || max_norm <= 0.0 {
+            return Err(Error::invalid(
+                "clip_grad_norm",
+                format!("max_norm must be positive, got {max_norm}"),
+            ));
+        }
+        let mut total: Option<Tensor> = None;
+        for p in params {
+            if let Some(g) = self.get(p) {
+                let sq = g.square()?.sum_all()?;
+                total = Some(match total {
+                    None => sq,
+                    Some(t) => t.add(&sq)?,
+                });
+            }
+        }
+        let Some(total) = total else {
+            return Ok(Tensor::full(self.root.device(), &[], 0.0));
+        };
+        let norm = total.sqrt()?;
+        let coef = norm
+            .add_scalar(1e-6)?
+            .recip()?
+            .mul_scalar(max_norm)?
+            .minimum_scalar(1.0)?;
+        for p in params {
+            if let Some(g) = self.grads.get_mut(&p.id()) {
+                *g = g.mul(&coef)?;
+            }
+        }
+        Ok(norm)
+    }
+
     /// The (detached) tensor `backward` was called on. Optimizers realize it in
     /// the same submit as their updates, so that reading the loss afterwards
     /// costs no second pass over the old parameters.

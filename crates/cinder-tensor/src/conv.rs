@@ -415,9 +415,7 @@ impl Tensor {
             }
             m
         };
-        let rows = Tensor::from_slice(self.device(), &averaging(h, out[0]), &[out[0], h])?;
-        let cols = Tensor::from_slice(self.device(), &averaging(w, out[1]), &[out[1], w])?;
-        rows.matmul(&self.matmul(&cols.t()?)?)
+        self.separable(&averaging(h, out[0]), out[0], &averaging(w, out[1]), out[1])
     }
 }
 

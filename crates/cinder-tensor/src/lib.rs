@@ -3,6 +3,7 @@
 
 mod autograd;
 mod conv;
+mod norm;
 mod ops;
 pub mod shape;
 mod tensor;
@@ -10,6 +11,7 @@ mod tensor;
 pub use autograd::{no_grad, with_no_grad, Gradients, NoGradGuard};
 pub use cinder_runtime::{DType, Device, Error, Result, Stats};
 pub use conv::{Conv2dOptions, Pool2dOptions};
+pub use norm::PadMode;
 pub use tensor::{read_all, Element, Tensor};
 
 /// The runtime underneath, for code that needs nodes, effects or adapters.

@@ -1,0 +1,347 @@
+//! Normalisation, dropout, resampling and padding of images, composed from
+//! element-wise ops, reductions, matmuls and views, so their gradients come
+//! from those ops' rules.
+
+use cinder_runtime::{Error, Result};
+
+use crate::tensor::Tensor;
+
+/// How `pad2d` fills the border.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PadMode {
+    Zeros,
+    /// Mirror without repeating the edge (`[a b c]` -> `c b [a b c] b a`).
+    Reflect,
+}
+
+/// Source rows (and weights) of each output row of a resize, as a dense
+/// `[out, in]` matrix.
+fn resize_matrix(input: usize, output: usize, bilinear: bool, align_corners: bool) -> Vec<f32> {
+    let mut m = vec![0.0f32; output * input];
+    for o in 0..output {
+        if !bilinear {
+            // PyTorch's "nearest": floor(o * in / out), never past the edge.
+            let src = ((o as f64 * input as f64 / output as f64).floor() as usize).min(input - 1);
+            m[o * input + src] = 1.0;
+            continue;
+        }
+        let src = if align_corners {
+            if output > 1 {
+                o as f64 * (input - 1) as f64 / (output - 1) as f64
+            } else {
+                0.0
+            }
+        } else {
+            ((o as f64 + 0.5) * input as f64 / output as f64 - 0.5).max(0.0)
+        };
+        let i0 = (src.floor() as usize).min(input - 1);
+        let i1 = (i0 + 1).min(input - 1);
+        let frac = (src - i0 as f64) as f32;
+        m[o * input + i0] += 1.0 - frac;
+        m[o * input + i1] += frac;
+    }
+    m
+}
+
+impl Tensor {
+    /// `rows @ self @ cols^T` over the last two dims, with `rows: [OH, H]` and
+    /// `cols: [OW, W]` given on the host: resizing and pooling that treat rows
+    /// and columns independently.
+    pub(crate) fn separable(
+        &self,
+        rows: &[f32],
+        oh: usize,
+        cols: &[f32],
+        ow: usize,
+    ) -> Result<Tensor> {
+        let [h, w] = match self.shape() {
+            [.., h, w] => [*h, *w],
+            _ => return Err(Error::shape("resize", "needs at least two dims")),
+        };
+        let r = Tensor::from_slice(self.device(), rows, &[oh, h])?;
+        let c = Tensor::from_slice(self.device(), cols, &[ow, w])?;
+        r.matmul(&self.matmul(&c.t()?)?)
+    }
+
+    /// PyTorch's `interpolate(mode="nearest")` of an `[N, C, H, W]` image to `size`.
+    pub fn upsample_nearest2d(&self, size: [usize; 2]) -> Result<Tensor> {
+        self.resize2d("upsample_nearest2d", size, false, false)
+    }
+
+    /// PyTorch's `interpolate(mode="bilinear", align_corners=...)`.
+    pub fn upsample_bilinear2d(&self, size: [usize; 2], align_corners: bool) -> Result<Tensor> {
+        self.resize2d("upsample_bilinear2d", size, true, align_corners)
+    }
+
+    fn resize2d(
+        &self,
+        op: &'static str,
+        size: [usize; 2],
+        bilinear: bool,
+        align: bool,
+    ) -> Result<Tensor> {
+        let [h, w] = match *self.shape() {
+            [_, _, h, w] if h > 0 && w > 0 => [h, w],
+            _ => {
+                return Err(Error::shape(
+                    op,
+                    format!(
+                        "expected a non-empty [N, C, H, W] input, got {:?}",
+                        self.shape()
+                    ),
+                ))
+            }
+        };
+        if size.contains(&0) {
+            return Err(Error::invalid(
+                op,
+                format!("output size must be positive, got {size:?}"),
+            ));
+        }
+        let rows = resize_matrix(h, size[0], bilinear, align);
+        let cols = resize_matrix(w, size[1], bilinear, align);
+        self.separable(&rows, size[0], &cols, size[1])
+    }
+
+    /// Pads the last two dims by `[left, right, top, bottom]`.
+    pub fn pad2d(&self, pad: [usize; 4], mode: PadMode) -> Result<Tensor> {
+        const OP: &str = "pad2d";
+        let d = self.dims();
+        if d < 2 {
+            return Err(Error::shape(
+                OP,
+                format!("needs at least two dims, got {:?}", self.shape()),
+            ));
+        }
+        let [left, right, top, bottom] = pad;
+        match mode {
+            PadMode::Zeros => self
+                .pad_dim(d - 1, left, right)?
+                .pad_dim(d - 2, top, bottom),
+            PadMode::Reflect => {
+                let (h, w) = (self.shape()[d - 2], self.shape()[d - 1]);
+                if left >= w || right >= w || top >= h || bottom >= h {
+                    return Err(Error::invalid(
+                        OP,
+                        format!("reflect padding {pad:?} must be smaller than the input's {h}x{w}"),
+                    ));
+                }
+                self.reflect_dim(d - 1, left, right)?
+                    .reflect_dim(d - 2, top, bottom)
+            }
+        }
+    }
+
+    /// Mirrors `before` and `after` elements onto `dim`: the two borders are
+    /// reversed narrow slices, so the backward pass stays as small as they are.
+    fn reflect_dim(&self, dim: usize, before: usize, after: usize) -> Result<Tensor> {
+        let n = self.shape()[dim];
+        let reversed = |start: usize, len: usize| -> Result<Option<Tensor>> {
+            if len == 0 {
+                return Ok(None);
+            }
+            let idx: Vec<i32> = (0..len).rev().map(|i| i as i32).collect();
+            let index = Tensor::from_slice(self.device(), &idx, &[len])?;
+            Ok(Some(
+                self.narrow(dim as isize, start, len)?
+                    .index_select(dim as isize, &index)?,
+            ))
+        };
+        let head = reversed(1, before)?;
+        let tail = reversed(n - 1 - after, after)?;
+        let parts: Vec<&Tensor> = head
+            .iter()
+            .chain(std::iter::once(self))
+            .chain(tail.iter())
+            .collect();
+        if parts.len() == 1 {
+            return Ok(self.clone());
+        }
+        Tensor::concat(&parts, dim as isize)
+    }
+
+    /// Mean and biased variance over every dim but 1 (the channels), kept
+    /// as `[1, C, 1, ...]`, and the number of values each was taken over.
+    fn channel_stats(&self) -> Result<(Tensor, Tensor, usize)> {
+        let axes: Vec<isize> = (0..self.dims() as isize).filter(|&a| a != 1).collect();
+        let count = self.numel() / self.shape()[1].max(1);
+        let mean = self.mean(&axes, true)?;
+        let var = self.sub(&mean)?.square()?.mean(&axes, true)?;
+        Ok((mean, var, count))
+    }
+
+    fn per_channel(&self, t: &Tensor) -> Result<Tensor> {
+        let mut shape = vec![1; self.dims()];
+        shape[1] = self.shape()[1];
+        t.reshape(&shape)
+    }
+
+    /// Batch normalisation with the batch's own statistics (training mode):
+    /// returns the output, and the batch mean and unbiased variance per
+    /// channel (`[C]`) for updating running statistics.
+    pub fn batch_norm_train(
+        &self,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        eps: f32,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        const OP: &str = "batch_norm";
+        self.check_norm_input(OP, weight, bias)?;
+        let (mean, var, count) = self.channel_stats()?;
+        if count < 2 {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "expected more than one value per channel in training, got input {:?}",
+                    self.shape()
+                ),
+            ));
+        }
+        let y = self.sub(&mean)?.mul(&var.add_scalar(eps)?.rsqrt()?)?;
+        let y = self.affine(y, weight, bias)?;
+        let c = self.shape()[1];
+        let unbiased = var.mul_scalar(count as f32 / (count - 1) as f32)?;
+        Ok((
+            y,
+            mean.detach().reshape(&[c])?,
+            unbiased.detach().reshape(&[c])?,
+        ))
+    }
+
+    /// Batch normalisation with given statistics (evaluation mode).
+    pub fn batch_norm_eval(
+        &self,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        eps: f32,
+    ) -> Result<Tensor> {
+        const OP: &str = "batch_norm";
+        self.check_norm_input(OP, weight, bias)?;
+        let c = self.shape()[1];
+        for (name, t) in [("running_mean", running_mean), ("running_var", running_var)] {
+            if t.shape() != [c] {
+                return Err(Error::shape(
+                    OP,
+                    format!("{name} must be [{c}], got {:?}", t.shape()),
+                ));
+            }
+        }
+        // One scale and shift per channel, folded before touching the image.
+        let scale = running_var.add_scalar(eps)?.rsqrt()?;
+        let scale = match weight {
+            Some(w) => scale.mul(w)?,
+            None => scale,
+        };
+        let shift = running_mean.mul(&scale)?.neg()?;
+        let shift = match bias {
+            Some(b) => shift.add(b)?,
+            None => shift,
+        };
+        self.mul(&self.per_channel(&scale)?)?
+            .add(&self.per_channel(&shift)?)
+    }
+
+    fn check_norm_input(
+        &self,
+        op: &'static str,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+    ) -> Result<()> {
+        if self.dims() < 2 || self.shape()[1] == 0 {
+            return Err(Error::shape(
+                op,
+                format!("expected [N, C, ...], got {:?}", self.shape()),
+            ));
+        }
+        let c = self.shape()[1];
+        for t in [weight, bias].into_iter().flatten() {
+            if t.shape() != [c] {
+                return Err(Error::shape(
+                    op,
+                    format!("weight and bias must be [{c}], got {:?}", t.shape()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn affine(&self, y: Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>) -> Result<Tensor> {
+        let y = match weight {
+            Some(w) => y.mul(&self.per_channel(w)?)?,
+            None => y,
+        };
+        match bias {
+            Some(b) => y.add(&self.per_channel(b)?),
+            None => Ok(y),
+        }
+    }
+
+    /// PyTorch's `layer_norm` over the trailing `normalized_shape` dims.
+    pub fn layer_norm(
+        &self,
+        normalized_shape: &[usize],
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        eps: f32,
+    ) -> Result<Tensor> {
+        const OP: &str = "layer_norm";
+        let k = normalized_shape.len();
+        if k == 0 || k > self.dims() || self.shape()[self.dims() - k..] != *normalized_shape {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "normalized_shape {normalized_shape:?} must be the trailing dims of {:?}",
+                    self.shape()
+                ),
+            ));
+        }
+        for t in [weight, bias].into_iter().flatten() {
+            if t.shape() != normalized_shape {
+                return Err(Error::shape(
+                    OP,
+                    format!(
+                        "weight and bias must be {normalized_shape:?}, got {:?}",
+                        t.shape()
+                    ),
+                ));
+            }
+        }
+        let axes: Vec<isize> = (self.dims() - k..self.dims()).map(|a| a as isize).collect();
+        let mean = self.mean(&axes, true)?;
+        let centred = self.sub(&mean)?;
+        let var = centred.square()?.mean(&axes, true)?;
+        let y = centred.mul(&var.add_scalar(eps)?.rsqrt()?)?;
+        let y = match weight {
+            Some(w) => y.mul(w)?,
+            None => y,
+        };
+        match bias {
+            Some(b) => y.add(b),
+            None => Ok(y),
+        }
+    }
+
+    /// Zeroes each element with probability `p` and scales the rest by
+    /// `1 / (1 - p)`; the mask comes from the device's seeded random stream
+    /// (`Device::manual_seed`), generated on the GPU.
+    pub fn dropout(&self, p: f32, training: bool) -> Result<Tensor> {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(Error::invalid(
+                "dropout",
+                format!("p must be in [0, 1], got {p}"),
+            ));
+        }
+        if !training || p == 0.0 {
+            return Ok(self.clone());
+        }
+        if p == 1.0 {
+            return self.mul_scalar(0.0);
+        }
+        let keep =
+            Tensor::rand(self.device(), self.shape())?.ge(&Tensor::full(self.device(), &[], p))?;
+        let scaled = self.mul_scalar(1.0 / (1.0 - p))?;
+        Tensor::where_cond(&keep, &scaled, &self.zeros_like())
+    }
+}
