@@ -7,8 +7,9 @@
 //
 // Buffer sizes: C is addressed as vec4s, so bind C with a size rounded up to a multiple of 16
 // bytes (allocate the padding). Elements past M*N (or past the last batch) are never written.
-// Binding 3 holds six u32: M, N, K, then A_BATCH_STRIDE, B_BATCH_STRIDE, C_BATCH_STRIDE
-// (elements between batches, 0 = broadcast).
+// Binding 3 holds eight u32: M, N, K, then A_BATCH_STRIDE, B_BATCH_STRIDE, C_BATCH_STRIDE
+// (elements between batches, 0 = broadcast), then LDA and LDB, the row strides of A and B.
+// Rows longer than K let one dispatch split a long K into batches (split-K).
 // Dispatch: x = ceil(N / 256), y = ceil(M / 32), z = batch.   (BN = 8*TN = 256, BM = TM = 32)
 
 // Shapes are runtime values (binding 3) so that one pipeline serves every shape: the body is
@@ -32,6 +33,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let A_BATCH_STRIDE = dims[3];
     let B_BATCH_STRIDE = dims[4];
     let C_BATCH_STRIDE = dims[5];
+    let LDA = dims[6];   // elements between rows of A (K when A is contiguous)
+    let LDB = dims[7];   // elements between rows of B (N when B is contiguous)
     let row0 = wg.y * TM;
     let col0 = wg.x * BN + lane * TN;
     let a_off = wg.z * A_BATCH_STRIDE;
@@ -70,38 +73,38 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     var acc30_0 = vec4<f32>(0.0); var acc30_1 = vec4<f32>(0.0); var acc30_2 = vec4<f32>(0.0); var acc30_3 = vec4<f32>(0.0); var acc30_4 = vec4<f32>(0.0); var acc30_5 = vec4<f32>(0.0); var acc30_6 = vec4<f32>(0.0); var acc30_7 = vec4<f32>(0.0);
     var acc31_0 = vec4<f32>(0.0); var acc31_1 = vec4<f32>(0.0); var acc31_2 = vec4<f32>(0.0); var acc31_3 = vec4<f32>(0.0); var acc31_4 = vec4<f32>(0.0); var acc31_5 = vec4<f32>(0.0); var acc31_6 = vec4<f32>(0.0); var acc31_7 = vec4<f32>(0.0);
     // rows >= M / columns >= N are clamped: they compute junk that is never stored
-    let ar0 = a_off + min(row0 + 0u, M - 1u) * K;
-    let ar1 = a_off + min(row0 + 1u, M - 1u) * K;
-    let ar2 = a_off + min(row0 + 2u, M - 1u) * K;
-    let ar3 = a_off + min(row0 + 3u, M - 1u) * K;
-    let ar4 = a_off + min(row0 + 4u, M - 1u) * K;
-    let ar5 = a_off + min(row0 + 5u, M - 1u) * K;
-    let ar6 = a_off + min(row0 + 6u, M - 1u) * K;
-    let ar7 = a_off + min(row0 + 7u, M - 1u) * K;
-    let ar8 = a_off + min(row0 + 8u, M - 1u) * K;
-    let ar9 = a_off + min(row0 + 9u, M - 1u) * K;
-    let ar10 = a_off + min(row0 + 10u, M - 1u) * K;
-    let ar11 = a_off + min(row0 + 11u, M - 1u) * K;
-    let ar12 = a_off + min(row0 + 12u, M - 1u) * K;
-    let ar13 = a_off + min(row0 + 13u, M - 1u) * K;
-    let ar14 = a_off + min(row0 + 14u, M - 1u) * K;
-    let ar15 = a_off + min(row0 + 15u, M - 1u) * K;
-    let ar16 = a_off + min(row0 + 16u, M - 1u) * K;
-    let ar17 = a_off + min(row0 + 17u, M - 1u) * K;
-    let ar18 = a_off + min(row0 + 18u, M - 1u) * K;
-    let ar19 = a_off + min(row0 + 19u, M - 1u) * K;
-    let ar20 = a_off + min(row0 + 20u, M - 1u) * K;
-    let ar21 = a_off + min(row0 + 21u, M - 1u) * K;
-    let ar22 = a_off + min(row0 + 22u, M - 1u) * K;
-    let ar23 = a_off + min(row0 + 23u, M - 1u) * K;
-    let ar24 = a_off + min(row0 + 24u, M - 1u) * K;
-    let ar25 = a_off + min(row0 + 25u, M - 1u) * K;
-    let ar26 = a_off + min(row0 + 26u, M - 1u) * K;
-    let ar27 = a_off + min(row0 + 27u, M - 1u) * K;
-    let ar28 = a_off + min(row0 + 28u, M - 1u) * K;
-    let ar29 = a_off + min(row0 + 29u, M - 1u) * K;
-    let ar30 = a_off + min(row0 + 30u, M - 1u) * K;
-    let ar31 = a_off + min(row0 + 31u, M - 1u) * K;
+    let ar0 = a_off + min(row0 + 0u, M - 1u) * LDA;
+    let ar1 = a_off + min(row0 + 1u, M - 1u) * LDA;
+    let ar2 = a_off + min(row0 + 2u, M - 1u) * LDA;
+    let ar3 = a_off + min(row0 + 3u, M - 1u) * LDA;
+    let ar4 = a_off + min(row0 + 4u, M - 1u) * LDA;
+    let ar5 = a_off + min(row0 + 5u, M - 1u) * LDA;
+    let ar6 = a_off + min(row0 + 6u, M - 1u) * LDA;
+    let ar7 = a_off + min(row0 + 7u, M - 1u) * LDA;
+    let ar8 = a_off + min(row0 + 8u, M - 1u) * LDA;
+    let ar9 = a_off + min(row0 + 9u, M - 1u) * LDA;
+    let ar10 = a_off + min(row0 + 10u, M - 1u) * LDA;
+    let ar11 = a_off + min(row0 + 11u, M - 1u) * LDA;
+    let ar12 = a_off + min(row0 + 12u, M - 1u) * LDA;
+    let ar13 = a_off + min(row0 + 13u, M - 1u) * LDA;
+    let ar14 = a_off + min(row0 + 14u, M - 1u) * LDA;
+    let ar15 = a_off + min(row0 + 15u, M - 1u) * LDA;
+    let ar16 = a_off + min(row0 + 16u, M - 1u) * LDA;
+    let ar17 = a_off + min(row0 + 17u, M - 1u) * LDA;
+    let ar18 = a_off + min(row0 + 18u, M - 1u) * LDA;
+    let ar19 = a_off + min(row0 + 19u, M - 1u) * LDA;
+    let ar20 = a_off + min(row0 + 20u, M - 1u) * LDA;
+    let ar21 = a_off + min(row0 + 21u, M - 1u) * LDA;
+    let ar22 = a_off + min(row0 + 22u, M - 1u) * LDA;
+    let ar23 = a_off + min(row0 + 23u, M - 1u) * LDA;
+    let ar24 = a_off + min(row0 + 24u, M - 1u) * LDA;
+    let ar25 = a_off + min(row0 + 25u, M - 1u) * LDA;
+    let ar26 = a_off + min(row0 + 26u, M - 1u) * LDA;
+    let ar27 = a_off + min(row0 + 27u, M - 1u) * LDA;
+    let ar28 = a_off + min(row0 + 28u, M - 1u) * LDA;
+    let ar29 = a_off + min(row0 + 29u, M - 1u) * LDA;
+    let ar30 = a_off + min(row0 + 30u, M - 1u) * LDA;
+    let ar31 = a_off + min(row0 + 31u, M - 1u) * LDA;
     let bc0 = b_off + min(col0 + 0u, N - 1u);
     let bc1 = b_off + min(col0 + 1u, N - 1u);
     let bc2 = b_off + min(col0 + 2u, N - 1u);
@@ -208,7 +211,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         acc30_0 = fma(g0, a30, acc30_0); acc30_1 = fma(g1, a30, acc30_1); acc30_2 = fma(g2, a30, acc30_2); acc30_3 = fma(g3, a30, acc30_3); acc30_4 = fma(g4, a30, acc30_4); acc30_5 = fma(g5, a30, acc30_5); acc30_6 = fma(g6, a30, acc30_6); acc30_7 = fma(g7, a30, acc30_7);
         let a31 = vec4<f32>(a[ar31 + k]);
         acc31_0 = fma(g0, a31, acc31_0); acc31_1 = fma(g1, a31, acc31_1); acc31_2 = fma(g2, a31, acc31_2); acc31_3 = fma(g3, a31, acc31_3); acc31_4 = fma(g4, a31, acc31_4); acc31_5 = fma(g5, a31, acc31_5); acc31_6 = fma(g6, a31, acc31_6); acc31_7 = fma(g7, a31, acc31_7);
-        kb += N;
+        kb += LDB;
     }
     if (C_VEC4) {
         if (row0 + 0u < M) {

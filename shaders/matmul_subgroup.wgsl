@@ -15,14 +15,15 @@
 //
 // Buffer sizes: C is addressed as vec4s, so bind C with a size rounded up to a multiple of 16
 // bytes (allocate the padding). Elements past M*N (or past the last batch) are never written.
-// Binding 3 holds six u32: M, N, K, then A_BATCH_STRIDE, B_BATCH_STRIDE, C_BATCH_STRIDE
-// (elements between batches, 0 = broadcast).
+// Binding 3 holds eight u32: M, N, K, then A_BATCH_STRIDE, B_BATCH_STRIDE, C_BATCH_STRIDE
+// (elements between batches, 0 = broadcast), then LDA and LDB, the row strides of A and B.
+// Rows longer than K let one dispatch split a long K into batches (split-K).
 // Dispatch: x = ceil(N / 128), y = ceil(M / 128), z = batch.   (BN = 8*TN = 128, BM = TM = 128)
 
 // Shapes are runtime values (binding 3) so that one pipeline serves every shape: the body is
 // large and LLVM takes seconds to compile it. Only the two layout flags specialise it.
 override C_VEC4: bool;   // N % 4 == 0 and C_BATCH_STRIDE % 4 == 0: rows of C start on a vec4
-override ALIGNED: bool;  // K, N and the A/B batch strides are even: every row starts on a u64
+override ALIGNED: bool;  // K, N, LDA, LDB and the A/B batch strides are even: every row starts on a u64
 
 const TM: u32 = 128u;  // rows per workgroup (shared by its 8 lanes)
 const TN: u32 = 16u;    // columns per lane
@@ -44,6 +45,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invocation_id) l
     let A_BATCH_STRIDE = dims[3];
     let B_BATCH_STRIDE = dims[4];
     let C_BATCH_STRIDE = dims[5];
+    let LDA = dims[6];   // elements between rows of A (K when A is contiguous)
+    let LDB = dims[7];   // elements between rows of B (N when B is contiguous)
     let row0 = wg.y * TM;
     let col0 = wg.x * BN + lane * TN;
     let a_off = wg.z * A_BATCH_STRIDE;
@@ -178,24 +181,24 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invocation_id) l
     var acc126_0 = vec4<f32>(0.0); var acc126_1 = vec4<f32>(0.0); var acc126_2 = vec4<f32>(0.0); var acc126_3 = vec4<f32>(0.0);
     var acc127_0 = vec4<f32>(0.0); var acc127_1 = vec4<f32>(0.0); var acc127_2 = vec4<f32>(0.0); var acc127_3 = vec4<f32>(0.0);
     // Lane l loads A rows row0 + 8s + l (s < TM/8); rows >= M are clamped (junk, never stored).
-    let ea0 = a_off + min(row0 + 0u + lane, M - 1u) * K;   // element index of the row start
-    let ea1 = a_off + min(row0 + 8u + lane, M - 1u) * K;   // element index of the row start
-    let ea2 = a_off + min(row0 + 16u + lane, M - 1u) * K;   // element index of the row start
-    let ea3 = a_off + min(row0 + 24u + lane, M - 1u) * K;   // element index of the row start
-    let ea4 = a_off + min(row0 + 32u + lane, M - 1u) * K;   // element index of the row start
-    let ea5 = a_off + min(row0 + 40u + lane, M - 1u) * K;   // element index of the row start
-    let ea6 = a_off + min(row0 + 48u + lane, M - 1u) * K;   // element index of the row start
-    let ea7 = a_off + min(row0 + 56u + lane, M - 1u) * K;   // element index of the row start
-    let ea8 = a_off + min(row0 + 64u + lane, M - 1u) * K;   // element index of the row start
-    let ea9 = a_off + min(row0 + 72u + lane, M - 1u) * K;   // element index of the row start
-    let ea10 = a_off + min(row0 + 80u + lane, M - 1u) * K;   // element index of the row start
-    let ea11 = a_off + min(row0 + 88u + lane, M - 1u) * K;   // element index of the row start
-    let ea12 = a_off + min(row0 + 96u + lane, M - 1u) * K;   // element index of the row start
-    let ea13 = a_off + min(row0 + 104u + lane, M - 1u) * K;   // element index of the row start
-    let ea14 = a_off + min(row0 + 112u + lane, M - 1u) * K;   // element index of the row start
-    let ea15 = a_off + min(row0 + 120u + lane, M - 1u) * K;   // element index of the row start
+    let ea0 = a_off + min(row0 + 0u + lane, M - 1u) * LDA;   // element index of the row start
+    let ea1 = a_off + min(row0 + 8u + lane, M - 1u) * LDA;   // element index of the row start
+    let ea2 = a_off + min(row0 + 16u + lane, M - 1u) * LDA;   // element index of the row start
+    let ea3 = a_off + min(row0 + 24u + lane, M - 1u) * LDA;   // element index of the row start
+    let ea4 = a_off + min(row0 + 32u + lane, M - 1u) * LDA;   // element index of the row start
+    let ea5 = a_off + min(row0 + 40u + lane, M - 1u) * LDA;   // element index of the row start
+    let ea6 = a_off + min(row0 + 48u + lane, M - 1u) * LDA;   // element index of the row start
+    let ea7 = a_off + min(row0 + 56u + lane, M - 1u) * LDA;   // element index of the row start
+    let ea8 = a_off + min(row0 + 64u + lane, M - 1u) * LDA;   // element index of the row start
+    let ea9 = a_off + min(row0 + 72u + lane, M - 1u) * LDA;   // element index of the row start
+    let ea10 = a_off + min(row0 + 80u + lane, M - 1u) * LDA;   // element index of the row start
+    let ea11 = a_off + min(row0 + 88u + lane, M - 1u) * LDA;   // element index of the row start
+    let ea12 = a_off + min(row0 + 96u + lane, M - 1u) * LDA;   // element index of the row start
+    let ea13 = a_off + min(row0 + 104u + lane, M - 1u) * LDA;   // element index of the row start
+    let ea14 = a_off + min(row0 + 112u + lane, M - 1u) * LDA;   // element index of the row start
+    let ea15 = a_off + min(row0 + 120u + lane, M - 1u) * LDA;   // element index of the row start
     if (ALIGNED) {
-        let ne = N / 2u;
+        let ne = LDB / 2u;
         // word offset of this lane's column pair j in row 0 (clamped: junk columns stay in bounds)
         let cw0 = (b_off + min(col0 + 0u, N - 2u)) / 2u;
         let cw1 = (b_off + min(col0 + 2u, N - 2u)) / 2u;
@@ -222,7 +225,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invocation_id) l
         let wa14 = ea14 / 2u;
         let wa15 = ea15 / 2u;
         for (var k = 0u; k < K; k += 2u) {
-            let r0 = (k / 2u) * N;   // = k * ne
+            let r0 = (k / 2u) * LDB;   // = k * ne
             let r1 = r0 + ne;
             let y0_0 = b[cw0 + r0]; let y0_1 = b[cw1 + r0]; let y0_2 = b[cw2 + r0]; let y0_3 = b[cw3 + r0]; let y0_4 = b[cw4 + r0]; let y0_5 = b[cw5 + r0]; let y0_6 = b[cw6 + r0]; let y0_7 = b[cw7 + r0];
             let g0_0 = vec4<f32>(lo(y0_0), hi(y0_0), lo(y0_1), hi(y0_1));
@@ -545,7 +548,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invocation_id) l
         var cur15 = a[min(ea15 >> 1u, aw_last)];
         for (var k = 0u; k < K; k += 2u) {
             let ok1 = k + 1u < K;
-            let eb0 = b_off + k * N + col0;
+            let eb0 = b_off + k * LDB + col0;
             let pb0 = (eb0 & 1u) == 1u;
             let wb0 = eb0 >> 1u;
             let y0_0 = b[min(wb0 + 0u, bw_last)]; let y0_1 = b[min(wb0 + 1u, bw_last)]; let y0_2 = b[min(wb0 + 2u, bw_last)]; let y0_3 = b[min(wb0 + 3u, bw_last)]; let y0_4 = b[min(wb0 + 4u, bw_last)]; let y0_5 = b[min(wb0 + 5u, bw_last)]; let y0_6 = b[min(wb0 + 6u, bw_last)]; let y0_7 = b[min(wb0 + 7u, bw_last)]; let y0_8 = b[min(wb0 + 8u, bw_last)];
@@ -553,7 +556,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invocation_id) l
             let g0_1 = vec4<f32>(select(lo(y0_2), hi(y0_2), pb0), select(hi(y0_2), lo(y0_3), pb0), select(lo(y0_3), hi(y0_3), pb0), select(hi(y0_3), lo(y0_4), pb0));
             let g0_2 = vec4<f32>(select(lo(y0_4), hi(y0_4), pb0), select(hi(y0_4), lo(y0_5), pb0), select(lo(y0_5), hi(y0_5), pb0), select(hi(y0_5), lo(y0_6), pb0));
             let g0_3 = vec4<f32>(select(lo(y0_6), hi(y0_6), pb0), select(hi(y0_6), lo(y0_7), pb0), select(lo(y0_7), hi(y0_7), pb0), select(hi(y0_7), lo(y0_8), pb0));
-            let eb1 = b_off + min(k + 1u, K - 1u) * N + col0;
+            let eb1 = b_off + min(k + 1u, K - 1u) * LDB + col0;
             let pb1 = (eb1 & 1u) == 1u;
             let wb1 = eb1 >> 1u;
             let y1_0 = b[min(wb1 + 0u, bw_last)]; let y1_1 = b[min(wb1 + 1u, bw_last)]; let y1_2 = b[min(wb1 + 2u, bw_last)]; let y1_3 = b[min(wb1 + 3u, bw_last)]; let y1_4 = b[min(wb1 + 4u, bw_last)]; let y1_5 = b[min(wb1 + 5u, bw_last)]; let y1_6 = b[min(wb1 + 6u, bw_last)]; let y1_7 = b[min(wb1 + 7u, bw_last)]; let y1_8 = b[min(wb1 + 8u, bw_last)];

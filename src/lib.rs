@@ -12,6 +12,7 @@
 //! # }
 //! ```
 
+pub use cinder_cnn as cnn;
 pub use cinder_data as data;
 pub use cinder_nn as nn;
 pub use cinder_runtime as runtime;
@@ -24,6 +25,10 @@ pub use cinder_tensor::{
 /// What most programs need, in one import.
 pub mod prelude {
     pub use cinder_data::{Batch, DataLoader, Digits, InMemoryDataset};
-    pub use cinder_nn::{Adam, Linear, Module, Optimizer, ReLU, Sequential, Sgd};
-    pub use cinder_tensor::{no_grad, DType, Device, Error, Gradients, Result, Tensor};
+    pub use cinder_nn::{
+        Adam, Conv2d, Flatten, Linear, MaxPool2d, Module, Optimizer, ReLU, Sequential, Sgd,
+    };
+    pub use cinder_tensor::{
+        no_grad, Conv2dOptions, DType, Device, Error, Gradients, Pool2dOptions, Result, Tensor,
+    };
 }

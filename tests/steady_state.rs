@@ -3,33 +3,30 @@
 
 mod common;
 
-use cinder::nn::{Adam, Linear, Module, Optimizer, ReLU, Sequential};
+use cinder::nn::{
+    Adam, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, Module, Optimizer, ReLU, Sequential,
+};
+use cinder::tensor::Conv2dOptions;
 use cinder::{Result, Tensor};
 
-#[test]
-fn training_steps_create_nothing_after_the_first() -> Result<()> {
+/// Runs `steps` training steps of `model` on batches from `batch(i)` and
+/// asserts that from the second step on nothing is created on the GPU.
+fn assert_steady(
+    model: &dyn Module,
+    batch: impl Fn(usize) -> Result<(Tensor, Tensor)>,
+    steps: usize,
+) -> Result<()> {
     let device = common::device();
-    device.manual_seed(1);
-    let model = Sequential::new()
-        .add(Linear::new(&device, 64, 128, true)?)
-        .add(ReLU)
-        .add(Linear::new(&device, 128, 10, true)?);
     let mut opt = Adam::new(model.parameters(), 1e-3)?;
-    let batch = 32;
     let step = |i: usize, opt: &mut Adam| -> Result<f32> {
-        let xs: Vec<f32> = (0..batch * 64)
-            .map(|j| ((i * 31 + j * 7) % 17) as f32 / 17.0)
-            .collect();
-        let ys: Vec<i32> = (0..batch).map(|j| ((i + j) % 10) as i32).collect();
-        let x = Tensor::from_slice(&device, &xs, &[batch, 64])?;
-        let y = Tensor::from_slice(&device, &ys, &[batch])?;
+        let (x, y) = batch(i)?;
         let loss = model.forward(&x)?.cross_entropy(&y)?;
         opt.step(&loss.backward()?)?;
         loss.item()
     };
     step(0, &mut opt)?;
     let after_first = device.stats();
-    for i in 1..300 {
+    for i in 1..steps {
         step(i, &mut opt)?;
         let now = device.stats();
         assert_eq!(
@@ -59,6 +56,57 @@ fn training_steps_create_nothing_after_the_first() -> Result<()> {
     }
     let end = device.stats();
     // Each step is one submit for the whole training step and one for reading the loss.
-    assert_eq!(end.submits - after_first.submits, 2 * 299);
+    assert_eq!(end.submits - after_first.submits, 2 * (steps as u64 - 1));
     Ok(())
+}
+
+fn batch_of(i: usize, batch: usize, shape: &[usize], classes: usize) -> Result<(Tensor, Tensor)> {
+    let per: usize = shape.iter().product();
+    let xs: Vec<f32> = (0..batch * per)
+        .map(|j| ((i * 31 + j * 7) % 17) as f32 / 17.0)
+        .collect();
+    let ys: Vec<i32> = (0..batch).map(|j| ((i + j) % classes) as i32).collect();
+    let mut full = vec![batch];
+    full.extend_from_slice(shape);
+    let device = common::device();
+    Ok((
+        Tensor::from_slice(&device, &xs, &full)?,
+        Tensor::from_slice(&device, &ys, &[batch])?,
+    ))
+}
+
+#[test]
+fn training_steps_create_nothing_after_the_first() -> Result<()> {
+    let _serial = common::serial();
+    let device = common::device();
+    device.manual_seed(1);
+    let model = Sequential::new()
+        .add(Linear::new(&device, 64, 128, true)?)
+        .add(ReLU)
+        .add(Linear::new(&device, 128, 10, true)?);
+    assert_steady(&model, |i| batch_of(i, 32, &[64], 10), 300)
+}
+
+/// Convolutions, batch norm (whose running statistics are written in place
+/// during each step) and pooling keep the steady state too.
+#[test]
+fn cnn_training_steps_create_nothing_after_the_first() -> Result<()> {
+    let _serial = common::serial();
+    let device = common::device();
+    device.manual_seed(2);
+    let model = Sequential::new()
+        .add(Conv2d::new(
+            &device,
+            1,
+            6,
+            3,
+            Conv2dOptions::default().padding(1),
+            false,
+        )?)
+        .add(BatchNorm2d::new(&device, 6)?)
+        .add(ReLU)
+        .add(MaxPool2d::new(2))
+        .add(Flatten)
+        .add(Linear::new(&device, 6 * 4 * 4, 10, true)?);
+    assert_steady(&model, |i| batch_of(i, 16, &[1, 8, 8], 10), 100)
 }

@@ -37,7 +37,9 @@ DIMS = """    let M = dims[0];
     let K = dims[2];
     let A_BATCH_STRIDE = dims[3];
     let B_BATCH_STRIDE = dims[4];
-    let C_BATCH_STRIDE = dims[5];"""
+    let C_BATCH_STRIDE = dims[5];
+    let LDA = dims[6];   // elements between rows of A (K when A is contiguous)
+    let LDB = dims[7];   // elements between rows of B (N when B is contiguous)"""
 
 
 def acc_decls():
@@ -75,8 +77,9 @@ if mode == "portable":
 //
 // Buffer sizes: C is addressed as vec4s, so bind C with a size rounded up to a multiple of 16
 // bytes (allocate the padding). Elements past M*N (or past the last batch) are never written.
-// Binding 3 holds six u32: M, N, K, then A_BATCH_STRIDE, B_BATCH_STRIDE, C_BATCH_STRIDE
-// (elements between batches, 0 = broadcast).
+// Binding 3 holds eight u32: M, N, K, then A_BATCH_STRIDE, B_BATCH_STRIDE, C_BATCH_STRIDE
+// (elements between batches, 0 = broadcast), then LDA and LDB, the row strides of A and B.
+// Rows longer than K let one dispatch split a long K into batches (split-K).
 // Dispatch: x = ceil(N / {8 * TN}), y = ceil(M / {TM}), z = batch.   (BN = 8*TN = {8 * TN}, BM = TM = {TM})
 
 {COMMON_OVERRIDES}
@@ -101,7 +104,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     acc_decls()
     w("    // rows >= M / columns >= N are clamped: they compute junk that is never stored")
     for i in range(TM):
-        w("    let ar%d = a_off + min(row0 + %du, M - 1u) * K;" % (i, i))
+        w("    let ar%d = a_off + min(row0 + %du, M - 1u) * LDA;" % (i, i))
     for j in range(TN):
         w("    let bc%d = b_off + min(col0 + %du, N - 1u);" % (j, j))
     w("    var kb = 0u;")
@@ -111,7 +114,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     for i in range(TM):
         w("        let a%d = vec4<f32>(a[ar%d + k]);" % (i, i))
         w("        " + " ".join("acc%d_%d = fma(g%d, a%d, acc%d_%d);" % (i, j, j, i, i, j) for j in range(TN4)))
-    w("        kb += N;")
+    w("        kb += LDB;")
     w("    }")
     store_epilogue()
     w("}")
@@ -137,12 +140,13 @@ else:
 //
 // Buffer sizes: C is addressed as vec4s, so bind C with a size rounded up to a multiple of 16
 // bytes (allocate the padding). Elements past M*N (or past the last batch) are never written.
-// Binding 3 holds six u32: M, N, K, then A_BATCH_STRIDE, B_BATCH_STRIDE, C_BATCH_STRIDE
-// (elements between batches, 0 = broadcast).
+// Binding 3 holds eight u32: M, N, K, then A_BATCH_STRIDE, B_BATCH_STRIDE, C_BATCH_STRIDE
+// (elements between batches, 0 = broadcast), then LDA and LDB, the row strides of A and B.
+// Rows longer than K let one dispatch split a long K into batches (split-K).
 // Dispatch: x = ceil(N / {8 * TN}), y = ceil(M / {TM}), z = batch.   (BN = 8*TN = {8 * TN}, BM = TM = {TM})
 
 {COMMON_OVERRIDES}
-override ALIGNED: bool;  // K, N and the A/B batch strides are even: every row starts on a u64
+override ALIGNED: bool;  // K, N, LDA, LDB and the A/B batch strides are even: every row starts on a u64
 
 const TM: u32 = {TM}u;  // rows per workgroup (shared by its 8 lanes)
 const TN: u32 = {TN}u;    // columns per lane
@@ -167,7 +171,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invocation_id) l
     acc_decls()
     w("    // Lane l loads A rows row0 + 8s + l (s < TM/8); rows >= M are clamped (junk, never stored).")
     for s in range(S):
-        w("    let ea%d = a_off + min(row0 + %du + lane, M - 1u) * K;   // element index of the row start" % (s, 8 * s))
+        w("    let ea%d = a_off + min(row0 + %du + lane, M - 1u) * LDA;   // element index of the row start" % (s, 8 * s))
 
     def fmas(p):
         for i in range(TM):
@@ -176,14 +180,14 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invocation_id) l
 
     # ---------- aligned: every row starts at an even element -> u64 words hold (k, k+1) pairs
     w("    if (ALIGNED) {")
-    w("        let ne = N / 2u;")
+    w("        let ne = LDB / 2u;")
     w("        // word offset of this lane's column pair j in row 0 (clamped: junk columns stay in bounds)")
     for j in range(TW):
         w("        let cw%d = (b_off + min(col0 + %du, N - 2u)) / 2u;" % (j, 2 * j))
     for s in range(S):
         w("        let wa%d = ea%d / 2u;" % (s, s))
     w("        for (var k = 0u; k < K; k += 2u) {")
-    w("            let r0 = (k / 2u) * N;   // = k * ne")
+    w("            let r0 = (k / 2u) * LDB;   // = k * ne")
     w("            let r1 = r0 + ne;")
     for u in range(2):
         w("            " + " ".join("let y%d_%d = b[cw%d + r%d];" % (u, j, j, u) for j in range(TW)))
@@ -206,7 +210,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invocation_id) l
     w("            let ok1 = k + 1u < K;")
     for u in range(2):
         kr = "k" if u == 0 else "min(k + 1u, K - 1u)"
-        w("            let eb%d = b_off + %s * N + col0;" % (u, kr))
+        w("            let eb%d = b_off + %s * LDB + col0;" % (u, kr))
         w("            let pb%d = (eb%d & 1u) == 1u;" % (u, u))
         w("            let wb%d = eb%d >> 1u;" % (u, u))
         w("            " + " ".join("let y%d_%d = b[min(wb%d + %du, bw_last)];" % (u, j, u, j) for j in range(TW + 1)))

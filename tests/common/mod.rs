@@ -12,3 +12,12 @@ pub fn device() -> Device {
         Err(e) => panic!("{e}"),
     }
 }
+
+/// Serialises tests that assert on the shared device's counters or its
+/// default random stream. A test that panicked while holding it does not
+/// poison the others.
+#[allow(dead_code)]
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}

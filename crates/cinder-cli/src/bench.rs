@@ -19,6 +19,17 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 7)]
         reps: usize,
     },
+    /// Milliseconds per training step of the MNIST-shaped LeNet (batch 64 of
+    /// 1x28x28; forward, backward, Adam), the first step on its own, and
+    /// conv2d forward GFLOP/s for a few layer shapes.
+    Cnn {
+        /// Timed training steps (after the first, which compiles everything).
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        /// Timed repetitions per conv2d shape.
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+    },
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
@@ -31,7 +42,81 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             }
             mlp_steps(&device, reps.max(1))
         }
+        BenchCommand::Cnn { steps, reps } => {
+            let device = Device::new()?;
+            println!("adapter: {} ({})", device.adapter_name(), device.backend());
+            cnn_steps(&device, steps.max(1))?;
+            for (n, c, hw, k, co) in [
+                (64, 1, 28, 3, 32),
+                (64, 32, 14, 3, 64),
+                (16, 64, 56, 3, 64),
+                (32, 128, 14, 1, 128),
+            ] {
+                conv_forward(&device, [n, c, hw, hw], [co, c, k, k], reps.max(1))?;
+            }
+            Ok(())
+        }
     }
+}
+
+fn cnn_steps(device: &Device, steps: usize) -> Result<()> {
+    let spec = cinder::cnn::models::ModelSpec::lenet(28, 28, 10);
+    let model = spec.build(device)?;
+    let mut opt = Adam::new(model.parameters(), 1e-3)?;
+    let batch = 64;
+    let x = Tensor::rand_seeded(device, &[batch, 1, 28, 28], 0.0, 1.0, 7)?;
+    let labels: Vec<i32> = (0..batch as i32).map(|i| i % 10).collect();
+    let y = Tensor::from_slice(device, &labels, &[batch])?;
+    device.realize(&[x.node().clone()])?;
+    let mut times = Vec::with_capacity(steps + 1);
+    for _ in 0..=steps {
+        let t = Instant::now();
+        let loss = model.forward(&x)?.cross_entropy(&y)?;
+        opt.step(&loss.backward()?)?;
+        loss.item()?;
+        times.push(t.elapsed());
+    }
+    let first = times.remove(0);
+    let (med, min, max) = summary(&mut times);
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "cnn training step, batch {batch} of 1x28x28 (conv32-pool-conv64-pool-fc128-fc10, Adam): \
+         median {:.1} ms (min {:.1}, max {:.1}), {:.0} samples/s; first step {:.2} s",
+        ms(med),
+        ms(min),
+        ms(max),
+        batch as f64 / med.as_secs_f64(),
+        first.as_secs_f64()
+    );
+    Ok(())
+}
+
+fn conv_forward(device: &Device, x: [usize; 4], w: [usize; 4], reps: usize) -> Result<()> {
+    let opts = cinder::tensor::Conv2dOptions::default().padding(w[2] / 2);
+    let input = Tensor::rand_seeded(device, &x, -1.0, 1.0, 1)?;
+    let weight = Tensor::rand_seeded(device, &w, -1.0, 1.0, 2)?;
+    device.realize(&[input.node().clone(), weight.node().clone()])?;
+    let mut times = Vec::with_capacity(reps);
+    for i in 0..=reps {
+        device.synchronize()?;
+        let t = Instant::now();
+        input.conv2d(&weight, None, opts)?.realize()?;
+        device.synchronize()?;
+        if i > 0 {
+            times.push(t.elapsed());
+        }
+    }
+    let (med, min, max) = summary(&mut times);
+    let flops = 2.0 * (x[0] * w[0] * x[2] * x[3] * w[1] * w[2] * w[3]) as f64 / 1e9;
+    println!(
+        "conv2d {x:?} * {w:?} pad {}: median {:6.2} GFLOP/s (min {:6.2}, max {:6.2}), {:.2} ms",
+        w[2] / 2,
+        flops / med.as_secs_f64(),
+        flops / max.as_secs_f64(),
+        flops / min.as_secs_f64(),
+        med.as_secs_f64() * 1e3
+    );
+    Ok(())
 }
 
 fn summary(times: &mut [Duration]) -> (Duration, Duration, Duration) {

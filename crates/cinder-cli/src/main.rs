@@ -1,6 +1,7 @@
 //! The `cinder` command: adapters, training, benchmarks.
 
 mod bench;
+mod cnn;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +26,23 @@ enum Command {
         #[command(subcommand)]
         model: train::TrainCommand,
     },
+    /// Held-out accuracy and confusion matrix of a trained classifier.
+    Eval {
+        /// A model.safetensors written by `cinder train cnn`.
+        #[arg(long)]
+        checkpoint: std::path::PathBuf,
+        /// Evaluate on MNIST's test files in this directory (default: the bundled digits).
+        #[arg(long)]
+        mnist: Option<std::path::PathBuf>,
+    },
+    /// Classifies image files (PNG, JPEG; any size and colour): top-3 classes.
+    Predict {
+        /// A model.safetensors written by `cinder train cnn`.
+        #[arg(long)]
+        checkpoint: std::path::PathBuf,
+        #[arg(required = true)]
+        images: Vec<std::path::PathBuf>,
+    },
     /// Measures kernels and training steps on the current adapter.
     Bench {
         #[command(subcommand)]
@@ -38,6 +56,8 @@ fn main() {
     let result = match cli.command {
         Command::Info => info(),
         Command::Train { model } => train::run(model),
+        Command::Eval { checkpoint, mnist } => cnn::eval(&checkpoint, mnist.as_deref()),
+        Command::Predict { checkpoint, images } => cnn::predict(&checkpoint, &images),
         Command::Bench { what } => bench::run(what),
     };
     if let Err(e) = result {

@@ -27,6 +27,9 @@ pub enum TrainCommand {
         #[arg(long, default_value = "runs/mlp")]
         out: PathBuf,
     },
+    /// The LeNet-style convolutional network on the bundled digits (or MNIST
+    /// with --mnist DIR), with checkpoints, curves and a confusion matrix.
+    Cnn(crate::cnn::TrainCnn),
 }
 
 pub fn run(cmd: TrainCommand) -> Result<()> {
@@ -38,6 +41,7 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
             seed,
             out,
         } => train_mlp(epochs, batch_size, lr, seed, &out),
+        TrainCommand::Cnn(args) => crate::cnn::train(args),
     }
 }
 

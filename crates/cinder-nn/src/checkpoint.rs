@@ -92,6 +92,16 @@ pub fn save_tensors_with_metadata(
     write_atomic(path, &bytes)
 }
 
+/// Little-endian int64 values as int32 bytes, if every value fits.
+fn narrow_i64(bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(bytes.len() / 2);
+    for chunk in bytes.chunks_exact(8) {
+        let v = i64::from_le_bytes(chunk.try_into().ok()?);
+        out.extend_from_slice(&i32::try_from(v).ok()?.to_le_bytes());
+    }
+    Some(out)
+}
+
 /// Saves a module's state_dict.
 pub fn save(path: impl AsRef<Path>, module: &dyn Module) -> Result<()> {
     save_tensors(path, &module.state_dict())
@@ -146,13 +156,23 @@ pub fn load_tensors(
             }
         };
         let want = st_dtype(target.dtype());
-        if view.dtype() != want {
-            problems.push(format!(
-                "{name}: dtype {:?} in the file, the model has {want:?}",
-                view.dtype()
-            ));
-            continue;
-        }
+        let data = match (view.dtype(), want) {
+            (have, want) if have == want => view.data().to_vec(),
+            // PyTorch keeps counters such as num_batches_tracked in int64.
+            (Dtype::I64, Dtype::I32) => match narrow_i64(view.data()) {
+                Some(d) => d,
+                None => {
+                    problems.push(format!("{name}: int64 values do not fit in int32"));
+                    continue;
+                }
+            },
+            (have, want) => {
+                problems.push(format!(
+                    "{name}: dtype {have:?} in the file, the model has {want:?}"
+                ));
+                continue;
+            }
+        };
         if view.shape() != target.shape() {
             problems.push(format!(
                 "{name}: shape {:?} in the file, the model has {:?}",
@@ -161,12 +181,7 @@ pub fn load_tensors(
             ));
             continue;
         }
-        let value = Node::from_bytes(
-            target.device(),
-            target.shape(),
-            target.dtype(),
-            view.data().to_vec(),
-        )?;
+        let value = Node::from_bytes(target.device(), target.shape(), target.dtype(), data)?;
         effects.push(Effect::Assign {
             target: target.node().clone(),
             value,

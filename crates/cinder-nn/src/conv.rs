@@ -37,7 +37,12 @@ fn check_channels(
     k: usize,
     groups: usize,
 ) -> Result<()> {
-    if c_in == 0 || c_out == 0 || k == 0 || groups == 0 || c_in % groups != 0 || c_out % groups != 0
+    if c_in == 0
+        || c_out == 0
+        || k == 0
+        || groups == 0
+        || !c_in.is_multiple_of(groups)
+        || !c_out.is_multiple_of(groups)
     {
         return Err(Error::invalid(
             op,

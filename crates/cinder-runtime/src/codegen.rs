@@ -550,6 +550,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 /// both spreads a large reduction over the GPU and stays clear of a lavapipe
 /// miscompile of loops that run 65535 or more times per thread.
 #[allow(clippy::too_many_arguments)]
+/// Reductions this short run one thread per output, serially: a 64-thread
+/// workgroup and its barrier tree cost far more than a few additions, and
+/// pooling windows and small grouped sums are exactly this shape.
+const SERIAL_SPAN: usize = 64;
+
+/// Whether `reduce` generates the one-thread-per-output form, whose grid is
+/// counted in threads of `ELEMENTWISE_WG` rather than in workgroups.
+pub(crate) fn serial_reduce(span: usize, parts: usize) -> bool {
+    parts <= 1 && span <= SERIAL_SPAN
+}
+
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn reduce(
     entries: &[Entry],
     materialized: &dyn Fn(usize) -> bool,
@@ -630,9 +642,41 @@ pub(crate) fn reduce(
             ),
         )
     };
+    let n_out = numel(out_shape);
+    if serial_reduce(r_total, parts) {
+        let store = g.store(out, "o", if arg { "i32(acci)" } else { "acc" });
+        let mut src = String::from(PRELUDE);
+        src.push_str(&g.declarations(out));
+        let _ = write!(
+            src,
+            "
+@compute @workgroup_size({ELEMENTWISE_WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {{
+    let o = (wid.y * nwg.x + wid.x) * {ELEMENTWISE_WG}u + lid;
+    if (o >= {n_out}u) {{ return; }}
+    let base = {base};
+    var acc: {ty} = {init};
+    var acci: u32 = 0u;
+    for (var r: u32 = 0u; r < {r_total}u; r = r + 1u) {{
+        let ridx = {red};
+{body}        {step}
+    }}
+    {store}
+}}
+",
+            base = base_terms.join(" + "),
+            red = red_terms.join(" + "),
+        );
+        return Generated {
+            source: src,
+            inputs: g.inputs,
+            seeds: g.seeds,
+            items: n_out as u64,
+        };
+    }
     let result = if arg { "i32(red_i[0])" } else { "red_v[0]" };
     let store = g.store(out, "wg", result);
-    let n_out = numel(out_shape);
     let span = r_total.div_ceil(parts.max(1));
     let mut src = String::from(PRELUDE);
     src.push_str(&g.declarations(out));

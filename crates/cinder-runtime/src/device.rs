@@ -358,8 +358,18 @@ impl Device {
     /// on this device, after everything in it has read the old value. Batch
     /// norm's running statistics use this: updated in the training step's
     /// own submit, in place, with no extra pass and no buffer created.
+    ///
+    /// The write happens in the next realization that has effects of its
+    /// own (an optimizer step, a checkpoint load) or that reads `target`,
+    /// so unrelated realizations (initialising optimizer state, say) keep
+    /// their plans. A second deferral to the same target replaces the first:
+    /// both were computed from the same old value.
     pub fn defer_assign(&self, target: &crate::graph::Node, value: crate::graph::Node) {
-        lock(&self.inner.deferred).push(crate::canon::Effect::Assign {
+        let mut deferred = lock(&self.inner.deferred);
+        deferred.retain(|e| {
+            !matches!(e, crate::canon::Effect::Assign { target: t, .. } if t.id() == target.id())
+        });
+        deferred.push(crate::canon::Effect::Assign {
             target: target.clone(),
             value,
         });

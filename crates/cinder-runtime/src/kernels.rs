@@ -9,8 +9,9 @@ const SGD_MOMENTUM: &str = include_str!("../../../shaders/sgd_momentum.wgsl");
 pub(crate) struct MatmulKernel {
     pub source: &'static str,
     pub constants: Vec<(String, f64)>,
-    /// M, N, K and the A, B, C batch strides (0 = broadcast), read by the
-    /// kernel from its last binding so one pipeline serves every shape.
+    /// M, N, K, the A, B, C batch strides (0 = broadcast) and the row
+    /// strides of A and B, read by the kernel from its last binding so one
+    /// pipeline serves every shape.
     pub dims: Vec<u32>,
     pub workgroups: (u32, u32, u32),
 }
@@ -44,40 +45,79 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let col = gid.x;
     let row = gid.y;
     if (row >= m || col >= n) { return; }
-    let ab = gid.z * dims[3] + row * k;
+    let ab = gid.z * dims[3] + row * dims[6];
     let bb = gid.z * dims[4] + col;
     var acc = 0.0;
     for (var i = 0u; i < k; i = i + 1u) {
-        acc = acc + a[ab + i] * b[bb + i * n];
+        acc = acc + a[ab + i] * b[bb + i * dims[7]];
     }
     c[gid.z * dims[5] + row * n + col] = acc;
 }
 ";
 
-/// The kernel for `a @ b` (row-major, batch dims already flattened to one).
-/// `subgroups` says whether the device offers the subgroup kernel.
+/// Into how many parts to split a product's K: a long-K product with few
+/// output blocks (a weight gradient, say) would otherwise run on a handful
+/// of workgroups while the other cores idle. Each part is one batch of the
+/// same kernel, summed afterwards in a fixed order. Parts keep an even
+/// length so the subgroup kernel's paired loads stay aligned.
+pub(crate) fn split_k(m: usize, n: usize, k: usize, batch: usize, subgroups: bool) -> usize {
+    if batch != 1 || m * n * k < SMALL_MATMUL {
+        return 1;
+    }
+    let (rows, cols) = if subgroups {
+        MATMUL_SUBGROUP_BLOCK
+    } else {
+        MATMUL_BLOCK
+    };
+    let blocks = m.div_ceil(rows) * n.div_ceil(cols);
+    let mut parts = 1;
+    while blocks * parts < SPLIT_K_TARGET_GROUPS
+        && k.is_multiple_of(4 * parts)
+        && k / (2 * parts) >= SPLIT_K_MIN_LEN
+    {
+        parts *= 2;
+    }
+    parts
+}
+
+/// Workgroups split-K aims for, and the shortest part worth a workgroup.
+const SPLIT_K_TARGET_GROUPS: usize = 16;
+const SPLIT_K_MIN_LEN: usize = 256;
+
+/// The kernel for `a @ b` (row-major, batch dims already flattened to one),
+/// in `split` parts along K (see [`split_k`]; the parts land in consecutive
+/// `m x n` blocks of the output). `subgroups` says whether the device offers
+/// the subgroup kernel.
 pub(crate) fn matmul(
     a: &[usize],
     b: &[usize],
     a_batched: bool,
     b_batched: bool,
     subgroups: bool,
+    split: usize,
 ) -> MatmulKernel {
     let (m, k) = (a[a.len() - 2], a[a.len() - 1]);
     let n = b[b.len() - 1];
-    let batch = if a_batched {
+    let mut batch = if a_batched {
         a[0]
     } else if b_batched {
         b[0]
     } else {
         1
     };
-    let (stride_a, stride_b, stride_c) = (
+    let (mut loop_k, mut stride_a, mut stride_b) = (
+        k,
         if a_batched { m * k } else { 0 },
         if b_batched { k * n } else { 0 },
-        m * n,
     );
-    let dims = [m, n, k, stride_a, stride_b, stride_c]
+    if split > 1 {
+        loop_k = k / split;
+        stride_a = loop_k;
+        stride_b = loop_k * n;
+        batch = split;
+    }
+    let stride_c = m * n;
+    let dims = [m, n, loop_k, stride_a, stride_b, stride_c, k, n]
         .iter()
         .map(|&d| d as u32)
         .collect();
@@ -88,7 +128,7 @@ pub(crate) fn matmul(
             batch as u32,
         )
     };
-    if m * n * k < SMALL_MATMUL {
+    if m * n * k * batch / split < SMALL_MATMUL {
         return MatmulKernel {
             source: SMALL_MATMUL_SRC,
             constants: vec![],
@@ -99,7 +139,7 @@ pub(crate) fn matmul(
     let c_vec4 = n.is_multiple_of(4) && stride_c.is_multiple_of(4);
     let mut constants = vec![("C_VEC4".to_string(), c_vec4 as u8 as f64)];
     if subgroups {
-        let aligned = [k, n, stride_a, stride_b]
+        let aligned = [loop_k, n, k, stride_a, stride_b]
             .iter()
             .all(|d| d.is_multiple_of(2));
         constants.push(("ALIGNED".to_string(), aligned as u8 as f64));

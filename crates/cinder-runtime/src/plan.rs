@@ -8,6 +8,7 @@ use crate::canon::{canonicalize, Bindings, Canon, CanonEffect, Effect, Entry, Ki
 use crate::codegen::{self, Generated, ELEMENTWISE_WG};
 use crate::device::{lock, Counters, Device, PipelineEntry};
 use crate::error::{Error, Result};
+use crate::graph::ReduceOp;
 use crate::graph::{contiguous_strides, numel, Node};
 use crate::kernels;
 use crate::pool::{padded_size, BufferKind, Storage};
@@ -44,6 +45,8 @@ struct Binding {
 }
 
 struct Step {
+    /// What the kernel computes, for `CINDER_PROFILE` output.
+    label: String,
     pipeline: Arc<PipelineEntry>,
     bindings: Vec<Binding>,
     scalars: Option<(Storage, ScalarSource)>,
@@ -77,6 +80,15 @@ pub(crate) fn grid(device: &Device, items: u64, wg: u32) -> (u32, u32, u32) {
         let y = groups.div_ceil(max);
         let x = groups.div_ceil(y);
         (x as u32, y as u32, 1)
+    }
+}
+
+/// Threads per workgroup of a reduction over `span` elements in `parts`.
+fn reduce_wg(span: usize, parts: usize) -> u32 {
+    if codegen::serial_reduce(span, parts) {
+        ELEMENTWISE_WG
+    } else {
+        codegen::REDUCE_WG
     }
 }
 
@@ -150,6 +162,47 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
             }
         }
     }
+    // Long-K products with few output blocks become split-K: partial
+    // products, one per part of K, then their sum.
+    let mut split_matmuls: std::collections::HashMap<usize, (usize, usize, usize)> =
+        std::collections::HashMap::new();
+    for i in 0..canon.entries.len() {
+        if let Kind::Matmul {
+            a,
+            b,
+            a_batched,
+            b_batched,
+        } = canon.entries[i].kind
+        {
+            let (sa, sb) = (&canon.entries[a].shape, &canon.entries[b].shape);
+            let (m, k, n) = (sa[sa.len() - 2], sa[sa.len() - 1], sb[sb.len() - 1]);
+            let batch = if a_batched || b_batched {
+                canon.entries[i].shape[0]
+            } else {
+                1
+            };
+            let parts = kernels::split_k(m, n, k, batch, device.inner.subgroup_matmul);
+            if parts > 1 {
+                let partial = entries.len();
+                entries.push(Entry {
+                    shape: vec![parts, m * n],
+                    dtype: canon.entries[i].dtype,
+                    kind: canon.entries[i].kind.clone(),
+                });
+                let combine = entries.len();
+                entries.push(Entry {
+                    shape: vec![1, m * n],
+                    dtype: canon.entries[i].dtype,
+                    kind: Kind::Reduce {
+                        op: crate::graph::ReduceOp::Sum,
+                        axes: vec![0],
+                        input: partial,
+                    },
+                });
+                split_matmuls.insert(i, (partial, combine, parts));
+            }
+        }
+    }
     let synthetic_from = canon.entries.len();
     let entries = &entries;
     let n = entries.len();
@@ -168,11 +221,20 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
         if i >= synthetic_from {
             // Partials get a scratch buffer; the combining step writes into
             // the original reduction's buffer.
-            mat[i] = split.values().any(|&(p, _, _)| p == i);
+            mat[i] = split
+                .values()
+                .chain(split_matmuls.values())
+                .any(|&(p, _, _)| p == i);
             continue;
         }
         mat[i] = match &entries[i].kind {
-            Kind::External | Kind::Upload | Kind::Reduce { .. } | Kind::Matmul { .. } => true,
+            // A fold sums several taps per pixel: inlined into its consumers
+            // (and into other folds) its cost would multiply.
+            Kind::External
+            | Kind::Upload
+            | Kind::Reduce { .. }
+            | Kind::Matmul { .. }
+            | Kind::Fold(..) => true,
             // Views and generators are free to recompute in every consumer.
             Kind::View(..) | Kind::Const | Kind::Iota { .. } | Kind::Rand { .. } => is_root[i],
             _ => is_root[i] || uses[i] > 1,
@@ -252,7 +314,7 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
                 None => (
                     codegen::reduce(entries, &matf, chunk, i, i, *op, axes, *input, 1),
                     format!("reduce {op:?}"),
-                    codegen::REDUCE_WG,
+                    reduce_wg(axes.iter().map(|&a| entries[*input].shape[a]).product(), 1),
                     vec![],
                 ),
                 Some(&(partial, combine, parts)) => {
@@ -274,7 +336,7 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
                     (
                         codegen::reduce(entries, &matf, chunk, combine, i, *op, &[1], partial, 1),
                         format!("reduce {op:?}"),
-                        codegen::REDUCE_WG,
+                        reduce_wg(parts, 1),
                         vec![],
                     )
                 }
@@ -291,26 +353,53 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
                     buffer_of(&mat, *b)
                         .ok_or_else(|| Error::Gpu("matmul input without buffer".into()))?,
                 );
+                let (partial, combine, parts) = split_matmuls.get(&i).copied().unwrap_or((i, i, 1));
                 let k = kernels::matmul(
                     &entries[*a].shape,
                     &entries[*b].shape,
                     *a_batched,
                     *b_batched,
                     device.inner.subgroup_matmul,
+                    parts,
                 );
-                workgroups = Some(k.workgroups);
-                matmul_dims = Some(k.dims);
-                (
-                    Generated {
-                        source: k.source.to_string(),
-                        inputs: vec![ba, bb],
-                        seeds: vec![],
-                        items: 0,
-                    },
-                    "matmul".to_string(),
-                    1,
-                    k.constants,
-                )
+                let generated = Generated {
+                    source: k.source.to_string(),
+                    inputs: vec![ba, bb],
+                    seeds: vec![],
+                    items: 0,
+                };
+                if parts == 1 {
+                    workgroups = Some(k.workgroups);
+                    matmul_dims = Some(k.dims);
+                    (generated, "matmul".to_string(), 1, k.constants)
+                } else {
+                    pending.push(Pending {
+                        generated,
+                        output: partial,
+                        label: format!("matmul split-K x{parts}"),
+                        wg: 1,
+                        constants: k.constants,
+                        scalars: Some(ScalarSource::Words(k.dims)),
+                        workgroups: Some(k.workgroups),
+                        hand_written: true,
+                    });
+                    (
+                        codegen::reduce(
+                            entries,
+                            &matf,
+                            chunk,
+                            combine,
+                            i,
+                            ReduceOp::Sum,
+                            &[0],
+                            partial,
+                            1,
+                        ),
+                        "split-K sum".to_string(),
+                        reduce_wg(parts, 1),
+                        vec![],
+                    )
+                }
             }
             _ => (
                 codegen::elementwise(entries, &matf, chunk, i, i, false),
@@ -602,6 +691,7 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
             }
         };
         steps.push(Step {
+            label: format!("{} -> {:?}", p.label, entries[p.output].shape),
             pipeline,
             bindings,
             scalars,
@@ -639,7 +729,62 @@ fn const_bits(dtype: crate::graph::DType, v: f64) -> u32 {
     }
 }
 
+/// `CINDER_PROFILE=1`: every realization first runs each kernel on its own
+/// and prints its wall time to stderr (the results are then computed again
+/// as usual). A development aid; it changes timings, not values... unless a
+/// kernel writes in place, so optimizer steps are left out of it.
+fn profiling() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("CINDER_PROFILE").is_ok_and(|v| !v.is_empty() && v != "0"))
+}
+
 impl Plan {
+    fn profile(&self, device: &Device, storages: &[Storage]) -> Result<()> {
+        let dev = &device.inner.device;
+        for step in self.steps.iter().filter(|s| {
+            s.scalars
+                .as_ref()
+                .is_none_or(|(_, src)| !matches!(src, ScalarSource::Hyper { .. }))
+        }) {
+            if step.label.starts_with("assign") {
+                continue;
+            }
+            let mut bufs: Vec<(u64, u64, u64, &wgpu::Buffer)> = step
+                .bindings
+                .iter()
+                .map(|b| {
+                    let s = &storages[b.resource];
+                    (s.id(), b.offset, b.size, s.buffer())
+                })
+                .collect();
+            if let Some((s, _)) = &step.scalars {
+                bufs.push((s.id(), 0, s.size_bytes(), s.buffer()));
+            }
+            let bg = device.bind_group(&step.pipeline, &bufs);
+            let started = std::time::Instant::now();
+            let mut encoder =
+                dev.create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
+            {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+                pass.set_pipeline(&step.pipeline.pipeline);
+                pass.set_bind_group(0, Some(bg.as_ref()), &[]);
+                let (x, y, z) = step.workgroups;
+                pass.dispatch_workgroups(x, y, z);
+            }
+            device.inner.queue.submit([encoder.finish()]);
+            dev.poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| Error::DeviceLost(e.to_string()))?;
+            eprintln!(
+                "cinder profile: {:8.3} ms  {:?}  {}",
+                started.elapsed().as_secs_f64() * 1e3,
+                step.workgroups,
+                step.label
+            );
+        }
+        eprintln!("cinder profile: ---- end of realization");
+        Ok(())
+    }
+
     fn execute(
         &self,
         device: &Device,
@@ -700,6 +845,9 @@ impl Plan {
             }
         }
 
+        if profiling() {
+            self.profile(device, &storages)?;
+        }
         let mut encoder =
             device
                 .inner
@@ -771,7 +919,19 @@ impl Device {
             }
         }
         let _exec = lock(&self.inner.exec);
-        let deferred = std::mem::take(&mut *lock(&self.inner.deferred));
+        let deferred = {
+            let mut pending = lock(&self.inner.deferred);
+            let flush = !effects.is_empty()
+                || pending.iter().any(|e| match e {
+                    Effect::Assign { target, .. } => roots.iter().any(|r| r.id() == target.id()),
+                    Effect::Optim { .. } => true,
+                });
+            if flush {
+                std::mem::take(&mut *pending)
+            } else {
+                Vec::new()
+            }
+        };
         let canon = if deferred.is_empty() {
             canonicalize(roots, effects)?
         } else {

@@ -224,10 +224,23 @@ impl Tensor {
             padding: opts.padding,
             dilation: opts.dilation,
         };
+        // One GEMM per group over the whole batch: cols is [C_in/g * KH * KW,
+        // N * OH * OW], so the weight gradient is a single long-K product
+        // rather than a batch of small ones summed afterwards. The unfold is
+        // computed straight into that layout (a permuted view is free).
         let taps = c_in_g * kh * kw;
-        let cols = self.unfold2d(&win)?.reshape(&[n, g, taps, oh * ow])?;
+        let l = oh * ow;
+        let cols = self
+            .unfold2d(&win)?
+            .reshape(&[n, g, taps, l])?
+            .permute(&[1, 2, 0, 3])?
+            .reshape(&[g, taps, n * l])?;
         let w2 = weight.reshape(&[g, c_out / g, taps])?;
-        let y = w2.matmul(&cols)?.reshape(&[n, c_out, oh, ow])?;
+        let y = w2
+            .matmul(&cols)?
+            .reshape(&[c_out, n, l])?
+            .permute(&[1, 0, 2])?
+            .reshape(&[n, c_out, oh, ow])?;
         add_channel_bias(OP, y, bias, c_out)
     }
 
@@ -307,14 +320,19 @@ impl Tensor {
             padding: opts.padding,
             dilation: opts.dilation,
         };
-        // cols[n, g] = W[g]^T @ x[n, g]: [C_out/g * KH * KW, H * W].
+        // cols[g] = W[g]^T @ x[g] over the whole batch: [C_out/g * KH * KW, N * H * W].
+        let l = h * w;
         let wt = weight
             .reshape(&[g, c_in / g, c_out_g * kh * kw])?
             .transpose(1, 2)?;
-        let x = self.reshape(&[n, g, c_in / g, h * w])?;
+        let x = self
+            .reshape(&[n, g, c_in / g, l])?
+            .permute(&[1, 2, 0, 3])?
+            .reshape(&[g, c_in / g, n * l])?;
         let y = wt
             .matmul(&x)?
-            .reshape(&[n, c_out, kh, kw, h, w])?
+            .reshape(&[c_out, kh, kw, n, h, w])?
+            .permute(&[3, 0, 1, 2, 4, 5])?
             .fold2d(&win)?;
         add_channel_bias(OP, y, bias, c_out)
     }

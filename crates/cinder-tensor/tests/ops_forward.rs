@@ -1725,6 +1725,7 @@ fn matmul_portable_kernel() {
         (vec![129, 127], vec![127, 33]),
         (vec![67, 256], vec![256, 260]),
         (vec![3, 33, 129], vec![129, 65]),
+        (vec![9, 4096], vec![4096, 33]),
     ] {
         let a = rng.vec(numel(&sa), -1.0, 1.0);
         let b = rng.vec(numel(&sb), -1.0, 1.0);
@@ -1737,6 +1738,16 @@ fn matmul_portable_kernel() {
             &aa.matmul(&ab),
             &aa.abs().matmul(&ab.abs()),
         );
+    }
+}
+
+/// Long K with few output blocks runs as split-K: partial products over parts
+/// of K, summed afterwards (parts of uneven count, odd M and N).
+#[test]
+fn matmul_split_k() {
+    let mut rng = Rng::named("matmul_split_k");
+    for (m, k, n) in [(9, 4096, 33), (17, 3000, 10), (3, 2052, 5)] {
+        matmul_check("split-K matmul", &mut rng, &[m, k], &[k, n]);
     }
 }
 
