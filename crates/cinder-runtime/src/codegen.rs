@@ -312,6 +312,34 @@ impl Gen<'_> {
         );
         let mut inner = String::new();
         let v = self.value(&mut inner, input, &child, false);
+        if win.stride == win.kernel && win.dilation == [1, 1] {
+            // Windows that tile the image: each pixel is one tap of at most
+            // one window, found by division instead of a loop over taps.
+            let valid = self.fresh("ok");
+            let _ = write!(
+                body,
+                "    let {nc} = {idx} / {plane}u;
+    let {ty} = {row} + {ph}u;
+    let {tx} = {col} + {pw}u;
+    let {oh} = {ty} / {sh}u;
+    let {ow} = {tx} / {sw}u;
+    let {kh} = {ty} % {sh}u;
+    let {kw} = {tx} % {sw}u;
+    let {valid} = {oh} < {oh_n}u && {ow} < {ow_n}u;
+    let {child} = select(0u, (({nc} * {kh_n}u + {kh}) * {kw_n}u + {kw}) * {windows}u + {oh} * {ow_n}u + {ow}, {valid});
+{inner}    let {acc} = select({zero}, {v}, {valid});
+",
+                row = coord(idx, shape, 2),
+                col = coord(idx, shape, 3),
+                ph = win.padding[0],
+                pw = win.padding[1],
+                sh = win.stride[0],
+                sw = win.stride[1],
+                windows = oh_n * ow_n,
+                zero = zero(dtype),
+            );
+            return acc;
+        }
         let _ = write!(
             body,
             "    var {acc}: {ty_name} = {zero};

@@ -22,11 +22,36 @@ pub(crate) struct MatmulKernel {
 const MATMUL: &str = include_str!("../../../shaders/matmul.wgsl");
 const MATMUL_BLOCK: (usize, usize) = (32, 256);
 
-/// The fast matmul where subgroups and 64-bit integers exist: one subgroup of
-/// 8 lanes computes a 128x128 block, A is loaded once and broadcast, loads
-/// fetch two floats at once (see shaders/matmul_subgroup.wgsl).
+/// The fast matmuls where subgroups and 64-bit integers exist: one subgroup
+/// of 8 lanes computes a block of C, A is loaded once and broadcast, loads
+/// fetch two floats at once (see shaders/matmul_subgroup.wgsl). The same
+/// generated kernel in three block sizes: the biggest reuses loads best, the
+/// smaller ones keep narrow products (64 output channels, 9 weight taps) from
+/// computing mostly padding.
 const MATMUL_SUBGROUP: &str = include_str!("../../../shaders/matmul_subgroup.wgsl");
-const MATMUL_SUBGROUP_BLOCK: (usize, usize) = (128, 128);
+const MATMUL_SUBGROUP_64: &str = include_str!("../../../shaders/matmul_subgroup_64.wgsl");
+const MATMUL_SUBGROUP_32: &str = include_str!("../../../shaders/matmul_subgroup_32.wgsl");
+const SUBGROUP_VARIANTS: [(&str, (usize, usize)); 3] = [
+    (MATMUL_SUBGROUP, (128, 128)),
+    (MATMUL_SUBGROUP_64, (64, 128)),
+    (MATMUL_SUBGROUP_32, (32, 32)),
+];
+
+/// The subgroup kernel for an `m x n` output: the biggest block whose padded
+/// work is within half again of the least padded choice.
+fn subgroup_variant(m: usize, n: usize) -> (&'static str, (usize, usize)) {
+    let padded = |(rows, cols): (usize, usize)| m.div_ceil(rows) * rows * n.div_ceil(cols) * cols;
+    let least = SUBGROUP_VARIANTS
+        .iter()
+        .map(|&(_, block)| padded(block))
+        .min()
+        .unwrap_or(usize::MAX);
+    SUBGROUP_VARIANTS
+        .iter()
+        .copied()
+        .find(|&(_, block)| padded(block) * 2 <= least * 3)
+        .unwrap_or(SUBGROUP_VARIANTS[0])
+}
 
 /// Below this many multiply-adds a tiled kernel's big blocks are mostly
 /// padding: small products use a plain kernel with one output per invocation.
@@ -65,7 +90,7 @@ pub(crate) fn split_k(m: usize, n: usize, k: usize, batch: usize, subgroups: boo
         return 1;
     }
     let (rows, cols) = if subgroups {
-        MATMUL_SUBGROUP_BLOCK
+        subgroup_variant(m, n).1
     } else {
         MATMUL_BLOCK
     };
@@ -143,11 +168,12 @@ pub(crate) fn matmul(
             .iter()
             .all(|d| d.is_multiple_of(2));
         constants.push(("ALIGNED".to_string(), aligned as u8 as f64));
+        let (source, block) = subgroup_variant(m, n);
         return MatmulKernel {
-            source: MATMUL_SUBGROUP,
+            source,
             constants,
             dims,
-            workgroups: grid(MATMUL_SUBGROUP_BLOCK),
+            workgroups: grid(block),
         };
     }
     MatmulKernel {
@@ -185,6 +211,8 @@ pub fn shader_sources() -> Vec<(&'static str, &'static str)> {
         ),
         ("matmul.wgsl", MATMUL),
         ("matmul_subgroup.wgsl", MATMUL_SUBGROUP),
+        ("matmul_subgroup_64.wgsl", MATMUL_SUBGROUP_64),
+        ("matmul_subgroup_32.wgsl", MATMUL_SUBGROUP_32),
         ("small matmul", SMALL_MATMUL_SRC),
     ]
 }

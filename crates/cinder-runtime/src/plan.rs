@@ -47,6 +47,7 @@ struct Binding {
 struct Step {
     /// What the kernel computes, for `CINDER_PROFILE` output.
     label: String,
+    source_for_debug: String,
     pipeline: Arc<PipelineEntry>,
     bindings: Vec<Binding>,
     scalars: Option<(Storage, ScalarSource)>,
@@ -263,7 +264,14 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
     }
     for i in needs_buffer {
         if buffer_of(&mat, i).is_none() {
-            mat[i] = true;
+            // Materialize below any reshapes: consumers that reshape the same
+            // value differently then share one buffer instead of each
+            // computing it again.
+            let mut j = i;
+            while let Some(child) = is_contiguous_view(&entries[j].kind, &entries[j].shape) {
+                j = child;
+            }
+            mat[j] = true;
         }
     }
 
@@ -692,6 +700,7 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
         };
         steps.push(Step {
             label: format!("{} -> {:?}", p.label, entries[p.output].shape),
+            source_for_debug: p.generated.source.clone(),
             pipeline,
             bindings,
             scalars,
@@ -774,6 +783,9 @@ impl Plan {
             device.inner.queue.submit([encoder.finish()]);
             dev.poll(wgpu::PollType::wait_indefinitely())
                 .map_err(|e| Error::DeviceLost(e.to_string()))?;
+            if std::env::var("CINDER_PROFILE_SRC").is_ok_and(|f| step.label.contains(&f)) {
+                eprintln!("{}", step.source_for_debug);
+            }
             eprintln!(
                 "cinder profile: {:8.3} ms  {:?}  {}",
                 started.elapsed().as_secs_f64() * 1e3,

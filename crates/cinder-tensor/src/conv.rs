@@ -229,18 +229,51 @@ impl Tensor {
         // rather than a batch of small ones summed afterwards. The unfold is
         // computed straight into that layout (a permuted view is free).
         let taps = c_in_g * kh * kw;
-        let l = oh * ow;
-        let cols = self
+        let (l, c_out_g) = (oh * ow, c_out / g);
+        let (x, wd) = (self.detach(), weight.detach());
+        let cols = x
             .unfold2d(&win)?
             .reshape(&[n, g, taps, l])?
             .permute(&[1, 2, 0, 3])?
             .reshape(&[g, taps, n * l])?;
-        let w2 = weight.reshape(&[g, c_out / g, taps])?;
+        let w2 = wd.reshape(&[g, c_out_g, taps])?;
         let y = w2
             .matmul(&cols)?
             .reshape(&[c_out, n, l])?
             .permute(&[1, 0, 2])?
             .reshape(&[n, c_out, oh, ow])?;
+        let weight_shape = weight.shape().to_vec();
+        let win_back = win.clone();
+        let y = Tensor::from_op(
+            y.node().clone(),
+            OP,
+            &[self, weight],
+            Box::new(move |grad, _| {
+                // dW^T = cols @ dY^T: both operands are read as they lie
+                // (cols from the forward pass, dY^T a copy the size of the
+                // output), where dW = dY @ cols^T would transpose cols.
+                let dy_t = grad
+                    .reshape(&[n, g, c_out_g, l])?
+                    .permute(&[1, 0, 3, 2])?
+                    .reshape(&[g, n * l, c_out_g])?;
+                let dw = cols
+                    .matmul(&dy_t)?
+                    .transpose(1, 2)?
+                    .reshape(&weight_shape)?;
+                let dy = grad
+                    .reshape(&[n, g, c_out_g, l])?
+                    .permute(&[1, 2, 0, 3])?
+                    .reshape(&[g, c_out_g, n * l])?;
+                let dx = w2
+                    .transpose(1, 2)?
+                    .matmul(&dy)?
+                    .reshape(&[g, c_in_g, kh, kw, n, oh, ow])?
+                    .permute(&[4, 0, 1, 2, 3, 5, 6])?
+                    .reshape(&[n, g * c_in_g, kh, kw, oh, ow])?
+                    .fold2d(&win_back)?;
+                Ok(vec![Some(dx), Some(dw)])
+            }),
+        );
         add_channel_bias(OP, y, bias, c_out)
     }
 
