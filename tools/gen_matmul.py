@@ -3,7 +3,14 @@
 generated; edit this script, not the .wgsl files).
 
   gen_matmul.py portable OUT.wgsl [TM TN]     -> shaders/matmul.wgsl          (no features)
-  gen_matmul.py subgroup OUT.wgsl [TM TN]     -> shaders/matmul_subgroup.wgsl (SUBGROUP+SHADER_INT64)
+  gen_matmul.py subgroup OUT.wgsl [TM TN]     -> shaders/matmul_subgroup*.wgsl (SUBGROUP+SHADER_INT64)
+
+The files in shaders/ come from:
+  python3 tools/gen_matmul.py portable shaders/matmul.wgsl 32 32
+  python3 tools/gen_matmul.py subgroup shaders/matmul_subgroup.wgsl 128 16
+  python3 tools/gen_matmul.py subgroup shaders/matmul_subgroup_128x64.wgsl 128 8
+  python3 tools/gen_matmul.py subgroup shaders/matmul_subgroup_64x128.wgsl 64 16
+  python3 tools/gen_matmul.py subgroup shaders/matmul_subgroup_32x32.wgsl 32 4
 
 Cost model behind the design (Mesa 22.3 lavapipe, 8 lanes per SIMD group): every load from a
 storage *or* workgroup buffer becomes a per-lane scalar loop costing ~18-30 cycles per lane and

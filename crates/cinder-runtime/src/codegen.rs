@@ -160,6 +160,16 @@ impl Gen<'_> {
                 let x = self.value(body, a, idx, false);
                 format!("{ty}({x})")
             }
+            Kind::View(spec, a)
+                if spec.mask.is_none()
+                    && spec.offset == 0
+                    && spec.strides == contiguous_strides(&e.shape) =>
+            {
+                // A reshape reads its input at the same linear index.
+                let x = self.value(body, a, idx, false);
+                self.memo.insert((i, idx.to_string()), x.clone());
+                return x;
+            }
             Kind::View(spec, a) => {
                 let child = self.fresh("i");
                 let mut terms = vec![format!("{}", spec.offset)];

@@ -29,12 +29,15 @@ const MATMUL_BLOCK: (usize, usize) = (32, 256);
 /// smaller ones keep narrow products (64 output channels, 9 weight taps) from
 /// computing mostly padding.
 const MATMUL_SUBGROUP: &str = include_str!("../../../shaders/matmul_subgroup.wgsl");
-const MATMUL_SUBGROUP_64: &str = include_str!("../../../shaders/matmul_subgroup_64.wgsl");
-const MATMUL_SUBGROUP_32: &str = include_str!("../../../shaders/matmul_subgroup_32.wgsl");
-const SUBGROUP_VARIANTS: [(&str, (usize, usize)); 3] = [
+const MATMUL_SUBGROUP_128X64: &str = include_str!("../../../shaders/matmul_subgroup_128x64.wgsl");
+const MATMUL_SUBGROUP_64X128: &str = include_str!("../../../shaders/matmul_subgroup_64x128.wgsl");
+const MATMUL_SUBGROUP_32X32: &str = include_str!("../../../shaders/matmul_subgroup_32x32.wgsl");
+/// Biggest (most loads saved per multiply-add) first.
+const SUBGROUP_VARIANTS: [(&str, (usize, usize)); 4] = [
     (MATMUL_SUBGROUP, (128, 128)),
-    (MATMUL_SUBGROUP_64, (64, 128)),
-    (MATMUL_SUBGROUP_32, (32, 32)),
+    (MATMUL_SUBGROUP_128X64, (128, 64)),
+    (MATMUL_SUBGROUP_64X128, (64, 128)),
+    (MATMUL_SUBGROUP_32X32, (32, 32)),
 ];
 
 /// The subgroup kernel for an `m x n` output: the biggest block whose padded
@@ -211,8 +214,9 @@ pub fn shader_sources() -> Vec<(&'static str, &'static str)> {
         ),
         ("matmul.wgsl", MATMUL),
         ("matmul_subgroup.wgsl", MATMUL_SUBGROUP),
-        ("matmul_subgroup_64.wgsl", MATMUL_SUBGROUP_64),
-        ("matmul_subgroup_32.wgsl", MATMUL_SUBGROUP_32),
+        ("matmul_subgroup_128x64.wgsl", MATMUL_SUBGROUP_128X64),
+        ("matmul_subgroup_64x128.wgsl", MATMUL_SUBGROUP_64X128),
+        ("matmul_subgroup_32x32.wgsl", MATMUL_SUBGROUP_32X32),
         ("small matmul", SMALL_MATMUL_SRC),
     ]
 }
