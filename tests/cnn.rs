@@ -45,7 +45,7 @@ fn config(out: PathBuf, epochs: usize, lr: f32) -> TrainConfig {
 }
 
 /// Builds the digits LeNet with a fixed initialisation.
-fn lenet(seed: u64) -> Result<(cinder::nn::Sequential, ModelSpec)> {
+fn lenet(seed: u64) -> Result<(Box<dyn Module>, ModelSpec)> {
     let device = common::device();
     device.manual_seed(seed);
     let spec = ModelSpec::lenet(8, 8, 10);
@@ -62,9 +62,9 @@ fn lenet_learns_digits_and_resume_loses_nothing() -> Result<()> {
     // Three epochs in one go.
     let whole_dir = scratch("whole");
     let (mut whole, spec) = lenet(7)?;
-    let before = evaluate(&mut whole, &test, 64)?;
+    let before = evaluate(whole.as_mut(), &test, 64)?;
     let history = fit(
-        &mut whole,
+        whole.as_mut(),
         &spec,
         train.clone(),
         &test,
@@ -85,7 +85,7 @@ fn lenet_learns_digits_and_resume_loses_nothing() -> Result<()> {
     let split_dir = scratch("resumed");
     let (mut first, _) = lenet(7)?;
     fit(
-        &mut first,
+        first.as_mut(),
         &spec,
         train.clone(),
         &test,
@@ -95,7 +95,7 @@ fn lenet_learns_digits_and_resume_loses_nothing() -> Result<()> {
     )?;
     let (mut resumed, _) = lenet(99)?;
     let rest = fit(
-        &mut resumed,
+        resumed.as_mut(),
         &spec,
         train,
         &test,
@@ -146,7 +146,7 @@ fn diverging_run_stops_and_keeps_its_checkpoint() -> Result<()> {
     let dir = scratch("diverge");
     let (mut model, spec) = lenet(5)?;
     fit(
-        &mut model,
+        model.as_mut(),
         &spec,
         train.clone(),
         &test,
@@ -161,7 +161,7 @@ fn diverging_run_stops_and_keeps_its_checkpoint() -> Result<()> {
     let mut cfg = config(dir.clone(), 2, 1e30);
     cfg.clip_grad_norm = None;
     cfg.schedule = Schedule::Constant;
-    let err = fit(&mut model, &spec, train, &test, &cfg, true, &mut Silent)
+    let err = fit(model.as_mut(), &spec, train, &test, &cfg, true, &mut Silent)
         .err()
         .map(|e| e.to_string())
         .unwrap_or_default();
@@ -180,7 +180,7 @@ fn resume_without_a_checkpoint_says_so() -> Result<()> {
     let dir = scratch("nothing");
     let (mut model, spec) = lenet(1)?;
     let err = fit(
-        &mut model,
+        model.as_mut(),
         &spec,
         Arc::new(subset(&split.train, 32)),
         &subset(&split.test, 32),
@@ -192,5 +192,91 @@ fn resume_without_a_checkpoint_says_so() -> Result<()> {
     .map(|e| e.to_string())
     .unwrap_or_default();
     assert!(err.contains("no checkpoint"), "{err}");
+    Ok(())
+}
+
+/// Images whose class is their brightest colour channel, under noise.
+fn colour_batch(
+    step: usize,
+    batch: usize,
+    size: usize,
+) -> Result<(cinder::Tensor, cinder::Tensor)> {
+    let device = common::device();
+    let mut state = 0x9E37_79B9u64.wrapping_mul(step as u64 + 1);
+    let mut next = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 40) as f32) / (1u64 << 24) as f32
+    };
+    let mut xs = Vec::with_capacity(batch * 3 * size * size);
+    let mut ys = Vec::with_capacity(batch);
+    for i in 0..batch {
+        let class = (i + step) % 3;
+        ys.push(class as i32);
+        for c in 0..3 {
+            for _ in 0..size * size {
+                let base = if c == class { 0.6 } else { 0.2 };
+                xs.push(base + 0.4 * next());
+            }
+        }
+    }
+    Ok((
+        cinder::Tensor::from_slice(&device, &xs, &[batch, 3, size, size])?,
+        cinder::Tensor::from_slice(&device, &ys, &[batch])?,
+    ))
+}
+
+#[test]
+fn resnet_names_and_learns_colours() -> Result<()> {
+    use cinder::nn::{Adam, Optimizer};
+    let _serial = common::serial();
+    let device = common::device();
+    device.manual_seed(21);
+    let spec = ModelSpec::resnet(16, 16, 3);
+    let mut model = spec.build(&device)?;
+    let names: Vec<String> = model.state_dict().into_iter().map(|(n, _)| n).collect();
+    for want in [
+        "conv1.weight",
+        "bn1.running_var",
+        "layer1.0.conv1.weight",
+        "layer1.0.bn2.num_batches_tracked",
+        "layer2.0.downsample.0.weight",
+        "layer3.0.downsample.1.running_mean",
+        "fc.bias",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "missing {want} in {names:?}"
+        );
+    }
+    assert!(!names.iter().any(|n| n.starts_with("layer1.0.downsample")));
+    let mut opt = Adam::new(model.parameters(), 1e-2)?;
+    let mut losses = Vec::new();
+    for step in 0..25 {
+        let (x, y) = colour_batch(step, 12, 16)?;
+        let loss = model.forward(&x)?.cross_entropy(&y)?;
+        opt.step(&loss.backward()?)?;
+        losses.push(loss.item()?);
+    }
+    let first: f32 = losses[..5].iter().sum::<f32>() / 5.0;
+    let last: f32 = losses[20..].iter().sum::<f32>() / 5.0;
+    assert!(last < 0.5 * first, "ResNet loss did not fall: {losses:?}");
+    let tracked = model
+        .state_dict()
+        .into_iter()
+        .find(|(n, _)| n == "bn1.num_batches_tracked")
+        .map(|(_, t)| t)
+        .ok_or_else(|| cinder::Error::invalid("test", "no bn1.num_batches_tracked"))?;
+    assert_eq!(tracked.to_vec::<i32>()?, vec![25]);
+    model.eval();
+    let (x, y) = colour_batch(99, 12, 16)?;
+    let predicted = model.forward(&x)?.argmax(-1, false)?.to_vec::<i32>()?;
+    let correct = predicted
+        .iter()
+        .zip(y.to_vec::<i32>()?)
+        .filter(|(p, t)| **p == *t)
+        .count();
+    assert!(correct >= 10, "eval mode classified {correct} of 12");
     Ok(())
 }

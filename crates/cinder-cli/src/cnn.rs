@@ -189,7 +189,7 @@ pub fn train(args: TrainCnn) -> Result<()> {
     let started = Instant::now();
     let test = split.test;
     let history = fit(
-        &mut model,
+        model.as_mut(),
         &spec,
         Arc::new(split.train),
         &test,
@@ -220,7 +220,7 @@ pub fn train(args: TrainCnn) -> Result<()> {
 }
 
 /// The model a checkpoint describes, with its weights loaded.
-fn load_model(device: &Device, checkpoint: &Path) -> Result<(cinder::nn::Sequential, ModelSpec)> {
+fn load_model(device: &Device, checkpoint: &Path) -> Result<(Box<dyn Module>, ModelSpec)> {
     let meta = cinder::nn::checkpoint::read_metadata(checkpoint)?;
     let spec = ModelSpec::from_metadata(&meta)?;
     if meta.contains_key("cinder.optimizer_steps") {
@@ -252,7 +252,7 @@ pub fn eval(checkpoint: &Path, mnist: Option<&Path>) -> Result<()> {
             ),
         ));
     }
-    let e = evaluate(&mut model, &split.test, 500)?;
+    let e = evaluate(model.as_mut(), &split.test, 500)?;
     println!(
         "{name}, held-out: accuracy {:.2}% ({} images), loss {:.4}",
         100.0 * e.accuracy,

@@ -3,8 +3,11 @@
 
 use std::collections::HashMap;
 
-use cinder_nn::{Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential};
-use cinder_tensor::{Conv2dOptions, Device, Error, Result};
+use cinder_nn::module::prefixed;
+use cinder_nn::{
+    AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, Module, ReLU, Sequential,
+};
+use cinder_tensor::{Conv2dOptions, Device, Error, Result, Tensor};
 
 use crate::imagefile::ImageStyle;
 
@@ -21,6 +24,8 @@ pub struct ModelSpec {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arch {
     LeNet,
+    /// A small ResNet: three stages of one basic block (16, 32, 64 channels).
+    ResNet,
 }
 
 impl ModelSpec {
@@ -35,10 +40,22 @@ impl ModelSpec {
         }
     }
 
-    pub fn build(&self, device: &Device) -> Result<Sequential> {
-        match self.arch {
-            Arch::LeNet => lenet(device, self),
+    /// A small ResNet for RGB images of `height` x `width`.
+    pub fn resnet(height: usize, width: usize, classes: usize) -> ModelSpec {
+        ModelSpec {
+            arch: Arch::ResNet,
+            in_channels: 3,
+            height,
+            width,
+            classes,
         }
+    }
+
+    pub fn build(&self, device: &Device) -> Result<Box<dyn Module>> {
+        Ok(match self.arch {
+            Arch::LeNet => Box::new(lenet(device, self)?),
+            Arch::ResNet => Box::new(ResNet::new(device, self.in_channels, self.classes)?),
+        })
     }
 
     /// How training images looked, for converting a user's image file.
@@ -62,6 +79,7 @@ impl ModelSpec {
     pub fn to_metadata(&self) -> HashMap<String, String> {
         let arch = match self.arch {
             Arch::LeNet => "lenet",
+            Arch::ResNet => "resnet",
         };
         HashMap::from([
             ("cinder.arch".to_string(), arch.to_string()),
@@ -82,6 +100,7 @@ impl ModelSpec {
         };
         let arch = match meta.get("cinder.arch").map(String::as_str) {
             Some("lenet") => Arch::LeNet,
+            Some("resnet") => Arch::ResNet,
             Some(other) => {
                 return Err(Error::invalid(
                     "checkpoint",
@@ -146,4 +165,170 @@ fn lenet(device: &Device, spec: &ModelSpec) -> Result<Sequential> {
         .add(Linear::new(device, flat, 128, true)?)
         .add(ReLU)
         .add(Linear::new(device, 128, spec.classes, true)?))
+}
+
+fn conv3x3(device: &Device, c_in: usize, c_out: usize, stride: usize) -> Result<Conv2d> {
+    Conv2d::new(
+        device,
+        c_in,
+        c_out,
+        3,
+        Conv2dOptions::default().stride(stride).padding(1),
+        false,
+    )
+}
+
+/// torchvision's `BasicBlock`: two 3x3 convolutions with batch norm, and a
+/// 1x1 strided projection on the shortcut when the shape changes.
+pub struct BasicBlock {
+    conv1: Conv2d,
+    bn1: BatchNorm2d,
+    conv2: Conv2d,
+    bn2: BatchNorm2d,
+    downsample: Option<Sequential>,
+}
+
+impl BasicBlock {
+    pub fn new(device: &Device, c_in: usize, c_out: usize, stride: usize) -> Result<BasicBlock> {
+        let downsample = if stride != 1 || c_in != c_out {
+            Some(
+                Sequential::new()
+                    .add(Conv2d::new(
+                        device,
+                        c_in,
+                        c_out,
+                        1,
+                        Conv2dOptions::default().stride(stride),
+                        false,
+                    )?)
+                    .add(BatchNorm2d::new(device, c_out)?),
+            )
+        } else {
+            None
+        };
+        Ok(BasicBlock {
+            conv1: conv3x3(device, c_in, c_out, stride)?,
+            bn1: BatchNorm2d::new(device, c_out)?,
+            conv2: conv3x3(device, c_out, c_out, 1)?,
+            bn2: BatchNorm2d::new(device, c_out)?,
+            downsample,
+        })
+    }
+
+    fn children(&self) -> Vec<(&str, &dyn Module)> {
+        let mut c: Vec<(&str, &dyn Module)> = vec![
+            ("conv1", &self.conv1),
+            ("bn1", &self.bn1),
+            ("conv2", &self.conv2),
+            ("bn2", &self.bn2),
+        ];
+        if let Some(d) = &self.downsample {
+            c.push(("downsample", d));
+        }
+        c
+    }
+}
+
+impl Module for BasicBlock {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.bn1.forward(&self.conv1.forward(x)?)?.relu()?;
+        let y = self.bn2.forward(&self.conv2.forward(&y)?)?;
+        let shortcut = match &self.downsample {
+            Some(d) => d.forward(x)?,
+            None => x.clone(),
+        };
+        y.add(&shortcut)?.relu()
+    }
+
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        self.children()
+            .into_iter()
+            .flat_map(|(n, m)| prefixed(n, m.named_parameters()))
+            .collect()
+    }
+
+    fn named_buffers(&self) -> Vec<(String, Tensor)> {
+        self.children()
+            .into_iter()
+            .flat_map(|(n, m)| prefixed(n, m.named_buffers()))
+            .collect()
+    }
+
+    fn set_training(&mut self, training: bool) {
+        self.bn1.set_training(training);
+        self.bn2.set_training(training);
+        if let Some(d) = &mut self.downsample {
+            d.set_training(training);
+        }
+    }
+}
+
+/// A small ResNet in torchvision's naming (`conv1`, `bn1`, `layer1.0.conv1`,
+/// ..., `fc`): a 3x3 stem, three stages of one basic block with 16, 32 and
+/// 64 channels (the last two halve the resolution), global average pooling
+/// and a linear classifier. For small RGB images (32x32 and such).
+pub struct ResNet {
+    conv1: Conv2d,
+    bn1: BatchNorm2d,
+    layers: Vec<BasicBlock>,
+    fc: Linear,
+}
+
+impl ResNet {
+    pub fn new(device: &Device, in_channels: usize, classes: usize) -> Result<ResNet> {
+        Ok(ResNet {
+            conv1: conv3x3(device, in_channels, 16, 1)?,
+            bn1: BatchNorm2d::new(device, 16)?,
+            layers: vec![
+                BasicBlock::new(device, 16, 16, 1)?,
+                BasicBlock::new(device, 16, 32, 2)?,
+                BasicBlock::new(device, 32, 64, 2)?,
+            ],
+            fc: Linear::new(device, 64, classes, true)?,
+        })
+    }
+
+    fn children(&self) -> Vec<(String, &dyn Module)> {
+        let mut c: Vec<(String, &dyn Module)> = vec![
+            ("conv1".to_string(), &self.conv1),
+            ("bn1".to_string(), &self.bn1),
+        ];
+        for (i, block) in self.layers.iter().enumerate() {
+            c.push((format!("layer{}.0", i + 1), block));
+        }
+        c.push(("fc".to_string(), &self.fc));
+        c
+    }
+}
+
+impl Module for ResNet {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut y = self.bn1.forward(&self.conv1.forward(x)?)?.relu()?;
+        for block in &self.layers {
+            y = block.forward(&y)?;
+        }
+        let pooled = AdaptiveAvgPool2d([1, 1]).forward(&y)?;
+        self.fc.forward(&Flatten.forward(&pooled)?)
+    }
+
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        self.children()
+            .into_iter()
+            .flat_map(|(n, m)| prefixed(&n, m.named_parameters()))
+            .collect()
+    }
+
+    fn named_buffers(&self) -> Vec<(String, Tensor)> {
+        self.children()
+            .into_iter()
+            .flat_map(|(n, m)| prefixed(&n, m.named_buffers()))
+            .collect()
+    }
+
+    fn set_training(&mut self, training: bool) {
+        self.bn1.set_training(training);
+        for block in &mut self.layers {
+            block.set_training(training);
+        }
+    }
 }

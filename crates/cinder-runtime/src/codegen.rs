@@ -82,6 +82,8 @@ fn coord(idx: &str, shape: &[usize], d: usize) -> String {
 }
 
 impl Gen<'_> {
+    /// A new variable name. Prefixes must not end a WGSL type name when a
+    /// number follows: "i" would make `i32`, shadowing the conversion.
     fn fresh(&mut self, prefix: &str) -> String {
         self.counter += 1;
         format!("{prefix}{}", self.counter)
@@ -171,7 +173,7 @@ impl Gen<'_> {
                 return x;
             }
             Kind::View(spec, a) => {
-                let child = self.fresh("i");
+                let child = self.fresh("ix");
                 let mut terms = vec![format!("{}", spec.offset)];
                 let mut conds = Vec::new();
                 for d in 0..e.shape.len() {
@@ -224,7 +226,7 @@ impl Gen<'_> {
                 let src_shape = self.entries[src].shape.clone();
                 let strides = contiguous_strides(&src_shape);
                 let dim = src_shape[axis] as i64;
-                let child = self.fresh("i");
+                let child = self.fresh("ix");
                 let mut terms = Vec::new();
                 for d in 0..e.shape.len() {
                     if d == axis {
@@ -270,7 +272,7 @@ impl Gen<'_> {
             self.fresh("y"),
             self.fresh("x"),
             self.fresh("m"),
-            self.fresh("i"),
+            self.fresh("ix"),
         );
         let _ = writeln!(
             body,
@@ -318,7 +320,7 @@ impl Gen<'_> {
             self.fresh("tx"),
             self.fresh("oh"),
             self.fresh("ow"),
-            self.fresh("i"),
+            self.fresh("ix"),
         );
         let mut inner = String::new();
         let v = self.value(&mut inner, input, &child, false);

@@ -1,0 +1,95 @@
+//! The `cinder` binary end to end: `predict` classifies good files and
+//! reports bad ones without stopping, `eval` prints accuracy and a
+//! confusion matrix. The model is untrained: these check the plumbing, the
+//! training tests check learning.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cinder::cnn::models::ModelSpec;
+use cinder::nn::checkpoint::save_tensors_with_metadata;
+use cinder::nn::Module;
+
+fn scratch() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("cinder-cli-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+fn model_file(dir: &Path) -> PathBuf {
+    let device = cinder::Device::new().unwrap_or_else(|e| panic!("{e}"));
+    let spec = ModelSpec::lenet(8, 8, 10);
+    let model = spec.build(&device).unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.join("model.safetensors");
+    save_tensors_with_metadata(&path, &model.state_dict(), spec.to_metadata())
+        .unwrap_or_else(|e| panic!("{e}"));
+    path
+}
+
+fn cinder(args: &[&std::ffi::OsStr]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cinder"))
+        .args(args)
+        .output()
+        .expect("running cinder");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn predict_classifies_good_files_and_reports_bad_ones() {
+    let dir = scratch();
+    let model = model_file(&dir);
+    // A dark digit-like stroke on light paper, larger than the model's input.
+    let mut img = image::RgbImage::from_pixel(120, 90, image::Rgb([235, 230, 220]));
+    for y in 15..75 {
+        for x in 55..65 {
+            img.put_pixel(x, y, image::Rgb([20, 20, 30]));
+        }
+    }
+    let good = dir.join("one.png");
+    img.save(&good).expect("writing a png");
+    let empty = dir.join("empty.png");
+    std::fs::write(&empty, b"").expect("writing an empty file");
+    let text = dir.join("notes.png");
+    std::fs::write(&text, b"not an image at all").expect("writing a text file");
+    let missing = dir.join("missing.jpg");
+
+    let (ok, stdout, stderr) = cinder(&[
+        "predict".as_ref(),
+        "--checkpoint".as_ref(),
+        model.as_os_str(),
+        empty.as_os_str(),
+        good.as_os_str(),
+        text.as_os_str(),
+        missing.as_os_str(),
+    ]);
+    assert!(!ok, "bad files must make the exit status fail");
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("one.png"))
+        .unwrap_or_else(|| panic!("no prediction for one.png in {stdout:?} / {stderr}"));
+    assert_eq!(line.matches('%').count(), 3, "top-3 classes: {line}");
+    assert!(
+        stderr.contains("empty.png") && stderr.contains("empty"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("notes.png") && stderr.contains("not an image"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("missing.jpg"), "{stderr}");
+    assert!(stderr.contains("3 of 4 files"), "{stderr}");
+
+    let (ok, stdout, stderr) =
+        cinder(&["eval".as_ref(), "--checkpoint".as_ref(), model.as_os_str()]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("accuracy") && stdout.contains("recall"),
+        "{stdout}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
