@@ -8,7 +8,6 @@ use std::process::Command;
 
 use cinder::cnn::models::ModelSpec;
 use cinder::nn::checkpoint::save_tensors_with_metadata;
-use cinder::nn::Module;
 
 fn scratch() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("cinder-cli-test-{}", std::process::id()));
