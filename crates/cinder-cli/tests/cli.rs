@@ -9,8 +9,8 @@ use std::process::Command;
 use cinder::cnn::models::ModelSpec;
 use cinder::nn::checkpoint::save_tensors_with_metadata;
 
-fn scratch() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("cinder-cli-test-{}", std::process::id()));
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("cinder-cli-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
@@ -40,7 +40,7 @@ fn cinder(args: &[&std::ffi::OsStr]) -> (bool, String, String) {
 
 #[test]
 fn predict_classifies_good_files_and_reports_bad_ones() {
-    let dir = scratch();
+    let dir = scratch("predict");
     let model = model_file(&dir);
     // A dark digit-like stroke on light paper, larger than the model's input.
     let mut img = image::RgbImage::from_pixel(120, 90, image::Rgb([235, 230, 220]));
@@ -89,6 +89,62 @@ fn predict_classifies_good_files_and_reports_bad_ones() {
     assert!(
         stdout.contains("accuracy") && stdout.contains("recall"),
         "{stdout}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `--mnist DIR` reads the four IDX files (here small ones the test writes)
+/// and trains the 28x28 network; `--resume` then continues the same run.
+#[test]
+fn train_cnn_on_mnist_files_and_resume() {
+    use cinder::data::{write_idx, Mnist};
+    let dir = scratch("mnist");
+    let write = |images: &str, labels: &str, n: usize| {
+        let pixels: Vec<u8> = (0..n * 784).map(|i| ((i * 37) % 251) as u8).collect();
+        let classes: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
+        write_idx(dir.join(images), &[n, 28, 28], &pixels).unwrap_or_else(|e| panic!("{e}"));
+        write_idx(dir.join(labels), &[n], &classes).unwrap_or_else(|e| panic!("{e}"));
+    };
+    write(Mnist::TRAIN_IMAGES, Mnist::TRAIN_LABELS, 48);
+    write(Mnist::TEST_IMAGES, Mnist::TEST_LABELS, 20);
+    let out = dir.join("run");
+    let run = |epochs: &str, resume: bool| {
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "train".as_ref(),
+            "cnn".as_ref(),
+            "--mnist".as_ref(),
+            dir.as_os_str(),
+            "--epochs".as_ref(),
+            epochs.as_ref(),
+            "--batch-size".as_ref(),
+            "16".as_ref(),
+            "--out".as_ref(),
+            out.as_os_str(),
+        ];
+        if resume {
+            args.push("--resume".as_ref());
+        }
+        cinder(&args)
+    };
+    let (ok, stdout, stderr) = run("1", false);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("MNIST: 48 training and 20 held-out"),
+        "{stdout}"
+    );
+    let (ok, stdout, stderr) = run("2", true);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stdout.contains("after 2 epochs"), "{stdout}");
+    let metrics = std::fs::read_to_string(out.join("metrics.csv")).expect("metrics.csv");
+    assert_eq!(metrics.lines().count(), 3, "{metrics}");
+    let (ok, stdout, stderr) = cinder(&[
+        "eval".as_ref(),
+        "--checkpoint".as_ref(),
+        out.join("model.safetensors").as_os_str(),
+    ]);
+    assert!(
+        !ok && stderr.contains("[1, 28, 28]"),
+        "eval of a 28x28 model on the 8x8 digits must fail clearly: {stdout} {stderr}"
     );
     let _ = std::fs::remove_dir_all(dir);
 }
