@@ -34,6 +34,11 @@ const BN: u32 = 8u * TN;
 @group(0) @binding(2) var<storage, read_write> c: array<vec4<f32>>;   // C as vec4s (any N: see epilogue)
 @group(0) @binding(3) var<storage, read> dims: array<u32>;
 
+// STORE BEGIN
+fn store1(e: u32, v: f32) { c[e / 4u][e % 4u] = v; }
+fn store4(e: u32, v: vec4<f32>) { c[e / 4u] = v; }
+// STORE END
+
 fn lo(x: u64) -> f32 { return bitcast<f32>(u32(x)); }
 fn hi(x: u64) -> f32 { return bitcast<f32>(u32(x >> 32u)); }
 
@@ -283,260 +288,260 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invocation_id) l
     if (C_VEC4) {
         if (row0 + 0u < M) {
             let cb = (c_off + (row0 + 0u) * N + col0) / 4u;
-            if (col0 + 0u < N) { c[cb + 0u] = acc0_0; }
+            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc0_0); }
         }
         if (row0 + 1u < M) {
             let cb = (c_off + (row0 + 1u) * N + col0) / 4u;
-            if (col0 + 0u < N) { c[cb + 0u] = acc1_0; }
+            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc1_0); }
         }
         if (row0 + 2u < M) {
             let cb = (c_off + (row0 + 2u) * N + col0) / 4u;
-            if (col0 + 0u < N) { c[cb + 0u] = acc2_0; }
+            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc2_0); }
         }
         if (row0 + 3u < M) {
             let cb = (c_off + (row0 + 3u) * N + col0) / 4u;
-            if (col0 + 0u < N) { c[cb + 0u] = acc3_0; }
+            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc3_0); }
         }
         if (row0 + 4u < M) {
             let cb = (c_off + (row0 + 4u) * N + col0) / 4u;
-            if (col0 + 0u < N) { c[cb + 0u] = acc4_0; }
+            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc4_0); }
         }
         if (row0 + 5u < M) {
             let cb = (c_off + (row0 + 5u) * N + col0) / 4u;
-            if (col0 + 0u < N) { c[cb + 0u] = acc5_0; }
+            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc5_0); }
         }
         if (row0 + 6u < M) {
             let cb = (c_off + (row0 + 6u) * N + col0) / 4u;
-            if (col0 + 0u < N) { c[cb + 0u] = acc6_0; }
+            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc6_0); }
         }
         if (row0 + 7u < M) {
             let cb = (c_off + (row0 + 7u) * N + col0) / 4u;
-            if (col0 + 0u < N) { c[cb + 0u] = acc7_0; }
+            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc7_0); }
         }
         if (row0 + 8u < M) {
             let cb = (c_off + (row0 + 8u) * N + col0) / 4u;
-            if (col0 + 0u < N) { c[cb + 0u] = acc8_0; }
+            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc8_0); }
         }
         if (row0 + 9u < M) {
             let cb = (c_off + (row0 + 9u) * N + col0) / 4u;
-            if (col0 + 0u < N) { c[cb + 0u] = acc9_0; }
+            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc9_0); }
         }
         if (row0 + 10u < M) {
             let cb = (c_off + (row0 + 10u) * N + col0) / 4u;
-            if (col0 + 0u < N) { c[cb + 0u] = acc10_0; }
+            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc10_0); }
         }
         if (row0 + 11u < M) {
             let cb = (c_off + (row0 + 11u) * N + col0) / 4u;
-            if (col0 + 0u < N) { c[cb + 0u] = acc11_0; }
+            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc11_0); }
         }
         if (row0 + 12u < M) {
             let cb = (c_off + (row0 + 12u) * N + col0) / 4u;
-            if (col0 + 0u < N) { c[cb + 0u] = acc12_0; }
+            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc12_0); }
         }
         if (row0 + 13u < M) {
             let cb = (c_off + (row0 + 13u) * N + col0) / 4u;
-            if (col0 + 0u < N) { c[cb + 0u] = acc13_0; }
+            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc13_0); }
         }
         if (row0 + 14u < M) {
             let cb = (c_off + (row0 + 14u) * N + col0) / 4u;
-            if (col0 + 0u < N) { c[cb + 0u] = acc14_0; }
+            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc14_0); }
         }
         if (row0 + 15u < M) {
             let cb = (c_off + (row0 + 15u) * N + col0) / 4u;
-            if (col0 + 0u < N) { c[cb + 0u] = acc15_0; }
+            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc15_0); }
         }
         if (row0 + 16u < M) {
             let cb = (c_off + (row0 + 16u) * N + col0) / 4u;
-            if (col0 + 0u < N) { c[cb + 0u] = acc16_0; }
+            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc16_0); }
         }
         if (row0 + 17u < M) {
             let cb = (c_off + (row0 + 17u) * N + col0) / 4u;
-            if (col0 + 0u < N) { c[cb + 0u] = acc17_0; }
+            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc17_0); }
         }
         if (row0 + 18u < M) {
             let cb = (c_off + (row0 + 18u) * N + col0) / 4u;
-            if (col0 + 0u < N) { c[cb + 0u] = acc18_0; }
+            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc18_0); }
         }
         if (row0 + 19u < M) {
             let cb = (c_off + (row0 + 19u) * N + col0) / 4u;
-            if (col0 + 0u < N) { c[cb + 0u] = acc19_0; }
+            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc19_0); }
         }
         if (row0 + 20u < M) {
             let cb = (c_off + (row0 + 20u) * N + col0) / 4u;
-            if (col0 + 0u < N) { c[cb + 0u] = acc20_0; }
+            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc20_0); }
         }
         if (row0 + 21u < M) {
             let cb = (c_off + (row0 + 21u) * N + col0) / 4u;
-            if (col0 + 0u < N) { c[cb + 0u] = acc21_0; }
+            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc21_0); }
         }
         if (row0 + 22u < M) {
             let cb = (c_off + (row0 + 22u) * N + col0) / 4u;
-            if (col0 + 0u < N) { c[cb + 0u] = acc22_0; }
+            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc22_0); }
         }
         if (row0 + 23u < M) {
             let cb = (c_off + (row0 + 23u) * N + col0) / 4u;
-            if (col0 + 0u < N) { c[cb + 0u] = acc23_0; }
+            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc23_0); }
         }
         if (row0 + 24u < M) {
             let cb = (c_off + (row0 + 24u) * N + col0) / 4u;
-            if (col0 + 0u < N) { c[cb + 0u] = acc24_0; }
+            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc24_0); }
         }
         if (row0 + 25u < M) {
             let cb = (c_off + (row0 + 25u) * N + col0) / 4u;
-            if (col0 + 0u < N) { c[cb + 0u] = acc25_0; }
+            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc25_0); }
         }
         if (row0 + 26u < M) {
             let cb = (c_off + (row0 + 26u) * N + col0) / 4u;
-            if (col0 + 0u < N) { c[cb + 0u] = acc26_0; }
+            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc26_0); }
         }
         if (row0 + 27u < M) {
             let cb = (c_off + (row0 + 27u) * N + col0) / 4u;
-            if (col0 + 0u < N) { c[cb + 0u] = acc27_0; }
+            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc27_0); }
         }
         if (row0 + 28u < M) {
             let cb = (c_off + (row0 + 28u) * N + col0) / 4u;
-            if (col0 + 0u < N) { c[cb + 0u] = acc28_0; }
+            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc28_0); }
         }
         if (row0 + 29u < M) {
             let cb = (c_off + (row0 + 29u) * N + col0) / 4u;
-            if (col0 + 0u < N) { c[cb + 0u] = acc29_0; }
+            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc29_0); }
         }
         if (row0 + 30u < M) {
             let cb = (c_off + (row0 + 30u) * N + col0) / 4u;
-            if (col0 + 0u < N) { c[cb + 0u] = acc30_0; }
+            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc30_0); }
         }
         if (row0 + 31u < M) {
             let cb = (c_off + (row0 + 31u) * N + col0) / 4u;
-            if (col0 + 0u < N) { c[cb + 0u] = acc31_0; }
+            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc31_0); }
         }
     } else {
         if (row0 + 0u < M) {
             let cb = c_off + (row0 + 0u) * N + col0;
-            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc0_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc0_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc0_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc0_0.w; }
+            if (col0 + 0u < N) { store1(cb + 0u, acc0_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc0_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc0_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc0_0.w); }
         }
         if (row0 + 1u < M) {
             let cb = c_off + (row0 + 1u) * N + col0;
-            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc1_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc1_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc1_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc1_0.w; }
+            if (col0 + 0u < N) { store1(cb + 0u, acc1_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc1_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc1_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc1_0.w); }
         }
         if (row0 + 2u < M) {
             let cb = c_off + (row0 + 2u) * N + col0;
-            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc2_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc2_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc2_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc2_0.w; }
+            if (col0 + 0u < N) { store1(cb + 0u, acc2_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc2_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc2_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc2_0.w); }
         }
         if (row0 + 3u < M) {
             let cb = c_off + (row0 + 3u) * N + col0;
-            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc3_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc3_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc3_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc3_0.w; }
+            if (col0 + 0u < N) { store1(cb + 0u, acc3_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc3_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc3_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc3_0.w); }
         }
         if (row0 + 4u < M) {
             let cb = c_off + (row0 + 4u) * N + col0;
-            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc4_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc4_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc4_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc4_0.w; }
+            if (col0 + 0u < N) { store1(cb + 0u, acc4_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc4_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc4_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc4_0.w); }
         }
         if (row0 + 5u < M) {
             let cb = c_off + (row0 + 5u) * N + col0;
-            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc5_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc5_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc5_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc5_0.w; }
+            if (col0 + 0u < N) { store1(cb + 0u, acc5_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc5_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc5_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc5_0.w); }
         }
         if (row0 + 6u < M) {
             let cb = c_off + (row0 + 6u) * N + col0;
-            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc6_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc6_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc6_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc6_0.w; }
+            if (col0 + 0u < N) { store1(cb + 0u, acc6_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc6_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc6_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc6_0.w); }
         }
         if (row0 + 7u < M) {
             let cb = c_off + (row0 + 7u) * N + col0;
-            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc7_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc7_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc7_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc7_0.w; }
+            if (col0 + 0u < N) { store1(cb + 0u, acc7_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc7_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc7_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc7_0.w); }
         }
         if (row0 + 8u < M) {
             let cb = c_off + (row0 + 8u) * N + col0;
-            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc8_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc8_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc8_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc8_0.w; }
+            if (col0 + 0u < N) { store1(cb + 0u, acc8_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc8_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc8_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc8_0.w); }
         }
         if (row0 + 9u < M) {
             let cb = c_off + (row0 + 9u) * N + col0;
-            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc9_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc9_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc9_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc9_0.w; }
+            if (col0 + 0u < N) { store1(cb + 0u, acc9_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc9_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc9_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc9_0.w); }
         }
         if (row0 + 10u < M) {
             let cb = c_off + (row0 + 10u) * N + col0;
-            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc10_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc10_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc10_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc10_0.w; }
+            if (col0 + 0u < N) { store1(cb + 0u, acc10_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc10_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc10_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc10_0.w); }
         }
         if (row0 + 11u < M) {
             let cb = c_off + (row0 + 11u) * N + col0;
-            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc11_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc11_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc11_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc11_0.w; }
+            if (col0 + 0u < N) { store1(cb + 0u, acc11_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc11_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc11_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc11_0.w); }
         }
         if (row0 + 12u < M) {
             let cb = c_off + (row0 + 12u) * N + col0;
-            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc12_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc12_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc12_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc12_0.w; }
+            if (col0 + 0u < N) { store1(cb + 0u, acc12_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc12_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc12_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc12_0.w); }
         }
         if (row0 + 13u < M) {
             let cb = c_off + (row0 + 13u) * N + col0;
-            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc13_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc13_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc13_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc13_0.w; }
+            if (col0 + 0u < N) { store1(cb + 0u, acc13_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc13_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc13_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc13_0.w); }
         }
         if (row0 + 14u < M) {
             let cb = c_off + (row0 + 14u) * N + col0;
-            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc14_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc14_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc14_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc14_0.w; }
+            if (col0 + 0u < N) { store1(cb + 0u, acc14_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc14_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc14_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc14_0.w); }
         }
         if (row0 + 15u < M) {
             let cb = c_off + (row0 + 15u) * N + col0;
-            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc15_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc15_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc15_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc15_0.w; }
+            if (col0 + 0u < N) { store1(cb + 0u, acc15_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc15_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc15_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc15_0.w); }
         }
         if (row0 + 16u < M) {
             let cb = c_off + (row0 + 16u) * N + col0;
-            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc16_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc16_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc16_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc16_0.w; }
+            if (col0 + 0u < N) { store1(cb + 0u, acc16_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc16_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc16_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc16_0.w); }
         }
         if (row0 + 17u < M) {
             let cb = c_off + (row0 + 17u) * N + col0;
-            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc17_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc17_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc17_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc17_0.w; }
+            if (col0 + 0u < N) { store1(cb + 0u, acc17_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc17_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc17_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc17_0.w); }
         }
         if (row0 + 18u < M) {
             let cb = c_off + (row0 + 18u) * N + col0;
-            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc18_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc18_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc18_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc18_0.w; }
+            if (col0 + 0u < N) { store1(cb + 0u, acc18_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc18_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc18_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc18_0.w); }
         }
         if (row0 + 19u < M) {
             let cb = c_off + (row0 + 19u) * N + col0;
-            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc19_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc19_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc19_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc19_0.w; }
+            if (col0 + 0u < N) { store1(cb + 0u, acc19_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc19_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc19_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc19_0.w); }
         }
         if (row0 + 20u < M) {
             let cb = c_off + (row0 + 20u) * N + col0;
-            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc20_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc20_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc20_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc20_0.w; }
+            if (col0 + 0u < N) { store1(cb + 0u, acc20_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc20_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc20_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc20_0.w); }
         }
         if (row0 + 21u < M) {
             let cb = c_off + (row0 + 21u) * N + col0;
-            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc21_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc21_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc21_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc21_0.w; }
+            if (col0 + 0u < N) { store1(cb + 0u, acc21_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc21_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc21_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc21_0.w); }
         }
         if (row0 + 22u < M) {
             let cb = c_off + (row0 + 22u) * N + col0;
-            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc22_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc22_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc22_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc22_0.w; }
+            if (col0 + 0u < N) { store1(cb + 0u, acc22_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc22_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc22_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc22_0.w); }
         }
         if (row0 + 23u < M) {
             let cb = c_off + (row0 + 23u) * N + col0;
-            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc23_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc23_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc23_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc23_0.w; }
+            if (col0 + 0u < N) { store1(cb + 0u, acc23_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc23_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc23_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc23_0.w); }
         }
         if (row0 + 24u < M) {
             let cb = c_off + (row0 + 24u) * N + col0;
-            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc24_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc24_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc24_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc24_0.w; }
+            if (col0 + 0u < N) { store1(cb + 0u, acc24_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc24_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc24_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc24_0.w); }
         }
         if (row0 + 25u < M) {
             let cb = c_off + (row0 + 25u) * N + col0;
-            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc25_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc25_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc25_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc25_0.w; }
+            if (col0 + 0u < N) { store1(cb + 0u, acc25_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc25_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc25_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc25_0.w); }
         }
         if (row0 + 26u < M) {
             let cb = c_off + (row0 + 26u) * N + col0;
-            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc26_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc26_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc26_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc26_0.w; }
+            if (col0 + 0u < N) { store1(cb + 0u, acc26_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc26_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc26_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc26_0.w); }
         }
         if (row0 + 27u < M) {
             let cb = c_off + (row0 + 27u) * N + col0;
-            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc27_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc27_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc27_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc27_0.w; }
+            if (col0 + 0u < N) { store1(cb + 0u, acc27_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc27_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc27_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc27_0.w); }
         }
         if (row0 + 28u < M) {
             let cb = c_off + (row0 + 28u) * N + col0;
-            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc28_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc28_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc28_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc28_0.w; }
+            if (col0 + 0u < N) { store1(cb + 0u, acc28_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc28_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc28_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc28_0.w); }
         }
         if (row0 + 29u < M) {
             let cb = c_off + (row0 + 29u) * N + col0;
-            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc29_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc29_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc29_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc29_0.w; }
+            if (col0 + 0u < N) { store1(cb + 0u, acc29_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc29_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc29_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc29_0.w); }
         }
         if (row0 + 30u < M) {
             let cb = c_off + (row0 + 30u) * N + col0;
-            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc30_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc30_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc30_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc30_0.w; }
+            if (col0 + 0u < N) { store1(cb + 0u, acc30_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc30_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc30_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc30_0.w); }
         }
         if (row0 + 31u < M) {
             let cb = c_off + (row0 + 31u) * N + col0;
-            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc31_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc31_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc31_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc31_0.w; }
+            if (col0 + 0u < N) { store1(cb + 0u, acc31_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc31_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc31_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc31_0.w); }
         }
     }
 }

@@ -7,7 +7,6 @@ generated; edit this script, not the .wgsl files).
 
 The files in shaders/ come from:
   python3 tools/gen_matmul.py portable shaders/matmul.wgsl 32 32
-  python3 tools/gen_matmul.py subgroup shaders/matmul_subgroup.wgsl 128 16
   python3 tools/gen_matmul.py subgroup shaders/matmul_subgroup_128x64.wgsl 128 8
   python3 tools/gen_matmul.py subgroup shaders/matmul_subgroup_64x128.wgsl 64 16
   python3 tools/gen_matmul.py subgroup shaders/matmul_subgroup_32x32.wgsl 32 4
@@ -39,6 +38,14 @@ COMMON_OVERRIDES = """// Shapes are runtime values (binding 3) so that one pipel
 // large and LLVM takes seconds to compile it. Only the two layout flags specialise it.
 override C_VEC4: bool;   // N % 4 == 0 and C_BATCH_STRIDE % 4 == 0: rows of C start on a vec4"""
 
+# Every write of C goes through these two functions. The runtime replaces the
+# block between the markers to fuse an epilogue (bias, batch norm, activation,
+# even a permuted layout) into the write; bindings 4 and up are the epilogue's.
+STORE = """// STORE BEGIN
+fn store1(e: u32, v: f32) { c[e / 4u][e % 4u] = v; }
+fn store4(e: u32, v: vec4<f32>) { c[e / 4u] = v; }
+// STORE END"""
+
 DIMS = """    let M = dims[0];
     let N = dims[1];
     let K = dims[2];
@@ -60,7 +67,7 @@ def store_epilogue():
     for i in range(TM):
         w("        if (row0 + %du < M) {" % i)
         w("            let cb = (c_off + (row0 + %du) * N + col0) / 4u;" % i)
-        w("            " + " ".join("if (col0 + %du < N) { c[cb + %du] = acc%d_%d; }" % (4 * j, j, i, j) for j in range(TN4)))
+        w("            " + " ".join("if (col0 + %du < N) { store4((cb + %du) * 4u, acc%d_%d); }" % (4 * j, j, i, j) for j in range(TN4)))
         w("        }")
     w("    } else {")
     for i in range(TM):
@@ -68,7 +75,7 @@ def store_epilogue():
         w("            let cb = c_off + (row0 + %du) * N + col0;" % i)
         for j in range(TN4):
             w("            " + " ".join(
-                "if (col0 + %du < N) { let e = cb + %du; c[e / 4u][e %% 4u] = acc%d_%d.%s; }"
+                "if (col0 + %du < N) { store1(cb + %du, acc%d_%d.%s); }"
                 % (4 * j + q, 4 * j + q, i, j, "xyzw"[q]) for q in range(4)))
         w("        }")
     w("    }")
@@ -99,6 +106,8 @@ const BN: u32 = 8u * TN;
 @group(0) @binding(1) var<storage, read> b: array<f32>;
 @group(0) @binding(2) var<storage, read_write> c: array<vec4<f32>>;   // C as vec4s (any N: see epilogue)
 @group(0) @binding(3) var<storage, read> dims: array<u32>;
+
+{STORE}
 
 @compute @workgroup_size(8, 1, 1)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lane: u32) {{
@@ -163,6 +172,8 @@ const BN: u32 = 8u * TN;
 @group(0) @binding(1) var<storage, read> b: array<u64>;          // f32 pairs
 @group(0) @binding(2) var<storage, read_write> c: array<vec4<f32>>;   // C as vec4s (any N: see epilogue)
 @group(0) @binding(3) var<storage, read> dims: array<u32>;
+
+{STORE}
 
 fn lo(x: u64) -> f32 {{ return bitcast<f32>(u32(x)); }}
 fn hi(x: u64) -> f32 {{ return bitcast<f32>(u32(x >> 32u)); }}

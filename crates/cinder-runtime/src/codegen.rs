@@ -43,6 +43,30 @@ struct Gen<'a> {
     seeds: Vec<usize>,
     memo: HashMap<(usize, String), String>,
     counter: usize,
+    /// In a matmul epilogue: the matmul entry and the variable holding its
+    /// value at the element being stored.
+    substitute: Option<(usize, String)>,
+    /// The scalars buffer and the word where constants and seeds start
+    /// (after a matmul's shape words in an epilogue).
+    scalars: &'static str,
+    scalar_base: usize,
+}
+
+impl<'a> Gen<'a> {
+    fn new(entries: &'a [Entry], materialized: &'a dyn Fn(usize) -> bool, chunk: usize) -> Self {
+        Gen {
+            entries,
+            materialized,
+            chunk,
+            inputs: Vec::new(),
+            seeds: Vec::new(),
+            memo: HashMap::new(),
+            counter: 0,
+            substitute: None,
+            scalars: "scalars",
+            scalar_base: 0,
+        }
+    }
 }
 
 fn zero(dtype: DType) -> &'static str {
@@ -102,6 +126,13 @@ impl Gen<'_> {
     /// Emits statements into `body` computing entry `i` at linear index `idx`
     /// (a u32 expression naming a variable); returns the value's variable.
     fn value(&mut self, body: &mut String, i: usize, idx: &str, top: bool) -> String {
+        if let Some((m, v)) = &self.substitute {
+            // The epilogue's chain reaches the matmul exactly once, at the
+            // element being stored (whatever its index expression says).
+            if *m == i {
+                return v.clone();
+            }
+        }
         if let Some(v) = self.memo.get(&(i, idx.to_string())) {
             return v.clone();
         }
@@ -122,8 +153,13 @@ impl Gen<'_> {
                 let s = self.seeds.len();
                 self.seeds.push(i);
                 match e.dtype {
-                    DType::U32 => format!("scalars[{}u]", 2 * s),
-                    other => format!("bitcast<{}>(scalars[{}u])", other.wgsl(), 2 * s),
+                    DType::U32 => format!("{}[{}u]", self.scalars, self.scalar_base + 2 * s),
+                    other => format!(
+                        "bitcast<{}>({}[{}u])",
+                        other.wgsl(),
+                        self.scalars,
+                        self.scalar_base + 2 * s
+                    ),
                 }
             }
             Kind::Iota { axis } => format!("{ty}({})", coord(idx, &e.shape, axis)),
@@ -135,7 +171,8 @@ impl Gen<'_> {
                 } else {
                     "rand_uniform"
                 };
-                format!("{f}({idx}, scalars[{}u], scalars[{}u])", 2 * s, 2 * s + 1)
+                let w = self.scalar_base + 2 * s;
+                format!("{f}({idx}, {v}[{w}u], {v}[{}u])", w + 1, v = self.scalars)
             }
             Kind::Unary(op, a) => {
                 let x = self.value(body, a, idx, false);
@@ -547,15 +584,7 @@ pub(crate) fn elementwise(
     out: usize,
     load_root: bool,
 ) -> Generated {
-    let mut g = Gen {
-        entries,
-        materialized,
-        chunk,
-        inputs: Vec::new(),
-        seeds: Vec::new(),
-        memo: HashMap::new(),
-        counter: 0,
-    };
+    let mut g = Gen::new(entries, materialized, chunk);
     let mut body = String::new();
     let v = g.value(&mut body, root, "gid", !load_root);
     let n = numel(&entries[root].shape);
@@ -613,15 +642,7 @@ pub(crate) fn reduce(
     input: usize,
     parts: usize,
 ) -> Generated {
-    let mut g = Gen {
-        entries,
-        materialized,
-        chunk,
-        inputs: Vec::new(),
-        seeds: Vec::new(),
-        memo: HashMap::new(),
-        counter: 0,
-    };
+    let mut g = Gen::new(entries, materialized, chunk);
     let in_shape = &entries[input].shape;
     let out_shape = &entries[root].shape;
     let in_ty = entries[input].dtype;
@@ -762,5 +783,110 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         inputs: g.inputs,
         seeds: g.seeds,
         items: (n_out * parts.max(1)) as u64 * REDUCE_WG as u64,
+    }
+}
+
+/// Whether a view reorders its input's elements one to one: no mask, no
+/// offset, and its (stride, size) pairs are the input's contiguous strides in
+/// some order (permutes and reshapes of permutes).
+pub(crate) fn is_permutation_view(spec: &crate::graph::ViewSpec, shape: &[usize]) -> bool {
+    if spec.mask.is_some() || spec.offset != 0 {
+        return false;
+    }
+    let mut dims: Vec<(i64, usize)> = spec
+        .strides
+        .iter()
+        .zip(shape)
+        .filter(|(_, &n)| n > 1)
+        .map(|(&st, &n)| (st, n))
+        .collect();
+    dims.sort_by_key(|d| std::cmp::Reverse(d.0));
+    let mut expected = 1i64;
+    for &(st, n) in dims.iter().rev() {
+        if st != expected {
+            return false;
+        }
+        expected *= n as i64;
+    }
+    true
+}
+
+/// The store functions of a matmul whose output `matmul` feeds, through the
+/// single-use `chain` (element-wise ops and one-to-one views, bottom up), the
+/// materialized entry `out`: `store1(e, v)` receives the product's element
+/// `e` and writes `out`'s element that depends on it. Inputs of the epilogue
+/// are bound from binding 4; constants follow the matmul's `dims_words`.
+pub(crate) fn matmul_epilogue(
+    entries: &[Entry],
+    materialized: &dyn Fn(usize) -> bool,
+    chunk: usize,
+    matmul: usize,
+    chain: &[usize],
+    dims_words: usize,
+) -> Generated {
+    let mut g = Gen::new(entries, materialized, chunk);
+    g.scalars = "dims";
+    g.scalar_base = dims_words;
+    g.substitute = Some((matmul, "v".to_string()));
+    let mut body = String::new();
+    // Where the product's element e lands in each node up the chain.
+    let mut at = "e".to_string();
+    for &p in chain {
+        if let Kind::View(spec, _) = &entries[p].kind {
+            let shape = &entries[p].shape;
+            let reshape = spec.strides == contiguous_strides(shape);
+            if !reshape {
+                let cs = contiguous_strides(shape);
+                let terms: Vec<String> = (0..shape.len())
+                    .filter(|&d| shape[d] > 1)
+                    .map(|d| {
+                        format!(
+                            "(({at} / {}u) % {}u) * {}u",
+                            spec.strides[d], shape[d], cs[d]
+                        )
+                    })
+                    .collect();
+                let next = g.fresh("ix");
+                let sum = if terms.is_empty() {
+                    "0u".to_string()
+                } else {
+                    terms.join(" + ")
+                };
+                let _ = writeln!(body, "    let {next} = {sum};");
+                at = next;
+            }
+        }
+    }
+    let out = chain[chain.len() - 1];
+    let value = g.value(&mut body, out, &at, true);
+    let mut decls = String::new();
+    let mut next = 4;
+    for (b, &i) in g.inputs.iter().enumerate() {
+        g.declare(
+            &mut decls,
+            &mut next,
+            &format!("b{b}"),
+            entries[i].dtype.wgsl(),
+            g.chunks(i),
+            false,
+        );
+    }
+    let source = format!(
+        "{PRELUDE}{decls}fn store1(e: u32, v: f32) {{
+{body}    c[{at} / 4u][{at} % 4u] = {value};
+}}
+fn store4(e: u32, v: vec4<f32>) {{
+    store1(e, v.x);
+    store1(e + 1u, v.y);
+    store1(e + 2u, v.z);
+    store1(e + 3u, v.w);
+}}
+"
+    );
+    Generated {
+        source,
+        inputs: g.inputs,
+        seeds: g.seeds,
+        items: 0,
     }
 }

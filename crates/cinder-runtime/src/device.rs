@@ -194,7 +194,7 @@ pub(crate) struct DeviceInner {
     pub id: u64,
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
-    /// Whether matmuls use shaders/matmul_subgroup.wgsl.
+    /// Whether matmuls use the subgroup kernels (shaders/matmul_subgroup_*.wgsl).
     pub subgroup_matmul: bool,
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,

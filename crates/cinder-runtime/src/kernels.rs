@@ -24,17 +24,17 @@ const MATMUL_BLOCK: (usize, usize) = (32, 256);
 
 /// The fast matmuls where subgroups and 64-bit integers exist: one subgroup
 /// of 8 lanes computes a block of C, A is loaded once and broadcast, loads
-/// fetch two floats at once (see shaders/matmul_subgroup.wgsl). The same
+/// fetch two floats at once (see shaders/matmul_subgroup_*.wgsl). The same
 /// generated kernel in three block sizes: the biggest reuses loads best, the
 /// smaller ones keep narrow products (64 output channels, 9 weight taps) from
-/// computing mostly padding.
-const MATMUL_SUBGROUP: &str = include_str!("../../../shaders/matmul_subgroup.wgsl");
+/// computing mostly padding. A 128x128 block measured no faster than 128x64
+/// at 1024 on lavapipe (within the machine's noise) and takes four times as
+/// long to compile (about 30 s cold), so it is not built.
 const MATMUL_SUBGROUP_128X64: &str = include_str!("../../../shaders/matmul_subgroup_128x64.wgsl");
 const MATMUL_SUBGROUP_64X128: &str = include_str!("../../../shaders/matmul_subgroup_64x128.wgsl");
 const MATMUL_SUBGROUP_32X32: &str = include_str!("../../../shaders/matmul_subgroup_32x32.wgsl");
 /// Biggest (most loads saved per multiply-add) first.
-const SUBGROUP_VARIANTS: [(&str, (usize, usize)); 4] = [
-    (MATMUL_SUBGROUP, (128, 128)),
+const SUBGROUP_VARIANTS: [(&str, (usize, usize)); 3] = [
     (MATMUL_SUBGROUP_128X64, (128, 64)),
     (MATMUL_SUBGROUP_64X128, (64, 128)),
     (MATMUL_SUBGROUP_32X32, (32, 32)),
@@ -44,16 +44,17 @@ const SUBGROUP_VARIANTS: [(&str, (usize, usize)); 4] = [
 /// work is within half again of the least padded choice.
 fn subgroup_variant(m: usize, n: usize) -> (&'static str, (usize, usize)) {
     let padded = |(rows, cols): (usize, usize)| m.div_ceil(rows) * rows * n.div_ceil(cols) * cols;
-    let least = SUBGROUP_VARIANTS
+    let candidates = &SUBGROUP_VARIANTS[..];
+    let least = candidates
         .iter()
         .map(|&(_, block)| padded(block))
         .min()
         .unwrap_or(usize::MAX);
-    SUBGROUP_VARIANTS
+    candidates
         .iter()
         .copied()
         .find(|&(_, block)| padded(block) * 2 <= least * 3)
-        .unwrap_or(SUBGROUP_VARIANTS[0])
+        .unwrap_or(candidates[0])
 }
 
 /// Below this many multiply-adds a tiled kernel's big blocks are mostly
@@ -63,8 +64,12 @@ const SMALL_MATMUL: usize = 1 << 18;
 const SMALL_MATMUL_SRC: &str = "
 @group(0) @binding(0) var<storage, read> a: array<f32>;
 @group(0) @binding(1) var<storage, read> b: array<f32>;
-@group(0) @binding(2) var<storage, read_write> c: array<f32>;
+@group(0) @binding(2) var<storage, read_write> c: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> dims: array<u32>;
+// STORE BEGIN
+fn store1(e: u32, v: f32) { c[e / 4u][e % 4u] = v; }
+fn store4(e: u32, v: vec4<f32>) { c[e / 4u] = v; }
+// STORE END
 @compute @workgroup_size(8, 8)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let m = dims[0];
@@ -79,7 +84,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     for (var i = 0u; i < k; i = i + 1u) {
         acc = acc + a[ab + i] * b[bb + i * dims[7]];
     }
-    c[gid.z * dims[5] + row * n + col] = acc;
+    store1(gid.z * dims[5] + row * n + col, acc);
 }
 ";
 
@@ -202,6 +207,29 @@ pub(crate) fn optimizer(kind: OptimKind) -> (String, Vec<(String, f64)>, usize, 
     }
 }
 
+/// Whether a product may take a fused epilogue. Each fused site is a
+/// pipeline of its own whose shapes are baked into the epilogue, and the
+/// unrolled subgroup bodies compile for seconds each when Mesa's shader
+/// cache is cold; only the kernels that compile in about a second take
+/// epilogues (the small-product kernel, the portable kernel and the 32x32
+/// subgroup block).
+pub(crate) fn fusable(kernel: &MatmulKernel) -> bool {
+    kernel.source != MATMUL_SUBGROUP_128X64 && kernel.source != MATMUL_SUBGROUP_64X128
+}
+
+/// `source` (a matmul kernel) with its C-store functions replaced by
+/// `store`, which may declare further bindings (4 and up).
+pub(crate) fn with_store(source: &str, store: &str) -> String {
+    const BEGIN: &str = "// STORE BEGIN";
+    const END: &str = "// STORE END";
+    match (source.find(BEGIN), source.find(END)) {
+        (Some(b), Some(e)) if b < e => {
+            format!("{}{store}\n{}", &source[..b], &source[e + END.len()..])
+        }
+        _ => source.to_string(),
+    }
+}
+
 /// Every hand-written shader, for validation in tests.
 pub fn shader_sources() -> Vec<(&'static str, &'static str)> {
     vec![
@@ -213,7 +241,6 @@ pub fn shader_sources() -> Vec<(&'static str, &'static str)> {
             include_str!("../../../shaders/prelude.wgsl"),
         ),
         ("matmul.wgsl", MATMUL),
-        ("matmul_subgroup.wgsl", MATMUL_SUBGROUP),
         ("matmul_subgroup_128x64.wgsl", MATMUL_SUBGROUP_128X64),
         ("matmul_subgroup_64x128.wgsl", MATMUL_SUBGROUP_64X128),
         ("matmul_subgroup_32x32.wgsl", MATMUL_SUBGROUP_32X32),

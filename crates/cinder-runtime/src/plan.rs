@@ -28,6 +28,11 @@ enum Resource {
 
 enum ScalarSource {
     Seeds(Vec<usize>),
+    /// A matmul's shape words, then its epilogue's constants and seeds.
+    MatmulEpilogue {
+        dims: Vec<u32>,
+        seeds: Vec<usize>,
+    },
     /// Fixed words: a matmul's shape.
     Words(Vec<u32>),
     Hyper {
@@ -51,6 +56,8 @@ struct Step {
     pipeline: Arc<PipelineEntry>,
     bindings: Vec<Binding>,
     scalars: Option<(Storage, ScalarSource)>,
+    /// Bound after the scalars (a fused matmul epilogue's inputs).
+    extra_bindings: Vec<Binding>,
     workgroups: (u32, u32, u32),
 }
 
@@ -82,6 +89,25 @@ pub(crate) fn grid(device: &Device, items: u64, wg: u32) -> (u32, u32, u32) {
         let x = groups.div_ceil(y);
         (x as u32, y as u32, 1)
     }
+}
+
+/// Whether entry `e` reads `input` (of shape `shape`) only at its own
+/// element's position, up to a one-to-one reordering: the links a matmul
+/// epilogue may follow.
+fn index_preserving(e: &Entry, input: usize, shape: &[usize]) -> bool {
+    let once = |xs: &[usize]| xs.iter().filter(|&&x| x == input).count() == 1;
+    e.dtype == crate::graph::DType::F32
+        && match &e.kind {
+            Kind::Unary(_, a) => *a == input,
+            Kind::Binary(_, x, y) => e.shape == shape && once(&[*x, *y]),
+            Kind::Where(c, x, y) => e.shape == shape && once(&[*c, *x, *y]),
+            Kind::View(spec, a) => {
+                *a == input
+                    && numel(&e.shape) == numel(shape)
+                    && codegen::is_permutation_view(spec, &e.shape)
+            }
+            _ => false,
+        }
 }
 
 /// Threads per workgroup of a reduction over `span` elements in `parts`.
@@ -275,6 +301,71 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
         }
     }
 
+    // Epilogue fusion: a matmul whose only consumer chain (element-wise ops
+    // and one-to-one views, each used once) ends in a materialized entry
+    // writes that entry directly; its own output never exists.
+    let mut consumers: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (i, e) in entries.iter().enumerate() {
+        for c in e.kind.children() {
+            if !consumers[c].contains(&i) {
+                consumers[c].push(i);
+            }
+        }
+    }
+    let mut epilogues: std::collections::HashMap<usize, (usize, Vec<usize>)> =
+        std::collections::HashMap::new();
+    for m in 0..synthetic_from {
+        if !matches!(entries[m].kind, Kind::Matmul { .. })
+            || split_matmuls.contains_key(&m)
+            || is_root[m]
+            || uses[m] != 1
+            || entries[m].dtype != crate::graph::DType::F32
+        {
+            continue;
+        }
+        let mut chain = Vec::new();
+        let mut cur = m;
+        let end = loop {
+            let [p] = consumers[cur][..] else { break None };
+            if p >= synthetic_from || !index_preserving(&entries[p], cur, &entries[cur].shape) {
+                break None;
+            }
+            chain.push(p);
+            if mat[p] {
+                break Some(p);
+            }
+            if uses[p] != 1 {
+                break None;
+            }
+            cur = p;
+        };
+        // One product per fused kernel: a second one feeding the same entry
+        // (the two gradients of x @ x) keeps its own buffer.
+        let cheap = || {
+            let Kind::Matmul {
+                a,
+                b,
+                a_batched,
+                b_batched,
+            } = entries[m].kind
+            else {
+                return false;
+            };
+            kernels::fusable(&kernels::matmul(
+                &entries[a].shape,
+                &entries[b].shape,
+                a_batched,
+                b_batched,
+                device.inner.subgroup_matmul,
+                1,
+            ))
+        };
+        if let Some(e) = end.filter(|e| !epilogues.contains_key(e) && cheap()) {
+            mat[m] = false;
+            epilogues.insert(e, (m, chain));
+        }
+    }
+
     // Resources.
     let mut resources = Vec::new();
     let mut res_of: Vec<Option<usize>> = vec![None; n];
@@ -302,6 +393,8 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
         scalars: Option<ScalarSource>,
         workgroups: Option<(u32, u32, u32)>,
         hand_written: bool,
+        /// Inputs of a fused matmul epilogue, bound after the scalars.
+        epilogue_inputs: usize,
     }
     let mut pending: Vec<Pending> = Vec::new();
     let matf = |i: usize| mat[i];
@@ -313,6 +406,54 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
             continue;
         }
         if numel(&entries[i].shape) == 0 {
+            continue;
+        }
+        if let Some((m, chain)) = epilogues.get(&i) {
+            let Kind::Matmul {
+                a,
+                b,
+                a_batched,
+                b_batched,
+            } = entries[*m].kind
+            else {
+                return Err(Error::Gpu("internal: epilogue of a non-matmul".into()));
+            };
+            let (ba, bb) = (
+                buffer_of(&mat, a)
+                    .ok_or_else(|| Error::Gpu("matmul input without buffer".into()))?,
+                buffer_of(&mat, b)
+                    .ok_or_else(|| Error::Gpu("matmul input without buffer".into()))?,
+            );
+            let k = kernels::matmul(
+                &entries[a].shape,
+                &entries[b].shape,
+                a_batched,
+                b_batched,
+                device.inner.subgroup_matmul,
+                1,
+            );
+            let epilogue = codegen::matmul_epilogue(entries, &matf, chunk, *m, chain, k.dims.len());
+            let mut inputs = vec![ba, bb];
+            inputs.extend(epilogue.inputs.iter().copied());
+            pending.push(Pending {
+                generated: Generated {
+                    source: kernels::with_store(k.source, &epilogue.source),
+                    inputs,
+                    seeds: epilogue.seeds.clone(),
+                    items: 0,
+                },
+                output: i,
+                label: "matmul+epilogue".to_string(),
+                wg: 1,
+                constants: k.constants,
+                scalars: Some(ScalarSource::MatmulEpilogue {
+                    dims: k.dims,
+                    seeds: epilogue.seeds,
+                }),
+                workgroups: Some(k.workgroups),
+                hand_written: true,
+                epilogue_inputs: epilogue.inputs.len(),
+            });
             continue;
         }
         let mut workgroups = None;
@@ -340,6 +481,7 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
                         scalars,
                         workgroups: None,
                         hand_written: false,
+                        epilogue_inputs: 0,
                     });
                     (
                         codegen::reduce(entries, &matf, chunk, combine, i, *op, &[1], partial, 1),
@@ -390,6 +532,7 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
                         scalars: Some(ScalarSource::Words(k.dims)),
                         workgroups: Some(k.workgroups),
                         hand_written: true,
+                        epilogue_inputs: 0,
                     });
                     (
                         codegen::reduce(
@@ -428,6 +571,7 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
             wg,
             constants,
             scalars,
+            epilogue_inputs: 0,
             hand_written: workgroups.is_some(),
             workgroups,
         });
@@ -489,6 +633,7 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
                         }),
                         workgroups: None,
                         hand_written: true,
+                        epilogue_inputs: 0,
                     },
                     ei,
                 ));
@@ -514,6 +659,7 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
                         scalars: None,
                         workgroups: None,
                         hand_written: false,
+                        epilogue_inputs: 0,
                     },
                     ei,
                 ));
@@ -627,6 +773,7 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
             })
         };
         let mut bindings = Vec::new();
+        let mut extra_bindings = Vec::new();
         let is_optim = matches!(p.scalars, Some(ScalarSource::Hyper { .. }));
         let hand_written = is_optim || p.hand_written;
         if is_optim {
@@ -638,10 +785,14 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
         } else if hand_written {
             // The subgroup matmul reads A and B as u64 pairs: bind whole
             // 16-byte blocks (every buffer is allocated in them).
-            for &i in &p.generated.inputs {
+            let own = p.generated.inputs.len() - p.epilogue_inputs;
+            for &i in &p.generated.inputs[..own] {
                 let mut input = whole(i)?;
                 input.size = padded_size(input.size);
                 bindings.push(input);
+            }
+            for &i in &p.generated.inputs[own..] {
+                extra_bindings.extend(chunked(i)?);
             }
             // The matmul writes C as vec4s: bind the buffer's padded size.
             let mut out = whole(p.output)?;
@@ -670,6 +821,9 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
                 let len = match src {
                     ScalarSource::Seeds(s) => 8 * s.len() as u64,
                     ScalarSource::Words(w) => 4 * w.len() as u64,
+                    ScalarSource::MatmulEpilogue { dims, seeds } => {
+                        4 * dims.len() as u64 + 8 * seeds.len() as u64
+                    }
                     ScalarSource::Hyper { effect, .. } => {
                         let CanonEffect::Optim { hyper_len, .. } = &canon.effects[*effect] else {
                             return Err(Error::Gpu(
@@ -690,6 +844,10 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
                 let src = match src {
                     ScalarSource::Seeds(s) => ScalarSource::Seeds(s.clone()),
                     ScalarSource::Words(w) => ScalarSource::Words(w.clone()),
+                    ScalarSource::MatmulEpilogue { dims, seeds } => ScalarSource::MatmulEpilogue {
+                        dims: dims.clone(),
+                        seeds: seeds.clone(),
+                    },
                     ScalarSource::Hyper { effect, n } => ScalarSource::Hyper {
                         effect: *effect,
                         n: *n,
@@ -701,6 +859,7 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
         steps.push(Step {
             label: format!("{} -> {:?}", p.label, entries[p.output].shape),
             source_for_debug: p.generated.source.clone(),
+            extra_bindings,
             pipeline,
             bindings,
             scalars,
@@ -769,6 +928,10 @@ impl Plan {
             if let Some((s, _)) = &step.scalars {
                 bufs.push((s.id(), 0, s.size_bytes(), s.buffer()));
             }
+            for b in &step.extra_bindings {
+                let s = &storages[b.resource];
+                bufs.push((s.id(), b.offset, b.size, s.buffer()));
+            }
             let bg = device.bind_group(&step.pipeline, &bufs);
             let started = std::time::Instant::now();
             let mut encoder =
@@ -835,15 +998,23 @@ impl Plan {
 
         for step in &self.steps {
             if let Some((buf, src)) = &step.scalars {
-                let words: Vec<u32> = match src {
-                    ScalarSource::Seeds(seeds) => seeds
+                let seed_words = |seeds: &[usize]| -> Vec<u32> {
+                    seeds
                         .iter()
                         .flat_map(|i| match (bind.seeds.get(i), bind.consts.get(i)) {
                             (Some(&s), _) => [s as u32, (s >> 32) as u32],
                             (None, Some(&v)) => [const_bits(entries[*i].dtype, v), 0],
                             (None, None) => [0, 0],
                         })
-                        .collect(),
+                        .collect()
+                };
+                let words: Vec<u32> = match src {
+                    ScalarSource::Seeds(seeds) => seed_words(seeds),
+                    ScalarSource::MatmulEpilogue { dims, seeds } => {
+                        let mut w = dims.clone();
+                        w.extend(seed_words(seeds));
+                        w
+                    }
                     // Written once, when the plan was compiled.
                     ScalarSource::Words(_) => continue,
                     ScalarSource::Hyper { effect, n } => {
@@ -883,6 +1054,10 @@ impl Plan {
                     .collect();
                 if let Some((s, _)) = &step.scalars {
                     bufs.push((s.id(), 0, s.size_bytes(), s.buffer()));
+                }
+                for b in &step.extra_bindings {
+                    let s = &storages[b.resource];
+                    bufs.push((s.id(), b.offset, b.size, s.buffer()));
                 }
                 let bg = device.bind_group(&step.pipeline, &bufs);
                 pass.set_pipeline(&step.pipeline.pipeline);
