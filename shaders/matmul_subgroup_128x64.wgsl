@@ -34,10 +34,7 @@ const BN: u32 = 8u * TN;
 @group(0) @binding(2) var<storage, read_write> c: array<vec4<f32>>;   // C as vec4s (any N: see epilogue)
 @group(0) @binding(3) var<storage, read> dims: array<u32>;
 
-// STORE BEGIN
-fn store1(e: u32, v: f32) { c[e / 4u][e % 4u] = v; }
-fn store4(e: u32, v: vec4<f32>) { c[e / 4u] = v; }
-// STORE END
+
 
 fn lo(x: u64) -> f32 { return bitcast<f32>(u32(x)); }
 fn hi(x: u64) -> f32 { return bitcast<f32>(u32(x >> 32u)); }
@@ -882,1156 +879,1156 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invocation_id) l
     if (C_VEC4) {
         if (row0 + 0u < M) {
             let cb = (c_off + (row0 + 0u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc0_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc0_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc0_0; } if (col0 + 4u < N) { c[cb + 1u] = acc0_1; }
         }
         if (row0 + 1u < M) {
             let cb = (c_off + (row0 + 1u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc1_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc1_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc1_0; } if (col0 + 4u < N) { c[cb + 1u] = acc1_1; }
         }
         if (row0 + 2u < M) {
             let cb = (c_off + (row0 + 2u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc2_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc2_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc2_0; } if (col0 + 4u < N) { c[cb + 1u] = acc2_1; }
         }
         if (row0 + 3u < M) {
             let cb = (c_off + (row0 + 3u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc3_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc3_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc3_0; } if (col0 + 4u < N) { c[cb + 1u] = acc3_1; }
         }
         if (row0 + 4u < M) {
             let cb = (c_off + (row0 + 4u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc4_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc4_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc4_0; } if (col0 + 4u < N) { c[cb + 1u] = acc4_1; }
         }
         if (row0 + 5u < M) {
             let cb = (c_off + (row0 + 5u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc5_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc5_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc5_0; } if (col0 + 4u < N) { c[cb + 1u] = acc5_1; }
         }
         if (row0 + 6u < M) {
             let cb = (c_off + (row0 + 6u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc6_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc6_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc6_0; } if (col0 + 4u < N) { c[cb + 1u] = acc6_1; }
         }
         if (row0 + 7u < M) {
             let cb = (c_off + (row0 + 7u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc7_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc7_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc7_0; } if (col0 + 4u < N) { c[cb + 1u] = acc7_1; }
         }
         if (row0 + 8u < M) {
             let cb = (c_off + (row0 + 8u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc8_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc8_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc8_0; } if (col0 + 4u < N) { c[cb + 1u] = acc8_1; }
         }
         if (row0 + 9u < M) {
             let cb = (c_off + (row0 + 9u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc9_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc9_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc9_0; } if (col0 + 4u < N) { c[cb + 1u] = acc9_1; }
         }
         if (row0 + 10u < M) {
             let cb = (c_off + (row0 + 10u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc10_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc10_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc10_0; } if (col0 + 4u < N) { c[cb + 1u] = acc10_1; }
         }
         if (row0 + 11u < M) {
             let cb = (c_off + (row0 + 11u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc11_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc11_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc11_0; } if (col0 + 4u < N) { c[cb + 1u] = acc11_1; }
         }
         if (row0 + 12u < M) {
             let cb = (c_off + (row0 + 12u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc12_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc12_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc12_0; } if (col0 + 4u < N) { c[cb + 1u] = acc12_1; }
         }
         if (row0 + 13u < M) {
             let cb = (c_off + (row0 + 13u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc13_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc13_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc13_0; } if (col0 + 4u < N) { c[cb + 1u] = acc13_1; }
         }
         if (row0 + 14u < M) {
             let cb = (c_off + (row0 + 14u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc14_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc14_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc14_0; } if (col0 + 4u < N) { c[cb + 1u] = acc14_1; }
         }
         if (row0 + 15u < M) {
             let cb = (c_off + (row0 + 15u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc15_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc15_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc15_0; } if (col0 + 4u < N) { c[cb + 1u] = acc15_1; }
         }
         if (row0 + 16u < M) {
             let cb = (c_off + (row0 + 16u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc16_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc16_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc16_0; } if (col0 + 4u < N) { c[cb + 1u] = acc16_1; }
         }
         if (row0 + 17u < M) {
             let cb = (c_off + (row0 + 17u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc17_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc17_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc17_0; } if (col0 + 4u < N) { c[cb + 1u] = acc17_1; }
         }
         if (row0 + 18u < M) {
             let cb = (c_off + (row0 + 18u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc18_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc18_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc18_0; } if (col0 + 4u < N) { c[cb + 1u] = acc18_1; }
         }
         if (row0 + 19u < M) {
             let cb = (c_off + (row0 + 19u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc19_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc19_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc19_0; } if (col0 + 4u < N) { c[cb + 1u] = acc19_1; }
         }
         if (row0 + 20u < M) {
             let cb = (c_off + (row0 + 20u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc20_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc20_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc20_0; } if (col0 + 4u < N) { c[cb + 1u] = acc20_1; }
         }
         if (row0 + 21u < M) {
             let cb = (c_off + (row0 + 21u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc21_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc21_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc21_0; } if (col0 + 4u < N) { c[cb + 1u] = acc21_1; }
         }
         if (row0 + 22u < M) {
             let cb = (c_off + (row0 + 22u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc22_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc22_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc22_0; } if (col0 + 4u < N) { c[cb + 1u] = acc22_1; }
         }
         if (row0 + 23u < M) {
             let cb = (c_off + (row0 + 23u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc23_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc23_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc23_0; } if (col0 + 4u < N) { c[cb + 1u] = acc23_1; }
         }
         if (row0 + 24u < M) {
             let cb = (c_off + (row0 + 24u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc24_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc24_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc24_0; } if (col0 + 4u < N) { c[cb + 1u] = acc24_1; }
         }
         if (row0 + 25u < M) {
             let cb = (c_off + (row0 + 25u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc25_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc25_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc25_0; } if (col0 + 4u < N) { c[cb + 1u] = acc25_1; }
         }
         if (row0 + 26u < M) {
             let cb = (c_off + (row0 + 26u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc26_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc26_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc26_0; } if (col0 + 4u < N) { c[cb + 1u] = acc26_1; }
         }
         if (row0 + 27u < M) {
             let cb = (c_off + (row0 + 27u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc27_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc27_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc27_0; } if (col0 + 4u < N) { c[cb + 1u] = acc27_1; }
         }
         if (row0 + 28u < M) {
             let cb = (c_off + (row0 + 28u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc28_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc28_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc28_0; } if (col0 + 4u < N) { c[cb + 1u] = acc28_1; }
         }
         if (row0 + 29u < M) {
             let cb = (c_off + (row0 + 29u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc29_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc29_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc29_0; } if (col0 + 4u < N) { c[cb + 1u] = acc29_1; }
         }
         if (row0 + 30u < M) {
             let cb = (c_off + (row0 + 30u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc30_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc30_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc30_0; } if (col0 + 4u < N) { c[cb + 1u] = acc30_1; }
         }
         if (row0 + 31u < M) {
             let cb = (c_off + (row0 + 31u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc31_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc31_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc31_0; } if (col0 + 4u < N) { c[cb + 1u] = acc31_1; }
         }
         if (row0 + 32u < M) {
             let cb = (c_off + (row0 + 32u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc32_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc32_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc32_0; } if (col0 + 4u < N) { c[cb + 1u] = acc32_1; }
         }
         if (row0 + 33u < M) {
             let cb = (c_off + (row0 + 33u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc33_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc33_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc33_0; } if (col0 + 4u < N) { c[cb + 1u] = acc33_1; }
         }
         if (row0 + 34u < M) {
             let cb = (c_off + (row0 + 34u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc34_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc34_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc34_0; } if (col0 + 4u < N) { c[cb + 1u] = acc34_1; }
         }
         if (row0 + 35u < M) {
             let cb = (c_off + (row0 + 35u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc35_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc35_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc35_0; } if (col0 + 4u < N) { c[cb + 1u] = acc35_1; }
         }
         if (row0 + 36u < M) {
             let cb = (c_off + (row0 + 36u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc36_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc36_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc36_0; } if (col0 + 4u < N) { c[cb + 1u] = acc36_1; }
         }
         if (row0 + 37u < M) {
             let cb = (c_off + (row0 + 37u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc37_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc37_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc37_0; } if (col0 + 4u < N) { c[cb + 1u] = acc37_1; }
         }
         if (row0 + 38u < M) {
             let cb = (c_off + (row0 + 38u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc38_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc38_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc38_0; } if (col0 + 4u < N) { c[cb + 1u] = acc38_1; }
         }
         if (row0 + 39u < M) {
             let cb = (c_off + (row0 + 39u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc39_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc39_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc39_0; } if (col0 + 4u < N) { c[cb + 1u] = acc39_1; }
         }
         if (row0 + 40u < M) {
             let cb = (c_off + (row0 + 40u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc40_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc40_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc40_0; } if (col0 + 4u < N) { c[cb + 1u] = acc40_1; }
         }
         if (row0 + 41u < M) {
             let cb = (c_off + (row0 + 41u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc41_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc41_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc41_0; } if (col0 + 4u < N) { c[cb + 1u] = acc41_1; }
         }
         if (row0 + 42u < M) {
             let cb = (c_off + (row0 + 42u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc42_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc42_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc42_0; } if (col0 + 4u < N) { c[cb + 1u] = acc42_1; }
         }
         if (row0 + 43u < M) {
             let cb = (c_off + (row0 + 43u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc43_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc43_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc43_0; } if (col0 + 4u < N) { c[cb + 1u] = acc43_1; }
         }
         if (row0 + 44u < M) {
             let cb = (c_off + (row0 + 44u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc44_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc44_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc44_0; } if (col0 + 4u < N) { c[cb + 1u] = acc44_1; }
         }
         if (row0 + 45u < M) {
             let cb = (c_off + (row0 + 45u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc45_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc45_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc45_0; } if (col0 + 4u < N) { c[cb + 1u] = acc45_1; }
         }
         if (row0 + 46u < M) {
             let cb = (c_off + (row0 + 46u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc46_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc46_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc46_0; } if (col0 + 4u < N) { c[cb + 1u] = acc46_1; }
         }
         if (row0 + 47u < M) {
             let cb = (c_off + (row0 + 47u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc47_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc47_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc47_0; } if (col0 + 4u < N) { c[cb + 1u] = acc47_1; }
         }
         if (row0 + 48u < M) {
             let cb = (c_off + (row0 + 48u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc48_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc48_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc48_0; } if (col0 + 4u < N) { c[cb + 1u] = acc48_1; }
         }
         if (row0 + 49u < M) {
             let cb = (c_off + (row0 + 49u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc49_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc49_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc49_0; } if (col0 + 4u < N) { c[cb + 1u] = acc49_1; }
         }
         if (row0 + 50u < M) {
             let cb = (c_off + (row0 + 50u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc50_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc50_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc50_0; } if (col0 + 4u < N) { c[cb + 1u] = acc50_1; }
         }
         if (row0 + 51u < M) {
             let cb = (c_off + (row0 + 51u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc51_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc51_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc51_0; } if (col0 + 4u < N) { c[cb + 1u] = acc51_1; }
         }
         if (row0 + 52u < M) {
             let cb = (c_off + (row0 + 52u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc52_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc52_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc52_0; } if (col0 + 4u < N) { c[cb + 1u] = acc52_1; }
         }
         if (row0 + 53u < M) {
             let cb = (c_off + (row0 + 53u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc53_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc53_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc53_0; } if (col0 + 4u < N) { c[cb + 1u] = acc53_1; }
         }
         if (row0 + 54u < M) {
             let cb = (c_off + (row0 + 54u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc54_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc54_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc54_0; } if (col0 + 4u < N) { c[cb + 1u] = acc54_1; }
         }
         if (row0 + 55u < M) {
             let cb = (c_off + (row0 + 55u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc55_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc55_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc55_0; } if (col0 + 4u < N) { c[cb + 1u] = acc55_1; }
         }
         if (row0 + 56u < M) {
             let cb = (c_off + (row0 + 56u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc56_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc56_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc56_0; } if (col0 + 4u < N) { c[cb + 1u] = acc56_1; }
         }
         if (row0 + 57u < M) {
             let cb = (c_off + (row0 + 57u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc57_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc57_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc57_0; } if (col0 + 4u < N) { c[cb + 1u] = acc57_1; }
         }
         if (row0 + 58u < M) {
             let cb = (c_off + (row0 + 58u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc58_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc58_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc58_0; } if (col0 + 4u < N) { c[cb + 1u] = acc58_1; }
         }
         if (row0 + 59u < M) {
             let cb = (c_off + (row0 + 59u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc59_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc59_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc59_0; } if (col0 + 4u < N) { c[cb + 1u] = acc59_1; }
         }
         if (row0 + 60u < M) {
             let cb = (c_off + (row0 + 60u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc60_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc60_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc60_0; } if (col0 + 4u < N) { c[cb + 1u] = acc60_1; }
         }
         if (row0 + 61u < M) {
             let cb = (c_off + (row0 + 61u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc61_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc61_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc61_0; } if (col0 + 4u < N) { c[cb + 1u] = acc61_1; }
         }
         if (row0 + 62u < M) {
             let cb = (c_off + (row0 + 62u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc62_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc62_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc62_0; } if (col0 + 4u < N) { c[cb + 1u] = acc62_1; }
         }
         if (row0 + 63u < M) {
             let cb = (c_off + (row0 + 63u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc63_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc63_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc63_0; } if (col0 + 4u < N) { c[cb + 1u] = acc63_1; }
         }
         if (row0 + 64u < M) {
             let cb = (c_off + (row0 + 64u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc64_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc64_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc64_0; } if (col0 + 4u < N) { c[cb + 1u] = acc64_1; }
         }
         if (row0 + 65u < M) {
             let cb = (c_off + (row0 + 65u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc65_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc65_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc65_0; } if (col0 + 4u < N) { c[cb + 1u] = acc65_1; }
         }
         if (row0 + 66u < M) {
             let cb = (c_off + (row0 + 66u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc66_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc66_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc66_0; } if (col0 + 4u < N) { c[cb + 1u] = acc66_1; }
         }
         if (row0 + 67u < M) {
             let cb = (c_off + (row0 + 67u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc67_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc67_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc67_0; } if (col0 + 4u < N) { c[cb + 1u] = acc67_1; }
         }
         if (row0 + 68u < M) {
             let cb = (c_off + (row0 + 68u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc68_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc68_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc68_0; } if (col0 + 4u < N) { c[cb + 1u] = acc68_1; }
         }
         if (row0 + 69u < M) {
             let cb = (c_off + (row0 + 69u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc69_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc69_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc69_0; } if (col0 + 4u < N) { c[cb + 1u] = acc69_1; }
         }
         if (row0 + 70u < M) {
             let cb = (c_off + (row0 + 70u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc70_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc70_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc70_0; } if (col0 + 4u < N) { c[cb + 1u] = acc70_1; }
         }
         if (row0 + 71u < M) {
             let cb = (c_off + (row0 + 71u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc71_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc71_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc71_0; } if (col0 + 4u < N) { c[cb + 1u] = acc71_1; }
         }
         if (row0 + 72u < M) {
             let cb = (c_off + (row0 + 72u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc72_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc72_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc72_0; } if (col0 + 4u < N) { c[cb + 1u] = acc72_1; }
         }
         if (row0 + 73u < M) {
             let cb = (c_off + (row0 + 73u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc73_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc73_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc73_0; } if (col0 + 4u < N) { c[cb + 1u] = acc73_1; }
         }
         if (row0 + 74u < M) {
             let cb = (c_off + (row0 + 74u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc74_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc74_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc74_0; } if (col0 + 4u < N) { c[cb + 1u] = acc74_1; }
         }
         if (row0 + 75u < M) {
             let cb = (c_off + (row0 + 75u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc75_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc75_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc75_0; } if (col0 + 4u < N) { c[cb + 1u] = acc75_1; }
         }
         if (row0 + 76u < M) {
             let cb = (c_off + (row0 + 76u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc76_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc76_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc76_0; } if (col0 + 4u < N) { c[cb + 1u] = acc76_1; }
         }
         if (row0 + 77u < M) {
             let cb = (c_off + (row0 + 77u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc77_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc77_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc77_0; } if (col0 + 4u < N) { c[cb + 1u] = acc77_1; }
         }
         if (row0 + 78u < M) {
             let cb = (c_off + (row0 + 78u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc78_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc78_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc78_0; } if (col0 + 4u < N) { c[cb + 1u] = acc78_1; }
         }
         if (row0 + 79u < M) {
             let cb = (c_off + (row0 + 79u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc79_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc79_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc79_0; } if (col0 + 4u < N) { c[cb + 1u] = acc79_1; }
         }
         if (row0 + 80u < M) {
             let cb = (c_off + (row0 + 80u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc80_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc80_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc80_0; } if (col0 + 4u < N) { c[cb + 1u] = acc80_1; }
         }
         if (row0 + 81u < M) {
             let cb = (c_off + (row0 + 81u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc81_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc81_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc81_0; } if (col0 + 4u < N) { c[cb + 1u] = acc81_1; }
         }
         if (row0 + 82u < M) {
             let cb = (c_off + (row0 + 82u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc82_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc82_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc82_0; } if (col0 + 4u < N) { c[cb + 1u] = acc82_1; }
         }
         if (row0 + 83u < M) {
             let cb = (c_off + (row0 + 83u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc83_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc83_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc83_0; } if (col0 + 4u < N) { c[cb + 1u] = acc83_1; }
         }
         if (row0 + 84u < M) {
             let cb = (c_off + (row0 + 84u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc84_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc84_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc84_0; } if (col0 + 4u < N) { c[cb + 1u] = acc84_1; }
         }
         if (row0 + 85u < M) {
             let cb = (c_off + (row0 + 85u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc85_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc85_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc85_0; } if (col0 + 4u < N) { c[cb + 1u] = acc85_1; }
         }
         if (row0 + 86u < M) {
             let cb = (c_off + (row0 + 86u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc86_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc86_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc86_0; } if (col0 + 4u < N) { c[cb + 1u] = acc86_1; }
         }
         if (row0 + 87u < M) {
             let cb = (c_off + (row0 + 87u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc87_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc87_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc87_0; } if (col0 + 4u < N) { c[cb + 1u] = acc87_1; }
         }
         if (row0 + 88u < M) {
             let cb = (c_off + (row0 + 88u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc88_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc88_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc88_0; } if (col0 + 4u < N) { c[cb + 1u] = acc88_1; }
         }
         if (row0 + 89u < M) {
             let cb = (c_off + (row0 + 89u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc89_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc89_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc89_0; } if (col0 + 4u < N) { c[cb + 1u] = acc89_1; }
         }
         if (row0 + 90u < M) {
             let cb = (c_off + (row0 + 90u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc90_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc90_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc90_0; } if (col0 + 4u < N) { c[cb + 1u] = acc90_1; }
         }
         if (row0 + 91u < M) {
             let cb = (c_off + (row0 + 91u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc91_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc91_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc91_0; } if (col0 + 4u < N) { c[cb + 1u] = acc91_1; }
         }
         if (row0 + 92u < M) {
             let cb = (c_off + (row0 + 92u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc92_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc92_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc92_0; } if (col0 + 4u < N) { c[cb + 1u] = acc92_1; }
         }
         if (row0 + 93u < M) {
             let cb = (c_off + (row0 + 93u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc93_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc93_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc93_0; } if (col0 + 4u < N) { c[cb + 1u] = acc93_1; }
         }
         if (row0 + 94u < M) {
             let cb = (c_off + (row0 + 94u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc94_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc94_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc94_0; } if (col0 + 4u < N) { c[cb + 1u] = acc94_1; }
         }
         if (row0 + 95u < M) {
             let cb = (c_off + (row0 + 95u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc95_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc95_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc95_0; } if (col0 + 4u < N) { c[cb + 1u] = acc95_1; }
         }
         if (row0 + 96u < M) {
             let cb = (c_off + (row0 + 96u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc96_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc96_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc96_0; } if (col0 + 4u < N) { c[cb + 1u] = acc96_1; }
         }
         if (row0 + 97u < M) {
             let cb = (c_off + (row0 + 97u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc97_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc97_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc97_0; } if (col0 + 4u < N) { c[cb + 1u] = acc97_1; }
         }
         if (row0 + 98u < M) {
             let cb = (c_off + (row0 + 98u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc98_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc98_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc98_0; } if (col0 + 4u < N) { c[cb + 1u] = acc98_1; }
         }
         if (row0 + 99u < M) {
             let cb = (c_off + (row0 + 99u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc99_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc99_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc99_0; } if (col0 + 4u < N) { c[cb + 1u] = acc99_1; }
         }
         if (row0 + 100u < M) {
             let cb = (c_off + (row0 + 100u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc100_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc100_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc100_0; } if (col0 + 4u < N) { c[cb + 1u] = acc100_1; }
         }
         if (row0 + 101u < M) {
             let cb = (c_off + (row0 + 101u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc101_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc101_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc101_0; } if (col0 + 4u < N) { c[cb + 1u] = acc101_1; }
         }
         if (row0 + 102u < M) {
             let cb = (c_off + (row0 + 102u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc102_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc102_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc102_0; } if (col0 + 4u < N) { c[cb + 1u] = acc102_1; }
         }
         if (row0 + 103u < M) {
             let cb = (c_off + (row0 + 103u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc103_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc103_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc103_0; } if (col0 + 4u < N) { c[cb + 1u] = acc103_1; }
         }
         if (row0 + 104u < M) {
             let cb = (c_off + (row0 + 104u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc104_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc104_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc104_0; } if (col0 + 4u < N) { c[cb + 1u] = acc104_1; }
         }
         if (row0 + 105u < M) {
             let cb = (c_off + (row0 + 105u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc105_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc105_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc105_0; } if (col0 + 4u < N) { c[cb + 1u] = acc105_1; }
         }
         if (row0 + 106u < M) {
             let cb = (c_off + (row0 + 106u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc106_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc106_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc106_0; } if (col0 + 4u < N) { c[cb + 1u] = acc106_1; }
         }
         if (row0 + 107u < M) {
             let cb = (c_off + (row0 + 107u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc107_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc107_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc107_0; } if (col0 + 4u < N) { c[cb + 1u] = acc107_1; }
         }
         if (row0 + 108u < M) {
             let cb = (c_off + (row0 + 108u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc108_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc108_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc108_0; } if (col0 + 4u < N) { c[cb + 1u] = acc108_1; }
         }
         if (row0 + 109u < M) {
             let cb = (c_off + (row0 + 109u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc109_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc109_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc109_0; } if (col0 + 4u < N) { c[cb + 1u] = acc109_1; }
         }
         if (row0 + 110u < M) {
             let cb = (c_off + (row0 + 110u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc110_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc110_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc110_0; } if (col0 + 4u < N) { c[cb + 1u] = acc110_1; }
         }
         if (row0 + 111u < M) {
             let cb = (c_off + (row0 + 111u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc111_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc111_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc111_0; } if (col0 + 4u < N) { c[cb + 1u] = acc111_1; }
         }
         if (row0 + 112u < M) {
             let cb = (c_off + (row0 + 112u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc112_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc112_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc112_0; } if (col0 + 4u < N) { c[cb + 1u] = acc112_1; }
         }
         if (row0 + 113u < M) {
             let cb = (c_off + (row0 + 113u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc113_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc113_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc113_0; } if (col0 + 4u < N) { c[cb + 1u] = acc113_1; }
         }
         if (row0 + 114u < M) {
             let cb = (c_off + (row0 + 114u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc114_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc114_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc114_0; } if (col0 + 4u < N) { c[cb + 1u] = acc114_1; }
         }
         if (row0 + 115u < M) {
             let cb = (c_off + (row0 + 115u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc115_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc115_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc115_0; } if (col0 + 4u < N) { c[cb + 1u] = acc115_1; }
         }
         if (row0 + 116u < M) {
             let cb = (c_off + (row0 + 116u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc116_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc116_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc116_0; } if (col0 + 4u < N) { c[cb + 1u] = acc116_1; }
         }
         if (row0 + 117u < M) {
             let cb = (c_off + (row0 + 117u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc117_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc117_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc117_0; } if (col0 + 4u < N) { c[cb + 1u] = acc117_1; }
         }
         if (row0 + 118u < M) {
             let cb = (c_off + (row0 + 118u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc118_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc118_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc118_0; } if (col0 + 4u < N) { c[cb + 1u] = acc118_1; }
         }
         if (row0 + 119u < M) {
             let cb = (c_off + (row0 + 119u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc119_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc119_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc119_0; } if (col0 + 4u < N) { c[cb + 1u] = acc119_1; }
         }
         if (row0 + 120u < M) {
             let cb = (c_off + (row0 + 120u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc120_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc120_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc120_0; } if (col0 + 4u < N) { c[cb + 1u] = acc120_1; }
         }
         if (row0 + 121u < M) {
             let cb = (c_off + (row0 + 121u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc121_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc121_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc121_0; } if (col0 + 4u < N) { c[cb + 1u] = acc121_1; }
         }
         if (row0 + 122u < M) {
             let cb = (c_off + (row0 + 122u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc122_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc122_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc122_0; } if (col0 + 4u < N) { c[cb + 1u] = acc122_1; }
         }
         if (row0 + 123u < M) {
             let cb = (c_off + (row0 + 123u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc123_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc123_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc123_0; } if (col0 + 4u < N) { c[cb + 1u] = acc123_1; }
         }
         if (row0 + 124u < M) {
             let cb = (c_off + (row0 + 124u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc124_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc124_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc124_0; } if (col0 + 4u < N) { c[cb + 1u] = acc124_1; }
         }
         if (row0 + 125u < M) {
             let cb = (c_off + (row0 + 125u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc125_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc125_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc125_0; } if (col0 + 4u < N) { c[cb + 1u] = acc125_1; }
         }
         if (row0 + 126u < M) {
             let cb = (c_off + (row0 + 126u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc126_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc126_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc126_0; } if (col0 + 4u < N) { c[cb + 1u] = acc126_1; }
         }
         if (row0 + 127u < M) {
             let cb = (c_off + (row0 + 127u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc127_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc127_1); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc127_0; } if (col0 + 4u < N) { c[cb + 1u] = acc127_1; }
         }
     } else {
         if (row0 + 0u < M) {
             let cb = c_off + (row0 + 0u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc0_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc0_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc0_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc0_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc0_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc0_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc0_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc0_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc0_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc0_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc0_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc0_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc0_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc0_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc0_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc0_1.w; }
         }
         if (row0 + 1u < M) {
             let cb = c_off + (row0 + 1u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc1_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc1_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc1_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc1_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc1_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc1_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc1_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc1_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc1_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc1_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc1_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc1_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc1_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc1_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc1_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc1_1.w; }
         }
         if (row0 + 2u < M) {
             let cb = c_off + (row0 + 2u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc2_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc2_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc2_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc2_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc2_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc2_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc2_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc2_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc2_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc2_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc2_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc2_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc2_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc2_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc2_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc2_1.w; }
         }
         if (row0 + 3u < M) {
             let cb = c_off + (row0 + 3u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc3_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc3_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc3_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc3_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc3_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc3_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc3_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc3_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc3_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc3_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc3_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc3_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc3_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc3_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc3_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc3_1.w; }
         }
         if (row0 + 4u < M) {
             let cb = c_off + (row0 + 4u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc4_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc4_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc4_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc4_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc4_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc4_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc4_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc4_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc4_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc4_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc4_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc4_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc4_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc4_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc4_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc4_1.w; }
         }
         if (row0 + 5u < M) {
             let cb = c_off + (row0 + 5u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc5_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc5_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc5_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc5_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc5_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc5_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc5_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc5_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc5_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc5_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc5_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc5_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc5_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc5_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc5_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc5_1.w; }
         }
         if (row0 + 6u < M) {
             let cb = c_off + (row0 + 6u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc6_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc6_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc6_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc6_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc6_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc6_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc6_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc6_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc6_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc6_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc6_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc6_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc6_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc6_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc6_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc6_1.w; }
         }
         if (row0 + 7u < M) {
             let cb = c_off + (row0 + 7u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc7_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc7_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc7_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc7_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc7_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc7_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc7_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc7_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc7_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc7_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc7_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc7_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc7_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc7_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc7_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc7_1.w; }
         }
         if (row0 + 8u < M) {
             let cb = c_off + (row0 + 8u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc8_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc8_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc8_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc8_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc8_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc8_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc8_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc8_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc8_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc8_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc8_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc8_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc8_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc8_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc8_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc8_1.w; }
         }
         if (row0 + 9u < M) {
             let cb = c_off + (row0 + 9u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc9_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc9_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc9_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc9_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc9_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc9_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc9_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc9_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc9_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc9_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc9_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc9_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc9_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc9_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc9_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc9_1.w; }
         }
         if (row0 + 10u < M) {
             let cb = c_off + (row0 + 10u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc10_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc10_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc10_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc10_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc10_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc10_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc10_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc10_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc10_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc10_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc10_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc10_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc10_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc10_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc10_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc10_1.w; }
         }
         if (row0 + 11u < M) {
             let cb = c_off + (row0 + 11u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc11_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc11_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc11_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc11_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc11_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc11_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc11_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc11_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc11_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc11_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc11_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc11_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc11_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc11_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc11_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc11_1.w; }
         }
         if (row0 + 12u < M) {
             let cb = c_off + (row0 + 12u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc12_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc12_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc12_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc12_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc12_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc12_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc12_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc12_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc12_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc12_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc12_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc12_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc12_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc12_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc12_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc12_1.w; }
         }
         if (row0 + 13u < M) {
             let cb = c_off + (row0 + 13u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc13_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc13_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc13_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc13_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc13_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc13_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc13_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc13_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc13_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc13_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc13_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc13_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc13_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc13_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc13_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc13_1.w; }
         }
         if (row0 + 14u < M) {
             let cb = c_off + (row0 + 14u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc14_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc14_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc14_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc14_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc14_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc14_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc14_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc14_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc14_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc14_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc14_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc14_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc14_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc14_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc14_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc14_1.w; }
         }
         if (row0 + 15u < M) {
             let cb = c_off + (row0 + 15u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc15_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc15_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc15_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc15_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc15_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc15_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc15_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc15_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc15_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc15_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc15_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc15_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc15_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc15_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc15_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc15_1.w; }
         }
         if (row0 + 16u < M) {
             let cb = c_off + (row0 + 16u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc16_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc16_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc16_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc16_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc16_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc16_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc16_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc16_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc16_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc16_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc16_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc16_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc16_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc16_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc16_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc16_1.w; }
         }
         if (row0 + 17u < M) {
             let cb = c_off + (row0 + 17u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc17_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc17_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc17_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc17_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc17_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc17_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc17_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc17_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc17_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc17_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc17_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc17_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc17_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc17_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc17_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc17_1.w; }
         }
         if (row0 + 18u < M) {
             let cb = c_off + (row0 + 18u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc18_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc18_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc18_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc18_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc18_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc18_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc18_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc18_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc18_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc18_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc18_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc18_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc18_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc18_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc18_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc18_1.w; }
         }
         if (row0 + 19u < M) {
             let cb = c_off + (row0 + 19u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc19_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc19_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc19_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc19_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc19_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc19_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc19_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc19_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc19_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc19_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc19_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc19_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc19_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc19_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc19_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc19_1.w; }
         }
         if (row0 + 20u < M) {
             let cb = c_off + (row0 + 20u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc20_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc20_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc20_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc20_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc20_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc20_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc20_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc20_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc20_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc20_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc20_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc20_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc20_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc20_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc20_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc20_1.w; }
         }
         if (row0 + 21u < M) {
             let cb = c_off + (row0 + 21u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc21_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc21_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc21_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc21_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc21_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc21_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc21_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc21_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc21_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc21_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc21_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc21_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc21_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc21_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc21_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc21_1.w; }
         }
         if (row0 + 22u < M) {
             let cb = c_off + (row0 + 22u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc22_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc22_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc22_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc22_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc22_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc22_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc22_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc22_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc22_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc22_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc22_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc22_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc22_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc22_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc22_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc22_1.w; }
         }
         if (row0 + 23u < M) {
             let cb = c_off + (row0 + 23u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc23_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc23_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc23_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc23_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc23_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc23_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc23_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc23_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc23_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc23_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc23_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc23_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc23_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc23_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc23_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc23_1.w; }
         }
         if (row0 + 24u < M) {
             let cb = c_off + (row0 + 24u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc24_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc24_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc24_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc24_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc24_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc24_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc24_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc24_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc24_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc24_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc24_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc24_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc24_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc24_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc24_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc24_1.w; }
         }
         if (row0 + 25u < M) {
             let cb = c_off + (row0 + 25u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc25_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc25_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc25_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc25_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc25_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc25_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc25_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc25_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc25_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc25_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc25_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc25_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc25_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc25_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc25_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc25_1.w; }
         }
         if (row0 + 26u < M) {
             let cb = c_off + (row0 + 26u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc26_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc26_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc26_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc26_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc26_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc26_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc26_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc26_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc26_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc26_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc26_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc26_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc26_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc26_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc26_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc26_1.w; }
         }
         if (row0 + 27u < M) {
             let cb = c_off + (row0 + 27u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc27_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc27_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc27_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc27_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc27_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc27_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc27_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc27_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc27_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc27_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc27_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc27_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc27_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc27_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc27_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc27_1.w; }
         }
         if (row0 + 28u < M) {
             let cb = c_off + (row0 + 28u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc28_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc28_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc28_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc28_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc28_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc28_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc28_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc28_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc28_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc28_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc28_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc28_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc28_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc28_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc28_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc28_1.w; }
         }
         if (row0 + 29u < M) {
             let cb = c_off + (row0 + 29u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc29_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc29_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc29_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc29_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc29_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc29_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc29_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc29_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc29_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc29_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc29_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc29_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc29_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc29_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc29_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc29_1.w; }
         }
         if (row0 + 30u < M) {
             let cb = c_off + (row0 + 30u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc30_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc30_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc30_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc30_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc30_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc30_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc30_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc30_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc30_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc30_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc30_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc30_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc30_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc30_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc30_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc30_1.w; }
         }
         if (row0 + 31u < M) {
             let cb = c_off + (row0 + 31u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc31_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc31_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc31_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc31_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc31_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc31_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc31_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc31_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc31_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc31_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc31_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc31_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc31_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc31_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc31_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc31_1.w; }
         }
         if (row0 + 32u < M) {
             let cb = c_off + (row0 + 32u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc32_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc32_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc32_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc32_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc32_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc32_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc32_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc32_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc32_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc32_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc32_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc32_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc32_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc32_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc32_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc32_1.w; }
         }
         if (row0 + 33u < M) {
             let cb = c_off + (row0 + 33u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc33_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc33_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc33_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc33_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc33_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc33_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc33_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc33_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc33_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc33_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc33_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc33_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc33_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc33_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc33_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc33_1.w; }
         }
         if (row0 + 34u < M) {
             let cb = c_off + (row0 + 34u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc34_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc34_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc34_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc34_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc34_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc34_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc34_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc34_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc34_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc34_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc34_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc34_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc34_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc34_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc34_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc34_1.w; }
         }
         if (row0 + 35u < M) {
             let cb = c_off + (row0 + 35u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc35_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc35_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc35_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc35_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc35_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc35_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc35_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc35_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc35_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc35_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc35_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc35_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc35_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc35_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc35_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc35_1.w; }
         }
         if (row0 + 36u < M) {
             let cb = c_off + (row0 + 36u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc36_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc36_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc36_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc36_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc36_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc36_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc36_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc36_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc36_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc36_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc36_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc36_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc36_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc36_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc36_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc36_1.w; }
         }
         if (row0 + 37u < M) {
             let cb = c_off + (row0 + 37u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc37_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc37_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc37_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc37_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc37_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc37_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc37_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc37_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc37_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc37_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc37_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc37_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc37_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc37_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc37_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc37_1.w; }
         }
         if (row0 + 38u < M) {
             let cb = c_off + (row0 + 38u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc38_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc38_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc38_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc38_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc38_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc38_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc38_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc38_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc38_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc38_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc38_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc38_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc38_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc38_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc38_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc38_1.w; }
         }
         if (row0 + 39u < M) {
             let cb = c_off + (row0 + 39u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc39_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc39_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc39_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc39_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc39_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc39_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc39_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc39_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc39_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc39_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc39_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc39_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc39_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc39_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc39_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc39_1.w; }
         }
         if (row0 + 40u < M) {
             let cb = c_off + (row0 + 40u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc40_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc40_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc40_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc40_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc40_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc40_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc40_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc40_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc40_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc40_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc40_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc40_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc40_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc40_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc40_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc40_1.w; }
         }
         if (row0 + 41u < M) {
             let cb = c_off + (row0 + 41u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc41_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc41_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc41_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc41_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc41_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc41_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc41_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc41_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc41_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc41_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc41_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc41_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc41_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc41_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc41_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc41_1.w; }
         }
         if (row0 + 42u < M) {
             let cb = c_off + (row0 + 42u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc42_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc42_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc42_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc42_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc42_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc42_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc42_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc42_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc42_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc42_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc42_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc42_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc42_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc42_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc42_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc42_1.w; }
         }
         if (row0 + 43u < M) {
             let cb = c_off + (row0 + 43u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc43_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc43_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc43_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc43_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc43_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc43_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc43_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc43_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc43_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc43_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc43_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc43_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc43_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc43_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc43_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc43_1.w; }
         }
         if (row0 + 44u < M) {
             let cb = c_off + (row0 + 44u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc44_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc44_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc44_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc44_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc44_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc44_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc44_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc44_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc44_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc44_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc44_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc44_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc44_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc44_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc44_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc44_1.w; }
         }
         if (row0 + 45u < M) {
             let cb = c_off + (row0 + 45u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc45_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc45_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc45_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc45_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc45_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc45_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc45_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc45_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc45_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc45_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc45_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc45_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc45_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc45_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc45_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc45_1.w; }
         }
         if (row0 + 46u < M) {
             let cb = c_off + (row0 + 46u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc46_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc46_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc46_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc46_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc46_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc46_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc46_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc46_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc46_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc46_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc46_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc46_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc46_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc46_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc46_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc46_1.w; }
         }
         if (row0 + 47u < M) {
             let cb = c_off + (row0 + 47u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc47_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc47_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc47_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc47_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc47_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc47_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc47_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc47_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc47_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc47_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc47_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc47_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc47_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc47_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc47_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc47_1.w; }
         }
         if (row0 + 48u < M) {
             let cb = c_off + (row0 + 48u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc48_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc48_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc48_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc48_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc48_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc48_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc48_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc48_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc48_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc48_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc48_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc48_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc48_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc48_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc48_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc48_1.w; }
         }
         if (row0 + 49u < M) {
             let cb = c_off + (row0 + 49u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc49_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc49_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc49_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc49_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc49_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc49_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc49_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc49_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc49_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc49_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc49_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc49_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc49_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc49_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc49_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc49_1.w; }
         }
         if (row0 + 50u < M) {
             let cb = c_off + (row0 + 50u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc50_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc50_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc50_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc50_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc50_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc50_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc50_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc50_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc50_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc50_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc50_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc50_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc50_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc50_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc50_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc50_1.w; }
         }
         if (row0 + 51u < M) {
             let cb = c_off + (row0 + 51u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc51_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc51_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc51_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc51_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc51_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc51_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc51_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc51_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc51_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc51_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc51_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc51_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc51_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc51_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc51_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc51_1.w; }
         }
         if (row0 + 52u < M) {
             let cb = c_off + (row0 + 52u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc52_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc52_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc52_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc52_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc52_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc52_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc52_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc52_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc52_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc52_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc52_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc52_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc52_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc52_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc52_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc52_1.w; }
         }
         if (row0 + 53u < M) {
             let cb = c_off + (row0 + 53u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc53_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc53_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc53_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc53_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc53_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc53_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc53_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc53_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc53_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc53_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc53_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc53_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc53_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc53_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc53_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc53_1.w; }
         }
         if (row0 + 54u < M) {
             let cb = c_off + (row0 + 54u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc54_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc54_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc54_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc54_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc54_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc54_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc54_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc54_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc54_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc54_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc54_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc54_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc54_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc54_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc54_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc54_1.w; }
         }
         if (row0 + 55u < M) {
             let cb = c_off + (row0 + 55u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc55_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc55_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc55_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc55_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc55_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc55_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc55_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc55_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc55_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc55_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc55_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc55_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc55_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc55_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc55_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc55_1.w; }
         }
         if (row0 + 56u < M) {
             let cb = c_off + (row0 + 56u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc56_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc56_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc56_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc56_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc56_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc56_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc56_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc56_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc56_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc56_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc56_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc56_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc56_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc56_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc56_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc56_1.w; }
         }
         if (row0 + 57u < M) {
             let cb = c_off + (row0 + 57u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc57_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc57_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc57_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc57_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc57_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc57_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc57_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc57_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc57_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc57_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc57_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc57_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc57_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc57_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc57_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc57_1.w; }
         }
         if (row0 + 58u < M) {
             let cb = c_off + (row0 + 58u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc58_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc58_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc58_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc58_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc58_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc58_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc58_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc58_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc58_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc58_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc58_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc58_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc58_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc58_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc58_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc58_1.w; }
         }
         if (row0 + 59u < M) {
             let cb = c_off + (row0 + 59u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc59_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc59_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc59_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc59_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc59_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc59_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc59_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc59_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc59_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc59_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc59_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc59_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc59_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc59_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc59_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc59_1.w; }
         }
         if (row0 + 60u < M) {
             let cb = c_off + (row0 + 60u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc60_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc60_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc60_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc60_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc60_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc60_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc60_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc60_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc60_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc60_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc60_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc60_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc60_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc60_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc60_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc60_1.w; }
         }
         if (row0 + 61u < M) {
             let cb = c_off + (row0 + 61u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc61_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc61_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc61_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc61_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc61_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc61_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc61_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc61_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc61_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc61_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc61_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc61_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc61_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc61_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc61_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc61_1.w; }
         }
         if (row0 + 62u < M) {
             let cb = c_off + (row0 + 62u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc62_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc62_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc62_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc62_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc62_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc62_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc62_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc62_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc62_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc62_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc62_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc62_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc62_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc62_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc62_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc62_1.w; }
         }
         if (row0 + 63u < M) {
             let cb = c_off + (row0 + 63u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc63_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc63_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc63_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc63_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc63_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc63_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc63_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc63_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc63_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc63_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc63_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc63_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc63_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc63_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc63_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc63_1.w; }
         }
         if (row0 + 64u < M) {
             let cb = c_off + (row0 + 64u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc64_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc64_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc64_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc64_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc64_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc64_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc64_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc64_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc64_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc64_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc64_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc64_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc64_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc64_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc64_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc64_1.w; }
         }
         if (row0 + 65u < M) {
             let cb = c_off + (row0 + 65u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc65_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc65_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc65_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc65_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc65_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc65_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc65_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc65_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc65_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc65_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc65_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc65_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc65_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc65_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc65_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc65_1.w; }
         }
         if (row0 + 66u < M) {
             let cb = c_off + (row0 + 66u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc66_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc66_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc66_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc66_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc66_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc66_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc66_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc66_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc66_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc66_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc66_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc66_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc66_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc66_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc66_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc66_1.w; }
         }
         if (row0 + 67u < M) {
             let cb = c_off + (row0 + 67u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc67_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc67_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc67_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc67_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc67_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc67_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc67_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc67_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc67_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc67_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc67_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc67_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc67_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc67_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc67_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc67_1.w; }
         }
         if (row0 + 68u < M) {
             let cb = c_off + (row0 + 68u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc68_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc68_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc68_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc68_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc68_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc68_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc68_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc68_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc68_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc68_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc68_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc68_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc68_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc68_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc68_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc68_1.w; }
         }
         if (row0 + 69u < M) {
             let cb = c_off + (row0 + 69u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc69_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc69_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc69_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc69_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc69_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc69_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc69_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc69_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc69_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc69_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc69_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc69_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc69_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc69_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc69_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc69_1.w; }
         }
         if (row0 + 70u < M) {
             let cb = c_off + (row0 + 70u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc70_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc70_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc70_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc70_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc70_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc70_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc70_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc70_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc70_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc70_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc70_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc70_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc70_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc70_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc70_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc70_1.w; }
         }
         if (row0 + 71u < M) {
             let cb = c_off + (row0 + 71u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc71_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc71_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc71_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc71_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc71_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc71_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc71_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc71_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc71_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc71_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc71_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc71_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc71_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc71_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc71_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc71_1.w; }
         }
         if (row0 + 72u < M) {
             let cb = c_off + (row0 + 72u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc72_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc72_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc72_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc72_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc72_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc72_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc72_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc72_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc72_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc72_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc72_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc72_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc72_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc72_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc72_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc72_1.w; }
         }
         if (row0 + 73u < M) {
             let cb = c_off + (row0 + 73u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc73_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc73_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc73_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc73_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc73_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc73_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc73_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc73_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc73_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc73_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc73_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc73_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc73_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc73_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc73_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc73_1.w; }
         }
         if (row0 + 74u < M) {
             let cb = c_off + (row0 + 74u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc74_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc74_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc74_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc74_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc74_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc74_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc74_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc74_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc74_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc74_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc74_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc74_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc74_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc74_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc74_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc74_1.w; }
         }
         if (row0 + 75u < M) {
             let cb = c_off + (row0 + 75u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc75_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc75_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc75_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc75_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc75_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc75_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc75_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc75_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc75_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc75_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc75_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc75_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc75_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc75_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc75_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc75_1.w; }
         }
         if (row0 + 76u < M) {
             let cb = c_off + (row0 + 76u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc76_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc76_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc76_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc76_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc76_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc76_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc76_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc76_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc76_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc76_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc76_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc76_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc76_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc76_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc76_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc76_1.w; }
         }
         if (row0 + 77u < M) {
             let cb = c_off + (row0 + 77u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc77_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc77_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc77_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc77_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc77_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc77_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc77_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc77_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc77_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc77_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc77_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc77_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc77_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc77_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc77_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc77_1.w; }
         }
         if (row0 + 78u < M) {
             let cb = c_off + (row0 + 78u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc78_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc78_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc78_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc78_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc78_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc78_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc78_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc78_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc78_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc78_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc78_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc78_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc78_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc78_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc78_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc78_1.w; }
         }
         if (row0 + 79u < M) {
             let cb = c_off + (row0 + 79u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc79_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc79_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc79_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc79_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc79_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc79_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc79_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc79_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc79_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc79_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc79_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc79_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc79_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc79_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc79_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc79_1.w; }
         }
         if (row0 + 80u < M) {
             let cb = c_off + (row0 + 80u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc80_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc80_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc80_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc80_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc80_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc80_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc80_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc80_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc80_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc80_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc80_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc80_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc80_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc80_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc80_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc80_1.w; }
         }
         if (row0 + 81u < M) {
             let cb = c_off + (row0 + 81u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc81_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc81_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc81_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc81_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc81_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc81_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc81_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc81_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc81_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc81_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc81_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc81_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc81_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc81_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc81_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc81_1.w; }
         }
         if (row0 + 82u < M) {
             let cb = c_off + (row0 + 82u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc82_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc82_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc82_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc82_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc82_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc82_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc82_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc82_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc82_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc82_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc82_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc82_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc82_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc82_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc82_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc82_1.w; }
         }
         if (row0 + 83u < M) {
             let cb = c_off + (row0 + 83u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc83_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc83_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc83_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc83_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc83_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc83_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc83_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc83_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc83_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc83_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc83_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc83_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc83_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc83_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc83_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc83_1.w; }
         }
         if (row0 + 84u < M) {
             let cb = c_off + (row0 + 84u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc84_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc84_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc84_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc84_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc84_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc84_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc84_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc84_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc84_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc84_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc84_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc84_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc84_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc84_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc84_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc84_1.w; }
         }
         if (row0 + 85u < M) {
             let cb = c_off + (row0 + 85u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc85_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc85_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc85_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc85_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc85_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc85_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc85_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc85_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc85_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc85_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc85_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc85_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc85_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc85_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc85_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc85_1.w; }
         }
         if (row0 + 86u < M) {
             let cb = c_off + (row0 + 86u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc86_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc86_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc86_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc86_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc86_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc86_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc86_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc86_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc86_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc86_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc86_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc86_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc86_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc86_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc86_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc86_1.w; }
         }
         if (row0 + 87u < M) {
             let cb = c_off + (row0 + 87u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc87_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc87_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc87_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc87_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc87_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc87_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc87_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc87_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc87_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc87_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc87_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc87_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc87_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc87_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc87_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc87_1.w; }
         }
         if (row0 + 88u < M) {
             let cb = c_off + (row0 + 88u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc88_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc88_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc88_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc88_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc88_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc88_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc88_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc88_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc88_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc88_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc88_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc88_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc88_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc88_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc88_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc88_1.w; }
         }
         if (row0 + 89u < M) {
             let cb = c_off + (row0 + 89u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc89_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc89_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc89_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc89_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc89_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc89_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc89_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc89_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc89_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc89_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc89_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc89_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc89_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc89_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc89_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc89_1.w; }
         }
         if (row0 + 90u < M) {
             let cb = c_off + (row0 + 90u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc90_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc90_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc90_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc90_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc90_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc90_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc90_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc90_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc90_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc90_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc90_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc90_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc90_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc90_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc90_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc90_1.w; }
         }
         if (row0 + 91u < M) {
             let cb = c_off + (row0 + 91u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc91_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc91_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc91_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc91_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc91_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc91_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc91_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc91_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc91_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc91_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc91_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc91_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc91_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc91_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc91_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc91_1.w; }
         }
         if (row0 + 92u < M) {
             let cb = c_off + (row0 + 92u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc92_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc92_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc92_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc92_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc92_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc92_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc92_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc92_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc92_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc92_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc92_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc92_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc92_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc92_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc92_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc92_1.w; }
         }
         if (row0 + 93u < M) {
             let cb = c_off + (row0 + 93u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc93_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc93_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc93_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc93_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc93_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc93_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc93_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc93_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc93_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc93_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc93_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc93_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc93_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc93_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc93_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc93_1.w; }
         }
         if (row0 + 94u < M) {
             let cb = c_off + (row0 + 94u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc94_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc94_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc94_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc94_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc94_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc94_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc94_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc94_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc94_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc94_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc94_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc94_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc94_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc94_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc94_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc94_1.w; }
         }
         if (row0 + 95u < M) {
             let cb = c_off + (row0 + 95u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc95_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc95_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc95_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc95_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc95_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc95_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc95_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc95_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc95_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc95_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc95_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc95_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc95_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc95_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc95_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc95_1.w; }
         }
         if (row0 + 96u < M) {
             let cb = c_off + (row0 + 96u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc96_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc96_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc96_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc96_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc96_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc96_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc96_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc96_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc96_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc96_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc96_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc96_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc96_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc96_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc96_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc96_1.w; }
         }
         if (row0 + 97u < M) {
             let cb = c_off + (row0 + 97u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc97_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc97_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc97_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc97_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc97_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc97_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc97_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc97_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc97_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc97_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc97_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc97_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc97_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc97_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc97_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc97_1.w; }
         }
         if (row0 + 98u < M) {
             let cb = c_off + (row0 + 98u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc98_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc98_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc98_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc98_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc98_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc98_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc98_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc98_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc98_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc98_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc98_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc98_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc98_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc98_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc98_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc98_1.w; }
         }
         if (row0 + 99u < M) {
             let cb = c_off + (row0 + 99u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc99_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc99_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc99_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc99_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc99_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc99_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc99_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc99_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc99_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc99_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc99_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc99_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc99_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc99_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc99_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc99_1.w; }
         }
         if (row0 + 100u < M) {
             let cb = c_off + (row0 + 100u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc100_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc100_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc100_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc100_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc100_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc100_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc100_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc100_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc100_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc100_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc100_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc100_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc100_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc100_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc100_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc100_1.w; }
         }
         if (row0 + 101u < M) {
             let cb = c_off + (row0 + 101u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc101_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc101_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc101_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc101_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc101_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc101_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc101_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc101_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc101_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc101_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc101_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc101_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc101_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc101_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc101_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc101_1.w; }
         }
         if (row0 + 102u < M) {
             let cb = c_off + (row0 + 102u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc102_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc102_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc102_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc102_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc102_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc102_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc102_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc102_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc102_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc102_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc102_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc102_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc102_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc102_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc102_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc102_1.w; }
         }
         if (row0 + 103u < M) {
             let cb = c_off + (row0 + 103u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc103_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc103_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc103_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc103_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc103_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc103_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc103_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc103_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc103_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc103_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc103_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc103_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc103_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc103_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc103_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc103_1.w; }
         }
         if (row0 + 104u < M) {
             let cb = c_off + (row0 + 104u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc104_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc104_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc104_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc104_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc104_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc104_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc104_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc104_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc104_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc104_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc104_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc104_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc104_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc104_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc104_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc104_1.w; }
         }
         if (row0 + 105u < M) {
             let cb = c_off + (row0 + 105u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc105_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc105_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc105_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc105_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc105_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc105_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc105_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc105_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc105_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc105_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc105_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc105_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc105_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc105_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc105_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc105_1.w; }
         }
         if (row0 + 106u < M) {
             let cb = c_off + (row0 + 106u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc106_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc106_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc106_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc106_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc106_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc106_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc106_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc106_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc106_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc106_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc106_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc106_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc106_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc106_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc106_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc106_1.w; }
         }
         if (row0 + 107u < M) {
             let cb = c_off + (row0 + 107u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc107_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc107_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc107_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc107_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc107_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc107_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc107_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc107_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc107_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc107_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc107_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc107_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc107_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc107_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc107_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc107_1.w; }
         }
         if (row0 + 108u < M) {
             let cb = c_off + (row0 + 108u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc108_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc108_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc108_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc108_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc108_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc108_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc108_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc108_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc108_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc108_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc108_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc108_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc108_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc108_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc108_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc108_1.w; }
         }
         if (row0 + 109u < M) {
             let cb = c_off + (row0 + 109u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc109_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc109_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc109_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc109_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc109_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc109_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc109_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc109_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc109_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc109_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc109_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc109_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc109_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc109_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc109_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc109_1.w; }
         }
         if (row0 + 110u < M) {
             let cb = c_off + (row0 + 110u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc110_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc110_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc110_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc110_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc110_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc110_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc110_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc110_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc110_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc110_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc110_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc110_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc110_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc110_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc110_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc110_1.w; }
         }
         if (row0 + 111u < M) {
             let cb = c_off + (row0 + 111u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc111_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc111_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc111_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc111_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc111_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc111_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc111_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc111_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc111_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc111_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc111_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc111_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc111_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc111_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc111_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc111_1.w; }
         }
         if (row0 + 112u < M) {
             let cb = c_off + (row0 + 112u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc112_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc112_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc112_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc112_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc112_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc112_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc112_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc112_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc112_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc112_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc112_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc112_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc112_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc112_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc112_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc112_1.w; }
         }
         if (row0 + 113u < M) {
             let cb = c_off + (row0 + 113u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc113_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc113_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc113_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc113_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc113_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc113_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc113_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc113_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc113_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc113_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc113_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc113_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc113_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc113_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc113_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc113_1.w; }
         }
         if (row0 + 114u < M) {
             let cb = c_off + (row0 + 114u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc114_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc114_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc114_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc114_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc114_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc114_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc114_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc114_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc114_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc114_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc114_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc114_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc114_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc114_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc114_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc114_1.w; }
         }
         if (row0 + 115u < M) {
             let cb = c_off + (row0 + 115u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc115_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc115_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc115_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc115_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc115_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc115_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc115_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc115_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc115_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc115_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc115_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc115_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc115_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc115_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc115_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc115_1.w; }
         }
         if (row0 + 116u < M) {
             let cb = c_off + (row0 + 116u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc116_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc116_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc116_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc116_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc116_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc116_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc116_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc116_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc116_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc116_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc116_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc116_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc116_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc116_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc116_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc116_1.w; }
         }
         if (row0 + 117u < M) {
             let cb = c_off + (row0 + 117u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc117_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc117_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc117_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc117_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc117_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc117_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc117_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc117_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc117_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc117_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc117_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc117_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc117_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc117_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc117_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc117_1.w; }
         }
         if (row0 + 118u < M) {
             let cb = c_off + (row0 + 118u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc118_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc118_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc118_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc118_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc118_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc118_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc118_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc118_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc118_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc118_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc118_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc118_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc118_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc118_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc118_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc118_1.w; }
         }
         if (row0 + 119u < M) {
             let cb = c_off + (row0 + 119u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc119_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc119_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc119_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc119_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc119_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc119_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc119_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc119_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc119_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc119_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc119_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc119_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc119_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc119_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc119_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc119_1.w; }
         }
         if (row0 + 120u < M) {
             let cb = c_off + (row0 + 120u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc120_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc120_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc120_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc120_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc120_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc120_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc120_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc120_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc120_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc120_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc120_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc120_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc120_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc120_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc120_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc120_1.w; }
         }
         if (row0 + 121u < M) {
             let cb = c_off + (row0 + 121u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc121_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc121_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc121_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc121_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc121_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc121_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc121_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc121_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc121_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc121_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc121_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc121_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc121_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc121_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc121_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc121_1.w; }
         }
         if (row0 + 122u < M) {
             let cb = c_off + (row0 + 122u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc122_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc122_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc122_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc122_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc122_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc122_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc122_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc122_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc122_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc122_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc122_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc122_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc122_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc122_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc122_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc122_1.w; }
         }
         if (row0 + 123u < M) {
             let cb = c_off + (row0 + 123u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc123_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc123_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc123_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc123_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc123_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc123_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc123_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc123_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc123_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc123_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc123_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc123_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc123_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc123_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc123_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc123_1.w; }
         }
         if (row0 + 124u < M) {
             let cb = c_off + (row0 + 124u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc124_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc124_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc124_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc124_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc124_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc124_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc124_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc124_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc124_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc124_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc124_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc124_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc124_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc124_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc124_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc124_1.w; }
         }
         if (row0 + 125u < M) {
             let cb = c_off + (row0 + 125u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc125_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc125_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc125_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc125_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc125_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc125_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc125_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc125_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc125_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc125_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc125_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc125_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc125_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc125_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc125_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc125_1.w; }
         }
         if (row0 + 126u < M) {
             let cb = c_off + (row0 + 126u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc126_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc126_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc126_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc126_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc126_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc126_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc126_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc126_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc126_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc126_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc126_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc126_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc126_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc126_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc126_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc126_1.w; }
         }
         if (row0 + 127u < M) {
             let cb = c_off + (row0 + 127u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc127_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc127_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc127_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc127_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc127_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc127_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc127_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc127_1.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc127_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc127_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc127_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc127_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc127_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc127_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc127_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc127_1.w; }
         }
     }
 }

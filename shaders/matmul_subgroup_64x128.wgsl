@@ -34,10 +34,7 @@ const BN: u32 = 8u * TN;
 @group(0) @binding(2) var<storage, read_write> c: array<vec4<f32>>;   // C as vec4s (any N: see epilogue)
 @group(0) @binding(3) var<storage, read> dims: array<u32>;
 
-// STORE BEGIN
-fn store1(e: u32, v: f32) { c[e / 4u][e % 4u] = v; }
-fn store4(e: u32, v: vec4<f32>) { c[e / 4u] = v; }
-// STORE END
+
 
 fn lo(x: u64) -> f32 { return bitcast<f32>(u32(x)); }
 fn hi(x: u64) -> f32 { return bitcast<f32>(u32(x >> 32u)); }
@@ -502,708 +499,708 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invocation_id) l
     if (C_VEC4) {
         if (row0 + 0u < M) {
             let cb = (c_off + (row0 + 0u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc0_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc0_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc0_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc0_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc0_0; } if (col0 + 4u < N) { c[cb + 1u] = acc0_1; } if (col0 + 8u < N) { c[cb + 2u] = acc0_2; } if (col0 + 12u < N) { c[cb + 3u] = acc0_3; }
         }
         if (row0 + 1u < M) {
             let cb = (c_off + (row0 + 1u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc1_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc1_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc1_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc1_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc1_0; } if (col0 + 4u < N) { c[cb + 1u] = acc1_1; } if (col0 + 8u < N) { c[cb + 2u] = acc1_2; } if (col0 + 12u < N) { c[cb + 3u] = acc1_3; }
         }
         if (row0 + 2u < M) {
             let cb = (c_off + (row0 + 2u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc2_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc2_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc2_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc2_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc2_0; } if (col0 + 4u < N) { c[cb + 1u] = acc2_1; } if (col0 + 8u < N) { c[cb + 2u] = acc2_2; } if (col0 + 12u < N) { c[cb + 3u] = acc2_3; }
         }
         if (row0 + 3u < M) {
             let cb = (c_off + (row0 + 3u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc3_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc3_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc3_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc3_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc3_0; } if (col0 + 4u < N) { c[cb + 1u] = acc3_1; } if (col0 + 8u < N) { c[cb + 2u] = acc3_2; } if (col0 + 12u < N) { c[cb + 3u] = acc3_3; }
         }
         if (row0 + 4u < M) {
             let cb = (c_off + (row0 + 4u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc4_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc4_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc4_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc4_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc4_0; } if (col0 + 4u < N) { c[cb + 1u] = acc4_1; } if (col0 + 8u < N) { c[cb + 2u] = acc4_2; } if (col0 + 12u < N) { c[cb + 3u] = acc4_3; }
         }
         if (row0 + 5u < M) {
             let cb = (c_off + (row0 + 5u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc5_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc5_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc5_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc5_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc5_0; } if (col0 + 4u < N) { c[cb + 1u] = acc5_1; } if (col0 + 8u < N) { c[cb + 2u] = acc5_2; } if (col0 + 12u < N) { c[cb + 3u] = acc5_3; }
         }
         if (row0 + 6u < M) {
             let cb = (c_off + (row0 + 6u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc6_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc6_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc6_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc6_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc6_0; } if (col0 + 4u < N) { c[cb + 1u] = acc6_1; } if (col0 + 8u < N) { c[cb + 2u] = acc6_2; } if (col0 + 12u < N) { c[cb + 3u] = acc6_3; }
         }
         if (row0 + 7u < M) {
             let cb = (c_off + (row0 + 7u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc7_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc7_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc7_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc7_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc7_0; } if (col0 + 4u < N) { c[cb + 1u] = acc7_1; } if (col0 + 8u < N) { c[cb + 2u] = acc7_2; } if (col0 + 12u < N) { c[cb + 3u] = acc7_3; }
         }
         if (row0 + 8u < M) {
             let cb = (c_off + (row0 + 8u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc8_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc8_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc8_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc8_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc8_0; } if (col0 + 4u < N) { c[cb + 1u] = acc8_1; } if (col0 + 8u < N) { c[cb + 2u] = acc8_2; } if (col0 + 12u < N) { c[cb + 3u] = acc8_3; }
         }
         if (row0 + 9u < M) {
             let cb = (c_off + (row0 + 9u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc9_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc9_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc9_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc9_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc9_0; } if (col0 + 4u < N) { c[cb + 1u] = acc9_1; } if (col0 + 8u < N) { c[cb + 2u] = acc9_2; } if (col0 + 12u < N) { c[cb + 3u] = acc9_3; }
         }
         if (row0 + 10u < M) {
             let cb = (c_off + (row0 + 10u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc10_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc10_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc10_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc10_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc10_0; } if (col0 + 4u < N) { c[cb + 1u] = acc10_1; } if (col0 + 8u < N) { c[cb + 2u] = acc10_2; } if (col0 + 12u < N) { c[cb + 3u] = acc10_3; }
         }
         if (row0 + 11u < M) {
             let cb = (c_off + (row0 + 11u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc11_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc11_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc11_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc11_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc11_0; } if (col0 + 4u < N) { c[cb + 1u] = acc11_1; } if (col0 + 8u < N) { c[cb + 2u] = acc11_2; } if (col0 + 12u < N) { c[cb + 3u] = acc11_3; }
         }
         if (row0 + 12u < M) {
             let cb = (c_off + (row0 + 12u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc12_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc12_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc12_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc12_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc12_0; } if (col0 + 4u < N) { c[cb + 1u] = acc12_1; } if (col0 + 8u < N) { c[cb + 2u] = acc12_2; } if (col0 + 12u < N) { c[cb + 3u] = acc12_3; }
         }
         if (row0 + 13u < M) {
             let cb = (c_off + (row0 + 13u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc13_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc13_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc13_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc13_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc13_0; } if (col0 + 4u < N) { c[cb + 1u] = acc13_1; } if (col0 + 8u < N) { c[cb + 2u] = acc13_2; } if (col0 + 12u < N) { c[cb + 3u] = acc13_3; }
         }
         if (row0 + 14u < M) {
             let cb = (c_off + (row0 + 14u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc14_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc14_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc14_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc14_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc14_0; } if (col0 + 4u < N) { c[cb + 1u] = acc14_1; } if (col0 + 8u < N) { c[cb + 2u] = acc14_2; } if (col0 + 12u < N) { c[cb + 3u] = acc14_3; }
         }
         if (row0 + 15u < M) {
             let cb = (c_off + (row0 + 15u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc15_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc15_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc15_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc15_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc15_0; } if (col0 + 4u < N) { c[cb + 1u] = acc15_1; } if (col0 + 8u < N) { c[cb + 2u] = acc15_2; } if (col0 + 12u < N) { c[cb + 3u] = acc15_3; }
         }
         if (row0 + 16u < M) {
             let cb = (c_off + (row0 + 16u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc16_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc16_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc16_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc16_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc16_0; } if (col0 + 4u < N) { c[cb + 1u] = acc16_1; } if (col0 + 8u < N) { c[cb + 2u] = acc16_2; } if (col0 + 12u < N) { c[cb + 3u] = acc16_3; }
         }
         if (row0 + 17u < M) {
             let cb = (c_off + (row0 + 17u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc17_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc17_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc17_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc17_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc17_0; } if (col0 + 4u < N) { c[cb + 1u] = acc17_1; } if (col0 + 8u < N) { c[cb + 2u] = acc17_2; } if (col0 + 12u < N) { c[cb + 3u] = acc17_3; }
         }
         if (row0 + 18u < M) {
             let cb = (c_off + (row0 + 18u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc18_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc18_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc18_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc18_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc18_0; } if (col0 + 4u < N) { c[cb + 1u] = acc18_1; } if (col0 + 8u < N) { c[cb + 2u] = acc18_2; } if (col0 + 12u < N) { c[cb + 3u] = acc18_3; }
         }
         if (row0 + 19u < M) {
             let cb = (c_off + (row0 + 19u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc19_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc19_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc19_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc19_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc19_0; } if (col0 + 4u < N) { c[cb + 1u] = acc19_1; } if (col0 + 8u < N) { c[cb + 2u] = acc19_2; } if (col0 + 12u < N) { c[cb + 3u] = acc19_3; }
         }
         if (row0 + 20u < M) {
             let cb = (c_off + (row0 + 20u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc20_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc20_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc20_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc20_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc20_0; } if (col0 + 4u < N) { c[cb + 1u] = acc20_1; } if (col0 + 8u < N) { c[cb + 2u] = acc20_2; } if (col0 + 12u < N) { c[cb + 3u] = acc20_3; }
         }
         if (row0 + 21u < M) {
             let cb = (c_off + (row0 + 21u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc21_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc21_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc21_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc21_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc21_0; } if (col0 + 4u < N) { c[cb + 1u] = acc21_1; } if (col0 + 8u < N) { c[cb + 2u] = acc21_2; } if (col0 + 12u < N) { c[cb + 3u] = acc21_3; }
         }
         if (row0 + 22u < M) {
             let cb = (c_off + (row0 + 22u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc22_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc22_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc22_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc22_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc22_0; } if (col0 + 4u < N) { c[cb + 1u] = acc22_1; } if (col0 + 8u < N) { c[cb + 2u] = acc22_2; } if (col0 + 12u < N) { c[cb + 3u] = acc22_3; }
         }
         if (row0 + 23u < M) {
             let cb = (c_off + (row0 + 23u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc23_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc23_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc23_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc23_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc23_0; } if (col0 + 4u < N) { c[cb + 1u] = acc23_1; } if (col0 + 8u < N) { c[cb + 2u] = acc23_2; } if (col0 + 12u < N) { c[cb + 3u] = acc23_3; }
         }
         if (row0 + 24u < M) {
             let cb = (c_off + (row0 + 24u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc24_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc24_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc24_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc24_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc24_0; } if (col0 + 4u < N) { c[cb + 1u] = acc24_1; } if (col0 + 8u < N) { c[cb + 2u] = acc24_2; } if (col0 + 12u < N) { c[cb + 3u] = acc24_3; }
         }
         if (row0 + 25u < M) {
             let cb = (c_off + (row0 + 25u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc25_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc25_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc25_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc25_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc25_0; } if (col0 + 4u < N) { c[cb + 1u] = acc25_1; } if (col0 + 8u < N) { c[cb + 2u] = acc25_2; } if (col0 + 12u < N) { c[cb + 3u] = acc25_3; }
         }
         if (row0 + 26u < M) {
             let cb = (c_off + (row0 + 26u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc26_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc26_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc26_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc26_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc26_0; } if (col0 + 4u < N) { c[cb + 1u] = acc26_1; } if (col0 + 8u < N) { c[cb + 2u] = acc26_2; } if (col0 + 12u < N) { c[cb + 3u] = acc26_3; }
         }
         if (row0 + 27u < M) {
             let cb = (c_off + (row0 + 27u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc27_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc27_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc27_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc27_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc27_0; } if (col0 + 4u < N) { c[cb + 1u] = acc27_1; } if (col0 + 8u < N) { c[cb + 2u] = acc27_2; } if (col0 + 12u < N) { c[cb + 3u] = acc27_3; }
         }
         if (row0 + 28u < M) {
             let cb = (c_off + (row0 + 28u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc28_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc28_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc28_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc28_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc28_0; } if (col0 + 4u < N) { c[cb + 1u] = acc28_1; } if (col0 + 8u < N) { c[cb + 2u] = acc28_2; } if (col0 + 12u < N) { c[cb + 3u] = acc28_3; }
         }
         if (row0 + 29u < M) {
             let cb = (c_off + (row0 + 29u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc29_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc29_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc29_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc29_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc29_0; } if (col0 + 4u < N) { c[cb + 1u] = acc29_1; } if (col0 + 8u < N) { c[cb + 2u] = acc29_2; } if (col0 + 12u < N) { c[cb + 3u] = acc29_3; }
         }
         if (row0 + 30u < M) {
             let cb = (c_off + (row0 + 30u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc30_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc30_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc30_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc30_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc30_0; } if (col0 + 4u < N) { c[cb + 1u] = acc30_1; } if (col0 + 8u < N) { c[cb + 2u] = acc30_2; } if (col0 + 12u < N) { c[cb + 3u] = acc30_3; }
         }
         if (row0 + 31u < M) {
             let cb = (c_off + (row0 + 31u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc31_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc31_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc31_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc31_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc31_0; } if (col0 + 4u < N) { c[cb + 1u] = acc31_1; } if (col0 + 8u < N) { c[cb + 2u] = acc31_2; } if (col0 + 12u < N) { c[cb + 3u] = acc31_3; }
         }
         if (row0 + 32u < M) {
             let cb = (c_off + (row0 + 32u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc32_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc32_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc32_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc32_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc32_0; } if (col0 + 4u < N) { c[cb + 1u] = acc32_1; } if (col0 + 8u < N) { c[cb + 2u] = acc32_2; } if (col0 + 12u < N) { c[cb + 3u] = acc32_3; }
         }
         if (row0 + 33u < M) {
             let cb = (c_off + (row0 + 33u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc33_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc33_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc33_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc33_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc33_0; } if (col0 + 4u < N) { c[cb + 1u] = acc33_1; } if (col0 + 8u < N) { c[cb + 2u] = acc33_2; } if (col0 + 12u < N) { c[cb + 3u] = acc33_3; }
         }
         if (row0 + 34u < M) {
             let cb = (c_off + (row0 + 34u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc34_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc34_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc34_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc34_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc34_0; } if (col0 + 4u < N) { c[cb + 1u] = acc34_1; } if (col0 + 8u < N) { c[cb + 2u] = acc34_2; } if (col0 + 12u < N) { c[cb + 3u] = acc34_3; }
         }
         if (row0 + 35u < M) {
             let cb = (c_off + (row0 + 35u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc35_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc35_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc35_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc35_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc35_0; } if (col0 + 4u < N) { c[cb + 1u] = acc35_1; } if (col0 + 8u < N) { c[cb + 2u] = acc35_2; } if (col0 + 12u < N) { c[cb + 3u] = acc35_3; }
         }
         if (row0 + 36u < M) {
             let cb = (c_off + (row0 + 36u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc36_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc36_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc36_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc36_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc36_0; } if (col0 + 4u < N) { c[cb + 1u] = acc36_1; } if (col0 + 8u < N) { c[cb + 2u] = acc36_2; } if (col0 + 12u < N) { c[cb + 3u] = acc36_3; }
         }
         if (row0 + 37u < M) {
             let cb = (c_off + (row0 + 37u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc37_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc37_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc37_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc37_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc37_0; } if (col0 + 4u < N) { c[cb + 1u] = acc37_1; } if (col0 + 8u < N) { c[cb + 2u] = acc37_2; } if (col0 + 12u < N) { c[cb + 3u] = acc37_3; }
         }
         if (row0 + 38u < M) {
             let cb = (c_off + (row0 + 38u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc38_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc38_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc38_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc38_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc38_0; } if (col0 + 4u < N) { c[cb + 1u] = acc38_1; } if (col0 + 8u < N) { c[cb + 2u] = acc38_2; } if (col0 + 12u < N) { c[cb + 3u] = acc38_3; }
         }
         if (row0 + 39u < M) {
             let cb = (c_off + (row0 + 39u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc39_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc39_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc39_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc39_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc39_0; } if (col0 + 4u < N) { c[cb + 1u] = acc39_1; } if (col0 + 8u < N) { c[cb + 2u] = acc39_2; } if (col0 + 12u < N) { c[cb + 3u] = acc39_3; }
         }
         if (row0 + 40u < M) {
             let cb = (c_off + (row0 + 40u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc40_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc40_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc40_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc40_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc40_0; } if (col0 + 4u < N) { c[cb + 1u] = acc40_1; } if (col0 + 8u < N) { c[cb + 2u] = acc40_2; } if (col0 + 12u < N) { c[cb + 3u] = acc40_3; }
         }
         if (row0 + 41u < M) {
             let cb = (c_off + (row0 + 41u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc41_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc41_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc41_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc41_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc41_0; } if (col0 + 4u < N) { c[cb + 1u] = acc41_1; } if (col0 + 8u < N) { c[cb + 2u] = acc41_2; } if (col0 + 12u < N) { c[cb + 3u] = acc41_3; }
         }
         if (row0 + 42u < M) {
             let cb = (c_off + (row0 + 42u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc42_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc42_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc42_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc42_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc42_0; } if (col0 + 4u < N) { c[cb + 1u] = acc42_1; } if (col0 + 8u < N) { c[cb + 2u] = acc42_2; } if (col0 + 12u < N) { c[cb + 3u] = acc42_3; }
         }
         if (row0 + 43u < M) {
             let cb = (c_off + (row0 + 43u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc43_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc43_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc43_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc43_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc43_0; } if (col0 + 4u < N) { c[cb + 1u] = acc43_1; } if (col0 + 8u < N) { c[cb + 2u] = acc43_2; } if (col0 + 12u < N) { c[cb + 3u] = acc43_3; }
         }
         if (row0 + 44u < M) {
             let cb = (c_off + (row0 + 44u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc44_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc44_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc44_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc44_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc44_0; } if (col0 + 4u < N) { c[cb + 1u] = acc44_1; } if (col0 + 8u < N) { c[cb + 2u] = acc44_2; } if (col0 + 12u < N) { c[cb + 3u] = acc44_3; }
         }
         if (row0 + 45u < M) {
             let cb = (c_off + (row0 + 45u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc45_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc45_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc45_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc45_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc45_0; } if (col0 + 4u < N) { c[cb + 1u] = acc45_1; } if (col0 + 8u < N) { c[cb + 2u] = acc45_2; } if (col0 + 12u < N) { c[cb + 3u] = acc45_3; }
         }
         if (row0 + 46u < M) {
             let cb = (c_off + (row0 + 46u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc46_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc46_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc46_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc46_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc46_0; } if (col0 + 4u < N) { c[cb + 1u] = acc46_1; } if (col0 + 8u < N) { c[cb + 2u] = acc46_2; } if (col0 + 12u < N) { c[cb + 3u] = acc46_3; }
         }
         if (row0 + 47u < M) {
             let cb = (c_off + (row0 + 47u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc47_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc47_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc47_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc47_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc47_0; } if (col0 + 4u < N) { c[cb + 1u] = acc47_1; } if (col0 + 8u < N) { c[cb + 2u] = acc47_2; } if (col0 + 12u < N) { c[cb + 3u] = acc47_3; }
         }
         if (row0 + 48u < M) {
             let cb = (c_off + (row0 + 48u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc48_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc48_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc48_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc48_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc48_0; } if (col0 + 4u < N) { c[cb + 1u] = acc48_1; } if (col0 + 8u < N) { c[cb + 2u] = acc48_2; } if (col0 + 12u < N) { c[cb + 3u] = acc48_3; }
         }
         if (row0 + 49u < M) {
             let cb = (c_off + (row0 + 49u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc49_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc49_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc49_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc49_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc49_0; } if (col0 + 4u < N) { c[cb + 1u] = acc49_1; } if (col0 + 8u < N) { c[cb + 2u] = acc49_2; } if (col0 + 12u < N) { c[cb + 3u] = acc49_3; }
         }
         if (row0 + 50u < M) {
             let cb = (c_off + (row0 + 50u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc50_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc50_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc50_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc50_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc50_0; } if (col0 + 4u < N) { c[cb + 1u] = acc50_1; } if (col0 + 8u < N) { c[cb + 2u] = acc50_2; } if (col0 + 12u < N) { c[cb + 3u] = acc50_3; }
         }
         if (row0 + 51u < M) {
             let cb = (c_off + (row0 + 51u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc51_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc51_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc51_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc51_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc51_0; } if (col0 + 4u < N) { c[cb + 1u] = acc51_1; } if (col0 + 8u < N) { c[cb + 2u] = acc51_2; } if (col0 + 12u < N) { c[cb + 3u] = acc51_3; }
         }
         if (row0 + 52u < M) {
             let cb = (c_off + (row0 + 52u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc52_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc52_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc52_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc52_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc52_0; } if (col0 + 4u < N) { c[cb + 1u] = acc52_1; } if (col0 + 8u < N) { c[cb + 2u] = acc52_2; } if (col0 + 12u < N) { c[cb + 3u] = acc52_3; }
         }
         if (row0 + 53u < M) {
             let cb = (c_off + (row0 + 53u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc53_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc53_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc53_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc53_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc53_0; } if (col0 + 4u < N) { c[cb + 1u] = acc53_1; } if (col0 + 8u < N) { c[cb + 2u] = acc53_2; } if (col0 + 12u < N) { c[cb + 3u] = acc53_3; }
         }
         if (row0 + 54u < M) {
             let cb = (c_off + (row0 + 54u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc54_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc54_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc54_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc54_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc54_0; } if (col0 + 4u < N) { c[cb + 1u] = acc54_1; } if (col0 + 8u < N) { c[cb + 2u] = acc54_2; } if (col0 + 12u < N) { c[cb + 3u] = acc54_3; }
         }
         if (row0 + 55u < M) {
             let cb = (c_off + (row0 + 55u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc55_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc55_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc55_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc55_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc55_0; } if (col0 + 4u < N) { c[cb + 1u] = acc55_1; } if (col0 + 8u < N) { c[cb + 2u] = acc55_2; } if (col0 + 12u < N) { c[cb + 3u] = acc55_3; }
         }
         if (row0 + 56u < M) {
             let cb = (c_off + (row0 + 56u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc56_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc56_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc56_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc56_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc56_0; } if (col0 + 4u < N) { c[cb + 1u] = acc56_1; } if (col0 + 8u < N) { c[cb + 2u] = acc56_2; } if (col0 + 12u < N) { c[cb + 3u] = acc56_3; }
         }
         if (row0 + 57u < M) {
             let cb = (c_off + (row0 + 57u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc57_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc57_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc57_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc57_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc57_0; } if (col0 + 4u < N) { c[cb + 1u] = acc57_1; } if (col0 + 8u < N) { c[cb + 2u] = acc57_2; } if (col0 + 12u < N) { c[cb + 3u] = acc57_3; }
         }
         if (row0 + 58u < M) {
             let cb = (c_off + (row0 + 58u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc58_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc58_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc58_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc58_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc58_0; } if (col0 + 4u < N) { c[cb + 1u] = acc58_1; } if (col0 + 8u < N) { c[cb + 2u] = acc58_2; } if (col0 + 12u < N) { c[cb + 3u] = acc58_3; }
         }
         if (row0 + 59u < M) {
             let cb = (c_off + (row0 + 59u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc59_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc59_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc59_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc59_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc59_0; } if (col0 + 4u < N) { c[cb + 1u] = acc59_1; } if (col0 + 8u < N) { c[cb + 2u] = acc59_2; } if (col0 + 12u < N) { c[cb + 3u] = acc59_3; }
         }
         if (row0 + 60u < M) {
             let cb = (c_off + (row0 + 60u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc60_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc60_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc60_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc60_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc60_0; } if (col0 + 4u < N) { c[cb + 1u] = acc60_1; } if (col0 + 8u < N) { c[cb + 2u] = acc60_2; } if (col0 + 12u < N) { c[cb + 3u] = acc60_3; }
         }
         if (row0 + 61u < M) {
             let cb = (c_off + (row0 + 61u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc61_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc61_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc61_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc61_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc61_0; } if (col0 + 4u < N) { c[cb + 1u] = acc61_1; } if (col0 + 8u < N) { c[cb + 2u] = acc61_2; } if (col0 + 12u < N) { c[cb + 3u] = acc61_3; }
         }
         if (row0 + 62u < M) {
             let cb = (c_off + (row0 + 62u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc62_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc62_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc62_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc62_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc62_0; } if (col0 + 4u < N) { c[cb + 1u] = acc62_1; } if (col0 + 8u < N) { c[cb + 2u] = acc62_2; } if (col0 + 12u < N) { c[cb + 3u] = acc62_3; }
         }
         if (row0 + 63u < M) {
             let cb = (c_off + (row0 + 63u) * N + col0) / 4u;
-            if (col0 + 0u < N) { store4((cb + 0u) * 4u, acc63_0); } if (col0 + 4u < N) { store4((cb + 1u) * 4u, acc63_1); } if (col0 + 8u < N) { store4((cb + 2u) * 4u, acc63_2); } if (col0 + 12u < N) { store4((cb + 3u) * 4u, acc63_3); }
+            if (col0 + 0u < N) { c[cb + 0u] = acc63_0; } if (col0 + 4u < N) { c[cb + 1u] = acc63_1; } if (col0 + 8u < N) { c[cb + 2u] = acc63_2; } if (col0 + 12u < N) { c[cb + 3u] = acc63_3; }
         }
     } else {
         if (row0 + 0u < M) {
             let cb = c_off + (row0 + 0u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc0_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc0_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc0_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc0_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc0_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc0_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc0_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc0_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc0_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc0_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc0_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc0_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc0_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc0_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc0_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc0_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc0_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc0_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc0_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc0_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc0_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc0_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc0_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc0_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc0_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc0_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc0_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc0_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc0_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc0_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc0_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc0_3.w; }
         }
         if (row0 + 1u < M) {
             let cb = c_off + (row0 + 1u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc1_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc1_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc1_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc1_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc1_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc1_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc1_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc1_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc1_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc1_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc1_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc1_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc1_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc1_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc1_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc1_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc1_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc1_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc1_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc1_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc1_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc1_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc1_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc1_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc1_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc1_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc1_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc1_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc1_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc1_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc1_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc1_3.w; }
         }
         if (row0 + 2u < M) {
             let cb = c_off + (row0 + 2u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc2_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc2_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc2_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc2_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc2_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc2_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc2_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc2_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc2_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc2_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc2_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc2_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc2_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc2_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc2_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc2_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc2_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc2_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc2_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc2_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc2_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc2_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc2_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc2_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc2_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc2_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc2_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc2_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc2_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc2_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc2_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc2_3.w; }
         }
         if (row0 + 3u < M) {
             let cb = c_off + (row0 + 3u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc3_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc3_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc3_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc3_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc3_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc3_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc3_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc3_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc3_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc3_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc3_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc3_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc3_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc3_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc3_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc3_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc3_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc3_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc3_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc3_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc3_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc3_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc3_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc3_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc3_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc3_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc3_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc3_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc3_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc3_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc3_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc3_3.w; }
         }
         if (row0 + 4u < M) {
             let cb = c_off + (row0 + 4u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc4_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc4_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc4_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc4_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc4_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc4_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc4_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc4_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc4_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc4_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc4_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc4_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc4_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc4_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc4_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc4_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc4_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc4_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc4_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc4_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc4_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc4_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc4_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc4_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc4_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc4_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc4_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc4_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc4_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc4_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc4_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc4_3.w; }
         }
         if (row0 + 5u < M) {
             let cb = c_off + (row0 + 5u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc5_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc5_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc5_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc5_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc5_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc5_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc5_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc5_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc5_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc5_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc5_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc5_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc5_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc5_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc5_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc5_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc5_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc5_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc5_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc5_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc5_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc5_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc5_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc5_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc5_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc5_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc5_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc5_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc5_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc5_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc5_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc5_3.w; }
         }
         if (row0 + 6u < M) {
             let cb = c_off + (row0 + 6u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc6_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc6_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc6_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc6_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc6_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc6_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc6_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc6_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc6_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc6_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc6_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc6_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc6_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc6_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc6_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc6_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc6_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc6_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc6_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc6_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc6_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc6_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc6_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc6_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc6_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc6_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc6_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc6_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc6_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc6_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc6_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc6_3.w; }
         }
         if (row0 + 7u < M) {
             let cb = c_off + (row0 + 7u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc7_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc7_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc7_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc7_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc7_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc7_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc7_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc7_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc7_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc7_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc7_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc7_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc7_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc7_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc7_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc7_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc7_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc7_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc7_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc7_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc7_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc7_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc7_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc7_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc7_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc7_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc7_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc7_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc7_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc7_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc7_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc7_3.w; }
         }
         if (row0 + 8u < M) {
             let cb = c_off + (row0 + 8u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc8_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc8_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc8_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc8_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc8_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc8_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc8_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc8_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc8_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc8_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc8_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc8_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc8_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc8_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc8_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc8_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc8_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc8_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc8_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc8_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc8_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc8_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc8_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc8_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc8_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc8_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc8_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc8_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc8_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc8_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc8_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc8_3.w; }
         }
         if (row0 + 9u < M) {
             let cb = c_off + (row0 + 9u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc9_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc9_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc9_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc9_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc9_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc9_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc9_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc9_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc9_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc9_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc9_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc9_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc9_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc9_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc9_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc9_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc9_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc9_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc9_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc9_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc9_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc9_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc9_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc9_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc9_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc9_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc9_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc9_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc9_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc9_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc9_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc9_3.w; }
         }
         if (row0 + 10u < M) {
             let cb = c_off + (row0 + 10u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc10_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc10_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc10_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc10_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc10_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc10_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc10_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc10_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc10_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc10_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc10_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc10_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc10_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc10_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc10_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc10_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc10_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc10_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc10_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc10_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc10_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc10_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc10_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc10_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc10_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc10_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc10_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc10_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc10_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc10_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc10_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc10_3.w; }
         }
         if (row0 + 11u < M) {
             let cb = c_off + (row0 + 11u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc11_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc11_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc11_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc11_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc11_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc11_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc11_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc11_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc11_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc11_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc11_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc11_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc11_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc11_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc11_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc11_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc11_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc11_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc11_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc11_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc11_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc11_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc11_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc11_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc11_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc11_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc11_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc11_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc11_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc11_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc11_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc11_3.w; }
         }
         if (row0 + 12u < M) {
             let cb = c_off + (row0 + 12u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc12_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc12_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc12_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc12_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc12_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc12_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc12_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc12_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc12_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc12_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc12_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc12_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc12_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc12_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc12_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc12_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc12_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc12_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc12_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc12_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc12_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc12_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc12_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc12_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc12_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc12_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc12_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc12_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc12_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc12_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc12_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc12_3.w; }
         }
         if (row0 + 13u < M) {
             let cb = c_off + (row0 + 13u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc13_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc13_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc13_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc13_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc13_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc13_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc13_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc13_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc13_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc13_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc13_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc13_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc13_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc13_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc13_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc13_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc13_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc13_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc13_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc13_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc13_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc13_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc13_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc13_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc13_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc13_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc13_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc13_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc13_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc13_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc13_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc13_3.w; }
         }
         if (row0 + 14u < M) {
             let cb = c_off + (row0 + 14u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc14_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc14_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc14_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc14_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc14_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc14_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc14_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc14_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc14_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc14_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc14_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc14_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc14_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc14_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc14_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc14_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc14_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc14_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc14_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc14_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc14_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc14_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc14_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc14_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc14_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc14_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc14_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc14_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc14_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc14_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc14_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc14_3.w; }
         }
         if (row0 + 15u < M) {
             let cb = c_off + (row0 + 15u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc15_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc15_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc15_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc15_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc15_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc15_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc15_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc15_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc15_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc15_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc15_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc15_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc15_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc15_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc15_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc15_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc15_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc15_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc15_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc15_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc15_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc15_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc15_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc15_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc15_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc15_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc15_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc15_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc15_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc15_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc15_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc15_3.w; }
         }
         if (row0 + 16u < M) {
             let cb = c_off + (row0 + 16u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc16_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc16_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc16_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc16_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc16_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc16_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc16_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc16_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc16_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc16_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc16_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc16_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc16_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc16_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc16_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc16_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc16_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc16_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc16_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc16_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc16_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc16_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc16_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc16_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc16_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc16_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc16_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc16_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc16_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc16_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc16_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc16_3.w; }
         }
         if (row0 + 17u < M) {
             let cb = c_off + (row0 + 17u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc17_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc17_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc17_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc17_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc17_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc17_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc17_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc17_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc17_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc17_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc17_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc17_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc17_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc17_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc17_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc17_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc17_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc17_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc17_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc17_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc17_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc17_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc17_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc17_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc17_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc17_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc17_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc17_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc17_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc17_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc17_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc17_3.w; }
         }
         if (row0 + 18u < M) {
             let cb = c_off + (row0 + 18u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc18_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc18_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc18_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc18_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc18_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc18_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc18_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc18_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc18_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc18_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc18_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc18_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc18_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc18_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc18_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc18_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc18_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc18_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc18_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc18_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc18_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc18_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc18_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc18_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc18_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc18_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc18_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc18_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc18_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc18_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc18_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc18_3.w; }
         }
         if (row0 + 19u < M) {
             let cb = c_off + (row0 + 19u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc19_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc19_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc19_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc19_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc19_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc19_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc19_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc19_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc19_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc19_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc19_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc19_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc19_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc19_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc19_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc19_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc19_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc19_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc19_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc19_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc19_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc19_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc19_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc19_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc19_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc19_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc19_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc19_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc19_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc19_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc19_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc19_3.w; }
         }
         if (row0 + 20u < M) {
             let cb = c_off + (row0 + 20u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc20_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc20_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc20_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc20_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc20_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc20_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc20_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc20_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc20_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc20_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc20_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc20_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc20_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc20_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc20_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc20_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc20_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc20_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc20_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc20_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc20_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc20_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc20_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc20_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc20_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc20_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc20_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc20_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc20_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc20_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc20_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc20_3.w; }
         }
         if (row0 + 21u < M) {
             let cb = c_off + (row0 + 21u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc21_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc21_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc21_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc21_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc21_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc21_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc21_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc21_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc21_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc21_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc21_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc21_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc21_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc21_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc21_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc21_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc21_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc21_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc21_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc21_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc21_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc21_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc21_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc21_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc21_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc21_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc21_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc21_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc21_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc21_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc21_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc21_3.w; }
         }
         if (row0 + 22u < M) {
             let cb = c_off + (row0 + 22u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc22_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc22_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc22_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc22_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc22_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc22_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc22_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc22_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc22_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc22_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc22_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc22_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc22_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc22_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc22_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc22_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc22_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc22_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc22_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc22_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc22_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc22_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc22_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc22_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc22_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc22_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc22_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc22_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc22_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc22_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc22_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc22_3.w; }
         }
         if (row0 + 23u < M) {
             let cb = c_off + (row0 + 23u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc23_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc23_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc23_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc23_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc23_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc23_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc23_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc23_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc23_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc23_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc23_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc23_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc23_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc23_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc23_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc23_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc23_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc23_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc23_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc23_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc23_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc23_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc23_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc23_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc23_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc23_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc23_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc23_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc23_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc23_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc23_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc23_3.w; }
         }
         if (row0 + 24u < M) {
             let cb = c_off + (row0 + 24u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc24_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc24_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc24_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc24_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc24_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc24_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc24_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc24_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc24_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc24_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc24_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc24_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc24_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc24_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc24_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc24_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc24_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc24_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc24_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc24_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc24_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc24_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc24_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc24_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc24_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc24_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc24_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc24_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc24_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc24_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc24_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc24_3.w; }
         }
         if (row0 + 25u < M) {
             let cb = c_off + (row0 + 25u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc25_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc25_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc25_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc25_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc25_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc25_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc25_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc25_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc25_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc25_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc25_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc25_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc25_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc25_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc25_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc25_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc25_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc25_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc25_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc25_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc25_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc25_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc25_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc25_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc25_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc25_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc25_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc25_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc25_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc25_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc25_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc25_3.w; }
         }
         if (row0 + 26u < M) {
             let cb = c_off + (row0 + 26u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc26_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc26_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc26_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc26_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc26_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc26_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc26_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc26_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc26_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc26_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc26_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc26_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc26_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc26_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc26_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc26_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc26_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc26_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc26_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc26_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc26_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc26_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc26_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc26_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc26_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc26_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc26_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc26_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc26_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc26_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc26_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc26_3.w; }
         }
         if (row0 + 27u < M) {
             let cb = c_off + (row0 + 27u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc27_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc27_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc27_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc27_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc27_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc27_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc27_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc27_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc27_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc27_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc27_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc27_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc27_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc27_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc27_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc27_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc27_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc27_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc27_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc27_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc27_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc27_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc27_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc27_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc27_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc27_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc27_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc27_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc27_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc27_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc27_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc27_3.w; }
         }
         if (row0 + 28u < M) {
             let cb = c_off + (row0 + 28u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc28_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc28_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc28_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc28_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc28_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc28_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc28_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc28_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc28_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc28_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc28_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc28_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc28_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc28_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc28_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc28_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc28_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc28_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc28_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc28_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc28_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc28_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc28_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc28_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc28_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc28_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc28_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc28_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc28_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc28_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc28_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc28_3.w; }
         }
         if (row0 + 29u < M) {
             let cb = c_off + (row0 + 29u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc29_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc29_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc29_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc29_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc29_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc29_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc29_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc29_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc29_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc29_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc29_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc29_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc29_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc29_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc29_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc29_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc29_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc29_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc29_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc29_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc29_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc29_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc29_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc29_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc29_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc29_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc29_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc29_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc29_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc29_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc29_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc29_3.w; }
         }
         if (row0 + 30u < M) {
             let cb = c_off + (row0 + 30u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc30_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc30_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc30_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc30_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc30_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc30_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc30_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc30_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc30_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc30_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc30_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc30_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc30_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc30_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc30_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc30_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc30_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc30_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc30_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc30_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc30_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc30_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc30_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc30_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc30_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc30_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc30_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc30_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc30_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc30_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc30_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc30_3.w; }
         }
         if (row0 + 31u < M) {
             let cb = c_off + (row0 + 31u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc31_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc31_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc31_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc31_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc31_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc31_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc31_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc31_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc31_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc31_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc31_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc31_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc31_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc31_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc31_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc31_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc31_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc31_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc31_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc31_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc31_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc31_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc31_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc31_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc31_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc31_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc31_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc31_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc31_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc31_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc31_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc31_3.w; }
         }
         if (row0 + 32u < M) {
             let cb = c_off + (row0 + 32u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc32_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc32_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc32_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc32_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc32_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc32_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc32_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc32_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc32_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc32_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc32_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc32_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc32_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc32_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc32_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc32_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc32_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc32_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc32_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc32_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc32_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc32_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc32_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc32_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc32_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc32_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc32_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc32_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc32_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc32_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc32_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc32_3.w; }
         }
         if (row0 + 33u < M) {
             let cb = c_off + (row0 + 33u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc33_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc33_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc33_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc33_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc33_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc33_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc33_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc33_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc33_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc33_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc33_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc33_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc33_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc33_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc33_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc33_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc33_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc33_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc33_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc33_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc33_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc33_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc33_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc33_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc33_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc33_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc33_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc33_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc33_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc33_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc33_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc33_3.w; }
         }
         if (row0 + 34u < M) {
             let cb = c_off + (row0 + 34u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc34_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc34_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc34_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc34_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc34_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc34_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc34_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc34_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc34_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc34_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc34_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc34_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc34_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc34_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc34_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc34_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc34_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc34_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc34_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc34_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc34_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc34_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc34_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc34_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc34_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc34_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc34_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc34_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc34_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc34_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc34_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc34_3.w; }
         }
         if (row0 + 35u < M) {
             let cb = c_off + (row0 + 35u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc35_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc35_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc35_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc35_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc35_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc35_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc35_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc35_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc35_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc35_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc35_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc35_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc35_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc35_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc35_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc35_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc35_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc35_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc35_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc35_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc35_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc35_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc35_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc35_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc35_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc35_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc35_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc35_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc35_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc35_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc35_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc35_3.w; }
         }
         if (row0 + 36u < M) {
             let cb = c_off + (row0 + 36u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc36_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc36_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc36_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc36_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc36_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc36_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc36_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc36_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc36_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc36_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc36_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc36_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc36_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc36_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc36_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc36_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc36_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc36_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc36_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc36_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc36_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc36_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc36_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc36_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc36_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc36_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc36_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc36_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc36_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc36_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc36_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc36_3.w; }
         }
         if (row0 + 37u < M) {
             let cb = c_off + (row0 + 37u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc37_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc37_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc37_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc37_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc37_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc37_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc37_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc37_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc37_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc37_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc37_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc37_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc37_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc37_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc37_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc37_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc37_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc37_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc37_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc37_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc37_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc37_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc37_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc37_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc37_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc37_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc37_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc37_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc37_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc37_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc37_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc37_3.w; }
         }
         if (row0 + 38u < M) {
             let cb = c_off + (row0 + 38u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc38_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc38_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc38_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc38_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc38_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc38_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc38_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc38_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc38_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc38_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc38_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc38_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc38_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc38_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc38_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc38_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc38_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc38_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc38_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc38_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc38_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc38_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc38_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc38_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc38_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc38_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc38_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc38_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc38_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc38_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc38_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc38_3.w; }
         }
         if (row0 + 39u < M) {
             let cb = c_off + (row0 + 39u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc39_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc39_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc39_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc39_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc39_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc39_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc39_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc39_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc39_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc39_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc39_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc39_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc39_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc39_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc39_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc39_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc39_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc39_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc39_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc39_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc39_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc39_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc39_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc39_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc39_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc39_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc39_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc39_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc39_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc39_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc39_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc39_3.w; }
         }
         if (row0 + 40u < M) {
             let cb = c_off + (row0 + 40u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc40_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc40_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc40_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc40_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc40_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc40_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc40_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc40_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc40_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc40_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc40_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc40_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc40_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc40_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc40_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc40_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc40_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc40_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc40_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc40_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc40_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc40_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc40_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc40_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc40_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc40_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc40_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc40_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc40_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc40_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc40_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc40_3.w; }
         }
         if (row0 + 41u < M) {
             let cb = c_off + (row0 + 41u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc41_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc41_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc41_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc41_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc41_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc41_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc41_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc41_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc41_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc41_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc41_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc41_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc41_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc41_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc41_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc41_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc41_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc41_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc41_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc41_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc41_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc41_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc41_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc41_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc41_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc41_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc41_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc41_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc41_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc41_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc41_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc41_3.w; }
         }
         if (row0 + 42u < M) {
             let cb = c_off + (row0 + 42u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc42_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc42_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc42_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc42_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc42_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc42_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc42_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc42_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc42_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc42_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc42_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc42_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc42_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc42_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc42_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc42_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc42_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc42_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc42_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc42_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc42_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc42_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc42_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc42_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc42_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc42_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc42_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc42_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc42_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc42_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc42_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc42_3.w; }
         }
         if (row0 + 43u < M) {
             let cb = c_off + (row0 + 43u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc43_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc43_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc43_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc43_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc43_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc43_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc43_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc43_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc43_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc43_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc43_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc43_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc43_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc43_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc43_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc43_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc43_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc43_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc43_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc43_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc43_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc43_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc43_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc43_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc43_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc43_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc43_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc43_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc43_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc43_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc43_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc43_3.w; }
         }
         if (row0 + 44u < M) {
             let cb = c_off + (row0 + 44u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc44_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc44_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc44_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc44_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc44_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc44_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc44_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc44_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc44_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc44_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc44_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc44_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc44_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc44_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc44_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc44_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc44_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc44_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc44_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc44_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc44_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc44_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc44_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc44_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc44_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc44_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc44_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc44_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc44_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc44_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc44_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc44_3.w; }
         }
         if (row0 + 45u < M) {
             let cb = c_off + (row0 + 45u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc45_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc45_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc45_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc45_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc45_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc45_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc45_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc45_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc45_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc45_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc45_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc45_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc45_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc45_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc45_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc45_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc45_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc45_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc45_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc45_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc45_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc45_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc45_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc45_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc45_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc45_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc45_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc45_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc45_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc45_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc45_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc45_3.w; }
         }
         if (row0 + 46u < M) {
             let cb = c_off + (row0 + 46u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc46_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc46_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc46_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc46_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc46_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc46_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc46_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc46_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc46_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc46_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc46_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc46_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc46_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc46_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc46_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc46_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc46_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc46_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc46_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc46_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc46_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc46_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc46_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc46_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc46_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc46_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc46_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc46_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc46_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc46_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc46_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc46_3.w; }
         }
         if (row0 + 47u < M) {
             let cb = c_off + (row0 + 47u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc47_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc47_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc47_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc47_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc47_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc47_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc47_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc47_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc47_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc47_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc47_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc47_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc47_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc47_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc47_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc47_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc47_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc47_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc47_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc47_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc47_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc47_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc47_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc47_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc47_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc47_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc47_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc47_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc47_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc47_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc47_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc47_3.w; }
         }
         if (row0 + 48u < M) {
             let cb = c_off + (row0 + 48u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc48_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc48_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc48_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc48_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc48_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc48_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc48_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc48_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc48_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc48_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc48_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc48_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc48_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc48_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc48_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc48_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc48_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc48_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc48_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc48_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc48_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc48_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc48_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc48_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc48_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc48_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc48_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc48_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc48_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc48_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc48_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc48_3.w; }
         }
         if (row0 + 49u < M) {
             let cb = c_off + (row0 + 49u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc49_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc49_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc49_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc49_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc49_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc49_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc49_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc49_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc49_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc49_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc49_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc49_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc49_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc49_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc49_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc49_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc49_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc49_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc49_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc49_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc49_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc49_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc49_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc49_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc49_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc49_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc49_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc49_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc49_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc49_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc49_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc49_3.w; }
         }
         if (row0 + 50u < M) {
             let cb = c_off + (row0 + 50u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc50_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc50_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc50_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc50_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc50_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc50_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc50_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc50_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc50_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc50_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc50_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc50_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc50_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc50_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc50_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc50_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc50_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc50_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc50_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc50_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc50_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc50_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc50_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc50_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc50_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc50_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc50_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc50_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc50_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc50_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc50_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc50_3.w; }
         }
         if (row0 + 51u < M) {
             let cb = c_off + (row0 + 51u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc51_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc51_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc51_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc51_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc51_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc51_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc51_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc51_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc51_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc51_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc51_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc51_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc51_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc51_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc51_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc51_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc51_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc51_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc51_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc51_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc51_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc51_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc51_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc51_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc51_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc51_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc51_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc51_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc51_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc51_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc51_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc51_3.w; }
         }
         if (row0 + 52u < M) {
             let cb = c_off + (row0 + 52u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc52_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc52_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc52_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc52_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc52_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc52_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc52_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc52_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc52_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc52_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc52_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc52_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc52_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc52_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc52_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc52_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc52_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc52_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc52_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc52_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc52_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc52_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc52_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc52_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc52_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc52_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc52_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc52_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc52_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc52_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc52_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc52_3.w; }
         }
         if (row0 + 53u < M) {
             let cb = c_off + (row0 + 53u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc53_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc53_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc53_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc53_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc53_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc53_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc53_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc53_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc53_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc53_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc53_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc53_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc53_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc53_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc53_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc53_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc53_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc53_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc53_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc53_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc53_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc53_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc53_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc53_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc53_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc53_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc53_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc53_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc53_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc53_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc53_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc53_3.w; }
         }
         if (row0 + 54u < M) {
             let cb = c_off + (row0 + 54u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc54_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc54_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc54_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc54_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc54_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc54_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc54_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc54_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc54_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc54_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc54_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc54_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc54_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc54_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc54_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc54_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc54_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc54_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc54_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc54_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc54_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc54_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc54_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc54_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc54_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc54_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc54_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc54_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc54_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc54_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc54_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc54_3.w; }
         }
         if (row0 + 55u < M) {
             let cb = c_off + (row0 + 55u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc55_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc55_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc55_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc55_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc55_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc55_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc55_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc55_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc55_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc55_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc55_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc55_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc55_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc55_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc55_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc55_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc55_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc55_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc55_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc55_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc55_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc55_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc55_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc55_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc55_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc55_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc55_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc55_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc55_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc55_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc55_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc55_3.w; }
         }
         if (row0 + 56u < M) {
             let cb = c_off + (row0 + 56u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc56_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc56_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc56_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc56_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc56_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc56_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc56_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc56_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc56_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc56_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc56_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc56_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc56_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc56_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc56_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc56_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc56_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc56_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc56_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc56_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc56_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc56_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc56_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc56_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc56_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc56_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc56_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc56_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc56_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc56_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc56_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc56_3.w; }
         }
         if (row0 + 57u < M) {
             let cb = c_off + (row0 + 57u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc57_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc57_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc57_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc57_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc57_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc57_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc57_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc57_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc57_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc57_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc57_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc57_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc57_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc57_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc57_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc57_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc57_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc57_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc57_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc57_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc57_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc57_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc57_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc57_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc57_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc57_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc57_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc57_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc57_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc57_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc57_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc57_3.w; }
         }
         if (row0 + 58u < M) {
             let cb = c_off + (row0 + 58u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc58_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc58_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc58_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc58_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc58_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc58_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc58_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc58_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc58_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc58_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc58_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc58_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc58_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc58_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc58_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc58_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc58_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc58_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc58_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc58_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc58_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc58_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc58_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc58_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc58_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc58_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc58_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc58_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc58_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc58_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc58_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc58_3.w; }
         }
         if (row0 + 59u < M) {
             let cb = c_off + (row0 + 59u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc59_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc59_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc59_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc59_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc59_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc59_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc59_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc59_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc59_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc59_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc59_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc59_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc59_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc59_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc59_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc59_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc59_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc59_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc59_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc59_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc59_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc59_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc59_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc59_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc59_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc59_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc59_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc59_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc59_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc59_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc59_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc59_3.w; }
         }
         if (row0 + 60u < M) {
             let cb = c_off + (row0 + 60u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc60_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc60_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc60_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc60_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc60_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc60_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc60_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc60_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc60_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc60_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc60_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc60_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc60_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc60_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc60_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc60_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc60_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc60_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc60_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc60_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc60_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc60_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc60_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc60_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc60_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc60_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc60_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc60_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc60_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc60_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc60_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc60_3.w; }
         }
         if (row0 + 61u < M) {
             let cb = c_off + (row0 + 61u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc61_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc61_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc61_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc61_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc61_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc61_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc61_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc61_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc61_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc61_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc61_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc61_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc61_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc61_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc61_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc61_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc61_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc61_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc61_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc61_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc61_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc61_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc61_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc61_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc61_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc61_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc61_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc61_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc61_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc61_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc61_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc61_3.w; }
         }
         if (row0 + 62u < M) {
             let cb = c_off + (row0 + 62u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc62_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc62_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc62_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc62_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc62_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc62_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc62_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc62_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc62_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc62_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc62_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc62_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc62_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc62_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc62_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc62_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc62_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc62_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc62_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc62_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc62_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc62_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc62_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc62_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc62_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc62_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc62_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc62_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc62_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc62_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc62_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc62_3.w; }
         }
         if (row0 + 63u < M) {
             let cb = c_off + (row0 + 63u) * N + col0;
-            if (col0 + 0u < N) { store1(cb + 0u, acc63_0.x); } if (col0 + 1u < N) { store1(cb + 1u, acc63_0.y); } if (col0 + 2u < N) { store1(cb + 2u, acc63_0.z); } if (col0 + 3u < N) { store1(cb + 3u, acc63_0.w); }
-            if (col0 + 4u < N) { store1(cb + 4u, acc63_1.x); } if (col0 + 5u < N) { store1(cb + 5u, acc63_1.y); } if (col0 + 6u < N) { store1(cb + 6u, acc63_1.z); } if (col0 + 7u < N) { store1(cb + 7u, acc63_1.w); }
-            if (col0 + 8u < N) { store1(cb + 8u, acc63_2.x); } if (col0 + 9u < N) { store1(cb + 9u, acc63_2.y); } if (col0 + 10u < N) { store1(cb + 10u, acc63_2.z); } if (col0 + 11u < N) { store1(cb + 11u, acc63_2.w); }
-            if (col0 + 12u < N) { store1(cb + 12u, acc63_3.x); } if (col0 + 13u < N) { store1(cb + 13u, acc63_3.y); } if (col0 + 14u < N) { store1(cb + 14u, acc63_3.z); } if (col0 + 15u < N) { store1(cb + 15u, acc63_3.w); }
+            if (col0 + 0u < N) { let e = cb + 0u; c[e / 4u][e % 4u] = acc63_0.x; } if (col0 + 1u < N) { let e = cb + 1u; c[e / 4u][e % 4u] = acc63_0.y; } if (col0 + 2u < N) { let e = cb + 2u; c[e / 4u][e % 4u] = acc63_0.z; } if (col0 + 3u < N) { let e = cb + 3u; c[e / 4u][e % 4u] = acc63_0.w; }
+            if (col0 + 4u < N) { let e = cb + 4u; c[e / 4u][e % 4u] = acc63_1.x; } if (col0 + 5u < N) { let e = cb + 5u; c[e / 4u][e % 4u] = acc63_1.y; } if (col0 + 6u < N) { let e = cb + 6u; c[e / 4u][e % 4u] = acc63_1.z; } if (col0 + 7u < N) { let e = cb + 7u; c[e / 4u][e % 4u] = acc63_1.w; }
+            if (col0 + 8u < N) { let e = cb + 8u; c[e / 4u][e % 4u] = acc63_2.x; } if (col0 + 9u < N) { let e = cb + 9u; c[e / 4u][e % 4u] = acc63_2.y; } if (col0 + 10u < N) { let e = cb + 10u; c[e / 4u][e % 4u] = acc63_2.z; } if (col0 + 11u < N) { let e = cb + 11u; c[e / 4u][e % 4u] = acc63_2.w; }
+            if (col0 + 12u < N) { let e = cb + 12u; c[e / 4u][e % 4u] = acc63_3.x; } if (col0 + 13u < N) { let e = cb + 13u; c[e / 4u][e % 4u] = acc63_3.y; } if (col0 + 14u < N) { let e = cb + 14u; c[e / 4u][e % 4u] = acc63_3.z; } if (col0 + 15u < N) { let e = cb + 15u; c[e / 4u][e % 4u] = acc63_3.w; }
         }
     }
 }

@@ -7,8 +7,8 @@ generated; edit this script, not the .wgsl files).
 
 The files in shaders/ come from:
   python3 tools/gen_matmul.py portable shaders/matmul.wgsl 32 32
-  python3 tools/gen_matmul.py subgroup shaders/matmul_subgroup_128x64.wgsl 128 8
-  python3 tools/gen_matmul.py subgroup shaders/matmul_subgroup_64x128.wgsl 64 16
+  python3 tools/gen_matmul.py subgroup shaders/matmul_subgroup_128x64.wgsl 128 8 direct
+  python3 tools/gen_matmul.py subgroup shaders/matmul_subgroup_64x128.wgsl 64 16 direct
   python3 tools/gen_matmul.py subgroup shaders/matmul_subgroup_32x32.wgsl 32 4
 
 Cost model behind the design (Mesa 22.3 lavapipe, 8 lanes per SIMD group): every load from a
@@ -29,6 +29,10 @@ if mode == "portable":
 else:
     TM = int(sys.argv[3]) if len(sys.argv) > 3 else 128
     TN = int(sys.argv[4]) if len(sys.argv) > 4 else 8
+# "direct": plain stores of C, no store hooks. The big blocks are built this
+# way: they never take fused epilogues (too slow to compile per site), and the
+# hooked stores measured about 10% slower in them.
+DIRECT = len(sys.argv) > 5 and sys.argv[5] == "direct"
 assert TN % 4 == 0
 TN4 = TN // 4
 L = []
@@ -41,10 +45,11 @@ override C_VEC4: bool;   // N % 4 == 0 and C_BATCH_STRIDE % 4 == 0: rows of C st
 # Every write of C goes through these two functions. The runtime replaces the
 # block between the markers to fuse an epilogue (bias, batch norm, activation,
 # even a permuted layout) into the write; bindings 4 and up are the epilogue's.
-STORE = """// STORE BEGIN
+STORE_HOOKS = """// STORE BEGIN
 fn store1(e: u32, v: f32) { c[e / 4u][e % 4u] = v; }
 fn store4(e: u32, v: vec4<f32>) { c[e / 4u] = v; }
 // STORE END"""
+STORE = "" if DIRECT else STORE_HOOKS
 
 DIMS = """    let M = dims[0];
     let N = dims[1];
@@ -67,7 +72,10 @@ def store_epilogue():
     for i in range(TM):
         w("        if (row0 + %du < M) {" % i)
         w("            let cb = (c_off + (row0 + %du) * N + col0) / 4u;" % i)
-        w("            " + " ".join("if (col0 + %du < N) { store4((cb + %du) * 4u, acc%d_%d); }" % (4 * j, j, i, j) for j in range(TN4)))
+        if DIRECT:
+            w("            " + " ".join("if (col0 + %du < N) { c[cb + %du] = acc%d_%d; }" % (4 * j, j, i, j) for j in range(TN4)))
+        else:
+            w("            " + " ".join("if (col0 + %du < N) { store4((cb + %du) * 4u, acc%d_%d); }" % (4 * j, j, i, j) for j in range(TN4)))
         w("        }")
     w("    } else {")
     for i in range(TM):
@@ -75,7 +83,8 @@ def store_epilogue():
         w("            let cb = c_off + (row0 + %du) * N + col0;" % i)
         for j in range(TN4):
             w("            " + " ".join(
-                "if (col0 + %du < N) { store1(cb + %du, acc%d_%d.%s); }"
+                ("if (col0 + %du < N) { let e = cb + %du; c[e / 4u][e %% 4u] = acc%d_%d.%s; }" if DIRECT else
+                 "if (col0 + %du < N) { store1(cb + %du, acc%d_%d.%s); }")
                 % (4 * j + q, 4 * j + q, i, j, "xyzw"[q]) for q in range(4)))
         w("        }")
     w("    }")
