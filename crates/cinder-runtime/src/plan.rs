@@ -898,9 +898,9 @@ fn const_bits(dtype: crate::graph::DType, v: f64) -> u32 {
 }
 
 /// `CINDER_PROFILE=1`: every realization first runs each kernel on its own
-/// and prints its wall time to stderr (the results are then computed again
-/// as usual). A development aid; it changes timings, not values... unless a
-/// kernel writes in place, so optimizer steps are left out of it.
+/// and prints its wall time to stderr; the results are then computed again
+/// as usual. Kernels that write in place (optimizer steps, assigns) are left
+/// out, since running them twice would apply them twice.
 fn profiling() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("CINDER_PROFILE").is_ok_and(|v| !v.is_empty() && v != "0"))
