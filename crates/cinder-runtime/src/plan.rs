@@ -52,13 +52,35 @@ struct Binding {
 struct Step {
     /// What the kernel computes, for `CINDER_PROFILE` output.
     label: String,
-    source_for_debug: String,
     pipeline: Arc<PipelineEntry>,
     bindings: Vec<Binding>,
     scalars: Option<(Storage, ScalarSource)>,
     /// Bound after the scalars (a fused matmul epilogue's inputs).
     extra_bindings: Vec<Binding>,
     workgroups: (u32, u32, u32),
+}
+
+impl Step {
+    /// Binds this step's buffers (its bindings, then its scalars, then a
+    /// fused epilogue's inputs: the binding order its kernel declares) and
+    /// records its dispatch.
+    fn dispatch(&self, device: &Device, storages: &[Storage], pass: &mut wgpu::ComputePass<'_>) {
+        let range = |b: &Binding| {
+            let s = &storages[b.resource];
+            (s.id(), b.offset, b.size, s.buffer())
+        };
+        let mut bufs: Vec<(u64, u64, u64, &wgpu::Buffer)> =
+            self.bindings.iter().map(range).collect();
+        if let Some((s, _)) = &self.scalars {
+            bufs.push((s.id(), 0, s.size_bytes(), s.buffer()));
+        }
+        bufs.extend(self.extra_bindings.iter().map(range));
+        let bg = device.bind_group(&self.pipeline, &bufs);
+        pass.set_pipeline(&self.pipeline.pipeline);
+        pass.set_bind_group(0, Some(bg.as_ref()), &[]);
+        let (x, y, z) = self.workgroups;
+        pass.dispatch_workgroups(x, y, z);
+    }
 }
 
 pub(crate) struct Plan {
@@ -89,6 +111,33 @@ pub(crate) fn grid(device: &Device, items: u64, wg: u32) -> (u32, u32, u32) {
         let x = groups.div_ceil(y);
         (x as u32, y as u32, 1)
     }
+}
+
+/// Matmul entry `m`'s operands and its kernel in `parts` parts along K.
+fn matmul_kernel(
+    device: &Device,
+    entries: &[Entry],
+    m: usize,
+    parts: usize,
+) -> Option<(usize, usize, kernels::MatmulKernel)> {
+    let Kind::Matmul {
+        a,
+        b,
+        a_batched,
+        b_batched,
+    } = entries[m].kind
+    else {
+        return None;
+    };
+    let kernel = kernels::matmul(
+        &entries[a].shape,
+        &entries[b].shape,
+        a_batched,
+        b_batched,
+        device.inner.subgroup_matmul,
+        parts,
+    );
+    Some((a, b, kernel))
 }
 
 /// Whether entry `e` reads `input` (of shape `shape`) only at its own
@@ -341,25 +390,8 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
         };
         // One product per fused kernel: a second one feeding the same entry
         // (the two gradients of x @ x) keeps its own buffer.
-        let cheap = || {
-            let Kind::Matmul {
-                a,
-                b,
-                a_batched,
-                b_batched,
-            } = entries[m].kind
-            else {
-                return false;
-            };
-            kernels::fusable(&kernels::matmul(
-                &entries[a].shape,
-                &entries[b].shape,
-                a_batched,
-                b_batched,
-                device.inner.subgroup_matmul,
-                1,
-            ))
-        };
+        let cheap =
+            || matmul_kernel(device, entries, m, 1).is_some_and(|(_, _, k)| kernels::fusable(&k));
         if let Some(e) = end.filter(|e| !epilogues.contains_key(e) && cheap()) {
             mat[m] = false;
             epilogues.insert(e, (m, chain));
@@ -397,6 +429,12 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
         epilogue_inputs: usize,
     }
     let mut pending: Vec<Pending> = Vec::new();
+    let operand_buffers = |a: usize, b: usize| -> Result<(usize, usize)> {
+        let buffer = |x: usize| {
+            buffer_of(&mat, x).ok_or_else(|| Error::Gpu("matmul input without buffer".into()))
+        };
+        Ok((buffer(a)?, buffer(b)?))
+    };
     let matf = |i: usize| mat[i];
     for i in 0..n {
         if i >= synthetic_from
@@ -409,29 +447,9 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
             continue;
         }
         if let Some((m, chain)) = epilogues.get(&i) {
-            let Kind::Matmul {
-                a,
-                b,
-                a_batched,
-                b_batched,
-            } = entries[*m].kind
-            else {
-                return Err(Error::Gpu("internal: epilogue of a non-matmul".into()));
-            };
-            let (ba, bb) = (
-                buffer_of(&mat, a)
-                    .ok_or_else(|| Error::Gpu("matmul input without buffer".into()))?,
-                buffer_of(&mat, b)
-                    .ok_or_else(|| Error::Gpu("matmul input without buffer".into()))?,
-            );
-            let k = kernels::matmul(
-                &entries[a].shape,
-                &entries[b].shape,
-                a_batched,
-                b_batched,
-                device.inner.subgroup_matmul,
-                1,
-            );
+            let (a, b, k) = matmul_kernel(device, entries, *m, 1)
+                .ok_or_else(|| Error::Gpu("internal: epilogue of a non-matmul".into()))?;
+            let (ba, bb) = operand_buffers(a, b)?;
             let epilogue = codegen::matmul_epilogue(entries, &matf, chunk, *m, chain, k.dims.len());
             let mut inputs = vec![ba, bb];
             inputs.extend(epilogue.inputs.iter().copied());
@@ -491,27 +509,11 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
                     )
                 }
             },
-            Kind::Matmul {
-                a,
-                b,
-                a_batched,
-                b_batched,
-            } => {
-                let (ba, bb) = (
-                    buffer_of(&mat, *a)
-                        .ok_or_else(|| Error::Gpu("matmul input without buffer".into()))?,
-                    buffer_of(&mat, *b)
-                        .ok_or_else(|| Error::Gpu("matmul input without buffer".into()))?,
-                );
+            Kind::Matmul { .. } => {
                 let (partial, combine, parts) = split_matmuls.get(&i).copied().unwrap_or((i, i, 1));
-                let k = kernels::matmul(
-                    &entries[*a].shape,
-                    &entries[*b].shape,
-                    *a_batched,
-                    *b_batched,
-                    device.inner.subgroup_matmul,
-                    parts,
-                );
+                let (a, b, k) = matmul_kernel(device, entries, i, parts)
+                    .ok_or_else(|| Error::Gpu("internal: matmul kernel of a non-matmul".into()))?;
+                let (ba, bb) = operand_buffers(a, b)?;
                 let generated = Generated {
                     source: k.source.to_string(),
                     inputs: vec![ba, bb],
@@ -858,7 +860,6 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
         };
         steps.push(Step {
             label: format!("{} -> {:?}", p.label, entries[p.output].shape),
-            source_for_debug: p.generated.source.clone(),
             extra_bindings,
             pipeline,
             bindings,
@@ -917,38 +918,16 @@ impl Plan {
             if step.label.starts_with("assign") {
                 continue;
             }
-            let mut bufs: Vec<(u64, u64, u64, &wgpu::Buffer)> = step
-                .bindings
-                .iter()
-                .map(|b| {
-                    let s = &storages[b.resource];
-                    (s.id(), b.offset, b.size, s.buffer())
-                })
-                .collect();
-            if let Some((s, _)) = &step.scalars {
-                bufs.push((s.id(), 0, s.size_bytes(), s.buffer()));
-            }
-            for b in &step.extra_bindings {
-                let s = &storages[b.resource];
-                bufs.push((s.id(), b.offset, b.size, s.buffer()));
-            }
-            let bg = device.bind_group(&step.pipeline, &bufs);
             let started = std::time::Instant::now();
             let mut encoder =
                 dev.create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
             {
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
-                pass.set_pipeline(&step.pipeline.pipeline);
-                pass.set_bind_group(0, Some(bg.as_ref()), &[]);
-                let (x, y, z) = step.workgroups;
-                pass.dispatch_workgroups(x, y, z);
+                step.dispatch(device, storages, &mut pass);
             }
             device.inner.queue.submit([encoder.finish()]);
             dev.poll(wgpu::PollType::wait_indefinitely())
                 .map_err(|e| Error::DeviceLost(e.to_string()))?;
-            if std::env::var("CINDER_PROFILE_SRC").is_ok_and(|f| step.label.contains(&f)) {
-                eprintln!("{}", step.source_for_debug);
-            }
             eprintln!(
                 "cinder profile: {:8.3} ms  {:?}  {}",
                 started.elapsed().as_secs_f64() * 1e3,
@@ -1044,26 +1023,7 @@ impl Plan {
                 timestamp_writes: None,
             });
             for step in &self.steps {
-                let mut bufs: Vec<(u64, u64, u64, &wgpu::Buffer)> = step
-                    .bindings
-                    .iter()
-                    .map(|b| {
-                        let s = &storages[b.resource];
-                        (s.id(), b.offset, b.size, s.buffer())
-                    })
-                    .collect();
-                if let Some((s, _)) = &step.scalars {
-                    bufs.push((s.id(), 0, s.size_bytes(), s.buffer()));
-                }
-                for b in &step.extra_bindings {
-                    let s = &storages[b.resource];
-                    bufs.push((s.id(), b.offset, b.size, s.buffer()));
-                }
-                let bg = device.bind_group(&step.pipeline, &bufs);
-                pass.set_pipeline(&step.pipeline.pipeline);
-                pass.set_bind_group(0, Some(bg.as_ref()), &[]);
-                let (x, y, z) = step.workgroups;
-                pass.dispatch_workgroups(x, y, z);
+                step.dispatch(device, &storages, &mut pass);
             }
         }
         let mut readbacks = Vec::with_capacity(readback.len());

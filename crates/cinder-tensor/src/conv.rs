@@ -119,6 +119,43 @@ fn nonzero(op: &'static str, what: &str, v: [usize; 2]) -> Result<()> {
     Ok(())
 }
 
+/// A convolution weight's four dims (`layout` names the first two for the
+/// error), after checking it and the options' strides and dilations.
+fn conv_weight(
+    op: &'static str,
+    weight: &Tensor,
+    layout: &str,
+    opts: &Conv2dOptions,
+) -> Result<[usize; 4]> {
+    let [a, b, kh, kw] = match *weight.shape() {
+        [a, b, c, d] => [a, b, c, d],
+        _ => {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "weight must be [{layout}, KH, KW], got {:?}",
+                    weight.shape()
+                ),
+            ))
+        }
+    };
+    nonzero(op, "stride", opts.stride)?;
+    nonzero(op, "dilation", opts.dilation)?;
+    nonzero(op, "kernel size", [kh, kw])?;
+    Ok([a, b, kh, kw])
+}
+
+fn uneven_channels(op: &'static str, x: &Tensor, weight: &Tensor, groups: usize) -> Error {
+    Error::shape(
+        op,
+        format!(
+            "input {:?} and weight {:?} with {groups} groups: channels must split evenly",
+            x.shape(),
+            weight.shape()
+        ),
+    )
+}
+
 fn image_dims(op: &'static str, x: &Tensor) -> Result<[usize; 4]> {
     match *x.shape() {
         [n, c, h, w] => Ok([n, c, h, w]),
@@ -170,31 +207,10 @@ impl Tensor {
     ) -> Result<Tensor> {
         const OP: &str = "conv2d";
         let [n, c_in, h, w] = image_dims(OP, self)?;
-        let [c_out, c_in_g, kh, kw] = match *weight.shape() {
-            [a, b, c, d] => [a, b, c, d],
-            _ => {
-                return Err(Error::shape(
-                    OP,
-                    format!(
-                        "weight must be [C_out, C_in/groups, KH, KW], got {:?}",
-                        weight.shape()
-                    ),
-                ))
-            }
-        };
+        let [c_out, c_in_g, kh, kw] = conv_weight(OP, weight, "C_out, C_in/groups", &opts)?;
         let g = opts.groups;
-        nonzero(OP, "stride", opts.stride)?;
-        nonzero(OP, "dilation", opts.dilation)?;
-        nonzero(OP, "kernel size", [kh, kw])?;
         if g == 0 || c_in % g != 0 || c_out % g != 0 || c_in / g != c_in_g {
-            return Err(Error::shape(
-                OP,
-                format!(
-                    "input {:?} and weight {:?} with {g} groups: channels must split evenly",
-                    self.shape(),
-                    weight.shape()
-                ),
-            ));
+            return Err(uneven_channels(OP, self, weight, g));
         }
         let out = |axis: usize, size: usize, k: usize| {
             positions(
@@ -289,31 +305,10 @@ impl Tensor {
     ) -> Result<Tensor> {
         const OP: &str = "conv_transpose2d";
         let [n, c_in, h, w] = image_dims(OP, self)?;
-        let [w_in, c_out_g, kh, kw] = match *weight.shape() {
-            [a, b, c, d] => [a, b, c, d],
-            _ => {
-                return Err(Error::shape(
-                    OP,
-                    format!(
-                        "weight must be [C_in, C_out/groups, KH, KW], got {:?}",
-                        weight.shape()
-                    ),
-                ))
-            }
-        };
+        let [w_in, c_out_g, kh, kw] = conv_weight(OP, weight, "C_in, C_out/groups", &opts)?;
         let g = opts.groups;
-        nonzero(OP, "stride", opts.stride)?;
-        nonzero(OP, "dilation", opts.dilation)?;
-        nonzero(OP, "kernel size", [kh, kw])?;
         if g == 0 || c_in % g != 0 || w_in != c_in {
-            return Err(Error::shape(
-                OP,
-                format!(
-                    "input {:?} and weight {:?} with {g} groups: channels must split evenly",
-                    self.shape(),
-                    weight.shape()
-                ),
-            ));
+            return Err(uneven_channels(OP, self, weight, g));
         }
         for axis in 0..2 {
             if output_padding[axis] >= opts.stride[axis].max(opts.dilation[axis]) {
