@@ -369,6 +369,8 @@ fn area_resize(p: &Plane, w: usize, h: usize) -> Plane {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
     use image::{Rgb, RgbImage};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -400,9 +402,9 @@ mod tests {
     }
 
     #[test]
-    fn digits8x8_puts_a_one_in_the_middle_columns() {
+    fn digits8x8_puts_a_one_in_the_middle_columns() -> TestResult {
         let img = DynamicImage::ImageRgb8(one_on_paper());
-        let out = image_to_input(&img, ImageStyle::Digits8x8).unwrap();
+        let out = image_to_input(&img, ImageStyle::Digits8x8)?;
         assert_eq!(out.len(), 64);
         assert!(out.iter().all(|&v| (0.0..=1.0).contains(&v)));
         for row in out.chunks(8) {
@@ -412,28 +414,29 @@ mod tests {
         // Thickened to the UCI digits' ink level, as a real "1" there is.
         let ink: f32 = out.iter().sum::<f32>() * 16.0;
         assert!((256.0..400.0).contains(&ink), "{ink}");
+        Ok(())
     }
 
     #[test]
-    fn polarity_does_not_matter() {
+    fn polarity_does_not_matter() -> TestResult {
         let dark_on_light = DynamicImage::ImageRgb8(one_on_paper());
         let mut light_on_dark = dark_on_light.clone();
         light_on_dark.invert();
         for style in [ImageStyle::Digits8x8, ImageStyle::Mnist28] {
-            let a = image_to_input(&dark_on_light, style).unwrap();
-            let b = image_to_input(&light_on_dark, style).unwrap();
+            let a = image_to_input(&dark_on_light, style)?;
+            let b = image_to_input(&light_on_dark, style)?;
             assert!(a.iter().any(|&v| v > 0.0));
             assert!(close(&a, &b), "{style:?}");
         }
+        Ok(())
     }
 
     #[test]
-    fn grey_paper_and_specks_are_ignored() {
+    fn grey_paper_and_specks_are_ignored() -> TestResult {
         let clean = image_to_input(
             &DynamicImage::ImageRgb8(one_on_paper()),
             ImageStyle::Digits8x8,
-        )
-        .unwrap();
+        )?;
         let mut img = one_on_paper();
         for p in img.pixels_mut() {
             if p.0 == [255, 255, 255] {
@@ -444,14 +447,15 @@ mod tests {
         for (x, y) in (5..8).flat_map(|x| (5..8).map(move |y| (x, y))) {
             img.put_pixel(x, y, Rgb([0, 0, 0]));
         }
-        let out = image_to_input(&DynamicImage::ImageRgb8(img), ImageStyle::Digits8x8).unwrap();
+        let out = image_to_input(&DynamicImage::ImageRgb8(img), ImageStyle::Digits8x8)?;
         assert!(close(&out, &clean), "{out:?}");
+        Ok(())
     }
 
     #[test]
-    fn mnist28_is_centred_by_mass() {
+    fn mnist28_is_centred_by_mass() -> TestResult {
         let img = DynamicImage::ImageRgb8(one_on_paper());
-        let out = image_to_input(&img, ImageStyle::Mnist28).unwrap();
+        let out = image_to_input(&img, ImageStyle::Mnist28)?;
         assert_eq!(out.len(), 784);
         let max = out.iter().fold(0.0f32, |m, &v| m.max(v));
         assert_eq!(max, 1.0);
@@ -479,41 +483,38 @@ mod tests {
             .filter(|r| r.iter().any(|&v| v > 0.5))
             .count();
         assert_eq!(rows, 20);
+        Ok(())
     }
 
     #[test]
-    fn thin_strokes_are_thickened() {
+    fn thin_strokes_are_thickened() -> TestResult {
         let img = RgbImage::from_fn(400, 600, |x, y| {
             let ink = (199..202).contains(&x) && (100..500).contains(&y);
             Rgb(if ink { [0, 0, 0] } else { [255, 255, 255] })
         });
         let img = DynamicImage::ImageRgb8(img);
-        let digits = image_to_input(&img, ImageStyle::Digits8x8).unwrap();
+        let digits = image_to_input(&img, ImageStyle::Digits8x8)?;
         assert!(digits.iter().sum::<f32>() * 16.0 >= 256.0);
-        let mnist = image_to_input(&img, ImageStyle::Mnist28).unwrap();
+        let mnist = image_to_input(&img, ImageStyle::Mnist28)?;
         assert!(mnist.iter().sum::<f32>() >= 50.0);
+        Ok(())
     }
 
     #[test]
-    fn blank_pictures_give_zeros() {
+    fn blank_pictures_give_zeros() -> TestResult {
         let white = DynamicImage::ImageRgb8(RgbImage::from_pixel(64, 48, Rgb([250, 250, 250])));
         let noisy = DynamicImage::ImageRgb8(RgbImage::from_fn(64, 48, |x, y| {
             Rgb([240 + ((x * 7 + y * 13) % 11) as u8; 3])
         }));
         for img in [white, noisy] {
-            assert_eq!(
-                image_to_input(&img, ImageStyle::Digits8x8).unwrap(),
-                vec![0.0; 64]
-            );
-            assert_eq!(
-                image_to_input(&img, ImageStyle::Mnist28).unwrap(),
-                vec![0.0; 784]
-            );
+            assert_eq!(image_to_input(&img, ImageStyle::Digits8x8)?, vec![0.0; 64]);
+            assert_eq!(image_to_input(&img, ImageStyle::Mnist28)?, vec![0.0; 784]);
         }
+        Ok(())
     }
 
     #[test]
-    fn natural_is_rgb_channel_major() {
+    fn natural_is_rgb_channel_major() -> TestResult {
         let red = DynamicImage::ImageRgb8(RgbImage::from_pixel(50, 40, Rgb([255, 0, 0])));
         let out = image_to_input(
             &red,
@@ -521,8 +522,7 @@ mod tests {
                 height: 8,
                 width: 6,
             },
-        )
-        .unwrap();
+        )?;
         assert_eq!(out.len(), 3 * 8 * 6);
         assert!(out[..48].iter().all(|&v| (v - 1.0).abs() < 1e-6));
         assert!(out[48..].iter().all(|&v| v.abs() < 1e-6));
@@ -536,8 +536,7 @@ mod tests {
                 height: 2,
                 width: 4,
             },
-        )
-        .unwrap();
+        )?;
         let lit: Vec<usize> = (0..out.len()).filter(|&i| out[i] > 0.5).collect();
         assert_eq!(lit, [8 + 3]);
 
@@ -549,6 +548,7 @@ mod tests {
             }
         )
         .is_err());
+        Ok(())
     }
 
     #[test]
@@ -570,24 +570,24 @@ mod tests {
     }
 
     #[test]
-    fn load_image_reads_files_and_reports_bad_ones() {
+    fn load_image_reads_files_and_reports_bad_ones() -> TestResult {
         let missing = temp_path("missing.png");
         let err = load_image(&missing, ImageStyle::Mnist28).unwrap_err();
         assert!(matches!(err, Error::Io { .. }), "{err}");
 
         let empty = temp_path("empty.png");
-        std::fs::write(&empty, b"").unwrap();
+        std::fs::write(&empty, b"")?;
         let err = load_image(&empty, ImageStyle::Mnist28);
-        std::fs::remove_file(&empty).unwrap();
+        std::fs::remove_file(&empty)?;
         assert!(
             matches!(&err, Err(Error::BadFile { reason, .. }) if reason.contains("empty")),
             "{err:?}"
         );
 
         let garbage = temp_path("garbage.jpg");
-        std::fs::write(&garbage, b"this is not a picture at all").unwrap();
+        std::fs::write(&garbage, b"this is not a picture at all")?;
         let err = load_image(&garbage, ImageStyle::Mnist28);
-        std::fs::remove_file(&garbage).unwrap();
+        std::fs::remove_file(&garbage)?;
         assert!(
             matches!(&err, Err(Error::BadFile { reason, .. }) if reason.contains("not an image")),
             "{err:?}"
@@ -595,22 +595,20 @@ mod tests {
 
         let good = temp_path("one.png");
         let img = DynamicImage::ImageRgb8(one_on_paper());
-        img.save(&good).unwrap();
+        img.save(&good)?;
         // Cut short, the same file is a bad file, not an I/O failure.
-        let bytes = std::fs::read(&good).unwrap();
+        let bytes = std::fs::read(&good)?;
         let cut = temp_path("cut.png");
-        std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+        std::fs::write(&cut, &bytes[..bytes.len() / 2])?;
         let loaded = load_image(&good, ImageStyle::Digits8x8);
         let truncated = load_image(&cut, ImageStyle::Digits8x8);
-        std::fs::remove_file(&good).unwrap();
-        std::fs::remove_file(&cut).unwrap();
-        assert_eq!(
-            loaded.unwrap(),
-            image_to_input(&img, ImageStyle::Digits8x8).unwrap()
-        );
+        std::fs::remove_file(&good)?;
+        std::fs::remove_file(&cut)?;
+        assert_eq!(loaded?, image_to_input(&img, ImageStyle::Digits8x8)?);
         assert!(
             matches!(truncated, Err(Error::BadFile { .. })),
             "{truncated:?}"
         );
+        Ok(())
     }
 }

@@ -428,6 +428,8 @@ pub fn format_confusion(m: &[Vec<usize>]) -> String {
 mod tests {
     use super::*;
 
+    type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
     fn history(n: usize) -> Vec<EpochRecord> {
         (0..n)
             .map(|i| EpochRecord {
@@ -443,15 +445,16 @@ mod tests {
     }
 
     #[test]
-    fn csv_round_trips_exactly() {
+    fn csv_round_trips_exactly() -> TestResult {
         let mut h = history(5);
         h[2].lr = f32::MIN_POSITIVE;
         h[3].seconds = 1e-300;
         let text = metrics_csv(&h);
         assert!(text.starts_with(CSV_HEADER));
         assert_eq!(text.lines().count(), 6);
-        assert_eq!(parse_metrics_csv(&text).unwrap(), h);
-        assert_eq!(parse_metrics_csv(&metrics_csv(&[])).unwrap(), vec![]);
+        assert_eq!(parse_metrics_csv(&text)?, h);
+        assert_eq!(parse_metrics_csv(&metrics_csv(&[]))?, vec![]);
+        Ok(())
     }
 
     #[test]
@@ -471,15 +474,16 @@ mod tests {
     }
 
     #[test]
-    fn confusion_counts_a_hand_example() {
+    fn confusion_counts_a_hand_example() -> TestResult {
         let labels = [0, 0, 1, 1, 1, 2];
         let predicted = [0, 1, 1, 1, 2, 2];
-        let m = confusion_matrix(&labels, &predicted, 3).unwrap();
+        let m = confusion_matrix(&labels, &predicted, 3)?;
         assert_eq!(m, vec![vec![1, 1, 0], vec![0, 2, 1], vec![0, 0, 1]]);
 
         assert!(confusion_matrix(&[0, 1], &[0], 3).is_err());
         assert!(confusion_matrix(&[0, 3], &[0, 0], 3).is_err());
         assert!(confusion_matrix(&[0, 1], &[-1, 0], 3).is_err());
+        Ok(())
     }
 
     #[test]
@@ -506,8 +510,8 @@ mod tests {
     }
 
     fn render(h: &[EpochRecord]) -> RgbImage {
-        image::load_from_memory(&curves_png(h).unwrap())
-            .unwrap()
+        image::load_from_memory(&curves_png(h).unwrap()) // ok: test fixture; a failure fails the test
+            .unwrap() // ok: test fixture; a failure fails the test
             .to_rgb8()
     }
 

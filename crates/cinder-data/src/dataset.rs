@@ -160,6 +160,8 @@ pub(crate) fn checked_product(dims: &[usize]) -> Option<usize> {
 mod tests {
     use super::*;
 
+    type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
     fn small() -> InMemoryDataset {
         InMemoryDataset::new(
             (0..12).map(|v| v as f32).collect(),
@@ -167,7 +169,7 @@ mod tests {
             vec![0, 1, 2],
             3,
         )
-        .expect("consistent dataset")
+        .expect("consistent dataset") // ok: test fixture; a failure fails the test
     }
 
     #[test]
@@ -193,11 +195,12 @@ mod tests {
     }
 
     #[test]
-    fn reshape_keeps_data() {
-        let ds = small().with_feature_shape(&[1, 2, 2]).expect("same size");
+    fn reshape_keeps_data() -> TestResult {
+        let ds = small().with_feature_shape(&[1, 2, 2])?;
         assert_eq!(ds.feature_shape, [1, 2, 2]);
         assert_eq!(ds.features[5], 5.0);
         let err = ds.with_feature_shape(&[3]).unwrap_err();
         assert!(matches!(err, Error::Shape { .. }), "{err}");
+        Ok(())
     }
 }

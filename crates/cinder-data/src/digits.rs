@@ -201,44 +201,48 @@ fn parse_csv(bytes: &[u8], path: &Path) -> Result<InMemoryDataset> {
 mod tests {
     use super::*;
 
+    type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
     fn digits() -> Digits {
-        Digits::load().expect("the embedded digits parse")
+        Digits::load().expect("the embedded digits parse") // ok: test fixture; a failure fails the test
     }
 
     #[test]
-    fn loads_all_rows_in_range() {
+    fn loads_all_rows_in_range() -> TestResult {
         let d = digits();
         let all = d.all();
         assert_eq!(all.len(), 1797);
         assert_eq!(all.feature_shape, [64]);
         assert_eq!(all.features.len(), 1797 * 64);
         assert_eq!(all.num_classes, 10);
-        all.validate().expect("consistent");
+        all.validate()?;
         assert!(all.features.iter().all(|&v| (0.0..=1.0).contains(&v)));
         // Full range used: both ends of 0..=16 occur, so the /16 scaling reaches 0 and 1.
         assert!(all.features.contains(&0.0) && all.features.contains(&1.0));
         assert!(all.labels.iter().all(|&l| (0..10).contains(&l)));
+        Ok(())
     }
 
     #[test]
-    fn first_and_last_rows_match_the_file() {
+    fn first_and_last_rows_match_the_file() -> TestResult {
         // First line: 0,0,5,13,9,1,0,0,... label 0; last line ends with label 8.
         let d = digits();
-        let (first, label) = d.all().sample(0).expect("row 0");
+        let (first, label) = d.all().sample(0).ok_or("row 0 missing")?;
         assert_eq!(&first[..4], &[0.0, 0.0, 5.0 / 16.0, 13.0 / 16.0]);
         assert_eq!(label, 0);
         assert_eq!(d.all().labels[1796], 8);
+        Ok(())
     }
 
     #[test]
-    fn split_is_a_fixed_seeded_shuffle() {
+    fn split_is_a_fixed_seeded_shuffle() -> TestResult {
         let d = digits();
         let split = d.split();
         assert_eq!(split.train.len(), 1437);
         assert_eq!(split.test.len(), 360);
         assert_eq!(Digits::TRAIN_ROWS + Digits::TEST_ROWS, Digits::ROWS);
-        split.train.validate().expect("train consistent");
-        split.test.validate().expect("test consistent");
+        split.train.validate()?;
+        split.test.validate()?;
         let test_rows = Digits::test_rows();
         assert_eq!(test_rows.len(), 360);
         assert!(
@@ -266,10 +270,11 @@ mod tests {
                 "class {class}: {in_train}/{in_test}"
             );
         }
+        Ok(())
     }
 
     #[test]
-    fn image_view_has_same_data() {
+    fn image_view_has_same_data() -> TestResult {
         let d = digits();
         let flat = d.split();
         let images = d.split_images();
@@ -277,11 +282,8 @@ mod tests {
         assert_eq!(images.test.feature_shape, [1, 8, 8]);
         assert_eq!(images.train.features, flat.train.features);
         assert_eq!(images.test.labels, flat.test.labels);
-        assert_eq!(
-            flat.with_feature_shape(&Digits::IMAGE_SHAPE)
-                .expect("64 = 1*8*8"),
-            images
-        );
+        assert_eq!(flat.with_feature_shape(&Digits::IMAGE_SHAPE)?, images);
+        Ok(())
     }
 
     fn parse_err(text: &str) -> String {
@@ -302,12 +304,13 @@ mod tests {
     }
 
     #[test]
-    fn parse_accepts_valid_rows_and_blank_lines() {
+    fn parse_accepts_valid_rows_and_blank_lines() -> TestResult {
         let text = format!("{}\r\n{}\n\n", row("16", "9").trim_end(), row("3", "0"));
-        let ds = parse_csv(text.as_bytes(), Path::new("x")).expect("valid");
+        let ds = parse_csv(text.as_bytes(), Path::new("x"))?;
         assert_eq!(ds.labels, [9, 0]);
         assert_eq!(ds.features[5], 1.0);
         assert_eq!(ds.features[64 + 5], 3.0 / 16.0);
+        Ok(())
     }
 
     #[test]

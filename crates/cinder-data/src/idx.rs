@@ -324,6 +324,8 @@ fn find(dir: &Path, name: &str, what: &str) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A fresh directory under the system temp dir, removed on drop.
@@ -338,7 +340,7 @@ mod tests {
                 std::process::id()
             ));
             let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).expect("create temp dir");
+            std::fs::create_dir_all(&dir).expect("create temp dir"); // ok: test fixture; a failure fails the test
             TempDir(dir)
         }
 
@@ -376,53 +378,55 @@ mod tests {
     }
 
     #[test]
-    fn round_trip_plain() {
+    fn round_trip_plain() -> TestResult {
         let dir = TempDir::new("plain");
         let path = dir.path("imgs-idx3-ubyte");
         let data = images(5, 4, 3);
-        write_idx(&path, &[5, 4, 3], &data).expect("write");
-        let raw = std::fs::read(&path).expect("read back");
+        write_idx(&path, &[5, 4, 3], &data)?;
+        let raw = std::fs::read(&path)?;
         assert_eq!(&raw[..8], &[0, 0, 8, 3, 0, 0, 0, 5]);
         assert_eq!(raw.len(), 16 + 60);
-        let array = read_idx(&path).expect("parse");
+        let array = read_idx(&path)?;
         assert_eq!(array.dims, [5, 4, 3]);
         assert_eq!(array.data, data);
         assert_eq!(array.magic(), IDX_U8_IMAGES);
+        Ok(())
     }
 
     #[test]
-    fn round_trip_gz() {
+    fn round_trip_gz() -> TestResult {
         let dir = TempDir::new("gz");
         let path = dir.path("labels-idx1-ubyte.gz");
         let data: Vec<u8> = (0..300).map(|i| (i % 10) as u8).collect();
-        write_idx(&path, &[300], &data).expect("write");
-        let raw = std::fs::read(&path).expect("read back");
+        write_idx(&path, &[300], &data)?;
+        let raw = std::fs::read(&path)?;
         assert!(is_gzip(&raw), "a .gz path is written compressed");
-        let array = read_idx(&path).expect("parse");
+        let array = read_idx(&path)?;
         assert_eq!(array.dims, [300]);
         assert_eq!(array.data, data);
         assert_eq!(array.magic(), IDX_U8_LABELS);
         // Detection is by content: the same bytes under a plain name still parse.
         let renamed = dir.path("labels-idx1-ubyte");
-        std::fs::write(&renamed, &raw).expect("write copy");
-        assert_eq!(read_idx(&renamed).expect("parse"), array);
+        std::fs::write(&renamed, &raw)?;
+        assert_eq!(read_idx(&renamed)?, array);
+        Ok(())
     }
 
     #[test]
-    fn truncated_files() {
+    fn truncated_files() -> TestResult {
         let dir = TempDir::new("truncated");
         let path = dir.path("t-idx3-ubyte");
-        write_idx(&path, &[2, 3, 3], &images(2, 3, 3)).expect("write");
-        let full = std::fs::read(&path).expect("read back");
+        write_idx(&path, &[2, 3, 3], &images(2, 3, 3))?;
+        let full = std::fs::read(&path)?;
 
-        std::fs::write(&path, &full[..3]).expect("truncate");
+        std::fs::write(&path, &full[..3])?;
         assert_bad_file(
             read_idx(&path),
             &path,
             &["truncated", "3 bytes", "magic number"],
         );
 
-        std::fs::write(&path, &full[..10]).expect("truncate");
+        std::fs::write(&path, &full[..10])?;
         assert_bad_file(
             read_idx(&path),
             &path,
@@ -434,7 +438,7 @@ mod tests {
             ],
         );
 
-        std::fs::write(&path, &full[..full.len() - 1]).expect("truncate");
+        std::fs::write(&path, &full[..full.len() - 1])?;
         assert_bad_file(
             read_idx(&path),
             &path,
@@ -445,32 +449,34 @@ mod tests {
             ],
         );
 
-        std::fs::write(&path, []).expect("truncate");
+        std::fs::write(&path, [])?;
         assert_bad_file(read_idx(&path), &path, &["truncated", "0 bytes"]);
+        Ok(())
     }
 
     #[test]
-    fn truncated_gz_file() {
+    fn truncated_gz_file() -> TestResult {
         let dir = TempDir::new("truncated-gz");
         let path = dir.path("t-idx3-ubyte.gz");
-        write_idx(&path, &[20, 8, 8], &images(20, 8, 8)).expect("write");
-        let full = std::fs::read(&path).expect("read back");
-        std::fs::write(&path, &full[..full.len() / 2]).expect("truncate");
+        write_idx(&path, &[20, 8, 8], &images(20, 8, 8))?;
+        let full = std::fs::read(&path)?;
+        std::fs::write(&path, &full[..full.len() / 2])?;
         assert_bad_file(read_idx(&path), &path, &["not a valid gzip stream"]);
+        Ok(())
     }
 
     #[test]
-    fn wrong_magic() {
+    fn wrong_magic() -> TestResult {
         let dir = TempDir::new("magic");
         let path = dir.path("notes.txt");
-        std::fs::write(&path, b"hello world, not an IDX file").expect("write");
+        std::fs::write(&path, b"hello world, not an IDX file")?;
         assert_bad_file(
             read_idx(&path),
             &path,
             &["wrong magic number 0x68656C6C", "not an IDX file"],
         );
 
-        std::fs::write(&path, [0, 0, 0x42, 1, 0, 0, 0, 0]).expect("write");
+        std::fs::write(&path, [0, 0, 0x42, 1, 0, 0, 0, 0])?;
         assert_bad_file(
             read_idx(&path),
             &path,
@@ -480,33 +486,35 @@ mod tests {
             ],
         );
 
-        std::fs::write(&path, [0, 0, 8, 0]).expect("write");
+        std::fs::write(&path, [0, 0, 8, 0])?;
         assert_bad_file(
             read_idx(&path),
             &path,
             &["wrong magic number 0x00000800", "at least one dimension"],
         );
+        Ok(())
     }
 
     #[test]
-    fn unsupported_element_type() {
+    fn unsupported_element_type() -> TestResult {
         let dir = TempDir::new("dtype");
         let path = dir.path("floats-idx1");
         let mut bytes = vec![0, 0, 0x0D, 1, 0, 0, 0, 1];
         bytes.extend_from_slice(&1.5f32.to_be_bytes());
-        std::fs::write(&path, bytes).expect("write");
+        std::fs::write(&path, bytes)?;
         assert_bad_file(
             read_idx(&path),
             &path,
             &["element type 0x0D (f32", "not supported", "unsigned bytes"],
         );
+        Ok(())
     }
 
     #[test]
-    fn dims_length_mismatch() {
+    fn dims_length_mismatch() -> TestResult {
         let dir = TempDir::new("mismatch");
         let path = dir.path("x-idx1-ubyte");
-        std::fs::write(&path, [0, 0, 8, 1, 0, 0, 0, 2, 7, 7, 7]).expect("write");
+        std::fs::write(&path, [0, 0, 8, 1, 0, 0, 0, 2, 7, 7, 7])?;
         assert_bad_file(
             read_idx(&path),
             &path,
@@ -515,15 +523,14 @@ mod tests {
         // Sizes inside a gz file are marked as decompressed sizes.
         let gz = dir.path("y-idx1-ubyte.gz");
         let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        encoder
-            .write_all(&[0, 0, 8, 1, 0, 0, 0, 5, 1])
-            .expect("compress");
-        std::fs::write(&gz, encoder.finish().expect("compress")).expect("write");
+        encoder.write_all(&[0, 0, 8, 1, 0, 0, 0, 5, 1])?;
+        std::fs::write(&gz, encoder.finish()?)?;
         assert_bad_file(
             read_idx(&gz),
             &gz,
             &["truncated", "found 1", "after gzip decompression"],
         );
+        Ok(())
     }
 
     #[test]
@@ -560,25 +567,28 @@ mod tests {
         let labels = |n: usize| (0..n).map(|i| (i % 10) as u8).collect::<Vec<u8>>();
         let mut pixels = images(train, 4, 3);
         pixels[0] = 255;
-        write_idx(dir.path(Mnist::TRAIN_IMAGES), &[train, 4, 3], &pixels).expect("write");
-        write_idx(dir.path(Mnist::TRAIN_LABELS), &[train], &labels(train)).expect("write");
+        let write = |path, dims: &[usize], data: &[u8]| {
+            write_idx(path, dims, data).expect("write"); // ok: test fixture
+        };
+        write(dir.path(Mnist::TRAIN_IMAGES), &[train, 4, 3], &pixels);
+        write(dir.path(Mnist::TRAIN_LABELS), &[train], &labels(train));
         let gz = |name: &str| dir.path(&format!("{name}.gz"));
-        write_idx(gz(Mnist::TEST_IMAGES), &[test, 4, 3], &images(test, 4, 3)).expect("write");
-        write_idx(gz(Mnist::TEST_LABELS), &[test], &labels(test)).expect("write");
+        write(gz(Mnist::TEST_IMAGES), &[test, 4, 3], &images(test, 4, 3));
+        write(gz(Mnist::TEST_LABELS), &[test], &labels(test));
     }
 
     #[test]
-    fn mnist_load() {
+    fn mnist_load() -> TestResult {
         let dir = TempDir::new("mnist");
         write_mnist(&dir, 12, 5);
-        let split = Mnist::load(&dir.0).expect("load");
+        let split = Mnist::load(&dir.0)?;
         assert_eq!(split.train.len(), 12);
         assert_eq!(split.test.len(), 5);
         assert_eq!(split.train.feature_shape, [1, 4, 3]);
         assert_eq!(split.test.feature_shape, [1, 4, 3]);
         assert_eq!(split.train.num_classes, 10);
-        split.train.validate().expect("consistent");
-        split.test.validate().expect("consistent");
+        split.train.validate()?;
+        split.test.validate()?;
         assert_eq!(split.train.features[0], 1.0);
         assert_eq!(split.train.features[1], 37.0 / 255.0);
         assert!(split
@@ -588,13 +598,14 @@ mod tests {
             .all(|&v| (0.0..=1.0).contains(&v)));
         assert_eq!(split.test.labels, [0, 1, 2, 3, 4]);
         assert_eq!(split.train.labels[11], 1);
+        Ok(())
     }
 
     #[test]
-    fn mnist_missing_file_says_what_and_where() {
+    fn mnist_missing_file_says_what_and_where() -> TestResult {
         let dir = TempDir::new("mnist-missing");
         write_mnist(&dir, 3, 3);
-        std::fs::remove_file(dir.path(&format!("{}.gz", Mnist::TEST_LABELS))).expect("remove");
+        std::fs::remove_file(dir.path(&format!("{}.gz", Mnist::TEST_LABELS)))?;
         let err = Mnist::load(&dir.0).unwrap_err();
         let message = err.to_string();
         match &err {
@@ -611,24 +622,26 @@ mod tests {
         ] {
             assert!(message.contains(part), "`{part}` missing from: {message}");
         }
+        Ok(())
     }
 
     #[test]
-    fn mnist_mismatched_counts() {
+    fn mnist_mismatched_counts() -> TestResult {
         let dir = TempDir::new("mnist-counts");
         write_mnist(&dir, 6, 2);
         let labels = dir.path(Mnist::TRAIN_LABELS);
-        write_idx(&labels, &[5], &[0, 1, 2, 3, 4]).expect("write");
+        write_idx(&labels, &[5], &[0, 1, 2, 3, 4])?;
         let images = dir.path(Mnist::TRAIN_IMAGES);
         assert_bad_file(
             Mnist::load(&dir.0),
             &labels,
             &["5 labels", &images.display().to_string(), "holds 6 images"],
         );
+        Ok(())
     }
 
     #[test]
-    fn mnist_wrong_kind_of_file_and_bad_label() {
+    fn mnist_wrong_kind_of_file_and_bad_label() -> TestResult {
         let dir = TempDir::new("mnist-kind");
         write_mnist(&dir, 4, 2);
         let images = dir.path(Mnist::TRAIN_IMAGES);
@@ -652,11 +665,12 @@ mod tests {
                 "4x4x3",
             ],
         );
-        write_idx(&labels, &[4], &[0, 1, 12, 3]).expect("write");
+        write_idx(&labels, &[4], &[0, 1, 12, 3])?;
         assert_bad_file(
             Mnist::load_pair(&images, &labels),
             &labels,
             &["label 12 at index 2", "0..=9"],
         );
+        Ok(())
     }
 }

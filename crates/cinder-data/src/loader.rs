@@ -322,6 +322,8 @@ impl std::fmt::Debug for Epoch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
     use std::time::Duration;
 
     /// Sample i has features [i, i + 0.5] and label i % 7, so a batch tells which
@@ -329,7 +331,8 @@ mod tests {
     fn indexed(n: usize) -> Arc<InMemoryDataset> {
         let features = (0..n).flat_map(|i| [i as f32, i as f32 + 0.5]).collect();
         let labels = (0..n).map(|i| (i % 7) as i32).collect();
-        Arc::new(InMemoryDataset::new(features, vec![2], labels, 7).expect("consistent"))
+        let ds = InMemoryDataset::new(features, vec![2], labels, 7).expect("consistent"); // ok: fixture
+        Arc::new(ds)
     }
 
     /// The sample indices of each batch, checking that features and labels agree.
@@ -355,8 +358,8 @@ mod tests {
     }
 
     #[test]
-    fn covers_every_index_once_per_epoch() {
-        let loader = DataLoader::new(indexed(103), 10, true, 42).expect("loader");
+    fn covers_every_index_once_per_epoch() -> TestResult {
+        let loader = DataLoader::new(indexed(103), 10, true, 42)?;
         assert_eq!(loader.len(), 11);
         for epoch in 0..4 {
             let batches = indices(loader.epoch(epoch));
@@ -367,12 +370,13 @@ mod tests {
             all.sort_unstable();
             assert_eq!(all, (0..103).collect::<Vec<_>>(), "epoch {epoch}");
         }
+        Ok(())
     }
 
     #[test]
-    fn same_seed_same_order() {
-        let a = DataLoader::new(indexed(50), 8, true, 7).expect("loader");
-        let b = DataLoader::new(indexed(50), 8, true, 7).expect("loader");
+    fn same_seed_same_order() -> TestResult {
+        let a = DataLoader::new(indexed(50), 8, true, 7)?;
+        let b = DataLoader::new(indexed(50), 8, true, 7)?;
         for epoch in 0..3 {
             assert_eq!(indices(a.epoch(epoch)), indices(b.epoch(epoch)));
         }
@@ -381,16 +385,17 @@ mod tests {
             indices(a.epoch(1)),
             "an epoch can be replayed"
         );
-        let other_seed = DataLoader::new(indexed(50), 8, true, 8).expect("loader");
+        let other_seed = DataLoader::new(indexed(50), 8, true, 8)?;
         assert_ne!(
             flat(&indices(a.epoch(0))),
             flat(&indices(other_seed.epoch(0)))
         );
+        Ok(())
     }
 
     #[test]
-    fn different_epochs_different_orders() {
-        let loader = DataLoader::new(indexed(100), 16, true, 1).expect("loader");
+    fn different_epochs_different_orders() -> TestResult {
+        let loader = DataLoader::new(indexed(100), 16, true, 1)?;
         let orders: Vec<Vec<usize>> = (0..5).map(|e| flat(&indices(loader.epoch(e)))).collect();
         for i in 0..orders.len() {
             assert_ne!(
@@ -402,31 +407,34 @@ mod tests {
                 assert_ne!(orders[i], orders[j], "epochs {i} and {j}");
             }
         }
+        Ok(())
     }
 
     #[test]
-    fn order_is_pinned() {
+    fn order_is_pinned() -> TestResult {
         // Guards the documented promise that a seed means the same order in every
         // version of cinder: changing the generator or the seed mixing fails here.
-        let loader = DataLoader::new(indexed(10), 3, true, 42).expect("loader");
+        let loader = DataLoader::new(indexed(10), 3, true, 42)?;
         assert_eq!(loader.permutation(0), PINNED_SEED42_EPOCH0);
         assert_eq!(loader.permutation(1), PINNED_SEED42_EPOCH1);
+        Ok(())
     }
     // Cross-checked against an independent Python model of SplitMix64 + Fisher–Yates.
     const PINNED_SEED42_EPOCH0: [usize; 10] = [2, 9, 8, 1, 5, 3, 6, 4, 7, 0];
     const PINNED_SEED42_EPOCH1: [usize; 10] = [6, 9, 2, 7, 0, 8, 5, 1, 4, 3];
 
     #[test]
-    fn no_shuffle_keeps_dataset_order() {
-        let loader = DataLoader::new(indexed(10), 4, false, 99).expect("loader");
+    fn no_shuffle_keeps_dataset_order() -> TestResult {
+        let loader = DataLoader::new(indexed(10), 4, false, 99)?;
         let expected = vec![vec![0, 1, 2, 3], vec![4, 5, 6, 7], vec![8, 9]];
         assert_eq!(indices(loader.epoch(0)), expected);
         assert_eq!(indices(loader.epoch(5)), expected);
+        Ok(())
     }
 
     #[test]
-    fn last_partial_batch_and_drop_last() {
-        let loader = DataLoader::new(indexed(10), 4, true, 3).expect("loader");
+    fn last_partial_batch_and_drop_last() -> TestResult {
+        let loader = DataLoader::new(indexed(10), 4, true, 3)?;
         assert_eq!(loader.len(), 3);
         let batches: Vec<Batch> = loader.epoch(0).collect();
         let sizes: Vec<usize> = batches.iter().map(Batch::len).collect();
@@ -439,18 +447,17 @@ mod tests {
         assert_eq!(batches.iter().map(Vec::len).collect::<Vec<_>>(), [4, 4]);
         assert_eq!(flat(&batches), loader.permutation(0)[..8]);
 
-        let tiny = DataLoader::new(indexed(3), 4, false, 0)
-            .expect("loader")
-            .drop_last(true);
+        let tiny = DataLoader::new(indexed(3), 4, false, 0)?.drop_last(true);
         assert!(tiny.is_empty());
         assert_eq!(tiny.epoch(0).count(), 0);
+        Ok(())
     }
 
     #[test]
-    fn image_shaped_batches() {
+    fn image_shaped_batches() -> TestResult {
         let features = (0..5 * 4).map(|v| v as f32).collect();
-        let ds = InMemoryDataset::new(features, vec![1, 2, 2], vec![0, 1, 0, 1, 0], 2).expect("ds");
-        let loader = DataLoader::new(Arc::new(ds), 2, false, 0).expect("loader");
+        let ds = InMemoryDataset::new(features, vec![1, 2, 2], vec![0, 1, 0, 1, 0], 2)?;
+        let loader = DataLoader::new(Arc::new(ds), 2, false, 0)?;
         let batches: Vec<Batch> = loader.epoch(0).collect();
         assert_eq!(batches[0].input_shape, [2, 1, 2, 2]);
         assert_eq!(
@@ -459,11 +466,12 @@ mod tests {
         );
         assert_eq!(batches[2].input_shape, [1, 1, 2, 2]);
         assert_eq!(batches[2].targets, [0]);
+        Ok(())
     }
 
     #[test]
-    fn exact_size() {
-        let loader = DataLoader::new(indexed(10), 4, true, 0).expect("loader");
+    fn exact_size() -> TestResult {
+        let loader = DataLoader::new(indexed(10), 4, true, 0)?;
         let mut epoch = loader.epoch(0);
         assert_eq!(epoch.len(), 3);
         epoch.next();
@@ -471,21 +479,24 @@ mod tests {
         assert_eq!(epoch.by_ref().count(), 2);
         assert_eq!(epoch.len(), 0);
         assert!(epoch.next().is_none());
+        Ok(())
     }
 
     #[test]
-    fn inline_and_background_agree() {
-        let loader = DataLoader::new(indexed(37), 5, true, 11).expect("loader");
+    fn inline_and_background_agree() -> TestResult {
+        let loader = DataLoader::new(indexed(37), 5, true, 11)?;
         let inline: Vec<Batch> = loader.start_epoch(2, false).collect();
         let background: Vec<Batch> = loader.epoch(2).collect();
         assert_eq!(inline, background);
+        Ok(())
     }
 
     #[test]
-    fn empty_dataset() {
-        let loader = DataLoader::new(indexed(0), 4, true, 0).expect("loader");
+    fn empty_dataset() -> TestResult {
+        let loader = DataLoader::new(indexed(0), 4, true, 0)?;
         assert_eq!(loader.len(), 0);
         assert_eq!(loader.epoch(0).count(), 0);
+        Ok(())
     }
 
     #[test]
@@ -528,11 +539,14 @@ mod tests {
     }
 
     #[test]
-    fn early_drop_stops_the_worker() {
+    fn early_drop_stops_the_worker() -> TestResult {
         within_seconds(|| {
             let dataset = indexed(1000);
             // 1000 one-sample batches: the worker fills the channel and blocks in send.
-            let loader = DataLoader::new(Arc::clone(&dataset), 1, true, 5).expect("loader");
+            let loader = match DataLoader::new(Arc::clone(&dataset), 1, true, 5) {
+                Ok(loader) => loader,
+                Err(e) => panic!("{e}"),
+            };
             let mut epoch = loader.epoch(0);
             assert!(epoch.next().is_some());
             std::thread::sleep(Duration::from_millis(50));
@@ -548,18 +562,23 @@ mod tests {
             }
             assert_eq!(Arc::strong_count(&dataset), 2);
         });
+        Ok(())
     }
 
     #[test]
-    fn worker_finishes_after_full_epoch() {
+    fn worker_finishes_after_full_epoch() -> TestResult {
         within_seconds(|| {
             let dataset = indexed(20);
-            let loader = DataLoader::new(Arc::clone(&dataset), 3, true, 5).expect("loader");
+            let loader = match DataLoader::new(Arc::clone(&dataset), 3, true, 5) {
+                Ok(loader) => loader,
+                Err(e) => panic!("{e}"),
+            };
             let mut epoch = loader.epoch(0);
             assert_eq!(epoch.by_ref().count(), 7);
             assert!(epoch.next().is_none());
             // Exhausting the iterator joined the worker even before the drop.
             assert_eq!(Arc::strong_count(&dataset), 2);
         });
+        Ok(())
     }
 }
