@@ -232,6 +232,27 @@ impl PartialEq for Device {
     }
 }
 
+/// `CINDER_DUMP_KERNELS=DIR` writes every kernel's WGSL (with its override
+/// constants) to `DIR/<pipeline id>-<label>.wgsl` as it is compiled, so that a
+/// kernel named by `CINDER_PROFILE` can be read. A failed write is reported
+/// once and otherwise ignored: dumping is a diagnostic, not part of a result.
+fn dump_kernel(id: u64, label: &str, source: &str) {
+    static DIR: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    let Some(dir) = DIR.get_or_init(|| std::env::var_os("CINDER_DUMP_KERNELS").map(Into::into))
+    else {
+        return;
+    };
+    let name: String = label
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let path = dir.join(format!("{id:04}-{name}.wgsl"));
+    if let Err(e) = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, source)) {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| log::warn!("CINDER_DUMP_KERNELS: writing {}: {e}", path.display()));
+    }
+}
+
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these locks leaves plain data behind, which
     // is still consistent, so recovering from poison is sound.
@@ -440,6 +461,7 @@ impl Device {
         if let Some(entry) = caches.pipelines.get(&key) {
             return Ok(entry.clone());
         }
+        dump_kernel(caches.next_pipeline_id + 1, label, &key);
         let dev = &self.inner.device;
         let scope = dev.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = dev.create_shader_module(wgpu::ShaderModuleDescriptor {

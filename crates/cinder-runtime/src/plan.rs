@@ -929,9 +929,10 @@ impl Plan {
             dev.poll(wgpu::PollType::wait_indefinitely())
                 .map_err(|e| Error::DeviceLost(e.to_string()))?;
             eprintln!(
-                "cinder profile: {:8.3} ms  {:?}  {}",
+                "cinder profile: {:8.3} ms  {:?}  kernel {:04}  {}",
                 started.elapsed().as_secs_f64() * 1e3,
                 step.workgroups,
+                step.pipeline.id,
                 step.label
             );
         }

@@ -130,14 +130,16 @@ impl Tensor {
     }
 
     pub fn relu(&self) -> Result<Tensor> {
-        let x = self.detach();
+        // The mask comes from the output (positive exactly where the input
+        // is, NaN included), as in PyTorch: then the input need not be kept,
+        // and a producer's epilogue can apply the ReLU.
         self.unary_op(
             UnaryOp::Relu,
             "relu",
-            Box::new(move |g, _| {
-                Ok(vec![Some(
-                    g.mul(&Tensor::from_node(x.node().unary(UnaryOp::Step)))?,
-                )])
+            Box::new(move |g, out| {
+                Ok(vec![Some(g.mul(&Tensor::from_node(
+                    out.node().unary(UnaryOp::Step),
+                ))?)])
             }),
         )
     }
