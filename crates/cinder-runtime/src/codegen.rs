@@ -199,11 +199,7 @@ impl Gen<'_> {
                 let x = self.value(body, a, idx, false);
                 format!("{ty}({x})")
             }
-            Kind::View(spec, a)
-                if spec.mask.is_none()
-                    && spec.offset == 0
-                    && spec.strides == contiguous_strides(&e.shape) =>
-            {
+            Kind::View(spec, a) if is_reshape(&spec, &e.shape) => {
                 // A reshape reads its input at the same linear index.
                 let x = self.value(body, a, idx, false);
                 self.memo.insert((i, idx.to_string()), x.clone());
@@ -786,6 +782,19 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
 }
 
+/// Whether a view reads its input in order, element for element: a reshape.
+/// Strides of size-1 dimensions are never followed, so they may be anything.
+pub(crate) fn is_reshape(spec: &crate::graph::ViewSpec, shape: &[usize]) -> bool {
+    spec.mask.is_none()
+        && spec.offset == 0
+        && spec
+            .strides
+            .iter()
+            .zip(contiguous_strides(shape))
+            .zip(shape)
+            .all(|((&s, c), &n)| n == 1 || s == c)
+}
+
 /// Whether a view reorders its input's elements one to one: no mask, no
 /// offset, and its (stride, size) pairs are the input's contiguous strides in
 /// some order (permutes and reshapes of permutes).
@@ -834,7 +843,7 @@ pub(crate) fn matmul_epilogue(
     for &p in chain {
         if let Kind::View(spec, _) = &entries[p].kind {
             let shape = &entries[p].shape;
-            let reshape = spec.strides == contiguous_strides(shape);
+            let reshape = is_reshape(spec, shape);
             if !reshape {
                 let cs = contiguous_strides(shape);
                 let terms: Vec<String> = (0..shape.len())

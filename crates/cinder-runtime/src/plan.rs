@@ -9,7 +9,7 @@ use crate::codegen::{self, Generated, ELEMENTWISE_WG};
 use crate::device::{lock, Counters, Device, PipelineEntry};
 use crate::error::{Error, Result};
 use crate::graph::ReduceOp;
-use crate::graph::{contiguous_strides, numel, Node};
+use crate::graph::{numel, Node};
 use crate::kernels;
 use crate::pool::{padded_size, BufferKind, Storage};
 
@@ -170,13 +170,7 @@ fn reduce_wg(span: usize, parts: usize) -> u32 {
 
 fn is_contiguous_view(kind: &Kind, shape: &[usize]) -> Option<usize> {
     match kind {
-        Kind::View(spec, child)
-            if spec.mask.is_none()
-                && spec.offset == 0
-                && spec.strides == contiguous_strides(shape) =>
-        {
-            Some(*child)
-        }
+        Kind::View(spec, child) if codegen::is_reshape(spec, shape) => Some(*child),
         _ => None,
     }
 }
@@ -292,6 +286,14 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
     for &r in &canon.roots {
         is_root[r] = true;
     }
+    let mut consumers: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (i, e) in entries.iter().enumerate() {
+        for c in e.kind.children() {
+            if !consumers[c].contains(&i) {
+                consumers[c].push(i);
+            }
+        }
+    }
     let mut mat = vec![false; n];
     for i in 0..n {
         if i >= synthetic_from {
@@ -304,13 +306,21 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
             continue;
         }
         mat[i] = match &entries[i].kind {
-            // A fold sums several taps per pixel: inlined into its consumers
-            // (and into other folds) its cost would multiply.
-            Kind::External
-            | Kind::Upload
-            | Kind::Reduce { .. }
-            | Kind::Matmul { .. }
-            | Kind::Fold(..) => true,
+            Kind::External | Kind::Upload | Kind::Reduce { .. } | Kind::Matmul { .. } => true,
+            // A fold sums several taps per pixel: inlined into a consumer
+            // that reads it at more than one position its cost would
+            // multiply, but a single element-wise consumer (a ReLU mask after
+            // a max-pool's gradient) computes each pixel exactly once.
+            // (Whether that consumer gets a kernel of its own is settled
+            // below, once every other entry is decided.)
+            Kind::Fold(..) => {
+                is_root[i]
+                    || uses[i] > 1
+                    || !consumers[i].iter().all(|&c| {
+                        !matches!(entries[c].kind, Kind::View(..))
+                            && index_preserving(&entries[c], i, &entries[i].shape)
+                    })
+            }
             // Views and generators are free to recompute in every consumer.
             Kind::View(..) | Kind::Const | Kind::Iota { .. } | Kind::Rand { .. } => is_root[i],
             _ => is_root[i] || uses[i] > 1,
@@ -349,18 +359,29 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
             mat[j] = true;
         }
     }
+    // An unfold reads each pixel once per tap: what it reads is computed
+    // once into a buffer rather than once per tap (views and constants
+    // excepted, which cost nothing to recompute).
+    for e in &entries[..synthetic_from] {
+        if let Kind::Unfold(_, _, mut j) = e.kind {
+            while let Kind::View(_, child) = entries[j].kind {
+                j = child;
+            }
+            if !matches!(entries[j].kind, Kind::Const | Kind::Iota { .. }) {
+                mat[j] = true;
+            }
+        }
+    }
+    for i in 0..synthetic_from {
+        let consumer_inlined = consumers[i].iter().any(|&c| !mat[c]);
+        if matches!(entries[i].kind, Kind::Fold(..)) && !mat[i] && consumer_inlined {
+            mat[i] = true;
+        }
+    }
 
     // Epilogue fusion: a matmul whose only consumer chain (element-wise ops
     // and one-to-one views, each used once) ends in a materialized entry
     // writes that entry directly; its own output never exists.
-    let mut consumers: Vec<Vec<usize>> = vec![Vec::new(); n];
-    for (i, e) in entries.iter().enumerate() {
-        for c in e.kind.children() {
-            if !consumers[c].contains(&i) {
-                consumers[c].push(i);
-            }
-        }
-    }
     let mut epilogues: std::collections::HashMap<usize, (usize, Vec<usize>)> =
         std::collections::HashMap::new();
     for m in 0..synthetic_from {

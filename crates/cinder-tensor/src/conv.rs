@@ -258,12 +258,24 @@ impl Tensor {
             .reshape(&[c_out, n, l])?
             .permute(&[1, 0, 2])?
             .reshape(&[n, c_out, oh, ow])?;
+        // The bias is added inside this op so that its gradient can be summed
+        // from dY^T, which the weight gradient needs anyway: dY itself then
+        // feeds only that copy and is never stored in NCHW order.
+        let (y, inputs) = match bias {
+            None => (y, vec![self, weight]),
+            Some(b) if b.shape() == [c_out] => (
+                y.add(&b.detach().reshape(&[1, c_out, 1, 1])?)?,
+                vec![self, weight, b],
+            ),
+            Some(b) => return Err(bad_bias(OP, c_out, b)),
+        };
+        let has_bias = inputs.len() == 3;
         let weight_shape = weight.shape().to_vec();
         let win_back = win.clone();
-        let y = Tensor::from_op(
+        Ok(Tensor::from_op(
             y.node().clone(),
             OP,
-            &[self, weight],
+            &inputs,
             Box::new(move |grad, _| {
                 // dW^T = cols @ dY^T: both operands are read as they lie
                 // (cols from the forward pass, dY^T a copy the size of the
@@ -276,6 +288,11 @@ impl Tensor {
                     .matmul(&dy_t)?
                     .transpose(1, 2)?
                     .reshape(&weight_shape)?;
+                let db = if has_bias {
+                    Some(dy_t.sum(&[1], false)?.reshape(&[g * c_out_g])?)
+                } else {
+                    None
+                };
                 let dy = grad
                     .reshape(&[n, g, c_out_g, l])?
                     .permute(&[1, 2, 0, 3])?
@@ -287,10 +304,13 @@ impl Tensor {
                     .permute(&[4, 0, 1, 2, 3, 5, 6])?
                     .reshape(&[n, g * c_in_g, kh, kw, oh, ow])?
                     .fold2d(&win_back)?;
-                Ok(vec![Some(dx), Some(dw)])
+                let mut grads = vec![Some(dx), Some(dw)];
+                if has_bias {
+                    grads.push(db);
+                }
+                Ok(grads)
             }),
-        );
-        add_channel_bias(OP, y, bias, c_out)
+        ))
     }
 
     /// PyTorch's `conv_transpose2d`: `self` is `[N, C_in, H, W]`, `weight` is
@@ -374,10 +394,20 @@ impl Tensor {
         let [n, c, _, _] = image_dims(OP, self)?;
         let [oh, ow] = win.out;
         let taps = win.kernel[0] * win.kernel[1];
-        let x = self.detach();
-        let unfolded = self.node().unfold(&win, Fill::NegInfinity)?;
-        let flat = unfolded.reshape(&[n, c, taps, oh, ow])?;
-        let pooled = flat.reduce(cinder_runtime::ReduceOp::Max, &[2])?;
+        let flat = self
+            .node()
+            .unfold(&win, Fill::NegInfinity)?
+            .reshape(&[n, c, taps, oh, ow])?;
+        let taps_of = Tensor::from_node(flat.clone());
+        // Training needs the first maximum's position for the gradient: the
+        // pooled value is then read there, one pass over the windows instead
+        // of a max and an arg-max each reading every tap.
+        let (pooled, first) = if crate::autograd::grad_enabled() && self.requires_grad() {
+            let first = taps_of.argmax(2, true)?;
+            (Node::gather(&flat, 2, first.node())?, Some(first))
+        } else {
+            (flat.reduce(cinder_runtime::ReduceOp::Max, &[2])?, None)
+        };
         let out = pooled.reshape(&[n, c, oh, ow])?;
         let w = win.clone();
         Ok(Tensor::from_op(
@@ -385,14 +415,12 @@ impl Tensor {
             OP,
             &[self],
             Box::new(move |g, _| {
-                let taps_of = Tensor::from_node(
-                    x.node()
-                        .unfold(&w, Fill::NegInfinity)?
-                        .reshape(&[n, c, taps, oh, ow])?,
-                );
-                let first = taps_of.argmax(2, true)?;
+                let first = match &first {
+                    Some(f) => f.clone(),
+                    None => taps_of.argmax(2, true)?,
+                };
                 let shape = [n, c, taps, oh, ow];
-                let tap = Tensor::from_node(Node::iota(x.device(), &shape, DType::I32, 2)?);
+                let tap = Tensor::from_node(Node::iota(g.device(), &shape, DType::I32, 2)?);
                 let route = tap.eq(&first)?.to_dtype(DType::F32)?;
                 let spread = route.mul(&g.reshape(&[n, c, 1, oh, ow])?)?;
                 Ok(vec![Some(
@@ -521,9 +549,13 @@ fn add_channel_bias(
     match bias {
         None => Ok(y),
         Some(b) if b.shape() == [channels] => y.add(&b.reshape(&[1, channels, 1, 1])?),
-        Some(b) => Err(Error::shape(
-            op,
-            format!("bias must be [{channels}], got {:?}", b.shape()),
-        )),
+        Some(b) => Err(bad_bias(op, channels, b)),
     }
+}
+
+fn bad_bias(op: &'static str, channels: usize, bias: &Tensor) -> Error {
+    Error::shape(
+        op,
+        format!("bias must be [{channels}], got {:?}", bias.shape()),
+    )
 }
