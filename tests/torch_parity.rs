@@ -1,0 +1,161 @@
+//! State_dicts saved by PyTorch load into cinder-cnn's networks and give
+//! PyTorch's numbers: eval-mode logits, and in training mode the logits, the
+//! loss, every parameter's gradient and batch norm's updated running
+//! statistics. The fixtures come from `tools/torch_fixtures.py` (PyTorch
+//! 2.5.1 on the CPU); the file says how to write them again.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use cinder::cnn::models::ModelSpec;
+use cinder::nn::checkpoint;
+use cinder::{Result, Tensor};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// Every tensor of a safetensors file as f32 (int tensors converted), with its shape.
+fn read_all(path: &Path) -> HashMap<String, (Vec<usize>, Vec<f32>)> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let file = safetensors::SafeTensors::deserialize(&bytes)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    file.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let data = view.data();
+            let values: Vec<f32> = match view.dtype() {
+                safetensors::Dtype::F32 => data
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+                safetensors::Dtype::I32 => data
+                    .chunks_exact(4)
+                    .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32)
+                    .collect(),
+                safetensors::Dtype::I64 => data
+                    .chunks_exact(8)
+                    .map(|b| {
+                        i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32
+                    })
+                    .collect(),
+                other => panic!("{name}: unexpected dtype {other:?}"),
+            };
+            (name, (view.shape().to_vec(), values))
+        })
+        .collect()
+}
+
+/// Element-wise |got - want| <= atol + rtol * |want|, with the worst element
+/// named on failure.
+fn assert_close(what: &str, got: &[f32], want: &[f32], rtol: f32, atol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut worst = (0.0f32, 0usize);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let excess = (g - w).abs() - (atol + rtol * w.abs());
+        assert!(!g.is_nan(), "{what}[{i}] is NaN, PyTorch has {w}");
+        if excess > worst.0 {
+            worst = (excess, i);
+        }
+    }
+    let i = worst.1;
+    assert!(
+        worst.0 <= 0.0,
+        "{what}[{i}]: cinder {} vs PyTorch {} (rtol {rtol}, atol {atol})",
+        got[i],
+        want[i]
+    );
+}
+
+fn check_network(name: &str, spec: ModelSpec) -> Result<()> {
+    let device = common::device();
+    let mut model = spec.build(&device)?;
+    // Exactly the file PyTorch wrote: int64 counters and all.
+    checkpoint::load(fixture(&format!("{name}.safetensors")), &*model)?;
+    let expected = read_all(&fixture(&format!("{name}_expected.safetensors")));
+    let get = |key: &str| -> &(Vec<usize>, Vec<f32>) {
+        expected
+            .get(key)
+            .unwrap_or_else(|| panic!("{name}_expected has no {key}"))
+    };
+    let (x_shape, x_data) = get("x");
+    let x = Tensor::from_slice(&device, x_data, x_shape)?;
+    let labels: Vec<i32> = get("y").1.iter().map(|&v| v as i32).collect();
+    let y = Tensor::from_slice(&device, &labels, &[labels.len()])?;
+
+    model.set_training(false);
+    let logits = model.forward(&x)?.to_vec::<f32>()?;
+    assert_close(
+        &format!("{name} eval logits"),
+        &logits,
+        &get("eval_logits").1,
+        1e-4,
+        1e-4,
+    );
+
+    model.set_training(true);
+    let logits = model.forward(&x)?;
+    let loss = logits.cross_entropy(&y)?;
+    let grads = loss.backward()?;
+    assert_close(
+        &format!("{name} train logits"),
+        &logits.to_vec::<f32>()?,
+        &get("train_logits").1,
+        1e-4,
+        1e-4,
+    );
+    assert_close(
+        &format!("{name} loss"),
+        &[loss.item()?],
+        &get("loss").1,
+        1e-5,
+        1e-6,
+    );
+    let params = model.named_parameters();
+    assert!(!params.is_empty());
+    for (pname, p) in &params {
+        let want = &get(&format!("grad.{pname}")).1;
+        let got = grads
+            .get(p)
+            .unwrap_or_else(|| panic!("{name}: no gradient for {pname}"))
+            .to_vec::<f32>()?;
+        // Gradients are sums over the batch and the image: judge each
+        // against the scale of its tensor, not element by element.
+        let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        assert_close(
+            &format!("{name} grad of {pname}"),
+            &got,
+            want,
+            1e-3,
+            1e-4 * scale.max(1e-3),
+        );
+    }
+    for (bname, b) in model.named_buffers() {
+        let got: Vec<f32> = match b.dtype() {
+            cinder::DType::F32 => b.to_vec::<f32>()?,
+            _ => b.to_vec::<i32>()?.into_iter().map(|v| v as f32).collect(),
+        };
+        assert_close(
+            &format!("{name} {bname} after a training forward"),
+            &got,
+            &get(&format!("after.{bname}")).1,
+            1e-4,
+            1e-5,
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn pytorch_lenet_state_dict_gives_pytorch_outputs_and_gradients() -> Result<()> {
+    check_network("torch_lenet", ModelSpec::lenet(8, 8, 10))
+}
+
+#[test]
+fn pytorch_resnet_state_dict_gives_pytorch_outputs_gradients_and_statistics() -> Result<()> {
+    check_network("torch_resnet", ModelSpec::resnet(12, 12, 10))
+}

@@ -1,0 +1,131 @@
+"""Writes the PyTorch fixtures of tests/torch_parity.rs: state_dicts that
+PyTorch itself saved for cinder-cnn's two networks, and what PyTorch computes
+with them, so the test can check that cinder loads them and gives the same
+numbers.
+
+    python3 -m venv /tmp/torch && /tmp/torch/bin/pip install torch==2.5.1 safetensors numpy
+    /tmp/torch/bin/python tools/torch_fixtures.py tests/fixtures
+
+For each network NAME it writes:
+- NAME.safetensors: `model.state_dict()` after a few SGD steps in training
+  mode (so batch-norm statistics and num_batches_tracked are not their
+  initial values), saved with `safetensors.torch.save_file`, the way a user
+  exports a PyTorch model for cinder.
+- NAME_expected.safetensors: `x` (the input), `y` (the labels), `eval_logits`
+  (the model in eval mode on x), and from one training-mode forward and
+  backward on (x, y): `train_logits`, `loss` (mean cross-entropy),
+  `grad.<parameter>` for every parameter and `after.<buffer>` for every
+  buffer (batch norm's running statistics after that forward).
+"""
+
+import os
+import sys
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+
+def lenet(height, width, classes):
+    """cinder_cnn's LeNet: the same layers, numbered as in this Sequential."""
+    flat = 64 * (height // 4) * (width // 4)
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(flat, 128),
+        nn.ReLU(),
+        nn.Linear(128, classes),
+    )
+
+
+class BasicBlock(nn.Module):
+    """torchvision's BasicBlock, spelled out."""
+
+    def __init__(self, c_in, c_out, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.downsample = None
+        if stride != 1 or c_in != c_out:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return F.relu(y + shortcut)
+
+
+class ResNet(nn.Module):
+    """cinder_cnn's small ResNet: 3x3 stem, stages of 16, 32, 64 channels."""
+
+    def __init__(self, in_channels, classes):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.layer1 = nn.Sequential(BasicBlock(16, 16, 1))
+        self.layer2 = nn.Sequential(BasicBlock(16, 32, 2))
+        self.layer3 = nn.Sequential(BasicBlock(32, 64, 2))
+        self.fc = nn.Linear(64, classes)
+
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = self.layer3(self.layer2(self.layer1(y)))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(y, 1), 1))
+
+
+def write(out_dir, name, model, shape, classes):
+    gen = torch.Generator().manual_seed(7)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    model.train()
+    for _ in range(3):
+        xb = torch.randn((8, *shape), generator=gen)
+        yb = torch.randint(0, classes, (8,), generator=gen)
+        opt.zero_grad()
+        F.cross_entropy(model(xb), yb).backward()
+        opt.step()
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, os.path.join(out_dir, f"{name}.safetensors"))
+
+    x = torch.randn((3, *shape), generator=gen)
+    y = torch.randint(0, classes, (3,), generator=gen)
+    expected = {"x": x, "y": y.to(torch.int32)}
+    model.eval()
+    with torch.no_grad():
+        expected["eval_logits"] = model(x)
+    model.train()
+    model.zero_grad()
+    logits = model(x)
+    loss = F.cross_entropy(logits, y)
+    loss.backward()
+    expected["train_logits"] = logits.detach()
+    expected["loss"] = loss.detach().reshape(1)
+    for k, p in model.named_parameters():
+        expected[f"grad.{k}"] = p.grad.detach().clone()
+    for k, b in model.named_buffers():
+        expected[f"after.{k}"] = b.detach().clone()
+    expected = {k: v.contiguous() for k, v in expected.items()}
+    save_file(expected, os.path.join(out_dir, f"{name}_expected.safetensors"))
+
+
+def main():
+    out_dir = sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures"
+    os.makedirs(out_dir, exist_ok=True)
+    torch.manual_seed(0)
+    write(out_dir, "torch_lenet", lenet(8, 8, 10), (1, 8, 8), 10)
+    torch.manual_seed(1)
+    write(out_dir, "torch_resnet", ResNet(3, 10), (3, 12, 12), 10)
+
+
+if __name__ == "__main__":
+    main()
