@@ -25,18 +25,18 @@ const MATMUL_BLOCK: (usize, usize) = (32, 256);
 /// The fast matmuls where subgroups and 64-bit integers exist: one subgroup
 /// of 8 lanes computes a block of C, A is loaded once and broadcast, loads
 /// fetch two floats at once (see shaders/matmul_subgroup_*.wgsl). The same
-/// generated kernel in three block sizes: the biggest reuses loads best, the
-/// smaller ones keep narrow products (64 output channels, 9 weight taps) from
-/// computing mostly padding. A 128x128 block measured no faster than 128x64
-/// at 1024 on lavapipe (within the machine's noise) and takes four times as
-/// long to compile (about 30 s cold), so it is not built.
-const MATMUL_SUBGROUP_128X64: &str = include_str!("../../../shaders/matmul_subgroup_128x64.wgsl");
-const MATMUL_SUBGROUP_64X128: &str = include_str!("../../../shaders/matmul_subgroup_64x128.wgsl");
+/// generated kernel in two block sizes: 64x64 reuses loads well, 32x32 keeps
+/// narrow products (9 weight taps, 10 classes) from computing mostly padding.
+/// Bigger blocks measured no faster on lavapipe: 128x64 and 64x128 ran
+/// within the machine's noise of 64x64 (matmul at 1024: 15.0-20.3 GFLOP/s
+/// against 14.8-17.6; the CNN step the same) but took 5.8 s each to compile
+/// with Mesa's shader cache empty, against 1.4 s, and a first training step
+/// compiles every block it uses.
+const MATMUL_SUBGROUP_64X64: &str = include_str!("../../../shaders/matmul_subgroup_64x64.wgsl");
 const MATMUL_SUBGROUP_32X32: &str = include_str!("../../../shaders/matmul_subgroup_32x32.wgsl");
 /// Biggest (most loads saved per multiply-add) first.
-const SUBGROUP_VARIANTS: [(&str, (usize, usize)); 3] = [
-    (MATMUL_SUBGROUP_128X64, (128, 64)),
-    (MATMUL_SUBGROUP_64X128, (64, 128)),
+const SUBGROUP_VARIANTS: [(&str, (usize, usize)); 2] = [
+    (MATMUL_SUBGROUP_64X64, (64, 64)),
     (MATMUL_SUBGROUP_32X32, (32, 32)),
 ];
 
@@ -214,7 +214,7 @@ pub(crate) fn optimizer(kind: OptimKind) -> (String, Vec<(String, f64)>, usize, 
 /// epilogues (the small-product kernel, the portable kernel and the 32x32
 /// subgroup block).
 pub(crate) fn fusable(kernel: &MatmulKernel) -> bool {
-    kernel.source != MATMUL_SUBGROUP_128X64 && kernel.source != MATMUL_SUBGROUP_64X128
+    kernel.source != MATMUL_SUBGROUP_64X64
 }
 
 /// `source` (a matmul kernel) with its C-store functions replaced by
@@ -241,8 +241,7 @@ pub fn shader_sources() -> Vec<(&'static str, &'static str)> {
             include_str!("../../../shaders/prelude.wgsl"),
         ),
         ("matmul.wgsl", MATMUL),
-        ("matmul_subgroup_128x64.wgsl", MATMUL_SUBGROUP_128X64),
-        ("matmul_subgroup_64x128.wgsl", MATMUL_SUBGROUP_64X128),
+        ("matmul_subgroup_64x64.wgsl", MATMUL_SUBGROUP_64X64),
         ("matmul_subgroup_32x32.wgsl", MATMUL_SUBGROUP_32X32),
         ("small matmul", SMALL_MATMUL_SRC),
     ]
