@@ -18,9 +18,17 @@ fn dispatches_to_realize(t: &Tensor) -> Result<u64> {
 
 #[test]
 fn linear_bias_relu_is_one_kernel() -> Result<()> {
+    // The small-product kernel, then the 32x32 block storing whole vec4s
+    // (32 columns) and single elements (30 columns).
+    for (n, k, m) in [(37, 29, 23), (32, 300, 32), (30, 301, 30)] {
+        linear_bias_relu(n, k, m)?;
+    }
+    Ok(())
+}
+
+fn linear_bias_relu(n: usize, k: usize, m: usize) -> Result<()> {
     let _serial = common::serial();
     let device = common::device();
-    let (n, k, m) = (37, 29, 23);
     let xs: Vec<f32> = (0..n * k)
         .map(|i| ((i * 7) % 13) as f32 / 6.0 - 1.0)
         .collect();
@@ -36,7 +44,7 @@ fn linear_bias_relu_is_one_kernel() -> Result<()> {
     assert_eq!(
         dispatches_to_realize(&y)?,
         1,
-        "matmul, bias and ReLU in one kernel"
+        "matmul, bias and ReLU in one kernel ({n}x{k} @ {k}x{m})"
     );
     let got = y.to_vec::<f32>()?;
     for r in 0..n {

@@ -884,11 +884,14 @@ pub(crate) fn matmul_epilogue(
         "{PRELUDE}{decls}fn store1(e: u32, v: f32) {{
 {body}    c[{at} / 4u][{at} % 4u] = {value};
 }}
+// A loop, not four calls: the kernel calls store4 dozens of times, each
+// call is inlined, and four copies of the epilogue per call took LLVM
+// seconds to compile. The bound is opaque (e < 2^31 always) so that Mesa
+// does not unroll the loop again.
 fn store4(e: u32, v: vec4<f32>) {{
-    store1(e, v.x);
-    store1(e + 1u, v.y);
-    store1(e + 2u, v.z);
-    store1(e + 3u, v.w);
+    for (var q = 0u; q < 4u + (e >> 31u); q++) {{
+        store1(e + q, v[q]);
+    }}
 }}
 "
     );
