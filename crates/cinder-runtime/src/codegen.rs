@@ -355,8 +355,32 @@ impl Gen<'_> {
             self.fresh("ow"),
             self.fresh("ix"),
         );
+        // Through a view (the input gradient of conv2d folds a permuted GEMM
+        // product), the source's index is composed from the tap's
+        // coordinates instead of linearized and divided apart again.
+        let in_shape = &self.entries[input].shape;
+        let (src, tap_index) = match &self.entries[input].kind {
+            Kind::View(spec, s)
+                if spec.mask.is_none() && in_shape.len() == 6 && !(self.materialized)(input) =>
+            {
+                let c_n = in_shape[1];
+                let st = &spec.strides;
+                let index = format!(
+                    "u32({} + i32({nc} / {c_n}u) * {} + i32({nc} % {c_n}u) * {} + i32({kh}) * {} + i32({kw}) * {} + i32({oh}) * {} + i32({ow}) * {})",
+                    spec.offset, st[0], st[1], st[2], st[3], st[4], st[5]
+                );
+                (*s, index)
+            }
+            _ => (
+                input,
+                format!(
+                    "(({nc} * {kh_n}u + {kh}) * {kw_n}u + {kw}) * {}u + {oh} * {ow_n}u + {ow}",
+                    oh_n * ow_n
+                ),
+            ),
+        };
         let mut inner = String::new();
-        let v = self.value(&mut inner, input, &child, false);
+        let v = self.value(&mut inner, src, &child, false);
         if win.stride == win.kernel && win.dilation == [1, 1] {
             // Windows that tile the image: each pixel is one tap of at most
             // one window, found by division instead of a loop over taps.
@@ -371,7 +395,7 @@ impl Gen<'_> {
     let {kh} = {ty} % {sh}u;
     let {kw} = {tx} % {sw}u;
     let {valid} = {oh} < {oh_n}u && {ow} < {ow_n}u;
-    let {child} = select(0u, (({nc} * {kh_n}u + {kh}) * {kw_n}u + {kw}) * {windows}u + {oh} * {ow_n}u + {ow}, {valid});
+    let {child} = select(0u, {tap_index}, {valid});
 {inner}    let {acc} = select({zero}, {v}, {valid});
 ",
                 row = coord(idx, shape, 2),
@@ -380,7 +404,6 @@ impl Gen<'_> {
                 pw = win.padding[1],
                 sh = win.stride[0],
                 sw = win.stride[1],
-                windows = oh_n * ow_n,
                 zero = zero(dtype),
             );
             return acc;
@@ -397,7 +420,7 @@ impl Gen<'_> {
     let {tx} = i32({col}) + {pw} - i32({kw} * {dw}u);
     if ({tx} < 0 || {tx} % {sw} != 0 || {tx} / {sw} >= {ow_n}) {{ continue; }}
     let {ow} = u32({tx} / {sw});
-    let {child} = (({nc} * {kh_n}u + {kh}) * {kw_n}u + {kw}) * {windows}u + {oh} * {ow_n}u + {ow};
+    let {child} = {tap_index};
 {inner}    {acc} += {v};
     }}
     }}
@@ -412,7 +435,6 @@ impl Gen<'_> {
             dw = win.dilation[1],
             sh = win.stride[0],
             sw = win.stride[1],
-            windows = oh_n * ow_n,
         );
         acc
     }

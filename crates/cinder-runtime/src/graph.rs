@@ -256,6 +256,78 @@ pub fn contiguous_strides(shape: &[usize]) -> Vec<i64> {
     strides
 }
 
+/// The view `outer` (output `shape`) of a view `inner` (output
+/// `inner_shape`), as one view of `inner`'s source, when the source index is
+/// linear in the outer coordinates; `None` otherwise (masks, negative
+/// strides, or an outer step that crosses between dimensions that are not
+/// contiguous in the source).
+pub(crate) fn compose_views(
+    inner_shape: &[usize],
+    inner: &ViewSpec,
+    shape: &[usize],
+    outer: &ViewSpec,
+) -> Option<ViewSpec> {
+    if inner.mask.is_some()
+        || outer.mask.is_some()
+        || outer.strides.iter().any(|&s| s < 0)
+        || outer.offset < 0
+        || numel(shape) == 0
+    {
+        return None;
+    }
+    // The inner view's dimensions, those of size 1 dropped and neighbours
+    // that are contiguous in the source merged, innermost first: (size,
+    // stride in the inner view's row-major order, stride in the source).
+    let cs = contiguous_strides(inner_shape);
+    let mut groups: Vec<(usize, i64, i64)> = Vec::new();
+    for d in (0..inner_shape.len()).rev() {
+        let n = inner_shape[d];
+        if n == 1 {
+            continue;
+        }
+        match groups.last_mut() {
+            Some(g) if inner.strides[d] == g.2 * g.0 as i64 => g.0 *= n,
+            _ => groups.push((n, cs[d], inner.strides[d])),
+        }
+    }
+    // Each outer dimension must step within one group, and all of them
+    // together (and the offset) must never carry from a group into the
+    // next: then the source index is linear in the outer coordinates.
+    let mut reach = vec![0usize; groups.len()];
+    let mut offset = inner.offset;
+    let mut rest = outer.offset;
+    for (gi, &(n, step, src_stride)) in groups.iter().enumerate().rev() {
+        let digit = (rest / step) % n as i64;
+        rest -= digit * step;
+        offset += digit * src_stride;
+        reach[gi] += digit as usize;
+    }
+    if rest != 0 {
+        return None;
+    }
+    let mut strides = vec![0i64; shape.len()];
+    for (d, &n) in shape.iter().enumerate() {
+        let s = outer.strides[d];
+        if n == 1 || s == 0 {
+            continue;
+        }
+        let gi = groups
+            .iter()
+            .position(|&(size, step, _)| s % step == 0 && s / step < size as i64)?;
+        let (_, step, src_stride) = groups[gi];
+        strides[d] = s / step * src_stride;
+        reach[gi] += (s / step) as usize * (n - 1);
+    }
+    if reach.iter().zip(&groups).any(|(&r, &(n, _, _))| r >= n) {
+        return None;
+    }
+    Some(ViewSpec {
+        strides,
+        offset,
+        mask: None,
+    })
+}
+
 impl Node {
     pub(crate) fn new(device: &Device, shape: Vec<usize>, dtype: DType, op: Op) -> Node {
         let versions = op
@@ -485,12 +557,38 @@ impl Node {
                 ));
             }
         }
+        // A view of a pending view is one view of the source where the
+        // strides allow it (a reshape of a permute, mostly), so kernels
+        // compute one index expression instead of a chain of them.
+        if let Some((merged, src)) = self.compose_view(shape, &spec) {
+            return src.view(shape, merged);
+        }
         Ok(Node::new(
             &self.0.device,
             shape.to_vec(),
             self.0.dtype,
             Op::View(spec, self.clone()),
         ))
+    }
+
+    /// `spec` (a view of `self`, which is itself an unmasked view of some
+    /// source) as a single view of that source, when one exists. Only while
+    /// the source has not been written since `self` was recorded: the merged
+    /// view must read the same values.
+    fn compose_view(&self, shape: &[usize], spec: &ViewSpec) -> Option<(ViewSpec, Node)> {
+        let state = lock(&self.0.state);
+        let State::Pending {
+            op: Op::View(inner, src),
+            versions,
+        } = &*state
+        else {
+            return None;
+        };
+        if versions.first().copied().flatten() != src.storage().map(|s| (s.id(), s.version())) {
+            return None;
+        }
+        let merged = compose_views(&self.0.shape, inner, shape, spec)?;
+        Some((merged, src.clone()))
     }
 
     /// A reshape is a view with contiguous strides.
@@ -677,5 +775,149 @@ impl Node {
                 b_batched: batch_b.is_some(),
             },
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{compose_views, contiguous_strides, numel, ViewSpec};
+
+    fn coords(mut i: usize, shape: &[usize]) -> Vec<usize> {
+        let mut c = vec![0; shape.len()];
+        for d in (0..shape.len()).rev() {
+            c[d] = i % shape[d];
+            i /= shape[d];
+        }
+        c
+    }
+
+    fn apply(spec: &ViewSpec, c: &[usize]) -> i64 {
+        spec.offset
+            + c.iter()
+                .zip(&spec.strides)
+                .map(|(&x, &s)| x as i64 * s)
+                .sum::<i64>()
+    }
+
+    /// Source index of every outer element read through both views, one
+    /// after the other.
+    fn two_step(
+        inner_shape: &[usize],
+        inner: &ViewSpec,
+        shape: &[usize],
+        outer: &ViewSpec,
+    ) -> Vec<i64> {
+        (0..numel(shape))
+            .map(|i| {
+                let linear = apply(outer, &coords(i, shape)) as usize;
+                apply(inner, &coords(linear, inner_shape))
+            })
+            .collect()
+    }
+
+    fn permuted(shape: &[usize], order: &[usize]) -> (Vec<usize>, ViewSpec) {
+        let cs = contiguous_strides(shape);
+        (
+            order.iter().map(|&d| shape[d]).collect(),
+            ViewSpec {
+                strides: order.iter().map(|&d| cs[d]).collect(),
+                offset: 0,
+                mask: None,
+            },
+        )
+    }
+
+    fn reshape(shape: &[usize]) -> ViewSpec {
+        ViewSpec {
+            strides: contiguous_strides(shape),
+            offset: 0,
+            mask: None,
+        }
+    }
+
+    #[test]
+    fn composed_views_read_what_the_chain_reads() {
+        let source = [2usize, 3, 4, 1, 5];
+        let orders: [&[usize]; 4] = [
+            &[0, 1, 2, 3, 4],
+            &[4, 0, 1, 3, 2],
+            &[1, 0, 3, 2, 4],
+            &[2, 3, 4, 0, 1],
+        ];
+        let mut merged = 0;
+        let mut refused = 0;
+        for order in orders {
+            let (inner_shape, inner) = permuted(&source, order);
+            let n = numel(&inner_shape);
+            // Reshapes to every split into two and three factors, then a
+            // permute and a slice of a reshape.
+            let mut outers: Vec<(Vec<usize>, ViewSpec)> = Vec::new();
+            for a in 1..=n {
+                if n % a != 0 {
+                    continue;
+                }
+                outers.push((vec![a, n / a], reshape(&[a, n / a])));
+                for b in 1..=n / a {
+                    if (n / a) % b == 0 {
+                        let shape = vec![a, b, n / a / b];
+                        outers.push((shape.clone(), reshape(&shape)));
+                        let (ps, pv) = permuted(&shape, &[2, 0, 1]);
+                        outers.push((ps, pv));
+                    }
+                }
+            }
+            outers.push((
+                vec![2, 5],
+                ViewSpec {
+                    strides: vec![n as i64 / 2, 1],
+                    offset: 7,
+                    mask: None,
+                },
+            ));
+            outers.push((
+                vec![3, 4],
+                ViewSpec {
+                    strides: vec![0, 5],
+                    offset: 0,
+                    mask: None,
+                },
+            ));
+            for (shape, outer) in &outers {
+                match compose_views(&inner_shape, &inner, shape, outer) {
+                    Some(one) => {
+                        merged += 1;
+                        let direct: Vec<i64> = (0..numel(shape))
+                            .map(|i| apply(&one, &coords(i, shape)))
+                            .collect();
+                        assert_eq!(
+                            direct,
+                            two_step(&inner_shape, &inner, shape, outer),
+                            "{inner_shape:?} {inner:?} then {shape:?} {outer:?} as {one:?}"
+                        );
+                    }
+                    None => refused += 1,
+                }
+            }
+        }
+        // Both outcomes occur: the check above is not vacuous.
+        assert!(
+            merged > 50 && refused > 50,
+            "merged {merged}, refused {refused}"
+        );
+    }
+
+    #[test]
+    fn conv_input_gradient_layout_is_one_view() {
+        // conv2d's input gradient reads the GEMM product [C*KH*KW, N*L]
+        // as [G=1, C, KH, KW, N, OH, OW], permuted to put N first, reshaped
+        // to [N, C, KH, KW, OH, OW]: one strided view of the product.
+        let product = [1usize, 32, 3, 3, 64, 14, 14];
+        let (inner_shape, inner) = permuted(&product, &[4, 0, 1, 2, 3, 5, 6]);
+        let shape = [64usize, 32, 3, 3, 14, 14];
+        let one = compose_views(&inner_shape, &inner, &shape, &reshape(&shape));
+        assert_eq!(
+            one.map(|v| v.strides),
+            Some(vec![196, 112896, 37632, 12544, 14, 1])
+        );
     }
 }

@@ -309,18 +309,8 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
             Kind::External | Kind::Upload | Kind::Reduce { .. } | Kind::Matmul { .. } => true,
             // A fold sums several taps per pixel: inlined into a consumer
             // that reads it at more than one position its cost would
-            // multiply, but a single element-wise consumer (a ReLU mask after
-            // a max-pool's gradient) computes each pixel exactly once.
-            // (Whether that consumer gets a kernel of its own is settled
-            // below, once every other entry is decided.)
-            Kind::Fold(..) => {
-                is_root[i]
-                    || uses[i] > 1
-                    || !consumers[i].iter().all(|&c| {
-                        !matches!(entries[c].kind, Kind::View(..))
-                            && index_preserving(&entries[c], i, &entries[i].shape)
-                    })
-            }
+            // multiply. Decided below, once every other entry is.
+            Kind::Fold(..) => is_root[i] || uses[i] > 1,
             // Views and generators are free to recompute in every consumer.
             Kind::View(..) | Kind::Const | Kind::Iota { .. } | Kind::Rand { .. } => is_root[i],
             _ => is_root[i] || uses[i] > 1,
@@ -372,11 +362,28 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
             }
         }
     }
+    // A fold stays inlined only where each of its pixels is computed once:
+    // a chain of single-use, one-to-one consumers (a ReLU mask after a
+    // max-pool's gradient, a permute) that ends in a buffer.
     for i in 0..synthetic_from {
-        let consumer_inlined = consumers[i].iter().any(|&c| !mat[c]);
-        if matches!(entries[i].kind, Kind::Fold(..)) && !mat[i] && consumer_inlined {
-            mat[i] = true;
+        if !matches!(entries[i].kind, Kind::Fold(..)) || mat[i] {
+            continue;
         }
+        let mut cur = i;
+        let once = loop {
+            let [c] = consumers[cur][..] else { break false };
+            if c >= synthetic_from || !index_preserving(&entries[c], cur, &entries[cur].shape) {
+                break false;
+            }
+            if mat[c] {
+                break true;
+            }
+            if uses[c] != 1 {
+                break false;
+            }
+            cur = c;
+        };
+        mat[i] = !once;
     }
 
     // Epilogue fusion: a matmul whose only consumer chain (element-wise ops
