@@ -9,25 +9,33 @@
 
 override NESTEROV: bool = false;
 
+// Each invocation updates 4 consecutive elements (see adam.wgsl).
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
-    let i = (wid.y * nwg.x + wid.x) * 256u + lid;
-    if (i >= bitcast<u32>(s[5])) {
+    let first = ((wid.y * nwg.x + wid.x) * 256u + lid) * 4u;
+    let n = bitcast<u32>(s[5]);
+    if (first >= n) {
         return;
     }
-    let p = param[i];
-    var g = grad[i] + s[1] * p;
-    var buf = g;
-    if (s[4] == 0.0) {
-        buf = momentum_buffer[i] * s[2] + s[3] * g;
+    let lr = s[0];
+    let weight_decay = s[1];
+    let momentum = s[2];
+    let one_minus_dampening = s[3];
+    let first_step = s[4] != 0.0;
+    for (var i = first; i < min(first + 4u, n); i++) {
+        let p = param[i];
+        var g = grad[i] + weight_decay * p;
+        var buf = g;
+        if (!first_step) {
+            buf = momentum_buffer[i] * momentum + one_minus_dampening * g;
+        }
+        momentum_buffer[i] = buf;
+        if (NESTEROV) {
+            g = g + momentum * buf;
+        } else {
+            g = buf;
+        }
+        param[i] = p - lr * g;
     }
-    momentum_buffer[i] = buf;
-    if (NESTEROV) {
-        g = g + s[2] * buf;
-    }
-    else {
-        g = buf;
-    }
-    param[i] = p - s[0] * g;
 }

@@ -192,6 +192,9 @@ pub(crate) fn matmul(
     }
 }
 
+/// Elements each invocation of an optimizer kernel updates.
+pub(crate) const OPTIM_ELEMENTS_PER_THREAD: usize = 4;
+
 /// The shader for an optimizer, its override constants, how many state
 /// tensors it updates and how many hyper-parameters it reads.
 pub(crate) fn optimizer(kind: OptimKind) -> (String, Vec<(String, f64)>, usize, usize) {

@@ -651,7 +651,7 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
                             source,
                             inputs,
                             seeds: vec![],
-                            items: count as u64,
+                            items: count.div_ceil(kernels::OPTIM_ELEMENTS_PER_THREAD) as u64,
                         },
                         output: *param,
                         label: format!("{kind:?}"),
