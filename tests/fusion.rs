@@ -88,12 +88,14 @@ fn conv_bias_batchnorm_relu_fuse_into_the_matmul() -> Result<()> {
     device.realize(&inputs)?;
 
     let plain = conv.forward(&x)?;
-    // The unfolded input, and the matmul writing the convolution.
-    assert_eq!(dispatches_to_realize(&plain)?, 2);
+    // The unfolded input (with the row of ones that meets the bias), the
+    // weight with the bias as its last column, and the matmul writing the
+    // convolution: the bias is part of the product.
+    assert_eq!(dispatches_to_realize(&plain)?, 3);
     let y = bn.forward(&conv.forward(&x)?)?.relu()?;
-    // The same two, plus one for batch norm's per-channel scale (used twice):
-    // bias, normalisation and ReLU run in the matmul's write.
-    assert_eq!(dispatches_to_realize(&y)?, 3);
+    // The same three, plus one for batch norm's per-channel scale (used
+    // twice): normalisation and ReLU run in the matmul's write.
+    assert_eq!(dispatches_to_realize(&y)?, 4);
 
     let conv_out = plain.to_vec::<f32>()?;
     let got = y.to_vec::<f32>()?;

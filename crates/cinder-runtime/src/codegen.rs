@@ -236,22 +236,18 @@ impl Gen<'_> {
                 }
                 let m = self.fresh("m");
                 let _ = writeln!(body, "    let {m} = {};", conds.join(" && "));
-                // Out-of-range positions read element 0 and are then replaced
-                // by zero, so no load ever leaves the buffer.
                 let _ = writeln!(body, "    let {child} = select(0u, u32({linear}), {m});");
-                let x = self.value(body, a, &child, false);
-                format!("select({}, {x}, {m})", zero(e.dtype))
+                self.guarded(body, &m, &child, a, zero(e.dtype), ty)
             }
             Kind::Unfold(win, fill, a) => {
-                let x = self.unfold(body, &e.shape, &win, a, idx);
-                let (m, x) = x;
+                let (m, child) = self.unfold(body, &e.shape, &win, idx);
                 let outside = match (fill, e.dtype) {
                     (Fill::Zero, dtype) => zero(dtype).to_string(),
                     (Fill::NegInfinity, DType::F32) => "bitcast<f32>(0xff800000u)".to_string(),
                     (Fill::NegInfinity, DType::I32) => literal(DType::I32, i32::MIN as f64),
                     (Fill::NegInfinity, DType::U32) => "0u".to_string(),
                 };
-                format!("select({outside}, {x}, {m})")
+                self.guarded(body, &m, &child, a, &outside, ty)
             }
             Kind::Fold(win, a) => self.fold(body, &e.shape, e.dtype, &win, a, idx),
             Kind::Gather { axis, src, index } => {
@@ -283,14 +279,40 @@ impl Gen<'_> {
         v
     }
 
+    /// `input` at `child` where `m` holds, else `outside`. The read happens
+    /// only under the condition: a padding row, or the part of a
+    /// concatenation that another input fills, then costs no load (a kernel
+    /// on lavapipe pays for every load, wanted or not). `child` must be in
+    /// bounds either way.
+    fn guarded(
+        &mut self,
+        body: &mut String,
+        m: &str,
+        child: &str,
+        input: usize,
+        outside: &str,
+        ty: &str,
+    ) -> String {
+        let v = self.fresh("g");
+        // Values computed inside the branch are not visible after it.
+        let saved = self.memo.clone();
+        let mut inner = String::new();
+        let x = self.value(&mut inner, input, child, false);
+        self.memo = saved;
+        let _ = write!(
+            body,
+            "    var {v}: {ty} = {outside};\n    if ({m}) {{\n{inner}    {v} = {x};\n    }}\n"
+        );
+        v
+    }
+
     /// Tap `(kh, kw)` of window `(oh, ow)` for output element `idx` of an
-    /// unfold: whether it is inside the image, and the value read there.
+    /// unfold: whether it is inside the image, and the index read there.
     fn unfold(
         &mut self,
         body: &mut String,
         shape: &[usize],
         win: &Window2d,
-        input: usize,
         idx: &str,
     ) -> (String, String) {
         let [h, w] = win.image;
@@ -327,8 +349,7 @@ impl Gen<'_> {
             "    let {child} = select(0u, ({idx} / {taps}u) * {}u + u32({y}) * {w}u + u32({x}), {m});",
             h * w
         );
-        let v = self.value(body, input, &child, false);
-        (m, v)
+        (m, child)
     }
 
     /// Output pixel `idx` of a fold: the sum of every tap that reads it.

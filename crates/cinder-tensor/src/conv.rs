@@ -253,22 +253,37 @@ impl Tensor {
             .permute(&[1, 2, 0, 3])?
             .reshape(&[g, taps, n * l])?;
         let w2 = wd.reshape(&[g, c_out_g, taps])?;
-        let y = w2
-            .matmul(&cols)?
+        // A bias rides in the GEMM as one more column of the weight against
+        // a row of ones under the columns (two when that keeps K even, as
+        // the subgroup kernel's paired loads want; the second meets a zero
+        // column): the product then includes it, and the weight gradient's
+        // GEMM yields the bias gradient as its extra row, where a separate
+        // reduction over the whole output cost as much as a pass over it.
+        let (w_k, cols_k, inputs) = match bias {
+            None => (w2.clone(), cols.clone(), vec![self, weight]),
+            Some(b) if b.shape() == [c_out] => {
+                let device = self.device();
+                let extra = if taps % 2 == 1 { 1 } else { 2 };
+                let ones = Tensor::ones(device, &[g, extra, n * l]);
+                let b_col = b.detach().reshape(&[g, c_out_g, 1])?;
+                let w_zero = Tensor::zeros(device, &[g, c_out_g, 1]);
+                let mut w_parts = vec![&w2, &b_col];
+                if extra == 2 {
+                    w_parts.push(&w_zero);
+                }
+                (
+                    Tensor::concat(&w_parts, 2)?,
+                    Tensor::concat(&[&cols, &ones], 1)?,
+                    vec![self, weight, b],
+                )
+            }
+            Some(b) => return Err(bad_bias(OP, c_out, b)),
+        };
+        let y = w_k
+            .matmul(&cols_k)?
             .reshape(&[c_out, n, l])?
             .permute(&[1, 0, 2])?
             .reshape(&[n, c_out, oh, ow])?;
-        // The bias is added inside this op so that its gradient can be summed
-        // from dY^T, which the weight gradient needs anyway: dY itself then
-        // feeds only that copy and is never stored in NCHW order.
-        let (y, inputs) = match bias {
-            None => (y, vec![self, weight]),
-            Some(b) if b.shape() == [c_out] => (
-                y.add(&b.detach().reshape(&[1, c_out, 1, 1])?)?,
-                vec![self, weight, b],
-            ),
-            Some(b) => return Err(bad_bias(OP, c_out, b)),
-        };
         let has_bias = inputs.len() == 3;
         let weight_shape = weight.shape().to_vec();
         let win_back = win.clone();
@@ -284,12 +299,13 @@ impl Tensor {
                     .reshape(&[n, g, c_out_g, l])?
                     .permute(&[1, 0, 3, 2])?
                     .reshape(&[g, n * l, c_out_g])?;
-                let dw = cols
-                    .matmul(&dy_t)?
+                let dw_k = cols_k.matmul(&dy_t)?;
+                let dw = dw_k
+                    .narrow(1, 0, taps)?
                     .transpose(1, 2)?
                     .reshape(&weight_shape)?;
                 let db = if has_bias {
-                    Some(dy_t.sum(&[1], false)?.reshape(&[g * c_out_g])?)
+                    Some(dw_k.narrow(1, taps, 1)?.reshape(&[g * c_out_g])?)
                 } else {
                     None
                 };
