@@ -853,12 +853,12 @@ mod tests {
             // permute and a slice of a reshape.
             let mut outers: Vec<(Vec<usize>, ViewSpec)> = Vec::new();
             for a in 1..=n {
-                if n % a != 0 {
+                if !n.is_multiple_of(a) {
                     continue;
                 }
                 outers.push((vec![a, n / a], reshape(&[a, n / a])));
                 for b in 1..=n / a {
-                    if (n / a) % b == 0 {
+                    if (n / a).is_multiple_of(b) {
                         let shape = vec![a, b, n / a / b];
                         outers.push((shape.clone(), reshape(&shape)));
                         let (ps, pv) = permuted(&shape, &[2, 0, 1]);
