@@ -1,12 +1,12 @@
 //! `cinder train cnn`, `cinder eval` and `cinder predict`: image
-//! classification with the LeNet-style network.
+//! classification with the LeNet-style network or the small ResNet.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use cinder::cnn::imagefile::load_image;
-use cinder::cnn::models::ModelSpec;
+use cinder::cnn::models::{Arch, ModelSpec};
 use cinder::cnn::report::{format_confusion, EpochRecord};
 use cinder::cnn::train::{evaluate, fit, Observer, RunFiles, Schedule, TrainConfig};
 use cinder::data::{Digits, Mnist, Split};
@@ -23,8 +23,20 @@ pub enum ScheduleArg {
     Cosine,
 }
 
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ArchArg {
+    /// Two 3x3 convolutions with max-pooling, then two linear layers.
+    Lenet,
+    /// The small ResNet: a 3x3 stem and three basic blocks (16, 32, 64
+    /// channels) with batch norm.
+    Resnet,
+}
+
 #[derive(Args)]
 pub struct TrainCnn {
+    /// The network.
+    #[arg(long, value_enum, default_value_t = ArchArg::Lenet)]
+    arch: ArchArg,
     #[arg(long, default_value_t = 15)]
     epochs: usize,
     #[arg(long, default_value_t = 32)]
@@ -61,9 +73,9 @@ pub struct TrainCnn {
 }
 
 /// The data a model of `spec` was trained on: MNIST from `mnist`, or the
-/// bundled digits with their fixed split.
-fn dataset(mnist: Option<&Path>) -> Result<(Split, ModelSpec, &'static str)> {
-    match mnist {
+/// bundled digits with their fixed split; the network `arch` for its images.
+fn dataset(mnist: Option<&Path>, arch: ArchArg) -> Result<(Split, ModelSpec, &'static str)> {
+    let (split, lenet, name) = match mnist {
         Some(dir) => {
             let split = Mnist::load(dir)?;
             let [_, h, w] = split.train.feature_shape[..] else {
@@ -72,14 +84,22 @@ fn dataset(mnist: Option<&Path>) -> Result<(Split, ModelSpec, &'static str)> {
                     "images must have shape [1, rows, cols]",
                 ));
             };
-            Ok((split, ModelSpec::lenet(h, w, Mnist::NUM_CLASSES), "MNIST"))
+            (split, ModelSpec::lenet(h, w, Mnist::NUM_CLASSES), "MNIST")
         }
-        None => Ok((
+        None => (
             Digits::load()?.split_images(),
             ModelSpec::lenet(8, 8, Digits::NUM_CLASSES),
             "bundled digits",
-        )),
-    }
+        ),
+    };
+    let spec = match arch {
+        ArchArg::Lenet => lenet,
+        ArchArg::Resnet => ModelSpec {
+            arch: Arch::ResNet,
+            ..lenet
+        },
+    };
+    Ok((split, spec, name))
 }
 
 struct Bars {
@@ -144,7 +164,7 @@ pub fn train(args: TrainCnn) -> Result<()> {
     let device = Device::new()?;
     device.manual_seed(args.seed);
     println!("adapter: {} ({})", device.adapter_name(), device.backend());
-    let (split, spec, name) = dataset(args.mnist.as_deref())?;
+    let (split, spec, name) = dataset(args.mnist.as_deref(), args.arch)?;
     println!(
         "{name}: {} training and {} held-out images of {:?}",
         split.train.len(),
@@ -241,7 +261,7 @@ fn load_model(device: &Device, checkpoint: &Path) -> Result<(Box<dyn Module>, Mo
 pub fn eval(checkpoint: &Path, mnist: Option<&Path>) -> Result<()> {
     let device = Device::new()?;
     let (mut model, spec) = load_model(&device, checkpoint)?;
-    let (split, data_spec, name) = dataset(mnist)?;
+    let (split, data_spec, name) = dataset(mnist, ArchArg::Lenet)?;
     if data_spec.input_shape() != spec.input_shape() {
         return Err(Error::invalid(
             "eval",

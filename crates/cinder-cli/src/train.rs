@@ -27,8 +27,9 @@ pub enum TrainCommand {
         #[arg(long, default_value = "runs/mlp")]
         out: PathBuf,
     },
-    /// The LeNet-style convolutional network on the bundled digits (or MNIST
-    /// with --mnist DIR), with checkpoints, curves and a confusion matrix.
+    /// A convolutional network (the LeNet-style one, or --arch resnet) on the
+    /// bundled digits (or MNIST with --mnist DIR), with checkpoints, curves
+    /// and a confusion matrix.
     Cnn(crate::cnn::TrainCnn),
 }
 

@@ -148,3 +148,51 @@ fn train_cnn_on_mnist_files_and_resume() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `--arch resnet` trains the small ResNet; the files say so, and `eval`
+/// rebuilds it from them.
+#[test]
+fn train_cnn_resnet_then_eval() {
+    use cinder::data::{write_idx, Mnist};
+    let dir = scratch("resnet");
+    let write = |images: &str, labels: &str, n: usize| {
+        let pixels: Vec<u8> = (0..n * 784).map(|i| ((i * 53) % 241) as u8).collect();
+        let classes: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
+        write_idx(dir.join(images), &[n, 28, 28], &pixels).unwrap_or_else(|e| panic!("{e}"));
+        write_idx(dir.join(labels), &[n], &classes).unwrap_or_else(|e| panic!("{e}"));
+    };
+    write(Mnist::TRAIN_IMAGES, Mnist::TRAIN_LABELS, 32);
+    write(Mnist::TEST_IMAGES, Mnist::TEST_LABELS, 12);
+    let out = dir.join("run");
+    let (ok, stdout, stderr) = cinder(&[
+        "train".as_ref(),
+        "cnn".as_ref(),
+        "--arch".as_ref(),
+        "resnet".as_ref(),
+        "--mnist".as_ref(),
+        dir.as_os_str(),
+        "--epochs".as_ref(),
+        "1".as_ref(),
+        "--batch-size".as_ref(),
+        "16".as_ref(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert!(ok, "{stdout}\n{stderr}");
+    let model = out.join("model.safetensors");
+    let meta = cinder::nn::checkpoint::read_metadata(&model).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(meta.get("cinder.arch").map(String::as_str), Some("resnet"));
+    let (ok, stdout, stderr) = cinder(&[
+        "eval".as_ref(),
+        "--checkpoint".as_ref(),
+        model.as_os_str(),
+        "--mnist".as_ref(),
+        dir.as_os_str(),
+    ]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("accuracy") && stdout.contains("(12 images)"),
+        "{stdout}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
