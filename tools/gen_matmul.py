@@ -7,6 +7,7 @@ generated; edit this script, not the .wgsl files).
 
 The files in shaders/ come from:
   python3 tools/gen_matmul.py portable shaders/matmul.wgsl 32 32
+  python3 tools/gen_matmul.py subgroup shaders/matmul_subgroup_128x64.wgsl 128 8 direct
   python3 tools/gen_matmul.py subgroup shaders/matmul_subgroup_64x64.wgsl 64 8 direct
   python3 tools/gen_matmul.py subgroup shaders/matmul_subgroup_32x32.wgsl 32 4
 

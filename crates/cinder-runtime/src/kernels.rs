@@ -25,26 +25,35 @@ const MATMUL_BLOCK: (usize, usize) = (32, 256);
 /// The fast matmuls where subgroups and 64-bit integers exist: one subgroup
 /// of 8 lanes computes a block of C, A is loaded once and broadcast, loads
 /// fetch two floats at once (see shaders/matmul_subgroup_*.wgsl). The same
-/// generated kernel in two block sizes: 64x64 reuses loads well, 32x32 keeps
-/// narrow products (9 weight taps, 10 classes) from computing mostly padding.
-/// Bigger blocks measured no faster on lavapipe: 128x64 and 64x128 ran
-/// within the machine's noise of 64x64 (matmul at 1024: 15.0-20.3 GFLOP/s
-/// against 14.8-17.6; the CNN step the same) but took 5.8 s each to compile
-/// with Mesa's shader cache empty, against 1.4 s, and a first training step
-/// compiles every block it uses.
+/// generated kernel in three block sizes. 64x64 serves the products of
+/// training steps; 32x32 keeps narrow ones (10 weight taps, 10 classes) from
+/// computing mostly padding. 128x64 reuses loads best and measured faster
+/// on big square products (2048: 15.1-16.1 GFLOP/s against 11.5-15.6 for
+/// 64x64, alternating runs), but takes 5.8 s to compile with Mesa's shader
+/// cache empty, against 1.4 s, and a first training step compiles every
+/// block it uses: it is kept for products of at least 2^29 multiply-adds,
+/// which a convolutional network's layers do not reach.
+const MATMUL_SUBGROUP_128X64: &str = include_str!("../../../shaders/matmul_subgroup_128x64.wgsl");
 const MATMUL_SUBGROUP_64X64: &str = include_str!("../../../shaders/matmul_subgroup_64x64.wgsl");
 const MATMUL_SUBGROUP_32X32: &str = include_str!("../../../shaders/matmul_subgroup_32x32.wgsl");
-/// Biggest (most loads saved per multiply-add) first.
-const SUBGROUP_VARIANTS: [(&str, (usize, usize)); 2] = [
-    (MATMUL_SUBGROUP_64X64, (64, 64)),
-    (MATMUL_SUBGROUP_32X32, (32, 32)),
+/// Biggest (most loads saved per multiply-add) first, each with the fewest
+/// multiply-adds (per batch) for which it is considered.
+const SUBGROUP_VARIANTS: [(&str, (usize, usize), usize); 3] = [
+    (MATMUL_SUBGROUP_128X64, (128, 64), 1 << 29),
+    (MATMUL_SUBGROUP_64X64, (64, 64), 0),
+    (MATMUL_SUBGROUP_32X32, (32, 32), 0),
 ];
 
-/// The subgroup kernel for an `m x n` output: the biggest block whose padded
-/// work is within half again of the least padded choice.
-fn subgroup_variant(m: usize, n: usize) -> (&'static str, (usize, usize)) {
+/// The subgroup kernel for an `m x n x k` product: the biggest block (among
+/// those for its size) whose padded work is within half again of the least
+/// padded choice.
+fn subgroup_variant(m: usize, n: usize, k: usize) -> (&'static str, (usize, usize)) {
     let padded = |(rows, cols): (usize, usize)| m.div_ceil(rows) * rows * n.div_ceil(cols) * cols;
-    let candidates = &SUBGROUP_VARIANTS[..];
+    let candidates: Vec<(&'static str, (usize, usize))> = SUBGROUP_VARIANTS
+        .iter()
+        .filter(|&&(_, _, min_work)| m * n * k >= min_work)
+        .map(|&(source, block, _)| (source, block))
+        .collect();
     let least = candidates
         .iter()
         .map(|&(_, block)| padded(block))
@@ -54,7 +63,7 @@ fn subgroup_variant(m: usize, n: usize) -> (&'static str, (usize, usize)) {
         .iter()
         .copied()
         .find(|&(_, block)| padded(block) * 2 <= least * 3)
-        .unwrap_or(candidates[0])
+        .unwrap_or((MATMUL_SUBGROUP_32X32, (32, 32)))
 }
 
 /// Below this many multiply-adds a tiled kernel's big blocks are mostly
@@ -98,7 +107,7 @@ pub(crate) fn split_k(m: usize, n: usize, k: usize, batch: usize, subgroups: boo
         return 1;
     }
     let (rows, cols) = if subgroups {
-        subgroup_variant(m, n).1
+        subgroup_variant(m, n, k).1
     } else {
         MATMUL_BLOCK
     };
@@ -176,7 +185,7 @@ pub(crate) fn matmul(
             .iter()
             .all(|d| d.is_multiple_of(2));
         constants.push(("ALIGNED".to_string(), aligned as u8 as f64));
-        let (source, block) = subgroup_variant(m, n);
+        let (source, block) = subgroup_variant(m, n, k);
         return MatmulKernel {
             source,
             constants,
@@ -217,7 +226,7 @@ pub(crate) fn optimizer(kind: OptimKind) -> (String, Vec<(String, f64)>, usize, 
 /// epilogues (the small-product kernel, the portable kernel and the 32x32
 /// subgroup block).
 pub(crate) fn fusable(kernel: &MatmulKernel) -> bool {
-    kernel.source != MATMUL_SUBGROUP_64X64
+    kernel.source != MATMUL_SUBGROUP_64X64 && kernel.source != MATMUL_SUBGROUP_128X64
 }
 
 /// `source` (a matmul kernel) with its C-store functions replaced by
@@ -244,6 +253,7 @@ pub fn shader_sources() -> Vec<(&'static str, &'static str)> {
             include_str!("../../../shaders/prelude.wgsl"),
         ),
         ("matmul.wgsl", MATMUL),
+        ("matmul_subgroup_128x64.wgsl", MATMUL_SUBGROUP_128X64),
         ("matmul_subgroup_64x64.wgsl", MATMUL_SUBGROUP_64X64),
         ("matmul_subgroup_32x32.wgsl", MATMUL_SUBGROUP_32X32),
         ("small matmul", SMALL_MATMUL_SRC),

@@ -1743,6 +1743,18 @@ fn matmul_portable_kernel() {
 
 /// Long K with few output blocks runs as split-K: partial products over parts
 /// of K, summed afterwards (parts of uneven count, odd M and N).
+/// Products of at least 2^29 multiply-adds take the biggest block (128x64
+/// on adapters with subgroups): ragged edges, odd K (unpaired loads) and
+/// even K (paired loads).
+#[test]
+fn matmul_big_products() {
+    let mut rng = Rng::named("matmul_big");
+    for (m, k, n) in [(1030, 1003, 520), (1029, 1002, 521)] {
+        assert!(m * k * n >= 1 << 29);
+        matmul_check("big matmul", &mut rng, &[m, k], &[k, n]);
+    }
+}
+
 #[test]
 fn matmul_split_k() {
     let mut rng = Rng::named("matmul_split_k");
