@@ -591,6 +591,19 @@ impl Node {
         Some((merged, src.clone()))
     }
 
+    /// Whether reading this value in row-major order reads what it is made
+    /// of in order: anything but a pending strided view (a transpose, say)
+    /// that a kernel reading a plain buffer would first have to copy.
+    pub fn is_contiguous(&self) -> bool {
+        match &*lock(&self.0.state) {
+            State::Pending {
+                op: Op::View(spec, _),
+                ..
+            } => crate::codegen::is_reshape(spec, &self.0.shape),
+            _ => true,
+        }
+    }
+
     /// A reshape is a view with contiguous strides.
     pub fn reshape(&self, shape: &[usize]) -> Result<Node> {
         if numel(shape) != self.numel() {

@@ -309,15 +309,12 @@ impl Tensor {
                 } else {
                     None
                 };
-                let dy = grad
-                    .reshape(&[n, g, c_out_g, l])?
-                    .permute(&[1, 2, 0, 3])?
-                    .reshape(&[g, c_out_g, n * l])?;
-                let dx = w2
-                    .transpose(1, 2)?
-                    .matmul(&dy)?
-                    .reshape(&[g, c_in_g, kh, kw, n, oh, ow])?
-                    .permute(&[4, 0, 1, 2, 3, 5, 6])?
+                // dcols^T = dY^T @ W: the same dY^T copy, and W as it lies;
+                // the fold reads the transposed columns through a view.
+                let dx = dy_t
+                    .matmul(&w2)?
+                    .reshape(&[g, n, oh, ow, c_in_g, kh, kw])?
+                    .permute(&[1, 0, 4, 5, 6, 2, 3])?
                     .reshape(&[n, g * c_in_g, kh, kw, oh, ow])?
                     .fold2d(&win_back)?;
                 let mut grads = vec![Some(dx), Some(dw)];

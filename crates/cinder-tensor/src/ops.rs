@@ -1087,7 +1087,22 @@ impl Tensor {
                         None
                     },
                     if rb {
-                        Some(a.transpose(-1, -2)?.matmul(g)?.sum_to(b.shape())?)
+                        let a_t = a.transpose(-1, -2)?;
+                        let b_t = b.transpose(-1, -2)?;
+                        // With b a transposed view (Linear's weight.t()),
+                        // (g^T @ a)^T comes back to the weight's own layout
+                        // through that view's gradient, where a^T @ g would
+                        // copy a^T and then the transposed product.
+                        let grad = if a.dims() == 2
+                            && b.dims() == 2
+                            && b_t.node().is_contiguous()
+                            && !a_t.node().is_contiguous()
+                        {
+                            g.transpose(-1, -2)?.matmul(&a)?.transpose(-1, -2)?
+                        } else {
+                            a_t.matmul(g)?.sum_to(b.shape())?
+                        };
+                        Some(grad)
                     } else {
                         None
                     },
