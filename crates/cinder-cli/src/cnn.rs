@@ -73,9 +73,9 @@ pub struct TrainCnn {
 }
 
 /// The data a model of `spec` was trained on: MNIST from `mnist`, or the
-/// bundled digits with their fixed split; the network `arch` for its images.
-fn dataset(mnist: Option<&Path>, arch: ArchArg) -> Result<(Split, ModelSpec, &'static str)> {
-    let (split, lenet, name) = match mnist {
+/// bundled digits with their fixed split (with the LeNet for its images).
+fn dataset(mnist: Option<&Path>) -> Result<(Split, ModelSpec, &'static str)> {
+    Ok(match mnist {
         Some(dir) => {
             let split = Mnist::load(dir)?;
             let [_, h, w] = split.train.feature_shape[..] else {
@@ -91,15 +91,7 @@ fn dataset(mnist: Option<&Path>, arch: ArchArg) -> Result<(Split, ModelSpec, &'s
             ModelSpec::lenet(8, 8, Digits::NUM_CLASSES),
             "bundled digits",
         ),
-    };
-    let spec = match arch {
-        ArchArg::Lenet => lenet,
-        ArchArg::Resnet => ModelSpec {
-            arch: Arch::ResNet,
-            ..lenet
-        },
-    };
-    Ok((split, spec, name))
+    })
 }
 
 struct Bars {
@@ -164,7 +156,14 @@ pub fn train(args: TrainCnn) -> Result<()> {
     let device = Device::new()?;
     device.manual_seed(args.seed);
     println!("adapter: {} ({})", device.adapter_name(), device.backend());
-    let (split, spec, name) = dataset(args.mnist.as_deref(), args.arch)?;
+    let (split, lenet, name) = dataset(args.mnist.as_deref())?;
+    let spec = match args.arch {
+        ArchArg::Lenet => lenet,
+        ArchArg::Resnet => ModelSpec {
+            arch: Arch::ResNet,
+            ..lenet
+        },
+    };
     println!(
         "{name}: {} training and {} held-out images of {:?}",
         split.train.len(),
@@ -261,7 +260,7 @@ fn load_model(device: &Device, checkpoint: &Path) -> Result<(Box<dyn Module>, Mo
 pub fn eval(checkpoint: &Path, mnist: Option<&Path>) -> Result<()> {
     let device = Device::new()?;
     let (mut model, spec) = load_model(&device, checkpoint)?;
-    let (split, data_spec, name) = dataset(mnist, ArchArg::Lenet)?;
+    let (split, data_spec, name) = dataset(mnist)?;
     if data_spec.input_shape() != spec.input_shape() {
         return Err(Error::invalid(
             "eval",

@@ -159,6 +159,39 @@ fn index_preserving(e: &Entry, input: usize, shape: &[usize]) -> bool {
         }
 }
 
+/// The chain of consumers from `start` up to the first materialized entry,
+/// when every link is its predecessor's only consumer, reads it at its own
+/// element (`index_preserving`) and, short of the end, is used once: then
+/// each element of `start` is computed exactly once, in the end's kernel.
+/// The chain excludes `start` and ends with the materialized entry.
+fn one_to_one_chain(
+    entries: &[Entry],
+    consumers: &[Vec<usize>],
+    uses: &[usize],
+    mat: &[bool],
+    synthetic_from: usize,
+    start: usize,
+) -> Option<Vec<usize>> {
+    let mut chain = Vec::new();
+    let mut cur = start;
+    loop {
+        let [next] = consumers[cur][..] else {
+            return None;
+        };
+        if next >= synthetic_from || !index_preserving(&entries[next], cur, &entries[cur].shape) {
+            return None;
+        }
+        chain.push(next);
+        if mat[next] {
+            return Some(chain);
+        }
+        if uses[next] != 1 {
+            return None;
+        }
+        cur = next;
+    }
+}
+
 /// Threads per workgroup of a reduction over `span` elements in `parts`.
 fn reduce_wg(span: usize, parts: usize) -> u32 {
     if codegen::serial_reduce(span, parts) {
@@ -369,20 +402,7 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
         if !matches!(entries[i].kind, Kind::Fold(..)) || mat[i] {
             continue;
         }
-        let mut cur = i;
-        let once = loop {
-            let [c] = consumers[cur][..] else { break false };
-            if c >= synthetic_from || !index_preserving(&entries[c], cur, &entries[cur].shape) {
-                break false;
-            }
-            if mat[c] {
-                break true;
-            }
-            if uses[c] != 1 {
-                break false;
-            }
-            cur = c;
-        };
+        let once = one_to_one_chain(entries, &consumers, &uses, &mat, synthetic_from, i).is_some();
         mat[i] = !once;
     }
 
@@ -400,27 +420,16 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
         {
             continue;
         }
-        let mut chain = Vec::new();
-        let mut cur = m;
-        let end = loop {
-            let [p] = consumers[cur][..] else { break None };
-            if p >= synthetic_from || !index_preserving(&entries[p], cur, &entries[cur].shape) {
-                break None;
-            }
-            chain.push(p);
-            if mat[p] {
-                break Some(p);
-            }
-            if uses[p] != 1 {
-                break None;
-            }
-            cur = p;
+        let Some(chain) = one_to_one_chain(entries, &consumers, &uses, &mat, synthetic_from, m)
+        else {
+            continue;
         };
+        let e = chain[chain.len() - 1];
         // One product per fused kernel: a second one feeding the same entry
         // (the two gradients of x @ x) keeps its own buffer.
         let cheap =
             || matmul_kernel(device, entries, m, 1).is_some_and(|(_, _, k)| kernels::fusable(&k));
-        if let Some(e) = end.filter(|e| !epilogues.contains_key(e) && cheap()) {
+        if !epilogues.contains_key(&e) && cheap() {
             mat[m] = false;
             epilogues.insert(e, (m, chain));
         }

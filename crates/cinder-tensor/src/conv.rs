@@ -304,11 +304,6 @@ impl Tensor {
                     .narrow(1, 0, taps)?
                     .transpose(1, 2)?
                     .reshape(&weight_shape)?;
-                let db = if has_bias {
-                    Some(dw_k.narrow(1, taps, 1)?.reshape(&[g * c_out_g])?)
-                } else {
-                    None
-                };
                 // dcols^T = dY^T @ W: the same dY^T copy, and W as it lies;
                 // the fold reads the transposed columns through a view.
                 let dx = dy_t
@@ -319,7 +314,8 @@ impl Tensor {
                     .fold2d(&win_back)?;
                 let mut grads = vec![Some(dx), Some(dw)];
                 if has_bias {
-                    grads.push(db);
+                    // The product's extra row: dY^T summed against the ones.
+                    grads.push(Some(dw_k.narrow(1, taps, 1)?.reshape(&[g * c_out_g])?));
                 }
                 Ok(grads)
             }),
