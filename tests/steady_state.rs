@@ -46,6 +46,10 @@ fn assert_steady(
             "step {i} created a buffer"
         );
         assert_eq!(
+            now.textures_created, after_first.textures_created,
+            "step {i} created a texture"
+        );
+        assert_eq!(
             now.bytes_allocated, after_first.bytes_allocated,
             "step {i} grew memory"
         );
@@ -109,4 +113,24 @@ fn cnn_training_steps_create_nothing_after_the_first() -> Result<()> {
         .add(Flatten)
         .add(Linear::new(&device, 6 * 4 * 4, 10, true)?);
     assert_steady(&model, |i| batch_of(i, 16, &[1, 8, 8], 10), 100)
+}
+
+/// Products big enough to pack their operands into textures (on a CPU
+/// adapter) reuse the same textures every step.
+#[test]
+fn texture_matmul_steps_create_nothing_after_the_first() -> Result<()> {
+    let _serial = common::serial();
+    let device = common::device();
+    device.manual_seed(3);
+    let before = device.stats().textures_created;
+    let model = Sequential::new()
+        .add(Linear::new(&device, 512, 400, true)?)
+        .add(ReLU)
+        .add(Linear::new(&device, 400, 10, true)?);
+    assert_steady(&model, |i| batch_of(i, 384, &[512], 10), 20)?;
+    assert_eq!(
+        device.stats().textures_created > before,
+        device.texture_matmul()
+    );
+    Ok(())
 }

@@ -11,7 +11,8 @@ use crate::pool::BufferPool;
 static NEXT_DEVICE_ID: AtomicU64 = AtomicU64::new(1);
 
 /// What the environment asks for: `CINDER_BACKEND=vulkan|metal|dx12|gl`,
-/// `CINDER_ADAPTER=<name substring>` and `CINDER_PORTABLE_KERNELS=1`.
+/// `CINDER_ADAPTER=<name substring>`, `CINDER_PORTABLE_KERNELS=1` and
+/// `CINDER_BUFFER_MATMUL=1`.
 #[derive(Clone, Debug, Default)]
 pub struct DeviceOptions {
     pub backend: Option<String>,
@@ -20,16 +21,22 @@ pub struct DeviceOptions {
     /// faster ones would run (`CINDER_PORTABLE_KERNELS=1`); for comparing
     /// kernels and for testing the portable ones on any adapter.
     pub portable_kernels: bool,
+    /// On a CPU adapter, read matmul operands straight from their buffers
+    /// instead of packing them into textures first (`CINDER_BUFFER_MATMUL=1`);
+    /// for comparing the two and for testing the buffer kernels.
+    pub buffer_matmul: bool,
 }
 
 impl DeviceOptions {
     pub fn from_env() -> Self {
         let non_empty = |v: String| if v.trim().is_empty() { None } else { Some(v) };
+        let flag =
+            |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty() && v.trim() != "0");
         DeviceOptions {
             backend: std::env::var("CINDER_BACKEND").ok().and_then(non_empty),
             adapter_name: std::env::var("CINDER_ADAPTER").ok().and_then(non_empty),
-            portable_kernels: std::env::var("CINDER_PORTABLE_KERNELS")
-                .is_ok_and(|v| !v.trim().is_empty() && v.trim() != "0"),
+            portable_kernels: flag("CINDER_PORTABLE_KERNELS"),
+            buffer_matmul: flag("CINDER_BUFFER_MATMUL"),
         }
     }
 
@@ -149,7 +156,11 @@ pub struct Stats {
     pub pipelines_created: u64,
     pub bind_groups_created: u64,
     pub buffers_created: u64,
-    /// Bytes held by live and pooled GPU buffers right now.
+    /// Textures created (the texture matmul's operand textures, one per size
+    /// and operand, kept for reuse).
+    pub textures_created: u64,
+    /// Bytes held by live and pooled GPU buffers and by operand textures
+    /// right now.
     pub bytes_allocated: u64,
     pub submits: u64,
     pub dispatches: u64,
@@ -163,6 +174,7 @@ pub(crate) struct Counters {
     pub pipelines: AtomicU64,
     pub bind_groups: AtomicU64,
     pub buffers: AtomicU64,
+    pub textures: AtomicU64,
     pub bytes: AtomicU64,
     pub submits: AtomicU64,
     pub dispatches: AtomicU64,
@@ -176,6 +188,25 @@ impl Counters {
     }
 }
 
+/// An rgba32float texture that a matmul operand is packed into.
+pub(crate) struct OperandTexture {
+    pub id: u64,
+    pub view: wgpu::TextureView,
+    /// Kept alive by the view, held here for clarity of ownership.
+    _texture: wgpu::Texture,
+}
+
+/// One binding of a bind group: a byte range of a buffer, or a texture.
+pub(crate) enum BindResource<'a> {
+    Buffer {
+        id: u64,
+        offset: u64,
+        size: u64,
+        buffer: &'a wgpu::Buffer,
+    },
+    Texture(&'a OperandTexture),
+}
+
 pub(crate) struct PipelineEntry {
     pub id: u64,
     pub pipeline: wgpu::ComputePipeline,
@@ -187,6 +218,10 @@ pub(crate) struct Caches {
     pub pipelines: HashMap<String, Arc<PipelineEntry>>,
     pub bind_groups: HashMap<Vec<u64>, Arc<wgpu::BindGroup>>,
     pub plans: HashMap<Vec<u64>, Arc<crate::plan::Plan>>,
+    /// Operand textures by (width, height, operand): every matmul of that
+    /// size shares them, since the queue runs one kernel's packing and
+    /// product before the next one's.
+    pub textures: HashMap<(u32, u32, u8), Arc<OperandTexture>>,
     pub next_pipeline_id: u64,
 }
 
@@ -196,6 +231,9 @@ pub(crate) struct DeviceInner {
     pub limits: wgpu::Limits,
     /// Whether matmuls use the subgroup kernels (shaders/matmul_subgroup_*.wgsl).
     pub subgroup_matmul: bool,
+    /// Whether those read their operands from textures where the shapes allow
+    /// (shaders/matmul_texture_*.wgsl).
+    pub texture_matmul: bool,
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
     pub counters: Counters,
@@ -284,7 +322,7 @@ impl Device {
             }
             adapters.sort_by_key(rank);
             if let Some(adapter) = adapters.into_iter().next() {
-                return Device::from_adapter(adapter, options.portable_kernels);
+                return Device::from_adapter(adapter, options);
             }
         }
         Err(Error::NoAdapter {
@@ -292,14 +330,20 @@ impl Device {
         })
     }
 
-    fn from_adapter(adapter: wgpu::Adapter, portable_kernels: bool) -> Result<Device> {
+    fn from_adapter(adapter: wgpu::Adapter, options: &DeviceOptions) -> Result<Device> {
         let info = adapter.get_info();
         // The subgroup matmul broadcasts A across 8 lanes and loads pairs of
         // floats as u64: it needs both features and subgroups of at least 8.
         let subgroup_features = wgpu::Features::SUBGROUP | wgpu::Features::SHADER_INT64;
-        let subgroup_matmul = !portable_kernels
+        let subgroup_matmul = !options.portable_kernels
             && adapter.features().contains(subgroup_features)
             && info.subgroup_min_size >= 8;
+        // A CPU adapter fetches a texel for all lanes at once but loads from a
+        // storage buffer lane by lane (see tools/gen_matmul.py): there, matmul
+        // operands are worth packing into textures. A GPU's caches serve
+        // buffers well, so it keeps the buffer kernels.
+        let texture_matmul =
+            subgroup_matmul && !options.buffer_matmul && info.device_type == wgpu::DeviceType::Cpu;
         // The adapter's real limits, not WebGPU's defaults: large tensors need
         // the full storage-binding size and buffer size the hardware offers.
         let limits = adapter.limits();
@@ -334,6 +378,7 @@ impl Device {
                 info,
                 limits,
                 subgroup_matmul,
+                texture_matmul,
                 device,
                 queue,
                 counters: Counters::default(),
@@ -355,6 +400,12 @@ impl Device {
         format!("{:?}", self.inner.info.backend)
     }
 
+    /// Whether big matmuls pack their operands into textures on this device
+    /// (a CPU adapter with subgroups, unless `CINDER_BUFFER_MATMUL=1`).
+    pub fn texture_matmul(&self) -> bool {
+        self.inner.texture_matmul
+    }
+
     pub fn limits(&self) -> &wgpu::Limits {
         &self.inner.limits
     }
@@ -367,6 +418,7 @@ impl Device {
             pipelines_created: get(&c.pipelines),
             bind_groups_created: get(&c.bind_groups),
             buffers_created: get(&c.buffers),
+            textures_created: get(&c.textures),
             bytes_allocated: get(&c.bytes),
             submits: get(&c.submits),
             dispatches: get(&c.dispatches),
@@ -503,27 +555,41 @@ impl Device {
     pub(crate) fn bind_group(
         &self,
         pipeline: &PipelineEntry,
-        buffers: &[(u64, u64, u64, &wgpu::Buffer)],
+        resources: &[BindResource<'_>],
     ) -> Arc<wgpu::BindGroup> {
-        let mut key = Vec::with_capacity(3 * buffers.len() + 1);
+        // Texture ids count down from the top so they never meet buffer ids.
+        let mut key = Vec::with_capacity(3 * resources.len() + 1);
         key.push(pipeline.id);
-        for (id, offset, size, _) in buffers {
-            key.extend([*id, *offset, *size]);
+        for r in resources {
+            match r {
+                BindResource::Buffer {
+                    id, offset, size, ..
+                } => key.extend([*id, *offset, *size]),
+                BindResource::Texture(t) => key.extend([u64::MAX - t.id, 0, 0]),
+            }
         }
         let mut caches = lock(&self.inner.caches);
         if let Some(bg) = caches.bind_groups.get(&key) {
             return bg.clone();
         }
-        let entries: Vec<wgpu::BindGroupEntry> = buffers
+        let entries: Vec<wgpu::BindGroupEntry> = resources
             .iter()
             .enumerate()
-            .map(|(i, (_, offset, size, b))| wgpu::BindGroupEntry {
+            .map(|(i, r)| wgpu::BindGroupEntry {
                 binding: i as u32,
-                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                    buffer: b,
-                    offset: *offset,
-                    size: std::num::NonZeroU64::new(*size),
-                }),
+                resource: match r {
+                    BindResource::Buffer {
+                        offset,
+                        size,
+                        buffer,
+                        ..
+                    } => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer,
+                        offset: *offset,
+                        size: std::num::NonZeroU64::new(*size),
+                    }),
+                    BindResource::Texture(t) => wgpu::BindingResource::TextureView(&t.view),
+                },
             })
             .collect();
         let bg = Arc::new(
@@ -538,5 +604,48 @@ impl Device {
         Counters::bump(&self.inner.counters.bind_groups, 1);
         caches.bind_groups.insert(key, bg.clone());
         bg
+    }
+
+    /// The rgba32float texture of `width` x `height` texels for matmul
+    /// operand `operand` (0: A, 1: B), created on first use and then shared.
+    pub(crate) fn operand_texture(
+        &self,
+        width: u32,
+        height: u32,
+        operand: u8,
+    ) -> Arc<OperandTexture> {
+        let mut caches = lock(&self.inner.caches);
+        if let Some(t) = caches.textures.get(&(width, height, operand)) {
+            return t.clone();
+        }
+        let texture = self.inner.device.create_texture(&wgpu::TextureDescriptor {
+            label: Some("matmul operand"),
+            size: wgpu::Extent3d {
+                width,
+                height,
+                depth_or_array_layers: 1,
+            },
+            mip_level_count: 1,
+            sample_count: 1,
+            dimension: wgpu::TextureDimension::D2,
+            format: wgpu::TextureFormat::Rgba32Float,
+            usage: wgpu::TextureUsages::STORAGE_BINDING | wgpu::TextureUsages::TEXTURE_BINDING,
+            view_formats: &[],
+        });
+        let view = texture.create_view(&wgpu::TextureViewDescriptor::default());
+        Counters::bump(&self.inner.counters.textures, 1);
+        Counters::bump(
+            &self.inner.counters.bytes,
+            16 * width as u64 * height as u64,
+        );
+        let entry = Arc::new(OperandTexture {
+            id: caches.textures.len() as u64 + 1,
+            view,
+            _texture: texture,
+        });
+        caches
+            .textures
+            .insert((width, height, operand), entry.clone());
+        entry
     }
 }

@@ -11,10 +11,54 @@ pub(crate) struct MatmulKernel {
     pub constants: Vec<(String, f64)>,
     /// M, N, K, the A, B, C batch strides (0 = broadcast) and the row
     /// strides of A and B, read by the kernel from its last binding so one
-    /// pipeline serves every shape.
+    /// pipeline serves every shape (the texture kernels read the first three).
     pub dims: Vec<u32>,
     pub workgroups: (u32, u32, u32),
+    /// For the texture kernels: how A and B are packed into their textures.
+    pub packs: Option<[OperandPack; 2]>,
 }
+
+/// How one matmul operand is packed into an rgba32float texture
+/// (shaders/pack_texture.wgsl).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct OperandPack {
+    pub rows: usize,
+    pub cols: usize,
+    /// Elements between rows in the operand's buffer.
+    pub row_stride: usize,
+    /// The texture's size in texels: `cols` rounded up to texels, and `rows`
+    /// or more (B's rows are padded to a multiple of 4 with zeros).
+    pub width: u32,
+    pub height: u32,
+}
+
+impl OperandPack {
+    fn new(rows: usize, cols: usize, padded_rows: usize) -> OperandPack {
+        OperandPack {
+            rows,
+            cols,
+            row_stride: cols,
+            width: cols.div_ceil(4) as u32,
+            height: padded_rows as u32,
+        }
+    }
+
+    /// The five words the pack kernel reads.
+    pub fn dims(&self) -> Vec<u32> {
+        vec![
+            self.rows as u32,
+            self.cols as u32,
+            self.row_stride as u32,
+            self.width,
+            self.height,
+        ]
+    }
+}
+
+/// Packs a matmul operand into its texture, one texel per invocation.
+pub(crate) const PACK_TEXTURE: &str = include_str!("../../../shaders/pack_texture.wgsl");
+/// The pack kernel's workgroup: 8 x 8 texels.
+pub(crate) const PACK_TEXTURE_WG: u32 = 8;
 
 /// Register-tiled matmul needing no device features: 8 invocations per
 /// workgroup, each computing a 32x32 block of C with vec4 accumulators (see
@@ -36,23 +80,57 @@ const MATMUL_BLOCK: (usize, usize) = (32, 256);
 const MATMUL_SUBGROUP_128X64: &str = include_str!("../../../shaders/matmul_subgroup_128x64.wgsl");
 const MATMUL_SUBGROUP_64X64: &str = include_str!("../../../shaders/matmul_subgroup_64x64.wgsl");
 const MATMUL_SUBGROUP_32X32: &str = include_str!("../../../shaders/matmul_subgroup_32x32.wgsl");
-/// Biggest (most loads saved per multiply-add) first, each with the fewest
-/// multiply-adds (per batch) for which it is considered.
-const SUBGROUP_VARIANTS: [(&str, (usize, usize), usize); 3] = [
-    (MATMUL_SUBGROUP_128X64, (128, 64), 1 << 29),
-    (MATMUL_SUBGROUP_64X64, (64, 64), 0),
-    (MATMUL_SUBGROUP_32X32, (32, 32), 0),
+/// The same blocks reading A and B from textures (see
+/// shaders/matmul_texture_*.wgsl and [`OperandPack`]): on a CPU adapter a
+/// texel fetch serves all lanes at once.
+/// Only the big blocks have one: a product that pays for packing (see
+/// [`TEXTURE_MIN_REUSE`]) is at least 320 on each side, where 32x32 blocks
+/// are never chosen.
+const MATMUL_TEXTURE_128X64: &str = include_str!("../../../shaders/matmul_texture_128x64.wgsl");
+const MATMUL_TEXTURE_64X64: &str = include_str!("../../../shaders/matmul_texture_64x64.wgsl");
+/// One block size of the subgroup kernel.
+struct SubgroupVariant {
+    buffer_source: &'static str,
+    /// The same block reading its operands from textures, where there is one.
+    texture_source: Option<&'static str>,
+    /// Rows and columns of C per workgroup.
+    block: (usize, usize),
+    /// The fewest multiply-adds (per batch) for which it is considered.
+    min_work: usize,
+}
+
+/// Biggest (most loads saved per multiply-add) first.
+const SUBGROUP_VARIANTS: [SubgroupVariant; 3] = [
+    SubgroupVariant {
+        buffer_source: MATMUL_SUBGROUP_128X64,
+        texture_source: Some(MATMUL_TEXTURE_128X64),
+        block: (128, 64),
+        min_work: 1 << 29,
+    },
+    SubgroupVariant {
+        buffer_source: MATMUL_SUBGROUP_64X64,
+        texture_source: Some(MATMUL_TEXTURE_64X64),
+        block: (64, 64),
+        min_work: 0,
+    },
+    SubgroupVariant {
+        buffer_source: MATMUL_SUBGROUP_32X32,
+        texture_source: None,
+        block: (32, 32),
+        min_work: 0,
+    },
 ];
 
-/// The subgroup kernel for an `m x n x k` product: the biggest block (among
-/// those for its size) whose padded work is within half again of the least
-/// padded choice.
-fn subgroup_variant(m: usize, n: usize, k: usize) -> (&'static str, (usize, usize)) {
+/// The subgroup kernel for an `m x n x k` product, as its index in
+/// [`SUBGROUP_VARIANTS`]: the biggest block (among those for its size) whose
+/// padded work is within half again of the least padded choice.
+fn subgroup_variant(m: usize, n: usize, k: usize) -> usize {
     let padded = |(rows, cols): (usize, usize)| m.div_ceil(rows) * rows * n.div_ceil(cols) * cols;
-    let candidates: Vec<(&'static str, (usize, usize))> = SUBGROUP_VARIANTS
+    let candidates: Vec<(usize, (usize, usize))> = SUBGROUP_VARIANTS
         .iter()
-        .filter(|&&(_, _, min_work)| m * n * k >= min_work)
-        .map(|&(source, block, _)| (source, block))
+        .enumerate()
+        .filter(|(_, variant)| m * n * k >= variant.min_work)
+        .map(|(v, variant)| (v, variant.block))
         .collect();
     let least = candidates
         .iter()
@@ -61,9 +139,8 @@ fn subgroup_variant(m: usize, n: usize, k: usize) -> (&'static str, (usize, usiz
         .unwrap_or(usize::MAX);
     candidates
         .iter()
-        .copied()
-        .find(|&(_, block)| padded(block) * 2 <= least * 3)
-        .unwrap_or((MATMUL_SUBGROUP_32X32, (32, 32)))
+        .find(|&&(_, block)| padded(block) * 2 <= least * 3)
+        .map_or(SUBGROUP_VARIANTS.len() - 1, |&(v, _)| v)
 }
 
 /// Below this many multiply-adds a tiled kernel's big blocks are mostly
@@ -97,6 +174,16 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 ";
 
+/// An `m x n x k` product packs `k * (m + n)` elements and runs `m * n * k`
+/// multiply-adds: the texture kernel is used when `m * n / (m + n)` (the
+/// multiply-adds per packed element) is at least this. Measured on lavapipe
+/// in a CNN training step: packing costs about 4.4 ns per element and the
+/// texture kernel saves about 0.05 ns per multiply-add (conv2d's 12544x288x64
+/// input gradient went from 41 to 23 ms, its 64x12544x290 forward product
+/// from 34 to 23 ms, but packing its 3.6M-element input took 15 ms), so the
+/// break-even is near 90; 160 leaves room for each pack's dispatch.
+const TEXTURE_MIN_REUSE: usize = 160;
+
 /// Into how many parts to split a product's K: a long-K product with few
 /// output blocks (a weight gradient, say) would otherwise run on a handful
 /// of workgroups while the other cores idle. Each part is one batch of the
@@ -107,7 +194,7 @@ pub(crate) fn split_k(m: usize, n: usize, k: usize, batch: usize, subgroups: boo
         return 1;
     }
     let (rows, cols) = if subgroups {
-        subgroup_variant(m, n, k).1
+        SUBGROUP_VARIANTS[subgroup_variant(m, n, k)].block
     } else {
         MATMUL_BLOCK
     };
@@ -129,13 +216,15 @@ const SPLIT_K_MIN_LEN: usize = 256;
 /// The kernel for `a @ b` (row-major, batch dims already flattened to one),
 /// in `split` parts along K (see [`split_k`]; the parts land in consecutive
 /// `m x n` blocks of the output). `subgroups` says whether the device offers
-/// the subgroup kernel.
+/// the subgroup kernel; `textures`, the biggest texture side where the
+/// device packs operands into textures.
 pub(crate) fn matmul(
     a: &[usize],
     b: &[usize],
     a_batched: bool,
     b_batched: bool,
     subgroups: bool,
+    textures: Option<u32>,
     split: usize,
 ) -> MatmulKernel {
     let (m, k) = (a[a.len() - 2], a[a.len() - 1]);
@@ -176,6 +265,7 @@ pub(crate) fn matmul(
             constants: vec![],
             dims,
             workgroups: grid((8, 8)),
+            packs: None,
         };
     }
     let c_vec4 = n.is_multiple_of(4) && stride_c.is_multiple_of(4);
@@ -184,13 +274,40 @@ pub(crate) fn matmul(
         let aligned = [loop_k, n, k, stride_a, stride_b]
             .iter()
             .all(|d| d.is_multiple_of(2));
+        let variant = &SUBGROUP_VARIANTS[subgroup_variant(m, n, k)];
+        let block = variant.block;
+        // Textures have no batch dimension here (nor split-K's parts, which
+        // products big enough to pay for packing never need), and each side
+        // must fit the adapter's texture size.
+        let k_padded = k.next_multiple_of(4);
+        let fits = |max: u32| {
+            [m, k.div_ceil(4), n.div_ceil(4), k_padded]
+                .iter()
+                .all(|&d| d <= max as usize)
+        };
+        // Packing costs per element of A and B, the texture kernel saves per
+        // multiply-add: it pays when each packed element takes part in enough
+        // of them.
+        let pays = m * n >= TEXTURE_MIN_REUSE * (m + n);
+        let texture_source = variant.texture_source.filter(|_| {
+            textures.is_some_and(|max| !a_batched && !b_batched && split == 1 && pays && fits(max))
+        });
+        if let Some(source) = texture_source {
+            return MatmulKernel {
+                source,
+                constants,
+                dims,
+                workgroups: grid(block),
+                packs: Some([OperandPack::new(m, k, m), OperandPack::new(k, n, k_padded)]),
+            };
+        }
         constants.push(("ALIGNED".to_string(), aligned as u8 as f64));
-        let (source, block) = subgroup_variant(m, n, k);
         return MatmulKernel {
-            source,
+            source: variant.buffer_source,
             constants,
             dims,
             workgroups: grid(block),
+            packs: None,
         };
     }
     MatmulKernel {
@@ -198,6 +315,7 @@ pub(crate) fn matmul(
         constants,
         dims,
         workgroups: grid(MATMUL_BLOCK),
+        packs: None,
     }
 }
 
@@ -226,7 +344,13 @@ pub(crate) fn optimizer(kind: OptimKind) -> (String, Vec<(String, f64)>, usize, 
 /// epilogues (the small-product kernel, the portable kernel and the 32x32
 /// subgroup block).
 pub(crate) fn fusable(kernel: &MatmulKernel) -> bool {
-    kernel.source != MATMUL_SUBGROUP_64X64 && kernel.source != MATMUL_SUBGROUP_128X64
+    ![
+        MATMUL_SUBGROUP_64X64,
+        MATMUL_SUBGROUP_128X64,
+        MATMUL_TEXTURE_64X64,
+        MATMUL_TEXTURE_128X64,
+    ]
+    .contains(&kernel.source)
 }
 
 /// `source` (a matmul kernel) with its C-store functions replaced by
@@ -256,6 +380,9 @@ pub fn shader_sources() -> Vec<(&'static str, &'static str)> {
         ("matmul_subgroup_128x64.wgsl", MATMUL_SUBGROUP_128X64),
         ("matmul_subgroup_64x64.wgsl", MATMUL_SUBGROUP_64X64),
         ("matmul_subgroup_32x32.wgsl", MATMUL_SUBGROUP_32X32),
+        ("matmul_texture_128x64.wgsl", MATMUL_TEXTURE_128X64),
+        ("matmul_texture_64x64.wgsl", MATMUL_TEXTURE_64X64),
+        ("pack_texture.wgsl", PACK_TEXTURE),
         ("small matmul", SMALL_MATMUL_SRC),
     ]
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::canon::{canonicalize, Bindings, Canon, CanonEffect, Effect, Entry, Kind};
 use crate::codegen::{self, Generated, ELEMENTWISE_WG};
-use crate::device::{lock, Counters, Device, PipelineEntry};
+use crate::device::{lock, BindResource, Counters, Device, OperandTexture, PipelineEntry};
 use crate::error::{Error, Result};
 use crate::graph::ReduceOp;
 use crate::graph::{numel, Node};
@@ -53,6 +53,8 @@ struct Step {
     /// What the kernel computes, for `CINDER_PROFILE` output.
     label: String,
     pipeline: Arc<PipelineEntry>,
+    /// Bound first (a texture matmul's operands, a pack kernel's target).
+    textures: Vec<Arc<OperandTexture>>,
     bindings: Vec<Binding>,
     scalars: Option<(Storage, ScalarSource)>,
     /// Bound after the scalars (a fused matmul epilogue's inputs).
@@ -61,21 +63,35 @@ struct Step {
 }
 
 impl Step {
-    /// Binds this step's buffers (its bindings, then its scalars, then a
-    /// fused epilogue's inputs: the binding order its kernel declares) and
-    /// records its dispatch.
+    /// Binds this step's resources (its textures, its bindings, then its
+    /// scalars, then a fused epilogue's inputs: the binding order its kernel
+    /// declares) and records its dispatch.
     fn dispatch(&self, device: &Device, storages: &[Storage], pass: &mut wgpu::ComputePass<'_>) {
         let range = |b: &Binding| {
             let s = &storages[b.resource];
-            (s.id(), b.offset, b.size, s.buffer())
+            BindResource::Buffer {
+                id: s.id(),
+                offset: b.offset,
+                size: b.size,
+                buffer: s.buffer(),
+            }
         };
-        let mut bufs: Vec<(u64, u64, u64, &wgpu::Buffer)> =
-            self.bindings.iter().map(range).collect();
+        let mut resources: Vec<BindResource<'_>> = self
+            .textures
+            .iter()
+            .map(|t| BindResource::Texture(t))
+            .collect();
+        resources.extend(self.bindings.iter().map(range));
         if let Some((s, _)) = &self.scalars {
-            bufs.push((s.id(), 0, s.size_bytes(), s.buffer()));
+            resources.push(BindResource::Buffer {
+                id: s.id(),
+                offset: 0,
+                size: s.size_bytes(),
+                buffer: s.buffer(),
+            });
         }
-        bufs.extend(self.extra_bindings.iter().map(range));
-        let bg = device.bind_group(&self.pipeline, &bufs);
+        resources.extend(self.extra_bindings.iter().map(range));
+        let bg = device.bind_group(&self.pipeline, &resources);
         pass.set_pipeline(&self.pipeline.pipeline);
         pass.set_bind_group(0, Some(bg.as_ref()), &[]);
         let (x, y, z) = self.workgroups;
@@ -135,6 +151,14 @@ fn matmul_kernel(
         a_batched,
         b_batched,
         device.inner.subgroup_matmul,
+        // A pack kernel dispatches one workgroup row per texture row.
+        device.inner.texture_matmul.then_some(
+            device
+                .inner
+                .limits
+                .max_texture_dimension_2d
+                .min(device.inner.limits.max_compute_workgroups_per_dimension),
+        ),
         parts,
     );
     Some((a, b, kernel))
@@ -464,6 +488,8 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
         hand_written: bool,
         /// Inputs of a fused matmul epilogue, bound after the scalars.
         epilogue_inputs: usize,
+        /// A texture matmul packs its two inputs into textures first.
+        packs: Option<[kernels::OperandPack; 2]>,
     }
     let mut pending: Vec<Pending> = Vec::new();
     let operand_buffers = |a: usize, b: usize| -> Result<(usize, usize)> {
@@ -508,11 +534,13 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
                 workgroups: Some(k.workgroups),
                 hand_written: true,
                 epilogue_inputs: epilogue.inputs.len(),
+                packs: k.packs,
             });
             continue;
         }
         let mut workgroups = None;
         let mut matmul_dims = None;
+        let mut packs = None;
         let (generated, label, wg, constants) = match &entries[i].kind {
             Kind::Reduce { op, axes, input } => match split.get(&i) {
                 None => (
@@ -537,6 +565,7 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
                         workgroups: None,
                         hand_written: false,
                         epilogue_inputs: 0,
+                        packs: None,
                     });
                     (
                         codegen::reduce(entries, &matf, chunk, combine, i, *op, &[1], partial, 1),
@@ -560,6 +589,7 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
                 if parts == 1 {
                     workgroups = Some(k.workgroups);
                     matmul_dims = Some(k.dims);
+                    packs = k.packs;
                     (generated, "matmul".to_string(), 1, k.constants)
                 } else {
                     pending.push(Pending {
@@ -572,6 +602,7 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
                         workgroups: Some(k.workgroups),
                         hand_written: true,
                         epilogue_inputs: 0,
+                        packs: k.packs,
                     });
                     (
                         codegen::reduce(
@@ -613,6 +644,7 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
             epilogue_inputs: 0,
             hand_written: workgroups.is_some(),
             workgroups,
+            packs,
         });
     }
 
@@ -673,6 +705,7 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
                         workgroups: None,
                         hand_written: true,
                         epilogue_inputs: 0,
+                        packs: None,
                     },
                     ei,
                 ));
@@ -699,6 +732,7 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
                         workgroups: None,
                         hand_written: false,
                         epilogue_inputs: 0,
+                        packs: None,
                     },
                     ei,
                 ));
@@ -813,6 +847,7 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
         };
         let mut bindings = Vec::new();
         let mut extra_bindings = Vec::new();
+        let mut textures = Vec::new();
         let is_optim = matches!(p.scalars, Some(ScalarSource::Hyper { .. }));
         let hand_written = is_optim || p.hand_written;
         if is_optim {
@@ -825,10 +860,44 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
             // The subgroup matmul reads A and B as u64 pairs: bind whole
             // 16-byte blocks (every buffer is allocated in them).
             let own = p.generated.inputs.len() - p.epilogue_inputs;
-            for &i in &p.generated.inputs[..own] {
+            let padded_whole = |i: usize| -> Result<Binding> {
                 let mut input = whole(i)?;
                 input.size = padded_size(input.size);
-                bindings.push(input);
+                Ok(input)
+            };
+            match &p.packs {
+                None => {
+                    for &i in &p.generated.inputs[..own] {
+                        bindings.push(padded_whole(i)?);
+                    }
+                }
+                Some(packs) => {
+                    // Each operand is packed into its texture by a step of
+                    // its own, just before the product.
+                    let pack = device.pipeline("pack operand", kernels::PACK_TEXTURE, &[])?;
+                    for (operand, (layout, &i)) in packs.iter().zip(&p.generated.inputs).enumerate()
+                    {
+                        let texture =
+                            device.operand_texture(layout.width, layout.height, operand as u8);
+                        steps.push(Step {
+                            label: format!("pack {} {:?}", ["A", "B"][operand], entries[i].shape),
+                            pipeline: pack.clone(),
+                            textures: vec![texture.clone()],
+                            bindings: vec![padded_whole(i)?],
+                            scalars: Some((
+                                words_storage(device, &layout.dims())?,
+                                ScalarSource::Words(layout.dims()),
+                            )),
+                            extra_bindings: Vec::new(),
+                            workgroups: (
+                                layout.width.div_ceil(kernels::PACK_TEXTURE_WG),
+                                layout.height.div_ceil(kernels::PACK_TEXTURE_WG),
+                                1,
+                            ),
+                        });
+                        textures.push(texture);
+                    }
+                }
             }
             for &i in &p.generated.inputs[own..] {
                 extra_bindings.extend(chunked(i)?);
@@ -872,14 +941,10 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
                         4 * (*hyper_len as u64 + 1)
                     }
                 };
-                let storage = device.alloc(len, BufferKind::Scalars, None)?;
-                if let ScalarSource::Words(words) = src {
-                    device.inner.queue.write_buffer(
-                        storage.buffer(),
-                        0,
-                        bytemuck::cast_slice(words),
-                    );
-                }
+                let storage = match src {
+                    ScalarSource::Words(words) => words_storage(device, words)?,
+                    _ => device.alloc(len, BufferKind::Scalars, None)?,
+                };
                 let src = match src {
                     ScalarSource::Seeds(s) => ScalarSource::Seeds(s.clone()),
                     ScalarSource::Words(w) => ScalarSource::Words(w.clone()),
@@ -897,6 +962,7 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
         };
         steps.push(Step {
             label: format!("{} -> {:?}", p.label, entries[p.output].shape),
+            textures,
             extra_bindings,
             pipeline,
             bindings,
@@ -924,6 +990,16 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
         written,
         last_ids: Mutex::new(vec![None; count]),
     })
+}
+
+/// A scalars buffer holding these fixed words (a kernel's shape).
+fn words_storage(device: &Device, words: &[u32]) -> Result<Storage> {
+    let storage = device.alloc(4 * words.len() as u64, BufferKind::Scalars, None)?;
+    device
+        .inner
+        .queue
+        .write_buffer(storage.buffer(), 0, bytemuck::cast_slice(words));
+    Ok(storage)
 }
 
 /// A constant's bit pattern as the kernel reads it from the scalars buffer.

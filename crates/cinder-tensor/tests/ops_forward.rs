@@ -1755,10 +1755,57 @@ fn matmul_big_products() {
     }
 }
 
+/// Products big enough to pack their operands into textures (on a CPU
+/// adapter) with every tail: K not a multiple of 4, M and N off the 64-wide
+/// blocks, rows of C on and off a vec4.
+#[test]
+fn matmul_texture_operands() {
+    let mut rng = Rng::named("matmul_texture");
+    let before = device().stats().textures_created;
+    for (m, k, n) in [(333, 1001, 517), (385, 70, 388), (640, 3, 321)] {
+        matmul_check("texture matmul", &mut rng, &[m, k], &[k, n]);
+    }
+    let created = device().stats().textures_created - before;
+    assert_eq!(
+        created > 0,
+        device().texture_matmul(),
+        "{created} operand textures created"
+    );
+}
+
+/// The kernels that read operands from buffers, forced on a second device:
+/// on a CPU adapter the default device packs big products into textures.
+#[test]
+fn matmul_buffer_kernels() {
+    let buffers = ok(
+        "buffer-matmul device",
+        cinder_tensor::Device::with_options(&cinder_tensor::runtime::DeviceOptions {
+            buffer_matmul: true,
+            ..cinder_tensor::runtime::DeviceOptions::from_env()
+        }),
+    );
+    assert!(!buffers.texture_matmul());
+    let mut rng = Rng::named("matmul_buffer");
+    for (m, k, n) in [(1030, 1003, 520), (333, 1001, 517), (385, 70, 388)] {
+        let a = rng.vec(m * k, -1.0, 1.0);
+        let b = rng.vec(k * n, -1.0, 1.0);
+        let (aa, ab) = (Arr::from_f32(&a, &[m, k]), Arr::from_f32(&b, &[k, n]));
+        let ta = ok("a", Tensor::from_slice(&buffers, &a, &[m, k]));
+        let tb = ok("b", Tensor::from_slice(&buffers, &b, &[k, n]));
+        check_scaled(
+            &format!("buffer matmul [{m}, {k}] @ [{k}, {n}]"),
+            &ok("matmul", ta.matmul(&tb)),
+            &aa.matmul(&ab),
+            &aa.abs().matmul(&ab.abs()),
+        );
+    }
+    assert_eq!(buffers.stats().textures_created, 0);
+}
+
 #[test]
 fn matmul_split_k() {
     let mut rng = Rng::named("matmul_split_k");
-    for (m, k, n) in [(9, 4096, 33), (17, 3000, 10), (3, 2052, 5)] {
+    for (m, k, n) in [(9, 4096, 33), (17, 3000, 10), (3, 2052, 5), (64, 1500, 64)] {
         matmul_check("split-K matmul", &mut rng, &[m, k], &[k, n]);
     }
 }
