@@ -123,11 +123,13 @@ fn texture_matmul_steps_create_nothing_after_the_first() -> Result<()> {
     let device = common::device();
     device.manual_seed(3);
     let before = device.stats().textures_created;
+    // 1024 x 512 x 512: each of the first layer's three products is 2^28
+    // multiply-adds, the least that takes the texture kernel.
     let model = Sequential::new()
-        .add(Linear::new(&device, 512, 400, true)?)
+        .add(Linear::new(&device, 512, 512, true)?)
         .add(ReLU)
-        .add(Linear::new(&device, 400, 10, true)?);
-    assert_steady(&model, |i| batch_of(i, 384, &[512], 10), 20)?;
+        .add(Linear::new(&device, 512, 10, true)?);
+    assert_steady(&model, |i| batch_of(i, 1024, &[512], 10), 8)?;
     assert_eq!(
         device.stats().textures_created > before,
         device.texture_matmul()

@@ -184,6 +184,14 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 /// break-even is near 90; 160 leaves room for each pack's dispatch.
 const TEXTURE_MIN_REUSE: usize = 160;
 
+/// The texture kernels are a second set of big compiles (1.6 s for 64x64
+/// with Mesa's shader cache empty), paid by the first run of a plan that
+/// uses them. Products under this many multiply-adds keep the buffer
+/// kernels: a CNN's layers (at most 2.3e8 in `cinder bench cnn`) gained 4%
+/// per step from textures (medians 278 against 290 ms over five alternating
+/// runs) but its first step went from about 4.8 to 6.4 s.
+const TEXTURE_MIN_WORK: usize = 1 << 28;
+
 /// Into how many parts to split a product's K: a long-K product with few
 /// output blocks (a weight gradient, say) would otherwise run on a handful
 /// of workgroups while the other cores idle. Each part is one batch of the
@@ -288,7 +296,7 @@ pub(crate) fn matmul(
         // Packing costs per element of A and B, the texture kernel saves per
         // multiply-add: it pays when each packed element takes part in enough
         // of them.
-        let pays = m * n >= TEXTURE_MIN_REUSE * (m + n);
+        let pays = m * n >= TEXTURE_MIN_REUSE * (m + n) && m * n * k >= TEXTURE_MIN_WORK;
         let texture_source = variant.texture_source.filter(|_| {
             textures.is_some_and(|max| !a_batched && !b_batched && split == 1 && pays && fits(max))
         });

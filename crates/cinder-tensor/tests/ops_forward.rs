@@ -1756,13 +1756,15 @@ fn matmul_big_products() {
 }
 
 /// Products big enough to pack their operands into textures (on a CPU
-/// adapter) with every tail: K not a multiple of 4, M and N off the 64-wide
-/// blocks, rows of C on and off a vec4.
+/// adapter) with tails: K not a multiple of 4, M and N off the 64-wide
+/// blocks, rows of C on and off a vec4. (`matmul_big_products` covers the
+/// 128x64 block.)
 #[test]
 fn matmul_texture_operands() {
     let mut rng = Rng::named("matmul_texture");
     let before = device().stats().textures_created;
-    for (m, k, n) in [(333, 1001, 517), (385, 70, 388), (640, 3, 321)] {
+    for (m, k, n) in [(641, 1001, 517), (1030, 70, 3900)] {
+        assert!(m * k * n >= 1 << 28 && m * k * n < 1 << 29);
         matmul_check("texture matmul", &mut rng, &[m, k], &[k, n]);
     }
     let created = device().stats().textures_created - before;
@@ -1786,7 +1788,7 @@ fn matmul_buffer_kernels() {
     );
     assert!(!buffers.texture_matmul());
     let mut rng = Rng::named("matmul_buffer");
-    for (m, k, n) in [(1030, 1003, 520), (333, 1001, 517), (385, 70, 388)] {
+    for (m, k, n) in [(1030, 1003, 520), (641, 1001, 517), (1030, 70, 3900)] {
         let a = rng.vec(m * k, -1.0, 1.0);
         let b = rng.vec(k * n, -1.0, 1.0);
         let (aa, ab) = (Arr::from_f32(&a, &[m, k]), Arr::from_f32(&b, &[k, n]));
