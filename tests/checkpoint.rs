@@ -134,6 +134,16 @@ fn mismatches_are_listed_and_change_nothing() -> Result<()> {
         err.contains("junk.safetensors") && err.contains("not a safetensors file"),
         "{err}"
     );
+    // A torch.save file that is cut short: a ZIP header and nothing else.
+    std::fs::write(dir.join("cut.pt"), b"PK\x03\x04 and then nothing").expect("write");
+    let err = load(dir.join("cut.pt"), &other)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("cut.pt") && err.contains("not a readable PyTorch file"),
+        "{err}"
+    );
     let err = load(dir.join("missing.safetensors"), &other)
         .err()
         .map(|e| e.to_string())

@@ -71,11 +71,13 @@ fn assert_close(what: &str, got: &[f32], want: &[f32], rtol: f32, atol: f32) {
     );
 }
 
-fn check_network(name: &str, spec: ModelSpec) -> Result<()> {
+/// Loads `file` (a state_dict PyTorch wrote for network `name`) and checks
+/// the network against what PyTorch computed with it.
+fn check_network(name: &str, file: &str, spec: ModelSpec) -> Result<()> {
     let device = common::device();
     let mut model = spec.build(&device)?;
     // Exactly the file PyTorch wrote: int64 counters and all.
-    checkpoint::load(fixture(&format!("{name}.safetensors")), &*model)?;
+    checkpoint::load(fixture(file), &*model)?;
     let expected = read_all(&fixture(&format!("{name}_expected.safetensors")));
     let get = |key: &str| -> &(Vec<usize>, Vec<f32>) {
         expected
@@ -152,10 +154,43 @@ fn check_network(name: &str, spec: ModelSpec) -> Result<()> {
 
 #[test]
 fn pytorch_lenet_state_dict_gives_pytorch_outputs_and_gradients() -> Result<()> {
-    check_network("torch_lenet", ModelSpec::lenet(8, 8, 10))
+    let spec = ModelSpec::lenet(8, 8, 10);
+    check_network("torch_lenet", "torch_lenet.safetensors", spec)
 }
 
 #[test]
 fn pytorch_resnet_state_dict_gives_pytorch_outputs_gradients_and_statistics() -> Result<()> {
-    check_network("torch_resnet", ModelSpec::resnet(12, 12, 10))
+    let spec = ModelSpec::resnet(12, 12, 10);
+    check_network("torch_resnet", "torch_resnet.safetensors", spec)
+}
+
+/// `torch.save(model.state_dict(), "torch_lenet.pt")`, read as it is.
+#[test]
+fn pytorch_pt_file_loads_directly() -> Result<()> {
+    check_network("torch_lenet", "torch_lenet.pt", ModelSpec::lenet(8, 8, 10))
+}
+
+/// `torch.save({"model": model.state_dict(), "epoch": 3}, "torch_resnet.pt")`:
+/// the state_dict under a key, next to a value that is not a tensor.
+#[test]
+fn pytorch_pt_file_with_the_state_dict_under_a_key_loads() -> Result<()> {
+    check_network(
+        "torch_resnet",
+        "torch_resnet.pt",
+        ModelSpec::resnet(12, 12, 10),
+    )
+}
+
+/// A PyTorch file for another network is refused with every mismatch named.
+#[test]
+fn pytorch_pt_file_for_another_network_is_refused() -> Result<()> {
+    let device = common::device();
+    let model = ModelSpec::lenet(8, 8, 10).build(&device)?;
+    let err = checkpoint::load(fixture("torch_resnet.pt"), &*model)
+        .expect_err("a ResNet's state_dict loaded into a LeNet")
+        .to_string();
+    assert!(err.contains("torch_resnet.pt"), "{err}");
+    assert!(err.contains("missing tensor"), "{err}");
+    assert!(err.contains("unexpected tensor"), "{err}");
+    Ok(())
 }

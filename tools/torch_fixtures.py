@@ -11,6 +11,9 @@ For each network NAME it writes:
   mode (so batch-norm statistics and num_batches_tracked are not their
   initial values), saved with `safetensors.torch.save_file`, the way a user
   exports a PyTorch model for cinder.
+- NAME.pt: the same state_dict saved with `torch.save(model.state_dict())`,
+  PyTorch's own format (for the LeNet; the ResNet's is saved inside a
+  dictionary, `{"model": state_dict, "epoch": 3}`, as training scripts do).
 - NAME_expected.safetensors: `x` (the input), `y` (the labels), `eval_logits`
   (the model in eval mode on x), and from one training-mode forward and
   backward on (x, y): `train_logits`, `loss` (mean cross-entropy),
@@ -84,7 +87,7 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(y, 1), 1))
 
 
-def write(out_dir, name, model, shape, classes):
+def write(out_dir, name, model, shape, classes, nested_pt=False):
     gen = torch.Generator().manual_seed(7)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     model.train()
@@ -96,6 +99,10 @@ def write(out_dir, name, model, shape, classes):
         opt.step()
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     save_file(state, os.path.join(out_dir, f"{name}.safetensors"))
+    if nested_pt:
+        torch.save({"model": model.state_dict(), "epoch": 3}, os.path.join(out_dir, f"{name}.pt"))
+    else:
+        torch.save(model.state_dict(), os.path.join(out_dir, f"{name}.pt"))
 
     x = torch.randn((3, *shape), generator=gen)
     y = torch.randint(0, classes, (3,), generator=gen)
@@ -124,7 +131,7 @@ def main():
     torch.manual_seed(0)
     write(out_dir, "torch_lenet", lenet(8, 8, 10), (1, 8, 8), 10)
     torch.manual_seed(1)
-    write(out_dir, "torch_resnet", ResNet(3, 10), (3, 12, 12), 10)
+    write(out_dir, "torch_resnet", ResNet(3, 10), (3, 12, 12), 10, nested_pt=True)
 
 
 if __name__ == "__main__":

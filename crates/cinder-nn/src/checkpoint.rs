@@ -1,5 +1,6 @@
 //! Checkpoints as safetensors files with PyTorch's state_dict names, written
 //! atomically (temporary file, fsync, rename) so a crash never leaves half a file.
+//! Loading also reads PyTorch's own `torch.save` files (`.pt`, `.pth`).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -123,43 +124,157 @@ pub fn read_metadata(path: impl AsRef<Path>) -> Result<HashMap<String, String>> 
     Ok(header.metadata().clone().unwrap_or_default())
 }
 
+/// A tensor as a checkpoint file holds it: element type, shape and
+/// contiguous little-endian bytes.
+struct FileTensor {
+    dtype: FileDType,
+    shape: Vec<usize>,
+    data: Vec<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum FileDType {
+    F32,
+    I32,
+    U32,
+    I64,
+    /// Any other element type, by name (cinder has no use for it).
+    Other(String),
+}
+
+/// Whether these leading bytes are a `torch.save` file: a ZIP archive
+/// (PyTorch 1.6 and later) or a bare pickle stream (older ones). A
+/// safetensors file starts with its header's length instead.
+fn is_torch_save(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"PK\x03\x04") || bytes.first() == Some(&0x80)
+}
+
+/// Every tensor of a safetensors file, and its metadata.
+fn read_safetensors(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<(HashMap<String, FileTensor>, HashMap<String, String>)> {
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
+        .map_err(|e| Error::bad_file(path, format!("not a safetensors file: {e}")))?;
+    let metadata = header.metadata().clone().unwrap_or_default();
+    let file = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| Error::bad_file(path, format!("not a safetensors file: {e}")))?;
+    let tensors = file
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let dtype = match view.dtype() {
+                Dtype::F32 => FileDType::F32,
+                Dtype::I32 => FileDType::I32,
+                Dtype::U32 => FileDType::U32,
+                Dtype::I64 => FileDType::I64,
+                other => FileDType::Other(format!("{other:?}")),
+            };
+            let tensor = FileTensor {
+                dtype,
+                shape: view.shape().to_vec(),
+                data: view.data().to_vec(),
+            };
+            (name, tensor)
+        })
+        .collect();
+    Ok((tensors, metadata))
+}
+
+/// Every tensor of a `torch.save` file, named by its path through the
+/// saved dictionaries (`fc1.weight`; `model.fc1.weight` when the state_dict
+/// was saved under a key). Read with the `pytorch-reader` crate, which
+/// interprets only the pickle opcodes a checkpoint needs and runs no code.
+fn read_torch_save(path: &Path) -> Result<HashMap<String, FileTensor>> {
+    let reader = pytorch_reader::PytorchReader::new(path)
+        .map_err(|e| Error::bad_file(path, format!("not a readable PyTorch file: {e}")))?;
+    reader
+        .into_tensors()
+        .into_iter()
+        .map(|(name, tensor)| {
+            use pytorch_reader::DType as T;
+            let dtype = match tensor.dtype() {
+                T::F32 => FileDType::F32,
+                T::I32 => FileDType::I32,
+                T::U32 => FileDType::U32,
+                T::I64 => FileDType::I64,
+                other => FileDType::Other(format!("{other:?}")),
+            };
+            // Native-endian bytes: little-endian on every target wgpu runs.
+            let data = tensor
+                .read()
+                .map_err(|e| Error::bad_file(path, format!("tensor {name}: {e}")))?;
+            let shape = tensor.shape().to_vec();
+            Ok((name, FileTensor { dtype, shape, data }))
+        })
+        .collect()
+}
+
+/// A state_dict saved inside a dictionary (`{"model": sd, "epoch": 3}` or
+/// `{"state_dict": sd}`) has its names prefixed by that key: when every name
+/// in the file carries the same first component and no wanted name does,
+/// that component is dropped.
+fn strip_common_key(
+    tensors: HashMap<String, FileTensor>,
+    wanted: &std::collections::HashSet<&str>,
+) -> HashMap<String, FileTensor> {
+    let first = |name: &str| name.split_once('.').map(|(head, _)| head.to_string());
+    let mut heads = tensors.keys().map(|n| first(n));
+    let Some(Some(head)) = heads.next() else {
+        return tensors;
+    };
+    let shared = heads.all(|h| h.as_deref() == Some(head.as_str()));
+    let prefix = format!("{head}.");
+    if !shared || wanted.iter().any(|w| w.starts_with(&prefix)) {
+        return tensors;
+    }
+    tensors
+        .into_iter()
+        .map(|(name, t)| (name[prefix.len()..].to_string(), t))
+        .collect()
+}
+
 /// Loads the file's tensors into `targets` in place, by name, all or nothing
-/// (see [`load`]); returns the file's metadata.
+/// (see [`load`]); returns the file's metadata (none for a PyTorch file). The
+/// file is a safetensors file or a `torch.save` state_dict, told apart by its
+/// first bytes.
 pub fn load_tensors(
     path: impl AsRef<Path>,
     targets: &[(String, Tensor)],
 ) -> Result<HashMap<String, String>> {
     let path = path.as_ref();
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| Error::bad_file(path, format!("not a safetensors file: {e}")))?;
-    let metadata = header.metadata().clone().unwrap_or_default();
-    let file = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| Error::bad_file(path, format!("not a safetensors file: {e}")))?;
+    let wanted: std::collections::HashSet<&str> = targets.iter().map(|(n, _)| n.as_str()).collect();
+    let (file, metadata) = if is_torch_save(&bytes) {
+        drop(bytes);
+        let tensors = strip_common_key(read_torch_save(path)?, &wanted);
+        (tensors, HashMap::new())
+    } else {
+        read_safetensors(path, &bytes)?
+    };
     let mut problems = Vec::new();
     let mut effects = Vec::new();
-    let wanted: std::collections::HashSet<&str> = targets.iter().map(|(n, _)| n.as_str()).collect();
-    for name in file.names() {
-        if !wanted.contains(name) {
+    let mut names: Vec<&String> = file.keys().collect();
+    names.sort();
+    for name in names {
+        if !wanted.contains(name.as_str()) {
             problems.push(format!("unexpected tensor {name:?} in the file"));
         }
     }
     for (name, target) in targets {
-        let view = match file.tensor(name) {
-            Ok(v) => v,
-            Err(_) => {
-                problems.push(format!(
-                    "missing tensor {name:?} (shape {:?})",
-                    target.shape()
-                ));
-                continue;
-            }
+        let Some(found) = file.get(name) else {
+            problems.push(format!(
+                "missing tensor {name:?} (shape {:?})",
+                target.shape()
+            ));
+            continue;
         };
-        let want = st_dtype(target.dtype());
-        let data = match (view.dtype(), want) {
-            (have, want) if have == want => view.data().to_vec(),
+        let data = match (&found.dtype, target.dtype()) {
+            (FileDType::F32, DType::F32)
+            | (FileDType::I32, DType::I32)
+            | (FileDType::U32, DType::U32) => found.data.clone(),
             // PyTorch keeps counters such as num_batches_tracked in int64.
-            (Dtype::I64, Dtype::I32) => match narrow_i64(view.data()) {
+            (FileDType::I64, DType::I32) => match narrow_i64(&found.data) {
                 Some(d) => d,
                 None => {
                     problems.push(format!("{name}: int64 values do not fit in int32"));
@@ -173,10 +288,10 @@ pub fn load_tensors(
                 continue;
             }
         };
-        if view.shape() != target.shape() {
+        if found.shape != target.shape() {
             problems.push(format!(
                 "{name}: shape {:?} in the file, the model has {:?}",
-                view.shape(),
+                found.shape,
                 target.shape()
             ));
             continue;
