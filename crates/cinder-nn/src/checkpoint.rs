@@ -212,8 +212,8 @@ fn read_torch_save(path: &Path) -> Result<HashMap<String, FileTensor>> {
 
 /// A state_dict saved inside a dictionary (`{"model": sd, "epoch": 3}` or
 /// `{"state_dict": sd}`) has its names prefixed by that key: when every name
-/// in the file carries the same first component and no wanted name does,
-/// that component is dropped.
+/// in the file carries the same first component, no wanted name does, and
+/// dropping it makes some name match, that component is dropped.
 fn strip_common_key(
     tensors: HashMap<String, FileTensor>,
     wanted: &std::collections::HashSet<&str>,
@@ -223,14 +223,20 @@ fn strip_common_key(
     let Some(Some(head)) = heads.next() else {
         return tensors;
     };
-    let shared = heads.all(|h| h.as_deref() == Some(head.as_str()));
+    if !heads.all(|h| h.as_deref() == Some(head.as_str())) {
+        return tensors;
+    }
     let prefix = format!("{head}.");
-    if !shared || wanted.iter().any(|w| w.starts_with(&prefix)) {
+    let stripped = |name: &str| name.strip_prefix(&prefix).map(str::to_string);
+    let matches = tensors
+        .keys()
+        .any(|name| stripped(name).is_some_and(|s| wanted.contains(s.as_str())));
+    if !matches || wanted.iter().any(|w| w.starts_with(&prefix)) {
         return tensors;
     }
     tensors
         .into_iter()
-        .map(|(name, t)| (name[prefix.len()..].to_string(), t))
+        .map(|(name, t)| (stripped(&name).unwrap_or(name), t))
         .collect()
 }
 
