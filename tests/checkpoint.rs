@@ -152,3 +152,31 @@ fn mismatches_are_listed_and_change_nothing() -> Result<()> {
     std::fs::remove_dir_all(&dir).ok();
     Ok(())
 }
+
+/// A safetensors header 128 bytes long makes the file's first byte 0x80,
+/// which is also how a pickle stream starts: it must still load as
+/// safetensors, not be handed to the PyTorch reader.
+#[test]
+fn safetensors_header_length_ending_in_0x80_loads() -> Result<()> {
+    let device = common::device();
+    let m = Sequential::new().add(Linear::new(&device, 2, 3, false)?);
+    let values: Vec<f32> = (1..=6).map(|v| v as f32).collect();
+    let mut header =
+        r#"{"0.weight":{"dtype":"F32","shape":[3,2],"data_offsets":[0,24]}}"#.to_string();
+    while header.len() < 128 {
+        header.push(' ');
+    }
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    assert_eq!(bytes[0], 0x80);
+    bytes.extend_from_slice(header.as_bytes());
+    for v in &values {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    let dir = temp_dir("header80");
+    let path = dir.join("w.safetensors");
+    std::fs::write(&path, &bytes).expect("write");
+    load(&path, &m)?;
+    assert_eq!(m.state_dict()[0].1.to_vec::<f32>()?, values);
+    std::fs::remove_dir_all(&dir).ok();
+    Ok(())
+}

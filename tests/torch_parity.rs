@@ -170,8 +170,9 @@ fn pytorch_pt_file_loads_directly() -> Result<()> {
     check_network("torch_lenet", "torch_lenet.pt", ModelSpec::lenet(8, 8, 10))
 }
 
-/// `torch.save({"model": model.state_dict(), "epoch": 3}, "torch_resnet.pt")`:
-/// the state_dict under a key, next to a value that is not a tensor.
+/// `torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+/// "epoch": 3}, "torch_resnet.pt")`: the state_dict under a key, next to an
+/// optimizer's tensors and a value that is not a tensor.
 #[test]
 fn pytorch_pt_file_with_the_state_dict_under_a_key_loads() -> Result<()> {
     check_network(

@@ -100,7 +100,8 @@ def write(out_dir, name, model, shape, classes, nested_pt=False):
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     save_file(state, os.path.join(out_dir, f"{name}.safetensors"))
     if nested_pt:
-        torch.save({"model": model.state_dict(), "epoch": 3}, os.path.join(out_dir, f"{name}.pt"))
+        checkpoint = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 3}
+        torch.save(checkpoint, os.path.join(out_dir, f"{name}.pt"))
     else:
         torch.save(model.state_dict(), os.path.join(out_dir, f"{name}.pt"))
 

@@ -142,11 +142,36 @@ enum FileDType {
     Other(String),
 }
 
-/// Whether these leading bytes are a `torch.save` file: a ZIP archive
-/// (PyTorch 1.6 and later) or a bare pickle stream (older ones). A
-/// safetensors file starts with its header's length instead.
-fn is_torch_save(bytes: &[u8]) -> bool {
-    bytes.starts_with(b"PK\x03\x04") || bytes.first() == Some(&0x80)
+impl std::fmt::Display for FileDType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FileDType::F32 => write!(f, "F32"),
+            FileDType::I32 => write!(f, "I32"),
+            FileDType::U32 => write!(f, "U32"),
+            FileDType::I64 => write!(f, "I64"),
+            FileDType::Other(name) => write!(f, "{name}"),
+        }
+    }
+}
+
+/// Whether the file starting with these bytes is a `torch.save` file: a ZIP
+/// archive (PyTorch 1.6 and later) or a bare pickle stream (older ones). A
+/// safetensors file starts with its header's length (8 bytes, little-endian)
+/// and then the header's `{`; that length's first byte can be 0x80, the
+/// pickle's first byte, so the safetensors shape is checked first.
+fn is_torch_save(head: &[u8]) -> bool {
+    let safetensors = head.len() > 8 && head[8] == b'{';
+    !safetensors && (head.starts_with(b"PK\x03\x04") || head.first() == Some(&0x80))
+}
+
+/// The first bytes of a file, for telling formats apart.
+fn file_head(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(16);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(16).read_to_end(&mut head))
+        .map_err(|e| Error::io(path, e))?;
+    Ok(head)
 }
 
 /// Every tensor of a safetensors file, and its metadata.
@@ -200,43 +225,51 @@ fn read_torch_save(path: &Path) -> Result<HashMap<String, FileTensor>> {
                 T::I64 => FileDType::I64,
                 other => FileDType::Other(format!("{other:?}")),
             };
-            // Native-endian bytes: little-endian on every target wgpu runs.
-            let data = tensor
+            let mut data = tensor
                 .read()
                 .map_err(|e| Error::bad_file(path, format!("tensor {name}: {e}")))?;
+            // The reader gives native-endian bytes; cinder's are little-endian.
+            if cfg!(target_endian = "big") {
+                for element in data.chunks_exact_mut(tensor.dtype().size()) {
+                    element.reverse();
+                }
+            }
             let shape = tensor.shape().to_vec();
             Ok((name, FileTensor { dtype, shape, data }))
         })
         .collect()
 }
 
-/// A state_dict saved inside a dictionary (`{"model": sd, "epoch": 3}` or
-/// `{"state_dict": sd}`) has its names prefixed by that key: when every name
-/// in the file carries the same first component, no wanted name does, and
-/// dropping it makes some name match, that component is dropped.
-fn strip_common_key(
+/// A state_dict saved inside a dictionary (`{"model": sd, "epoch": 3}`,
+/// `{"model": sd, "optimizer": opt}`) has its names prefixed by its key.
+/// When no name in the file is wanted as it is, the tensors under the key
+/// whose remaining names match the most wanted ones are taken, without the
+/// key; the rest of the file (an optimizer's state) is left alone.
+fn select_state_dict(
     tensors: HashMap<String, FileTensor>,
     wanted: &std::collections::HashSet<&str>,
 ) -> HashMap<String, FileTensor> {
-    let first = |name: &str| name.split_once('.').map(|(head, _)| head.to_string());
-    let mut heads = tensors.keys().map(|n| first(n));
-    let Some(Some(head)) = heads.next() else {
+    if tensors.keys().any(|name| wanted.contains(name.as_str())) {
+        return tensors;
+    }
+    let mut matches: HashMap<&str, usize> = HashMap::new();
+    for name in tensors.keys() {
+        if let Some((key, rest)) = name.split_once('.') {
+            *matches.entry(key).or_default() += usize::from(wanted.contains(rest));
+        }
+    }
+    // Ties go to the alphabetically first key, so the choice is stable.
+    let best = matches
+        .into_iter()
+        .filter(|&(_, count)| count > 0)
+        .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0)))
+        .map(|(key, _)| format!("{key}."));
+    let Some(prefix) = best else {
         return tensors;
     };
-    if !heads.all(|h| h.as_deref() == Some(head.as_str())) {
-        return tensors;
-    }
-    let prefix = format!("{head}.");
-    let stripped = |name: &str| name.strip_prefix(&prefix).map(str::to_string);
-    let matches = tensors
-        .keys()
-        .any(|name| stripped(name).is_some_and(|s| wanted.contains(s.as_str())));
-    if !matches || wanted.iter().any(|w| w.starts_with(&prefix)) {
-        return tensors;
-    }
     tensors
         .into_iter()
-        .map(|(name, t)| (stripped(&name).unwrap_or(name), t))
+        .filter_map(|(name, t)| name.strip_prefix(&prefix).map(|rest| (rest.to_string(), t)))
         .collect()
 }
 
@@ -249,13 +282,12 @@ pub fn load_tensors(
     targets: &[(String, Tensor)],
 ) -> Result<HashMap<String, String>> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let wanted: std::collections::HashSet<&str> = targets.iter().map(|(n, _)| n.as_str()).collect();
-    let (file, metadata) = if is_torch_save(&bytes) {
-        drop(bytes);
-        let tensors = strip_common_key(read_torch_save(path)?, &wanted);
+    let (file, metadata) = if is_torch_save(&file_head(path)?) {
+        let tensors = select_state_dict(read_torch_save(path)?, &wanted);
         (tensors, HashMap::new())
     } else {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         read_safetensors(path, &bytes)?
     };
     let mut problems = Vec::new();
@@ -289,7 +321,7 @@ pub fn load_tensors(
             },
             (have, want) => {
                 problems.push(format!(
-                    "{name}: dtype {have:?} in the file, the model has {want:?}"
+                    "{name}: dtype {have} in the file, the model has {want:?}"
                 ));
                 continue;
             }

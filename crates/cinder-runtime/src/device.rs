@@ -222,6 +222,7 @@ pub(crate) struct Caches {
     /// size shares them, since the queue runs one kernel's packing and
     /// product before the next one's.
     pub textures: HashMap<(u32, u32, u8), Arc<OperandTexture>>,
+    pub next_texture_id: u64,
     pub next_pipeline_id: u64,
 }
 
@@ -469,6 +470,7 @@ impl Device {
 
     /// Returns buffers kept for reuse to the driver (and forgets the bind groups
     /// that used them). Useful between phases with very different shapes.
+    /// Matmul operand textures stay: the cached plans that use them hold them.
     pub fn trim(&self) {
         let freed = lock(&self.inner.pool).clear();
         if !freed.is_empty() {
@@ -638,8 +640,9 @@ impl Device {
             &self.inner.counters.bytes,
             16 * width as u64 * height as u64,
         );
+        caches.next_texture_id += 1;
         let entry = Arc::new(OperandTexture {
-            id: caches.textures.len() as u64 + 1,
+            id: caches.next_texture_id,
             view,
             _texture: texture,
         });

@@ -84,8 +84,8 @@ const MATMUL_SUBGROUP_32X32: &str = include_str!("../../../shaders/matmul_subgro
 /// shaders/matmul_texture_*.wgsl and [`OperandPack`]): on a CPU adapter a
 /// texel fetch serves all lanes at once.
 /// Only the big blocks have one: a product that pays for packing (see
-/// [`TEXTURE_MIN_REUSE`]) is at least 320 on each side, where 32x32 blocks
-/// are never chosen.
+/// [`TEXTURE_MIN_REUSE`]) is more than 160 on each side, where 64x64 blocks
+/// always pad within 1.5x of 32x32 ones, so 32x32 is never chosen.
 const MATMUL_TEXTURE_128X64: &str = include_str!("../../../shaders/matmul_texture_128x64.wgsl");
 const MATMUL_TEXTURE_64X64: &str = include_str!("../../../shaders/matmul_texture_64x64.wgsl");
 /// One block size of the subgroup kernel.

@@ -151,7 +151,8 @@ fn matmul_kernel(
         a_batched,
         b_batched,
         device.inner.subgroup_matmul,
-        // A pack kernel dispatches one workgroup row per texture row.
+        // A pack kernel dispatches one workgroup per 8 texture rows and a
+        // texture side must also fit the workgroup limit.
         device.inner.texture_matmul.then_some(
             device
                 .inner

@@ -1773,6 +1773,35 @@ fn matmul_texture_operands() {
         device().texture_matmul(),
         "{created} operand textures created"
     );
+
+    // Two products of one size in one realization share the operand
+    // textures: the second packs over the first's only after it has run.
+    let (m, k, n) = (641, 1001, 517);
+    let [a, b, c, d] = [[m, k], [k, n], [m, k], [k, n]].map(|s| rng.vec(s[0] * s[1], -1.0, 1.0));
+    let gpu = ok(
+        "sum of two products",
+        tensor(&a, &[m, k])
+            .matmul(&tensor(&b, &[k, n]))
+            .and_then(|ab| ab.add(&tensor(&c, &[m, k]).matmul(&tensor(&d, &[k, n]))?)),
+    );
+    let arr = |v: &[f32], s: &[usize]| Arr::from_f32(v, s);
+    let (aa, ab, ac, ad) = (
+        arr(&a, &[m, k]),
+        arr(&b, &[k, n]),
+        arr(&c, &[m, k]),
+        arr(&d, &[k, n]),
+    );
+    let (p, q) = (aa.matmul(&ab), ac.matmul(&ad));
+    let (pa, qa) = (aa.abs().matmul(&ab.abs()), ac.abs().matmul(&ad.abs()));
+    let want = Arr {
+        shape: vec![m, n],
+        data: p.data.iter().zip(&q.data).map(|(x, y)| x + y).collect(),
+    };
+    let scale = Arr {
+        shape: vec![m, n],
+        data: pa.data.iter().zip(&qa.data).map(|(x, y)| x + y).collect(),
+    };
+    check_scaled("two texture products in one plan", &gpu, &want, &scale);
 }
 
 /// The kernels that read operands from buffers, forced on a second device:
