@@ -178,6 +178,16 @@ impl Gen<'_> {
                 let x = self.value(body, a, idx, false);
                 unary(op, e.dtype, &x)
             }
+            Kind::Binary(BinaryOp::Masked, a, mask) => {
+                // The mask first; the value is read only where it holds (on
+                // lavapipe every load costs, wanted or not).
+                let m = self.value(body, mask, idx, false);
+                let z = zero(self.entries[mask].dtype);
+                let cond = format!("{m} != {z}");
+                let x = self.guarded(body, &cond, idx, a, zero(e.dtype), ty);
+                self.memo.insert((i, idx.to_string()), x.clone());
+                return x;
+            }
             Kind::Binary(op, a, b) => {
                 let in_ty = self.entries[a].dtype;
                 let x = self.value(body, a, idx, false);
@@ -597,6 +607,10 @@ fn binary(op: BinaryOp, dtype: DType, x: &str, y: &str) -> String {
         BinaryOp::Add => format!("({x} + {y})"),
         BinaryOp::Sub => format!("({x} - {y})"),
         BinaryOp::Mul => format!("({x} * {y})"),
+        BinaryOp::Masked => {
+            let z = zero(dtype);
+            format!("select({z}, {x}, {y} != {z})")
+        }
         BinaryOp::Div => format!("({x} / {y})"),
         BinaryOp::Pow => format!("pow_f({x}, {y})"),
         BinaryOp::Max if float => format!("max_f({x}, {y})"),

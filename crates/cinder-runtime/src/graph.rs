@@ -75,6 +75,11 @@ pub enum BinaryOp {
     Add,
     Sub,
     Mul,
+    /// The first operand where the second (a mask) is nonzero, else 0: a
+    /// gradient routed by a mask, as PyTorch's ReLU and max-pool gradients
+    /// are (a NaN where the mask is 0 gives 0, where `x * mask` gives NaN).
+    /// Generated kernels read the first operand only where the mask holds.
+    Masked,
     Div,
     Pow,
     Max,

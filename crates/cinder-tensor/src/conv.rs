@@ -431,7 +431,7 @@ impl Tensor {
                 let shape = [n, c, taps, oh, ow];
                 let tap = Tensor::from_node(Node::iota(g.device(), &shape, DType::I32, 2)?);
                 let route = tap.eq(&first)?.to_dtype(DType::F32)?;
-                let spread = route.mul(&g.reshape(&[n, c, 1, oh, ow])?)?;
+                let spread = g.reshape(&[n, c, 1, oh, ow])?.masked(&route)?;
                 Ok(vec![Some(
                     spread
                         .reshape(&[n, c, w.kernel[0], w.kernel[1], oh, ow])?

@@ -137,7 +137,7 @@ impl Tensor {
             UnaryOp::Relu,
             "relu",
             Box::new(move |g, out| {
-                Ok(vec![Some(g.mul(&Tensor::from_node(
+                Ok(vec![Some(g.masked(&Tensor::from_node(
                     out.node().unary(UnaryOp::Step),
                 ))?)])
             }),
@@ -283,6 +283,21 @@ impl Tensor {
                     },
                 ])
             }),
+        )
+    }
+
+    /// `self` where `mask` is nonzero, else 0 (broadcasting like `mul`): how
+    /// a gradient is routed by a mask. Unlike `self * mask`, a NaN or an
+    /// infinity where the mask is 0 gives 0, as PyTorch's ReLU and max-pool
+    /// gradients do. The mask gets no gradient.
+    pub fn masked(&self, mask: &Tensor) -> Result<Tensor> {
+        let m = mask.detach();
+        let shape = self.shape().to_vec();
+        self.binary_op(
+            mask,
+            BinaryOp::Masked,
+            "masked",
+            Box::new(move |g, _| Ok(vec![Some(g.masked(&m)?.sum_to(&shape)?), None])),
         )
     }
 

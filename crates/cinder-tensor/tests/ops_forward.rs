@@ -441,6 +441,25 @@ fn mul() {
 }
 
 #[test]
+fn masked() {
+    // Masks of -1, 0 and 1: any nonzero value keeps the element.
+    binary_case(
+        "masked",
+        uniform(-10.0, 10.0),
+        grid(-1, 1, 1.0),
+        |a, m| a.masked(m),
+        |a, m| if m != 0.0 { a } else { 0.0 },
+    );
+    // Where the mask is 0 the value is not read: NaN and infinities give 0,
+    // where `a * mask` would give NaN (PyTorch's ReLU and max-pool gradients).
+    let a = tensor(&[f32::NAN, f32::INFINITY, 2.0, -3.0, f32::NAN], &[5]);
+    let m = tensor(&[0.0, 0.0, 1.0, 5.0, 1.0], &[5]);
+    let got = read_f32("masked", &ok("masked", a.masked(&m)));
+    assert_eq!(&got[..4], &[0.0, 0.0, 2.0, -3.0]);
+    assert!(got[4].is_nan(), "a NaN where the mask holds stays NaN");
+}
+
+#[test]
 fn div() {
     let away = |r: &mut Rng, n: usize| r.away_from_zero(n, -10.0, 10.0, 0.1);
     binary_case(

@@ -329,6 +329,53 @@ fn grad_mul() {
 }
 
 #[test]
+fn grad_masked() {
+    // The mask is a constant (it gets no gradient); masks of -1, 0 and 1,
+    // broadcast along the first axis.
+    let mut r = Rng::named("masked");
+    let mask: Vec<f32> = (0..5).map(|_| r.index(3) as f32 - 1.0).collect();
+    let m = tensor(&mask, &[1, 5]);
+    let mask_arr = Arr::from_f32(&mask, &[1, 5]);
+    check_grad_ref(
+        "masked [3, 5] by [1, 5]",
+        &[input(r.vec(15, -2.0, 2.0), &[3, 5])],
+        |t| t[0].masked(&m),
+        |x| x[0].zip(&mask_arr, |a, k| if k != 0.0 { a } else { 0.0 }),
+    );
+}
+
+/// PyTorch routes a gradient by the mask: where ReLU's output is 0, or where
+/// a max-pool window's input is not the maximum, the gradient is 0 even if
+/// the incoming one is NaN or infinite (`grad * mask` would give NaN).
+#[test]
+fn masked_gradients_ignore_nan_where_the_mask_is_zero() {
+    let x = tensor(&[-1.0, 2.0, 0.0, 3.0], &[4]).requires_grad_();
+    let upstream = tensor(&[f32::NAN, 1.0, f32::INFINITY, 2.0], &[4]);
+    let g = ok(
+        "relu",
+        x.relu()
+            .and_then(|y| y.mul(&upstream))
+            .and_then(|y| y.sum_all())
+            .and_then(|l| l.backward()),
+    );
+    let gx = read_f32("relu grad", g.get(&x).expect("gradient of x"));
+    assert_eq!(gx, [0.0, 1.0, 0.0, 2.0]);
+
+    let x = tensor(&[1.0, 5.0, 3.0, 2.0], &[1, 1, 2, 2]).requires_grad_();
+    let nan = tensor(&[f32::NAN], &[1, 1, 1, 1]);
+    let g = ok(
+        "max_pool2d",
+        x.max_pool2d(cinder_tensor::Pool2dOptions::new(2))
+            .and_then(|y| y.mul(&nan))
+            .and_then(|y| y.sum_all())
+            .and_then(|l| l.backward()),
+    );
+    let gx = read_f32("max_pool2d grad", g.get(&x).expect("gradient of x"));
+    assert_eq!([gx[0], gx[2], gx[3]], [0.0, 0.0, 0.0]);
+    assert!(gx[1].is_nan(), "the maximum's position gets the NaN");
+}
+
+#[test]
 fn grad_div() {
     let away = |r: &mut Rng, n: usize| r.away_from_zero(n, -2.0, 2.0, 0.5);
     binary_grad("div", uni(-2.0, 2.0), away, |a, b| a.div(b), |a, b| a / b);
