@@ -623,12 +623,16 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
                     )
                 }
             }
-            _ => (
-                codegen::elementwise(entries, &matf, chunk, i, i, false),
-                "fused elementwise".to_string(),
-                ELEMENTWISE_WG,
-                vec![],
-            ),
+            _ => {
+                // 64-bit integers come with the subgroup matmul's features.
+                let paired = codegen::paired_store(entries, i, chunk, device.inner.subgroup_matmul);
+                (
+                    codegen::elementwise_stored(entries, &matf, chunk, i, i, false, paired),
+                    "fused elementwise".to_string(),
+                    ELEMENTWISE_WG,
+                    vec![],
+                )
+            }
         };
         let scalars = match matmul_dims {
             Some(dims) => Some(ScalarSource::Words(dims)),

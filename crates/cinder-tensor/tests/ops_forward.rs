@@ -459,6 +459,61 @@ fn masked() {
     assert!(got[4].is_nan(), "a NaN where the mask holds stays NaN");
 }
 
+/// Element-wise kernels of 2^18 elements and more store two per invocation
+/// (an even count) or one (an odd count): views, integer outputs and random
+/// numbers, whose values depend only on the seed and the element's index.
+#[test]
+fn big_elementwise_kernels() {
+    let mut rng = Rng::named("big_elementwise");
+    for (rows, cols) in [(514, 511), (513, 513)] {
+        let n = rows * cols;
+        assert!(n >= 1 << 18);
+        let a = rng.vec(n, -2.0, 2.0);
+        let b = rng.vec(n, -2.0, 2.0);
+        let (ta, tb) = (tensor(&a, &[rows, cols]), tensor(&b, &[cols, rows]));
+        // exp(a) * 2 + b^T: a transposed read in the same kernel.
+        let y = ok(
+            "exp, scale, add a transpose",
+            ta.exp()
+                .and_then(|e| e.mul_scalar(2.0))
+                .and_then(|e| e.add(&tb.t()?)),
+        );
+        let want: Vec<f64> = (0..n)
+            .map(|e| {
+                let (r, c) = (e / cols, e % cols);
+                (a[e] as f64).exp() * 2.0 + b[c * rows + r] as f64
+            })
+            .collect();
+        check(
+            &format!("big element-wise [{rows}, {cols}]"),
+            &y,
+            &Arr {
+                shape: vec![rows, cols],
+                data: want,
+            },
+        );
+        // A u32 output.
+        let gt = ok("gt", tb.t().and_then(|bt| ta.gt(&bt)));
+        let got = gt.to_vec::<u32>().expect("u32 values");
+        for e in 0..n {
+            let (r, c) = (e / cols, e % cols);
+            assert_eq!(got[e], u32::from(a[e] > b[c * rows + r]), "gt at {e}");
+        }
+        // The same seed gives the same numbers at the same indices whatever
+        // the tensor's length (a shorter tensor stores one per invocation).
+        let big = ok(
+            "rand",
+            Tensor::rand_seeded(device(), &[rows, cols], -1.0, 1.0, 5),
+        );
+        let small = ok("rand", Tensor::rand_seeded(device(), &[1000], -1.0, 1.0, 5));
+        let big = big.to_vec::<f32>().expect("f32 values");
+        assert_eq!(
+            &big[..1000],
+            &small.to_vec::<f32>().expect("f32 values")[..]
+        );
+    }
+}
+
 #[test]
 fn div() {
     let away = |r: &mut Rng, n: usize| r.away_from_zero(n, -10.0, 10.0, 0.1);
