@@ -180,3 +180,25 @@ fn safetensors_header_length_ending_in_0x80_loads() -> Result<()> {
     std::fs::remove_dir_all(&dir).ok();
     Ok(())
 }
+
+/// An f64 tensor in a safetensors file loads into an f32 parameter, rounded
+/// to nearest.
+#[test]
+fn f64_weights_load_rounded_to_f32() -> Result<()> {
+    let device = common::device();
+    let m = Sequential::new().add(Linear::new(&device, 2, 1, false)?);
+    let values = [0.1f64, -1e-3];
+    let header = r#"{"0.weight":{"dtype":"F64","shape":[1,2],"data_offsets":[0,16]}}    "#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    for v in values {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    let dir = temp_dir("f64");
+    let path = dir.join("w.safetensors");
+    std::fs::write(&path, &bytes).expect("write");
+    load(&path, &m)?;
+    assert_eq!(m.state_dict()[0].1.to_vec::<f32>()?, [0.1f32, -1e-3]);
+    std::fs::remove_dir_all(&dir).ok();
+    Ok(())
+}

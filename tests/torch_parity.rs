@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use cinder::cnn::models::ModelSpec;
-use cinder::nn::checkpoint;
+use cinder::nn::{checkpoint, Module};
 use cinder::{Result, Tensor};
 
 fn fixture(name: &str) -> PathBuf {
@@ -193,5 +193,21 @@ fn pytorch_pt_file_for_another_network_is_refused() -> Result<()> {
     assert!(err.contains("torch_resnet.pt"), "{err}");
     assert!(err.contains("missing tensor"), "{err}");
     assert!(err.contains("unexpected tensor"), "{err}");
+    Ok(())
+}
+
+/// Weights saved in float16 and bfloat16 are converted to f32 on load, as
+/// PyTorch's `load_state_dict` copies them into f32 parameters.
+#[test]
+fn half_precision_weights_are_converted() -> Result<()> {
+    let device = common::device();
+    let model = cinder::nn::Sequential::new().add(cinder::nn::Linear::new(&device, 2, 3, true)?);
+    checkpoint::load(fixture("half_weights.pt"), &model)?;
+    let state = model.state_dict();
+    assert_eq!(
+        state[0].1.to_vec::<f32>()?,
+        [1.5, -2.0, 171.0 / 512.0, 65504.0, -0.0, 3.0]
+    );
+    assert_eq!(state[1].1.to_vec::<f32>()?, [1.0, -3.5, 0.0078125]);
     Ok(())
 }

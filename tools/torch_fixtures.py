@@ -14,6 +14,8 @@ For each network NAME it writes:
 - NAME.pt: the same state_dict saved with `torch.save(model.state_dict())`,
   PyTorch's own format (for the LeNet; the ResNet's is saved inside a
   dictionary, `{"model": state_dict, "epoch": 3}`, as training scripts do).
+- half_weights.pt: a `Linear(2, 3)` state_dict in half precision (weight in
+  float16, bias in bfloat16), for the dtype conversion on load.
 - NAME_expected.safetensors: `x` (the input), `y` (the labels), `eval_logits`
   (the model in eval mode on x), and from one training-mode forward and
   backward on (x, y): `train_logits`, `loss` (mean cross-entropy),
@@ -133,6 +135,11 @@ def main():
     write(out_dir, "torch_lenet", lenet(8, 8, 10), (1, 8, 8), 10)
     torch.manual_seed(1)
     write(out_dir, "torch_resnet", ResNet(3, 10), (3, 12, 12), 10, nested_pt=True)
+    half = {
+        "0.weight": torch.tensor([[1.5, -2.0], [0.333984375, 65504.0], [-0.0, 3.0]], dtype=torch.float16),
+        "0.bias": torch.tensor([1.0, -3.5, 0.0078125], dtype=torch.bfloat16),
+    }
+    torch.save(half, os.path.join(out_dir, "half_weights.pt"))
 
 
 if __name__ == "__main__":

@@ -103,6 +103,26 @@ fn narrow_i64(bytes: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Little-endian f64, f16 or bf16 values as f32 bytes (f64 rounds to
+/// nearest; the half types convert exactly).
+fn floats_to_f32(dtype: &FileDType, bytes: &[u8]) -> Vec<u8> {
+    let convert = |chunk: &[u8]| -> f32 {
+        match (dtype, chunk) {
+            (FileDType::F64, &[a, b, c, d, e, f, g, h]) => {
+                f64::from_le_bytes([a, b, c, d, e, f, g, h]) as f32
+            }
+            (FileDType::F16, &[a, b]) => half::f16::from_le_bytes([a, b]).to_f32(),
+            (FileDType::BF16, &[a, b]) => half::bf16::from_le_bytes([a, b]).to_f32(),
+            _ => f32::NAN,
+        }
+    };
+    let width = if *dtype == FileDType::F64 { 8 } else { 2 };
+    bytes
+        .chunks_exact(width)
+        .flat_map(|chunk| convert(chunk).to_le_bytes())
+        .collect()
+}
+
 /// Saves a module's state_dict.
 pub fn save(path: impl AsRef<Path>, module: &dyn Module) -> Result<()> {
     save_tensors(path, &module.state_dict())
@@ -138,6 +158,9 @@ enum FileDType {
     I32,
     U32,
     I64,
+    F64,
+    F16,
+    BF16,
     /// Any other element type, by name (cinder has no use for it).
     Other(String),
 }
@@ -149,6 +172,9 @@ impl std::fmt::Display for FileDType {
             FileDType::I32 => write!(f, "I32"),
             FileDType::U32 => write!(f, "U32"),
             FileDType::I64 => write!(f, "I64"),
+            FileDType::F64 => write!(f, "F64"),
+            FileDType::F16 => write!(f, "F16"),
+            FileDType::BF16 => write!(f, "BF16"),
             FileDType::Other(name) => write!(f, "{name}"),
         }
     }
@@ -193,6 +219,9 @@ fn read_safetensors(
                 Dtype::I32 => FileDType::I32,
                 Dtype::U32 => FileDType::U32,
                 Dtype::I64 => FileDType::I64,
+                Dtype::F64 => FileDType::F64,
+                Dtype::F16 => FileDType::F16,
+                Dtype::BF16 => FileDType::BF16,
                 other => FileDType::Other(format!("{other:?}")),
             };
             let tensor = FileTensor {
@@ -223,6 +252,9 @@ fn read_torch_save(path: &Path) -> Result<HashMap<String, FileTensor>> {
                 T::I32 => FileDType::I32,
                 T::U32 => FileDType::U32,
                 T::I64 => FileDType::I64,
+                T::F64 => FileDType::F64,
+                T::F16 => FileDType::F16,
+                T::BF16 => FileDType::BF16,
                 other => FileDType::Other(format!("{other:?}")),
             };
             let mut data = tensor
@@ -311,6 +343,11 @@ pub fn load_tensors(
             (FileDType::F32, DType::F32)
             | (FileDType::I32, DType::I32)
             | (FileDType::U32, DType::U32) => found.data.clone(),
+            // Weights saved in another float type are converted, as
+            // PyTorch's load_state_dict copies them into the parameter's type.
+            (FileDType::F64 | FileDType::F16 | FileDType::BF16, DType::F32) => {
+                floats_to_f32(&found.dtype, &found.data)
+            }
             // PyTorch keeps counters such as num_batches_tracked in int64.
             (FileDType::I64, DType::I32) => match narrow_i64(&found.data) {
                 Some(d) => d,
