@@ -565,6 +565,19 @@ impl Gen<'_> {
         s
     }
 
+    /// The kernel's bound on invocations, `count` of them. An output in one
+    /// binding is bound to exactly its elements, so its length serves: the
+    /// source then names no size, and kernels that differ only in their
+    /// tensors' sizes (a network's initialisers, a smaller last batch) share
+    /// one compiled pipeline.
+    fn bound(&self, out: usize, count: usize) -> String {
+        if self.chunks(out) == 1 {
+            "arrayLength(&out)".to_string()
+        } else {
+            format!("{count}u")
+        }
+    }
+
     fn store(&self, out: usize, idx: &str, v: &str) -> String {
         if self.chunks(out) > 1 {
             format!("st_out({idx}, {v});")
@@ -678,6 +691,7 @@ pub(crate) fn elementwise_stored(
     let mut src = String::from(PRELUDE);
     src.push_str(&g.declarations(out));
     let store = g.store(out, "gid", &v);
+    let bound = g.bound(out, n);
     let _ = write!(
         src,
         "
@@ -685,7 +699,7 @@ pub(crate) fn elementwise_stored(
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {{
     let gid = (wid.y * nwg.x + wid.x) * {ELEMENTWISE_WG}u + lid;
-    if (gid >= {n}u) {{ return; }}
+    if (gid >= {bound}) {{ return; }}
 {body}    {store}
 }}
 "
@@ -711,6 +725,7 @@ fn elementwise_paired(
     let lo = g.value(&mut body, root, "e0", !load_root);
     let hi = g.value(&mut body, root, "e1", !load_root);
     let pairs = numel(&entries[root].shape) / 2;
+    let bound = g.bound(out, pairs);
     let mut src = String::from(PRELUDE);
     src.push_str(&g.declarations_with_output(out, "u64"));
     let _ = write!(
@@ -720,7 +735,7 @@ fn elementwise_paired(
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {{
     let gid = (wid.y * nwg.x + wid.x) * {ELEMENTWISE_WG}u + lid;
-    if (gid >= {pairs}u) {{ return; }}
+    if (gid >= {bound}) {{ return; }}
     let e0 = 2u * gid;
     let e1 = e0 + 1u;
 {body}    out[gid] = u64(bitcast<u32>({lo})) | (u64(bitcast<u32>({hi})) << 32u);
