@@ -35,12 +35,19 @@ fn run<O: Optimizer>(
     make: impl FnOnce(Vec<Tensor>) -> Result<O>,
     steps: usize,
 ) -> Result<Vec<f32>> {
-    let device = common::device();
-    let p = Tensor::from_slice(&device, &initial(), &[N])?.requires_grad_();
+    run_on(&common::device(), make, steps)
+}
+
+fn run_on<O: Optimizer>(
+    device: &cinder::Device,
+    make: impl FnOnce(Vec<Tensor>) -> Result<O>,
+    steps: usize,
+) -> Result<Vec<f32>> {
+    let p = Tensor::from_slice(device, &initial(), &[N])?.requires_grad_();
     p.realize()?;
     let mut opt = make(vec![p.clone()])?;
     for t in 0..steps {
-        let c = Tensor::from_slice(&device, &grad_at(t), &[N])?;
+        let c = Tensor::from_slice(device, &grad_at(t), &[N])?;
         let loss = p.mul(&c)?.sum_all()?;
         opt.step(&loss.backward()?)?;
     }
@@ -154,6 +161,26 @@ fn adam_and_adamw_follow_pytorch() -> Result<()> {
     );
     close(
         &run(|p| Adam::adamw(p, 1e-2), 7)?,
+        &adam_reference(1e-2, 0.01, true, 7),
+    );
+    Ok(())
+}
+
+/// Where the device has 64-bit integers Adam reads u64 pairs
+/// (`adam_pairs.wgsl`; the tests above, N odd); a device without them runs
+/// the f32 kernel.
+#[test]
+fn adam_without_64_bit_integers_follows_pytorch() -> Result<()> {
+    let portable = cinder::Device::with_options(&cinder::runtime::DeviceOptions {
+        portable_kernels: true,
+        ..cinder::runtime::DeviceOptions::from_env()
+    })?;
+    close(
+        &run_on(&portable, |p| Ok(Adam::new(p, 1e-2)?.weight_decay(0.1)), 7)?,
+        &adam_reference(1e-2, 0.1, false, 7),
+    );
+    close(
+        &run_on(&portable, |p| Adam::adamw(p, 1e-2), 7)?,
         &adam_reference(1e-2, 0.01, true, 7),
     );
     Ok(())

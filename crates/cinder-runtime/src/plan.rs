@@ -666,7 +666,9 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
             } => {
                 let g = buffer_of(&mat, *grad)
                     .ok_or_else(|| Error::Gpu("gradient without buffer".into()))?;
-                let (source, constants, want_state, want_hyper) = kernels::optimizer(*kind);
+                // 64-bit integers come with the subgroup matmul's features.
+                let (source, constants, want_state, want_hyper) =
+                    kernels::optimizer(*kind, device.inner.subgroup_matmul);
                 if state.len() != want_state || *hyper_len != want_hyper {
                     return Err(Error::invalid(
                         "optimizer step",
@@ -856,10 +858,12 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
         let is_optim = matches!(p.scalars, Some(ScalarSource::Hyper { .. }));
         let hand_written = is_optim || p.hand_written;
         if is_optim {
-            // param (read-write) first, then gradient and state.
-            bindings.push(whole(p.output)?);
-            for &i in &p.generated.inputs {
-                bindings.push(whole(i)?);
+            // param (read-write) first, then gradient and state, each with
+            // its buffer's padded size (Adam may read them as u64 pairs).
+            for i in std::iter::once(p.output).chain(p.generated.inputs.iter().copied()) {
+                let mut binding = whole(i)?;
+                binding.size = padded_size(binding.size);
+                bindings.push(binding);
             }
         } else if hand_written {
             // The subgroup matmul reads A and B as u64 pairs: bind whole
