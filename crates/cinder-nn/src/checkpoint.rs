@@ -168,14 +168,8 @@ enum FileDType {
 impl std::fmt::Display for FileDType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            FileDType::F32 => write!(f, "F32"),
-            FileDType::I32 => write!(f, "I32"),
-            FileDType::U32 => write!(f, "U32"),
-            FileDType::I64 => write!(f, "I64"),
-            FileDType::F64 => write!(f, "F64"),
-            FileDType::F16 => write!(f, "F16"),
-            FileDType::BF16 => write!(f, "BF16"),
             FileDType::Other(name) => write!(f, "{name}"),
+            known => write!(f, "{known:?}"),
         }
     }
 }

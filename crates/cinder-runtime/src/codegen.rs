@@ -681,17 +681,28 @@ pub(crate) fn elementwise_stored(
     load_root: bool,
     paired: bool,
 ) -> Generated {
-    if paired {
-        return elementwise_paired(entries, materialized, chunk, root, out, load_root);
-    }
     let mut g = Gen::new(entries, materialized, chunk);
     let mut body = String::new();
-    let v = g.value(&mut body, root, "gid", !load_root);
     let n = numel(&entries[root].shape);
+    let (out_ty, items, indices, store) = if paired {
+        let lo = g.value(&mut body, root, "e0", !load_root);
+        let hi = g.value(&mut body, root, "e1", !load_root);
+        let store =
+            format!("out[gid] = u64(bitcast<u32>({lo})) | (u64(bitcast<u32>({hi})) << 32u);");
+        (
+            "u64",
+            n / 2,
+            "    let e0 = 2u * gid;\n    let e1 = e0 + 1u;\n",
+            store,
+        )
+    } else {
+        let v = g.value(&mut body, root, "gid", !load_root);
+        let store = g.store(out, "gid", &v);
+        (entries[out].dtype.wgsl(), n, "", store)
+    };
     let mut src = String::from(PRELUDE);
-    src.push_str(&g.declarations(out));
-    let store = g.store(out, "gid", &v);
-    let bound = g.bound(out, n);
+    src.push_str(&g.declarations_with_output(out, out_ty));
+    let bound = g.bound(out, items);
     let _ = write!(
         src,
         "
@@ -700,7 +711,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         @builtin(local_invocation_index) lid: u32) {{
     let gid = (wid.y * nwg.x + wid.x) * {ELEMENTWISE_WG}u + lid;
     if (gid >= {bound}) {{ return; }}
-{body}    {store}
+{indices}{body}    {store}
 }}
 "
     );
@@ -708,45 +719,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         source: src,
         inputs: g.inputs,
         seeds: g.seeds,
-        items: n as u64,
-    }
-}
-
-fn elementwise_paired(
-    entries: &[Entry],
-    materialized: &dyn Fn(usize) -> bool,
-    chunk: usize,
-    root: usize,
-    out: usize,
-    load_root: bool,
-) -> Generated {
-    let mut g = Gen::new(entries, materialized, chunk);
-    let mut body = String::new();
-    let lo = g.value(&mut body, root, "e0", !load_root);
-    let hi = g.value(&mut body, root, "e1", !load_root);
-    let pairs = numel(&entries[root].shape) / 2;
-    let bound = g.bound(out, pairs);
-    let mut src = String::from(PRELUDE);
-    src.push_str(&g.declarations_with_output(out, "u64"));
-    let _ = write!(
-        src,
-        "
-@compute @workgroup_size({ELEMENTWISE_WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {{
-    let gid = (wid.y * nwg.x + wid.x) * {ELEMENTWISE_WG}u + lid;
-    if (gid >= {bound}) {{ return; }}
-    let e0 = 2u * gid;
-    let e1 = e0 + 1u;
-{body}    out[gid] = u64(bitcast<u32>({lo})) | (u64(bitcast<u32>({hi})) << 32u);
-}}
-"
-    );
-    Generated {
-        source: src,
-        inputs: g.inputs,
-        seeds: g.seeds,
-        items: pairs as u64,
+        items: items as u64,
     }
 }
 

@@ -19,17 +19,14 @@ pub(crate) struct MatmulKernel {
     pub packs: Option<[OperandPack; 2]>,
 }
 
-/// How one matmul operand is packed into an rgba32float texture
-/// (shaders/pack_texture.wgsl).
+/// How one matmul operand (contiguous, row-major) is packed into an
+/// rgba32float texture (shaders/pack_texture.wgsl).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct OperandPack {
     pub rows: usize,
     pub cols: usize,
-    /// Elements between rows in the operand's buffer.
-    pub row_stride: usize,
-    /// The texture's size in texels: `cols` rounded up to texels, and `rows`
-    /// or more (B's rows are padded to a multiple of 4 with zeros).
-    pub width: u32,
+    /// The texture's height: `rows` or more (B's rows are padded to a
+    /// multiple of 4 with zeros).
     pub height: u32,
 }
 
@@ -38,19 +35,22 @@ impl OperandPack {
         OperandPack {
             rows,
             cols,
-            row_stride: cols,
-            width: cols.div_ceil(4) as u32,
             height: padded_rows as u32,
         }
     }
 
-    /// The five words the pack kernel reads.
+    /// The texture's width: `cols` rounded up to texels.
+    pub fn width(&self) -> u32 {
+        self.cols.div_ceil(4) as u32
+    }
+
+    /// The five words the pack kernel reads (the row stride is `cols`).
     pub fn dims(&self) -> Vec<u32> {
         vec![
             self.rows as u32,
             self.cols as u32,
-            self.row_stride as u32,
-            self.width,
+            self.cols as u32,
+            self.width(),
             self.height,
         ]
     }

@@ -887,19 +887,20 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
                     for (operand, (layout, &i)) in packs.iter().zip(&p.generated.inputs).enumerate()
                     {
                         let texture =
-                            device.operand_texture(layout.width, layout.height, operand as u8);
+                            device.operand_texture(layout.width(), layout.height, operand as u8);
+                        let dims = layout.dims();
                         steps.push(Step {
                             label: format!("pack {} {:?}", ["A", "B"][operand], entries[i].shape),
                             pipeline: pack.clone(),
                             textures: vec![texture.clone()],
                             bindings: vec![padded_whole(i)?],
                             scalars: Some((
-                                words_storage(device, &layout.dims())?,
-                                ScalarSource::Words(layout.dims()),
+                                words_storage(device, &dims)?,
+                                ScalarSource::Words(dims),
                             )),
                             extra_bindings: Vec::new(),
                             workgroups: (
-                                layout.width.div_ceil(kernels::PACK_TEXTURE_WG),
+                                layout.width().div_ceil(kernels::PACK_TEXTURE_WG),
                                 layout.height.div_ceil(kernels::PACK_TEXTURE_WG),
                                 1,
                             ),
