@@ -13,8 +13,10 @@
 //
 // Buffer sizes: C is addressed as vec4s, so bind C with a size rounded up to a multiple of 16
 // bytes (allocate the padding). Elements past M*N (or past the last part) are never written.
-// Binding 3 holds eight u32: M, N, K; the other five are unused (the buffer kernels' layout).
-// Dispatch: x = ceil(N / 64), y = ceil(M / 128).   (BN = 8*TN = 64, BM = TM = 128)
+// Binding 3 holds eight u32 (the buffer kernels' layout): M, N, K, then the start of part z's
+// range of k is z times word 3 (a multiple of 4; split-K), part z writes C at z times word 5;
+// the other words are unused. A split product's K per part is a multiple of 4.
+// Dispatch: x = ceil(N / 64), y = ceil(M / 128), z = parts of K.   (BN = 8*TN = 64, BM = TM = 128)
 
 // Shapes are runtime values (binding 3) so that one pipeline serves every shape: the body is
 // large and LLVM takes seconds to compile it. Only the two layout flags specialise it.
@@ -36,9 +38,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invocation_id) l
     let M = dims[0];
     let N = dims[1];
     let K = dims[2];
+    // Split-K: part z covers K values of k from z * dims[3] and writes its own M x N block.
+    let k4_first = wg.z * dims[3] / 4u;
+    let c_off = wg.z * dims[5];
     let row0 = wg.y * TM;
     let col0 = wg.x * BN + lane * TN;
-    let c_off = 0u;
     let cq = col0 / 4u;   // this lane's first texel column of B
     var acc0_0 = vec4<f32>(0.0); var acc0_1 = vec4<f32>(0.0);
     var acc1_0 = vec4<f32>(0.0); var acc1_1 = vec4<f32>(0.0);
@@ -168,7 +172,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invocation_id) l
     var acc125_0 = vec4<f32>(0.0); var acc125_1 = vec4<f32>(0.0);
     var acc126_0 = vec4<f32>(0.0); var acc126_1 = vec4<f32>(0.0);
     var acc127_0 = vec4<f32>(0.0); var acc127_1 = vec4<f32>(0.0);
-    for (var k4 = 0u; k4 < (K + 3u) / 4u; k4++) {
+    for (var k4 = k4_first; k4 < k4_first + (K + 3u) / 4u; k4++) {
         let kr = k4 * 4u;
         let g0_0 = textureLoad(tb, vec2<u32>(cq + 0u, kr + 0u), 0); let g0_1 = textureLoad(tb, vec2<u32>(cq + 1u, kr + 0u), 0);
         let g1_0 = textureLoad(tb, vec2<u32>(cq + 0u, kr + 1u), 0); let g1_1 = textureLoad(tb, vec2<u32>(cq + 1u, kr + 1u), 0);

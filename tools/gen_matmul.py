@@ -117,8 +117,10 @@ def texture_kernel():
 //
 // Buffer sizes: C is addressed as vec4s, so bind C with a size rounded up to a multiple of 16
 // bytes (allocate the padding). Elements past M*N (or past the last part) are never written.
-// Binding 3 holds eight u32: M, N, K; the other five are unused (the buffer kernels' layout).
-// Dispatch: x = ceil(N / {8 * TN}), y = ceil(M / {TM}).   (BN = 8*TN = {8 * TN}, BM = TM = {TM})
+// Binding 3 holds eight u32 (the buffer kernels' layout): M, N, K, then the start of part z's
+// range of k is z times word 3 (a multiple of 4; split-K), part z writes C at z times word 5;
+// the other words are unused. A split product's K per part is a multiple of 4.
+// Dispatch: x = ceil(N / {8 * TN}), y = ceil(M / {TM}), z = parts of K.   (BN = 8*TN = {8 * TN}, BM = TM = {TM})
 
 {COMMON_OVERRIDES}
 
@@ -138,12 +140,14 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invocation_id) l
     let M = dims[0];
     let N = dims[1];
     let K = dims[2];
+    // Split-K: part z covers K values of k from z * dims[3] and writes its own M x N block.
+    let k4_first = wg.z * dims[3] / 4u;
+    let c_off = wg.z * dims[5];
     let row0 = wg.y * TM;
     let col0 = wg.x * BN + lane * TN;
-    let c_off = 0u;
     let cq = col0 / 4u;   // this lane's first texel column of B""")
     acc_decls()
-    w("    for (var k4 = 0u; k4 < (K + 3u) / 4u; k4++) {")
+    w("    for (var k4 = k4_first; k4 < k4_first + (K + 3u) / 4u; k4++) {")
     w("        let kr = k4 * 4u;")
     for kk in range(4):
         w("        " + " ".join("let g%d_%d = textureLoad(tb, vec2<u32>(cq + %du, kr + %du), 0);" % (kk, j, j, kk) for j in range(TN4)))

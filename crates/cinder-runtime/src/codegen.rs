@@ -723,6 +723,87 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
 }
 
+/// [`elementwise`] for a value that only texture matmuls read: it is
+/// computed straight into their rgba32float operand texture (see
+/// shaders/pack_texture.wgsl for the layout) instead of into a buffer that a
+/// pack kernel would then copy. The value is read as a `rows x cols`
+/// matrix; one invocation computes texel `(q, r)`, columns `4q..4q+3` of row
+/// `r`, zero past the last column and on the texture's padding rows. The
+/// texture is binding 0, the inputs follow.
+pub(crate) fn elementwise_texels(
+    entries: &[Entry],
+    materialized: &dyn Fn(usize) -> bool,
+    chunk: usize,
+    root: usize,
+    cols: usize,
+    width: u32,
+    height: u32,
+) -> Generated {
+    let mut g = Gen::new(entries, materialized, chunk);
+    let mut body = String::new();
+    let n = numel(&entries[root].shape);
+    let rows = n / cols.max(1);
+    // Padding lanes compute a clamped element and discard it: cheaper on
+    // lavapipe than a branch around the whole expression.
+    let mut indices = format!(
+        "    let q = gid % {width}u;\n    let r = gid / {width}u;\n    let first = r * {cols}u + 4u * q;\n"
+    );
+    let mut parts = Vec::new();
+    for t in 0..4 {
+        let _ = writeln!(
+            indices,
+            "    let e{t} = min(first + {t}u, {}u);",
+            n.max(1) - 1
+        );
+        let v = g.value(&mut body, root, &format!("e{t}"), true);
+        parts.push(format!(
+            "select(0.0, {v}, r < {rows}u && 4u * q + {t}u < {cols}u)"
+        ));
+    }
+    let mut src = String::from(PRELUDE);
+    let _ = writeln!(
+        src,
+        "@group(0) @binding(0) var out: texture_storage_2d<rgba32float, write>;"
+    );
+    let mut next = 1;
+    for (b, &i) in g.inputs.iter().enumerate() {
+        g.declare(
+            &mut src,
+            &mut next,
+            &format!("b{b}"),
+            entries[i].dtype.wgsl(),
+            g.chunks(i),
+            false,
+        );
+    }
+    if !g.seeds.is_empty() {
+        let _ = writeln!(
+            src,
+            "@group(0) @binding({next}) var<storage, read> scalars: array<u32>;"
+        );
+    }
+    let items = width as usize * height as usize;
+    let _ = write!(
+        src,
+        "
+@compute @workgroup_size({ELEMENTWISE_WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {{
+    let gid = (wid.y * nwg.x + wid.x) * {ELEMENTWISE_WG}u + lid;
+    if (gid >= {items}u) {{ return; }}
+{indices}{body}    textureStore(out, vec2<u32>(q, r), vec4<f32>({}));
+}}
+",
+        parts.join(", ")
+    );
+    Generated {
+        source: src,
+        inputs: g.inputs,
+        seeds: g.seeds,
+        items: items as u64,
+    }
+}
+
 /// One workgroup per output element; threads stride over the reduced
 /// elements, then a fixed-order tree combines them (deterministic, no atomics).
 /// With `parts > 1`, each output's range is split over `parts` workgroups

@@ -162,6 +162,11 @@ pub struct Stats {
     /// Bytes held by live and pooled GPU buffers and by operand textures
     /// right now.
     pub bytes_allocated: u64,
+    /// Matmuls run over operand textures (on CPU adapters), and the
+    /// dispatches that copied one of their operands into a texture. The
+    /// others' producers computed them straight into theirs.
+    pub texture_products: u64,
+    pub operand_packs: u64,
     pub submits: u64,
     pub dispatches: u64,
     pub plans_compiled: u64,
@@ -178,6 +183,8 @@ pub(crate) struct Counters {
     pub bytes: AtomicU64,
     pub submits: AtomicU64,
     pub dispatches: AtomicU64,
+    pub texture_products: AtomicU64,
+    pub operand_packs: AtomicU64,
     pub plans_compiled: AtomicU64,
     pub plan_hits: AtomicU64,
 }
@@ -423,6 +430,8 @@ impl Device {
             bytes_allocated: get(&c.bytes),
             submits: get(&c.submits),
             dispatches: get(&c.dispatches),
+            texture_products: get(&c.texture_products),
+            operand_packs: get(&c.operand_packs),
             plans_compiled: get(&c.plans_compiled),
             plan_cache_hits: get(&c.plan_hits),
         }

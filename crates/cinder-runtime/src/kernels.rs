@@ -30,18 +30,33 @@ pub(crate) struct OperandPack {
     pub height: u32,
 }
 
+/// A texture side of at least `texels`, never a power of two. lavapipe
+/// compiles a shader once per combination of its textures' "power of two or
+/// not" in each dimension (part of its sampler state): the CNN step's six
+/// texture products compiled the 64x64 block five times, 1.2 s each with
+/// Mesa's cache empty. One more texel keeps them all on one variant.
+fn texture_side(texels: usize) -> u32 {
+    let side = if texels.is_power_of_two() {
+        texels + 1
+    } else {
+        texels
+    };
+    side as u32
+}
+
 impl OperandPack {
     fn new(rows: usize, cols: usize, padded_rows: usize) -> OperandPack {
         OperandPack {
             rows,
             cols,
-            height: padded_rows as u32,
+            height: texture_side(padded_rows),
         }
     }
 
-    /// The texture's width: `cols` rounded up to texels.
+    /// The texture's width: `cols` rounded up to texels (and off a power
+    /// of two, see [`texture_side`]).
     pub fn width(&self) -> u32 {
-        self.cols.div_ceil(4) as u32
+        texture_side(self.cols.div_ceil(4))
     }
 
     /// The five words the pack kernel reads (the row stride is `cols`).
@@ -83,10 +98,9 @@ const MATMUL_SUBGROUP_64X64: &str = include_str!("../../../shaders/matmul_subgro
 const MATMUL_SUBGROUP_32X32: &str = include_str!("../../../shaders/matmul_subgroup_32x32.wgsl");
 /// The same blocks reading A and B from textures (see
 /// shaders/matmul_texture_*.wgsl and [`OperandPack`]): on a CPU adapter a
-/// texel fetch serves all lanes at once.
-/// Only the big blocks have one: a product that pays for packing (see
-/// [`TEXTURE_MIN_REUSE`]) is more than 160 on each side, where 64x64 blocks
-/// always pad within 1.5x of 32x32 ones, so 32x32 is never chosen.
+/// texel fetch serves all lanes at once. Only the big blocks have one: the
+/// 32x32 block serves narrow products, whose few columns or rows would not
+/// repay a pack.
 const MATMUL_TEXTURE_128X64: &str = include_str!("../../../shaders/matmul_texture_128x64.wgsl");
 const MATMUL_TEXTURE_64X64: &str = include_str!("../../../shaders/matmul_texture_64x64.wgsl");
 /// One block size of the subgroup kernel.
@@ -175,23 +189,18 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 ";
 
-/// An `m x n x k` product packs `k * (m + n)` elements and runs `m * n * k`
-/// multiply-adds: the texture kernel is used when `m * n / (m + n)` (the
-/// multiply-adds per packed element) is at least this. Measured on lavapipe
-/// in a CNN training step: packing costs about 4.4 ns per element and the
-/// texture kernel saves about 0.05 ns per multiply-add (conv2d's 12544x288x64
-/// input gradient went from 41 to 23 ms, its 64x12544x290 forward product
-/// from 34 to 23 ms, but packing its 3.6M-element input took 15 ms), so the
-/// break-even is near 90; 160 leaves room for each pack's dispatch.
-const TEXTURE_MIN_REUSE: usize = 160;
-
-/// The texture kernels are a second set of big compiles (1.6 s for 64x64
-/// with Mesa's shader cache empty), paid by the first run of a plan that
-/// uses them. Products under this many multiply-adds keep the buffer
-/// kernels: a CNN's layers (at most 2.3e8 in `cinder bench cnn`) gained 4%
-/// per step from textures (medians 278 against 290 ms over five alternating
-/// runs) but its first step went from about 4.8 to 6.4 s.
-const TEXTURE_MIN_WORK: usize = 1 << 28;
+/// A texture product runs `m * n * k` multiply-adds and packs the elements
+/// of the operands that no producer wrote into a texture (`k * (m + n)` at
+/// most): it takes the texture kernel when the multiply-adds are at least
+/// this many times the packed elements. Measured on lavapipe, packing costs
+/// about 4.4 ns per element and the texture kernel saves about 0.05 ns per
+/// multiply-add, so the break-even is near 90. The bar is lower because a
+/// product left on the 64x64 buffer block costs a second big compile
+/// (1.4 s with Mesa's cache empty) wherever the plan's other products use
+/// the texture block: in `cinder bench cnn` the first linear layer's input
+/// gradient (64x3136x128, 63 multiply-adds per packed element) packs its
+/// weight in 1.5 ms and runs in 1.9 ms, against 3.0 ms on the buffer block.
+const TEXTURE_MIN_REUSE: usize = 48;
 
 /// Into how many parts to split a product's K: a long-K product with few
 /// output blocks (a weight gradient, say) would otherwise run on a handful
@@ -222,20 +231,30 @@ pub(crate) fn split_k(m: usize, n: usize, k: usize, batch: usize, subgroups: boo
 const SPLIT_K_TARGET_GROUPS: usize = 16;
 const SPLIT_K_MIN_LEN: usize = 256;
 
-/// The kernel for `a @ b` (row-major, batch dims already flattened to one),
-/// in `split` parts along K (see [`split_k`]; the parts land in consecutive
-/// `m x n` blocks of the output). `subgroups` says whether the device offers
-/// the subgroup kernel; `textures`, the biggest texture side where the
-/// device packs operands into textures.
+/// One operand of a product: its shape (batch dims flattened to one),
+/// whether it has a batch dimension, and whether its producer can write it
+/// straight into a texture (no pack to pay for).
+pub(crate) struct Operand<'a> {
+    pub shape: &'a [usize],
+    pub batched: bool,
+    pub in_texture: bool,
+}
+
+/// The kernel for `a @ b` (row-major), in `split` parts along K (see
+/// [`split_k`]; the parts land in consecutive `m x n` blocks of the
+/// output). `subgroups` says whether the device offers the subgroup kernel;
+/// `textures`, the biggest texture side where the device packs operands
+/// into textures.
 pub(crate) fn matmul(
-    a: &[usize],
-    b: &[usize],
-    a_batched: bool,
-    b_batched: bool,
+    a: Operand<'_>,
+    b: Operand<'_>,
     subgroups: bool,
     textures: Option<u32>,
     split: usize,
 ) -> MatmulKernel {
+    let (a_batched, b_batched) = (a.batched, b.batched);
+    let in_texture = [a.in_texture, b.in_texture];
+    let (a, b) = (a.shape, b.shape);
     let (m, k) = (a[a.len() - 2], a[a.len() - 1]);
     let n = b[b.len() - 1];
     let mut batch = if a_batched {
@@ -285,22 +304,28 @@ pub(crate) fn matmul(
             .all(|d| d.is_multiple_of(2));
         let variant = &SUBGROUP_VARIANTS[subgroup_variant(m, n, k)];
         let block = variant.block;
-        // Textures have no batch dimension here (nor split-K's parts, which
-        // products big enough to pay for packing never need), and each side
-        // must fit the adapter's texture size.
+        // Textures have no batch dimension here (split-K's parts are ranges
+        // of the same texture), and each side must fit the adapter's texture
+        // size.
         let k_padded = k.next_multiple_of(4);
         let fits = |max: u32| {
             [m, k.div_ceil(4), n.div_ceil(4), k_padded]
                 .iter()
-                .all(|&d| d <= max as usize)
+                .all(|&d| texture_side(d) <= max)
         };
         // Packing costs per element of A and B, the texture kernel saves per
         // multiply-add: it pays when each packed element takes part in enough
-        // of them.
-        let pays = m * n >= TEXTURE_MIN_REUSE * (m + n) && m * n * k >= TEXTURE_MIN_WORK;
-        let texture_source = variant.texture_source.filter(|_| {
-            textures.is_some_and(|max| !a_batched && !b_batched && split == 1 && pays && fits(max))
-        });
+        // of them. An operand its producer writes into a texture costs nothing.
+        let packed = [m * k, k_padded * n]
+            .iter()
+            .zip(in_texture)
+            .filter(|(_, free)| !free)
+            .map(|(&elements, _)| elements)
+            .sum::<usize>();
+        let pays = m * n * k >= TEXTURE_MIN_REUSE * packed;
+        let texture_source = variant
+            .texture_source
+            .filter(|_| textures.is_some_and(|max| !a_batched && !b_batched && pays && fits(max)));
         if let Some(source) = texture_source {
             return MatmulKernel {
                 source,

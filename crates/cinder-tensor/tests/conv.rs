@@ -439,3 +439,88 @@ fn pool_errors() {
         .is_err());
     assert!(x.adaptive_avg_pool2d([0, 2]).is_err());
 }
+
+/// A convolution big enough for the texture matmuls (on a CPU adapter):
+/// its unfolded input feeds both the forward product and the weight
+/// gradient, its output gradient both the input and weight gradients, and
+/// their kernels compute them straight into the products' operand textures
+/// instead of buffers that would be packed. Forward and gradients against
+/// f64 loops (the finite differences of these formulas are checked on the
+/// small shapes above); the weight gradient is split along K.
+#[test]
+fn conv2d_operands_computed_into_textures() {
+    let mut rng = Rng::named("conv2d into textures");
+    let [n, ci, h, w, co] = [4, 5, 16, 16, 38];
+    let (x, wt, b) = (
+        rng.vec(n * ci * h * w, -1.0, 1.0),
+        rng.vec(co * ci * 9, -1.0, 1.0),
+        rng.vec(co, -1.0, 1.0),
+    );
+    let dy = rng.vec(n * co * h * w, -1.0, 1.0);
+    let before = device().stats();
+    let (xt, wtt, bt) = (
+        tensor(&x, &[n, ci, h, w]).requires_grad_(),
+        tensor(&wt, &[co, ci, 3, 3]).requires_grad_(),
+        tensor(&b, &[co]).requires_grad_(),
+    );
+    let out = ok(
+        "conv2d",
+        xt.conv2d(&wtt, Some(&bt), Conv2dOptions::default().padding(1)),
+    );
+    let loss = ok(
+        "loss",
+        out.mul(&tensor(&dy, &[n, co, h, w]))
+            .and_then(|l| l.sum_all()),
+    );
+    let grads = ok("backward", loss.backward());
+    let [dx, dw, db] = [&xt, &wtt, &bt].map(|t| grads.get(t).expect("gradient").clone());
+    let got = ok("read", cinder_tensor::read_all(&[&out, &dx, &dw, &db]));
+    let stats = device().stats();
+
+    let (xa, wa, ba) = (
+        Arr::from_f32(&x, &[n, ci, h, w]),
+        Arr::from_f32(&wt, &[co, ci, 3, 3]),
+        Arr::from_f32(&b, &[co]),
+    );
+    let want = conv2d_ref(&xa, &wa, Some(&ba), Conv2dOptions::default().padding(1));
+    assert_close_msg("forward", &got[0], &want.data, ATOL, RTOL);
+    let (mut want_dx, mut want_dw, mut want_db) =
+        (vec![0.0; x.len()], vec![0.0; wt.len()], vec![0.0; co]);
+    for b_ in 0..n {
+        for c in 0..co {
+            for y in 0..h {
+                for xo in 0..w {
+                    let g = dy[((b_ * co + c) * h + y) * w + xo] as f64;
+                    want_db[c] += g;
+                    for k in 0..ci {
+                        for i in 0..3 {
+                            for j in 0..3 {
+                                let (iy, ix) = (y + i, xo + j);
+                                if iy < 1 || ix < 1 || iy > h || ix > w {
+                                    continue;
+                                }
+                                let xi = ((b_ * ci + k) * h + iy - 1) * w + ix - 1;
+                                let wi = ((c * ci + k) * 3 + i) * 3 + j;
+                                want_dx[xi] += g * wt[wi] as f64;
+                                want_dw[wi] += g * x[xi] as f64;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert_close_msg("input gradient", &got[1], &want_dx, GRAD_ATOL, GRAD_RTOL);
+    assert_close_msg("weight gradient", &got[2], &want_dw, GRAD_ATOL, GRAD_RTOL);
+    assert_close_msg("bias gradient", &got[3], &want_db, GRAD_ATOL, GRAD_RTOL);
+
+    // Three products over six operand textures, of which only the weights
+    // (read as they lie by the input gradient) need a pack.
+    let products = stats.texture_products - before.texture_products;
+    let packs = stats.operand_packs - before.operand_packs;
+    if device().texture_matmul() {
+        assert_eq!((products, packs), (3, 1), "texture products and packs");
+    } else {
+        assert_eq!((products, packs), (0, 0), "no textures on this adapter");
+    }
+}

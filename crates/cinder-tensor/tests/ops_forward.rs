@@ -1878,6 +1878,53 @@ fn matmul_texture_operands() {
     check_scaled("two texture products in one plan", &gpu, &want, &scale);
 }
 
+/// An operand that only a texture product reads is computed straight into
+/// its texture (no pack). Its padding (K rounded up to whole texels) must be
+/// zero, not a copy of some element: an infinity in B's last row, copied
+/// into the padding rows, would meet A's zero padding and make every output
+/// NaN. Here it makes exactly the last column infinite.
+#[test]
+fn matmul_operand_computed_into_texture() {
+    let mut rng = Rng::named("matmul into texture");
+    let (m, k, n) = (100, 70, 90);
+    let a = rng.vec(m * k, 0.5, 1.0);
+    let mut b = rng.vec(k * n, -1.0, 1.0);
+    b[k * n - 1] = f32::INFINITY;
+    let before = device().stats();
+    let b2 = ok("b * 2", tensor(&b, &[k, n]).mul_scalar(2.0));
+    let y = read_f32(
+        "product",
+        &ok("a @ (b * 2)", tensor(&a, &[m, k]).matmul(&b2)),
+    );
+    let stats = device().stats();
+    for i in 0..m {
+        for j in 0..n {
+            let got = y[i * n + j];
+            if j == n - 1 {
+                assert_eq!(got, f32::INFINITY, "row {i}, last column");
+                continue;
+            }
+            let want: f64 = (0..k)
+                .map(|t| a[i * k + t] as f64 * 2.0 * b[t * n + j] as f64)
+                .sum();
+            assert!(
+                (got as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                "[{i}, {j}]: {got} against {want}"
+            );
+        }
+    }
+    let (products, packs) = (
+        stats.texture_products - before.texture_products,
+        stats.operand_packs - before.operand_packs,
+    );
+    let expected = if device().texture_matmul() {
+        (1, 1)
+    } else {
+        (0, 0)
+    };
+    assert_eq!((products, packs), expected, "texture products and packs");
+}
+
 /// The kernels that read operands from buffers, forced on a second device:
 /// on a CPU adapter the default device packs big products into textures.
 #[test]
