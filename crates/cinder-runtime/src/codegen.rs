@@ -743,23 +743,18 @@ pub(crate) fn elementwise_texels(
     let mut body = String::new();
     let n = numel(&entries[root].shape);
     let rows = n / cols.max(1);
-    // Padding lanes compute a clamped element and discard it: cheaper on
-    // lavapipe than a branch around the whole expression.
-    let mut indices = format!(
-        "    let q = gid % {width}u;\n    let r = gid / {width}u;\n    let first = r * {cols}u + 4u * q;\n"
+    // The four elements are a loop, not four copies of the expression: the
+    // kernel compiles once per element's code (LLVM takes ~50-100 ms per
+    // copy with Mesa's cache empty). Padding lanes compute a clamped element
+    // and discard it: cheaper on lavapipe than a branch around it all.
+    let v = g.value(&mut body, root, "e", true);
+    let indices = format!(
+        "    let q = gid % {width}u;\n    let r = gid / {width}u;\n    let first = r * {cols}u + 4u * q;\n    var texel = vec4<f32>(0.0);\n    for (var t = 0u; t < 4u; t++) {{\n    let e = min(first + t, {}u);\n",
+        n.max(1) - 1
     );
-    let mut parts = Vec::new();
-    for t in 0..4 {
-        let _ = writeln!(
-            indices,
-            "    let e{t} = min(first + {t}u, {}u);",
-            n.max(1) - 1
-        );
-        let v = g.value(&mut body, root, &format!("e{t}"), true);
-        parts.push(format!(
-            "select(0.0, {v}, r < {rows}u && 4u * q + {t}u < {cols}u)"
-        ));
-    }
+    let store = format!(
+        "    texel[t] = select(0.0, {v}, r < {rows}u && 4u * q + t < {cols}u);\n    }}\n    textureStore(out, vec2<u32>(q, r), texel);"
+    );
     let mut src = String::from(PRELUDE);
     let _ = writeln!(
         src,
@@ -791,10 +786,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         @builtin(local_invocation_index) lid: u32) {{
     let gid = (wid.y * nwg.x + wid.x) * {ELEMENTWISE_WG}u + lid;
     if (gid >= {items}u) {{ return; }}
-{indices}{body}    textureStore(out, vec2<u32>(q, r), vec4<f32>({}));
+{indices}{body}{store}
 }}
-",
-        parts.join(", ")
+"
     );
     Generated {
         source: src,
