@@ -399,6 +399,16 @@ impl Tensor {
     /// window.
     pub fn max_pool2d(&self, opts: Pool2dOptions) -> Result<Tensor> {
         const OP: &str = "max_pool2d";
+        // Pooling a ReLU's output is the ReLU of the pooled input, in values
+        // and in gradients: the gradient goes to the window's first maximum
+        // either way, and the ReLU's mask there is zero exactly when the
+        // pooled value is not positive. Pooled first, the backward pass
+        // reads the mask over a quarter of the elements (a 2x2 window).
+        if let Some(grad_fn) = &self.0.grad_fn {
+            if grad_fn.name == "relu" {
+                return grad_fn.inputs[0].max_pool2d(opts)?.relu();
+            }
+        }
         let win = pool_window(OP, self, &opts)?;
         let [n, c, _, _] = image_dims(OP, self)?;
         let [oh, ow] = win.out;

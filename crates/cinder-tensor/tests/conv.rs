@@ -390,6 +390,42 @@ fn max_pool2d_default_stride_and_dilation() {
     );
 }
 
+/// Max-pooling a ReLU's output is computed as the ReLU of the pooled input
+/// (see `max_pool2d`): values and gradients must match pooling the ReLU's
+/// output, including windows with no positive value (zero gradient) and
+/// padding taps. The values stay 0.025 or more from zero and from each
+/// other, beyond the finite-difference step. The GPU differences run
+/// without autograd, so they take the unswapped path.
+#[test]
+fn max_pool2d_of_relu() {
+    let mut rng = Rng::named("max_pool2d of relu");
+    for (opts, shape) in [
+        (Pool2dOptions::new(2), [2, 3, 6, 8]),
+        (
+            Pool2dOptions::new(3).stride(2).padding(1).ceil_mode(true),
+            [1, 2, 7, 8],
+        ),
+    ] {
+        let n = numel(&shape);
+        let values = rng.distinct(n, 0.05, 0.025 - 0.05 * (n / 2) as f64);
+        let relu = |a: &Arr| Arr::new(&a.shape, a.data.iter().map(|&v| v.max(0.0)).collect());
+        let windows_without_positive = {
+            let pooled = pool_ref(&Arr::from_f32(&values, &shape), opts, true, true);
+            pooled.data.iter().filter(|&&v| v < 0.0).count()
+        };
+        assert!(
+            windows_without_positive > 0,
+            "some window must have no positive value"
+        );
+        check_grad_ref(
+            &format!("max_pool2d of relu {shape:?}"),
+            &[input(values, &shape)],
+            |t| t[0].relu()?.max_pool2d(opts),
+            |a| pool_ref(&relu(&a[0]), opts, true, true),
+        );
+    }
+}
+
 #[test]
 fn max_pool2d_gradient_goes_to_the_first_maximum() -> cinder_tensor::Result<()> {
     // A window of equal values: PyTorch routes the whole gradient to one tap.
