@@ -423,6 +423,10 @@ pub(crate) fn binding_chunk(device: &Device) -> usize {
     ((limit / align * align) / 4).max(64) as usize
 }
 
+/// Broadcast values at least this large get a buffer of their own (see
+/// `compile`).
+const BROADCAST_MATERIALIZE_MIN: usize = 1 << 16;
+
 /// Elements one reduce workgroup handles at most before the reduction is
 /// split into partials (see `codegen::reduce`).
 const REDUCE_SPAN: usize = 1 << 16;
@@ -598,6 +602,42 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
                 j = child;
             }
             if !matches!(entries[j].kind, Kind::Const | Kind::Iota { .. }) {
+                mat[j] = true;
+            }
+        }
+    }
+    // Likewise a large value that an element-wise consumer broadcasts (reads
+    // at several of its own elements): inlined, its loads would repeat per
+    // read. Max-pooling's backward broadcasts the pooled gradient (after the
+    // ReLU's mask) over each window's taps. Small broadcast values stay
+    // inlined: a kernel of their own costs more than recomputing them.
+    for e in &entries[..synthetic_from] {
+        let operands: &[usize] = match &e.kind {
+            Kind::Binary(_, x, y) => &[*x, *y],
+            Kind::Where(c, x, y) => &[*c, *x, *y],
+            _ => &[],
+        };
+        for &operand in operands {
+            // Smaller than the result, or through a view that expands a
+            // dimension (stride 0); a padding view is not a broadcast.
+            let mut broadcast = numel(&entries[operand].shape) < numel(&e.shape);
+            let mut j = operand;
+            while let Kind::View(spec, child) = &entries[j].kind {
+                broadcast |= spec
+                    .strides
+                    .iter()
+                    .zip(&entries[j].shape)
+                    .any(|(&stride, &size)| stride == 0 && size > 1);
+                j = *child;
+            }
+            if !broadcast {
+                continue;
+            }
+            let computed = !matches!(
+                entries[j].kind,
+                Kind::Const | Kind::Iota { .. } | Kind::Rand { .. }
+            );
+            if computed && numel(&entries[j].shape) >= BROADCAST_MATERIALIZE_MIN {
                 mat[j] = true;
             }
         }

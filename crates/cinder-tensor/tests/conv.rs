@@ -426,6 +426,55 @@ fn max_pool2d_of_relu() {
     }
 }
 
+/// The same at a size where the pooled gradient (after the ReLU's mask) is
+/// computed into a buffer of its own rather than inlined into each of the
+/// window's taps (large broadcast values are materialized): against
+/// PyTorch's rule, the gradient to each window's first maximum of the ReLU's
+/// output, times the ReLU's mask there.
+#[test]
+fn max_pool2d_of_relu_large() {
+    let mut rng = Rng::named("max_pool2d of relu, large");
+    let [n, c, h, w] = [2, 8, 130, 130];
+    let (oh, ow) = (h / 2, w / 2);
+    assert!(n * c * oh * ow >= 1 << 16);
+    let x = rng.vec(n * c * h * w, -1.0, 1.0);
+    let g = rng.vec(n * c * oh * ow, -1.0, 1.0);
+    let xt = tensor(&x, &[n, c, h, w]).requires_grad_();
+    let y = ok(
+        "pool of relu",
+        xt.relu().and_then(|r| r.max_pool2d(Pool2dOptions::new(2))),
+    );
+    let loss = ok(
+        "loss",
+        y.mul(&tensor(&g, &[n, c, oh, ow]))
+            .and_then(|l| l.sum_all()),
+    );
+    let grads = ok("backward", loss.backward());
+    let dx = grads.get(&xt).expect("gradient of x").clone();
+    let got = ok("read", cinder_tensor::read_all(&[&y, &dx]));
+    let (mut want_y, mut want_dx) = (Vec::new(), vec![0.0f64; x.len()]);
+    for plane in 0..n * c {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let taps = [(0, 0), (0, 1), (1, 0), (1, 1)]
+                    .map(|(i, j)| plane * h * w + (2 * oy + i) * w + 2 * ox + j);
+                let mut first = taps[0];
+                for &t in &taps[1..] {
+                    if x[t].max(0.0) > x[first].max(0.0) {
+                        first = t;
+                    }
+                }
+                want_y.push(x[first].max(0.0) as f64);
+                if x[first] > 0.0 {
+                    want_dx[first] = g[(plane * oh + oy) * ow + ox] as f64;
+                }
+            }
+        }
+    }
+    assert_close_msg("pooled", &got[0], &want_y, ATOL, RTOL);
+    assert_close_msg("gradient", &got[1], &want_dx, ATOL, RTOL);
+}
+
 #[test]
 fn max_pool2d_gradient_goes_to_the_first_maximum() -> cinder_tensor::Result<()> {
     // A window of equal values: PyTorch routes the whole gradient to one tap.
