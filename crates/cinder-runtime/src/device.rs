@@ -157,7 +157,7 @@ pub struct Stats {
     pub bind_groups_created: u64,
     pub buffers_created: u64,
     /// Textures created (the texture matmul's operand textures, one per size
-    /// and operand, kept for reuse).
+    /// and tag, kept for reuse: see `Device::operand_texture`).
     pub textures_created: u64,
     /// Bytes held by live and pooled GPU buffers and by operand textures
     /// right now.

@@ -36,11 +36,10 @@ pub(crate) struct OperandPack {
 /// texture products compiled the 64x64 block five times, 1.2 s each with
 /// Mesa's cache empty. One more texel keeps them all on one variant.
 fn texture_side(texels: usize) -> u32 {
-    let side = if texels.is_power_of_two() {
-        texels + 1
-    } else {
-        texels
-    };
+    let mut side = texels.max(1);
+    while side.is_power_of_two() {
+        side += 1;
+    }
     side as u32
 }
 
@@ -323,9 +322,13 @@ pub(crate) fn matmul(
             .map(|(&elements, _)| elements)
             .sum::<usize>();
         let pays = m * n * k >= TEXTURE_MIN_REUSE * packed;
-        let texture_source = variant
-            .texture_source
-            .filter(|_| textures.is_some_and(|max| !a_batched && !b_batched && pays && fits(max)));
+        // A split-K part starts at a whole texel of A (split_k keeps parts
+        // only even).
+        let parts_on_texels = split == 1 || loop_k.is_multiple_of(4);
+        let texture_source = variant.texture_source.filter(|_| {
+            textures
+                .is_some_and(|max| !a_batched && !b_batched && pays && parts_on_texels && fits(max))
+        });
         if let Some(source) = texture_source {
             return MatmulKernel {
                 source,

@@ -258,6 +258,11 @@ fn matmul_readers(
             match entries[c].kind {
                 // A split product's partial repeats its original's operands.
                 Kind::Matmul { .. } if c >= synthetic_from => {}
+                // A view that drops elements (a prefix of rows) would leave
+                // the value's other rows where B's padding must be zero.
+                Kind::Matmul { .. } if numel(&entries[x].shape) != numel(&entries[j].shape) => {
+                    return None
+                }
                 Kind::Matmul { a, b, .. } if mat[c] => {
                     if a == x {
                         readers.push((c, 0));
@@ -298,6 +303,7 @@ fn texture_residents(
     parts: &dyn Fn(usize) -> usize,
     buffer_of: &dyn Fn(usize) -> Option<usize>,
     effect_reads: &[usize],
+    epilogue_outputs: &dyn Fn(usize) -> bool,
 ) -> std::collections::HashMap<usize, Resident> {
     let mut residents = std::collections::HashMap::new();
     if !device.inner.texture_matmul {
@@ -315,6 +321,8 @@ fn texture_residents(
                 Kind::External | Kind::Upload | Kind::Reduce { .. } | Kind::Matmul { .. }
             )
             || effect_buffers.contains(&j)
+            // A fused matmul epilogue writes its entry through buffer stores.
+            || epilogue_outputs(j)
         {
             continue;
         }
@@ -702,6 +710,7 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
         &|m| split_matmuls.get(&m).map_or(1, |&(_, _, parts)| parts),
         &|x| buffer_of(&mat, x),
         &effect_reads,
+        &|j| epilogues.contains_key(&j),
     );
     let in_texture = |m: usize| -> [bool; 2] {
         match entries[m].kind {

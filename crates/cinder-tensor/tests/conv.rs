@@ -542,11 +542,20 @@ fn conv2d_operands_computed_into_textures() {
         rng.vec(co, -1.0, 1.0),
     );
     let dy = rng.vec(n * co * h * w, -1.0, 1.0);
-    let before = device().stats();
+    // A device of its own: the counters below must see this step only, not
+    // the other tests' running in parallel.
+    let dev = ok(
+        "second device",
+        cinder_tensor::Device::with_options(&cinder_tensor::runtime::DeviceOptions::from_env()),
+    );
+    let on_dev = |data: &[f32], shape: &[usize]| {
+        ok("upload", Tensor::from_slice(&dev, data, shape)).requires_grad_()
+    };
+    let before = dev.stats();
     let (xt, wtt, bt) = (
-        tensor(&x, &[n, ci, h, w]).requires_grad_(),
-        tensor(&wt, &[co, ci, 3, 3]).requires_grad_(),
-        tensor(&b, &[co]).requires_grad_(),
+        on_dev(&x, &[n, ci, h, w]),
+        on_dev(&wt, &[co, ci, 3, 3]),
+        on_dev(&b, &[co]),
     );
     let out = ok(
         "conv2d",
@@ -554,13 +563,14 @@ fn conv2d_operands_computed_into_textures() {
     );
     let loss = ok(
         "loss",
-        out.mul(&tensor(&dy, &[n, co, h, w]))
+        Tensor::from_slice(&dev, &dy, &[n, co, h, w])
+            .and_then(|g| out.mul(&g))
             .and_then(|l| l.sum_all()),
     );
     let grads = ok("backward", loss.backward());
     let [dx, dw, db] = [&xt, &wtt, &bt].map(|t| grads.get(t).expect("gradient").clone());
     let got = ok("read", cinder_tensor::read_all(&[&out, &dx, &dw, &db]));
-    let stats = device().stats();
+    let stats = dev.stats();
 
     let (xa, wa, ba) = (
         Arr::from_f32(&x, &[n, ci, h, w]),
@@ -603,7 +613,7 @@ fn conv2d_operands_computed_into_textures() {
     // (read as they lie by the input gradient) need a pack.
     let products = stats.texture_products - before.texture_products;
     let packs = stats.operand_packs - before.operand_packs;
-    if device().texture_matmul() {
+    if dev.texture_matmul() {
         assert_eq!((products, packs), (3, 1), "texture products and packs");
     } else {
         assert_eq!((products, packs), (0, 0), "no textures on this adapter");

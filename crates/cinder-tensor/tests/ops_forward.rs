@@ -1885,18 +1885,25 @@ fn matmul_texture_operands() {
 /// NaN. Here it makes exactly the last column infinite.
 #[test]
 fn matmul_operand_computed_into_texture() {
+    // A device of its own: the counters below must see this product only,
+    // not the other tests' running in parallel.
+    let dev = ok(
+        "second device",
+        cinder_tensor::Device::with_options(&cinder_tensor::runtime::DeviceOptions::from_env()),
+    );
     let mut rng = Rng::named("matmul into texture");
     let (m, k, n) = (100, 70, 90);
     let a = rng.vec(m * k, 0.5, 1.0);
     let mut b = rng.vec(k * n, -1.0, 1.0);
     b[k * n - 1] = f32::INFINITY;
-    let before = device().stats();
-    let b2 = ok("b * 2", tensor(&b, &[k, n]).mul_scalar(2.0));
-    let y = read_f32(
-        "product",
-        &ok("a @ (b * 2)", tensor(&a, &[m, k]).matmul(&b2)),
+    let before = dev.stats();
+    let ta = ok("a", Tensor::from_slice(&dev, &a, &[m, k]));
+    let b2 = ok(
+        "b * 2",
+        Tensor::from_slice(&dev, &b, &[k, n]).and_then(|t| t.mul_scalar(2.0)),
     );
-    let stats = device().stats();
+    let y = read_f32("product", &ok("a @ (b * 2)", ta.matmul(&b2)));
+    let stats = dev.stats();
     for i in 0..m {
         for j in 0..n {
             let got = y[i * n + j];
@@ -1917,12 +1924,62 @@ fn matmul_operand_computed_into_texture() {
         stats.texture_products - before.texture_products,
         stats.operand_packs - before.operand_packs,
     );
-    let expected = if device().texture_matmul() {
-        (1, 1)
-    } else {
-        (0, 0)
-    };
+    let expected = if dev.texture_matmul() { (1, 1) } else { (0, 0) };
     assert_eq!((products, packs), expected, "texture products and packs");
+}
+
+/// A product's fused epilogue writes its result through buffer stores, so
+/// that result is never computed into a texture, even when a texture
+/// product is its only reader (here an inference pass: relu(x @ w1 + b) is
+/// the first, small product's epilogue, and the second product reads it).
+#[test]
+fn epilogue_output_read_by_a_texture_product() {
+    let mut rng = Rng::named("epilogue into texture product");
+    let (m, k, h, n) = (128, 4, 256, 256);
+    let [x, w1, b, w2] = [m * k, k * h, h, h * n].map(|len| rng.vec(len, -1.0, 1.0));
+    let y = {
+        let _guard = cinder_tensor::no_grad();
+        let hidden = ok(
+            "hidden",
+            tensor(&x, &[m, k])
+                .matmul(&tensor(&w1, &[k, h]))
+                .and_then(|p| p.add(&tensor(&b, &[h])))
+                .and_then(|p| p.relu()),
+        );
+        read_f32(
+            "output",
+            &ok("output", hidden.matmul(&tensor(&w2, &[h, n]))),
+        )
+    };
+    let hidden: Vec<f64> = (0..m * h)
+        .map(|e| {
+            let (i, j) = (e / h, e % h);
+            let v: f64 = (0..k)
+                .map(|t| x[i * k + t] as f64 * w1[t * h + j] as f64)
+                .sum();
+            (v + b[j] as f64).max(0.0)
+        })
+        .collect();
+    let want: Vec<f64> = (0..m * n)
+        .map(|e| {
+            let (i, j) = (e / n, e % n);
+            (0..h)
+                .map(|t| hidden[i * h + t] * w2[t * n + j] as f64)
+                .sum()
+        })
+        .collect();
+    assert_close_msg("relu(x @ w1 + b) @ w2", &y, &want, 1e-4, 1e-4);
+}
+
+/// Split-K products whose parts are not a whole number of texels of K (K
+/// per part 258 here) stay on the buffer kernels: a texture part starts at
+/// a whole texel, and its first k would be read by two parts.
+#[test]
+fn matmul_split_k_parts_off_texels() {
+    let mut rng = Rng::named("matmul split-K off texels");
+    for (m, k, n) in [(128, 516, 128), (290, 9800, 64)] {
+        matmul_check("split-K matmul", &mut rng, &[m, k], &[k, n]);
+    }
 }
 
 /// The kernels that read operands from buffers, forced on a second device:
