@@ -115,6 +115,42 @@ fn cnn_training_steps_create_nothing_after_the_first() -> Result<()> {
     assert_steady(&model, |i| batch_of(i, 16, &[1, 8, 8], 10), 100)
 }
 
+/// A CNN whose second convolution's products take the texture kernels (on
+/// a CPU adapter), with its unfolded input and output gradient computed
+/// straight into textures: those textures, too, are created once.
+#[test]
+fn cnn_with_texture_operands_creates_nothing_after_the_first() -> Result<()> {
+    let _serial = common::serial();
+    let device = common::device();
+    device.manual_seed(4);
+    let conv = |cin, cout| {
+        Conv2d::new(
+            &device,
+            cin,
+            cout,
+            3,
+            Conv2dOptions::default().padding(1),
+            true,
+        )
+    };
+    let model = Sequential::new()
+        .add(conv(1, 8)?)
+        .add(ReLU)
+        .add(MaxPool2d::new(2))
+        .add(conv(8, 64)?)
+        .add(ReLU)
+        .add(MaxPool2d::new(2))
+        .add(Flatten)
+        .add(Linear::new(&device, 64 * 4 * 4, 10, true)?);
+    let before = device.stats().texture_products;
+    assert_steady(&model, |i| batch_of(i, 16, &[1, 16, 16], 10), 8)?;
+    assert_eq!(
+        device.stats().texture_products > before,
+        device.texture_matmul()
+    );
+    Ok(())
+}
+
 /// Products big enough to pack their operands into textures (on a CPU
 /// adapter) reuse the same textures every step.
 #[test]
