@@ -12,7 +12,7 @@ The files in shaders/ come from:
   python3 tools/gen_matmul.py subgroup shaders/matmul_subgroup_64x64.wgsl 64 8 direct
   python3 tools/gen_matmul.py subgroup shaders/matmul_subgroup_32x32.wgsl 32 4
   python3 tools/gen_matmul.py texture shaders/matmul_texture_128x64.wgsl 128 8 direct
-  python3 tools/gen_matmul.py texture shaders/matmul_texture_64x64.wgsl 64 8 direct
+  python3 tools/gen_matmul.py texture shaders/matmul_texture_64x32.wgsl 64 4 direct
 
 Cost model behind the design (Mesa 22.3 lavapipe, 8 lanes per SIMD group): every load from a
 storage *or* workgroup buffer becomes a per-lane scalar loop costing ~18-30 cycles per lane and
