@@ -39,6 +39,7 @@ pub(crate) enum Kind {
     },
     Unfold(Window2d, Fill, usize),
     Fold(Window2d, usize),
+    ConvRows(Window2d, usize),
     Matmul {
         a: usize,
         b: usize,
@@ -57,7 +58,8 @@ impl Kind {
             | Kind::Cast(a)
             | Kind::View(_, a)
             | Kind::Unfold(_, _, a)
-            | Kind::Fold(_, a) => vec![*a],
+            | Kind::Fold(_, a)
+            | Kind::ConvRows(_, a) => vec![*a],
             Kind::Reduce { input, .. } => vec![*input],
             Kind::Binary(_, a, b) => vec![*a, *b],
             Kind::Gather { src, index, .. } => vec![*src, *index],
@@ -205,6 +207,7 @@ impl Builder {
                         Op::View(spec, a) => Kind::View(spec.clone(), ix(a)),
                         Op::Unfold(win, fill, a) => Kind::Unfold(win.clone(), *fill, ix(a)),
                         Op::Fold(win, a) => Kind::Fold(win.clone(), ix(a)),
+                        Op::ConvRows(win, a) => Kind::ConvRows(win.clone(), ix(a)),
                         Op::Gather { axis, src, index } => Kind::Gather {
                             axis: *axis,
                             src: ix(src),
@@ -375,6 +378,10 @@ fn structure_key(entries: &[Entry], roots: &[usize], effects: &[CanonEffect]) ->
             }
             Kind::Fold(win, a) => {
                 k.extend([15, *a as u64]);
+                window_key(&mut k, win);
+            }
+            Kind::ConvRows(win, a) => {
+                k.extend([16, *a as u64]);
                 window_key(&mut k, win);
             }
             Kind::Reduce { op, axes, input } => {

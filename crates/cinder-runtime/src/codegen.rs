@@ -260,6 +260,11 @@ impl Gen<'_> {
                 self.guarded(body, &m, &child, a, &outside, ty)
             }
             Kind::Fold(win, a) => self.fold(body, &e.shape, e.dtype, &win, a, idx),
+            Kind::ConvRows(win, a) => {
+                let channels = self.entries[a].shape[1];
+                let (m, child) = self.conv_rows(body, &win, channels, idx);
+                self.guarded(body, &m, &child, a, zero(e.dtype), ty)
+            }
             Kind::Gather { axis, src, index } => {
                 let ix = self.value(body, index, idx, false);
                 let src_shape = self.entries[src].shape.clone();
@@ -357,6 +362,66 @@ impl Gen<'_> {
         let _ = writeln!(
             body,
             "    let {child} = select(0u, ({idx} / {taps}u) * {}u + u32({y}) * {w}u + u32({x}), {m});",
+            h * w
+        );
+        (m, child)
+    }
+
+    /// Element `idx` of a channels-last unfold (`Kind::ConvRows`): row
+    /// `(n, oy, ox)`, column `(ky, kx, c)`; whether the tap is inside the
+    /// image, and the image element read there.
+    fn conv_rows(
+        &mut self,
+        body: &mut String,
+        win: &Window2d,
+        channels: usize,
+        idx: &str,
+    ) -> (String, String) {
+        let [h, w] = win.image;
+        let [oh_n, ow_n] = win.out;
+        let taps = win.kernel[0] * win.kernel[1] * channels;
+        let (row, col, y, x, m, child) = (
+            self.fresh("row"),
+            self.fresh("col"),
+            self.fresh("y"),
+            self.fresh("x"),
+            self.fresh("m"),
+            self.fresh("ix"),
+        );
+        let _ = writeln!(body, "    let {row} = {idx} / {taps}u;");
+        let _ = writeln!(body, "    let {col} = {idx} % {taps}u;");
+        let tap = |axis: usize| {
+            if axis == 0 {
+                format!("({col} / {}u)", win.kernel[1] * channels)
+            } else {
+                format!("(({col} / {channels}u) % {}u)", win.kernel[1])
+            }
+        };
+        let _ = writeln!(
+            body,
+            "    let {y} = i32((({row} / {ow_n}u) % {oh_n}u) * {}u + {} * {}u) - {};",
+            win.stride[0],
+            tap(0),
+            win.dilation[0],
+            win.padding[0]
+        );
+        let _ = writeln!(
+            body,
+            "    let {x} = i32(({row} % {ow_n}u) * {}u + {} * {}u) - {};",
+            win.stride[1],
+            tap(1),
+            win.dilation[1],
+            win.padding[1]
+        );
+        let _ = writeln!(
+            body,
+            "    let {m} = {y} >= 0 && {y} < {h} && {x} >= 0 && {x} < {w};"
+        );
+        // Outside the image the load reads element 0 and is discarded.
+        let _ = writeln!(
+            body,
+            "    let {child} = select(0u, ((({row} / {}u) * {}u + u32({y}) * {w}u + u32({x})) * {channels}u + {col} % {channels}u), {m});",
+            oh_n * ow_n,
             h * w
         );
         (m, child)

@@ -193,6 +193,13 @@ pub(crate) enum Op {
     /// The adjoint of a zero-filled unfold: `[N, C, KH, KW, OH, OW] ->
     /// [N, C, H, W]`, each pixel the sum of the taps that read it (col2im).
     Fold(Window2d, Node),
+    /// The unfold of an image stored channels-last, as a matrix:
+    /// `[N * H * W, C] -> [N * OH * OW, KH * KW * C]`, row `(n, oy, ox)`
+    /// holding the taps of that window, channels fastest, zero outside the
+    /// image. A product with it as A is a convolution in channels-last
+    /// layout; on a CPU adapter the texture kernel fetches it straight from
+    /// the image (an implicit GEMM) instead of materializing it.
+    ConvRows(Window2d, Node),
     Matmul {
         a: Node,
         b: Node,
@@ -209,7 +216,8 @@ impl Op {
             | Op::Cast(a)
             | Op::View(_, a)
             | Op::Unfold(_, _, a)
-            | Op::Fold(_, a) => vec![a.clone()],
+            | Op::Fold(_, a)
+            | Op::ConvRows(_, a) => vec![a.clone()],
             Op::Reduce { input, .. } => vec![input.clone()],
             Op::Binary(_, a, b) => vec![a.clone(), b.clone()],
             Op::Gather { src, index, .. } => vec![src.clone(), index.clone()],
@@ -697,6 +705,33 @@ impl Node {
             shape,
             self.dtype(),
             Op::Unfold(win.clone(), fill, self.clone()),
+        ))
+    }
+
+    /// The windows of a channels-last image `[N * H * W, C]` as rows:
+    /// `[N * OH * OW, KH * KW * C]` (see [`Op::ConvRows`]).
+    pub fn conv_rows(&self, win: &Window2d) -> Result<Node> {
+        let s = self.shape();
+        let pixels = win.image[0] * win.image[1];
+        if s.len() != 2 || pixels == 0 || !s[0].is_multiple_of(pixels) {
+            return Err(Error::shape(
+                "conv_rows",
+                format!(
+                    "a [N * H * W, C] image with H, W = {:?}, got {s:?}",
+                    win.image
+                ),
+            ));
+        }
+        let batch = s[0] / pixels;
+        self.check_window("conv_rows", win, &[batch, s[1], win.image[0], win.image[1]])?;
+        Ok(Node::new(
+            &self.0.device,
+            vec![
+                batch * win.out[0] * win.out[1],
+                win.kernel[0] * win.kernel[1] * s[1],
+            ],
+            self.dtype(),
+            Op::ConvRows(win.clone(), self.clone()),
         ))
     }
 

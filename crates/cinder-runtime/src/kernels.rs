@@ -108,6 +108,13 @@ const MATMUL_SUBGROUP_32X32: &str = include_str!("../../../shaders/matmul_subgro
 /// twice the workgroups to share between threads.
 const MATMUL_TEXTURE_128X64: &str = include_str!("../../../shaders/matmul_texture_128x64.wgsl");
 const MATMUL_TEXTURE_64X32: &str = include_str!("../../../shaders/matmul_texture_64x32.wgsl");
+/// The 64x32 texture block fetching A as a convolution's windows (an
+/// implicit GEMM, see [`ConvOperand`]). A kernel of its own: a runtime
+/// switch in the plain block made its other products a quarter slower
+/// (conv2d's forward product 12.0 -> 15.1 ms, its weight gradient 12.2 ->
+/// 15.8 ms), for one more compile (about 0.7 s with Mesa's cache empty).
+const MATMUL_TEXTURE_IMPLICIT_64X32: &str =
+    include_str!("../../../shaders/matmul_texture_implicit_64x32.wgsl");
 /// One block size of the subgroup kernel.
 struct SubgroupVariant {
     buffer_source: &'static str,
@@ -141,6 +148,10 @@ const SUBGROUP_VARIANTS: [SubgroupVariant; 3] = [
         min_work: 0,
     },
 ];
+
+/// The variant an implicit A takes (the 64x64 class, whose texture block
+/// is 64x32: see `matmul`).
+const IMPLICIT_VARIANT: usize = 1;
 
 /// The subgroup kernel for an `m x n x k` product, as its index in
 /// [`SUBGROUP_VARIANTS`]: the biggest block (among those for its size) whose
@@ -244,6 +255,44 @@ pub(crate) struct Operand<'a> {
     pub shape: &'a [usize],
     pub batched: bool,
     pub in_texture: bool,
+    /// For A: a channels-last unfold (`Kind::ConvRows`) that the texture
+    /// kernel fetches from its image instead of reading it materialized.
+    pub conv: Option<ConvOperand<'a>>,
+}
+
+/// An implicit A: the windows `window` over an image of `channels`
+/// channels (a multiple of 4) stored as `[N * H * W, channels]`.
+#[derive(Clone, Copy)]
+pub(crate) struct ConvOperand<'a> {
+    pub window: &'a crate::graph::Window2d,
+    pub channels: usize,
+    pub image_rows: usize,
+}
+
+/// Words 8 to 20 of the implicit texture kernel's shape (see
+/// shaders/matmul_texture_implicit_64x32.wgsl): the image's geometry.
+fn conv_words(conv: Option<ConvOperand<'_>>) -> Vec<usize> {
+    match conv {
+        None => Vec::new(),
+        Some(c) => {
+            let w = c.window;
+            vec![
+                0,
+                c.channels / 4,
+                w.kernel[1],
+                w.padding[0],
+                w.padding[1],
+                w.out[0],
+                w.out[1],
+                w.image[0],
+                w.image[1],
+                w.stride[0],
+                w.stride[1],
+                w.dilation[0],
+                w.dilation[1],
+            ]
+        }
+    }
 }
 
 /// The kernel for `a @ b` (row-major), in `split` parts along K (see
@@ -260,6 +309,7 @@ pub(crate) fn matmul(
 ) -> MatmulKernel {
     let (a_batched, b_batched) = (a.batched, b.batched);
     let in_texture = [a.in_texture, b.in_texture];
+    let conv = a.conv;
     let (a, b) = (a.shape, b.shape);
     let (m, k) = (a[a.len() - 2], a[a.len() - 1]);
     let n = b[b.len() - 1];
@@ -293,7 +343,7 @@ pub(crate) fn matmul(
             batch as u32,
         )
     };
-    if m * n * k * batch / split < SMALL_MATMUL {
+    if m * n * k * batch / split < SMALL_MATMUL && conv.is_none() {
         return MatmulKernel {
             source: SMALL_MATMUL_SRC,
             constants: vec![],
@@ -308,7 +358,14 @@ pub(crate) fn matmul(
         let aligned = [loop_k, n, k, stride_a, stride_b]
             .iter()
             .all(|d| d.is_multiple_of(2));
-        let variant = &SUBGROUP_VARIANTS[subgroup_variant(m, n, k)];
+        // An implicit A needs a texture block, whatever block the padding
+        // rule would pick for a narrow product (a convolution's input
+        // gradient over few input channels): a materialized unfold on the
+        // 32x32 block would cost far more than the padded columns.
+        let variant = match conv {
+            Some(_) => &SUBGROUP_VARIANTS[IMPLICIT_VARIANT],
+            None => &SUBGROUP_VARIANTS[subgroup_variant(m, n, k)],
+        };
         let block = variant.block;
         // Textures have no batch dimension here (split-K's parts are ranges
         // of the same texture), and each side must fit the adapter's texture
@@ -322,27 +379,48 @@ pub(crate) fn matmul(
         // Packing costs per element of A and B, the texture kernel saves per
         // multiply-add: it pays when each packed element takes part in enough
         // of them. An operand its producer writes into a texture costs nothing.
-        let packed = [m * k, k_padded * n]
+        let a_elements = conv.map_or(m * k, |c| c.image_rows * c.channels);
+        let packed = [a_elements, k_padded * n]
             .iter()
             .zip(in_texture)
             .filter(|(_, free)| !free)
             .map(|(&elements, _)| elements)
             .sum::<usize>();
-        let pays = m * n * k >= TEXTURE_MIN_REUSE * packed;
+        // An implicit A always takes textures: the alternative materializes
+        // the unfold, KH * KW times what a pack of its image copies.
+        let pays = conv.is_some() || m * n * k >= TEXTURE_MIN_REUSE * packed;
         // A split-K part starts at a whole texel of A (split_k keeps parts
         // only even).
         let parts_on_texels = split == 1 || loop_k.is_multiple_of(4);
-        let texture = variant.texture.filter(|_| {
-            textures
-                .is_some_and(|max| !a_batched && !b_batched && pays && parts_on_texels && fits(max))
+        // An implicit A's texels are whole groups of 4 channels of one tap.
+        let conv_fits = conv.is_none_or(|c| {
+            c.channels.is_multiple_of(4)
+                && textures.is_some_and(|max| {
+                    texture_side(c.image_rows) <= max && texture_side(c.channels / 4) <= max
+                })
         });
-        if let Some((source, texture_block)) = texture {
+        let texture = variant.texture.filter(|_| {
+            textures.is_some_and(|max| {
+                !a_batched && !b_batched && pays && parts_on_texels && conv_fits && fits(max)
+            })
+        });
+        if let Some((plain_source, texture_block)) = texture {
+            let source = match conv {
+                Some(_) => MATMUL_TEXTURE_IMPLICIT_64X32,
+                None => plain_source,
+            };
+            let mut dims: Vec<u32> = dims;
+            dims.extend(conv_words(conv).iter().map(|&w| w as u32));
+            let a_pack = match conv {
+                Some(c) => OperandPack::new(c.image_rows, c.channels, c.image_rows),
+                None => OperandPack::new(m, k, m),
+            };
             return MatmulKernel {
                 source,
                 constants,
                 dims,
                 workgroups: grid(texture_block),
-                packs: Some([OperandPack::new(m, k, m), OperandPack::new(k, n, k_padded)]),
+                packs: Some([a_pack, OperandPack::new(k, n, k_padded)]),
             };
         }
         constants.push(("ALIGNED".to_string(), aligned as u8 as f64));
@@ -400,6 +478,7 @@ pub(crate) fn fusable(kernel: &MatmulKernel) -> bool {
         MATMUL_SUBGROUP_64X64,
         MATMUL_SUBGROUP_128X64,
         MATMUL_TEXTURE_64X32,
+        MATMUL_TEXTURE_IMPLICIT_64X32,
         MATMUL_TEXTURE_128X64,
     ]
     .contains(&kernel.source)
@@ -435,6 +514,10 @@ pub fn shader_sources() -> Vec<(&'static str, &'static str)> {
         ("matmul_subgroup_32x32.wgsl", MATMUL_SUBGROUP_32X32),
         ("matmul_texture_128x64.wgsl", MATMUL_TEXTURE_128X64),
         ("matmul_texture_64x32.wgsl", MATMUL_TEXTURE_64X32),
+        (
+            "matmul_texture_implicit_64x32.wgsl",
+            MATMUL_TEXTURE_IMPLICIT_64X32,
+        ),
         ("pack_texture.wgsl", PACK_TEXTURE),
         ("small matmul", SMALL_MATMUL_SRC),
     ]

@@ -133,13 +133,16 @@ pub(crate) fn grid(device: &Device, items: u64, wg: u32) -> (u32, u32, u32) {
 }
 
 /// Matmul entry `m`'s operands and its kernel in `parts` parts along K;
-/// `in_texture` says which operands their producer can write into a texture.
+/// `in_texture` says which operands their producer can write into a texture,
+/// `implicit` that A, a channels-last unfold, is fetched from its image (the
+/// image is then the first operand returned).
 fn matmul_kernel(
     device: &Device,
     entries: &[Entry],
     m: usize,
     parts: usize,
     in_texture: [bool; 2],
+    implicit: bool,
 ) -> Option<(usize, usize, kernels::MatmulKernel)> {
     let Kind::Matmul {
         a,
@@ -150,16 +153,27 @@ fn matmul_kernel(
     else {
         return None;
     };
+    let conv = match &entries[a].kind {
+        Kind::ConvRows(window, image) if implicit => Some((window, *image)),
+        _ if implicit => return None,
+        _ => None,
+    };
     let kernel = kernels::matmul(
         kernels::Operand {
             shape: &entries[a].shape,
             batched: a_batched,
             in_texture: in_texture[0],
+            conv: conv.map(|(window, image)| kernels::ConvOperand {
+                window,
+                channels: entries[image].shape[1],
+                image_rows: entries[image].shape[0],
+            }),
         },
         kernels::Operand {
             shape: &entries[b].shape,
             batched: b_batched,
             in_texture: in_texture[1],
+            conv: None,
         },
         device.inner.subgroup_matmul,
         // A pack kernel dispatches one workgroup per 8 texture rows and a
@@ -173,7 +187,7 @@ fn matmul_kernel(
         ),
         parts,
     );
-    Some((a, b, kernel))
+    Some((conv.map_or(a, |(_, image)| image), b, kernel))
 }
 
 /// Whether entry `e` reads `input` (of shape `shape`) only at its own
@@ -228,6 +242,23 @@ fn one_to_one_chain(
     }
 }
 
+/// What matmul `m` reads for A and B: its operands, except that an
+/// implicit product reads its A's image.
+fn operand_sources(
+    entries: &[Entry],
+    implicit: &std::collections::HashSet<usize>,
+    m: usize,
+) -> [Option<usize>; 2] {
+    let Kind::Matmul { a, b, .. } = entries[m].kind else {
+        return [None; 2];
+    };
+    let a = match entries[a].kind {
+        Kind::ConvRows(_, image) if implicit.contains(&m) => image,
+        _ => a,
+    };
+    [Some(a), Some(b)]
+}
+
 /// A value computed straight into the operand texture of the matmuls that
 /// read it (see [`texture_residents`]).
 #[derive(Clone, Copy, Debug)]
@@ -241,16 +272,18 @@ struct Resident {
     tag: u8,
 }
 
-/// The matmuls (and operand slots, 0 for A, 1 for B) that read entry `j`,
-/// directly or through reshapes that are not materialized; `None` when
-/// anything else reads it.
+/// The 2-D matmuls that read entry `j`, directly or through reshapes that
+/// are not materialized, each with the operand slot (0 for A, 1 for B) and
+/// the columns of the matrix it reads `j` as (an `implicit` product reads
+/// its A's image, `[N * H * W, C]`); `None` when anything else reads it.
 fn matmul_readers(
     entries: &[Entry],
     consumers: &[Vec<usize>],
     mat: &[bool],
     synthetic_from: usize,
+    implicit: &std::collections::HashSet<usize>,
     j: usize,
-) -> Option<Vec<(usize, usize)>> {
+) -> Option<Vec<(usize, usize, usize)>> {
     let mut readers = Vec::new();
     let mut stack = vec![j];
     while let Some(x) = stack.pop() {
@@ -263,13 +296,31 @@ fn matmul_readers(
                 Kind::Matmul { .. } if numel(&entries[x].shape) != numel(&entries[j].shape) => {
                     return None
                 }
-                Kind::Matmul { a, b, .. } if mat[c] => {
+                Kind::Matmul {
+                    a,
+                    b,
+                    a_batched: false,
+                    b_batched: false,
+                } if mat[c] => {
+                    let cols = *entries[x].shape.last()?;
                     if a == x {
-                        readers.push((c, 0));
+                        readers.push((c, 0, cols));
                     }
                     if b == x {
-                        readers.push((c, 1));
+                        readers.push((c, 1, cols));
                     }
+                }
+                // The A of implicit products: they fetch from `x` itself.
+                Kind::ConvRows(..) if c < synthetic_from => {
+                    let products: Vec<usize> = consumers[c]
+                        .iter()
+                        .copied()
+                        .filter(|m| implicit.contains(m))
+                        .collect();
+                    if products.is_empty() {
+                        return None;
+                    }
+                    readers.extend(products.into_iter().map(|m| (m, 0, entries[x].shape[1])));
                 }
                 _ if c < synthetic_from
                     && !mat[c]
@@ -304,6 +355,7 @@ fn texture_residents(
     buffer_of: &dyn Fn(usize) -> Option<usize>,
     effect_reads: &[usize],
     epilogue_outputs: &dyn Fn(usize) -> bool,
+    implicit: &std::collections::HashSet<usize>,
 ) -> std::collections::HashMap<usize, Resident> {
     let mut residents = std::collections::HashMap::new();
     if !device.inner.texture_matmul {
@@ -326,23 +378,15 @@ fn texture_residents(
         {
             continue;
         }
-        let Some(readers) = matmul_readers(entries, consumers, mat, synthetic_from, j) else {
+        let Some(readers) = matmul_readers(entries, consumers, mat, synthetic_from, implicit, j)
+        else {
             continue;
         };
-        // Each reader's view of it as a matrix: its columns are K for A, N for B.
-        let cols: Option<Vec<usize>> = readers
-            .iter()
-            .map(|&(m, slot)| match entries[m].kind {
-                Kind::Matmul {
-                    a,
-                    b,
-                    a_batched: false,
-                    b_batched: false,
-                } => entries[[a, b][slot]].shape.last().copied(),
-                _ => None,
-            })
-            .collect();
-        if let Some(cols) = cols.filter(|c| !c.is_empty() && c.iter().all(|&x| x == c[0])) {
+        // All must read it as the same matrix.
+        let cols: Vec<usize> = readers.iter().map(|&(_, _, cols)| cols).collect();
+        if !cols.is_empty() && cols.iter().all(|&x| x == cols[0]) {
+            let readers: Vec<(usize, usize)> =
+                readers.iter().map(|&(m, slot, _)| (m, slot)).collect();
             readers_of.insert(j, (cols[0], readers));
         }
     }
@@ -355,11 +399,9 @@ fn texture_residents(
     // Whether a product takes the texture kernel depends on which of its
     // operands come free; a value stays resident only if all its readers do.
     let kernel = |m: usize, resident: &dyn Fn(usize) -> bool| {
-        let Kind::Matmul { a, b, .. } = entries[m].kind else {
-            return None;
-        };
-        let free = [a, b].map(|x| buffer_of(x).is_some_and(resident));
-        matmul_kernel(device, entries, m, parts(m), free).map(|(_, _, k)| k)
+        let free = operand_sources(entries, implicit, m)
+            .map(|x| x.and_then(buffer_of).is_some_and(resident));
+        matmul_kernel(device, entries, m, parts(m), free, implicit.contains(&m)).map(|(_, _, k)| k)
     };
     loop {
         let dropped: Vec<usize> = readers_of
@@ -577,10 +619,45 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
             i = is_contiguous_view(&entries[i].kind, &entries[i].shape)?;
         }
     };
+    // A product whose A is a channels-last unfold (`Kind::ConvRows`) that
+    // nothing else reads fetches A from the unfold's image on a CPU adapter
+    // (an implicit GEMM): the unfold, KH * KW times the image, is never
+    // materialized (it takes the texture kernel whatever its operands cost
+    // to pack, see `kernels::matmul`).
+    let mut implicit = std::collections::HashSet::new();
+    if device.inner.texture_matmul {
+        for m in 0..synthetic_from {
+            let Kind::Matmul { a, .. } = entries[m].kind else {
+                continue;
+            };
+            // (a split product's partial repeats its operands)
+            let partial = split_matmuls.get(&m).map(|&(partial, _, _)| partial);
+            let only_reader = consumers[a].iter().all(|&c| c == m || Some(c) == partial);
+            if !matches!(entries[a].kind, Kind::ConvRows(..)) || is_root[a] || !only_reader {
+                continue;
+            }
+            let parts = split_matmuls.get(&m).map_or(1, |&(_, _, parts)| parts);
+            if matmul_kernel(device, entries, m, parts, [false; 2], true)
+                .is_some_and(|(_, _, k)| k.packs.is_some())
+            {
+                implicit.insert(m);
+                mat[a] = false;
+            }
+        }
+    }
     let mut needs_buffer = Vec::new();
-    for e in entries {
+    for (m, e) in entries.iter().enumerate() {
         if let Kind::Matmul { a, b, .. } = e.kind {
-            needs_buffer.extend([a, b]);
+            let implicit_a = implicit.contains(&m)
+                || implicit.iter().any(|o| {
+                    split_matmuls
+                        .get(o)
+                        .is_some_and(|&(partial, _, _)| partial == m)
+                });
+            if !implicit_a {
+                needs_buffer.push(a);
+            }
+            needs_buffer.push(b);
         }
     }
     for eff in &canon.effects {
@@ -604,14 +681,26 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
     // An unfold reads each pixel once per tap: what it reads is computed
     // once into a buffer rather than once per tap (views and constants
     // excepted, which cost nothing to recompute).
+    // A channels-last unfold's image gets a buffer of its own below its
+    // reshapes only: an implicit product fetches it as that `[N * H * W, C]`
+    // matrix (through a permute it would be a different value).
     for e in &entries[..synthetic_from] {
-        if let Kind::Unfold(_, _, mut j) = e.kind {
-            while let Kind::View(_, child) = entries[j].kind {
-                j = child;
+        let (mut j, through_any_view) = match e.kind {
+            Kind::Unfold(_, _, j) => (j, true),
+            Kind::ConvRows(_, j) => (j, false),
+            _ => continue,
+        };
+        loop {
+            match &entries[j].kind {
+                Kind::View(_, child) if through_any_view => j = *child,
+                kind => match is_contiguous_view(kind, &entries[j].shape) {
+                    Some(child) => j = child,
+                    None => break,
+                },
             }
-            if !matches!(entries[j].kind, Kind::Const | Kind::Iota { .. }) {
-                mat[j] = true;
-            }
+        }
+        if !matches!(entries[j].kind, Kind::Const | Kind::Iota { .. }) {
+            mat[j] = true;
         }
     }
     // Likewise a large value that an element-wise consumer broadcasts (reads
@@ -668,6 +757,7 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
         std::collections::HashMap::new();
     for m in 0..synthetic_from {
         if !matches!(entries[m].kind, Kind::Matmul { .. })
+            || implicit.contains(&m)
             || split_matmuls.contains_key(&m)
             || is_root[m]
             || uses[m] != 1
@@ -683,7 +773,7 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
         // One product per fused kernel: a second one feeding the same entry
         // (the two gradients of x @ x) keeps its own buffer.
         let cheap = || {
-            matmul_kernel(device, entries, m, 1, [false; 2])
+            matmul_kernel(device, entries, m, 1, [false; 2], false)
                 .is_some_and(|(_, _, k)| kernels::fusable(&k))
         };
         if !epilogues.contains_key(&e) && cheap() {
@@ -711,14 +801,13 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
         &|x| buffer_of(&mat, x),
         &effect_reads,
         &|j| epilogues.contains_key(&j),
+        &implicit,
     );
     let in_texture = |m: usize| -> [bool; 2] {
-        match entries[m].kind {
-            Kind::Matmul { a, b, .. } => {
-                [a, b].map(|x| buffer_of(&mat, x).is_some_and(|j| residents.contains_key(&j)))
-            }
-            _ => [false; 2],
-        }
+        operand_sources(entries, &implicit, m).map(|x| {
+            x.and_then(|x| buffer_of(&mat, x))
+                .is_some_and(|j| residents.contains_key(&j))
+        })
     };
 
     // Resources.
@@ -772,7 +861,7 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
             continue;
         }
         if let Some((m, chain)) = epilogues.get(&i) {
-            let (a, b, k) = matmul_kernel(device, entries, *m, 1, [false; 2])
+            let (a, b, k) = matmul_kernel(device, entries, *m, 1, [false; 2], false)
                 .ok_or_else(|| Error::Gpu("internal: epilogue of a non-matmul".into()))?;
             let (ba, bb) = operand_buffers(a, b)?;
             let epilogue = codegen::matmul_epilogue(entries, &matf, chunk, *m, chain, k.dims.len());
@@ -839,8 +928,15 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
             },
             Kind::Matmul { .. } => {
                 let (partial, combine, parts) = split_matmuls.get(&i).copied().unwrap_or((i, i, 1));
-                let (a, b, k) = matmul_kernel(device, entries, i, parts, in_texture(i))
-                    .ok_or_else(|| Error::Gpu("internal: matmul kernel of a non-matmul".into()))?;
+                let (a, b, k) = matmul_kernel(
+                    device,
+                    entries,
+                    i,
+                    parts,
+                    in_texture(i),
+                    implicit.contains(&i),
+                )
+                .ok_or_else(|| Error::Gpu("internal: matmul kernel of a non-matmul".into()))?;
                 let (ba, bb) = operand_buffers(a, b)?;
                 let generated = Generated {
                     source: k.source.to_string(),

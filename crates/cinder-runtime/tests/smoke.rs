@@ -39,3 +39,52 @@ fn smoke() {
     let mean: f32 = v.iter().sum::<f32>() / v.len() as f32;
     eprintln!("mean {mean} stats {:?}", dev.stats());
 }
+
+/// A channels-last unfold (`Node::conv_rows`) computed into a buffer, as it
+/// is wherever no texture product fetches it implicitly: every element
+/// against the definition, with stride, padding and dilation that differ
+/// per axis, a kernel that is not square, and taps outside the image.
+#[test]
+fn conv_rows_against_its_definition() {
+    let dev = Device::new().unwrap();
+    let (n, c, h, w) = (2usize, 3usize, 5usize, 7usize);
+    let win = Window2d {
+        image: [h, w],
+        out: [3, 5],
+        kernel: [2, 3],
+        stride: [2, 1],
+        padding: [1, 2],
+        dilation: [1, 2],
+    };
+    let image: Vec<f32> = (0..n * h * w * c).map(|i| i as f32 + 1.0).collect();
+    let x = Node::from_bytes(&dev, &[n * h * w, c], DType::F32, bytes(&image)).unwrap();
+    let rows = x.conv_rows(&win).unwrap();
+    let [oh, ow] = win.out;
+    let [kh, kw] = win.kernel;
+    assert_eq!(rows.shape(), &[n * oh * ow, kh * kw * c]);
+    let got = f32s(&rows.to_bytes().unwrap());
+    let mut want = Vec::new();
+    for b in 0..n {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        for ch in 0..c {
+                            let y = (oy * win.stride[0] + ky * win.dilation[0]) as i64
+                                - win.padding[0] as i64;
+                            let xx = (ox * win.stride[1] + kx * win.dilation[1]) as i64
+                                - win.padding[1] as i64;
+                            let inside = y >= 0 && xx >= 0 && y < h as i64 && xx < w as i64;
+                            want.push(if inside {
+                                image[((b * h + y as usize) * w + xx as usize) * c + ch]
+                            } else {
+                                0.0
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(got, want);
+}

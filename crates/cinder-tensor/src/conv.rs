@@ -2,7 +2,7 @@
 //! window primitives, `unfold` (im2col) and its adjoint `fold` (col2im), plus
 //! matmuls and reductions, so gradients follow from their rules.
 
-use cinder_runtime::{DType, Error, Fill, Node, Result, Window2d};
+use cinder_runtime::{DType, Error, Fill, Node, Result, ViewSpec, Window2d};
 
 use crate::tensor::Tensor;
 
@@ -304,14 +304,31 @@ impl Tensor {
                     .narrow(1, 0, taps)?
                     .transpose(1, 2)?
                     .reshape(&weight_shape)?;
-                // dcols^T = dY^T @ W: the same dY^T copy, and W as it lies;
-                // the fold reads the transposed columns through a view.
-                let dx = dy_t
-                    .matmul(&w2)?
-                    .reshape(&[g, n, oh, ow, c_in_g, kh, kw])?
-                    .permute(&[1, 0, 4, 5, 6, 2, 3])?
-                    .reshape(&[n, g * c_in_g, kh, kw, oh, ow])?
-                    .fold2d(&win_back)?;
+                let dx = match flipped_window(&win_back, c_out, g, grad.device()) {
+                    // A stride-1 convolution's input gradient is the
+                    // convolution of dY with the flipped kernel: on a CPU
+                    // adapter the texture kernel fetches dY's windows
+                    // from dY^T itself (an implicit GEMM) and writes dX^T,
+                    // where the GEMM-then-fold below writes and re-reads
+                    // KH * KW values per input pixel.
+                    Some(win_t) => {
+                        let rows = Tensor::from_node(
+                            dy_t.reshape(&[n * l, c_out])?.node().conv_rows(&win_t)?,
+                        );
+                        rows.matmul(&flipped_weight(&wd, [c_out, c_in_g, kh, kw])?)?
+                            .reshape(&[n, h, w, c_in_g])?
+                            .permute(&[0, 3, 1, 2])?
+                    }
+                    // dcols^T = dY^T @ W: the same dY^T copy, and W as it
+                    // lies; the fold reads the transposed columns through a
+                    // view.
+                    None => dy_t
+                        .matmul(&w2)?
+                        .reshape(&[g, n, oh, ow, c_in_g, kh, kw])?
+                        .permute(&[1, 0, 4, 5, 6, 2, 3])?
+                        .reshape(&[n, g * c_in_g, kh, kw, oh, ow])?
+                        .fold2d(&win_back)?,
+                };
                 let mut grads = vec![Some(dx), Some(dw)];
                 if has_bias {
                     // The product's extra row: dY^T summed against the ones.
@@ -321,7 +338,50 @@ impl Tensor {
             }),
         ))
     }
+}
 
+/// The windows of a stride-1 convolution's input gradient over its output
+/// gradient (kernel flipped, padding `dilation * (k - 1) - padding`), where
+/// the texture kernel can fetch them: a CPU adapter, one group, output
+/// channels in whole texels. `None` where the GEMM-then-fold serves.
+fn flipped_window(
+    win: &Window2d,
+    c_out: usize,
+    groups: usize,
+    device: &cinder_runtime::Device,
+) -> Option<Window2d> {
+    if !device.texture_matmul() || groups != 1 || win.stride != [1, 1] || !c_out.is_multiple_of(4) {
+        return None;
+    }
+    let pad =
+        |axis: usize| (win.dilation[axis] * (win.kernel[axis] - 1)).checked_sub(win.padding[axis]);
+    Some(Window2d {
+        image: win.out,
+        out: win.image,
+        kernel: win.kernel,
+        stride: [1, 1],
+        padding: [pad(0)?, pad(1)?],
+        dilation: win.dilation,
+    })
+}
+
+/// `[KH * KW * C_out, C_in]`, row `(ky, kx, co)` holding
+/// `weight[co, :, KH - 1 - ky, KW - 1 - kx]`: the flipped kernel that
+/// [`flipped_window`]'s rows multiply.
+fn flipped_weight(weight: &Tensor, [c_out, c_in, kh, kw]: [usize; 4]) -> Result<Tensor> {
+    let taps = (kh * kw) as i64;
+    let view = weight.node().view(
+        &[kh, kw, c_out, c_in],
+        ViewSpec {
+            strides: vec![-(kw as i64), -1, c_in as i64 * taps, taps],
+            offset: taps - 1,
+            mask: None,
+        },
+    )?;
+    Tensor::from_node(view).reshape(&[kh * kw * c_out, c_in])
+}
+
+impl Tensor {
     /// PyTorch's `conv_transpose2d`: `self` is `[N, C_in, H, W]`, `weight` is
     /// `[C_in, C_out / groups, KH, KW]`; the gradient of `conv2d` with
     /// respect to its input, as a GEMM followed by a fold.

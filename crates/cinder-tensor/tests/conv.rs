@@ -260,6 +260,28 @@ fn conv2d_1x1() {
     );
 }
 
+/// Output channels in whole texels and stride 1: on a CPU adapter the input
+/// gradient is the convolution of dY with the flipped kernel, its windows
+/// fetched from dY^T's texture (see `conv2d_input_gradient_fetches_windows_from_a_texture`),
+/// here checked against finite differences with a dilated kernel that is
+/// not square.
+#[test]
+fn conv2d_channels_in_texels_dilated() {
+    conv_case(
+        "conv2d 3x2 dilated, 8 output channels",
+        ConvCase {
+            x: [2, 3, 7, 9],
+            w: [8, 3, 3, 2],
+            bias: true,
+            opts: Conv2dOptions {
+                padding: [1, 2],
+                dilation: [1, 2],
+                ..Conv2dOptions::default()
+            },
+        },
+    );
+}
+
 #[test]
 fn conv2d_groups_dilation_uneven_stride() {
     conv_case(
@@ -525,45 +547,49 @@ fn pool_errors() {
     assert!(x.adaptive_avg_pool2d([0, 2]).is_err());
 }
 
-/// A convolution big enough for the texture matmuls (on a CPU adapter):
-/// its unfolded input feeds both the forward product and the weight
-/// gradient, its output gradient both the input and weight gradients, and
-/// their kernels compute them straight into the products' operand textures
-/// instead of buffers that would be packed. Forward and gradients against
-/// f64 loops (the finite differences of these formulas are checked on the
-/// small shapes above); the weight gradient is split along K.
-#[test]
-fn conv2d_operands_computed_into_textures() {
-    let mut rng = Rng::named("conv2d into textures");
-    let [n, ci, h, w, co] = [4, 5, 16, 16, 38];
-    let (x, wt, b) = (
-        rng.vec(n * ci * h * w, -1.0, 1.0),
-        rng.vec(co * ci * 9, -1.0, 1.0),
-        rng.vec(co, -1.0, 1.0),
-    );
-    let dy = rng.vec(n * co * h * w, -1.0, 1.0);
-    // A device of its own: the counters below must see this step only, not
-    // the other tests' running in parallel.
+/// One convolution's forward and gradients at sizes for the texture
+/// matmuls (on a CPU adapter), against f64 loops (the finite differences of
+/// these formulas are checked on the small shapes above), on a device of
+/// its own so that its counters see this step only. Returns the texture
+/// products and the operand packs the step ran.
+fn conv_texture_step(
+    name: &str,
+    [n, ci, h, w, co]: [usize; 5],
+    kernel: [usize; 2],
+    opts: Conv2dOptions,
+) -> (u64, u64) {
+    let mut rng = Rng::named(name);
+    let [kh, kw] = kernel;
     let dev = ok(
         "second device",
         cinder_tensor::Device::with_options(&cinder_tensor::runtime::DeviceOptions::from_env()),
     );
+    let (x, wt, b) = (
+        rng.vec(n * ci * h * w, -1.0, 1.0),
+        rng.vec(co * ci * kh * kw, -1.0, 1.0),
+        rng.vec(co, -1.0, 1.0),
+    );
+    let (xa, wa, ba) = (
+        Arr::from_f32(&x, &[n, ci, h, w]),
+        Arr::from_f32(&wt, &[co, ci, kh, kw]),
+        Arr::from_f32(&b, &[co]),
+    );
+    let want = conv2d_ref(&xa, &wa, Some(&ba), opts);
+    let [oh, ow] = [want.shape[2], want.shape[3]];
+    let dy = rng.vec(n * co * oh * ow, -1.0, 1.0);
     let on_dev = |data: &[f32], shape: &[usize]| {
         ok("upload", Tensor::from_slice(&dev, data, shape)).requires_grad_()
     };
     let before = dev.stats();
     let (xt, wtt, bt) = (
         on_dev(&x, &[n, ci, h, w]),
-        on_dev(&wt, &[co, ci, 3, 3]),
+        on_dev(&wt, &[co, ci, kh, kw]),
         on_dev(&b, &[co]),
     );
-    let out = ok(
-        "conv2d",
-        xt.conv2d(&wtt, Some(&bt), Conv2dOptions::default().padding(1)),
-    );
+    let out = ok(name, xt.conv2d(&wtt, Some(&bt), opts));
     let loss = ok(
         "loss",
-        Tensor::from_slice(&dev, &dy, &[n, co, h, w])
+        Tensor::from_slice(&dev, &dy, &[n, co, oh, ow])
             .and_then(|g| out.mul(&g))
             .and_then(|l| l.sum_all()),
     );
@@ -571,31 +597,27 @@ fn conv2d_operands_computed_into_textures() {
     let [dx, dw, db] = [&xt, &wtt, &bt].map(|t| grads.get(t).expect("gradient").clone());
     let got = ok("read", cinder_tensor::read_all(&[&out, &dx, &dw, &db]));
     let stats = dev.stats();
-
-    let (xa, wa, ba) = (
-        Arr::from_f32(&x, &[n, ci, h, w]),
-        Arr::from_f32(&wt, &[co, ci, 3, 3]),
-        Arr::from_f32(&b, &[co]),
-    );
-    let want = conv2d_ref(&xa, &wa, Some(&ba), Conv2dOptions::default().padding(1));
-    assert_close_msg("forward", &got[0], &want.data, ATOL, RTOL);
+    assert_close_msg(&format!("{name}: forward"), &got[0], &want.data, ATOL, RTOL);
     let (mut want_dx, mut want_dw, mut want_db) =
         (vec![0.0; x.len()], vec![0.0; wt.len()], vec![0.0; co]);
     for b_ in 0..n {
         for c in 0..co {
-            for y in 0..h {
-                for xo in 0..w {
-                    let g = dy[((b_ * co + c) * h + y) * w + xo] as f64;
+            for y in 0..oh {
+                for xo in 0..ow {
+                    let g = dy[((b_ * co + c) * oh + y) * ow + xo] as f64;
                     want_db[c] += g;
                     for k in 0..ci {
-                        for i in 0..3 {
-                            for j in 0..3 {
-                                let (iy, ix) = (y + i, xo + j);
-                                if iy < 1 || ix < 1 || iy > h || ix > w {
+                        for i in 0..kh {
+                            for j in 0..kw {
+                                let iy = (y * opts.stride[0] + i * opts.dilation[0]) as i64
+                                    - opts.padding[0] as i64;
+                                let ix = (xo * opts.stride[1] + j * opts.dilation[1]) as i64
+                                    - opts.padding[1] as i64;
+                                if iy < 0 || ix < 0 || iy >= h as i64 || ix >= w as i64 {
                                     continue;
                                 }
-                                let xi = ((b_ * ci + k) * h + iy - 1) * w + ix - 1;
-                                let wi = ((c * ci + k) * 3 + i) * 3 + j;
+                                let xi = ((b_ * ci + k) * h + iy as usize) * w + ix as usize;
+                                let wi = ((c * ci + k) * kh + i) * kw + j;
                                 want_dx[xi] += g * wt[wi] as f64;
                                 want_dw[wi] += g * x[xi] as f64;
                             }
@@ -605,17 +627,72 @@ fn conv2d_operands_computed_into_textures() {
             }
         }
     }
-    assert_close_msg("input gradient", &got[1], &want_dx, GRAD_ATOL, GRAD_RTOL);
-    assert_close_msg("weight gradient", &got[2], &want_dw, GRAD_ATOL, GRAD_RTOL);
-    assert_close_msg("bias gradient", &got[3], &want_db, GRAD_ATOL, GRAD_RTOL);
+    for (what, got, want) in [
+        ("input gradient", &got[1], &want_dx),
+        ("weight gradient", &got[2], &want_dw),
+        ("bias gradient", &got[3], &want_db),
+    ] {
+        assert_close_msg(&format!("{name}: {what}"), got, want, GRAD_ATOL, GRAD_RTOL);
+    }
+    let counts = (
+        stats.texture_products - before.texture_products,
+        stats.operand_packs - before.operand_packs,
+    );
+    if !dev.texture_matmul() {
+        assert_eq!(counts, (0, 0), "{name}: no textures on this adapter");
+    }
+    counts
+}
 
-    // Three products over six operand textures, of which only the weights
-    // (read as they lie by the input gradient) need a pack.
-    let products = stats.texture_products - before.texture_products;
-    let packs = stats.operand_packs - before.operand_packs;
-    if dev.texture_matmul() {
-        assert_eq!((products, packs), (3, 1), "texture products and packs");
-    } else {
-        assert_eq!((products, packs), (0, 0), "no textures on this adapter");
+/// A convolution big enough for the texture matmuls: its unfolded input
+/// feeds both the forward product and the weight gradient, its transposed
+/// output gradient both the input and weight gradients, and their kernels
+/// compute them straight into the products' operand textures. With 38
+/// output channels (not whole texels) the input gradient is a GEMM and a
+/// fold, whose weight operand is the one pack; the weight gradient is split
+/// along K.
+#[test]
+fn conv2d_operands_computed_into_textures() {
+    let counts = conv_texture_step(
+        "conv2d into textures",
+        [4, 5, 16, 16, 38],
+        [3, 3],
+        Conv2dOptions::default().padding(1),
+    );
+    if device().texture_matmul() {
+        assert_eq!(counts, (3, 1), "texture products and packs");
+    }
+}
+
+/// With output channels in whole texels and stride 1, the input gradient is
+/// the convolution of dY with the flipped kernel, and the texture kernel
+/// fetches dY's windows straight from the dY^T texture (an implicit GEMM,
+/// no unfold of dY, no fold): padding, a dilation and a kernel that is not
+/// square check that the fetch finds each tap; 6 input channels give a
+/// product narrower than its block.
+#[test]
+fn conv2d_input_gradient_fetches_windows_from_a_texture() {
+    for (name, dims, kernel, opts) in [
+        (
+            "implicit input gradient 3x3",
+            [4, 5, 16, 16, 40],
+            [3, 3],
+            Conv2dOptions::default().padding(1),
+        ),
+        (
+            "implicit input gradient 3x2 dilated",
+            [4, 6, 20, 20, 36],
+            [3, 2],
+            Conv2dOptions {
+                padding: [2, 1],
+                dilation: [2, 1],
+                ..Conv2dOptions::default()
+            },
+        ),
+    ] {
+        let counts = conv_texture_step(name, dims, kernel, opts);
+        if device().texture_matmul() {
+            assert_eq!(counts.0, 3, "{name}: texture products");
+        }
     }
 }
