@@ -12,7 +12,8 @@ pub(crate) struct MatmulKernel {
     pub constants: Vec<(String, f64)>,
     /// M, N, K, the A, B, C batch strides (0 = broadcast) and the row
     /// strides of A and B, read by the kernel from its last binding so one
-    /// pipeline serves every shape (the texture kernels read the first three).
+    /// pipeline serves every shape (the texture kernels read M, N, K and the
+    /// split-K strides; the implicit one also an image's geometry, words 9-20).
     pub dims: Vec<u32>,
     pub workgroups: (u32, u32, u32),
     /// For the texture kernels: how A and B are packed into their textures.
@@ -270,7 +271,8 @@ pub(crate) struct ConvOperand<'a> {
 }
 
 /// Words 8 to 20 of the implicit texture kernel's shape (see
-/// shaders/matmul_texture_implicit_64x32.wgsl): the image's geometry.
+/// shaders/matmul_texture_implicit_64x32.wgsl): word 8 is unused (0), then
+/// the image's geometry.
 fn conv_words(conv: Option<ConvOperand<'_>>) -> Vec<usize> {
     match conv {
         None => Vec::new(),
@@ -371,8 +373,15 @@ pub(crate) fn matmul(
         // of the same texture), and each side must fit the adapter's texture
         // size.
         let k_padded = k.next_multiple_of(4);
+        // (An implicit A has no texture of its own shape: its image's is
+        // checked below.)
+        let a_sides = if conv.is_some() {
+            [0, 0]
+        } else {
+            [m, k.div_ceil(4)]
+        };
         let fits = |max: u32| {
-            [m, k.div_ceil(4), n.div_ceil(4), k_padded]
+            [a_sides[0], a_sides[1], n.div_ceil(4), k_padded]
                 .iter()
                 .all(|&d| texture_side(d) <= max)
         };

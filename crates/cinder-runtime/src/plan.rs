@@ -310,8 +310,9 @@ fn matmul_readers(
                         readers.push((c, 1, cols));
                     }
                 }
-                // The A of implicit products: they fetch from `x` itself.
-                Kind::ConvRows(..) if c < synthetic_from => {
+                // The A of implicit products: they fetch from `x` itself
+                // (unless the rows are also computed, for another reader).
+                Kind::ConvRows(..) if c < synthetic_from && !mat[c] => {
                     let products: Vec<usize> = consumers[c]
                         .iter()
                         .copied()
@@ -654,8 +655,10 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
                         .get(o)
                         .is_some_and(|&(partial, _, _)| partial == m)
                 });
-            if !implicit_a {
-                needs_buffer.push(a);
+            // An implicit product reads its A's image, which a pack may copy.
+            match (implicit_a, &entries[a].kind) {
+                (true, Kind::ConvRows(_, image)) => needs_buffer.push(*image),
+                _ => needs_buffer.push(a),
             }
             needs_buffer.push(b);
         }
@@ -936,7 +939,11 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
                     in_texture(i),
                     implicit.contains(&i),
                 )
-                .ok_or_else(|| Error::Gpu("internal: matmul kernel of a non-matmul".into()))?;
+                .ok_or_else(|| {
+                    Error::Gpu(
+                        "internal: no matmul kernel (or an implicit one without windows)".into(),
+                    )
+                })?;
                 let (ba, bb) = operand_buffers(a, b)?;
                 let generated = Generated {
                     source: k.source.to_string(),

@@ -88,3 +88,89 @@ fn conv_rows_against_its_definition() {
     }
     assert_eq!(got, want);
 }
+
+/// A product whose A is a channels-last unfold: on a CPU adapter the
+/// texture kernel fetches A's windows from the image (an implicit GEMM),
+/// here with a stride, a dilation and a kernel that differ per axis, and
+/// with images that are uploaded, generated (iota) or constant (which
+/// need a buffer to be packed from). Against the definition.
+#[test]
+fn conv_rows_products_against_their_definition() {
+    let dev = Device::new().unwrap();
+    let (n, c, h, w) = (2usize, 8usize, 9usize, 11usize);
+    let win = Window2d {
+        image: [h, w],
+        out: [5, 11],
+        kernel: [3, 2],
+        stride: [2, 1],
+        padding: [1, 1],
+        dilation: [1, 2],
+    };
+    let [oh, ow] = win.out;
+    let [kh, kw] = win.kernel;
+    let (taps, cols) = (kh * kw * c, 5usize);
+    let weights: Vec<f32> = (0..taps * cols)
+        .map(|i| ((i * 7) % 13) as f32 - 6.0)
+        .collect();
+    let wn = Node::from_bytes(&dev, &[taps, cols], DType::F32, bytes(&weights)).unwrap();
+    let pixels = n * h * w;
+    let uploaded: Vec<f32> = (0..pixels * c)
+        .map(|i| ((i * 5) % 17) as f32 - 8.0)
+        .collect();
+    let images = [
+        (
+            "uploaded",
+            Node::from_bytes(&dev, &[pixels, c], DType::F32, bytes(&uploaded)).unwrap(),
+            uploaded.clone(),
+        ),
+        (
+            "iota",
+            Node::iota(&dev, &[pixels, c], DType::F32, 0).unwrap(),
+            (0..pixels * c).map(|i| (i / c) as f32).collect(),
+        ),
+        (
+            "constant",
+            Node::constant(&dev, &[pixels, c], DType::F32, 0.5),
+            vec![0.5; pixels * c],
+        ),
+    ];
+    for (name, image, values) in images {
+        let product = Node::matmul(&image.conv_rows(&win).unwrap(), &wn).unwrap();
+        let got = f32s(&product.to_bytes().unwrap());
+        let mut want = Vec::new();
+        for b in 0..n {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    for j in 0..cols {
+                        let mut acc = 0.0f64;
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let y = (oy * win.stride[0] + ky * win.dilation[0]) as i64
+                                    - win.padding[0] as i64;
+                                let x = (ox * win.stride[1] + kx * win.dilation[1]) as i64
+                                    - win.padding[1] as i64;
+                                if y < 0 || x < 0 || y >= h as i64 || x >= w as i64 {
+                                    continue;
+                                }
+                                for ch in 0..c {
+                                    let v =
+                                        values[((b * h + y as usize) * w + x as usize) * c + ch];
+                                    let k = (ky * kw + kx) * c + ch;
+                                    acc += v as f64 * weights[k * cols + j] as f64;
+                                }
+                            }
+                        }
+                        want.push(acc as f32);
+                    }
+                }
+            }
+        }
+        assert_eq!(got.len(), want.len(), "{name}");
+        for (i, (g, wv)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g - wv).abs() <= 1e-3 * (1.0 + wv.abs()),
+                "{name}: element {i}: {g} against {wv}"
+            );
+        }
+    }
+}

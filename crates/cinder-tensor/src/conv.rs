@@ -304,7 +304,7 @@ impl Tensor {
                     .narrow(1, 0, taps)?
                     .transpose(1, 2)?
                     .reshape(&weight_shape)?;
-                let dx = match flipped_window(&win_back, c_out, g, grad.device()) {
+                let dx = match flipped_window(&win_back, n, c_out, g, grad.device()) {
                     // A stride-1 convolution's input gradient is the
                     // convolution of dY with the flipped kernel: on a CPU
                     // adapter the texture kernel fetches dY's windows
@@ -343,14 +343,25 @@ impl Tensor {
 /// The windows of a stride-1 convolution's input gradient over its output
 /// gradient (kernel flipped, padding `dilation * (k - 1) - padding`), where
 /// the texture kernel can fetch them: a CPU adapter, one group, output
-/// channels in whole texels. `None` where the GEMM-then-fold serves.
+/// channels in whole texels, and dY^T's rows (`batch` images) within a
+/// texture's side. `None` where the GEMM-then-fold serves: materialized,
+/// the windows would be C_out / C_in times that GEMM's output.
 fn flipped_window(
     win: &Window2d,
+    batch: usize,
     c_out: usize,
     groups: usize,
     device: &cinder_runtime::Device,
 ) -> Option<Window2d> {
-    if !device.texture_matmul() || groups != 1 || win.stride != [1, 1] || !c_out.is_multiple_of(4) {
+    let texture_side = device.limits().max_texture_dimension_2d as usize;
+    // (one texel under the limit: texture sides step off powers of two)
+    let rows_fit = batch * win.out[0] * win.out[1] < texture_side;
+    if !device.texture_matmul()
+        || groups != 1
+        || win.stride != [1, 1]
+        || !c_out.is_multiple_of(4)
+        || !rows_fit
+    {
         return None;
     }
     let pad =
