@@ -69,6 +69,13 @@ impl<'a> Gen<'a> {
     }
 }
 
+/// Where a generated kernel writes: an entry's buffer, as elements of the
+/// given WGSL type (u64 for paired stores), or an operand texture.
+enum Output<'t> {
+    Buffer(usize, &'t str),
+    Texture,
+}
+
 fn zero(dtype: DType) -> &'static str {
     match dtype {
         DType::F32 => "0.0",
@@ -602,14 +609,21 @@ impl Gen<'_> {
     }
 
     fn declarations(&self, out: usize) -> String {
-        self.declarations_with_output(out, self.entries[out].dtype.wgsl())
+        self.declarations_for(Output::Buffer(out, self.entries[out].dtype.wgsl()))
     }
 
-    /// [`Self::declarations`] with the output declared as an array of
-    /// `out_ty` (u64 for paired stores).
-    fn declarations_with_output(&self, out: usize, out_ty: &str) -> String {
+    /// The kernel's bindings: a texture output first, then the inputs, a
+    /// buffer output, the scalars.
+    fn declarations_for(&self, output: Output<'_>) -> String {
         let mut s = String::new();
         let mut next = 0;
+        if let Output::Texture = output {
+            let _ = writeln!(
+                s,
+                "@group(0) @binding(0) var out: texture_storage_2d<rgba32float, write>;"
+            );
+            next = 1;
+        }
         for (b, &i) in self.inputs.iter().enumerate() {
             self.declare(
                 &mut s,
@@ -620,7 +634,9 @@ impl Gen<'_> {
                 false,
             );
         }
-        self.declare(&mut s, &mut next, "out", out_ty, self.chunks(out), true);
+        if let Output::Buffer(out, ty) = output {
+            self.declare(&mut s, &mut next, "out", ty, self.chunks(out), true);
+        }
         if !self.seeds.is_empty() {
             let _ = writeln!(
                 s,
@@ -704,8 +720,6 @@ fn binary(op: BinaryOp, dtype: DType, x: &str, y: &str) -> String {
     }
 }
 
-/// One thread per output element; `load_root` makes the root a plain copy
-/// of its (materialized) buffer, which is what an in-place assignment needs.
 /// Element-wise kernels at least this long store two elements per
 /// invocation as one u64 where the device has 64-bit integers: lavapipe
 /// stores lane by lane, and a copy kernel over 3.6M floats ran in 21-23 ms
@@ -724,6 +738,8 @@ pub(crate) fn paired_store(entries: &[Entry], out: usize, chunk: usize, int64: b
         && chunk_count(n, chunk) == 1
 }
 
+/// One thread per output element; `load_root` makes the root a plain copy
+/// of its (materialized) buffer, which is what an in-place assignment needs.
 pub(crate) fn elementwise(
     entries: &[Entry],
     materialized: &dyn Fn(usize) -> bool,
@@ -766,20 +782,12 @@ pub(crate) fn elementwise_stored(
         (entries[out].dtype.wgsl(), n, "", store)
     };
     let mut src = String::from(PRELUDE);
-    src.push_str(&g.declarations_with_output(out, out_ty));
+    src.push_str(&g.declarations_for(Output::Buffer(out, out_ty)));
     let bound = g.bound(out, items);
-    let _ = write!(
-        src,
-        "
-@compute @workgroup_size({ELEMENTWISE_WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {{
-    let gid = (wid.y * nwg.x + wid.x) * {ELEMENTWISE_WG}u + lid;
-    if (gid >= {bound}) {{ return; }}
-{indices}{body}    {store}
-}}
-"
-    );
+    src.push_str(&elementwise_main(
+        &bound,
+        &format!("{indices}{body}    {store}\n"),
+    ));
     Generated {
         source: src,
         inputs: g.inputs,
@@ -821,40 +829,12 @@ pub(crate) fn elementwise_texels(
         "    texel[t] = select(0.0, {v}, r < {rows}u && 4u * q + t < {cols}u);\n    }}\n    textureStore(out, vec2<u32>(q, r), texel);"
     );
     let mut src = String::from(PRELUDE);
-    let _ = writeln!(
-        src,
-        "@group(0) @binding(0) var out: texture_storage_2d<rgba32float, write>;"
-    );
-    let mut next = 1;
-    for (b, &i) in g.inputs.iter().enumerate() {
-        g.declare(
-            &mut src,
-            &mut next,
-            &format!("b{b}"),
-            entries[i].dtype.wgsl(),
-            g.chunks(i),
-            false,
-        );
-    }
-    if !g.seeds.is_empty() {
-        let _ = writeln!(
-            src,
-            "@group(0) @binding({next}) var<storage, read> scalars: array<u32>;"
-        );
-    }
+    src.push_str(&g.declarations_for(Output::Texture));
     let items = width as usize * height as usize;
-    let _ = write!(
-        src,
-        "
-@compute @workgroup_size({ELEMENTWISE_WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {{
-    let gid = (wid.y * nwg.x + wid.x) * {ELEMENTWISE_WG}u + lid;
-    if (gid >= {items}u) {{ return; }}
-{indices}{body}{store}
-}}
-"
-    );
+    src.push_str(&elementwise_main(
+        &format!("{items}u"),
+        &format!("{indices}{body}{store}\n"),
+    ));
     Generated {
         source: src,
         inputs: g.inputs,
@@ -863,14 +843,21 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
 }
 
-/// One workgroup per output element; threads stride over the reduced
-/// elements, then a fixed-order tree combines them (deterministic, no atomics).
-/// With `parts > 1`, each output's range is split over `parts` workgroups
-/// that write partial results to `out` (shape `[outputs, parts]`); a second
-/// reduction combines them. This keeps every workgroup's share bounded, which
-/// both spreads a large reduction over the GPU and stays clear of a lavapipe
-/// miscompile of loops that run 65535 or more times per thread.
-#[allow(clippy::too_many_arguments)]
+/// An element-wise kernel's entry point: invocation `gid` of a grid folded
+/// into two dimensions, those from `bound` on returning at once.
+fn elementwise_main(bound: &str, body: &str) -> String {
+    format!(
+        "
+@compute @workgroup_size({ELEMENTWISE_WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {{
+    let gid = (wid.y * nwg.x + wid.x) * {ELEMENTWISE_WG}u + lid;
+    if (gid >= {bound}) {{ return; }}
+{body}}}
+"
+    )
+}
+
 /// Reductions this short run one thread per output, serially: a 64-thread
 /// workgroup and its barrier tree cost far more than a few additions, and
 /// pooling windows and small grouped sums are exactly this shape.
@@ -882,6 +869,13 @@ pub(crate) fn serial_reduce(span: usize, parts: usize) -> bool {
     parts <= 1 && span <= SERIAL_SPAN
 }
 
+/// One workgroup per output element; threads stride over the reduced
+/// elements, then a fixed-order tree combines them (deterministic, no atomics).
+/// With `parts > 1`, each output's range is split over `parts` workgroups
+/// that write partial results to `out` (shape `[outputs, parts]`); a second
+/// reduction combines them. This keeps every workgroup's share bounded, which
+/// both spreads a large reduction over the GPU and stays clear of a lavapipe
+/// miscompile of loops that run 65535 or more times per thread.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn reduce(
     entries: &[Entry],
