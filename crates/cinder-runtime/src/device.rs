@@ -225,9 +225,10 @@ pub(crate) struct Caches {
     pub pipelines: HashMap<String, Arc<PipelineEntry>>,
     pub bind_groups: HashMap<Vec<u64>, Arc<wgpu::BindGroup>>,
     pub plans: HashMap<Vec<u64>, Arc<crate::plan::Plan>>,
-    /// Operand textures by (width, height, operand): every matmul of that
-    /// size shares them, since the queue runs one kernel's packing and
-    /// product before the next one's.
+    /// Operand textures by (width, height, tag): tags 0 and 1 are packed A
+    /// and B, which every matmul of that size shares (the queue runs one
+    /// kernel's packing and product before the next one's); a plan's values
+    /// computed into textures take tags 2 and up.
     pub textures: HashMap<(u32, u32, u8), Arc<OperandTexture>>,
     pub next_texture_id: u64,
     pub next_pipeline_id: u64,
@@ -617,16 +618,11 @@ impl Device {
         bg
     }
 
-    /// The rgba32float texture of `width` x `height` texels for matmul
-    /// operand `operand` (0: A, 1: B), created on first use and then shared.
-    pub(crate) fn operand_texture(
-        &self,
-        width: u32,
-        height: u32,
-        operand: u8,
-    ) -> Arc<OperandTexture> {
+    /// The rgba32float texture of `width` x `height` texels under `tag` (see
+    /// `Caches::textures`), created on first use and then shared.
+    pub(crate) fn operand_texture(&self, width: u32, height: u32, tag: u8) -> Arc<OperandTexture> {
         let mut caches = lock(&self.inner.caches);
-        if let Some(t) = caches.textures.get(&(width, height, operand)) {
+        if let Some(t) = caches.textures.get(&(width, height, tag)) {
             return t.clone();
         }
         let texture = self.inner.device.create_texture(&wgpu::TextureDescriptor {
@@ -655,9 +651,7 @@ impl Device {
             view,
             _texture: texture,
         });
-        caches
-            .textures
-            .insert((width, height, operand), entry.clone());
+        caches.textures.insert((width, height, tag), entry.clone());
         entry
     }
 }

@@ -369,27 +369,21 @@ pub(crate) fn matmul(
             None => &SUBGROUP_VARIANTS[subgroup_variant(m, n, k)],
         };
         let block = variant.block;
+        // How A and B would lie in their textures (an implicit A: its image).
+        let k_padded = k.next_multiple_of(4);
+        let a_pack = match conv {
+            Some(c) => OperandPack::new(c.image_rows, c.channels, c.image_rows),
+            None => OperandPack::new(m, k, m),
+        };
+        let packs = [a_pack, OperandPack::new(k, n, k_padded)];
         // Textures have no batch dimension here (split-K's parts are ranges
         // of the same texture), and each side must fit the adapter's texture
         // size.
-        let k_padded = k.next_multiple_of(4);
-        // (An implicit A has no texture of its own shape: its image's is
-        // checked below.)
-        let a_sides = if conv.is_some() {
-            [0, 0]
-        } else {
-            [m, k.div_ceil(4)]
-        };
-        let fits = |max: u32| {
-            [a_sides[0], a_sides[1], n.div_ceil(4), k_padded]
-                .iter()
-                .all(|&d| texture_side(d) <= max)
-        };
+        let fits = |max: u32| packs.iter().all(|p| p.width() <= max && p.height <= max);
         // Packing costs per element of A and B, the texture kernel saves per
         // multiply-add: it pays when each packed element takes part in enough
         // of them. An operand its producer writes into a texture costs nothing.
-        let a_elements = conv.map_or(m * k, |c| c.image_rows * c.channels);
-        let packed = [a_elements, k_padded * n]
+        let packed = [a_pack.rows * a_pack.cols, k_padded * n]
             .iter()
             .zip(in_texture)
             .filter(|(_, free)| !free)
@@ -399,19 +393,12 @@ pub(crate) fn matmul(
         // the unfold, KH * KW times what a pack of its image copies.
         let pays = conv.is_some() || m * n * k >= TEXTURE_MIN_REUSE * packed;
         // A split-K part starts at a whole texel of A (split_k keeps parts
-        // only even).
-        let parts_on_texels = split == 1 || loop_k.is_multiple_of(4);
-        // An implicit A's texels are whole groups of 4 channels of one tap.
-        let conv_fits = conv.is_none_or(|c| {
-            c.channels.is_multiple_of(4)
-                && textures.is_some_and(|max| {
-                    texture_side(c.image_rows) <= max && texture_side(c.channels / 4) <= max
-                })
-        });
+        // only even), and an implicit A's texels are whole groups of 4
+        // channels of one tap.
+        let on_texels = (split == 1 || loop_k.is_multiple_of(4))
+            && conv.is_none_or(|c| c.channels.is_multiple_of(4));
         let texture = variant.texture.filter(|_| {
-            textures.is_some_and(|max| {
-                !a_batched && !b_batched && pays && parts_on_texels && conv_fits && fits(max)
-            })
+            textures.is_some_and(|max| !a_batched && !b_batched && pays && on_texels && fits(max))
         });
         if let Some((plain_source, texture_block)) = texture {
             let source = match conv {
@@ -420,16 +407,12 @@ pub(crate) fn matmul(
             };
             let mut dims: Vec<u32> = dims;
             dims.extend(conv_words(conv).iter().map(|&w| w as u32));
-            let a_pack = match conv {
-                Some(c) => OperandPack::new(c.image_rows, c.channels, c.image_rows),
-                None => OperandPack::new(m, k, m),
-            };
             return MatmulKernel {
                 source,
                 constants,
                 dims,
                 workgroups: grid(texture_block),
-                packs: Some([a_pack, OperandPack::new(k, n, k_padded)]),
+                packs: Some(packs),
             };
         }
         constants.push(("ALIGNED".to_string(), aligned as u8 as f64));

@@ -625,6 +625,7 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
     // (an implicit GEMM): the unfold, KH * KW times the image, is never
     // materialized (it takes the texture kernel whatever its operands cost
     // to pack, see `kernels::matmul`).
+    let parts_of = |m: usize| split_matmuls.get(&m).map_or(1, |&(_, _, parts)| parts);
     let mut implicit = std::collections::HashSet::new();
     if device.inner.texture_matmul {
         for m in 0..synthetic_from {
@@ -637,8 +638,7 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
             if !matches!(entries[a].kind, Kind::ConvRows(..)) || is_root[a] || !only_reader {
                 continue;
             }
-            let parts = split_matmuls.get(&m).map_or(1, |&(_, _, parts)| parts);
-            if matmul_kernel(device, entries, m, parts, [false; 2], true)
+            if matmul_kernel(device, entries, m, parts_of(m), [false; 2], true)
                 .is_some_and(|(_, _, k)| k.packs.is_some())
             {
                 implicit.insert(m);
@@ -646,21 +646,12 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
             }
         }
     }
+    // (A split product's partial reads the same operands as its original.)
     let mut needs_buffer = Vec::new();
-    for (m, e) in entries.iter().enumerate() {
-        if let Kind::Matmul { a, b, .. } = e.kind {
-            let implicit_a = implicit.contains(&m)
-                || implicit.iter().any(|o| {
-                    split_matmuls
-                        .get(o)
-                        .is_some_and(|&(partial, _, _)| partial == m)
-                });
-            // An implicit product reads its A's image, which a pack may copy.
-            match (implicit_a, &entries[a].kind) {
-                (true, Kind::ConvRows(_, image)) => needs_buffer.push(*image),
-                _ => needs_buffer.push(a),
-            }
-            needs_buffer.push(b);
+    for m in 0..synthetic_from {
+        // An implicit product reads its A's image, which a pack may copy.
+        if let [Some(a), Some(b)] = operand_sources(entries, &implicit, m) {
+            needs_buffer.extend([a, b]);
         }
     }
     for eff in &canon.effects {
@@ -800,7 +791,7 @@ fn compile(device: &Device, canon: &Canon) -> Result<Plan> {
         &mat,
         &is_root,
         synthetic_from,
-        &|m| split_matmuls.get(&m).map_or(1, |&(_, _, parts)| parts),
+        &parts_of,
         &|x| buffer_of(&mat, x),
         &effect_reads,
         &|j| epilogues.contains_key(&j),
