@@ -5,8 +5,10 @@
 use std::collections::HashMap;
 use std::fmt::Write;
 
-use crate::canon::{Entry, Kind};
-use crate::graph::{contiguous_strides, numel, BinaryOp, DType, Fill, ReduceOp, UnaryOp, Window2d};
+use crate::canon::Entry;
+use crate::graph::{
+    contiguous_strides, numel, BinaryOp, DType, Fill, Op, ReduceOp, UnaryOp, Window2d,
+};
 
 pub(crate) const ELEMENTWISE_WG: u32 = 256;
 pub(crate) const REDUCE_WG: u32 = 64;
@@ -152,11 +154,9 @@ impl Gen<'_> {
             self.memo.insert((i, idx.to_string()), v.clone());
             return v;
         }
-        let expr = match e.kind.clone() {
-            Kind::External | Kind::Upload | Kind::Reduce { .. } | Kind::Matmul { .. } => {
-                self.load(i, idx)
-            }
-            Kind::Const => {
+        let expr = match e.op.clone() {
+            Op::External | Op::Upload | Op::Reduce { .. } | Op::Matmul { .. } => self.load(i, idx),
+            Op::Const => {
                 let s = self.seeds.len();
                 self.seeds.push(i);
                 match e.dtype {
@@ -169,8 +169,8 @@ impl Gen<'_> {
                     ),
                 }
             }
-            Kind::Iota { axis } => format!("{ty}({})", coord(idx, &e.shape, axis)),
-            Kind::Rand { normal } => {
+            Op::Iota { axis } => format!("{ty}({})", coord(idx, &e.shape, axis)),
+            Op::Rand { normal } => {
                 let s = self.seeds.len();
                 self.seeds.push(i);
                 let f = if normal {
@@ -181,11 +181,11 @@ impl Gen<'_> {
                 let w = self.scalar_base + 2 * s;
                 format!("{f}({idx}, {v}[{w}u], {v}[{}u])", w + 1, v = self.scalars)
             }
-            Kind::Unary(op, a) => {
+            Op::Unary(op, a) => {
                 let x = self.value(body, a, idx, false);
                 unary(op, e.dtype, &x)
             }
-            Kind::Binary(BinaryOp::Masked, a, mask) => {
+            Op::Binary(BinaryOp::Masked, a, mask) => {
                 // The mask first; the value is read only where it holds (on
                 // lavapipe every load costs, wanted or not).
                 let m = self.value(body, mask, idx, false);
@@ -195,13 +195,13 @@ impl Gen<'_> {
                 self.memo.insert((i, idx.to_string()), x.clone());
                 return x;
             }
-            Kind::Binary(op, a, b) => {
+            Op::Binary(op, a, b) => {
                 let in_ty = self.entries[a].dtype;
                 let x = self.value(body, a, idx, false);
                 let y = self.value(body, b, idx, false);
                 binary(op, in_ty, &x, &y)
             }
-            Kind::Where(c, a, b) => {
+            Op::Where(c, a, b) => {
                 let cv = self.value(body, c, idx, false);
                 let cond = match self.entries[c].dtype {
                     DType::F32 => format!("{cv} != 0.0"),
@@ -212,17 +212,17 @@ impl Gen<'_> {
                 let y = self.value(body, b, idx, false);
                 format!("select({y}, {x}, {cond})")
             }
-            Kind::Cast(a) => {
+            Op::Cast(a) => {
                 let x = self.value(body, a, idx, false);
                 format!("{ty}({x})")
             }
-            Kind::View(spec, a) if is_reshape(&spec, &e.shape) => {
+            Op::View(spec, a) if is_reshape(&spec, &e.shape) => {
                 // A reshape reads its input at the same linear index.
                 let x = self.value(body, a, idx, false);
                 self.memo.insert((i, idx.to_string()), x.clone());
                 return x;
             }
-            Kind::View(spec, a) => {
+            Op::View(spec, a) => {
                 let child = self.fresh("ix");
                 let mut terms = vec![format!("{}", spec.offset)];
                 let mut conds = Vec::new();
@@ -256,7 +256,7 @@ impl Gen<'_> {
                 let _ = writeln!(body, "    let {child} = select(0u, u32({linear}), {m});");
                 self.guarded(body, &m, &child, a, zero(e.dtype), ty)
             }
-            Kind::Unfold(win, fill, a) => {
+            Op::Unfold(win, fill, a) => {
                 let (m, child) = self.unfold(body, &e.shape, &win, idx);
                 let outside = match (fill, e.dtype) {
                     (Fill::Zero, dtype) => zero(dtype).to_string(),
@@ -266,13 +266,13 @@ impl Gen<'_> {
                 };
                 self.guarded(body, &m, &child, a, &outside, ty)
             }
-            Kind::Fold(win, a) => self.fold(body, &e.shape, e.dtype, &win, a, idx),
-            Kind::ConvRows(win, a) => {
+            Op::Fold(win, a) => self.fold(body, &e.shape, e.dtype, &win, a, idx),
+            Op::ConvRows(win, a) => {
                 let channels = self.entries[a].shape[1];
                 let (m, child) = self.conv_rows(body, &win, channels, idx);
                 self.guarded(body, &m, &child, a, zero(e.dtype), ty)
             }
-            Kind::Gather { axis, src, index } => {
+            Op::Gather { axis, src, index } => {
                 let ix = self.value(body, index, idx, false);
                 let src_shape = self.entries[src].shape.clone();
                 let strides = contiguous_strides(&src_shape);
@@ -374,7 +374,7 @@ impl Gen<'_> {
         (m, child)
     }
 
-    /// Element `idx` of a channels-last unfold (`Kind::ConvRows`): row
+    /// Element `idx` of a channels-last unfold (`Op::ConvRows`): row
     /// `(n, oy, ox)`, column `(ky, kx, c)`; whether the tap is inside the
     /// image, and the image element read there.
     fn conv_rows(
@@ -462,8 +462,8 @@ impl Gen<'_> {
         // product), the source's index is composed from the tap's
         // coordinates instead of linearized and divided apart again.
         let in_shape = &self.entries[input].shape;
-        let (src, tap_index) = match &self.entries[input].kind {
-            Kind::View(spec, s)
+        let (src, tap_index) = match &self.entries[input].op {
+            Op::View(spec, s)
                 if spec.mask.is_none() && in_shape.len() == 6 && !(self.materialized)(input) =>
             {
                 let c_n = in_shape[1];
@@ -1091,7 +1091,7 @@ pub(crate) fn matmul_epilogue(
     // Where the product's element e lands in each node up the chain.
     let mut at = "e".to_string();
     for &p in chain {
-        if let Kind::View(spec, _) = &entries[p].kind {
+        if let Op::View(spec, _) = &entries[p].op {
             let shape = &entries[p].shape;
             let reshape = is_reshape(spec, shape);
             if !reshape {

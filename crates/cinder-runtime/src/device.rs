@@ -224,7 +224,7 @@ pub(crate) struct PipelineEntry {
 pub(crate) struct Caches {
     pub pipelines: HashMap<String, Arc<PipelineEntry>>,
     pub bind_groups: HashMap<Vec<u64>, Arc<wgpu::BindGroup>>,
-    pub plans: HashMap<Vec<u64>, Arc<crate::plan::Plan>>,
+    pub plans: HashMap<crate::canon::Structure, Arc<crate::exec::Plan>>,
     /// Operand textures by (width, height, tag): tags 0 and 1 are packed A
     /// and B, which every matmul of that size shares (the queue runs one
     /// kernel's packing and product before the next one's); a plan's values

@@ -29,14 +29,6 @@ impl DType {
             DType::U32 => "u32",
         }
     }
-
-    pub(crate) fn code(self) -> u64 {
-        match self {
-            DType::F32 => 0,
-            DType::I32 => 1,
-            DType::U32 => 2,
-        }
-    }
 }
 
 impl std::fmt::Display for DType {
@@ -163,55 +155,68 @@ pub enum OptimKind {
     Adam,
 }
 
-pub(crate) enum Op {
-    Upload(Arc<Vec<u8>>),
-    Const(f64),
+/// One operation, generic over how it names its inputs: a lazy graph's nodes
+/// hold `Op<Node>`, the planner's canonical entries `Op<usize>` (indices of
+/// earlier entries). An op is structure only: values that change from step
+/// to step (uploaded bytes, constants, seeds) travel beside it as a
+/// [`Payload`], so two ops compare and hash equal exactly when they compile
+/// to the same kernels.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Op<I> {
+    /// A realized tensor's buffer. Only canonical entries have it: a realized
+    /// node has no op.
+    External,
+    /// Host data (the payload's bytes) written into a fresh buffer.
+    Upload,
+    /// The payload's value everywhere.
+    Const,
     Iota {
         axis: usize,
     },
+    /// Uniform in [0, 1) or standard normal from the payload's seed.
     Rand {
-        seed: u64,
         normal: bool,
     },
-    Unary(UnaryOp, Node),
-    Binary(BinaryOp, Node, Node),
-    Where(Node, Node, Node),
-    Cast(Node),
-    View(ViewSpec, Node),
+    Unary(UnaryOp, I),
+    Binary(BinaryOp, I, I),
+    Where(I, I, I),
+    Cast(I),
+    View(ViewSpec, I),
     Gather {
         axis: usize,
-        src: Node,
-        index: Node,
+        src: I,
+        index: I,
     },
     Reduce {
         op: ReduceOp,
         axes: Vec<usize>,
-        input: Node,
+        input: I,
     },
     /// `[N, C, H, W] -> [N, C, KH, KW, OH, OW]`: every window's taps (im2col).
-    Unfold(Window2d, Fill, Node),
+    Unfold(Window2d, Fill, I),
     /// The adjoint of a zero-filled unfold: `[N, C, KH, KW, OH, OW] ->
     /// [N, C, H, W]`, each pixel the sum of the taps that read it (col2im).
-    Fold(Window2d, Node),
+    Fold(Window2d, I),
     /// The unfold of an image stored channels-last, as a matrix:
     /// `[N * H * W, C] -> [N * OH * OW, KH * KW * C]`, row `(n, oy, ox)`
     /// holding the taps of that window, channels fastest, zero outside the
     /// image. A product with it as A is a convolution in channels-last
     /// layout; on a CPU adapter the texture kernel fetches it straight from
     /// the image (an implicit GEMM) instead of materializing it.
-    ConvRows(Window2d, Node),
+    ConvRows(Window2d, I),
     Matmul {
-        a: Node,
-        b: Node,
+        a: I,
+        b: I,
         a_batched: bool,
         b_batched: bool,
     },
 }
 
-impl Op {
-    pub(crate) fn inputs(&self) -> Vec<Node> {
+impl<I: Clone> Op<I> {
+    /// The inputs, in the order the op names them.
+    pub(crate) fn inputs(&self) -> Vec<I> {
         match self {
-            Op::Upload(_) | Op::Const(_) | Op::Iota { .. } | Op::Rand { .. } => vec![],
+            Op::External | Op::Upload | Op::Const | Op::Iota { .. } | Op::Rand { .. } => vec![],
             Op::Unary(_, a)
             | Op::Cast(a)
             | Op::View(_, a)
@@ -225,11 +230,61 @@ impl Op {
             Op::Where(c, a, b) => vec![c.clone(), a.clone(), b.clone()],
         }
     }
+
+    /// The same op over other names for its inputs.
+    pub(crate) fn map<J>(&self, mut f: impl FnMut(&I) -> J) -> Op<J> {
+        match self {
+            Op::External => Op::External,
+            Op::Upload => Op::Upload,
+            Op::Const => Op::Const,
+            Op::Iota { axis } => Op::Iota { axis: *axis },
+            Op::Rand { normal } => Op::Rand { normal: *normal },
+            Op::Unary(u, a) => Op::Unary(*u, f(a)),
+            Op::Binary(b, x, y) => Op::Binary(*b, f(x), f(y)),
+            Op::Where(c, a, b) => Op::Where(f(c), f(a), f(b)),
+            Op::Cast(a) => Op::Cast(f(a)),
+            Op::View(spec, a) => Op::View(spec.clone(), f(a)),
+            Op::Gather { axis, src, index } => Op::Gather {
+                axis: *axis,
+                src: f(src),
+                index: f(index),
+            },
+            Op::Reduce { op, axes, input } => Op::Reduce {
+                op: *op,
+                axes: axes.clone(),
+                input: f(input),
+            },
+            Op::Unfold(win, fill, a) => Op::Unfold(win.clone(), *fill, f(a)),
+            Op::Fold(win, a) => Op::Fold(win.clone(), f(a)),
+            Op::ConvRows(win, a) => Op::ConvRows(win.clone(), f(a)),
+            Op::Matmul {
+                a,
+                b,
+                a_batched,
+                b_batched,
+            } => Op::Matmul {
+                a: f(a),
+                b: f(b),
+                a_batched: *a_batched,
+                b_batched: *b_batched,
+            },
+        }
+    }
+}
+
+/// The value a leaf op carries beside its structure (see [`Op`]).
+#[derive(Clone, Debug)]
+pub(crate) enum Payload {
+    None,
+    Bytes(Arc<Vec<u8>>),
+    Scalar(f64),
+    Seed(u64),
 }
 
 pub(crate) enum State {
     Pending {
-        op: Op,
+        op: Op<Node>,
+        payload: Payload,
         /// The version of each realized input when this node was recorded.
         versions: Vec<Option<(u64, u64)>>,
     },
@@ -342,7 +397,17 @@ pub(crate) fn compose_views(
 }
 
 impl Node {
-    pub(crate) fn new(device: &Device, shape: Vec<usize>, dtype: DType, op: Op) -> Node {
+    pub(crate) fn new(device: &Device, shape: Vec<usize>, dtype: DType, op: Op<Node>) -> Node {
+        Node::with_payload(device, shape, dtype, op, Payload::None)
+    }
+
+    fn with_payload(
+        device: &Device,
+        shape: Vec<usize>,
+        dtype: DType,
+        op: Op<Node>,
+        payload: Payload,
+    ) -> Node {
         let versions = op
             .inputs()
             .iter()
@@ -353,7 +418,11 @@ impl Node {
             shape,
             dtype,
             device: device.clone(),
-            state: Mutex::new(State::Pending { op, versions }),
+            state: Mutex::new(State::Pending {
+                op,
+                payload,
+                versions,
+            }),
         }))
     }
 
@@ -419,16 +488,23 @@ impl Node {
                 ),
             ));
         }
-        Ok(Node::new(
+        Ok(Node::with_payload(
             device,
             shape.to_vec(),
             dtype,
-            Op::Upload(Arc::new(bytes)),
+            Op::Upload,
+            Payload::Bytes(Arc::new(bytes)),
         ))
     }
 
     pub fn constant(device: &Device, shape: &[usize], dtype: DType, value: f64) -> Node {
-        Node::new(device, shape.to_vec(), dtype, Op::Const(value))
+        Node::with_payload(
+            device,
+            shape.to_vec(),
+            dtype,
+            Op::Const,
+            Payload::Scalar(value),
+        )
     }
 
     /// The coordinate along `axis`, as `dtype`.
@@ -445,11 +521,12 @@ impl Node {
     /// Uniform in [0, 1) or standard normal, a pure function of (seed, index):
     /// the same seed gives the same numbers on every run and adapter.
     pub fn rand(device: &Device, shape: &[usize], seed: u64, normal: bool) -> Node {
-        Node::new(
+        Node::with_payload(
             device,
             shape.to_vec(),
             DType::F32,
-            Op::Rand { seed, normal },
+            Op::Rand { normal },
+            Payload::Seed(seed),
         )
     }
 
@@ -593,6 +670,7 @@ impl Node {
         let State::Pending {
             op: Op::View(inner, src),
             versions,
+            ..
         } = &*state
         else {
             return None;

@@ -256,7 +256,7 @@ pub(crate) struct Operand<'a> {
     pub shape: &'a [usize],
     pub batched: bool,
     pub in_texture: bool,
-    /// For A: a channels-last unfold (`Kind::ConvRows`) that the texture
+    /// For A: a channels-last unfold (`Op::ConvRows`) that the texture
     /// kernel fetches from its image instead of reading it materialized.
     pub conv: Option<ConvOperand<'a>>,
 }

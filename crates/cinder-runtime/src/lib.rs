@@ -5,6 +5,7 @@ mod canon;
 mod codegen;
 mod device;
 mod error;
+mod exec;
 mod graph;
 mod kernels;
 mod plan;

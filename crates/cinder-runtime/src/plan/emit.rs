@@ -1,0 +1,656 @@
+//! Pass 8: kernel emission. One kernel per materialized entry, in entry
+//! order (children first), then one per effect: its WGSL, what it binds in
+//! binding order, and its grid.
+
+use super::product::{matmul_kernel, operand_sources};
+use super::{Fusion, Graph, Target, Uses};
+use crate::canon::CanonEffect;
+use crate::codegen::{self, Generated, ELEMENTWISE_WG, REDUCE_WG};
+use crate::error::{Error, Result};
+use crate::graph::{numel, Op, ReduceOp};
+use crate::kernels;
+
+/// Where a kernel's scalars buffer gets its words at replay.
+#[derive(Clone, Debug)]
+pub(crate) enum ScalarSource {
+    /// Two words per entry: a `Rand`'s seed or a `Const`'s bits.
+    Seeds(Vec<usize>),
+    /// A matmul's shape words, then its epilogue's constants and seeds.
+    MatmulEpilogue { dims: Vec<u32>, seeds: Vec<usize> },
+    /// Fixed words (a matmul's shape), written once when the plan is built.
+    Words(Vec<u32>),
+    /// An optimizer effect's `hypers` hyper-parameters, then the element
+    /// count `n`.
+    Hyper {
+        effect: usize,
+        hypers: usize,
+        n: u32,
+    },
+}
+
+/// How an entry's buffer is bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// In consecutive ranges of at most one binding each: generated kernels
+    /// read a big tensor through a helper that picks the range.
+    Chunked,
+    /// Whole, to its padded size: hand-written kernels (matmul, optimizers)
+    /// read whole 16-byte blocks, as u64 pairs where the device has them.
+    Whole,
+}
+
+/// One binding (or run of bindings) of a kernel, in binding order.
+#[derive(Clone, Debug)]
+pub(crate) enum Bind {
+    Entry {
+        entry: usize,
+        layout: Layout,
+    },
+    /// An operand texture, by size and tag (see `Device::operand_texture`).
+    Texture {
+        width: u32,
+        height: u32,
+        tag: u8,
+    },
+    Scalars(ScalarSource),
+}
+
+/// How many workgroups a kernel dispatches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dispatch {
+    /// Enough workgroups of `wg` threads for `items` threads, folded into
+    /// two dimensions where one would exceed the adapter's limit.
+    Threads {
+        items: u64,
+        wg: u32,
+    },
+    Groups(u32, u32, u32),
+}
+
+impl Dispatch {
+    pub(crate) fn workgroups(self, target: &Target) -> (u32, u32, u32) {
+        match self {
+            Dispatch::Groups(x, y, z) => (x, y, z),
+            Dispatch::Threads { items, wg } => {
+                let groups = items.div_ceil(wg as u64).max(1);
+                let max = target.max_workgroups_per_dimension.max(1) as u64;
+                if groups <= max {
+                    (groups as u32, 1, 1)
+                } else {
+                    let y = groups.div_ceil(max);
+                    let x = groups.div_ceil(y);
+                    (x as u32, y as u32, 1)
+                }
+            }
+        }
+    }
+}
+
+/// A kernel to dispatch: everything but its GPU objects.
+pub(crate) struct Kernel {
+    /// The pipeline's label (what `CINDER_DUMP_KERNELS` names files by).
+    pub name: String,
+    /// The step's label, for `CINDER_PROFILE`: what it computes, and its shape.
+    pub label: String,
+    pub source: String,
+    pub constants: Vec<(String, f64)>,
+    pub binds: Vec<Bind>,
+    pub dispatch: Dispatch,
+    /// Entries it reads from buffers, and the entry it writes (none for a
+    /// pack, which writes a texture): what liveness needs.
+    pub reads: Vec<usize>,
+    pub output: Option<usize>,
+    /// It writes a realized tensor in place (an optimizer step, an
+    /// assignment): running it twice would apply it twice.
+    pub in_place: bool,
+    /// A matmul over operand textures, and a dispatch packing an operand
+    /// into one (for [`crate::Stats`]).
+    pub texture_product: bool,
+    pub pack: bool,
+}
+
+impl Kernel {
+    /// A generated kernel: its inputs in chunks, then its output (a buffer
+    /// in chunks, or a texture bound first), then its scalars.
+    fn generated(name: &str, generated: Generated, output: usize, wg: u32) -> Kernel {
+        let mut binds: Vec<Bind> = generated
+            .inputs
+            .iter()
+            .map(|&entry| Bind::Entry {
+                entry,
+                layout: Layout::Chunked,
+            })
+            .collect();
+        binds.push(Bind::Entry {
+            entry: output,
+            layout: Layout::Chunked,
+        });
+        if !generated.seeds.is_empty() {
+            binds.push(Bind::Scalars(ScalarSource::Seeds(generated.seeds)));
+        }
+        Kernel {
+            name: name.to_string(),
+            label: String::new(),
+            source: generated.source,
+            constants: Vec::new(),
+            binds,
+            dispatch: Dispatch::Threads {
+                items: generated.items,
+                wg,
+            },
+            reads: generated.inputs,
+            output: Some(output),
+            in_place: false,
+            texture_product: false,
+            pack: false,
+        }
+    }
+}
+
+/// Threads per workgroup of a reduction over `span` elements in `parts`.
+fn reduce_wg(span: usize, parts: usize) -> u32 {
+    if codegen::serial_reduce(span, parts) {
+        ELEMENTWISE_WG
+    } else {
+        REDUCE_WG
+    }
+}
+
+/// The kernels, in dispatch order.
+pub(crate) fn kernels(
+    graph: &Graph,
+    _uses: &Uses,
+    fusion: &Fusion,
+    target: &Target,
+) -> Result<Vec<Kernel>> {
+    let entries = &graph.entries;
+    let chunk = target.chunk;
+    let mat = |i: usize| fusion.mat[i];
+    let mut out: Vec<Kernel> = Vec::new();
+    for i in graph.canonical() {
+        if !mat(i)
+            || matches!(entries[i].op, Op::External | Op::Upload)
+            || numel(&entries[i].shape) == 0
+        {
+            continue;
+        }
+        if let Some(epilogue) = fusion.epilogues.get(&i) {
+            let (a, b, k) =
+                matmul_kernel(target, entries, epilogue.matmul, 1, [false; 2], false)
+                    .ok_or_else(|| Error::Gpu("internal: epilogue of a non-matmul".into()))?;
+            let generated = codegen::matmul_epilogue(
+                entries,
+                &mat,
+                chunk,
+                epilogue.matmul,
+                &epilogue.chain,
+                k.dims.len(),
+            );
+            let source = kernels::with_store(k.source, &generated.source);
+            let kernel = product(
+                &mut out,
+                graph,
+                fusion,
+                target,
+                ProductKernel {
+                    name: "matmul+epilogue",
+                    source,
+                    kernel: k,
+                    operands: [a, b],
+                    output: i,
+                    epilogue: Some(generated),
+                },
+            )?;
+            out.push(kernel);
+            continue;
+        }
+        match &entries[i].op {
+            Op::Reduce { op, axes, input } => match graph.split_reductions.get(&i) {
+                None => {
+                    let span = axes.iter().map(|&a| entries[*input].shape[a]).product();
+                    let generated =
+                        codegen::reduce(entries, &mat, chunk, i, i, *op, axes, *input, 1);
+                    out.push(Kernel::generated(
+                        &format!("reduce {op:?}"),
+                        generated,
+                        i,
+                        reduce_wg(span, 1),
+                    ));
+                }
+                Some(split) => {
+                    let partials = codegen::reduce(
+                        entries,
+                        &mat,
+                        chunk,
+                        i,
+                        split.partial,
+                        *op,
+                        axes,
+                        *input,
+                        split.parts,
+                    );
+                    out.push(Kernel::generated(
+                        &format!("reduce {op:?} partials"),
+                        partials,
+                        split.partial,
+                        REDUCE_WG,
+                    ));
+                    let combine = codegen::reduce(
+                        entries,
+                        &mat,
+                        chunk,
+                        split.combine,
+                        i,
+                        *op,
+                        &[1],
+                        split.partial,
+                        1,
+                    );
+                    out.push(Kernel::generated(
+                        &format!("reduce {op:?}"),
+                        combine,
+                        i,
+                        reduce_wg(split.parts, 1),
+                    ));
+                }
+            },
+            Op::Matmul { .. } => {
+                let split = graph.split_products.get(&i).copied();
+                let parts = split.map_or(1, |s| s.parts);
+                let in_texture = operand_sources(entries, &fusion.implicit, i).map(|x| {
+                    x.and_then(|x| fusion.buffer_of(entries, x))
+                        .is_some_and(|j| fusion.residents.contains_key(&j))
+                });
+                let (a, b, k) = matmul_kernel(
+                    target,
+                    entries,
+                    i,
+                    parts,
+                    in_texture,
+                    fusion.implicit.contains(&i),
+                )
+                .ok_or_else(|| {
+                    Error::Gpu(
+                        "internal: no matmul kernel (or an implicit one without windows)".into(),
+                    )
+                })?;
+                let name = match split {
+                    None => "matmul".to_string(),
+                    Some(s) => format!("matmul split-K x{}", s.parts),
+                };
+                let kernel = product(
+                    &mut out,
+                    graph,
+                    fusion,
+                    target,
+                    ProductKernel {
+                        name: &name,
+                        source: k.source.to_string(),
+                        kernel: k,
+                        operands: [a, b],
+                        output: split.map_or(i, |s| s.partial),
+                        epilogue: None,
+                    },
+                )?;
+                out.push(kernel);
+                if let Some(split) = split {
+                    let sum = codegen::reduce(
+                        entries,
+                        &mat,
+                        chunk,
+                        split.combine,
+                        i,
+                        ReduceOp::Sum,
+                        &[0],
+                        split.partial,
+                        1,
+                    );
+                    out.push(Kernel::generated(
+                        "split-K sum",
+                        sum,
+                        i,
+                        reduce_wg(split.parts, 1),
+                    ));
+                }
+            }
+            _ => match fusion.residents.get(&i) {
+                Some(r) => {
+                    let generated = codegen::elementwise_texels(
+                        entries, &mat, chunk, i, r.cols, r.width, r.height,
+                    );
+                    let mut kernel = Kernel::generated(
+                        "fused elementwise into texture",
+                        generated,
+                        i,
+                        ELEMENTWISE_WG,
+                    );
+                    // The texture is binding 0, in place of a buffer output.
+                    kernel
+                        .binds
+                        .retain(|b| !matches!(b, Bind::Entry { entry, .. } if *entry == i));
+                    kernel.binds.insert(
+                        0,
+                        Bind::Texture {
+                            width: r.width,
+                            height: r.height,
+                            tag: r.tag,
+                        },
+                    );
+                    out.push(kernel);
+                }
+                None => {
+                    let paired = codegen::paired_store(entries, i, chunk, target.subgroup_matmul);
+                    let generated =
+                        codegen::elementwise_stored(entries, &mat, chunk, i, i, false, paired);
+                    out.push(Kernel::generated(
+                        "fused elementwise",
+                        generated,
+                        i,
+                        ELEMENTWISE_WG,
+                    ));
+                }
+            },
+        }
+    }
+    for (ei, effect) in graph.effects.iter().enumerate() {
+        out.push(effect_kernel(graph, fusion, target, ei, effect)?);
+    }
+    for k in &mut out {
+        if k.label.is_empty() {
+            let shape = k
+                .output
+                .map(|o| entries[o].shape.clone())
+                .unwrap_or_default();
+            k.label = format!("{} -> {shape:?}", k.name);
+        }
+    }
+    Ok(out)
+}
+
+/// A product's kernel, before its operands are bound.
+struct ProductKernel<'a> {
+    name: &'a str,
+    /// The kernel's source (with its epilogue's stores spliced in).
+    source: String,
+    kernel: kernels::MatmulKernel,
+    /// What it reads for A and B (an implicit A: its image).
+    operands: [usize; 2],
+    /// The entry it writes (a split product: the partials).
+    output: usize,
+    epilogue: Option<Generated>,
+}
+
+/// A product's kernel: A and B (whole buffers, or textures, each either
+/// computed there by its producer or packed by a kernel pushed onto `out`
+/// first), C, the shape words (and an epilogue's scalars), then the
+/// epilogue's inputs.
+fn product(
+    out: &mut Vec<Kernel>,
+    graph: &Graph,
+    fusion: &Fusion,
+    target: &Target,
+    p: ProductKernel<'_>,
+) -> Result<Kernel> {
+    let entries = &graph.entries;
+    let buffer = |x: usize| {
+        fusion
+            .buffer_of(entries, x)
+            .ok_or_else(|| Error::Gpu("internal: matmul input without buffer".into()))
+    };
+    let operands = [buffer(p.operands[0])?, buffer(p.operands[1])?];
+    let k = p.kernel;
+    let mut binds = Vec::new();
+    match &k.packs {
+        None => binds.extend(operands.iter().map(|&entry| Bind::Entry {
+            entry,
+            layout: Layout::Whole,
+        })),
+        Some(packs) => {
+            for (slot, (layout, &i)) in packs.iter().zip(&operands).enumerate() {
+                if let Some(r) = fusion.residents.get(&i) {
+                    // Its producer wrote it there.
+                    binds.push(Bind::Texture {
+                        width: r.width,
+                        height: r.height,
+                        tag: r.tag,
+                    });
+                    continue;
+                }
+                let texture = Bind::Texture {
+                    width: layout.width(),
+                    height: layout.height,
+                    tag: slot as u8,
+                };
+                out.push(Kernel {
+                    name: "pack operand".to_string(),
+                    label: format!("pack {} {:?}", ["A", "B"][slot], entries[i].shape),
+                    source: kernels::PACK_TEXTURE.to_string(),
+                    constants: Vec::new(),
+                    binds: vec![
+                        texture.clone(),
+                        Bind::Entry {
+                            entry: i,
+                            layout: Layout::Whole,
+                        },
+                        Bind::Scalars(ScalarSource::Words(layout.dims())),
+                    ],
+                    dispatch: Dispatch::Groups(
+                        layout.width().div_ceil(kernels::PACK_TEXTURE_WG),
+                        layout.height.div_ceil(kernels::PACK_TEXTURE_WG),
+                        1,
+                    ),
+                    reads: vec![i],
+                    output: None,
+                    in_place: false,
+                    texture_product: false,
+                    pack: true,
+                });
+                binds.push(texture);
+            }
+        }
+    }
+    binds.push(Bind::Entry {
+        entry: p.output,
+        layout: Layout::Whole,
+    });
+    let mut reads = operands.to_vec();
+    match p.epilogue {
+        None => binds.push(Bind::Scalars(ScalarSource::Words(k.dims))),
+        Some(epilogue) => {
+            binds.push(Bind::Scalars(ScalarSource::MatmulEpilogue {
+                dims: k.dims,
+                seeds: epilogue.seeds,
+            }));
+            binds.extend(epilogue.inputs.iter().map(|&entry| Bind::Entry {
+                entry,
+                layout: Layout::Chunked,
+            }));
+            reads.extend(epilogue.inputs);
+        }
+    }
+    let (x, y, z) = k.workgroups;
+    let max = target.max_workgroups_per_dimension;
+    if x > max || y > max || z > max {
+        return Err(Error::Unsupported {
+            feature: format!(
+                "a matmul needing {x}x{y}x{z} workgroups (at most {max} per dimension)"
+            ),
+            adapter: target.adapter.clone(),
+        });
+    }
+    Ok(Kernel {
+        name: p.name.to_string(),
+        label: String::new(),
+        source: p.source,
+        constants: k.constants,
+        binds,
+        dispatch: Dispatch::Groups(x, y, z),
+        reads,
+        output: Some(p.output),
+        in_place: false,
+        texture_product: k.packs.is_some(),
+        pack: false,
+    })
+}
+
+/// An optimizer step's or an assignment's kernel.
+fn effect_kernel(
+    graph: &Graph,
+    fusion: &Fusion,
+    target: &Target,
+    ei: usize,
+    effect: &CanonEffect,
+) -> Result<Kernel> {
+    let entries = &graph.entries;
+    match effect {
+        CanonEffect::Optim {
+            kind,
+            param,
+            grad,
+            state,
+            hyper_len,
+        } => {
+            let g = fusion
+                .buffer_of(entries, *grad)
+                .ok_or_else(|| Error::Gpu("internal: gradient without buffer".into()))?;
+            let (source, constants, want_state, want_hyper) =
+                kernels::optimizer(*kind, target.subgroup_matmul);
+            if state.len() != want_state || *hyper_len != want_hyper {
+                return Err(Error::invalid(
+                    "optimizer step",
+                    format!(
+                        "{kind:?} takes {want_state} state tensors and {want_hyper} hyper-parameters"
+                    ),
+                ));
+            }
+            if entries[*grad].shape != entries[*param].shape
+                || state
+                    .iter()
+                    .any(|s| entries[*s].shape != entries[*param].shape)
+            {
+                return Err(Error::shape(
+                    "optimizer step",
+                    format!(
+                        "parameter {:?}, gradient {:?}",
+                        entries[*param].shape, entries[*grad].shape
+                    ),
+                ));
+            }
+            let count = numel(&entries[*param].shape);
+            let whole = |entry: usize| Bind::Entry {
+                entry,
+                layout: Layout::Whole,
+            };
+            // The parameter (read-write) first, then the gradient and state.
+            let mut reads = vec![g];
+            reads.extend(state.iter().copied());
+            let mut binds: Vec<Bind> = std::iter::once(*param)
+                .chain(reads.iter().copied())
+                .map(whole)
+                .collect();
+            binds.push(Bind::Scalars(ScalarSource::Hyper {
+                effect: ei,
+                hypers: *hyper_len,
+                n: count as u32,
+            }));
+            Ok(Kernel {
+                name: format!("{kind:?}"),
+                label: String::new(),
+                source,
+                constants,
+                binds,
+                dispatch: Dispatch::Threads {
+                    items: count.div_ceil(kernels::OPTIM_ELEMENTS_PER_THREAD) as u64,
+                    wg: ELEMENTWISE_WG,
+                },
+                reads,
+                output: Some(*param),
+                in_place: true,
+                texture_product: false,
+                pack: false,
+            })
+        }
+        CanonEffect::Assign {
+            target: dest,
+            value,
+        } => {
+            let v = fusion
+                .buffer_of(entries, *value)
+                .ok_or_else(|| Error::Gpu("internal: assigned value without buffer".into()))?;
+            let generated = codegen::elementwise(
+                entries,
+                &|i| i == v || fusion.mat[i],
+                target.chunk,
+                v,
+                *dest,
+                true,
+            );
+            let mut kernel = Kernel::generated("assign", generated, *dest, ELEMENTWISE_WG);
+            kernel.in_place = true;
+            Ok(kernel)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{fusion_of_graph, gpu, lavapipe, Builder};
+    use super::{Bind, Dispatch, Layout};
+    use crate::graph::{BinaryOp, UnaryOp};
+
+    #[test]
+    fn an_mlp_layer_is_one_product_and_one_reduction() {
+        let mut g = Builder::new();
+        let x = g.upload(&[32, 64]);
+        let w = g.upload(&[64, 16]);
+        let y = g.matmul(x, w);
+        let b = g.upload(&[1, 16]);
+        let b = g.expand(b, &[32, 16]);
+        let z = g.binary(BinaryOp::Add, y, b);
+        let r = g.unary(UnaryOp::Relu, z);
+        let s = g.sum_all(r);
+        let kernels = fusion_of_graph(g, &[s, r], &gpu(), |graph, uses, fusion, target| {
+            super::kernels(graph, uses, fusion, target).unwrap()
+        });
+        let names: Vec<&str> = kernels.iter().map(|k| k.name.as_str()).collect();
+        assert_eq!(names, ["matmul+epilogue", "reduce Sum"]);
+        // A, B, C whole, the shape words, then the bias in chunks.
+        let product = &kernels[0];
+        assert!(
+            matches!(product.binds[0], Bind::Entry { entry, layout: Layout::Whole } if entry == x)
+        );
+        assert!(matches!(product.binds[2], Bind::Entry { entry, .. } if entry == r));
+        assert!(matches!(product.binds[3], Bind::Scalars(_)));
+        assert_eq!(product.binds.len(), 5);
+        assert!(matches!(product.dispatch, Dispatch::Groups(..)));
+        assert_eq!(kernels[1].reads, vec![r]);
+    }
+
+    #[test]
+    fn texture_products_pack_what_no_producer_computed_into_a_texture() {
+        let mut g = Builder::new();
+        let a = g.upload(&[1024, 512]);
+        let b = g.upload(&[512, 256]);
+        let c = g.matmul(a, b);
+        let kernels = fusion_of_graph(g, &[c], &lavapipe(), |graph, uses, fusion, target| {
+            super::kernels(graph, uses, fusion, target).unwrap()
+        });
+        let names: Vec<&str> = kernels.iter().map(|k| k.name.as_str()).collect();
+        assert_eq!(names, ["pack operand", "pack operand", "matmul"]);
+        assert!(kernels[2].texture_product);
+        assert!(matches!(kernels[2].binds[0], Bind::Texture { tag: 0, .. }));
+        assert!(matches!(kernels[2].binds[1], Bind::Texture { tag: 1, .. }));
+    }
+
+    #[test]
+    fn grids_fold_into_two_dimensions_past_the_limit() {
+        let mut target = gpu();
+        target.max_workgroups_per_dimension = 100;
+        let d = Dispatch::Threads {
+            items: 256 * 1000,
+            wg: 256,
+        };
+        let (x, y, z) = d.workgroups(&target);
+        assert!(x <= 100 && y <= 100 && z == 1 && x * y >= 1000);
+    }
+}

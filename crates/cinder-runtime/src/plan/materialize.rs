@@ -1,0 +1,216 @@
+//! Passes 3 and 5: which entries get a buffer of their own. Everything else
+//! element-wise is recomputed inside each kernel that reads it.
+
+use std::collections::HashSet;
+
+use super::epilogue::one_to_one_chain;
+use super::product::operand_sources;
+use super::{buffer_of, reshaped, Graph, Uses};
+use crate::canon::CanonEffect;
+use crate::graph::{numel, Op};
+
+/// Broadcast values at least this large get a buffer of their own (see
+/// [`inputs`]).
+pub(crate) const BROADCAST_MATERIALIZE_MIN: usize = 1 << 16;
+
+/// Pass 3: buffers by kind and use count.
+///
+/// | Entry | Gets a buffer when |
+/// |---|---|
+/// | `External`, `Upload`, `Reduce`, `Matmul` | always (buffers, or kernels of their own) |
+/// | `View`, `Const`, `Iota`, `Rand` | only as a root: free to recompute in every consumer |
+/// | `Fold` | as a root or when read twice; else decided in [`inputs`] |
+/// | other element-wise entries | as a root or when read more than once |
+/// | split partials | always (scratch); the combining step writes the original's buffer |
+pub(crate) fn initial(graph: &Graph, uses: &Uses) -> Vec<bool> {
+    let n = graph.entries.len();
+    let partials: Vec<usize> = graph
+        .split_reductions
+        .values()
+        .chain(graph.split_products.values())
+        .map(|s| s.partial)
+        .collect();
+    (0..n)
+        .map(|i| {
+            if i >= graph.synthetic_from {
+                return partials.contains(&i);
+            }
+            let root = uses.is_root[i];
+            match &graph.entries[i].op {
+                Op::External | Op::Upload | Op::Reduce { .. } | Op::Matmul { .. } => true,
+                // A fold sums several taps per pixel: inlined into a consumer
+                // that reads it at more than one position its cost would
+                // multiply. Decided in `inputs`, once every other entry is.
+                Op::Fold(..) => root || uses.count[i] > 1,
+                Op::View(..) | Op::Const | Op::Iota { .. } | Op::Rand { .. } => root,
+                _ => root || uses.count[i] > 1,
+            }
+        })
+        .collect()
+}
+
+/// Pass 5: buffers for what kernels read in bulk.
+///
+/// - Inputs that a hand-written kernel reads as a plain contiguous buffer
+///   (both matmul operands, an implicit product's image, the optimizer's
+///   gradient, an assignment's value) get one below any reshapes, unless
+///   they already reach one through reshapes: consumers that reshape one
+///   value differently then share it.
+/// - What an unfold reads is computed once (it reads each pixel once per
+///   tap), views and constants excepted; a channels-last unfold's image
+///   only below its reshapes (an implicit product fetches that `[N * H * W,
+///   C]` matrix).
+/// - A value of at least [`BROADCAST_MATERIALIZE_MIN`] elements that an
+///   element-wise consumer broadcasts (reads through a stride-0 view, or as
+///   a smaller operand): inlined, its loads would repeat per read.
+///   Max-pooling's backward broadcasts the pooled gradient over each
+///   window's taps.
+/// - A fold stays inlined only where each of its pixels is computed once:
+///   a chain of single-use, one-to-one consumers that ends in a buffer.
+pub(crate) fn inputs(graph: &Graph, uses: &Uses, implicit: &HashSet<usize>, mat: &mut [bool]) {
+    let entries = &graph.entries;
+    let mut needs_buffer = Vec::new();
+    for m in graph.canonical() {
+        if let [Some(a), Some(b)] = operand_sources(entries, implicit, m) {
+            needs_buffer.extend([a, b]);
+        }
+    }
+    for eff in graph.effects {
+        match eff {
+            CanonEffect::Optim { grad, .. } => needs_buffer.push(*grad),
+            CanonEffect::Assign { value, .. } => needs_buffer.push(*value),
+        }
+    }
+    for i in needs_buffer {
+        if buffer_of(entries, mat, i).is_none() {
+            let mut j = i;
+            while let Some(child) = reshaped(&entries[j]) {
+                j = child;
+            }
+            mat[j] = true;
+        }
+    }
+
+    for e in &entries[graph.canonical()] {
+        let (mut j, through_any_view) = match e.op {
+            Op::Unfold(_, _, j) => (j, true),
+            Op::ConvRows(_, j) => (j, false),
+            _ => continue,
+        };
+        loop {
+            match &entries[j].op {
+                Op::View(_, child) if through_any_view => j = *child,
+                _ => match reshaped(&entries[j]) {
+                    Some(child) => j = child,
+                    None => break,
+                },
+            }
+        }
+        if !matches!(entries[j].op, Op::Const | Op::Iota { .. }) {
+            mat[j] = true;
+        }
+    }
+
+    // Small broadcast values stay inlined: a kernel of their own costs more
+    // than recomputing them.
+    for e in &entries[graph.canonical()] {
+        let operands: &[usize] = match &e.op {
+            Op::Binary(_, x, y) => &[*x, *y],
+            Op::Where(c, x, y) => &[*c, *x, *y],
+            _ => &[],
+        };
+        for &operand in operands {
+            // Smaller than the result, or through a view that expands a
+            // dimension (stride 0); a padding view is not a broadcast.
+            let mut broadcast = numel(&entries[operand].shape) < numel(&e.shape);
+            let mut j = operand;
+            while let Op::View(spec, child) = &entries[j].op {
+                broadcast |= spec
+                    .strides
+                    .iter()
+                    .zip(&entries[j].shape)
+                    .any(|(&stride, &size)| stride == 0 && size > 1);
+                j = *child;
+            }
+            let computed = !matches!(entries[j].op, Op::Const | Op::Iota { .. } | Op::Rand { .. });
+            if broadcast && computed && numel(&entries[j].shape) >= BROADCAST_MATERIALIZE_MIN {
+                mat[j] = true;
+            }
+        }
+    }
+
+    for i in graph.canonical() {
+        if !matches!(entries[i].op, Op::Fold(..)) || mat[i] {
+            continue;
+        }
+        mat[i] = one_to_one_chain(graph, uses, mat, i).is_none();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::Builder;
+    use super::super::{Graph, Uses};
+    use crate::graph::{BinaryOp, UnaryOp};
+    use std::collections::HashSet;
+
+    fn plan(g: Builder, roots: &[usize]) -> Vec<bool> {
+        let s = g.finish(roots);
+        let graph = Graph::new(&s);
+        let uses = Uses::count(&graph);
+        let mut mat = super::initial(&graph, &uses);
+        super::inputs(&graph, &uses, &HashSet::new(), &mut mat);
+        mat
+    }
+
+    #[test]
+    fn values_read_twice_get_a_buffer_and_views_never_do() {
+        let mut g = Builder::new();
+        let x = g.upload(&[8, 8]);
+        let e = g.unary(UnaryOp::Exp, x);
+        let t = g.transpose(e);
+        let once = g.unary(UnaryOp::Neg, t);
+        let twice = g.binary(BinaryOp::Add, e, t);
+        let root = g.binary(BinaryOp::Mul, once, twice);
+        let mat = plan(g, &[root]);
+        assert!(mat[x] && mat[root]);
+        // `e` is read by the transpose and the add.
+        assert!(mat[e]);
+        assert!(!mat[t] && !mat[once] && !mat[twice]);
+    }
+
+    #[test]
+    fn a_transposed_operand_gets_a_buffer_below_its_reshapes() {
+        let mut g = Builder::new();
+        let x = g.upload(&[6, 4]);
+        let w = g.upload(&[5, 4]);
+        let wt = g.transpose(w);
+        let y = g.matmul(x, wt);
+        // A reshape of an element-wise value: the buffer goes below it.
+        let v = g.upload(&[10, 3]);
+        let e = g.unary(UnaryOp::Exp, v);
+        let r = g.reshape(e, &[5, 6]);
+        let z = g.matmul(y, r);
+        let mat = plan(g, &[z]);
+        assert!(mat[wt], "the transposed weight is copied once");
+        assert!(mat[e] && !mat[r], "the buffer goes below the reshape");
+    }
+
+    #[test]
+    fn large_broadcast_values_get_a_buffer_and_small_ones_do_not() {
+        let mut g = Builder::new();
+        let big = g.upload(&[1, 1 << 16]);
+        let big_e = g.unary(UnaryOp::Exp, big);
+        let big_b = g.expand(big_e, &[4, 1 << 16]);
+        let other = g.upload(&[4, 1 << 16]);
+        let r1 = g.binary(BinaryOp::Add, big_b, other);
+        let small = g.upload(&[1, 16]);
+        let small_e = g.unary(UnaryOp::Exp, small);
+        let small_b = g.expand(small_e, &[4, 16]);
+        let other2 = g.upload(&[4, 16]);
+        let r2 = g.binary(BinaryOp::Add, small_b, other2);
+        let mat = plan(g, &[r1, r2]);
+        assert!(mat[big_e]);
+        assert!(!mat[small_e]);
+    }
+}

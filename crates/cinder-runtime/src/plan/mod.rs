@@ -1,0 +1,269 @@
+//! The planner: a realization's [`Structure`] in, a [`PlanSpec`] out (the
+//! kernels to dispatch, in order, and the buffers they bind). Planning is
+//! pure: it reads the device only through a [`Target`] (limits and
+//! features), so every pass is tested on small hand-built graphs without a
+//! GPU. `exec.rs` turns a spec into pipelines and bind groups and replays it.
+//!
+//! The passes, in the order [`compile`] runs them:
+//!
+//! | # | pass | file | decides |
+//! |---|------|------|---------|
+//! | 1 | [`split::reductions`] | `split.rs` | long reductions become partials plus a combining reduction |
+//! | 2 | [`split::products`] | `split.rs` | long-K products with few output blocks become split-K partials plus a sum |
+//! | 3 | [`Uses::count`], [`materialize::initial`] | `materialize.rs` | use counts; which entries get a buffer by their kind and uses |
+//! | 4 | [`implicit::products`] | `implicit.rs` | which convolution products fetch their A from the image (implicit GEMM) |
+//! | 5 | [`materialize::inputs`] | `materialize.rs` | buffers for what hand-written kernels, unfolds and broadcasts read; which folds stay inlined |
+//! | 6 | [`epilogue::fuse`] | `epilogue.rs` | which products write their consumer chain's output directly |
+//! | 7 | [`texture::residents`] | `texture.rs` | which values are computed straight into a product's operand texture |
+//! | 8 | [`emit::kernels`] | `emit.rs` | one kernel per materialized entry and effect: its WGSL, bindings and grid |
+//! | 9 | [`slots::allocate`] | `slots.rs` | liveness: which intermediates share a buffer, and every binding's byte range |
+
+pub(crate) mod emit;
+pub(crate) mod epilogue;
+pub(crate) mod implicit;
+pub(crate) mod materialize;
+pub(crate) mod product;
+pub(crate) mod slots;
+pub(crate) mod split;
+pub(crate) mod texture;
+
+#[cfg(test)]
+pub(crate) mod testing;
+
+use std::collections::{HashMap, HashSet};
+
+use crate::canon::{CanonEffect, Entry, Structure};
+use crate::error::Result;
+use crate::graph::Op;
+
+pub(crate) use emit::ScalarSource;
+pub(crate) use epilogue::Epilogue;
+pub(crate) use slots::{Binding, Bound, Resource, StepSpec};
+pub(crate) use texture::Resident;
+
+/// What the planner knows of a device: the limits and features its
+/// decisions depend on.
+#[derive(Clone, Debug)]
+pub(crate) struct Target {
+    /// The adapter's name, for errors.
+    pub adapter: String,
+    /// Matmuls use the subgroup kernels (`shaders/matmul_subgroup_*.wgsl`);
+    /// their features include 64-bit integers, which paired stores and Adam
+    /// over u64 pairs use too.
+    pub subgroup_matmul: bool,
+    /// Big matmuls read their operands from textures where the shapes allow
+    /// (a CPU adapter).
+    pub texture_matmul: bool,
+    /// Elements one storage binding holds (see [`binding_chunk`]).
+    pub chunk: usize,
+    pub max_workgroups_per_dimension: u32,
+    /// The biggest operand texture side: the adapter's texture limit, and
+    /// the workgroup limit (a pack kernel dispatches one workgroup per 8
+    /// texture rows).
+    pub max_texture_side: u32,
+}
+
+impl Target {
+    pub(crate) fn of(device: &crate::Device) -> Target {
+        let limits = &device.inner.limits;
+        Target {
+            adapter: device.adapter_name().to_string(),
+            subgroup_matmul: device.inner.subgroup_matmul,
+            texture_matmul: device.inner.texture_matmul,
+            chunk: binding_chunk(limits),
+            max_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
+            max_texture_side: limits
+                .max_texture_dimension_2d
+                .min(limits.max_compute_workgroups_per_dimension),
+        }
+    }
+}
+
+/// Elements per storage binding: the adapter's limit, rounded down to keep
+/// every range offset aligned.
+pub(crate) fn binding_chunk(limits: &wgpu::Limits) -> usize {
+    let limit = limits.max_storage_buffer_binding_size;
+    let align = (limits.min_storage_buffer_offset_alignment as u64).max(4);
+    ((limit / align * align) / 4).max(64) as usize
+}
+
+/// An entry replaced by two steps: a partial result of `parts` parts into
+/// the synthetic entry `partial`, then `combine`, which reduces the parts
+/// into the original entry's buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Split {
+    pub partial: usize,
+    pub combine: usize,
+    pub parts: usize,
+}
+
+/// The graph the passes work on: the structure's entries, then the
+/// synthetic entries that the split passes append (a synthetic entry is
+/// never a root, and only the kernels of its original read or write it).
+pub(crate) struct Graph<'s> {
+    pub entries: Vec<Entry>,
+    pub synthetic_from: usize,
+    pub roots: &'s [usize],
+    pub effects: &'s [CanonEffect],
+    pub split_reductions: HashMap<usize, Split>,
+    pub split_products: HashMap<usize, Split>,
+}
+
+impl<'s> Graph<'s> {
+    pub(crate) fn new(structure: &'s Structure) -> Graph<'s> {
+        Graph {
+            entries: structure.entries.clone(),
+            synthetic_from: structure.entries.len(),
+            roots: &structure.roots,
+            effects: &structure.effects,
+            split_reductions: HashMap::new(),
+            split_products: HashMap::new(),
+        }
+    }
+
+    /// The canonical (not synthetic) entries' indices.
+    pub(crate) fn canonical(&self) -> std::ops::Range<usize> {
+        0..self.synthetic_from
+    }
+
+    /// The parts split-K cuts product `m` into (1 when it is not split).
+    pub(crate) fn parts_of(&self, m: usize) -> usize {
+        self.split_products.get(&m).map_or(1, |s| s.parts)
+    }
+
+    /// What the effects read from the graph: each optimizer step's
+    /// gradient, each assignment's value.
+    pub(crate) fn effect_reads(&self) -> Vec<usize> {
+        self.effects
+            .iter()
+            .map(|eff| match eff {
+                CanonEffect::Optim { grad, .. } => *grad,
+                CanonEffect::Assign { value, .. } => *value,
+            })
+            .collect()
+    }
+}
+
+/// How often each entry is read, by whom, and which entries are roots.
+pub(crate) struct Uses {
+    /// Reads of each entry, counting an entry that reads it twice twice.
+    pub count: Vec<usize>,
+    /// The distinct entries that read each entry, in entry order.
+    pub consumers: Vec<Vec<usize>>,
+    pub is_root: Vec<bool>,
+}
+
+impl Uses {
+    pub(crate) fn count(graph: &Graph) -> Uses {
+        let n = graph.entries.len();
+        let mut count = vec![0usize; n];
+        let mut consumers: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for (i, e) in graph.entries.iter().enumerate() {
+            for c in e.op.inputs() {
+                count[c] += 1;
+                if !consumers[c].contains(&i) {
+                    consumers[c].push(i);
+                }
+            }
+        }
+        let mut is_root = vec![false; n];
+        for &r in graph.roots {
+            is_root[r] = true;
+        }
+        Uses {
+            count,
+            consumers,
+            is_root,
+        }
+    }
+}
+
+/// Which entries get a buffer, and how products and the values around them
+/// are fused: the outcome of passes 3 to 7.
+pub(crate) struct Fusion {
+    /// Whether each entry is materialized (computed once into memory: a
+    /// buffer, or an operand texture for a [`Resident`]); every other
+    /// element-wise entry is recomputed inside the kernels that read it.
+    pub mat: Vec<bool>,
+    /// Products that fetch their A (a `ConvRows`) from its image.
+    pub implicit: HashSet<usize>,
+    /// Products whose kernel writes a later entry, by that entry.
+    pub epilogues: HashMap<usize, Epilogue>,
+    /// Values computed straight into operand textures.
+    pub residents: HashMap<usize, Resident>,
+}
+
+impl Fusion {
+    /// The materialized entry a hand-written kernel reads for `i` as a plain
+    /// contiguous buffer: `i` itself, or what it reshapes (see
+    /// [`buffer_of`]).
+    pub(crate) fn buffer_of(&self, entries: &[Entry], i: usize) -> Option<usize> {
+        buffer_of(entries, &self.mat, i)
+    }
+}
+
+/// The materialized entry that `i` reaches through reshapes only (none
+/// when a strided view or an unmaterialized value is in the way).
+pub(crate) fn buffer_of(entries: &[Entry], mat: &[bool], mut i: usize) -> Option<usize> {
+    loop {
+        if mat[i] {
+            return Some(i);
+        }
+        i = reshaped(&entries[i])?;
+    }
+}
+
+/// What `e` reshapes, when it is a view that reads its input in order.
+pub(crate) fn reshaped(e: &Entry) -> Option<usize> {
+    match &e.op {
+        Op::View(spec, child) if crate::codegen::is_reshape(spec, &e.shape) => Some(*child),
+        _ => None,
+    }
+}
+
+/// Everything a plan is, before any GPU object exists.
+pub(crate) struct PlanSpec {
+    /// The kernels with their bindings, in dispatch order.
+    pub steps: Vec<StepSpec>,
+    pub resources: Vec<Resource>,
+    /// The resource holding each root, in root order.
+    pub root_resources: Vec<usize>,
+    /// Resources written in place by effects.
+    pub written: Vec<usize>,
+}
+
+impl PlanSpec {
+    /// Matmuls over operand textures in this plan.
+    pub(crate) fn texture_products(&self) -> u64 {
+        self.steps
+            .iter()
+            .filter(|s| s.kernel.texture_product)
+            .count() as u64
+    }
+
+    /// Dispatches that pack a matmul operand into a texture.
+    pub(crate) fn operand_packs(&self) -> u64 {
+        self.steps.iter().filter(|s| s.kernel.pack).count() as u64
+    }
+}
+
+/// The planner's passes, in order (see the table at the top of this file).
+pub(crate) fn compile(target: &Target, structure: &Structure) -> Result<PlanSpec> {
+    let mut graph = Graph::new(structure);
+    split::reductions(&mut graph);
+    split::products(&mut graph, target);
+    let uses = Uses::count(&graph);
+    let mut mat = materialize::initial(&graph, &uses);
+    let implicit = implicit::products(&graph, &uses, &mut mat, target);
+    materialize::inputs(&graph, &uses, &implicit, &mut mat);
+    let epilogues = epilogue::fuse(&graph, &uses, &implicit, &mut mat, target);
+    let mut fusion = Fusion {
+        mat,
+        implicit,
+        epilogues,
+        residents: HashMap::new(),
+    };
+    fusion.residents = texture::residents(&graph, &uses, &fusion, target);
+    let kernels = emit::kernels(&graph, &uses, &fusion, target)?;
+    slots::allocate(graph, &uses, &fusion, kernels, target)
+}
