@@ -7,7 +7,7 @@ generated; edit this script, not the .wgsl files).
   gen_matmul.py texture OUT.wgsl [TM TN]      -> shaders/matmul_texture*.wgsl  (SUBGROUP; operands in textures)
   gen_matmul.py texture_implicit OUT.wgsl [TM TN] -> the same, A fetched as a convolution's windows
 
-The files in shaders/ come from:
+The files in shaders/ come from (tools/check-generated.sh runs these in CI and fails on any difference):
   python3 tools/gen_matmul.py portable shaders/matmul.wgsl 32 32
   python3 tools/gen_matmul.py subgroup shaders/matmul_subgroup_128x64.wgsl 128 8 direct
   python3 tools/gen_matmul.py subgroup shaders/matmul_subgroup_64x64.wgsl 64 8 direct

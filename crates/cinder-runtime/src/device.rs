@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
+use crate::kernels::KernelSource;
 use crate::pool::BufferPool;
 
 static NEXT_DEVICE_ID: AtomicU64 = AtomicU64::new(1);
@@ -222,7 +223,8 @@ pub(crate) struct PipelineEntry {
 
 #[derive(Default)]
 pub(crate) struct Caches {
-    pub pipelines: HashMap<String, Arc<PipelineEntry>>,
+    /// By source (a shader's name, or generated text) and override constants.
+    pub pipelines: HashMap<(KernelSource, String), Arc<PipelineEntry>>,
     pub bind_groups: HashMap<Vec<u64>, Arc<wgpu::BindGroup>>,
     pub plans: HashMap<crate::canon::Structure, Arc<crate::exec::Plan>>,
     /// Operand textures by (width, height, tag): tags 0 and 1 are packed A
@@ -509,28 +511,34 @@ impl Device {
     }
 
     /// A compute pipeline for `source` with these override constants, created
-    /// once per device and cached by source text and constants.
+    /// once per device and cached by source (a hand-written shader by its
+    /// name) and constants.
     pub(crate) fn pipeline(
         &self,
         label: &str,
-        source: &str,
+        source: &KernelSource,
         constants: &[(String, f64)],
     ) -> Result<Arc<PipelineEntry>> {
-        let mut key = String::with_capacity(source.len() + 64);
-        key.push_str(source);
+        let mut rendered = String::new();
         for (name, value) in constants {
-            key.push_str(&format!("\n//{name}={value}"));
+            rendered.push_str(&format!("\n//{name}={value}"));
         }
+        let key = (source.clone(), rendered);
         let mut caches = lock(&self.inner.caches);
         if let Some(entry) = caches.pipelines.get(&key) {
             return Ok(entry.clone());
         }
-        dump_kernel(caches.next_pipeline_id + 1, label, &key);
+        let text = source.text();
+        dump_kernel(
+            caches.next_pipeline_id + 1,
+            label,
+            &format!("{text}{}", key.1),
+        );
         let dev = &self.inner.device;
         let scope = dev.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = dev.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(label),
-            source: wgpu::ShaderSource::Wgsl(source.into()),
+            source: wgpu::ShaderSource::Wgsl(text.into()),
         });
         Counters::bump(&self.inner.counters.shader_modules, 1);
         let consts: Vec<(&str, f64)> = constants.iter().map(|(n, v)| (n.as_str(), *v)).collect();
@@ -546,8 +554,11 @@ impl Device {
             cache: None,
         });
         if let Some(err) = pollster::block_on(scope.pop()) {
+            // The source goes to the log, not into the error: a generated
+            // kernel can be megabytes long.
+            log::debug!("kernel {label} failed to compile:\n{text}");
             return Err(Error::Gpu(format!(
-                "compiling kernel {label}: {err}\n--- source ---\n{source}"
+                "compiling kernel {label}: {err} (its WGSL is logged at debug level: RUST_LOG=cinder_runtime=debug)"
             )));
         }
         Counters::bump(&self.inner.counters.pipelines, 1);

@@ -430,7 +430,11 @@ impl Device {
     /// The WGSL of every kernel this device has compiled (generated and
     /// hand-written), for validation and inspection.
     pub fn compiled_kernels(&self) -> Vec<String> {
-        lock(&self.inner.caches).pipelines.keys().cloned().collect()
+        lock(&self.inner.caches)
+            .pipelines
+            .keys()
+            .map(|(source, constants)| format!("{}{constants}", source.text()))
+            .collect()
     }
 }
 

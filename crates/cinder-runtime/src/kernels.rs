@@ -1,14 +1,66 @@
 //! Hand-written kernels from `shaders/`: matmul and the fused optimizer updates.
 
+use crate::error::{Error, Result};
 use crate::graph::OptimKind;
 
-const ADAM: &str = include_str!("../../../shaders/adam.wgsl");
-const ADAM_PAIRS: &str = include_str!("../../../shaders/adam_pairs.wgsl");
-const SGD: &str = include_str!("../../../shaders/sgd.wgsl");
-const SGD_MOMENTUM: &str = include_str!("../../../shaders/sgd_momentum.wgsl");
+/// A hand-written shader, known by its name (its file in `shaders/`): the
+/// name, not the text, is its identity in the pipeline cache.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Shader {
+    pub name: &'static str,
+    pub text: &'static str,
+}
+
+impl PartialEq for Shader {
+    fn eq(&self, other: &Shader) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Eq for Shader {}
+
+impl std::hash::Hash for Shader {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+    }
+}
+
+/// A shader file of `shaders/`, by name.
+macro_rules! shader {
+    ($file:literal) => {
+        Shader {
+            name: $file,
+            text: include_str!(concat!("../../../shaders/", $file)),
+        }
+    };
+}
+
+/// A kernel's WGSL: a hand-written shader, or generated text (fused
+/// element-wise kernels, reductions, a matmul with an epilogue spliced in),
+/// which is its own identity: two graphs that generate the same text share
+/// a pipeline.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum KernelSource {
+    Shader(Shader),
+    Generated(String),
+}
+
+impl KernelSource {
+    pub(crate) fn text(&self) -> &str {
+        match self {
+            KernelSource::Shader(s) => s.text,
+            KernelSource::Generated(text) => text,
+        }
+    }
+}
+
+const ADAM: Shader = shader!("adam.wgsl");
+const ADAM_PAIRS: Shader = shader!("adam_pairs.wgsl");
+const SGD: Shader = shader!("sgd.wgsl");
+const SGD_MOMENTUM: Shader = shader!("sgd_momentum.wgsl");
 
 pub(crate) struct MatmulKernel {
-    pub source: &'static str,
+    pub variant: MatmulVariant,
     pub constants: Vec<(String, f64)>,
     /// M, N, K, the A, B, C batch strides (0 = broadcast) and the row
     /// strides of A and B, read by the kernel from its last binding so one
@@ -72,14 +124,14 @@ impl OperandPack {
 }
 
 /// Packs a matmul operand into its texture, one texel per invocation.
-pub(crate) const PACK_TEXTURE: &str = include_str!("../../../shaders/pack_texture.wgsl");
+pub(crate) const PACK_TEXTURE: Shader = shader!("pack_texture.wgsl");
 /// The pack kernel's workgroup: 8 x 8 texels.
 pub(crate) const PACK_TEXTURE_WG: u32 = 8;
 
 /// Register-tiled matmul needing no device features: 8 invocations per
 /// workgroup, each computing a 32x32 block of C with vec4 accumulators (see
 /// the header of shaders/matmul.wgsl).
-const MATMUL: &str = include_str!("../../../shaders/matmul.wgsl");
+const MATMUL: Shader = shader!("matmul.wgsl");
 const MATMUL_BLOCK: (usize, usize) = (32, 256);
 
 /// The fast matmuls where subgroups and 64-bit integers exist: one subgroup
@@ -93,9 +145,9 @@ const MATMUL_BLOCK: (usize, usize) = (32, 256);
 /// cache empty, against 1.4 s, and a first training step compiles every
 /// block it uses: it is kept for products of at least 2^29 multiply-adds,
 /// which a convolutional network's layers do not reach.
-const MATMUL_SUBGROUP_128X64: &str = include_str!("../../../shaders/matmul_subgroup_128x64.wgsl");
-const MATMUL_SUBGROUP_64X64: &str = include_str!("../../../shaders/matmul_subgroup_64x64.wgsl");
-const MATMUL_SUBGROUP_32X32: &str = include_str!("../../../shaders/matmul_subgroup_32x32.wgsl");
+const MATMUL_SUBGROUP_128X64: Shader = shader!("matmul_subgroup_128x64.wgsl");
+const MATMUL_SUBGROUP_64X64: Shader = shader!("matmul_subgroup_64x64.wgsl");
+const MATMUL_SUBGROUP_32X32: Shader = shader!("matmul_subgroup_32x32.wgsl");
 /// The same kernel reading A and B from textures (see
 /// shaders/matmul_texture_*.wgsl and [`OperandPack`]): on a CPU adapter a
 /// texel fetch serves all lanes at once. Only the big blocks have one: the
@@ -107,21 +159,64 @@ const MATMUL_SUBGROUP_32X32: &str = include_str!("../../../shaders/matmul_subgro
 /// ms against 16-23, 20-32 and 15-24 ms, three alternating runs): with
 /// either, the accumulators live on the stack, and the 64x32 block has
 /// twice the workgroups to share between threads.
-const MATMUL_TEXTURE_128X64: &str = include_str!("../../../shaders/matmul_texture_128x64.wgsl");
-const MATMUL_TEXTURE_64X32: &str = include_str!("../../../shaders/matmul_texture_64x32.wgsl");
+const MATMUL_TEXTURE_128X64: Shader = shader!("matmul_texture_128x64.wgsl");
+const MATMUL_TEXTURE_64X32: Shader = shader!("matmul_texture_64x32.wgsl");
 /// The 64x32 texture block fetching A as a convolution's windows (an
 /// implicit GEMM, see [`ConvOperand`]). A kernel of its own: a runtime
 /// switch in the plain block made its other products a quarter slower
 /// (conv2d's forward product 12.0 -> 15.1 ms, its weight gradient 12.2 ->
 /// 15.8 ms), for one more compile (about 0.7 s with Mesa's cache empty).
-const MATMUL_TEXTURE_IMPLICIT_64X32: &str =
-    include_str!("../../../shaders/matmul_texture_implicit_64x32.wgsl");
+const MATMUL_TEXTURE_IMPLICIT_64X32: Shader = shader!("matmul_texture_implicit_64x32.wgsl");
+
+/// Which hand-written matmul a product runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MatmulVariant {
+    /// One output per invocation, for products of fewer than
+    /// [`SMALL_MATMUL`] multiply-adds.
+    Small,
+    /// `shaders/matmul.wgsl`: no device features needed.
+    Portable,
+    Subgroup128x64,
+    Subgroup64x64,
+    Subgroup32x32,
+    Texture128x64,
+    Texture64x32,
+    TextureImplicit64x32,
+}
+
+impl MatmulVariant {
+    pub(crate) fn shader(self) -> Shader {
+        match self {
+            MatmulVariant::Small => SMALL_MATMUL_SHADER,
+            MatmulVariant::Portable => MATMUL,
+            MatmulVariant::Subgroup128x64 => MATMUL_SUBGROUP_128X64,
+            MatmulVariant::Subgroup64x64 => MATMUL_SUBGROUP_64X64,
+            MatmulVariant::Subgroup32x32 => MATMUL_SUBGROUP_32X32,
+            MatmulVariant::Texture128x64 => MATMUL_TEXTURE_128X64,
+            MatmulVariant::Texture64x32 => MATMUL_TEXTURE_64X32,
+            MatmulVariant::TextureImplicit64x32 => MATMUL_TEXTURE_IMPLICIT_64X32,
+        }
+    }
+
+    /// Whether a product on this kernel may take a fused epilogue. Each
+    /// fused site is a pipeline of its own whose shapes are baked into the
+    /// epilogue, and the big unrolled bodies compile for seconds each when
+    /// Mesa's shader cache is cold (and are generated without store hooks,
+    /// `tools/gen_matmul.py`'s "direct"): only the kernels that compile in
+    /// about a second take epilogues.
+    pub(crate) fn fusable(self) -> bool {
+        matches!(
+            self,
+            MatmulVariant::Small | MatmulVariant::Portable | MatmulVariant::Subgroup32x32
+        )
+    }
+}
 /// One block size of the subgroup kernel.
 struct SubgroupVariant {
-    buffer_source: &'static str,
+    buffer: MatmulVariant,
     /// The texture kernel that serves its products, where there is one, and
     /// that kernel's block.
-    texture: Option<(&'static str, (usize, usize))>,
+    texture: Option<(MatmulVariant, (usize, usize))>,
     /// Rows and columns of C per workgroup.
     block: (usize, usize),
     /// The fewest multiply-adds (per batch) for which it is considered.
@@ -131,19 +226,19 @@ struct SubgroupVariant {
 /// Biggest (most loads saved per multiply-add) first.
 const SUBGROUP_VARIANTS: [SubgroupVariant; 3] = [
     SubgroupVariant {
-        buffer_source: MATMUL_SUBGROUP_128X64,
-        texture: Some((MATMUL_TEXTURE_128X64, (128, 64))),
+        buffer: MatmulVariant::Subgroup128x64,
+        texture: Some((MatmulVariant::Texture128x64, (128, 64))),
         block: (128, 64),
         min_work: 1 << 29,
     },
     SubgroupVariant {
-        buffer_source: MATMUL_SUBGROUP_64X64,
-        texture: Some((MATMUL_TEXTURE_64X32, (64, 32))),
+        buffer: MatmulVariant::Subgroup64x64,
+        texture: Some((MatmulVariant::Texture64x32, (64, 32))),
         block: (64, 64),
         min_work: 0,
     },
     SubgroupVariant {
-        buffer_source: MATMUL_SUBGROUP_32X32,
+        buffer: MatmulVariant::Subgroup32x32,
         texture: None,
         block: (32, 32),
         min_work: 0,
@@ -179,6 +274,11 @@ fn subgroup_variant(m: usize, n: usize, k: usize) -> usize {
 /// Below this many multiply-adds a tiled kernel's big blocks are mostly
 /// padding: small products use a plain kernel with one output per invocation.
 const SMALL_MATMUL: usize = 1 << 18;
+
+const SMALL_MATMUL_SHADER: Shader = Shader {
+    name: "small matmul",
+    text: SMALL_MATMUL_SRC,
+};
 
 const SMALL_MATMUL_SRC: &str = "
 @group(0) @binding(0) var<storage, read> a: array<f32>;
@@ -347,7 +447,7 @@ pub(crate) fn matmul(
     };
     if m * n * k * batch / split < SMALL_MATMUL && conv.is_none() {
         return MatmulKernel {
-            source: SMALL_MATMUL_SRC,
+            variant: MatmulVariant::Small,
             constants: vec![],
             dims,
             workgroups: grid((8, 8)),
@@ -400,15 +500,15 @@ pub(crate) fn matmul(
         let texture = variant.texture.filter(|_| {
             textures.is_some_and(|max| !a_batched && !b_batched && pays && on_texels && fits(max))
         });
-        if let Some((plain_source, texture_block)) = texture {
-            let source = match conv {
-                Some(_) => MATMUL_TEXTURE_IMPLICIT_64X32,
-                None => plain_source,
+        if let Some((plain, texture_block)) = texture {
+            let variant = match conv {
+                Some(_) => MatmulVariant::TextureImplicit64x32,
+                None => plain,
             };
             let mut dims: Vec<u32> = dims;
             dims.extend(conv_words(conv).iter().map(|&w| w as u32));
             return MatmulKernel {
-                source,
+                variant,
                 constants,
                 dims,
                 workgroups: grid(texture_block),
@@ -417,7 +517,7 @@ pub(crate) fn matmul(
         }
         constants.push(("ALIGNED".to_string(), aligned as u8 as f64));
         return MatmulKernel {
-            source: variant.buffer_source,
+            variant: variant.buffer,
             constants,
             dims,
             workgroups: grid(block),
@@ -425,7 +525,7 @@ pub(crate) fn matmul(
         };
     }
     MatmulKernel {
-        source: MATMUL,
+        variant: MatmulVariant::Portable,
         constants,
         dims,
         workgroups: grid(MATMUL_BLOCK),
@@ -445,72 +545,87 @@ pub(crate) const OPTIM_ELEMENTS_PER_THREAD: usize = 4;
 pub(crate) fn optimizer(
     kind: OptimKind,
     int64: bool,
-) -> (String, Vec<(String, f64)>, usize, usize) {
+) -> (Shader, Vec<(String, f64)>, usize, usize) {
     match kind {
-        OptimKind::Adam if int64 => (ADAM_PAIRS.to_string(), vec![], 2, 8),
-        OptimKind::Sgd => (SGD.to_string(), vec![], 0, 2),
+        OptimKind::Adam if int64 => (ADAM_PAIRS, vec![], 2, 8),
+        OptimKind::Sgd => (SGD, vec![], 0, 2),
         OptimKind::SgdMomentum { nesterov } => (
-            SGD_MOMENTUM.to_string(),
+            SGD_MOMENTUM,
             vec![("NESTEROV".to_string(), nesterov as u8 as f64)],
             1,
             5,
         ),
-        OptimKind::Adam => (ADAM.to_string(), vec![], 2, 8),
+        OptimKind::Adam => (ADAM, vec![], 2, 8),
     }
 }
 
-/// Whether a product may take a fused epilogue. Each fused site is a
-/// pipeline of its own whose shapes are baked into the epilogue, and the
-/// unrolled subgroup bodies compile for seconds each when Mesa's shader
-/// cache is cold; only the kernels that compile in about a second take
-/// epilogues (the small-product kernel, the portable kernel and the 32x32
-/// subgroup block).
-pub(crate) fn fusable(kernel: &MatmulKernel) -> bool {
-    ![
-        MATMUL_SUBGROUP_64X64,
-        MATMUL_SUBGROUP_128X64,
-        MATMUL_TEXTURE_64X32,
-        MATMUL_TEXTURE_IMPLICIT_64X32,
-        MATMUL_TEXTURE_128X64,
-    ]
-    .contains(&kernel.source)
-}
-
-/// `source` (a matmul kernel) with its C-store functions replaced by
-/// `store`, which may declare further bindings (4 and up).
-pub(crate) fn with_store(source: &str, store: &str) -> String {
+/// `shader` (a matmul kernel) with its C-store functions, the block between
+/// its `// STORE BEGIN` and `// STORE END` markers, replaced by `store`,
+/// which may declare further bindings (4 and up). A shader without the
+/// markers is an error: silently keeping its own stores would drop the
+/// epilogue's work.
+pub(crate) fn with_store(shader: Shader, store: &str) -> Result<String> {
     const BEGIN: &str = "// STORE BEGIN";
     const END: &str = "// STORE END";
+    let source = shader.text;
     match (source.find(BEGIN), source.find(END)) {
-        (Some(b), Some(e)) if b < e => {
-            format!("{}{store}\n{}", &source[..b], &source[e + END.len()..])
-        }
-        _ => source.to_string(),
+        (Some(b), Some(e)) if b < e => Ok(format!(
+            "{}{store}\n{}",
+            &source[..b],
+            &source[e + END.len()..]
+        )),
+        _ => Err(Error::Gpu(format!(
+            "internal: matmul kernel {} has no `{BEGIN}` ... `{END}` block to splice an epilogue into",
+            shader.name
+        ))),
     }
 }
 
 /// Every hand-written shader, for validation in tests.
 pub fn shader_sources() -> Vec<(&'static str, &'static str)> {
-    vec![
-        ("adam.wgsl", ADAM),
-        ("adam_pairs.wgsl", ADAM_PAIRS),
-        ("sgd.wgsl", SGD),
-        ("sgd_momentum.wgsl", SGD_MOMENTUM),
-        (
-            "prelude.wgsl",
-            include_str!("../../../shaders/prelude.wgsl"),
-        ),
-        ("matmul.wgsl", MATMUL),
-        ("matmul_subgroup_128x64.wgsl", MATMUL_SUBGROUP_128X64),
-        ("matmul_subgroup_64x64.wgsl", MATMUL_SUBGROUP_64X64),
-        ("matmul_subgroup_32x32.wgsl", MATMUL_SUBGROUP_32X32),
-        ("matmul_texture_128x64.wgsl", MATMUL_TEXTURE_128X64),
-        ("matmul_texture_64x32.wgsl", MATMUL_TEXTURE_64X32),
-        (
-            "matmul_texture_implicit_64x32.wgsl",
-            MATMUL_TEXTURE_IMPLICIT_64X32,
-        ),
-        ("pack_texture.wgsl", PACK_TEXTURE),
-        ("small matmul", SMALL_MATMUL_SRC),
+    let prelude = (
+        "prelude.wgsl",
+        include_str!("../../../shaders/prelude.wgsl"),
+    );
+    let matmuls = [
+        MatmulVariant::Small,
+        MatmulVariant::Portable,
+        MatmulVariant::Subgroup128x64,
+        MatmulVariant::Subgroup64x64,
+        MatmulVariant::Subgroup32x32,
+        MatmulVariant::Texture128x64,
+        MatmulVariant::Texture64x32,
+        MatmulVariant::TextureImplicit64x32,
     ]
+    .map(MatmulVariant::shader);
+    [ADAM, ADAM_PAIRS, SGD, SGD_MOMENTUM, PACK_TEXTURE]
+        .into_iter()
+        .chain(matmuls)
+        .map(|s| (s.name, s.text))
+        .chain(std::iter::once(prelude))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{with_store, MatmulVariant, Shader};
+
+    #[test]
+    fn every_fusable_kernel_has_store_hooks_and_a_missing_hook_is_an_error() {
+        for variant in [
+            MatmulVariant::Small,
+            MatmulVariant::Portable,
+            MatmulVariant::Subgroup32x32,
+        ] {
+            assert!(variant.fusable());
+            let spliced = with_store(variant.shader(), "// EPILOGUE");
+            assert!(spliced.is_ok_and(|s| s.contains("// EPILOGUE")));
+        }
+        let bare = Shader {
+            name: "bare",
+            text: "fn store1(e: u32, v: f32) {}",
+        };
+        let err = with_store(bare, "// EPILOGUE").unwrap_err().to_string();
+        assert!(err.contains("bare") && err.contains("STORE BEGIN"), "{err}");
+    }
 }

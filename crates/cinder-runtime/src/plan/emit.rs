@@ -8,7 +8,7 @@ use crate::canon::CanonEffect;
 use crate::codegen::{self, Generated, ELEMENTWISE_WG, REDUCE_WG};
 use crate::error::{Error, Result};
 use crate::graph::{numel, Op, ReduceOp};
-use crate::kernels;
+use crate::kernels::{self, KernelSource};
 
 /// Where a kernel's scalars buffer gets its words at replay.
 #[derive(Clone, Debug)]
@@ -92,7 +92,7 @@ pub(crate) struct Kernel {
     pub name: String,
     /// The step's label, for `CINDER_PROFILE`: what it computes, and its shape.
     pub label: String,
-    pub source: String,
+    pub source: KernelSource,
     pub constants: Vec<(String, f64)>,
     pub binds: Vec<Bind>,
     pub dispatch: Dispatch,
@@ -131,7 +131,7 @@ impl Kernel {
         Kernel {
             name: name.to_string(),
             label: String::new(),
-            source: generated.source,
+            source: KernelSource::Generated(generated.source),
             constants: Vec::new(),
             binds,
             dispatch: Dispatch::Threads {
@@ -186,7 +186,10 @@ pub(crate) fn kernels(
                 &epilogue.chain,
                 k.dims.len(),
             );
-            let source = kernels::with_store(k.source, &generated.source);
+            let source = KernelSource::Generated(kernels::with_store(
+                k.variant.shader(),
+                &generated.source,
+            )?);
             let kernel = product(
                 &mut out,
                 graph,
@@ -285,7 +288,7 @@ pub(crate) fn kernels(
                     target,
                     ProductKernel {
                         name: &name,
-                        source: k.source.to_string(),
+                        source: KernelSource::Shader(k.variant.shader()),
                         kernel: k,
                         operands: [a, b],
                         output: split.map_or(i, |s| s.partial),
@@ -371,7 +374,7 @@ pub(crate) fn kernels(
 struct ProductKernel<'a> {
     name: &'a str,
     /// The kernel's source (with its epilogue's stores spliced in).
-    source: String,
+    source: KernelSource,
     kernel: kernels::MatmulKernel,
     /// What it reads for A and B (an implicit A: its image).
     operands: [usize; 2],
@@ -424,7 +427,7 @@ fn product(
                 out.push(Kernel {
                     name: "pack operand".to_string(),
                     label: format!("pack {} {:?}", ["A", "B"][slot], entries[i].shape),
-                    source: kernels::PACK_TEXTURE.to_string(),
+                    source: KernelSource::Shader(kernels::PACK_TEXTURE),
                     constants: Vec::new(),
                     binds: vec![
                         texture.clone(),
@@ -556,7 +559,7 @@ fn effect_kernel(
             Ok(Kernel {
                 name: format!("{kind:?}"),
                 label: String::new(),
-                source,
+                source: KernelSource::Shader(source),
                 constants,
                 binds,
                 dispatch: Dispatch::Threads {

@@ -11,7 +11,6 @@ use super::product::matmul_kernel;
 use super::{Graph, Target, Uses};
 use crate::canon::Entry;
 use crate::graph::{numel, DType, Op};
-use crate::kernels;
 
 /// A product fused into the kernel of the entry its chain ends in.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,7 +21,7 @@ pub(crate) struct Epilogue {
 }
 
 /// The epilogues, by the entry each writes. Only products whose kernel
-/// compiles in about a second take one (`kernels::fusable`): each fused
+/// compiles in about a second take one (`MatmulVariant::fusable`): each fused
 /// site is a pipeline of its own with its shapes baked in.
 pub(crate) fn fuse(
     graph: &Graph,
@@ -51,7 +50,7 @@ pub(crate) fn fuse(
         // (the two gradients of x @ x) keeps its own buffer.
         let cheap = || {
             matmul_kernel(target, entries, m, 1, [false; 2], false)
-                .is_some_and(|(_, _, k)| kernels::fusable(&k))
+                .is_some_and(|(_, _, k)| k.variant.fusable())
         };
         if !epilogues.contains_key(&end) && cheap() {
             mat[m] = false;
