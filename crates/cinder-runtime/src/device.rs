@@ -26,6 +26,12 @@ pub struct DeviceOptions {
     /// instead of packing them into textures first (`CINDER_BUFFER_MATMUL=1`);
     /// for comparing the two and for testing the buffer kernels.
     pub buffer_matmul: bool,
+    /// The limits to request instead of the adapter's own (which is what
+    /// `None` asks for: the full binding and buffer sizes the hardware
+    /// offers). `Some(wgpu::Limits::default())` behaves like a browser's
+    /// WebGPU: 8 storage buffers per kernel, 128 MiB bindings. Each limit
+    /// must be within the adapter's.
+    pub limits: Option<wgpu::Limits>,
 }
 
 impl DeviceOptions {
@@ -38,6 +44,7 @@ impl DeviceOptions {
             adapter_name: std::env::var("CINDER_ADAPTER").ok().and_then(non_empty),
             portable_kernels: flag("CINDER_PORTABLE_KERNELS"),
             buffer_matmul: flag("CINDER_BUFFER_MATMUL"),
+            limits: None,
         }
     }
 
@@ -357,7 +364,7 @@ impl Device {
             subgroup_matmul && !options.buffer_matmul && info.device_type == wgpu::DeviceType::Cpu;
         // The adapter's real limits, not WebGPU's defaults: large tensors need
         // the full storage-binding size and buffer size the hardware offers.
-        let limits = adapter.limits();
+        let limits = options.limits.clone().unwrap_or_else(|| adapter.limits());
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("cinder"),
             required_features: if subgroup_matmul {

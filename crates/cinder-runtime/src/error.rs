@@ -34,6 +34,16 @@ pub enum Error {
     #[error("GPU error: {0}")]
     Gpu(String),
 
+    #[error("{tensor} of shape {shape:?} is too large for adapter {adapter}: {limit}")]
+    TooLarge {
+        /// What made the tensor (its op).
+        tensor: String,
+        shape: Vec<usize>,
+        /// The limit, and how it is exceeded.
+        limit: String,
+        adapter: String,
+    },
+
     #[error("{feature} is not supported by adapter {adapter}")]
     Unsupported { feature: String, adapter: String },
 

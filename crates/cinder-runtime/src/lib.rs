@@ -20,3 +20,5 @@ pub use graph::{
 };
 pub use kernels::shader_sources;
 pub use pool::Storage;
+/// The wgpu this runtime is built on (for `DeviceOptions::limits`, say).
+pub use wgpu;

@@ -37,6 +37,9 @@ pub(crate) enum Layout {
     /// Whole, to its padded size: hand-written kernels (matmul, optimizers)
     /// read whole 16-byte blocks, as u64 pairs where the device has them.
     Whole,
+    /// `len` elements from element `start` (a multiple of a binding's
+    /// elements, so the offset is aligned), to their padded size.
+    Range { start: usize, len: usize },
 }
 
 /// One binding (or run of bindings) of a kernel, in binding order.
@@ -356,7 +359,7 @@ pub(crate) fn kernels(
         }
     }
     for (ei, effect) in graph.effects.iter().enumerate() {
-        out.push(effect_kernel(graph, fusion, target, ei, effect)?);
+        out.extend(effect_kernels(graph, fusion, target, ei, effect)?);
     }
     for k in &mut out {
         if k.label.is_empty() {
@@ -401,13 +404,25 @@ fn product(
             .ok_or_else(|| Error::Gpu("internal: matmul input without buffer".into()))
     };
     let operands = [buffer(p.operands[0])?, buffer(p.operands[1])?];
+    // An operand that is a prefix of its buffer (a view of the first rows,
+    // a tile of a big product) binds that prefix only.
+    let layouts = [0, 1].map(|slot| {
+        let len = numel(&entries[p.operands[slot]].shape);
+        if len < numel(&entries[operands[slot]].shape) {
+            Layout::Range { start: 0, len }
+        } else {
+            Layout::Whole
+        }
+    });
     let k = p.kernel;
     let mut binds = Vec::new();
     match &k.packs {
-        None => binds.extend(operands.iter().map(|&entry| Bind::Entry {
-            entry,
-            layout: Layout::Whole,
-        })),
+        None => binds.extend(
+            operands
+                .iter()
+                .zip(layouts)
+                .map(|(&entry, layout)| Bind::Entry { entry, layout }),
+        ),
         Some(packs) => {
             for (slot, (layout, &i)) in packs.iter().zip(&operands).enumerate() {
                 if let Some(r) = fusion.residents.get(&i) {
@@ -433,7 +448,7 @@ fn product(
                         texture.clone(),
                         Bind::Entry {
                             entry: i,
-                            layout: Layout::Whole,
+                            layout: layouts[slot],
                         },
                         Bind::Scalars(ScalarSource::Words(layout.dims())),
                     ],
@@ -496,14 +511,15 @@ fn product(
     })
 }
 
-/// An optimizer step's or an assignment's kernel.
-fn effect_kernel(
+/// An optimizer step's kernels (one per binding-sized range of its
+/// tensors) or an assignment's kernel.
+fn effect_kernels(
     graph: &Graph,
     fusion: &Fusion,
     target: &Target,
     ei: usize,
     effect: &CanonEffect,
-) -> Result<Kernel> {
+) -> Result<Vec<Kernel>> {
     let entries = &graph.entries;
     match effect {
         CanonEffect::Optim {
@@ -540,38 +556,56 @@ fn effect_kernel(
                 ));
             }
             let count = numel(&entries[*param].shape);
-            let whole = |entry: usize| Bind::Entry {
-                entry,
-                layout: Layout::Whole,
-            };
             // The parameter (read-write) first, then the gradient and state.
             let mut reads = vec![g];
             reads.extend(state.iter().copied());
-            let mut binds: Vec<Bind> = std::iter::once(*param)
+            let tensors: Vec<usize> = std::iter::once(*param)
                 .chain(reads.iter().copied())
-                .map(whole)
                 .collect();
-            binds.push(Bind::Scalars(ScalarSource::Hyper {
-                effect: ei,
-                hypers: *hyper_len,
-                n: count as u32,
-            }));
-            Ok(Kernel {
-                name: format!("{kind:?}"),
-                label: String::new(),
-                source: KernelSource::Shader(source),
-                constants,
-                binds,
-                dispatch: Dispatch::Threads {
-                    items: count.div_ceil(kernels::OPTIM_ELEMENTS_PER_THREAD) as u64,
-                    wg: ELEMENTWISE_WG,
-                },
-                reads,
-                output: Some(*param),
-                in_place: true,
-                texture_product: false,
-                pack: false,
-            })
+            // Tensors over one binding are updated a binding-sized range
+            // at a time, each range by a dispatch of its own.
+            let ranges: Vec<(usize, usize)> = (0..count.max(1))
+                .step_by(target.chunk)
+                .map(|start| (start, target.chunk.min(count - start)))
+                .collect();
+            let whole = ranges.len() == 1;
+            Ok(ranges
+                .into_iter()
+                .map(|(start, len)| {
+                    let mut binds: Vec<Bind> = tensors
+                        .iter()
+                        .map(|&entry| Bind::Entry {
+                            entry,
+                            layout: if whole {
+                                Layout::Whole
+                            } else {
+                                Layout::Range { start, len }
+                            },
+                        })
+                        .collect();
+                    binds.push(Bind::Scalars(ScalarSource::Hyper {
+                        effect: ei,
+                        hypers: *hyper_len,
+                        n: len as u32,
+                    }));
+                    Kernel {
+                        name: format!("{kind:?}"),
+                        label: String::new(),
+                        source: KernelSource::Shader(source),
+                        constants: constants.clone(),
+                        binds,
+                        dispatch: Dispatch::Threads {
+                            items: len.div_ceil(kernels::OPTIM_ELEMENTS_PER_THREAD) as u64,
+                            wg: ELEMENTWISE_WG,
+                        },
+                        reads: reads.clone(),
+                        output: Some(*param),
+                        in_place: true,
+                        texture_product: false,
+                        pack: false,
+                    }
+                })
+                .collect())
         }
         CanonEffect::Assign {
             target: dest,
@@ -590,7 +624,7 @@ fn effect_kernel(
             );
             let mut kernel = Kernel::generated("assign", generated, *dest, ELEMENTWISE_WG);
             kernel.in_place = true;
-            Ok(kernel)
+            Ok(vec![kernel])
         }
     }
 }

@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::product::matmul_kernel;
-use super::{Graph, Target, Uses};
+use super::{limits, Graph, Target, Uses};
 use crate::canon::Entry;
 use crate::graph::{numel, DType, Op};
 
@@ -52,7 +52,14 @@ pub(crate) fn fuse(
             matmul_kernel(target, entries, m, 1, [false; 2], false)
                 .is_some_and(|(_, _, k)| k.variant.fusable())
         };
-        if !epilogues.contains_key(&end) && cheap() {
+        // A, B, C and the shape words, then the chain's own inputs: all
+        // within the device's storage buffers per kernel.
+        let fits = || {
+            let mut reads = limits::epilogue_reads(graph, mat, end, m);
+            reads.scalars = false;
+            4 + limits::bindings(graph, target, &reads, None) <= target.max_bindings
+        };
+        if !epilogues.contains_key(&end) && cheap() && fits() {
             mat[m] = false;
             epilogues.insert(end, Epilogue { matmul: m, chain });
         }

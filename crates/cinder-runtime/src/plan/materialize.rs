@@ -75,7 +75,7 @@ pub(crate) fn inputs(graph: &Graph, uses: &Uses, implicit: &HashSet<usize>, mat:
             needs_buffer.extend([a, b]);
         }
     }
-    for eff in graph.effects {
+    for eff in &graph.effects {
         match eff {
             CanonEffect::Optim { grad, .. } => needs_buffer.push(*grad),
             CanonEffect::Assign { value, .. } => needs_buffer.push(*value),

@@ -8,24 +8,28 @@
 //!
 //! | # | pass | file | decides |
 //! |---|------|------|---------|
+//! | 0 | [`limits::check_sizes`], [`tile::products`] | `limits.rs`, `tile.rs` | tensors too big to index are errors; products too big for one binding become tiles |
 //! | 1 | [`split::reductions`] | `split.rs` | long reductions become partials plus a combining reduction |
 //! | 2 | [`split::products`] | `split.rs` | long-K products with few output blocks become split-K partials plus a sum |
 //! | 3 | [`Uses::count`], [`materialize::initial`] | `materialize.rs` | use counts; which entries get a buffer by their kind and uses |
 //! | 4 | [`implicit::products`] | `implicit.rs` | which convolution products fetch their A from the image (implicit GEMM) |
 //! | 5 | [`materialize::inputs`] | `materialize.rs` | buffers for what hand-written kernels, unfolds and broadcasts read; which folds stay inlined |
-//! | 6 | [`epilogue::fuse`] | `epilogue.rs` | which products write their consumer chain's output directly |
-//! | 7 | [`texture::residents`] | `texture.rs` | which values are computed straight into a product's operand texture |
-//! | 8 | [`emit::kernels`] | `emit.rs` | one kernel per materialized entry and effect: its WGSL, bindings and grid |
-//! | 9 | [`slots::allocate`] | `slots.rs` | liveness: which intermediates share a buffer, and every binding's byte range |
+//! | 6 | [`limits::split_fan_in`] | `limits.rs` | fused kernels that would bind too many buffers are cut |
+//! | 7 | [`epilogue::fuse`] | `epilogue.rs` | which products write their consumer chain's output directly |
+//! | 8 | [`texture::residents`], [`limits::check_buffers`] | `texture.rs`, `limits.rs` | which values are computed straight into a product's operand texture; every buffer fits |
+//! | 9 | [`emit::kernels`] | `emit.rs` | one kernel per materialized entry and effect: its WGSL, bindings and grid |
+//! | 10 | [`slots::allocate`] | `slots.rs` | liveness: which intermediates share a buffer, and every binding's byte range |
 
 pub(crate) mod emit;
 pub(crate) mod epilogue;
 pub(crate) mod implicit;
+pub(crate) mod limits;
 pub(crate) mod materialize;
 pub(crate) mod product;
 pub(crate) mod slots;
 pub(crate) mod split;
 pub(crate) mod texture;
+pub(crate) mod tile;
 
 #[cfg(test)]
 pub(crate) mod testing;
@@ -56,6 +60,10 @@ pub(crate) struct Target {
     pub texture_matmul: bool,
     /// Elements one storage binding holds (see [`binding_chunk`]).
     pub chunk: usize,
+    /// Storage buffers one kernel may bind.
+    pub max_bindings: usize,
+    /// The largest buffer the adapter allocates, in bytes.
+    pub max_buffer_size: u64,
     pub max_workgroups_per_dimension: u32,
     /// The biggest operand texture side: the adapter's texture limit, and
     /// the workgroup limit (a pack kernel dispatches one workgroup per 8
@@ -71,6 +79,8 @@ impl Target {
             subgroup_matmul: device.inner.subgroup_matmul,
             texture_matmul: device.inner.texture_matmul,
             chunk: binding_chunk(limits),
+            max_bindings: limits.max_storage_buffers_per_shader_stage as usize,
+            max_buffer_size: limits.max_buffer_size,
             max_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
             max_texture_side: limits
                 .max_texture_dimension_2d
@@ -97,25 +107,30 @@ pub(crate) struct Split {
     pub parts: usize,
 }
 
-/// The graph the passes work on: the structure's entries, then the
-/// synthetic entries that the split passes append (a synthetic entry is
-/// never a root, and only the kernels of its original read or write it).
-pub(crate) struct Graph<'s> {
+/// The graph the passes work on: the structure's entries (which a
+/// rewriting pass may replace by more), then the synthetic entries that the
+/// split passes append (a synthetic entry is never a root, and only the
+/// kernels of its original read or write it).
+pub(crate) struct Graph {
     pub entries: Vec<Entry>,
+    /// The structure's entry each entry is, where it is one: a replay binds
+    /// buffers, uploads, seeds and constants by the structure's indices.
+    pub origin: Vec<Option<usize>>,
     pub synthetic_from: usize,
-    pub roots: &'s [usize],
-    pub effects: &'s [CanonEffect],
+    pub roots: Vec<usize>,
+    pub effects: Vec<CanonEffect>,
     pub split_reductions: HashMap<usize, Split>,
     pub split_products: HashMap<usize, Split>,
 }
 
-impl<'s> Graph<'s> {
-    pub(crate) fn new(structure: &'s Structure) -> Graph<'s> {
+impl Graph {
+    pub(crate) fn new(structure: &Structure) -> Graph {
         Graph {
             entries: structure.entries.clone(),
+            origin: (0..structure.entries.len()).map(Some).collect(),
             synthetic_from: structure.entries.len(),
-            roots: &structure.roots,
-            effects: &structure.effects,
+            roots: structure.roots.clone(),
+            effects: structure.effects.clone(),
             split_reductions: HashMap::new(),
             split_products: HashMap::new(),
         }
@@ -167,7 +182,7 @@ impl Uses {
             }
         }
         let mut is_root = vec![false; n];
-        for &r in graph.roots {
+        for &r in &graph.roots {
             is_root[r] = true;
         }
         Uses {
@@ -250,12 +265,15 @@ impl PlanSpec {
 /// The planner's passes, in order (see the table at the top of this file).
 pub(crate) fn compile(target: &Target, structure: &Structure) -> Result<PlanSpec> {
     let mut graph = Graph::new(structure);
+    limits::check_sizes(&graph, target)?;
+    tile::products(&mut graph, target);
     split::reductions(&mut graph);
     split::products(&mut graph, target);
     let uses = Uses::count(&graph);
     let mut mat = materialize::initial(&graph, &uses);
     let implicit = implicit::products(&graph, &uses, &mut mat, target);
     materialize::inputs(&graph, &uses, &implicit, &mut mat);
+    limits::split_fan_in(&graph, &mut mat, target)?;
     let epilogues = epilogue::fuse(&graph, &uses, &implicit, &mut mat, target);
     let mut fusion = Fusion {
         mat,
@@ -264,6 +282,7 @@ pub(crate) fn compile(target: &Target, structure: &Structure) -> Result<PlanSpec
         residents: HashMap::new(),
     };
     fusion.residents = texture::residents(&graph, &uses, &fusion, target);
+    limits::check_buffers(&graph, &fusion.mat, target)?;
     let kernels = emit::kernels(&graph, &uses, &fusion, target)?;
     slots::allocate(graph, &uses, &fusion, kernels, target)
 }

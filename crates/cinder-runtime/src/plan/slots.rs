@@ -112,16 +112,28 @@ pub(crate) fn allocate(
             }
         }
     }
+    // A replay binds buffers, uploads and seeds by the structure's indices.
+    let canonical = |i: usize| -> Result<usize> {
+        graph.origin.get(i).copied().flatten().ok_or_else(|| {
+            Error::Gpu(format!(
+                "internal: entry {i} is bound at replay but is not in the structure"
+            ))
+        })
+    };
     // Externals, uploads and outputs keep their order; then one resource
     // per physical slot. An intermediate no kernel writes (it is empty)
     // gets a slot of its own.
     let mut final_resources: Vec<Resource> = Vec::new();
     let mut remap = vec![usize::MAX; resources.len()];
     for (r, res) in resources.iter().enumerate() {
-        if !matches!(res, Resource::Slot(_)) {
-            remap[r] = final_resources.len();
-            final_resources.push(res.clone());
-        }
+        let res = match *res {
+            Resource::Slot(_) => continue,
+            Resource::External(i) => Resource::External(canonical(i)?),
+            Resource::Upload(i) => Resource::Upload(canonical(i)?),
+            Resource::Output(i) => Resource::Output(canonical(i)?),
+        };
+        remap[r] = final_resources.len();
+        final_resources.push(res);
     }
     for (r, res) in resources.iter().enumerate() {
         if let (Resource::Slot(size), None) = (res, assigned_slot[r]) {
@@ -187,12 +199,43 @@ pub(crate) fn allocate(
                         size: padded_size(size),
                     }));
                 }
+                Bind::Entry {
+                    entry,
+                    layout: Layout::Range { start, len },
+                } => {
+                    let elements = numel(&entries[*entry].shape);
+                    if start + len > elements || *len > chunk {
+                        return Err(Error::Gpu(format!(
+                            "internal: range {start}+{len} of an entry of {elements} elements"
+                        )));
+                    }
+                    let size = entries[*entry].dtype.size() as u64;
+                    bound.push(Bound::Buffer(Binding {
+                        resource: resource_of(*entry)?,
+                        offset: *start as u64 * size,
+                        size: padded_size(*len as u64 * size),
+                    }));
+                }
                 Bind::Texture { width, height, tag } => bound.push(Bound::Texture {
                     width: *width,
                     height: *height,
                     tag: *tag,
                 }),
-                Bind::Scalars(source) => bound.push(Bound::Scalars(source.clone())),
+                Bind::Scalars(source) => {
+                    let seeds = |seeds: &[usize]| -> Result<Vec<usize>> {
+                        seeds.iter().map(|&i| canonical(i)).collect()
+                    };
+                    bound.push(Bound::Scalars(match source {
+                        ScalarSource::Seeds(s) => ScalarSource::Seeds(seeds(s)?),
+                        ScalarSource::MatmulEpilogue { dims, seeds: s } => {
+                            ScalarSource::MatmulEpilogue {
+                                dims: dims.clone(),
+                                seeds: seeds(s)?,
+                            }
+                        }
+                        other => other.clone(),
+                    }))
+                }
             }
         }
         steps.push(StepSpec { kernel, bound });
@@ -203,7 +246,7 @@ pub(crate) fn allocate(
         .map(|&r| resource_of(r))
         .collect::<Result<Vec<_>>>()?;
     let mut written = Vec::new();
-    for effect in graph.effects {
+    for effect in &graph.effects {
         match effect {
             CanonEffect::Optim { param, state, .. } => {
                 written.push(resource_of(*param)?);

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use super::{compile, epilogue, implicit, materialize, split, texture};
+use super::{compile, epilogue, implicit, limits, materialize, split, texture, tile};
 use super::{Fusion, Graph, PlanSpec, Target, Uses};
 use crate::canon::{Entry, Structure};
 use crate::graph::{
@@ -16,6 +16,8 @@ pub(crate) fn gpu() -> Target {
         subgroup_matmul: true,
         texture_matmul: false,
         chunk: (1 << 27) / 4,
+        max_bindings: 8,
+        max_buffer_size: 1 << 28,
         max_workgroups_per_dimension: 65535,
         max_texture_side: 8192,
     }
@@ -183,12 +185,16 @@ pub(crate) fn fusion_of_graph<T>(
 ) -> T {
     let s = g.finish(roots);
     let mut graph = Graph::new(&s);
+    tile::products(&mut graph, target);
     split::reductions(&mut graph);
     split::products(&mut graph, target);
     let uses = Uses::count(&graph);
     let mut mat = materialize::initial(&graph, &uses);
     let implicit = implicit::products(&graph, &uses, &mut mat, target);
     materialize::inputs(&graph, &uses, &implicit, &mut mat);
+    if let Err(e) = limits::split_fan_in(&graph, &mut mat, target) {
+        panic!("{e}");
+    }
     let epilogues = epilogue::fuse(&graph, &uses, &implicit, &mut mat, target);
     let mut fusion = Fusion {
         mat,
