@@ -76,6 +76,8 @@ impl<'a> Gen<'a> {
 enum Output<'t> {
     Buffer(usize, &'t str),
     Texture,
+    /// Several entries of one length, `out0`, `out1`, ..., one binding each.
+    Buffers(&'t [usize]),
 }
 
 fn zero(dtype: DType) -> &'static str {
@@ -634,8 +636,17 @@ impl Gen<'_> {
                 false,
             );
         }
-        if let Output::Buffer(out, ty) = output {
-            self.declare(&mut s, &mut next, "out", ty, self.chunks(out), true);
+        match output {
+            Output::Buffer(out, ty) => {
+                self.declare(&mut s, &mut next, "out", ty, self.chunks(out), true)
+            }
+            Output::Buffers(outs) => {
+                for (k, &out) in outs.iter().enumerate() {
+                    let ty = self.entries[out].dtype.wgsl();
+                    self.declare(&mut s, &mut next, &format!("out{k}"), ty, 1, true);
+                }
+            }
+            Output::Texture => {}
         }
         if !self.seeds.is_empty() {
             let _ = writeln!(
@@ -840,6 +851,40 @@ pub(crate) fn elementwise_texels(
         inputs: g.inputs,
         seeds: g.seeds,
         items: items as u64,
+    }
+}
+
+/// Several element-wise entries of one length (each in one binding) in one
+/// kernel: thread `gid` computes element `gid` of each and stores it. The
+/// entries are computed inline (`materialized` must not hold for them), so
+/// what they share, and one entry that another reads at the same element,
+/// is computed once per thread. The outputs are bound after the inputs, in
+/// order.
+pub(crate) fn elementwise_group(
+    entries: &[Entry],
+    materialized: &dyn Fn(usize) -> bool,
+    chunk: usize,
+    outs: &[usize],
+) -> Generated {
+    let mut g = Gen::new(entries, materialized, chunk);
+    let mut body = String::new();
+    let n = outs.first().map_or(0, |&o| numel(&entries[o].shape));
+    let mut stores = String::new();
+    for (k, &out) in outs.iter().enumerate() {
+        let v = g.value(&mut body, out, "gid", true);
+        let _ = writeln!(stores, "    out{k}[gid] = {v};");
+    }
+    let mut src = String::from(PRELUDE);
+    src.push_str(&g.declarations_for(Output::Buffers(outs)));
+    src.push_str(&elementwise_main(
+        "arrayLength(&out0)",
+        &format!("{body}{stores}"),
+    ));
+    Generated {
+        source: src,
+        inputs: g.inputs,
+        seeds: g.seeds,
+        items: n as u64,
     }
 }
 

@@ -99,10 +99,10 @@ pub(crate) struct Kernel {
     pub constants: Vec<(String, f64)>,
     pub binds: Vec<Bind>,
     pub dispatch: Dispatch,
-    /// Entries it reads from buffers, and the entry it writes (none for a
+    /// Entries it reads from buffers, and the entries it writes (none for a
     /// pack, which writes a texture): what liveness needs.
     pub reads: Vec<usize>,
-    pub output: Option<usize>,
+    pub outputs: Vec<usize>,
     /// It writes a realized tensor in place (an optimizer step, an
     /// assignment): running it twice would apply it twice.
     pub in_place: bool,
@@ -142,7 +142,7 @@ impl Kernel {
                 wg,
             },
             reads: generated.inputs,
-            output: Some(output),
+            outputs: vec![output],
             in_place: false,
             texture_product: false,
             pack: false,
@@ -175,6 +175,13 @@ pub(crate) fn kernels(
             || matches!(entries[i].op, Op::External | Op::Upload)
             || numel(&entries[i].shape) == 0
         {
+            continue;
+        }
+        if let Some(&g) = fusion.group_of.get(&i) {
+            let group = &fusion.groups[g];
+            if i == group.last() {
+                out.extend(group_kernels(graph, fusion, target, &group.members));
+            }
             continue;
         }
         if let Some(epilogue) = fusion.epilogues.get(&i) {
@@ -344,17 +351,7 @@ pub(crate) fn kernels(
                     );
                     out.push(kernel);
                 }
-                None => {
-                    let paired = codegen::paired_store(entries, i, chunk, target.subgroup_matmul);
-                    let generated =
-                        codegen::elementwise_stored(entries, &mat, chunk, i, i, false, paired);
-                    out.push(Kernel::generated(
-                        "fused elementwise",
-                        generated,
-                        i,
-                        ELEMENTWISE_WG,
-                    ));
-                }
+                None => out.push(elementwise(graph, fusion, target, i)),
             },
         }
     }
@@ -364,13 +361,85 @@ pub(crate) fn kernels(
     for k in &mut out {
         if k.label.is_empty() {
             let shape = k
-                .output
-                .map(|o| entries[o].shape.clone())
+                .outputs
+                .first()
+                .map(|&o| entries[o].shape.clone())
                 .unwrap_or_default();
             k.label = format!("{} -> {shape:?}", k.name);
         }
     }
     Ok(out)
+}
+
+/// Entry `i`'s fused element-wise kernel.
+fn elementwise(graph: &Graph, fusion: &Fusion, target: &Target, i: usize) -> Kernel {
+    let entries = &graph.entries;
+    let paired = codegen::paired_store(entries, i, target.chunk, target.subgroup_matmul);
+    let generated = codegen::elementwise_stored(
+        entries,
+        &|x| fusion.mat[x],
+        target.chunk,
+        i,
+        i,
+        false,
+        paired,
+    );
+    Kernel::generated("fused elementwise", generated, i, ELEMENTWISE_WG)
+}
+
+/// A group's one kernel (see `group.rs`), or, where it would bind more
+/// storage buffers than the device allows, a kernel per member.
+fn group_kernels(
+    graph: &Graph,
+    fusion: &Fusion,
+    target: &Target,
+    members: &[usize],
+) -> Vec<Kernel> {
+    let entries = &graph.entries;
+    let generated = codegen::elementwise_group(
+        entries,
+        &|x| fusion.mat[x] && !members.contains(&x),
+        target.chunk,
+        members,
+    );
+    let chunks = |i: usize| codegen::chunk_count(numel(&entries[i].shape), target.chunk);
+    let bindings = generated.inputs.iter().map(|&i| chunks(i)).sum::<usize>()
+        + members.len()
+        + usize::from(!generated.seeds.is_empty());
+    if bindings > target.max_bindings {
+        return members
+            .iter()
+            .map(|&m| elementwise(graph, fusion, target, m))
+            .collect();
+    }
+    let mut binds: Vec<Bind> = generated
+        .inputs
+        .iter()
+        .chain(members)
+        .map(|&entry| Bind::Entry {
+            entry,
+            layout: Layout::Chunked,
+        })
+        .collect();
+    if !generated.seeds.is_empty() {
+        binds.push(Bind::Scalars(ScalarSource::Seeds(generated.seeds)));
+    }
+    vec![Kernel {
+        name: "fused elementwise group".to_string(),
+        label: String::new(),
+        source: KernelSource::Generated(generated.source),
+        constants: Vec::new(),
+        binds,
+        dispatch: Dispatch::Threads {
+            items: generated.items,
+            wg: ELEMENTWISE_WG,
+        },
+        reads: generated.inputs,
+        outputs: members.to_vec(),
+        in_place: false,
+        texture_product: false,
+        pack: false,
+    }]
 }
 
 /// A product's kernel, before its operands are bound.
@@ -458,7 +527,7 @@ fn product(
                         1,
                     ),
                     reads: vec![i],
-                    output: None,
+                    outputs: Vec::new(),
                     in_place: false,
                     texture_product: false,
                     pack: true,
@@ -504,7 +573,7 @@ fn product(
         binds,
         dispatch: Dispatch::Groups(x, y, z),
         reads,
-        output: Some(p.output),
+        outputs: vec![p.output],
         in_place: false,
         texture_product: k.packs.is_some(),
         pack: false,
@@ -599,7 +668,7 @@ fn effect_kernels(
                             wg: ELEMENTWISE_WG,
                         },
                         reads: reads.clone(),
-                        output: Some(*param),
+                        outputs: vec![*param],
                         in_place: true,
                         texture_product: false,
                         pack: false,

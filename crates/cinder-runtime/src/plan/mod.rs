@@ -17,11 +17,13 @@
 //! | 6 | [`limits::split_fan_in`] | `limits.rs` | fused kernels that would bind too many buffers are cut |
 //! | 7 | [`epilogue::fuse`] | `epilogue.rs` | which products write their consumer chain's output directly |
 //! | 8 | [`texture::residents`], [`limits::check_buffers`] | `texture.rs`, `limits.rs` | which values are computed straight into a product's operand texture; every buffer fits |
-//! | 9 | [`emit::kernels`] | `emit.rs` | one kernel per materialized entry and effect: its WGSL, bindings and grid |
-//! | 10 | [`slots::allocate`] | `slots.rs` | liveness: which intermediates share a buffer, and every binding's byte range |
+//! | 9 | [`group::siblings`] | `group.rs` | which values read from one product run together in one kernel |
+//! | 10 | [`emit::kernels`] | `emit.rs` | one kernel per materialized entry (or group) and effect: its WGSL, bindings and grid |
+//! | 11 | [`slots::allocate`] | `slots.rs` | liveness: which intermediates share a buffer, and every binding's byte range |
 
 pub(crate) mod emit;
 pub(crate) mod epilogue;
+pub(crate) mod group;
 pub(crate) mod implicit;
 pub(crate) mod limits;
 pub(crate) mod materialize;
@@ -42,6 +44,7 @@ use crate::graph::Op;
 
 pub(crate) use emit::ScalarSource;
 pub(crate) use epilogue::Epilogue;
+pub(crate) use group::Group;
 pub(crate) use slots::{Binding, Bound, Resource, StepSpec};
 pub(crate) use texture::Resident;
 
@@ -206,6 +209,9 @@ pub(crate) struct Fusion {
     pub epilogues: HashMap<usize, Epilogue>,
     /// Values computed straight into operand textures.
     pub residents: HashMap<usize, Resident>,
+    /// Values computed together by one kernel, and each member's group.
+    pub groups: Vec<Group>,
+    pub group_of: HashMap<usize, usize>,
 }
 
 impl Fusion {
@@ -280,9 +286,12 @@ pub(crate) fn compile(target: &Target, structure: &Structure) -> Result<PlanSpec
         implicit,
         epilogues,
         residents: HashMap::new(),
+        groups: Vec::new(),
+        group_of: HashMap::new(),
     };
     fusion.residents = texture::residents(&graph, &uses, &fusion, target);
     limits::check_buffers(&graph, &fusion.mat, target)?;
+    (fusion.groups, fusion.group_of) = group::siblings(&graph, &uses, &fusion, target);
     let kernels = emit::kernels(&graph, &uses, &fusion, target)?;
     slots::allocate(graph, &uses, &fusion, kernels, target)
 }

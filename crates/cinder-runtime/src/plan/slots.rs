@@ -87,7 +87,7 @@ pub(crate) fn allocate(
     let mut free_slots: Vec<usize> = Vec::new();
     let mut assigned_slot: Vec<Option<usize>> = vec![None; resources.len()];
     for (k, kernel) in kernels.iter().enumerate() {
-        if let Some(out) = kernel.output {
+        for &out in &kernel.outputs {
             if let Some(r) = res_of[out] {
                 if let Resource::Slot(size) = resources[r] {
                     let s = match free_slots.iter().position(|&s| slot_sizes[s] == size) {

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use super::{compile, epilogue, implicit, limits, materialize, split, texture, tile};
+use super::{compile, epilogue, group, implicit, limits, materialize, split, texture, tile};
 use super::{Fusion, Graph, PlanSpec, Target, Uses};
 use crate::canon::{Entry, Structure};
 use crate::graph::{
@@ -73,10 +73,20 @@ impl Builder {
     }
 
     pub(crate) fn view(&mut self, a: usize, shape: &[usize], strides: Vec<i64>) -> usize {
+        self.view_at(a, shape, strides, 0)
+    }
+
+    pub(crate) fn view_at(
+        &mut self,
+        a: usize,
+        shape: &[usize],
+        strides: Vec<i64>,
+        offset: i64,
+    ) -> usize {
         let dtype = self.entries[a].dtype;
         let spec = ViewSpec {
             strides,
-            offset: 0,
+            offset,
             mask: None,
         };
         self.push(shape, dtype, Op::View(spec, a))
@@ -201,8 +211,11 @@ pub(crate) fn fusion_of_graph<T>(
         implicit,
         epilogues,
         residents: HashMap::new(),
+        groups: Vec::new(),
+        group_of: HashMap::new(),
     };
     fusion.residents = texture::residents(&graph, &uses, &fusion, target);
+    (fusion.groups, fusion.group_of) = group::siblings(&graph, &uses, &fusion, target);
     f(&graph, &uses, &fusion, target)
 }
 
@@ -213,6 +226,8 @@ pub(crate) fn fusion_of(g: Builder, roots: &[usize], target: &Target) -> Fusion 
         implicit: fusion.implicit.clone(),
         epilogues: fusion.epilogues.clone(),
         residents: fusion.residents.clone(),
+        groups: fusion.groups.clone(),
+        group_of: fusion.group_of.clone(),
     })
 }
 

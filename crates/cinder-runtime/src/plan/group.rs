@@ -1,0 +1,262 @@
+//! Pass 9: one product, several consumers. A product read by several
+//! element-wise values (an LSTM's gate product sliced into four gates, a
+//! GRU's three) would give each value a kernel of its own; instead they, and
+//! the values computed from them at the same element (an LSTM's cell and
+//! hidden state), run as one kernel after the product that writes each of
+//! them.
+
+use std::collections::HashMap;
+
+use super::{Fusion, Graph, Target, Uses};
+use crate::codegen::{chunk_count, paired_store};
+use crate::graph::{numel, Op};
+
+/// Values computed by one kernel, in entry order; it runs where the last
+/// of them would have.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Group {
+    pub members: Vec<usize>,
+}
+
+impl Group {
+    /// The member at whose place in the kernel order the group runs.
+    pub(crate) fn last(&self) -> usize {
+        self.members[self.members.len() - 1]
+    }
+}
+
+/// The groups, and for each member its group's index.
+pub(crate) fn siblings(
+    graph: &Graph,
+    uses: &Uses,
+    fusion: &Fusion,
+    target: &Target,
+) -> (Vec<Group>, HashMap<usize, usize>) {
+    let entries = &graph.entries;
+    let effect_targets: Vec<usize> = graph
+        .effects
+        .iter()
+        .filter_map(|e| match e {
+            crate::canon::CanonEffect::Assign { target, .. } => Some(*target),
+            crate::canon::CanonEffect::Optim { .. } => None,
+        })
+        .collect();
+    // A value a fused element-wise kernel of its own would compute, stored
+    // one element per thread in one binding.
+    let groupable = |i: usize| -> bool {
+        let n = numel(&entries[i].shape);
+        i < graph.synthetic_from
+            && fusion.mat[i]
+            && n > 0
+            && matches!(
+                entries[i].op,
+                Op::Unary(..)
+                    | Op::Binary(..)
+                    | Op::Where(..)
+                    | Op::Cast(..)
+                    | Op::View(..)
+                    | Op::Gather { .. }
+                    | Op::Unfold(..)
+                    | Op::Fold(..)
+                    | Op::ConvRows(..)
+            )
+            && !fusion.residents.contains_key(&i)
+            && !fusion.epilogues.contains_key(&i)
+            && !effect_targets.contains(&i)
+            && chunk_count(n, target.chunk) == 1
+            && !paired_store(entries, i, target.chunk, target.subgroup_matmul)
+    };
+    // What a product's kernel writes: the product, or its epilogue's end.
+    let products: Vec<usize> = (0..graph.synthetic_from)
+        .filter(|&i| {
+            fusion.mat[i]
+                && (matches!(entries[i].op, Op::Matmul { .. }) || fusion.epilogues.contains_key(&i))
+        })
+        .collect();
+    let mut groups: Vec<Group> = Vec::new();
+    let mut group_of: HashMap<usize, usize> = HashMap::new();
+    for p in products {
+        // The materialized values that read the product, directly or
+        // through values computed inline.
+        let mut readers = Vec::new();
+        let mut stack = vec![p];
+        while let Some(x) = stack.pop() {
+            for &c in &uses.consumers[x] {
+                if fusion.mat[c] {
+                    if groupable(c) && !readers.contains(&c) && !group_of.contains_key(&c) {
+                        readers.push(c);
+                    }
+                } else if c < graph.synthetic_from {
+                    stack.push(c);
+                }
+            }
+        }
+        // The most readers of one length.
+        let mut by_len: HashMap<usize, Vec<usize>> = HashMap::new();
+        for r in readers {
+            by_len.entry(numel(&entries[r].shape)).or_default().push(r);
+        }
+        let Some((len, mut members)) = by_len.into_iter().max_by_key(|(_, m)| m.len()) else {
+            continue;
+        };
+        if members.len() < 2 {
+            continue;
+        }
+        // Values computed from members at the same element (through values
+        // computed inline) join them.
+        loop {
+            let mut joining = Vec::new();
+            let mut stack = members.clone();
+            let mut seen = members.clone();
+            while let Some(x) = stack.pop() {
+                for &c in &uses.consumers[x] {
+                    if seen.contains(&c)
+                        || c >= graph.synthetic_from
+                        || numel(&entries[c].shape) != len
+                        || !same_element(&entries[c].op, entries)
+                    {
+                        continue;
+                    }
+                    seen.push(c);
+                    if !fusion.mat[c] {
+                        stack.push(c);
+                    } else if groupable(c) && !group_of.contains_key(&c) {
+                        joining.push(c);
+                    }
+                }
+            }
+            if joining.is_empty() {
+                break;
+            }
+            members.extend(joining);
+        }
+        members.sort_unstable();
+        let members = runnable_prefix(graph, uses, &fusion.mat, members);
+        if members.len() >= 2 {
+            for &m in &members {
+                group_of.insert(m, groups.len());
+            }
+            groups.push(Group { members });
+        }
+    }
+    (groups, group_of)
+}
+
+/// Whether `op` computes its element from its inputs' same element: an
+/// element-wise op on operands of its shape.
+fn same_element(op: &Op<usize>, entries: &[crate::canon::Entry]) -> bool {
+    let inputs = op.inputs();
+    matches!(
+        op,
+        Op::Unary(..) | Op::Binary(..) | Op::Where(..) | Op::Cast(..)
+    ) && inputs
+        .iter()
+        .all(|&i| entries[i].shape == entries[inputs[0]].shape)
+}
+
+/// The kernels that read `x`: the materialized entries reading it directly
+/// or through values computed inline.
+fn kernel_readers(graph: &Graph, uses: &Uses, mat: &[bool], x: usize) -> Vec<usize> {
+    let mut readers = Vec::new();
+    let mut stack = vec![x];
+    while let Some(y) = stack.pop() {
+        for &c in &uses.consumers[y] {
+            if mat[c] || c >= graph.synthetic_from {
+                if !readers.contains(&c) {
+                    readers.push(c);
+                }
+            } else {
+                stack.push(c);
+            }
+        }
+    }
+    readers
+}
+
+/// The members, cut short where a kernel outside the group reads a member
+/// before the group would run: the group runs at its last member's place,
+/// so every other kernel reading a member must come after it.
+fn runnable_prefix(
+    graph: &Graph,
+    uses: &Uses,
+    mat: &[bool],
+    mut members: Vec<usize>,
+) -> Vec<usize> {
+    loop {
+        let Some(&last) = members.last() else {
+            return members;
+        };
+        let early = members
+            .iter()
+            .flat_map(|&m| kernel_readers(graph, uses, mat, m))
+            .filter(|c| !members.contains(c) && *c < last)
+            .min();
+        match early {
+            None => return members,
+            Some(c) => members.retain(|&m| m < c),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{fusion_of_graph, gpu, Builder};
+    use crate::graph::{BinaryOp, UnaryOp};
+
+    /// An LSTM cell's forward values: the gate product `[4, 4 * 8]`
+    /// sliced into four gates, the cell and hidden state from them, every
+    /// value also returned (as a backward pass would keep them).
+    fn lstm_cell() -> (Builder, Vec<usize>) {
+        let mut g = Builder::new();
+        let (batch, hidden) = (4, 8);
+        let x = g.upload(&[batch, 16]);
+        let w = g.upload(&[16, 4 * hidden]);
+        let gates = g.matmul(x, w);
+        let c = g.upload(&[batch, hidden]);
+        let gate = |g: &mut Builder, k: usize, op| {
+            let slice = g.view_at(
+                gates,
+                &[batch, hidden],
+                vec![4 * hidden as i64, 1],
+                (k * hidden) as i64,
+            );
+            g.unary(op, slice)
+        };
+        let i = gate(&mut g, 0, UnaryOp::Sigmoid);
+        let f = gate(&mut g, 1, UnaryOp::Sigmoid);
+        let gg = gate(&mut g, 2, UnaryOp::Tanh);
+        let o = gate(&mut g, 3, UnaryOp::Sigmoid);
+        let fc = g.binary(BinaryOp::Mul, f, c);
+        let ig = g.binary(BinaryOp::Mul, i, gg);
+        let c2 = g.binary(BinaryOp::Add, fc, ig);
+        let t = g.unary(UnaryOp::Tanh, c2);
+        let h2 = g.binary(BinaryOp::Mul, o, t);
+        (g, vec![i, f, gg, o, c2, h2])
+    }
+
+    #[test]
+    fn an_lstm_cells_values_run_in_one_kernel_after_the_product() {
+        let (g, roots) = lstm_cell();
+        let groups = fusion_of_graph(g, &roots, &gpu(), |graph, uses, fusion, target| {
+            super::siblings(graph, uses, fusion, target).0
+        });
+        assert_eq!(groups.len(), 1);
+        assert_eq!(groups[0].members, roots);
+    }
+
+    #[test]
+    fn a_reader_between_the_members_keeps_the_later_ones_out() {
+        let mut g = Builder::new();
+        let x = g.upload(&[4, 16]);
+        let w = g.upload(&[16, 16]);
+        let p = g.matmul(x, w);
+        let a = g.unary(UnaryOp::Exp, p);
+        // Reads `a` before `b` exists: a group running at `b` would be late.
+        let s = g.sum_all(a);
+        let b = g.unary(UnaryOp::Tanh, p);
+        let groups = fusion_of_graph(g, &[a, s, b], &gpu(), |graph, uses, fusion, target| {
+            super::siblings(graph, uses, fusion, target).0
+        });
+        assert!(groups.is_empty(), "{groups:?}");
+    }
+}
