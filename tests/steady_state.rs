@@ -49,9 +49,13 @@ fn assert_steady(
             now.textures_created, after_first.textures_created,
             "step {i} created a texture"
         );
-        assert_eq!(
-            now.bytes_allocated, after_first.bytes_allocated,
-            "step {i} grew memory"
+        // (It may shrink: buffers only the first step's set-up used age
+        // out of the pool.)
+        assert!(
+            now.bytes_allocated <= after_first.bytes_allocated,
+            "step {i} grew memory: {} bytes after {}",
+            now.bytes_allocated,
+            after_first.bytes_allocated
         );
         assert_eq!(
             now.plans_compiled, after_first.plans_compiled,

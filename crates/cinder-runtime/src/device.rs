@@ -1,9 +1,11 @@
 //! Adapter selection, the wgpu device and queue, and the caches and counters that
 //! make a training loop's steady state allocation-free.
 
-use std::collections::HashMap;
+use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use lru::LruCache;
 
 use crate::error::{Error, Result};
 use crate::kernels::KernelSource;
@@ -32,6 +34,41 @@ pub struct DeviceOptions {
     /// WebGPU: 8 storage buffers per kernel, 128 MiB bindings. Each limit
     /// must be within the adapter's.
     pub limits: Option<wgpu::Limits>,
+    /// How many plans, pipelines, bind groups and operand textures the
+    /// device keeps for reuse.
+    pub cache_sizes: CacheSizes,
+}
+
+/// Capacities of a device's caches, each least-recently-used: past its
+/// size, the entry used longest ago is dropped. What a plan in use holds
+/// (its pipelines, textures) lives as long as the plan. Pooled buffers that
+/// no realization has used for [`CacheSizes::buffer_age`] realizations are
+/// freed. A training loop replays one or two plans and stays far inside
+/// every bound; a loop over a thousand shapes keeps this much and no more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheSizes {
+    /// Compiled plans, by graph structure (default 128).
+    pub plans: usize,
+    /// Compiled pipelines, by kernel source and constants (default 1024).
+    pub pipelines: usize,
+    /// Bind groups, by pipeline and buffers (default 8192).
+    pub bind_groups: usize,
+    /// Matmul operand textures, by size and tag (default 64).
+    pub textures: usize,
+    /// Realizations after which an unused pooled buffer is freed (default 128).
+    pub buffer_age: u64,
+}
+
+impl Default for CacheSizes {
+    fn default() -> Self {
+        CacheSizes {
+            plans: 128,
+            pipelines: 1024,
+            bind_groups: 8192,
+            textures: 64,
+            buffer_age: 128,
+        }
+    }
 }
 
 impl DeviceOptions {
@@ -45,6 +82,7 @@ impl DeviceOptions {
             portable_kernels: flag("CINDER_PORTABLE_KERNELS"),
             buffer_matmul: flag("CINDER_BUFFER_MATMUL"),
             limits: None,
+            cache_sizes: CacheSizes::default(),
         }
     }
 
@@ -177,8 +215,24 @@ pub struct Stats {
     pub operand_packs: u64,
     pub submits: u64,
     pub dispatches: u64,
+    /// Plan-cache misses (each compiles a plan), hits, and plans dropped
+    /// to stay within [`CacheSizes::plans`].
     pub plans_compiled: u64,
     pub plan_cache_hits: u64,
+    pub plan_cache_evictions: u64,
+    /// Pipeline-cache hits and evictions (misses are `pipelines_created`).
+    pub pipeline_cache_hits: u64,
+    pub pipeline_cache_evictions: u64,
+    /// Bind groups dropped to stay within [`CacheSizes::bind_groups`].
+    pub bind_group_cache_evictions: u64,
+    /// Pooled buffers freed after going unused for
+    /// [`CacheSizes::buffer_age`] realizations (or by `Device::trim`).
+    pub buffers_freed: u64,
+    /// What the caches hold right now.
+    pub plans_cached: u64,
+    pub pipelines_cached: u64,
+    pub bind_groups_cached: u64,
+    pub textures_cached: u64,
 }
 
 #[derive(Default)]
@@ -195,6 +249,11 @@ pub(crate) struct Counters {
     pub operand_packs: AtomicU64,
     pub plans_compiled: AtomicU64,
     pub plan_hits: AtomicU64,
+    pub plan_evictions: AtomicU64,
+    pub pipeline_hits: AtomicU64,
+    pub pipeline_evictions: AtomicU64,
+    pub bind_group_evictions: AtomicU64,
+    pub buffers_freed: AtomicU64,
 }
 
 impl Counters {
@@ -209,6 +268,19 @@ pub(crate) struct OperandTexture {
     pub view: wgpu::TextureView,
     /// Kept alive by the view, held here for clarity of ownership.
     _texture: wgpu::Texture,
+    bytes: u64,
+    device: std::sync::Weak<DeviceInner>,
+}
+
+impl Drop for OperandTexture {
+    fn drop(&mut self) {
+        if let Some(device) = self.device.upgrade() {
+            device
+                .counters
+                .bytes
+                .fetch_sub(self.bytes, Ordering::Relaxed);
+        }
+    }
 }
 
 /// One binding of a bind group: a byte range of a buffer, or a texture.
@@ -228,19 +300,33 @@ pub(crate) struct PipelineEntry {
     pub layout: wgpu::BindGroupLayout,
 }
 
-#[derive(Default)]
 pub(crate) struct Caches {
     /// By source (a shader's name, or generated text) and override constants.
-    pub pipelines: HashMap<(KernelSource, String), Arc<PipelineEntry>>,
-    pub bind_groups: HashMap<Vec<u64>, Arc<wgpu::BindGroup>>,
-    pub plans: HashMap<crate::canon::Structure, Arc<crate::exec::Plan>>,
+    pub pipelines: LruCache<(KernelSource, String), Arc<PipelineEntry>>,
+    /// By pipeline id, then (id, offset, size) per binding.
+    pub bind_groups: LruCache<Vec<u64>, Arc<wgpu::BindGroup>>,
+    pub plans: LruCache<crate::canon::Structure, Arc<crate::exec::Plan>>,
     /// Operand textures by (width, height, tag): tags 0 and 1 are packed A
     /// and B, which every matmul of that size shares (the queue runs one
     /// kernel's packing and product before the next one's); a plan's values
     /// computed into textures take tags 2 and up.
-    pub textures: HashMap<(u32, u32, u8), Arc<OperandTexture>>,
+    pub textures: LruCache<(u32, u32, u8), Arc<OperandTexture>>,
     pub next_texture_id: u64,
     pub next_pipeline_id: u64,
+}
+
+impl Caches {
+    fn new(sizes: &CacheSizes) -> Caches {
+        let cap = |n: usize| NonZeroUsize::new(n.max(1)).unwrap_or(NonZeroUsize::MIN);
+        Caches {
+            pipelines: LruCache::new(cap(sizes.pipelines)),
+            bind_groups: LruCache::new(cap(sizes.bind_groups)),
+            plans: LruCache::new(cap(sizes.plans)),
+            textures: LruCache::new(cap(sizes.textures)),
+            next_texture_id: 0,
+            next_pipeline_id: 0,
+        }
+    }
 }
 
 pub(crate) struct DeviceInner {
@@ -400,8 +486,8 @@ impl Device {
                 device,
                 queue,
                 counters: Counters::default(),
-                pool: Mutex::new(BufferPool::default()),
-                caches: Mutex::new(Caches::default()),
+                pool: Mutex::new(BufferPool::new(options.cache_sizes.buffer_age)),
+                caches: Mutex::new(Caches::new(&options.cache_sizes)),
                 exec: Mutex::new(()),
                 gpu_error,
                 seed: AtomicU64::new(0x5eed),
@@ -429,6 +515,7 @@ impl Device {
     }
 
     pub fn stats(&self) -> Stats {
+        let caches = lock(&self.inner.caches);
         let c = &self.inner.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         Stats {
@@ -444,6 +531,15 @@ impl Device {
             operand_packs: get(&c.operand_packs),
             plans_compiled: get(&c.plans_compiled),
             plan_cache_hits: get(&c.plan_hits),
+            plan_cache_evictions: get(&c.plan_evictions),
+            pipeline_cache_hits: get(&c.pipeline_hits),
+            pipeline_cache_evictions: get(&c.pipeline_evictions),
+            bind_group_cache_evictions: get(&c.bind_group_evictions),
+            buffers_freed: get(&c.buffers_freed),
+            plans_cached: caches.plans.len() as u64,
+            pipelines_cached: caches.pipelines.len() as u64,
+            bind_groups_cached: caches.bind_groups.len() as u64,
+            textures_cached: caches.textures.len() as u64,
         }
     }
 
@@ -492,17 +588,23 @@ impl Device {
     /// Matmul operand textures stay: the cached plans that use them hold them.
     pub fn trim(&self) {
         let freed = lock(&self.inner.pool).clear();
-        if !freed.is_empty() {
-            let mut caches = lock(&self.inner.caches);
-            caches
-                .bind_groups
-                .retain(|key, _| !key[1..].chunks(3).any(|b| freed.contains_key(&b[0])));
-            let bytes: u64 = freed.values().sum();
-            self.inner
-                .counters
-                .bytes
-                .fetch_sub(bytes, Ordering::Relaxed);
+        self.forget_buffers(&freed);
+    }
+
+    /// Accounts for pooled buffers that were destroyed (ids and sizes), and
+    /// drops the bind groups that used them.
+    pub(crate) fn forget_buffers(&self, freed: &std::collections::HashMap<u64, u64>) {
+        if freed.is_empty() {
+            return;
         }
+        let mut caches = lock(&self.inner.caches);
+        caches
+            .bind_groups
+            .retain(|key, _| !key[1..].chunks(3).any(|b| freed.contains_key(&b[0])));
+        let bytes: u64 = freed.values().sum();
+        let c = &self.inner.counters;
+        c.bytes.fetch_sub(bytes, Ordering::Relaxed);
+        Counters::bump(&c.buffers_freed, freed.len() as u64);
     }
 
     pub(crate) fn take_gpu_error(&self) -> Result<()> {
@@ -533,6 +635,7 @@ impl Device {
         let key = (source.clone(), rendered);
         let mut caches = lock(&self.inner.caches);
         if let Some(entry) = caches.pipelines.get(&key) {
+            Counters::bump(&self.inner.counters.pipeline_hits, 1);
             return Ok(entry.clone());
         }
         let text = source.text();
@@ -576,7 +679,16 @@ impl Device {
             pipeline,
             layout,
         });
-        caches.pipelines.insert(key, entry.clone());
+        if let Some((_, evicted)) = caches.pipelines.push(key, entry.clone()) {
+            // Plans that use it keep it; its bind groups go with it.
+            Counters::bump(&self.inner.counters.pipeline_evictions, 1);
+            let before = caches.bind_groups.len();
+            caches.bind_groups.retain(|key, _| key[0] != evicted.id);
+            Counters::bump(
+                &self.inner.counters.bind_group_evictions,
+                (before - caches.bind_groups.len()) as u64,
+            );
+        }
         Ok(entry)
     }
 
@@ -632,7 +744,9 @@ impl Device {
                 }),
         );
         Counters::bump(&self.inner.counters.bind_groups, 1);
-        caches.bind_groups.insert(key, bg.clone());
+        if caches.bind_groups.push(key, bg.clone()).is_some() {
+            Counters::bump(&self.inner.counters.bind_group_evictions, 1);
+        }
         bg
     }
 
@@ -668,8 +782,11 @@ impl Device {
             id: caches.next_texture_id,
             view,
             _texture: texture,
+            bytes: 16 * width as u64 * height as u64,
+            device: Arc::downgrade(&self.inner),
         });
-        caches.textures.insert((width, height, tag), entry.clone());
+        // An evicted texture lives on in the plans that use it.
+        caches.textures.push((width, height, tag), entry.clone());
         entry
     }
 }

@@ -328,6 +328,8 @@ impl Device {
             }
         }
         let _exec = lock(&self.inner.exec);
+        let aged = lock(&self.inner.pool).next_epoch();
+        self.forget_buffers(&aged);
         let deferred = {
             let mut pending = lock(&self.inner.deferred);
             let flush = !effects.is_empty()
@@ -360,9 +362,18 @@ impl Device {
             None => {
                 let spec = plan::compile(&Target::of(self), &canon.structure)?;
                 let p = Arc::new(Plan::build(self, spec)?);
-                lock(&self.inner.caches)
+                let evicted = lock(&self.inner.caches)
                     .plans
-                    .insert(canon.structure.clone(), p.clone());
+                    .push(canon.structure.clone(), p.clone());
+                if evicted
+                    .as_ref()
+                    .is_some_and(|(key, _)| *key != canon.structure)
+                {
+                    Counters::bump(&self.inner.counters.plan_evictions, 1);
+                }
+                // (The evicted plan is dropped here, outside the cache's lock:
+                // its scalar buffers go back to the pool.)
+                drop(evicted);
                 p
             }
         };
@@ -432,8 +443,8 @@ impl Device {
     pub fn compiled_kernels(&self) -> Vec<String> {
         lock(&self.inner.caches)
             .pipelines
-            .keys()
-            .map(|(source, constants)| format!("{}{constants}", source.text()))
+            .iter()
+            .map(|((source, constants), _)| format!("{}{constants}", source.text()))
             .collect()
     }
 }

@@ -12,7 +12,7 @@ mod plan;
 mod pool;
 
 pub use canon::Effect;
-pub use device::{list_adapters, AdapterReport, Device, DeviceOptions, Stats};
+pub use device::{list_adapters, AdapterReport, CacheSizes, Device, DeviceOptions, Stats};
 pub use error::{Error, Result};
 pub use graph::{
     contiguous_strides, numel, BinaryOp, DType, Fill, Node, OptimKind, ReduceOp, UnaryOp, ViewSpec,

@@ -34,15 +34,56 @@ pub(crate) struct PooledBuffer {
     pub buffer: wgpu::Buffer,
     pub size: u64,
     kind: BufferKind,
+    /// The realization in which it last went back to the pool.
+    returned: u64,
 }
 
-#[derive(Default)]
 pub(crate) struct BufferPool {
     free: HashMap<(u64, BufferKind), Vec<PooledBuffer>>,
     next_id: u64,
+    /// Realizations so far.
+    epoch: u64,
+    /// Realizations after which a free buffer nobody took is destroyed.
+    max_age: u64,
 }
 
 impl BufferPool {
+    pub fn new(max_age: u64) -> BufferPool {
+        BufferPool {
+            free: HashMap::new(),
+            next_id: 0,
+            epoch: 0,
+            max_age: max_age.max(1),
+        }
+    }
+
+    /// Starts a realization; destroys the free buffers that no realization
+    /// took for `max_age` of them and returns their ids and sizes. A
+    /// training loop takes the same buffers back every step, so only
+    /// buffers of shapes the program stopped using age out.
+    pub fn next_epoch(&mut self) -> HashMap<u64, u64> {
+        self.epoch += 1;
+        let mut freed = HashMap::new();
+        // Checked every 16 realizations: a scan of the free lists is cheap,
+        // but not free.
+        if !self.epoch.is_multiple_of(16) {
+            return freed;
+        }
+        let (epoch, max_age) = (self.epoch, self.max_age);
+        self.free.retain(|_, list| {
+            list.retain(|b| {
+                let keep = epoch - b.returned <= max_age;
+                if !keep {
+                    freed.insert(b.id, b.size);
+                    b.buffer.destroy();
+                }
+                keep
+            });
+            !list.is_empty()
+        });
+        freed
+    }
+
     fn take(&mut self, size: u64, kind: BufferKind, prefer: Option<u64>) -> Option<PooledBuffer> {
         let list = self.free.get_mut(&(size, kind))?;
         if let Some(want) = prefer {
@@ -53,7 +94,8 @@ impl BufferPool {
         list.pop()
     }
 
-    fn give(&mut self, buffer: PooledBuffer) {
+    fn give(&mut self, mut buffer: PooledBuffer) {
+        buffer.returned = self.epoch;
         self.free
             .entry((buffer.size, buffer.kind))
             .or_default()
@@ -203,6 +245,7 @@ impl Device {
             buffer,
             size,
             kind,
+            returned: pool.epoch,
         }
     }
 }

@@ -1,0 +1,88 @@
+//! Bounded caches: plans, pipelines, bind groups and pooled buffers are
+//! kept least-recently-used within their documented sizes, so a program
+//! that runs a thousand distinct shapes keeps its memory bounded, while a
+//! loop over one shape keeps hitting its cached plan.
+
+use cinder::runtime::{CacheSizes, DeviceOptions};
+use cinder::{Device, Result, Tensor};
+
+fn device_with(sizes: CacheSizes) -> Result<Device> {
+    Device::with_options(&DeviceOptions {
+        cache_sizes: sizes,
+        ..DeviceOptions::from_env()
+    })
+}
+
+#[test]
+fn a_thousand_distinct_shapes_keep_memory_bounded() -> Result<()> {
+    let sizes = CacheSizes {
+        plans: 32,
+        pipelines: 16,
+        bind_groups: 256,
+        textures: 4,
+        buffer_age: 32,
+    };
+    let device = device_with(sizes)?;
+    let mut peak = 0;
+    for len in 1000..2000usize {
+        let data: Vec<f32> = (0..len).map(|i| i as f32).collect();
+        let y = Tensor::from_slice(&device, &data, &[len])?
+            .mul_scalar(2.0)?
+            .add_scalar(1.0)?
+            .to_vec::<f32>()?;
+        assert_eq!((y[0], y[len - 1]), (1.0, 2.0 * (len - 1) as f32 + 1.0));
+        peak = peak.max(device.stats().bytes_allocated);
+    }
+    let stats = device.stats();
+    assert!(stats.plans_cached <= 32, "{stats:?}");
+    assert!(stats.bind_groups_cached <= 256, "{stats:?}");
+    assert!(stats.pipelines_cached <= 16, "{stats:?}");
+    // Every shape compiled a plan once; all but the last 32 were dropped.
+    assert_eq!(stats.plans_compiled, 1000);
+    assert!(stats.plan_cache_evictions >= 1000 - 32, "{stats:?}");
+    // Buffers of shapes gone by are freed. Each shape uses about 18 KiB
+    // (upload, result, read-back; lengths within 16 bytes share buffers),
+    // so keeping them all would end near 4.5 MB.
+    assert!(
+        stats.buffers_freed * 10 > stats.buffers_created * 8,
+        "{stats:?}"
+    );
+    assert!(peak < 1 << 20, "peak {peak} bytes: {stats:?}");
+    Ok(())
+}
+
+#[test]
+fn pipelines_past_the_cache_size_are_evicted_and_results_stay_right() -> Result<()> {
+    let device = device_with(CacheSizes {
+        pipelines: 8,
+        ..CacheSizes::default()
+    })?;
+    // A reduction's kernel is specialised to its length: one pipeline each.
+    for len in 100..130usize {
+        let total = Tensor::ones(&device, &[3, len])
+            .sum(&[1], false)?
+            .to_vec::<f32>()?;
+        assert_eq!(total, vec![len as f32; 3]);
+    }
+    let stats = device.stats();
+    assert!(stats.pipelines_cached <= 8, "{stats:?}");
+    assert!(stats.pipeline_cache_evictions >= 20, "{stats:?}");
+    Ok(())
+}
+
+#[test]
+fn a_repeated_shape_hits_the_plan_cache() -> Result<()> {
+    let device = device_with(CacheSizes::default())?;
+    let step = |v: f32| -> Result<f32> { Tensor::full(&device, &[64], v).exp()?.sum_all()?.item() };
+    step(0.0)?;
+    let before = device.stats();
+    for i in 0..10 {
+        step(i as f32 * 0.01)?;
+    }
+    let after = device.stats();
+    assert_eq!(after.plans_compiled, before.plans_compiled);
+    assert_eq!(after.plan_cache_hits - before.plan_cache_hits, 10);
+    assert_eq!(after.pipelines_created, before.pipelines_created);
+    assert_eq!(after.plan_cache_evictions, 0);
+    Ok(())
+}
