@@ -1,6 +1,7 @@
 //! cinder's `Tensor`: the handle users hold, every op with its shape rule, and
 //! reverse-mode autodiff.
 
+mod activation;
 mod autograd;
 mod conv;
 mod norm;
@@ -8,6 +9,7 @@ mod ops;
 pub mod shape;
 mod tensor;
 
+pub use activation::Approximate;
 pub use autograd::{no_grad, with_no_grad, Gradients, NoGradGuard};
 pub use cinder_runtime::{DType, Device, Error, Result, Stats};
 pub use conv::{Conv2dOptions, Pool2dOptions};

@@ -11,7 +11,7 @@ use crate::tensor::Tensor;
 /// Arg-reductions longer than this run as two splittable reductions.
 const LONG_ARG_REDUCTION: usize = 1 << 16;
 
-fn float_only(op: &'static str, t: &Tensor) -> Result<()> {
+pub(crate) fn float_only(op: &'static str, t: &Tensor) -> Result<()> {
     if t.dtype() != DType::F32 {
         return Err(Error::DType {
             op,
@@ -455,7 +455,7 @@ impl Tensor {
         ))
     }
 
-    fn scalar_like(&self, v: f32) -> Tensor {
+    pub(crate) fn scalar_like(&self, v: f32) -> Tensor {
         Tensor::full_dtype(self.device(), &[], self.dtype(), v as f64)
     }
 
