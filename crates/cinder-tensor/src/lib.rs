@@ -4,6 +4,7 @@
 mod activation;
 mod autograd;
 mod conv;
+mod loss;
 mod norm;
 mod ops;
 pub mod shape;
@@ -13,6 +14,7 @@ pub use activation::Approximate;
 pub use autograd::{no_grad, with_no_grad, Gradients, NoGradGuard};
 pub use cinder_runtime::{DType, Device, Error, Result, Stats};
 pub use conv::{Conv2dOptions, Pool2dOptions};
+pub use loss::{CrossEntropyOptions, NllLossOptions, Reduction};
 pub use norm::PadMode;
 pub use tensor::{read_all, Element, Tensor};
 
