@@ -7,6 +7,7 @@ mod conv;
 mod loss;
 mod norm;
 mod ops;
+mod pool;
 pub mod shape;
 mod tensor;
 
