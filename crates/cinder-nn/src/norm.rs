@@ -48,7 +48,7 @@ fn batch_norm_forward(
     momentum: Option<f32>,
     training: bool,
 ) -> Result<Tensor> {
-    let c = running_mean.shape()[0];
+    let c = running_mean.numel();
     if input.dims() < 2 || input.shape()[1] != c {
         return Err(Error::shape(
             op,
