@@ -17,6 +17,28 @@ fn tanh_f(x: f32) -> f32 {
     return sign(x) * (1.0 - e) / (1.0 + e);
 }
 
+fn log1p_f(x: f32) -> f32 {
+    // log(1 + x) without losing x to the rounding of 1 + x.
+    if (abs(x) < 0.25) {
+        // 2 atanh(s) with s = x / (2 + x), |s| < 1/7: the odd series to s^11
+        // (truncation 5e-11 relative). Near 1 GPU logs may have absolute,
+        // not relative, error bounds (Vulkan allows 2^-21), and a compiler
+        // may fold (1 + x) - 1 to x, either of which would spoil the
+        // log(u) * x / (u - 1) correction below for small x.
+        let s = x / (2.0 + x);
+        let s2 = s * s;
+        let p = 1.0 + s2 * (0.33333333333 + s2 * (0.2 + s2 * (0.14285714286 + s2 * (0.11111111111 + s2 * 0.09090909091))));
+        return 2.0 * s * p;
+    }
+    // Goldberg's correction: log(u) * x / (u - 1) undoes the rounding of
+    // u = 1 + x (inf stays inf rather than inf / inf).
+    let u = 1.0 + x;
+    if (u > 3.4028234663852886e38) {
+        return u;
+    }
+    return log(u) * x / (u - 1.0);
+}
+
 fn erf_f(x: f32) -> f32 {
     // Abramowitz & Stegun 7.1.26 has 1.5e-7 absolute error, below f32 resolution
     // of the result's typical magnitude; evaluated on |x| and mirrored.

@@ -29,6 +29,7 @@ pub mod prelude {
         Adam, Conv2d, Flatten, Linear, MaxPool2d, Module, Optimizer, ReLU, Sequential, Sgd,
     };
     pub use cinder_tensor::{
-        no_grad, Conv2dOptions, DType, Device, Error, Gradients, Pool2dOptions, Result, Tensor,
+        no_grad, Conv2dOptions, CrossEntropyOptions, DType, Device, Error, Gradients,
+        Pool2dOptions, Reduction, Result, Tensor,
     };
 }

@@ -213,3 +213,90 @@ fn a_stale_lazy_read_of_an_updated_parameter_is_an_error() -> Result<()> {
     assert!(err.contains("modified in place"), "{err}");
     Ok(())
 }
+
+/// PyTorch keeps betas as Python floats: `1 - 0.999` is 1e-3 to f64
+/// precision and is rounded to f32 once. Computed from an f32 beta2,
+/// `1 - 0.999f32` is 1.3e-5 (relative) too small, and so is every
+/// `exp_avg_sq`; the tolerance here is ten times tighter than that.
+#[test]
+fn adam_moments_take_one_minus_beta_from_f64() -> Result<()> {
+    let device = common::device();
+    let p = Tensor::from_slice(&device, &initial(), &[N])?.requires_grad_();
+    p.realize()?;
+    let mut opt = Adam::new(vec![p.clone()], 1e-2)?.betas(0.9, 0.999);
+    let steps = 4;
+    for t in 0..steps {
+        let c = Tensor::from_slice(&device, &grad_at(t), &[N])?;
+        let loss = p.mul(&c)?.sum_all()?;
+        opt.step(&loss.backward()?)?;
+    }
+    let state = opt.state_tensors()?;
+    let read = |name: &str| -> Result<Vec<f32>> {
+        match state.iter().find(|(n, _)| n == name) {
+            Some((_, t)) => t.to_vec::<f32>(),
+            None => panic!("no state tensor {name}"),
+        }
+    };
+    let (m, v) = (read("0.exp_avg")?, read("0.exp_avg_sq")?);
+    // PyTorch's rule, in f32 with the scalars computed in f64 and rounded once.
+    let (b1, b2) = (0.9f64, 0.999f64);
+    let (one_minus_b1, beta2, one_minus_b2) = ((1.0 - b1) as f32, b2 as f32, (1.0 - b2) as f32);
+    let (mut m_ref, mut v_ref) = (vec![0.0f32; N], vec![0.0f32; N]);
+    for t in 0..steps {
+        let g = grad_at(t);
+        for i in 0..N {
+            m_ref[i] += one_minus_b1 * (g[i] - m_ref[i]);
+            v_ref[i] = v_ref[i] * beta2 + one_minus_b2 * g[i] * g[i];
+        }
+    }
+    // exp_avg_sq sums squares (no cancellation): relative 1e-6 holds on any
+    // device, fused multiply-adds or not. exp_avg may cancel, so its bound
+    // is absolute, a few ulp of the gradients (|g| <= 0.3).
+    for i in 0..N {
+        for (what, got, want, atol) in [
+            ("exp_avg", m[i], m_ref[i], 1e-7),
+            ("exp_avg_sq", v[i], v_ref[i], 1e-12),
+        ] {
+            assert!(
+                (got - want).abs() <= atol + 1e-6 * want.abs(),
+                "{what}[{i}]: got {got:e}, want {want:e} (relative {:e})",
+                (got - want) / want
+            );
+        }
+    }
+    // The hyper-parameters stay f64, as set.
+    assert_eq!(opt.betas, (0.9, 0.999));
+    assert_eq!(opt.lr(), 1e-2);
+    Ok(())
+}
+
+/// SGD with dampening against PyTorch's rule with `1 - dampening` computed
+/// in f64 and rounded once (as the optimizer now does; from an f32
+/// dampening it can differ by one ulp, below what a test can see here).
+#[test]
+fn sgd_dampening_complement_in_f64() -> Result<()> {
+    let got = run(|p| Ok(Sgd::new(p, 0.05)?.momentum(0.9).dampening(0.1)), 3)?;
+    let mut p = initial();
+    let mut buf = vec![0.0f32; N];
+    let (lr, momentum, keep) = (0.05f64 as f32, 0.9f64 as f32, (1.0 - 0.1f64) as f32);
+    for t in 0..3 {
+        let g = grad_at(t);
+        for i in 0..N {
+            buf[i] = if t == 0 {
+                g[i]
+            } else {
+                buf[i] * momentum + keep * g[i]
+            };
+            p[i] -= lr * buf[i];
+        }
+    }
+    for i in 0..N {
+        assert!(
+            (got[i] - p[i]).abs() <= 1e-6 * p[i].abs().max(1e-3),
+            "param {i}: got {}, want {}",
+            got[i],
+            p[i]
+        );
+    }
+    Ok(())
+}

@@ -62,7 +62,26 @@ fn generated_kernels_validate() -> Result<()> {
         .narrow(1, 3, 5)?
         .permute(&[1, 0])?;
     let idx = Tensor::from_slice(&device, &[2i32, 0], &[2])?;
+    let img = x.reshape(&[1, 2, 3, 4])?;
+    let (pooled, indices) = img.max_pool2d_with_indices(cinder::tensor::Pool2dOptions::new(2))?;
     let parts = [
+        x.log1p()?.softplus(2.0, 3.0)?.elu(0.5)?.sum_all()?,
+        x.leaky_relu(0.1)?
+            .hardswish()?
+            .hardtanh(-1.0, 1.0)?
+            .mean_all()?,
+        x.logsigmoid()?.gelu_tanh()?.mish()?.sum_all()?,
+        x.binary_cross_entropy_with_logits(
+            &x.sigmoid()?,
+            None,
+            None,
+            cinder::tensor::Reduction::Mean,
+        )?,
+        pooled
+            .max_unpool2d(&indices, [2, 2], [2, 2], [0, 0], Some([3, 4]))?
+            .group_norm(2, None, None, 1e-5)?
+            .sum_all()?,
+        img.adaptive_max_pool2d([2, 3])?.sum_all()?,
         z.index_select(0, &idx)?.sum_all()?,
         z.argmax(0, false)?.to_dtype(DType::F32)?.sum_all()?,
         x.pow_scalar(2.0)?.max(&[1], false)?.sum_all()?,

@@ -71,7 +71,7 @@ fn train_mlp(
     );
     let loader = DataLoader::new(Arc::new(split.train), batch_size, true, seed)?;
     let model = mlp(&device)?;
-    let mut opt = Adam::adamw(model.parameters(), lr)?;
+    let mut opt = Adam::adamw(model.parameters(), f64::from(lr))?;
 
     let bar = ProgressBar::new((epochs * loader.len()) as u64);
     bar.set_style(

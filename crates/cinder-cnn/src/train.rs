@@ -200,7 +200,8 @@ pub fn fit(
     let device = first_device(model)?;
     let files = RunFiles::in_dir(&cfg.out_dir);
     let params = model.parameters();
-    let mut opt = Adam::adamw(params.clone(), cfg.lr)?.weight_decay(cfg.weight_decay);
+    let mut opt =
+        Adam::adamw(params.clone(), f64::from(cfg.lr))?.weight_decay(f64::from(cfg.weight_decay));
     let mut history = Vec::new();
     if resume {
         history = restore(model, &mut opt, &files, cfg)?;
@@ -209,7 +210,7 @@ pub fn fit(
     for epoch in history.len()..cfg.epochs {
         let started = Instant::now();
         let lr = cfg.schedule.lr_at(cfg.lr, epoch, cfg.epochs);
-        opt.set_lr(lr);
+        opt.set_lr(f64::from(lr));
         model.train();
         observer.epoch_started(epoch, loader.len(), lr);
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);

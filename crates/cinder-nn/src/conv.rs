@@ -203,3 +203,58 @@ impl Module for AdaptiveAvgPool2d {
         input.adaptive_avg_pool2d(self.0)
     }
 }
+
+impl MaxPool2d {
+    /// `MaxPool2d(return_indices=True)`: the pooled values and PyTorch's
+    /// flat per-plane indices of the maxima (i32).
+    pub fn forward_with_indices(&self, input: &Tensor) -> Result<(Tensor, Tensor)> {
+        input.max_pool2d_with_indices(self.0)
+    }
+}
+
+/// `torch.nn.AdaptiveMaxPool2d`.
+#[derive(Clone, Copy, Debug)]
+pub struct AdaptiveMaxPool2d(pub [usize; 2]);
+
+impl AdaptiveMaxPool2d {
+    /// `AdaptiveMaxPool2d(return_indices=True)`.
+    pub fn forward_with_indices(&self, input: &Tensor) -> Result<(Tensor, Tensor)> {
+        input.adaptive_max_pool2d_with_indices(self.0)
+    }
+}
+
+impl Module for AdaptiveMaxPool2d {
+    fn forward(&self, input: &Tensor) -> Result<Tensor> {
+        input.adaptive_max_pool2d(self.0)
+    }
+}
+
+/// `torch.nn.MaxUnpool2d(kernel_size, stride, padding)`: the inverse of a
+/// [`MaxPool2d`] with the same geometry, given its indices. It takes two
+/// inputs, so it is not a [`Module`].
+#[derive(Clone, Copy, Debug)]
+pub struct MaxUnpool2d {
+    pub kernel: [usize; 2],
+    pub stride: [usize; 2],
+    pub padding: [usize; 2],
+}
+
+impl MaxUnpool2d {
+    /// A `k`x`k` window with stride `k` (PyTorch's default stride).
+    pub fn new(k: usize) -> MaxUnpool2d {
+        MaxUnpool2d {
+            kernel: [k, k],
+            stride: [k, k],
+            padding: [0, 0],
+        }
+    }
+
+    pub fn forward(
+        &self,
+        input: &Tensor,
+        indices: &Tensor,
+        output_size: Option<[usize; 2]>,
+    ) -> Result<Tensor> {
+        input.max_unpool2d(indices, self.kernel, self.stride, self.padding, output_size)
+    }
+}

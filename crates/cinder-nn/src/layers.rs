@@ -156,10 +156,6 @@ activation!(
 );
 activation!(Sigmoid, sigmoid);
 activation!(Tanh, tanh);
-activation!(
-    /// The exact (erf) GELU.
-    GELU, gelu
-);
 
 /// Passes its input through unchanged.
 #[derive(Clone, Copy, Debug, Default)]
@@ -184,15 +180,20 @@ impl Module for Flatten {
     }
 }
 
-/// `torch.nn.LeakyReLU(negative_slope)`.
+/// `torch.nn.LeakyReLU(negative_slope)` (default 0.01); the gradient at 0
+/// is the slope, as in PyTorch.
 #[derive(Clone, Copy, Debug)]
 pub struct LeakyReLU(pub f32);
 
+impl Default for LeakyReLU {
+    fn default() -> Self {
+        LeakyReLU(0.01)
+    }
+}
+
 impl Module for LeakyReLU {
     fn forward(&self, input: &Tensor) -> Result<Tensor> {
-        let pos = input.relu()?;
-        let neg = input.neg()?.relu()?.mul_scalar(-self.0)?;
-        pos.add(&neg)
+        input.leaky_relu(self.0)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Modules, layers, initialisers, optimizers and checkpoints, with PyTorch's
 //! names and semantics.
 
+pub mod activation;
 pub mod checkpoint;
 pub mod conv;
 pub mod init;
@@ -9,11 +10,17 @@ pub mod module;
 pub mod norm;
 pub mod optim;
 
-pub use checkpoint::{load, save};
-pub use conv::{AdaptiveAvgPool2d, AvgPool2d, Conv2d, ConvTranspose2d, MaxPool2d};
-pub use layers::{
-    Flatten, Identity, LeakyReLU, Linear, ReLU, Sequential, Sigmoid, Softmax, Tanh, GELU,
+pub use activation::{
+    Hardsigmoid, Hardswish, Hardtanh, LogSigmoid, Mish, ReLU6, SiLU, Softplus, ELU, GELU, SELU,
 };
+pub use checkpoint::{load, save};
+pub use conv::{
+    AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, Conv2d, ConvTranspose2d, MaxPool2d,
+    MaxUnpool2d,
+};
+pub use layers::{Flatten, Identity, LeakyReLU, Linear, ReLU, Sequential, Sigmoid, Softmax, Tanh};
 pub use module::Module;
-pub use norm::{BatchNorm2d, Dropout, LayerNorm, Upsample, UpsampleMode};
+pub use norm::{
+    BatchNorm1d, BatchNorm2d, Dropout, GroupNorm, InstanceNorm2d, LayerNorm, Upsample, UpsampleMode,
+};
 pub use optim::{Adam, Optimizer, Sgd};

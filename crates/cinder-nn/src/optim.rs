@@ -16,8 +16,9 @@ pub trait Optimizer {
     /// the forward pass (accuracy counts, say) that would otherwise need the
     /// old parameters, and so a second pass, once the update has run.
     fn step_realizing(&mut self, grads: &Gradients, also: &[&Tensor]) -> Result<()>;
-    fn lr(&self) -> f32;
-    fn set_lr(&mut self, lr: f32);
+    /// The learning rate, kept in f64 as PyTorch keeps it (a Python float).
+    fn lr(&self) -> f64;
+    fn set_lr(&mut self, lr: f64);
 
     /// Every state tensor under a stable name (created as zeros where no step
     /// has made it yet), for checkpoints. Loading values into these tensors
@@ -84,20 +85,22 @@ fn run(params: &[Tensor], grads: &Gradients, also: &[&Tensor], effects: Vec<Effe
     device.run(&roots, &effects, &[]).map(|_| ())
 }
 
-/// `torch.optim.SGD`.
+/// `torch.optim.SGD`. Hyper-parameters are f64, as PyTorch's Python
+/// floats: what the kernel needs is computed from them in f64 and rounded
+/// to f32 once.
 pub struct Sgd {
     params: Vec<Tensor>,
-    pub lr: f32,
-    pub momentum: f32,
-    pub dampening: f32,
-    pub weight_decay: f32,
+    pub lr: f64,
+    pub momentum: f64,
+    pub dampening: f64,
+    pub weight_decay: f64,
     pub nesterov: bool,
     buffers: Vec<Option<Tensor>>,
     started: Vec<bool>,
 }
 
 impl Sgd {
-    pub fn new(params: Vec<Tensor>, lr: f32) -> Result<Sgd> {
+    pub fn new(params: Vec<Tensor>, lr: f64) -> Result<Sgd> {
         check_params("SGD", &params)?;
         let n = params.len();
         Ok(Sgd {
@@ -112,17 +115,17 @@ impl Sgd {
         })
     }
 
-    pub fn momentum(mut self, momentum: f32) -> Sgd {
+    pub fn momentum(mut self, momentum: f64) -> Sgd {
         self.momentum = momentum;
         self
     }
 
-    pub fn dampening(mut self, dampening: f32) -> Sgd {
+    pub fn dampening(mut self, dampening: f64) -> Sgd {
         self.dampening = dampening;
         self
     }
 
-    pub fn weight_decay(mut self, weight_decay: f32) -> Sgd {
+    pub fn weight_decay(mut self, weight_decay: f64) -> Sgd {
         self.weight_decay = weight_decay;
         self
     }
@@ -150,7 +153,7 @@ impl Optimizer for Sgd {
                     param: p.node().clone(),
                     grad: g.node().clone(),
                     state: vec![],
-                    hyper: vec![self.lr, self.weight_decay],
+                    hyper: vec![self.lr as f32, self.weight_decay as f32],
                 });
                 continue;
             }
@@ -166,10 +169,10 @@ impl Optimizer for Sgd {
                 grad: g.node().clone(),
                 state: buf.into_iter().collect(),
                 hyper: vec![
-                    self.lr,
-                    self.weight_decay,
-                    self.momentum,
-                    (1.0 - self.dampening as f64) as f32,
+                    self.lr as f32,
+                    self.weight_decay as f32,
+                    self.momentum as f32,
+                    (1.0 - self.dampening) as f32,
                     if self.started[i] { 0.0 } else { 1.0 },
                 ],
             });
@@ -183,11 +186,11 @@ impl Optimizer for Sgd {
         Ok(())
     }
 
-    fn lr(&self) -> f32 {
+    fn lr(&self) -> f64 {
         self.lr
     }
 
-    fn set_lr(&mut self, lr: f32) {
+    fn set_lr(&mut self, lr: f64) {
         self.lr = lr;
     }
 
@@ -219,19 +222,22 @@ impl Optimizer for Sgd {
 }
 
 /// `torch.optim.Adam`, and with `decoupled` weight decay `torch.optim.AdamW`.
+/// Hyper-parameters are f64, as PyTorch's Python floats: `1 - beta2` with
+/// beta2 = 0.999 is 1e-3 to f64 precision before its one rounding to f32,
+/// where `1 - 0.999f32` would be 1.3e-5 (relative) too small.
 pub struct Adam {
     params: Vec<Tensor>,
-    pub lr: f32,
-    pub betas: (f32, f32),
-    pub eps: f32,
-    pub weight_decay: f32,
+    pub lr: f64,
+    pub betas: (f64, f64),
+    pub eps: f64,
+    pub weight_decay: f64,
     decoupled: bool,
     state: Vec<Option<(Tensor, Tensor, u64)>>,
 }
 
 impl Adam {
     /// Adam with PyTorch's defaults: betas (0.9, 0.999), eps 1e-8, no weight decay.
-    pub fn new(params: Vec<Tensor>, lr: f32) -> Result<Adam> {
+    pub fn new(params: Vec<Tensor>, lr: f64) -> Result<Adam> {
         check_params("Adam", &params)?;
         let n = params.len();
         Ok(Adam {
@@ -246,24 +252,24 @@ impl Adam {
     }
 
     /// AdamW with PyTorch's defaults (weight decay 0.01, decoupled from the gradient).
-    pub fn adamw(params: Vec<Tensor>, lr: f32) -> Result<Adam> {
+    pub fn adamw(params: Vec<Tensor>, lr: f64) -> Result<Adam> {
         let mut a = Adam::new(params, lr)?;
         a.decoupled = true;
         a.weight_decay = 0.01;
         Ok(a)
     }
 
-    pub fn betas(mut self, beta1: f32, beta2: f32) -> Adam {
+    pub fn betas(mut self, beta1: f64, beta2: f64) -> Adam {
         self.betas = (beta1, beta2);
         self
     }
 
-    pub fn eps(mut self, eps: f32) -> Adam {
+    pub fn eps(mut self, eps: f64) -> Adam {
         self.eps = eps;
         self
     }
 
-    pub fn weight_decay(mut self, weight_decay: f32) -> Adam {
+    pub fn weight_decay(mut self, weight_decay: f64) -> Adam {
         self.weight_decay = weight_decay;
         self
     }
@@ -271,8 +277,8 @@ impl Adam {
 
 impl Optimizer for Adam {
     fn step_realizing(&mut self, grads: &Gradients, also: &[&Tensor]) -> Result<()> {
-        let (b1, b2) = (self.betas.0 as f64, self.betas.1 as f64);
-        let (lr, wd) = (self.lr as f64, self.weight_decay as f64);
+        let (b1, b2) = self.betas;
+        let (lr, wd) = (self.lr, self.weight_decay);
         let mut effects = Vec::new();
         for (i, p) in self.params.iter().enumerate() {
             let Some(g) = grads.get(p) else { continue };
@@ -303,7 +309,7 @@ impl Optimizer for Adam {
                     (1.0 - b1) as f32,
                     b2 as f32,
                     (1.0 - b2) as f32,
-                    self.eps,
+                    self.eps as f32,
                     coupled_wd as f32,
                     (lr / bias_correction1) as f32,
                     bias_correction2.sqrt() as f32,
@@ -313,11 +319,11 @@ impl Optimizer for Adam {
         run(&self.params, grads, also, effects)
     }
 
-    fn lr(&self) -> f32 {
+    fn lr(&self) -> f64 {
         self.lr
     }
 
-    fn set_lr(&mut self, lr: f32) {
+    fn set_lr(&mut self, lr: f64) {
         self.lr = lr;
     }
 

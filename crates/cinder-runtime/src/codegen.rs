@@ -692,6 +692,7 @@ fn unary(op: UnaryOp, dtype: DType, x: &str) -> String {
         (UnaryOp::Not, _) => format!("select({z}, {}, {x} == {z})", literal(dtype, 1.0)),
         (UnaryOp::Exp, _) => format!("exp({x})"),
         (UnaryOp::Log, _) => format!("log({x})"),
+        (UnaryOp::Log1p, _) => format!("log1p_f({x})"),
         (UnaryOp::Sqrt, _) => format!("sqrt({x})"),
         (UnaryOp::Rsqrt, _) => format!("inverseSqrt({x})"),
         (UnaryOp::Sigmoid, _) => format!("sigmoid_f({x})"),

@@ -60,6 +60,8 @@ pub enum UnaryOp {
     GeluGrad,
     /// Logical not of a 0/1 mask.
     Not,
+    /// `log(1 + x)`, accurate for small `x` (no composition is).
+    Log1p,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

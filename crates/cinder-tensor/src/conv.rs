@@ -109,7 +109,7 @@ fn positions(
     Some(n)
 }
 
-fn nonzero(op: &'static str, what: &str, v: [usize; 2]) -> Result<()> {
+pub(crate) fn nonzero(op: &'static str, what: &str, v: [usize; 2]) -> Result<()> {
     if v.contains(&0) {
         return Err(Error::invalid(
             op,
@@ -156,7 +156,7 @@ fn uneven_channels(op: &'static str, x: &Tensor, weight: &Tensor, groups: usize)
     )
 }
 
-fn image_dims(op: &'static str, x: &Tensor) -> Result<[usize; 4]> {
+pub(crate) fn image_dims(op: &'static str, x: &Tensor) -> Result<[usize; 4]> {
     match *x.shape() {
         [n, c, h, w] => Ok([n, c, h, w]),
         _ => Err(Error::shape(
@@ -509,15 +509,7 @@ impl Tensor {
                     Some(f) => f.clone(),
                     None => taps_of.argmax(2, true)?,
                 };
-                let shape = [n, c, taps, oh, ow];
-                let tap = Tensor::from_node(Node::iota(g.device(), &shape, DType::I32, 2)?);
-                let route = tap.eq(&first)?.to_dtype(DType::F32)?;
-                let spread = g.reshape(&[n, c, 1, oh, ow])?.masked(&route)?;
-                Ok(vec![Some(
-                    spread
-                        .reshape(&[n, c, w.kernel[0], w.kernel[1], oh, ow])?
-                        .fold2d(&w)?,
-                )])
+                Ok(vec![Some(route_to_first(g, &first, &w)?)])
             }),
         ))
     }
@@ -583,7 +575,22 @@ impl Tensor {
     }
 }
 
-fn pool_window(op: &'static str, x: &Tensor, opts: &Pool2dOptions) -> Result<Window2d> {
+/// Max pooling's input gradient: each window's gradient `g`
+/// (`[N, C, OH, OW]`) goes to the tap `first` (`[N, C, 1, OH, OW]`, i32)
+/// and is summed onto the image.
+pub(crate) fn route_to_first(g: &Tensor, first: &Tensor, w: &Window2d) -> Result<Tensor> {
+    let (n, c) = (g.shape()[0], g.shape()[1]);
+    let [oh, ow] = w.out;
+    let shape = [n, c, w.kernel[0] * w.kernel[1], oh, ow];
+    let tap = Tensor::from_node(Node::iota(g.device(), &shape, DType::I32, 2)?);
+    let route = tap.eq(first)?.to_dtype(DType::F32)?;
+    let spread = g.reshape(&[n, c, 1, oh, ow])?.masked(&route)?;
+    spread
+        .reshape(&[n, c, w.kernel[0], w.kernel[1], oh, ow])?
+        .fold2d(w)
+}
+
+pub(crate) fn pool_window(op: &'static str, x: &Tensor, opts: &Pool2dOptions) -> Result<Window2d> {
     let [_, _, h, w] = image_dims(op, x)?;
     nonzero(op, "kernel size", opts.kernel)?;
     nonzero(op, "stride", opts.stride)?;

@@ -1,16 +1,21 @@
 //! cinder's `Tensor`: the handle users hold, every op with its shape rule, and
 //! reverse-mode autodiff.
 
+mod activation;
 mod autograd;
 mod conv;
+mod loss;
 mod norm;
 mod ops;
+mod pool;
 pub mod shape;
 mod tensor;
 
+pub use activation::Approximate;
 pub use autograd::{no_grad, with_no_grad, Gradients, NoGradGuard};
 pub use cinder_runtime::{DType, Device, Error, Result, Stats};
 pub use conv::{Conv2dOptions, Pool2dOptions};
+pub use loss::{CrossEntropyOptions, NllLossOptions, Reduction};
 pub use norm::PadMode;
 pub use tensor::{read_all, Element, Tensor};
 

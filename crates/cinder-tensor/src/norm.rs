@@ -12,6 +12,10 @@ pub enum PadMode {
     Zeros,
     /// Mirror without repeating the edge (`[a b c]` -> `c b [a b c] b a`).
     Reflect,
+    /// Repeat the edge (`[a b c]` -> `a a [a b c] c c`).
+    Replicate,
+    /// Wrap around (`[a b c]` -> `b c [a b c] a b`).
+    Circular,
 }
 
 /// Source rows (and weights) of each output row of a resize, as a dense
@@ -103,7 +107,8 @@ impl Tensor {
         self.separable(&rows, size[0], &cols, size[1])
     }
 
-    /// Pads the last two dims by `[left, right, top, bottom]`.
+    /// Pads the last two dims by `[left, right, top, bottom]`
+    /// (`torch.nn.functional.pad` with four pads).
     pub fn pad2d(&self, pad: [usize; 4], mode: PadMode) -> Result<Tensor> {
         const OP: &str = "pad2d";
         let d = self.dims();
@@ -114,22 +119,108 @@ impl Tensor {
             ));
         }
         let [left, right, top, bottom] = pad;
+        self.pad_one(OP, d - 1, left, right, mode)?
+            .pad_one(OP, d - 2, top, bottom, mode)
+    }
+
+    /// Pads the last dim by `[left, right]` (`torch.nn.functional.pad`
+    /// with two pads).
+    pub fn pad1d(&self, pad: [usize; 2], mode: PadMode) -> Result<Tensor> {
+        const OP: &str = "pad1d";
+        let d = self.dims();
+        if d < 1 {
+            return Err(Error::shape(OP, "needs at least one dim, got a scalar"));
+        }
+        self.pad_one(OP, d - 1, pad[0], pad[1], mode)
+    }
+
+    /// Pads `dim` by `before` and `after` in `mode`, with PyTorch's limits:
+    /// reflect pads must be smaller than the dim, circular ones at most its
+    /// size, and replicate needs a non-empty dim.
+    fn pad_one(
+        &self,
+        op: &'static str,
+        dim: usize,
+        before: usize,
+        after: usize,
+        mode: PadMode,
+    ) -> Result<Tensor> {
+        let n = self.shape()[dim];
+        let bad = |what: &str| {
+            Err(Error::invalid(
+                op,
+                format!(
+                    "{mode:?} padding ({before}, {after}) of dim {dim} of {:?}: {what}",
+                    self.shape()
+                ),
+            ))
+        };
         match mode {
-            PadMode::Zeros => self
-                .pad_dim(d - 1, left, right)?
-                .pad_dim(d - 2, top, bottom),
+            PadMode::Zeros => self.pad_dim(dim, before, after),
             PadMode::Reflect => {
-                let (h, w) = (self.shape()[d - 2], self.shape()[d - 1]);
-                if left >= w || right >= w || top >= h || bottom >= h {
-                    return Err(Error::invalid(
-                        OP,
-                        format!("reflect padding {pad:?} must be smaller than the input's {h}x{w}"),
-                    ));
+                if before >= n || after >= n {
+                    return bad("each pad must be smaller than the dim");
                 }
-                self.reflect_dim(d - 1, left, right)?
-                    .reflect_dim(d - 2, top, bottom)
+                self.reflect_dim(dim, before, after)
+            }
+            PadMode::Replicate => {
+                if n == 0 && before + after > 0 {
+                    return bad("the dim is empty");
+                }
+                self.replicate_dim(dim, before, after)
+            }
+            PadMode::Circular => {
+                if before > n || after > n {
+                    return bad("each pad must be at most the dim (it would wrap more than once)");
+                }
+                self.circular_dim(dim, before, after)
             }
         }
+    }
+
+    /// The edge repeated `before` and `after` times: broadcast views of the
+    /// edge slices, whose gradient sums back onto the edge.
+    fn replicate_dim(&self, dim: usize, before: usize, after: usize) -> Result<Tensor> {
+        let n = self.shape()[dim];
+        let edge = |start: usize, len: usize| -> Result<Option<Tensor>> {
+            if len == 0 {
+                return Ok(None);
+            }
+            let mut shape = self.shape().to_vec();
+            shape[dim] = len;
+            Ok(Some(
+                self.narrow(dim as isize, start, 1)?.broadcast_to(&shape)?,
+            ))
+        };
+        let head = edge(0, before)?;
+        let tail = edge(n.saturating_sub(1), after)?;
+        self.join(dim, head, tail)
+    }
+
+    /// The last `before` elements in front, the first `after` behind.
+    fn circular_dim(&self, dim: usize, before: usize, after: usize) -> Result<Tensor> {
+        let n = self.shape()[dim];
+        let head = match before {
+            0 => None,
+            b => Some(self.narrow(dim as isize, n - b, b)?),
+        };
+        let tail = match after {
+            0 => None,
+            a => Some(self.narrow(dim as isize, 0, a)?),
+        };
+        self.join(dim, head, tail)
+    }
+
+    fn join(&self, dim: usize, head: Option<Tensor>, tail: Option<Tensor>) -> Result<Tensor> {
+        let parts: Vec<&Tensor> = head
+            .iter()
+            .chain(std::iter::once(self))
+            .chain(tail.iter())
+            .collect();
+        if parts.len() == 1 {
+            return Ok(self.clone());
+        }
+        Tensor::concat(&parts, dim as isize)
     }
 
     /// Mirrors `before` and `after` elements onto `dim`: the two borders are
@@ -149,15 +240,7 @@ impl Tensor {
         };
         let head = reversed(1, before)?;
         let tail = reversed(n - 1 - after, after)?;
-        let parts: Vec<&Tensor> = head
-            .iter()
-            .chain(std::iter::once(self))
-            .chain(tail.iter())
-            .collect();
-        if parts.len() == 1 {
-            return Ok(self.clone());
-        }
-        Tensor::concat(&parts, dim as isize)
+        self.join(dim, head, tail)
     }
 
     /// Mean and biased variance over every dim but 1 (the channels), kept
@@ -321,6 +404,63 @@ impl Tensor {
             Some(b) => y.add(b),
             None => Ok(y),
         }
+    }
+
+    /// PyTorch's `group_norm`: the `C` channels of `[N, C, ...]` split into
+    /// `num_groups` groups, each normalised over its channels and every
+    /// position (biased variance), then scaled and shifted per channel.
+    pub fn group_norm(
+        &self,
+        num_groups: usize,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        eps: f32,
+    ) -> Result<Tensor> {
+        const OP: &str = "group_norm";
+        self.check_norm_input(OP, weight, bias)?;
+        let (n, c) = (self.shape()[0], self.shape()[1]);
+        if num_groups == 0 || !c.is_multiple_of(num_groups) {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "{c} channels of input {:?} do not split into {num_groups} groups",
+                    self.shape()
+                ),
+            ));
+        }
+        let per_group = self.numel() / (n * num_groups).max(1);
+        let grouped = self.reshape(&[n, num_groups, per_group])?;
+        let mean = grouped.mean(&[2], true)?;
+        let centred = grouped.sub(&mean)?;
+        let var = centred.square()?.mean(&[2], true)?;
+        let y = centred
+            .mul(&var.add_scalar(eps)?.rsqrt()?)?
+            .reshape(self.shape())?;
+        self.affine(y, weight, bias)
+    }
+
+    /// PyTorch's `instance_norm` with the input's own statistics (no
+    /// running statistics): each channel of each sample of `[N, C, ...]`
+    /// normalised over its positions, then the optional per-channel affine.
+    pub fn instance_norm(
+        &self,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        eps: f32,
+    ) -> Result<Tensor> {
+        const OP: &str = "instance_norm";
+        self.check_norm_input(OP, weight, bias)?;
+        let spatial: usize = self.shape()[2..].iter().product();
+        if self.dims() < 3 || spatial <= 1 {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "expected more than 1 spatial element per channel, got input {:?}",
+                    self.shape()
+                ),
+            ));
+        }
+        self.group_norm(self.shape()[1], weight, bias, eps)
     }
 
     /// Zeroes each element with probability `p` and scales the rest by

@@ -11,7 +11,7 @@ use crate::tensor::Tensor;
 /// Arg-reductions longer than this run as two splittable reductions.
 const LONG_ARG_REDUCTION: usize = 1 << 16;
 
-fn float_only(op: &'static str, t: &Tensor) -> Result<()> {
+pub(crate) fn float_only(op: &'static str, t: &Tensor) -> Result<()> {
     if t.dtype() != DType::F32 {
         return Err(Error::DType {
             op,
@@ -455,7 +455,7 @@ impl Tensor {
         ))
     }
 
-    fn scalar_like(&self, v: f32) -> Tensor {
+    pub(crate) fn scalar_like(&self, v: f32) -> Tensor {
         Tensor::full_dtype(self.device(), &[], self.dtype(), v as f64)
     }
 
@@ -1137,39 +1137,6 @@ impl Tensor {
     pub fn log_softmax(&self, dim: isize) -> Result<Tensor> {
         let shifted = self.sub(&self.max(&[dim], true)?.detach())?;
         shifted.sub(&shifted.exp()?.sum(&[dim], true)?.log()?)
-    }
-
-    /// Mean cross-entropy of `[N, C]` logits against `[N]` integer class indices
-    /// (`torch.nn.functional.cross_entropy`).
-    pub fn cross_entropy(&self, targets: &Tensor) -> Result<Tensor> {
-        if self.dims() != 2 || targets.dims() != 1 || targets.shape()[0] != self.shape()[0] {
-            return Err(Error::shape(
-                "cross_entropy",
-                format!(
-                    "logits {:?} (want [N, C]) with targets {:?} (want [N])",
-                    self.shape(),
-                    targets.shape()
-                ),
-            ));
-        }
-        if targets.dtype() == DType::F32 {
-            return Err(Error::DType {
-                op: "cross_entropy",
-                expected: "i32 or u32 class indices".into(),
-                got: "f32".into(),
-            });
-        }
-        let logp = self.log_softmax(-1)?;
-        let picked = logp.mul(&targets.one_hot(self.shape()[1])?)?;
-        picked
-            .sum_all()?
-            .mul_scalar(-1.0 / self.shape()[0].max(1) as f32)
-    }
-
-    /// Mean squared error (`torch.nn.functional.mse_loss`).
-    pub fn mse_loss(&self, target: &Tensor) -> Result<Tensor> {
-        let d = self.sub(target)?;
-        d.mul(&d)?.mean_all()
     }
 }
 
