@@ -301,6 +301,29 @@ fn a_convolution_several_bindings_large_matches_an_unconstrained_device() -> Res
 }
 
 #[test]
+fn a_concatenation_bigger_than_a_binding() -> Result<()> {
+    let device = small_binding_device();
+    // Twelve parts of 40000 floats: the whole is nearly two bindings.
+    let parts: Vec<Vec<f32>> = (0..12).map(|k| values(40_000, k + 40)).collect();
+    let tensors: Vec<Tensor> = parts
+        .iter()
+        .map(|p| Tensor::from_slice(&device, p, &[200, 200]))
+        .collect::<Result<_>>()?;
+    let joined = Tensor::concat(&tensors.iter().collect::<Vec<_>>(), 1)?.to_vec::<f32>()?;
+    for (k, part) in parts.iter().enumerate() {
+        for row in [0usize, 77, 199] {
+            let got = &joined[row * 2400 + k * 200..row * 2400 + (k + 1) * 200];
+            assert_eq!(
+                got,
+                &part[row * 200..(row + 1) * 200],
+                "part {k}, row {row}"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
 fn an_optimizer_step_over_a_parameter_several_bindings_large() -> Result<()> {
     let device = small_binding_device();
     let n = 3 * (SMALL_BINDING / 4) as usize + 1001;

@@ -157,7 +157,11 @@ impl Gen<'_> {
             return v;
         }
         let expr = match e.op.clone() {
-            Op::External | Op::Upload | Op::Reduce { .. } | Op::Matmul { .. } => self.load(i, idx),
+            Op::External
+            | Op::Upload
+            | Op::Reduce { .. }
+            | Op::Matmul { .. }
+            | Op::Concat { .. } => self.load(i, idx),
             Op::Const => {
                 let s = self.seeds.len();
                 self.seeds.push(i);

@@ -212,6 +212,14 @@ pub(crate) enum Op<I> {
         a_batched: bool,
         b_batched: bool,
     },
+    /// The inputs side by side along `axis`. Always given a buffer of its
+    /// own, each input copied into its region by a copy kernel that every
+    /// concatenation shares: what many-input joins use (`Tensor::concat` of
+    /// a few tensors is a fused sum of padded views instead).
+    Concat {
+        axis: usize,
+        inputs: Vec<I>,
+    },
 }
 
 impl<I: Clone> Op<I> {
@@ -230,6 +238,7 @@ impl<I: Clone> Op<I> {
             Op::Gather { src, index, .. } => vec![src.clone(), index.clone()],
             Op::Matmul { a, b, .. } => vec![a.clone(), b.clone()],
             Op::Where(c, a, b) => vec![c.clone(), a.clone(), b.clone()],
+            Op::Concat { inputs, .. } => inputs.clone(),
         }
     }
 
@@ -269,6 +278,10 @@ impl<I: Clone> Op<I> {
                 b: f(b),
                 a_batched: *a_batched,
                 b_batched: *b_batched,
+            },
+            Op::Concat { axis, inputs } => Op::Concat {
+                axis: *axis,
+                inputs: inputs.iter().map(f).collect(),
             },
         }
     }
@@ -861,6 +874,48 @@ impl Node {
                 op,
                 axes,
                 input: self.clone(),
+            },
+        ))
+    }
+
+    /// `nodes` side by side along `axis` (see [`Op::Concat`]): equal ranks,
+    /// dtypes and sizes except along `axis`.
+    pub fn concat(nodes: &[Node], axis: usize) -> Result<Node> {
+        let first = nodes
+            .first()
+            .ok_or_else(|| Error::invalid("concat", "needs at least one tensor"))?;
+        let mut shape = first.shape().to_vec();
+        if axis >= shape.len() {
+            return Err(Error::invalid(
+                "concat",
+                format!("axis {axis} out of range for {shape:?}"),
+            ));
+        }
+        shape[axis] = 0;
+        for n in nodes {
+            first.check_same_device("concat", n)?;
+            let fits = n.shape().len() == first.shape().len()
+                && n.dtype() == first.dtype()
+                && (0..shape.len()).all(|d| d == axis || n.shape()[d] == first.shape()[d]);
+            if !fits {
+                return Err(Error::shape(
+                    "concat",
+                    format!(
+                        "{:?} next to {:?} along axis {axis}",
+                        n.shape(),
+                        first.shape()
+                    ),
+                ));
+            }
+            shape[axis] += n.shape()[axis];
+        }
+        Ok(Node::new(
+            &first.0.device,
+            shape,
+            first.dtype(),
+            Op::Concat {
+                axis,
+                inputs: nodes.to_vec(),
             },
         ))
     }

@@ -123,6 +123,11 @@ impl OperandPack {
     }
 }
 
+/// Copies an input into its region of a concatenation (`Op::Concat`).
+pub(crate) const COPY_REGION: Shader = shader!("copy_region.wgsl");
+/// The copy kernel's workgroup.
+pub(crate) const COPY_REGION_WG: u32 = 256;
+
 /// Packs a matmul operand into its texture, one texel per invocation.
 pub(crate) const PACK_TEXTURE: Shader = shader!("pack_texture.wgsl");
 /// The pack kernel's workgroup: 8 x 8 texels.
@@ -598,12 +603,19 @@ pub fn shader_sources() -> Vec<(&'static str, &'static str)> {
         MatmulVariant::TextureImplicit64x32,
     ]
     .map(MatmulVariant::shader);
-    [ADAM, ADAM_PAIRS, SGD, SGD_MOMENTUM, PACK_TEXTURE]
-        .into_iter()
-        .chain(matmuls)
-        .map(|s| (s.name, s.text))
-        .chain(std::iter::once(prelude))
-        .collect()
+    [
+        ADAM,
+        ADAM_PAIRS,
+        SGD,
+        SGD_MOMENTUM,
+        PACK_TEXTURE,
+        COPY_REGION,
+    ]
+    .into_iter()
+    .chain(matmuls)
+    .map(|s| (s.name, s.text))
+    .chain(std::iter::once(prelude))
+    .collect()
 }
 
 #[cfg(test)]

@@ -8,6 +8,12 @@ use cinder_runtime::{
 use crate::shape::{broadcast_shapes, expand_spec, norm_axes, norm_axis};
 use crate::tensor::Tensor;
 
+/// Joins of up to this many tensors are a sum of padded views, which fuses
+/// into its readers; more, and the sum's kernel would read too many buffers
+/// (each a kernel of its own code once cut to the device's limit), so they
+/// are one `Concat` op instead.
+const CONCAT_FUSED_MAX: usize = 8;
+
 /// Arg-reductions longer than this run as two splittable reductions.
 const LONG_ARG_REDUCTION: usize = 1 << 16;
 
@@ -913,7 +919,30 @@ impl Tensor {
             }
             total += t.shape()[d];
         }
-        // Each input padded to the full length; the sum places them side by side.
+        if tensors.len() > CONCAT_FUSED_MAX {
+            // One concatenation op: its inputs are copied into their regions
+            // by one shared kernel, whatever their number.
+            let nodes: Vec<Node> = tensors.iter().map(|t| t.node().clone()).collect();
+            let lengths: Vec<usize> = tensors.iter().map(|t| t.shape()[d]).collect();
+            return Ok(Tensor::from_op(
+                Node::concat(&nodes, d)?,
+                "concat",
+                tensors,
+                Box::new(move |g, _| {
+                    let mut before = 0;
+                    lengths
+                        .iter()
+                        .map(|&len| {
+                            let part = g.narrow(d as isize, before, len)?;
+                            before += len;
+                            Ok(Some(part))
+                        })
+                        .collect()
+                }),
+            ));
+        }
+        // Each input padded to the full length; the sum places them side by
+        // side, a sum that fuses into whatever reads it.
         let mut acc: Option<Tensor> = None;
         let mut before = 0;
         for t in tensors {

@@ -1554,6 +1554,69 @@ fn concat_stack() {
         vec![1, 2, 3, 1, 2]
     );
 
+    // Many inputs: one `Concat` op, copied region by region. Awkward sizes
+    // along each axis, a transposed (strided) input, a prefix of a bigger
+    // tensor, the same tensor twice.
+    for dim in [0isize, 1, 2] {
+        let d = axis(dim, 3);
+        let mut ts = Vec::new();
+        let mut arrs = Vec::new();
+        for (k, n) in [1usize, 7, 13, 2, 33, 1, 5, 9, 3, 4, 11]
+            .into_iter()
+            .enumerate()
+        {
+            let mut s = vec![3, 4, 5];
+            s[d] = n;
+            let data = rng.vec(numel(&s), -1.0, 1.0);
+            let t = match k {
+                // Stored transposed: the op reads a strided view.
+                2 => {
+                    let mut ts_shape = s.clone();
+                    ts_shape.swap(0, 2);
+                    let a = Arr::from_f32(&data, &ts_shape);
+                    arrs.push(a.transpose(0, 2));
+                    ok("transpose", tensor(&data, &ts_shape).transpose(0, 2))
+                }
+                _ => {
+                    arrs.push(Arr::from_f32(&data, &s));
+                    tensor(&data, &s)
+                }
+            };
+            ts.push(t);
+        }
+        ts.push(ts[1].clone());
+        arrs.push(arrs[1].clone());
+        let y = ok(
+            "concat",
+            Tensor::concat(&ts.iter().collect::<Vec<_>>(), dim),
+        );
+        check(
+            &format!("concat of {} along {dim}", ts.len()),
+            &y,
+            &Arr::concat(&arrs.iter().collect::<Vec<_>>(), dim),
+        );
+    }
+    // A prefix of a bigger buffer, and values copied bit for bit.
+    let long = tensor(&[-0.0, f32::INFINITY, f32::NAN, 1.5, 2.5, 3.5], &[6]);
+    let prefix = ok("narrow", long.narrow(0, 0, 3));
+    let parts: Vec<&Tensor> = std::iter::repeat_n(&prefix, 10).collect();
+    let y = read_f32("concat", &ok("concat", Tensor::concat(&parts, 0)));
+    assert_eq!(y.len(), 30);
+    for chunk in y.chunks(3) {
+        assert_eq!(chunk[0].to_bits(), (-0.0f32).to_bits());
+        assert_eq!(chunk[1], f32::INFINITY);
+        assert!(chunk[2].is_nan());
+    }
+    let ints: Vec<Tensor> = (0..12).map(|k| tensor_i32(&[k, -k], &[2])).collect();
+    let joined = read_i32(
+        "concat i32",
+        &ok(
+            "concat",
+            Tensor::concat(&ints.iter().collect::<Vec<_>>(), 0),
+        ),
+    );
+    assert_eq!(joined, (0..12).flat_map(|k| [k, -k]).collect::<Vec<i32>>());
+
     // stack
     let xs: Vec<Vec<f32>> = (0..3).map(|_| rng.vec(20, -1.0, 1.0)).collect();
     let ts: Vec<Tensor> = xs.iter().map(|d| tensor(d, &[4, 5])).collect();

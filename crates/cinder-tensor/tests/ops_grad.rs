@@ -697,6 +697,17 @@ fn grad_concat_stack() {
         |t| Tensor::concat(&[&t[0], &t[1], &t[0]], 1),
         |a| Arr::concat(&[&a[0], &a[1], &a[0]], 1),
     );
+    // Ten inputs (the `Concat` op), one of them three times.
+    let many: Vec<_> = (0..8)
+        .map(|k| rand_input(&mut r, &[2, 1 + k % 3], -1.0, 1.0))
+        .collect();
+    let order = [0usize, 1, 2, 3, 4, 5, 6, 7, 2, 2];
+    check_grad_ref(
+        "concat of ten",
+        &many,
+        |t| Tensor::concat(&order.iter().map(|&k| &t[k]).collect::<Vec<_>>(), 1),
+        |a| Arr::concat(&order.iter().map(|&k| &a[k]).collect::<Vec<_>>(), 1),
+    );
     let ins = vec![
         rand_input(&mut r, &[2, 3], -1.0, 1.0),
         rand_input(&mut r, &[2, 3], -1.0, 1.0),

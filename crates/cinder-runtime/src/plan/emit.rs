@@ -267,6 +267,9 @@ pub(crate) fn kernels(
                     ));
                 }
             },
+            Op::Concat { axis, inputs } => {
+                out.extend(concat_copies(graph, fusion, i, *axis, inputs)?);
+            }
             Op::Matmul { .. } => {
                 let split = graph.split_products.get(&i).copied();
                 let parts = split.map_or(1, |s| s.parts);
@@ -369,6 +372,73 @@ pub(crate) fn kernels(
         }
     }
     Ok(out)
+}
+
+/// A concatenation's kernels: each input copied into its region of entry
+/// `i` by the one copy kernel (`shaders/copy_region.wgsl`).
+fn concat_copies(
+    graph: &Graph,
+    fusion: &Fusion,
+    i: usize,
+    axis: usize,
+    inputs: &[usize],
+) -> Result<Vec<Kernel>> {
+    let entries = &graph.entries;
+    let shape = &entries[i].shape;
+    let inner: usize = shape[axis + 1..].iter().product();
+    let mut before = 0;
+    let mut kernels = Vec::new();
+    for &input in inputs {
+        let len = entries[input].shape[axis];
+        let count = numel(&entries[input].shape);
+        let offset = before * inner;
+        before += len;
+        if count == 0 {
+            continue;
+        }
+        let buffer = fusion
+            .buffer_of(entries, input)
+            .ok_or_else(|| Error::Gpu("internal: concatenated input without buffer".into()))?;
+        let layout = if count < numel(&entries[buffer].shape) {
+            Layout::Range {
+                start: 0,
+                len: count,
+            }
+        } else {
+            Layout::Whole
+        };
+        let words = [count, len * inner, shape[axis] * inner, offset].map(|w| w as u32);
+        kernels.push(Kernel {
+            name: "copy region".to_string(),
+            label: format!(
+                "concat {:?} into {shape:?} at {offset}",
+                entries[input].shape
+            ),
+            source: KernelSource::Shader(kernels::COPY_REGION),
+            constants: Vec::new(),
+            binds: vec![
+                Bind::Entry {
+                    entry: buffer,
+                    layout,
+                },
+                Bind::Entry {
+                    entry: i,
+                    layout: Layout::Whole,
+                },
+                Bind::Scalars(ScalarSource::Words(words.to_vec())),
+            ],
+            dispatch: Dispatch::Threads {
+                items: count as u64,
+                wg: kernels::COPY_REGION_WG,
+            },
+            reads: vec![buffer],
+            outputs: vec![i],
+            in_place: false,
+            texture_product: false,
+            pack: false,
+        });
+    }
+    Ok(kernels)
 }
 
 /// Entry `i`'s fused element-wise kernel.

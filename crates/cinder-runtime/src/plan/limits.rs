@@ -27,6 +27,7 @@ fn describe(op: &Op<usize>) -> &'static str {
         Op::Unfold(..) | Op::ConvRows(..) => "an unfold (im2col) of a convolution's input",
         Op::Fold(..) => "a fold (col2im)",
         Op::Matmul { .. } => "a matmul's result",
+        Op::Concat { .. } => "a concatenation",
     }
 }
 
@@ -96,7 +97,7 @@ pub(crate) fn check_buffers(graph: &Graph, mat: &[bool], target: &Target) -> Res
 fn inline(op: &Op<usize>) -> bool {
     !matches!(
         op,
-        Op::External | Op::Upload | Op::Reduce { .. } | Op::Matmul { .. }
+        Op::External | Op::Upload | Op::Reduce { .. } | Op::Matmul { .. } | Op::Concat { .. }
     )
 }
 

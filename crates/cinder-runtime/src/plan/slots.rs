@@ -88,6 +88,10 @@ pub(crate) fn allocate(
     let mut assigned_slot: Vec<Option<usize>> = vec![None; resources.len()];
     for (k, kernel) in kernels.iter().enumerate() {
         for &out in &kernel.outputs {
+            // (A concatenation's copies all write the one output.)
+            if slot_of[out].is_some() {
+                continue;
+            }
             if let Some(r) = res_of[out] {
                 if let Resource::Slot(size) = resources[r] {
                     let s = match free_slots.iter().position(|&s| slot_sizes[s] == size) {

@@ -56,7 +56,11 @@ pub(crate) fn residents(
             || e.dtype != DType::F32
             || matches!(
                 e.op,
-                Op::External | Op::Upload | Op::Reduce { .. } | Op::Matmul { .. }
+                Op::External
+                    | Op::Upload
+                    | Op::Reduce { .. }
+                    | Op::Matmul { .. }
+                    | Op::Concat { .. }
             )
             || effect_buffers.contains(&j)
             // A fused matmul epilogue writes its entry through buffer stores.

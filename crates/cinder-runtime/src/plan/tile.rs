@@ -1,4 +1,4 @@
-//! Pass 0: products too big for one storage binding. A matmul kernel binds
+//! Pass 0: products (and concatenations) too big for one storage binding. A matmul kernel binds
 //! A, B and C whole; where one of them holds more elements than a binding
 //! does, the product is rewritten as tiles that fit: blocks of A and B
 //! (copied out by element-wise kernels, which read big tensors in chunks),
@@ -11,14 +11,21 @@ use super::{Graph, Target};
 use crate::canon::{CanonEffect, Entry};
 use crate::graph::{contiguous_strides, numel, BinaryOp, DType, Op, ViewSpec};
 
-/// Rewrites every product whose A, B or C exceeds `target.chunk` elements.
+/// Rewrites every product whose A, B or C exceeds `target.chunk` elements,
+/// and every concatenation whose output or an input does (its copy kernel
+/// binds them whole): as a sum of padded views, an element-wise kernel
+/// that reads and writes in binding-sized ranges.
 pub(crate) fn products(graph: &mut Graph, target: &Target) {
     let limit = target.chunk;
     let too_big = |entries: &[Entry], i: usize| -> bool {
-        let Op::Matmul { a, b, .. } = entries[i].op else {
-            return false;
+        let bound = match &entries[i].op {
+            Op::Matmul { a, b, .. } => vec![*a, *b],
+            Op::Concat { inputs, .. } => inputs.clone(),
+            _ => return false,
         };
-        [i, a, b].iter().any(|&x| numel(&entries[x].shape) > limit)
+        std::iter::once(i)
+            .chain(bound)
+            .any(|x| numel(&entries[x].shape) > limit)
     };
     if !(0..graph.entries.len()).any(|i| too_big(&graph.entries, i)) {
         return;
@@ -42,6 +49,11 @@ pub(crate) fn products(graph: &mut Graph, target: &Target) {
                 };
                 out.origin[tiled] = graph.origin[i];
                 tiled
+            }
+            Op::Concat { axis, inputs } if too_big(&graph.entries, i) => {
+                let joined = out.padded_sum(&e.shape, axis, &inputs);
+                out.origin[joined] = graph.origin[i];
+                joined
             }
             op => out.push(&e.shape, e.dtype, op, graph.origin[i]),
         };
@@ -167,6 +179,24 @@ impl Rewriter {
             b_batched: batched[1],
         };
         self.push(shape, DType::F32, op, None)
+    }
+
+    /// `inputs` side by side along `axis` in `shape`: each padded with zeros
+    /// to the full length, summed.
+    fn padded_sum(&mut self, shape: &[usize], axis: usize, inputs: &[usize]) -> usize {
+        let mut sum = None;
+        let mut before = 0;
+        for &input in inputs {
+            let strides = contiguous_strides(&self.entries[input].shape);
+            let len = self.entries[input].shape[axis];
+            let mut mask: Vec<(usize, usize)> = shape.iter().map(|&n| (0, n)).collect();
+            mask[axis] = (before, before + len);
+            let offset = -(before as i64) * strides[axis];
+            let placed = self.view(input, shape, strides, offset, Some(mask));
+            sum = Some(self.add(sum, placed));
+            before += len;
+        }
+        sum.unwrap_or(inputs[0])
     }
 
     /// `a @ b` for 2-D `a: [m, k]` and `b: [k, n]`, in blocks that fit.
