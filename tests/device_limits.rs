@@ -181,7 +181,7 @@ fn an_optimizer_step_over_three_hundred_parameters() -> Result<()> {
         let want: Vec<f64> = start
             .iter()
             .zip(&coefs[i])
-            .map(|(&p, &g)| p as f64 - lr as f64 * g as f64 / ((g as f64).abs() + 1e-8))
+            .map(|(&p, &g)| p as f64 - lr * g as f64 / ((g as f64).abs() + 1e-8))
             .collect();
         close(
             &params[i].to_vec::<f32>()?,
