@@ -35,8 +35,8 @@ fn webgpu_device() -> Device {
     }
 }
 
-/// Storage bindings of 1 MiB, everything else the adapter's own.
-const SMALL_BINDING: u64 = 1 << 20;
+/// Storage bindings of 256 KiB, everything else the adapter's own.
+const SMALL_BINDING: u64 = 1 << 18;
 
 fn small_binding_device() -> Device {
     static DEVICE: OnceLock<Result<Device, String>> = OnceLock::new();
@@ -238,7 +238,7 @@ fn products_several_bindings_large() -> Result<()> {
     let device = small_binding_device();
     let elements = (SMALL_BINDING / 4) as usize;
     // A, B and C each about two bindings; K and N off any block size.
-    let (m, k, n) = (700, 701, 703);
+    let (m, k, n) = (350, 351, 353);
     assert!(m * k > elements && k * n > elements && m * n > elements);
     let (a, b) = (values(m * k, 1), values(k * n, 2));
     let c = Tensor::from_slice(&device, &a, &[m, k])?
@@ -251,8 +251,8 @@ fn products_several_bindings_large() -> Result<()> {
         1e-4,
         "tiled product",
     );
-    // Batched: three batches of 400 x 300 @ 300 x 500, B shared.
-    let (batch, m, k, n) = (3, 400, 300, 500);
+    // Batched: three batches of 200 x 150 @ 150 x 250, B shared.
+    let (batch, m, k, n) = (3, 200, 150, 250);
     let (a, b) = (values(batch * m * k, 3), values(k * n, 4));
     let c = Tensor::from_slice(&device, &a, &[batch, m, k])?
         .matmul(&Tensor::from_slice(&device, &b, &[k, n])?)?
@@ -277,7 +277,7 @@ fn a_convolution_several_bindings_large_matches_an_unconstrained_device() -> Res
     let run = |device: &Device| -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
         device.manual_seed(5);
         let conv = Conv2d::new(device, 6, 20, 3, Conv2dOptions::default().padding(1), true)?;
-        let x = Tensor::from_slice(device, &values(4 * 6 * 60 * 60, 6), &[4, 6, 60, 60])?
+        let x = Tensor::from_slice(device, &values(4 * 6 * 30 * 30, 6), &[4, 6, 30, 30])?
             .requires_grad_();
         let y = conv.forward(&x)?;
         let grads = y.square()?.sum_all()?.backward()?;
@@ -290,7 +290,7 @@ fn a_convolution_several_bindings_large_matches_an_unconstrained_device() -> Res
         ))
     };
     let (y, dx, dw) = run(&small)?;
-    // The unfolded input alone is 4 * 60 * 60 x 54 floats: 3 MiB.
+    // The unfolded input alone is 4 * 30 * 30 x 54 floats: 760 KiB.
     assert!(y.len() * 4 > SMALL_BINDING as usize);
     let (y_full, dx_full, dw_full) = run(&full)?;
     let as_f64 = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();

@@ -161,7 +161,8 @@ impl Gen<'_> {
             | Op::Upload
             | Op::Reduce { .. }
             | Op::Matmul { .. }
-            | Op::Concat { .. } => self.load(i, idx),
+            | Op::Concat { .. }
+            | Op::Custom(..) => self.load(i, idx),
             Op::Const => {
                 let s = self.seeds.len();
                 self.seeds.push(i);

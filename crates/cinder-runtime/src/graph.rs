@@ -220,6 +220,9 @@ pub(crate) enum Op<I> {
         axis: usize,
         inputs: Vec<I>,
     },
+    /// A user's kernel (see [`crate::CustomKernel`]) over the inputs, in
+    /// order; always given a buffer of its own.
+    Custom(crate::custom::CustomCall, Vec<I>),
 }
 
 impl<I: Clone> Op<I> {
@@ -238,7 +241,7 @@ impl<I: Clone> Op<I> {
             Op::Gather { src, index, .. } => vec![src.clone(), index.clone()],
             Op::Matmul { a, b, .. } => vec![a.clone(), b.clone()],
             Op::Where(c, a, b) => vec![c.clone(), a.clone(), b.clone()],
-            Op::Concat { inputs, .. } => inputs.clone(),
+            Op::Concat { inputs, .. } | Op::Custom(_, inputs) => inputs.clone(),
         }
     }
 
@@ -283,6 +286,7 @@ impl<I: Clone> Op<I> {
                 axis: *axis,
                 inputs: inputs.iter().map(f).collect(),
             },
+            Op::Custom(call, inputs) => Op::Custom(call.clone(), inputs.iter().map(f).collect()),
         }
     }
 }

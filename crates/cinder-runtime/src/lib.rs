@@ -3,6 +3,7 @@
 
 mod canon;
 mod codegen;
+mod custom;
 mod device;
 mod error;
 mod exec;
@@ -12,6 +13,7 @@ mod plan;
 mod pool;
 
 pub use canon::Effect;
+pub use custom::{CustomKernel, CUSTOM_WG};
 pub use device::{list_adapters, AdapterReport, CacheSizes, Device, DeviceOptions, Stats};
 pub use error::{Error, Result};
 pub use graph::{

@@ -4,6 +4,7 @@
 mod activation;
 mod autograd;
 mod conv;
+mod custom;
 mod loss;
 mod norm;
 mod ops;
@@ -13,8 +14,10 @@ mod tensor;
 
 pub use activation::Approximate;
 pub use autograd::{no_grad, with_no_grad, Gradients, NoGradGuard};
+pub use cinder_runtime::{CustomKernel, CUSTOM_WG};
 pub use cinder_runtime::{DType, Device, Error, Result, Stats};
 pub use conv::{Conv2dOptions, Pool2dOptions};
+pub use custom::CustomOp;
 pub use loss::{CrossEntropyOptions, NllLossOptions, Reduction};
 pub use norm::PadMode;
 pub use tensor::{read_all, Element, Tensor};

@@ -222,7 +222,12 @@ fn class_shapes() -> Vec<Vec<usize>> {
 #[test]
 fn cross_entropy_and_nll_follow_pytorch() {
     let mut rng = Rng::named("cross_entropy");
-    for shape in class_shapes() {
+    // Every combination of ignore index, class weight, reduction and
+    // smoothing on the first shape; the other shapes take a rotating third
+    // of them (each graph compiles kernels of its own, which on a software
+    // adapter with a cold shader cache costs more than the arithmetic).
+    let mut combination = 0usize;
+    for (s, shape) in class_shapes().into_iter().enumerate() {
         let c = if shape.len() == 1 { shape[0] } else { shape[1] };
         let lead = lead_shape(&shape);
         let x = rng.vec(numel(&shape), -4.0, 4.0);
@@ -234,6 +239,10 @@ fn cross_entropy_and_nll_follow_pytorch() {
             let tt = tensor_i32(&t, &lead);
             for weight in [None, Some(&w[..])] {
                 for red in REDUCTIONS {
+                    combination += 1;
+                    if s > 0 && combination % 3 != s % 3 {
+                        continue;
+                    }
                     for smoothing in [0.0, 0.15] {
                         let what = format!(
                             "cross_entropy {shape:?} ignore {ignore} weight {} {red:?} smoothing {smoothing}",

@@ -270,6 +270,7 @@ pub(crate) fn kernels(
             Op::Concat { axis, inputs } => {
                 out.extend(concat_copies(graph, fusion, i, *axis, inputs)?);
             }
+            Op::Custom(call, inputs) => out.push(custom_kernel(graph, fusion, i, call, inputs)?),
             Op::Matmul { .. } => {
                 let split = graph.split_products.get(&i).copied();
                 let parts = split.map_or(1, |s| s.parts);
@@ -439,6 +440,59 @@ fn concat_copies(
         });
     }
     Ok(kernels)
+}
+
+/// A user's kernel: its inputs and output whole, then its parameters.
+fn custom_kernel(
+    graph: &Graph,
+    fusion: &Fusion,
+    i: usize,
+    call: &crate::custom::CustomCall,
+    inputs: &[usize],
+) -> Result<Kernel> {
+    let entries = &graph.entries;
+    let mut binds = Vec::new();
+    let mut reads = Vec::new();
+    for &input in inputs {
+        let buffer = fusion
+            .buffer_of(entries, input)
+            .ok_or_else(|| Error::Gpu("internal: custom op input without buffer".into()))?;
+        let count = numel(&entries[input].shape);
+        let layout = if count < numel(&entries[buffer].shape) {
+            Layout::Range {
+                start: 0,
+                len: count,
+            }
+        } else {
+            Layout::Whole
+        };
+        binds.push(Bind::Entry {
+            entry: buffer,
+            layout,
+        });
+        reads.push(buffer);
+    }
+    binds.push(Bind::Entry {
+        entry: i,
+        layout: Layout::Whole,
+    });
+    if !call.params.is_empty() {
+        binds.push(Bind::Scalars(ScalarSource::Words(call.params.clone())));
+    }
+    let [x, y, z] = call.workgroups;
+    Ok(Kernel {
+        name: format!("custom {}", call.name),
+        label: String::new(),
+        source: KernelSource::Generated(call.source.to_string()),
+        constants: Vec::new(),
+        binds,
+        dispatch: Dispatch::Groups(x, y, z),
+        reads,
+        outputs: vec![i],
+        in_place: false,
+        texture_product: false,
+        pack: false,
+    })
 }
 
 /// Entry `i`'s fused element-wise kernel.

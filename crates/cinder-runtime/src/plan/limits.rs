@@ -28,6 +28,7 @@ fn describe(op: &Op<usize>) -> &'static str {
         Op::Fold(..) => "a fold (col2im)",
         Op::Matmul { .. } => "a matmul's result",
         Op::Concat { .. } => "a concatenation",
+        Op::Custom(..) => "a custom op's result",
     }
 }
 
@@ -71,6 +72,44 @@ fn check_elements(graph: &Graph, target: &Target) -> Result<()> {
     Ok(())
 }
 
+/// A custom kernel binds each input and its output whole: each must fit one
+/// binding, and all of them the device's buffers per kernel.
+pub(crate) fn check_custom(graph: &Graph, target: &Target) -> Result<()> {
+    for (i, e) in graph.entries.iter().enumerate() {
+        let Op::Custom(call, inputs) = &e.op else {
+            continue;
+        };
+        for &x in inputs.iter().chain(std::iter::once(&i)) {
+            let bytes = numel(&graph.entries[x].shape) * graph.entries[x].dtype.size();
+            if bytes > target.chunk * 4 {
+                return Err(too_large(
+                    graph,
+                    x,
+                    target,
+                    format!(
+                        "custom op `{}` binds it whole, and one binding holds at most {} bytes (max_storage_buffer_binding_size)",
+                        call.name,
+                        target.chunk * 4
+                    ),
+                ));
+            }
+        }
+        let bindings = inputs.len() + 1 + usize::from(!call.params.is_empty());
+        if bindings > target.max_bindings {
+            return Err(too_large(
+                graph,
+                i,
+                target,
+                format!(
+                    "custom op `{}` binds {bindings} storage buffers, and this adapter allows {} per kernel",
+                    call.name, target.max_bindings
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Every buffer the plan allocates fits the adapter's largest buffer.
 pub(crate) fn check_buffers(graph: &Graph, mat: &[bool], target: &Target) -> Result<()> {
     for (i, e) in graph.entries.iter().enumerate() {
@@ -97,7 +136,12 @@ pub(crate) fn check_buffers(graph: &Graph, mat: &[bool], target: &Target) -> Res
 fn inline(op: &Op<usize>) -> bool {
     !matches!(
         op,
-        Op::External | Op::Upload | Op::Reduce { .. } | Op::Matmul { .. } | Op::Concat { .. }
+        Op::External
+            | Op::Upload
+            | Op::Reduce { .. }
+            | Op::Matmul { .. }
+            | Op::Concat { .. }
+            | Op::Custom(..)
     )
 }
 

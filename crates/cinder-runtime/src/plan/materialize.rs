@@ -17,7 +17,7 @@ pub(crate) const BROADCAST_MATERIALIZE_MIN: usize = 1 << 16;
 ///
 /// | Entry | Gets a buffer when |
 /// |---|---|
-/// | `External`, `Upload`, `Reduce`, `Matmul`, `Concat` | always (buffers, or kernels of their own) |
+/// | `External`, `Upload`, `Reduce`, `Matmul`, `Concat`, `Custom` | always (buffers, or kernels of their own) |
 /// | `View`, `Const`, `Iota`, `Rand` | only as a root: free to recompute in every consumer |
 /// | `Fold` | as a root or when read twice; else decided in [`inputs`] |
 /// | other element-wise entries | as a root or when read more than once |
@@ -41,7 +41,8 @@ pub(crate) fn initial(graph: &Graph, uses: &Uses) -> Vec<bool> {
                 | Op::Upload
                 | Op::Reduce { .. }
                 | Op::Matmul { .. }
-                | Op::Concat { .. } => true,
+                | Op::Concat { .. }
+                | Op::Custom(..) => true,
                 // A fold sums several taps per pixel: inlined into a consumer
                 // that reads it at more than one position its cost would
                 // multiply. Decided in `inputs`, once every other entry is.
@@ -79,9 +80,10 @@ pub(crate) fn inputs(graph: &Graph, uses: &Uses, implicit: &HashSet<usize>, mat:
             needs_buffer.extend([a, b]);
         }
     }
-    // A concatenation's copies read their inputs as plain buffers.
+    // A concatenation's copies and a custom kernel read their inputs as
+    // plain buffers.
     for e in &entries[graph.canonical()] {
-        if let Op::Concat { inputs, .. } = &e.op {
+        if let Op::Concat { inputs, .. } | Op::Custom(_, inputs) = &e.op {
             needs_buffer.extend(inputs.iter().copied());
         }
     }

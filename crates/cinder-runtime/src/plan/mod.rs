@@ -8,7 +8,7 @@
 //!
 //! | # | pass | file | decides |
 //! |---|------|------|---------|
-//! | 0 | [`limits::check_sizes`], [`tile::products`] | `limits.rs`, `tile.rs` | tensors too big to index are errors; products too big for one binding become tiles |
+//! | 0 | [`limits::check_sizes`], [`limits::check_custom`], [`tile::products`] | `limits.rs`, `tile.rs` | tensors too big to index, and custom kernels past a binding, are errors; products too big for one binding become tiles |
 //! | 1 | [`split::reductions`] | `split.rs` | long reductions become partials plus a combining reduction |
 //! | 2 | [`split::products`] | `split.rs` | long-K products with few output blocks become split-K partials plus a sum |
 //! | 3 | [`Uses::count`], [`materialize::initial`] | `materialize.rs` | use counts; which entries get a buffer by their kind and uses |
@@ -272,6 +272,7 @@ impl PlanSpec {
 pub(crate) fn compile(target: &Target, structure: &Structure) -> Result<PlanSpec> {
     let mut graph = Graph::new(structure);
     limits::check_sizes(&graph, target)?;
+    limits::check_custom(&graph, target)?;
     tile::products(&mut graph, target);
     split::reductions(&mut graph);
     split::products(&mut graph, target);

@@ -61,6 +61,7 @@ pub(crate) fn residents(
                     | Op::Reduce { .. }
                     | Op::Matmul { .. }
                     | Op::Concat { .. }
+                    | Op::Custom(..)
             )
             || effect_buffers.contains(&j)
             // A fused matmul epilogue writes its entry through buffer stores.

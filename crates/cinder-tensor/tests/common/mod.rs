@@ -600,14 +600,18 @@ impl Arr {
         sb.extend([k, n]);
         let (af, bf) = (a.broadcast_to(&sa), b.broadcast_to(&sb));
         let mut out = vec![0.0; nb * m * n];
+        // Row by row, K outermost within a row: each output still sums its
+        // terms in order of p, and the inner loop runs along rows of B
+        // (strided columns made the big products' references take seconds).
         for bi in 0..nb {
             for i in 0..m {
-                for j in 0..n {
-                    let mut acc = 0.0;
-                    for p in 0..k {
-                        acc += af.data[bi * m * k + i * k + p] * bf.data[bi * k * n + p * n + j];
+                let row = &mut out[bi * m * n + i * n..bi * m * n + (i + 1) * n];
+                for p in 0..k {
+                    let x = af.data[bi * m * k + i * k + p];
+                    let b_row = &bf.data[bi * k * n + p * n..bi * k * n + (p + 1) * n];
+                    for (o, &y) in row.iter_mut().zip(b_row) {
+                        *o += x * y;
                     }
-                    out[bi * m * n + i * n + j] = acc;
                 }
             }
         }
