@@ -150,6 +150,18 @@ impl Kernel {
     }
 }
 
+/// How a kernel that reads `operand` as a plain buffer binds `buffer`, the
+/// materialized entry under its reshapes: whole, or only the prefix it
+/// reads (a view of the first rows, a tile of a big product).
+fn operand_layout(entries: &[crate::canon::Entry], operand: usize, buffer: usize) -> Layout {
+    let len = numel(&entries[operand].shape);
+    if len < numel(&entries[buffer].shape) {
+        Layout::Range { start: 0, len }
+    } else {
+        Layout::Whole
+    }
+}
+
 /// Threads per workgroup of a reduction over `span` elements in `parts`.
 fn reduce_wg(span: usize, parts: usize) -> u32 {
     if codegen::serial_reduce(span, parts) {
@@ -400,14 +412,7 @@ fn concat_copies(
         let buffer = fusion
             .buffer_of(entries, input)
             .ok_or_else(|| Error::Gpu("internal: concatenated input without buffer".into()))?;
-        let layout = if count < numel(&entries[buffer].shape) {
-            Layout::Range {
-                start: 0,
-                len: count,
-            }
-        } else {
-            Layout::Whole
-        };
+        let layout = operand_layout(entries, input, buffer);
         let words = [count, len * inner, shape[axis] * inner, offset].map(|w| w as u32);
         kernels.push(Kernel {
             name: "copy region".to_string(),
@@ -457,18 +462,9 @@ fn custom_kernel(
         let buffer = fusion
             .buffer_of(entries, input)
             .ok_or_else(|| Error::Gpu("internal: custom op input without buffer".into()))?;
-        let count = numel(&entries[input].shape);
-        let layout = if count < numel(&entries[buffer].shape) {
-            Layout::Range {
-                start: 0,
-                len: count,
-            }
-        } else {
-            Layout::Whole
-        };
         binds.push(Bind::Entry {
             entry: buffer,
-            layout,
+            layout: operand_layout(entries, input, buffer),
         });
         reads.push(buffer);
     }
@@ -599,14 +595,7 @@ fn product(
     let operands = [buffer(p.operands[0])?, buffer(p.operands[1])?];
     // An operand that is a prefix of its buffer (a view of the first rows,
     // a tile of a big product) binds that prefix only.
-    let layouts = [0, 1].map(|slot| {
-        let len = numel(&entries[p.operands[slot]].shape);
-        if len < numel(&entries[operands[slot]].shape) {
-            Layout::Range { start: 0, len }
-        } else {
-            Layout::Whole
-        }
-    });
+    let layouts = [0, 1].map(|slot| operand_layout(entries, p.operands[slot], operands[slot]));
     let k = p.kernel;
     let mut binds = Vec::new();
     match &k.packs {

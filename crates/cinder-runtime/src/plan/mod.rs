@@ -270,6 +270,13 @@ impl PlanSpec {
 
 /// The planner's passes, in order (see the table at the top of this file).
 pub(crate) fn compile(target: &Target, structure: &Structure) -> Result<PlanSpec> {
+    let (graph, uses, fusion) = decide(target, structure)?;
+    let kernels = emit::kernels(&graph, &uses, &fusion, target)?;
+    slots::allocate(graph, &uses, &fusion, kernels, target)
+}
+
+/// Passes 0 to 9: everything decided before kernels are emitted.
+pub(crate) fn decide(target: &Target, structure: &Structure) -> Result<(Graph, Uses, Fusion)> {
     let mut graph = Graph::new(structure);
     limits::check_sizes(&graph, target)?;
     limits::check_custom(&graph, target)?;
@@ -293,6 +300,5 @@ pub(crate) fn compile(target: &Target, structure: &Structure) -> Result<PlanSpec
     fusion.residents = texture::residents(&graph, &uses, &fusion, target);
     limits::check_buffers(&graph, &fusion.mat, target)?;
     (fusion.groups, fusion.group_of) = group::siblings(&graph, &uses, &fusion, target);
-    let kernels = emit::kernels(&graph, &uses, &fusion, target)?;
-    slots::allocate(graph, &uses, &fusion, kernels, target)
+    Ok((graph, uses, fusion))
 }

@@ -1,8 +1,6 @@
 //! Small hand-built graphs and targets for the passes' unit tests: no GPU.
 
-use std::collections::HashMap;
-
-use super::{compile, epilogue, group, implicit, limits, materialize, split, texture, tile};
+use super::compile;
 use super::{Fusion, Graph, PlanSpec, Target, Uses};
 use crate::canon::{Entry, Structure};
 use crate::graph::{
@@ -186,7 +184,7 @@ pub(crate) fn conv_rows_product(channels: usize) -> (Builder, usize, usize) {
     (g, rows, product)
 }
 
-/// Runs passes 1 to 7 and hands their outcome to `f`.
+/// Runs passes 0 to 9 and hands their outcome to `f`.
 pub(crate) fn fusion_of_graph<T>(
     g: Builder,
     roots: &[usize],
@@ -194,32 +192,13 @@ pub(crate) fn fusion_of_graph<T>(
     f: impl FnOnce(&Graph, &Uses, &Fusion, &Target) -> T,
 ) -> T {
     let s = g.finish(roots);
-    let mut graph = Graph::new(&s);
-    tile::products(&mut graph, target);
-    split::reductions(&mut graph);
-    split::products(&mut graph, target);
-    let uses = Uses::count(&graph);
-    let mut mat = materialize::initial(&graph, &uses);
-    let implicit = implicit::products(&graph, &uses, &mut mat, target);
-    materialize::inputs(&graph, &uses, &implicit, &mut mat);
-    if let Err(e) = limits::split_fan_in(&graph, &mut mat, target) {
-        panic!("{e}");
+    match super::decide(target, &s) {
+        Ok((graph, uses, fusion)) => f(&graph, &uses, &fusion, target),
+        Err(e) => panic!("planning failed: {e}"),
     }
-    let epilogues = epilogue::fuse(&graph, &uses, &implicit, &mut mat, target);
-    let mut fusion = Fusion {
-        mat,
-        implicit,
-        epilogues,
-        residents: HashMap::new(),
-        groups: Vec::new(),
-        group_of: HashMap::new(),
-    };
-    fusion.residents = texture::residents(&graph, &uses, &fusion, target);
-    (fusion.groups, fusion.group_of) = group::siblings(&graph, &uses, &fusion, target);
-    f(&graph, &uses, &fusion, target)
 }
 
-/// Passes 1 to 7's outcome.
+/// Passes 0 to 9's outcome.
 pub(crate) fn fusion_of(g: Builder, roots: &[usize], target: &Target) -> Fusion {
     fusion_of_graph(g, roots, target, |_, _, fusion, _| Fusion {
         mat: fusion.mat.clone(),
