@@ -71,6 +71,34 @@ fn pipelines_past_the_cache_size_are_evicted_and_results_stay_right() -> Result<
 }
 
 #[test]
+fn a_texture_cache_of_one_keeps_each_plans_textures_consistent() -> Result<()> {
+    // A plan's pack and product (and a value computed into a texture and
+    // its readers) must hold the same texture even when the cache drops it
+    // between their lookups.
+    let device = device_with(CacheSizes {
+        textures: 1,
+        ..CacheSizes::default()
+    })?;
+    let (m, k, n) = (1024, 512, 256);
+    let a: Vec<f32> = (0..m * k).map(|i| ((i % 7) as f32 - 3.0) / 4.0).collect();
+    let b: Vec<f32> = (0..k * n).map(|i| ((i % 5) as f32 - 2.0) / 3.0).collect();
+    let x = Tensor::from_slice(&device, &a, &[m, k])?;
+    let w = Tensor::from_slice(&device, &b, &[k, n])?;
+    let got = x.mul_scalar(2.0)?.matmul(&w)?.to_vec::<f32>()?;
+    for (r, c) in [(0usize, 0usize), (1, 2), (511, 100), (1023, 255)] {
+        let want: f64 = (0..k)
+            .map(|j| 2.0 * a[r * k + j] as f64 * b[j * n + c] as f64)
+            .sum();
+        let have = got[r * n + c] as f64;
+        assert!(
+            (have - want).abs() <= 1e-3 * (1.0 + want.abs()),
+            "[{r}, {c}]: {have} vs {want}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
 fn a_repeated_shape_hits_the_plan_cache() -> Result<()> {
     let device = device_with(CacheSizes::default())?;
     let step = |v: f32| -> Result<f32> { Tensor::full(&device, &[64], v).exp()?.sum_all()?.item() };

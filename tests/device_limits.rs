@@ -324,6 +324,42 @@ fn a_concatenation_bigger_than_a_binding() -> Result<()> {
 }
 
 #[test]
+fn an_integer_concatenation_bigger_than_a_binding() -> Result<()> {
+    let device = small_binding_device();
+    let parts: Vec<Vec<i32>> = (0..12)
+        .map(|k| (0..10_000).map(|i| i * 13 + k).collect())
+        .collect();
+    let tensors: Vec<Tensor> = parts
+        .iter()
+        .map(|p| Tensor::from_slice(&device, p, &[100, 100]))
+        .collect::<Result<_>>()?;
+    let joined = Tensor::concat(&tensors.iter().collect::<Vec<_>>(), 1)?.to_vec::<i32>()?;
+    for (k, part) in parts.iter().enumerate() {
+        let row = 42;
+        let got = &joined[row * 1200 + k * 100..row * 1200 + (k + 1) * 100];
+        assert_eq!(got, &part[row * 100..(row + 1) * 100], "part {k}");
+    }
+    Ok(())
+}
+
+#[test]
+fn empty_products_over_a_binding() -> Result<()> {
+    let device = small_binding_device();
+    let big = values(300 * 300, 3);
+    let b = Tensor::from_slice(&device, &big, &[300, 300])?;
+    // No rows, no depth, no batches: empty results, or zeros.
+    let rows = Tensor::zeros(&device, &[0, 300]).matmul(&b)?;
+    assert_eq!(rows.shape(), &[0, 300]);
+    assert!(rows.to_vec::<f32>()?.is_empty());
+    let depth = Tensor::zeros(&device, &[300, 0]).matmul(&Tensor::zeros(&device, &[0, 300]))?;
+    assert!(depth.to_vec::<f32>()?.iter().all(|&v| v == 0.0));
+    let batches = b.matmul(&Tensor::zeros(&device, &[0, 300, 10]))?;
+    assert_eq!(batches.shape(), &[0, 300, 10]);
+    assert!(batches.to_vec::<f32>()?.is_empty());
+    Ok(())
+}
+
+#[test]
 fn an_optimizer_step_over_a_parameter_several_bindings_large() -> Result<()> {
     let device = small_binding_device();
     let n = 3 * (SMALL_BINDING / 4) as usize + 1001;

@@ -2,6 +2,7 @@
 //! plan (`plan::compile`, then pipelines and bind groups here), and replay
 //! it: one command buffer, one submit.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::canon::{canonicalize, Bindings, Effect, Entry};
@@ -87,6 +88,10 @@ impl Plan {
         let texture_products = spec.texture_products();
         let operand_packs = spec.operand_packs();
         let mut steps = Vec::with_capacity(spec.steps.len());
+        // One texture per (size, tag) for the whole plan: a pack (or a
+        // producer) and the product reading it must hold the same texture,
+        // whatever the device's texture cache evicts between their lookups.
+        let mut textures: HashMap<(u32, u32, u8), Arc<OperandTexture>> = HashMap::new();
         for step in spec.steps {
             let kernel = step.kernel;
             let pipeline = device.pipeline(&kernel.name, &kernel.source, &kernel.constants)?;
@@ -94,9 +99,12 @@ impl Plan {
             for bound in step.bound {
                 binds.push(match bound {
                     Bound::Buffer(b) => StepBind::Buffer(b),
-                    Bound::Texture { width, height, tag } => {
-                        StepBind::Texture(device.operand_texture(width, height, tag))
-                    }
+                    Bound::Texture { width, height, tag } => StepBind::Texture(
+                        textures
+                            .entry((width, height, tag))
+                            .or_insert_with(|| device.operand_texture(width, height, tag))
+                            .clone(),
+                    ),
                     Bound::Scalars(source) => {
                         let storage = match &source {
                             ScalarSource::Words(words) => words_storage(device, words)?,
@@ -208,9 +216,16 @@ impl Plan {
         let mut storages: Vec<Storage> = Vec::with_capacity(self.resources.len());
         for (r, res) in self.resources.iter().enumerate() {
             let storage = match res {
-                Resource::External(i) => bind.externals[i].clone(),
+                Resource::External(i) => bind
+                    .externals
+                    .get(i)
+                    .ok_or_else(|| Error::Gpu(format!("internal: entry {i} has no buffer")))?
+                    .clone(),
                 Resource::Upload(i) => {
-                    let data = &bind.uploads[i];
+                    let data = bind
+                        .uploads
+                        .get(i)
+                        .ok_or_else(|| Error::Gpu(format!("internal: entry {i} has no upload")))?;
                     let s = device.alloc(data.len() as u64, BufferKind::Storage, last[r])?;
                     if !data.is_empty() {
                         queue.write_buffer(s.buffer(), 0, data);

@@ -1,9 +1,9 @@
-//! Pass 8: kernel emission. One kernel per materialized entry, in entry
+//! Pass 10: kernel emission. One kernel per materialized entry, in entry
 //! order (children first), then one per effect: its WGSL, what it binds in
 //! binding order, and its grid.
 
 use super::product::{matmul_kernel, operand_sources};
-use super::{Fusion, Graph, Target, Uses};
+use super::{Fusion, Graph, Group, Target};
 use crate::canon::CanonEffect;
 use crate::codegen::{self, Generated, ELEMENTWISE_WG, REDUCE_WG};
 use crate::error::{Error, Result};
@@ -172,17 +172,12 @@ fn reduce_wg(span: usize, parts: usize) -> u32 {
 }
 
 /// The kernels, in dispatch order.
-pub(crate) fn kernels(
-    graph: &Graph,
-    _uses: &Uses,
-    fusion: &Fusion,
-    target: &Target,
-) -> Result<Vec<Kernel>> {
+pub(crate) fn kernels(graph: &Graph, fusion: &Fusion, target: &Target) -> Result<Vec<Kernel>> {
     let entries = &graph.entries;
     let chunk = target.chunk;
     let mat = |i: usize| fusion.mat[i];
     let mut out: Vec<Kernel> = Vec::new();
-    for i in graph.canonical() {
+    for i in graph.ordinary() {
         if !mat(i)
             || matches!(entries[i].op, Op::External | Op::Upload)
             || numel(&entries[i].shape) == 0
@@ -192,7 +187,7 @@ pub(crate) fn kernels(
         if let Some(&g) = fusion.group_of.get(&i) {
             let group = &fusion.groups[g];
             if i == group.last() {
-                out.extend(group_kernels(graph, fusion, target, &group.members));
+                out.extend(group_kernels(graph, fusion, target, group));
             }
             continue;
         }
@@ -509,25 +504,22 @@ fn elementwise(graph: &Graph, fusion: &Fusion, target: &Target, i: usize) -> Ker
 
 /// A group's one kernel (see `group.rs`), or, where it would bind more
 /// storage buffers than the device allows, a kernel per member.
-fn group_kernels(
-    graph: &Graph,
-    fusion: &Fusion,
-    target: &Target,
-    members: &[usize],
-) -> Vec<Kernel> {
+fn group_kernels(graph: &Graph, fusion: &Fusion, target: &Target, group: &Group) -> Vec<Kernel> {
     let entries = &graph.entries;
+    let (members, stored) = (&group.members, &group.stored);
     let generated = codegen::elementwise_group(
         entries,
         &|x| fusion.mat[x] && !members.contains(&x),
         target.chunk,
-        members,
+        stored,
     );
     let chunks = |i: usize| codegen::chunk_count(numel(&entries[i].shape), target.chunk);
     let bindings = generated.inputs.iter().map(|&i| chunks(i)).sum::<usize>()
-        + members.len()
+        + stored.len()
         + usize::from(!generated.seeds.is_empty());
     if bindings > target.max_bindings {
-        return members
+        // A kernel per stored member (the others, unstored, inline).
+        return stored
             .iter()
             .map(|&m| elementwise(graph, fusion, target, m))
             .collect();
@@ -535,7 +527,7 @@ fn group_kernels(
     let mut binds: Vec<Bind> = generated
         .inputs
         .iter()
-        .chain(members)
+        .chain(stored)
         .map(|&entry| Bind::Entry {
             entry,
             layout: Layout::Chunked,
@@ -555,7 +547,7 @@ fn group_kernels(
             wg: ELEMENTWISE_WG,
         },
         reads: generated.inputs,
-        outputs: members.to_vec(),
+        outputs: stored.to_vec(),
         in_place: false,
         texture_product: false,
         pack: false,
@@ -828,8 +820,8 @@ mod tests {
         let z = g.binary(BinaryOp::Add, y, b);
         let r = g.unary(UnaryOp::Relu, z);
         let s = g.sum_all(r);
-        let kernels = fusion_of_graph(g, &[s, r], &gpu(), |graph, uses, fusion, target| {
-            super::kernels(graph, uses, fusion, target).unwrap()
+        let kernels = fusion_of_graph(g, &[s, r], &gpu(), |graph, _, fusion, target| {
+            super::kernels(graph, fusion, target).unwrap()
         });
         let names: Vec<&str> = kernels.iter().map(|k| k.name.as_str()).collect();
         assert_eq!(names, ["matmul+epilogue", "reduce Sum"]);
@@ -851,8 +843,8 @@ mod tests {
         let a = g.upload(&[1024, 512]);
         let b = g.upload(&[512, 256]);
         let c = g.matmul(a, b);
-        let kernels = fusion_of_graph(g, &[c], &lavapipe(), |graph, uses, fusion, target| {
-            super::kernels(graph, uses, fusion, target).unwrap()
+        let kernels = fusion_of_graph(g, &[c], &lavapipe(), |graph, _, fusion, target| {
+            super::kernels(graph, fusion, target).unwrap()
         });
         let names: Vec<&str> = kernels.iter().map(|k| k.name.as_str()).collect();
         assert_eq!(names, ["pack operand", "pack operand", "matmul"]);

@@ -1,4 +1,4 @@
-//! Pass 6: epilogue fusion. A product whose only consumer chain (element-wise
+//! Pass 7: epilogue fusion. A product whose only consumer chain (element-wise
 //! ops and one-to-one views, each read once) ends in a materialized entry
 //! writes that entry directly: its C stores evaluate the chain (see
 //! `codegen::matmul_epilogue`), and its own output never exists. Bias, batch
@@ -32,7 +32,7 @@ pub(crate) fn fuse(
 ) -> HashMap<usize, Epilogue> {
     let entries = &graph.entries;
     let mut epilogues = HashMap::new();
-    for m in graph.canonical() {
+    for m in graph.ordinary() {
         if !matches!(entries[m].op, Op::Matmul { .. })
             || implicit.contains(&m)
             || graph.split_products.contains_key(&m)

@@ -16,6 +16,10 @@ use crate::graph::{numel, Op};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Group {
     pub members: Vec<usize>,
+    /// The members it writes to memory: those returned, or read by a kernel
+    /// outside the group or an effect. The others are computed inline
+    /// where members need them and lose their buffers.
+    pub stored: Vec<usize>,
 }
 
 impl Group {
@@ -33,13 +37,10 @@ pub(crate) fn siblings(
     target: &Target,
 ) -> (Vec<Group>, HashMap<usize, usize>) {
     let entries = &graph.entries;
-    let effect_targets: Vec<usize> = graph
-        .effects
-        .iter()
-        .filter_map(|e| match e {
-            crate::canon::CanonEffect::Assign { target, .. } => Some(*target),
-            crate::canon::CanonEffect::Optim { .. } => None,
-        })
+    let effect_reads: Vec<usize> = graph
+        .effect_reads()
+        .into_iter()
+        .filter_map(|e| fusion.buffer_of(entries, e))
         .collect();
     // A value a fused element-wise kernel of its own would compute, stored
     // one element per thread in one binding.
@@ -62,7 +63,6 @@ pub(crate) fn siblings(
             )
             && !fusion.residents.contains_key(&i)
             && !fusion.epilogues.contains_key(&i)
-            && !effect_targets.contains(&i)
             && chunk_count(n, target.chunk) == 1
             && !paired_store(entries, i, target.chunk, target.subgroup_matmul)
     };
@@ -136,7 +136,18 @@ pub(crate) fn siblings(
             for &m in &members {
                 group_of.insert(m, groups.len());
             }
-            groups.push(Group { members });
+            let stored = members
+                .iter()
+                .copied()
+                .filter(|&m| {
+                    uses.is_root[m]
+                        || effect_reads.contains(&m)
+                        || kernel_readers(graph, uses, &fusion.mat, m)
+                            .iter()
+                            .any(|r| !members.contains(r))
+                })
+                .collect();
+            groups.push(Group { members, stored });
         }
     }
     (groups, group_of)
@@ -200,6 +211,23 @@ fn runnable_prefix(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_member_only_members_read_is_computed_inline_not_stored() {
+        let mut g = Builder::new();
+        let x = g.upload(&[16, 16]);
+        let w = g.upload(&[16, 16]);
+        let p = g.matmul(x, w);
+        let a = g.unary(UnaryOp::Exp, p);
+        let b = g.binary(BinaryOp::Mul, a, a);
+        let c = g.binary(BinaryOp::Add, a, p);
+        let (groups, mat) = fusion_of_graph(g, &[b, c], &gpu(), |_, _, fusion, _| {
+            (fusion.groups.clone(), fusion.mat.clone())
+        });
+        assert_eq!(groups[0].members, vec![a, b, c]);
+        assert_eq!(groups[0].stored, vec![b, c]);
+        assert!(!mat[a], "{a} keeps a buffer nobody reads");
+    }
+
     use super::super::testing::{fusion_of_graph, gpu, Builder};
     use crate::graph::{BinaryOp, UnaryOp};
 
@@ -237,11 +265,10 @@ mod tests {
     #[test]
     fn an_lstm_cells_values_run_in_one_kernel_after_the_product() {
         let (g, roots) = lstm_cell();
-        let groups = fusion_of_graph(g, &roots, &gpu(), |graph, uses, fusion, target| {
-            super::siblings(graph, uses, fusion, target).0
-        });
+        let groups = fusion_of_graph(g, &roots, &gpu(), |_, _, fusion, _| fusion.groups.clone());
         assert_eq!(groups.len(), 1);
         assert_eq!(groups[0].members, roots);
+        assert_eq!(groups[0].stored, roots);
     }
 
     #[test]
@@ -254,8 +281,8 @@ mod tests {
         // Reads `a` before `b` exists: a group running at `b` would be late.
         let s = g.sum_all(a);
         let b = g.unary(UnaryOp::Tanh, p);
-        let groups = fusion_of_graph(g, &[a, s, b], &gpu(), |graph, uses, fusion, target| {
-            super::siblings(graph, uses, fusion, target).0
+        let groups = fusion_of_graph(g, &[a, s, b], &gpu(), |_, _, fusion, _| {
+            fusion.groups.clone()
         });
         assert!(groups.is_empty(), "{groups:?}");
     }

@@ -23,7 +23,7 @@ pub(crate) fn products(
         return implicit;
     }
     let entries = &graph.entries;
-    for m in graph.canonical() {
+    for m in graph.ordinary() {
         let Op::Matmul { a, .. } = entries[m].op else {
             continue;
         };

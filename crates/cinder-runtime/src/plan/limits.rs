@@ -1,4 +1,5 @@
-//! The device's limits, met before any shader is generated: tensors that no
+//! Passes 0 and 6 (and a check in 8): the device's limits, met before any
+//! shader is generated: tensors that no
 //! kernel can index or no buffer can hold are errors naming the tensor, and
 //! fused kernels that would bind more storage buffers than the device allows
 //! are cut into kernels that do not.

@@ -75,14 +75,14 @@ pub(crate) fn initial(graph: &Graph, uses: &Uses) -> Vec<bool> {
 pub(crate) fn inputs(graph: &Graph, uses: &Uses, implicit: &HashSet<usize>, mat: &mut [bool]) {
     let entries = &graph.entries;
     let mut needs_buffer = Vec::new();
-    for m in graph.canonical() {
+    for m in graph.ordinary() {
         if let [Some(a), Some(b)] = operand_sources(entries, implicit, m) {
             needs_buffer.extend([a, b]);
         }
     }
     // A concatenation's copies and a custom kernel read their inputs as
     // plain buffers.
-    for e in &entries[graph.canonical()] {
+    for e in &entries[graph.ordinary()] {
         if let Op::Concat { inputs, .. } | Op::Custom(_, inputs) = &e.op {
             needs_buffer.extend(inputs.iter().copied());
         }
@@ -103,7 +103,7 @@ pub(crate) fn inputs(graph: &Graph, uses: &Uses, implicit: &HashSet<usize>, mat:
         }
     }
 
-    for e in &entries[graph.canonical()] {
+    for e in &entries[graph.ordinary()] {
         let (mut j, through_any_view) = match e.op {
             Op::Unfold(_, _, j) => (j, true),
             Op::ConvRows(_, j) => (j, false),
@@ -125,7 +125,7 @@ pub(crate) fn inputs(graph: &Graph, uses: &Uses, implicit: &HashSet<usize>, mat:
 
     // Small broadcast values stay inlined: a kernel of their own costs more
     // than recomputing them.
-    for e in &entries[graph.canonical()] {
+    for e in &entries[graph.ordinary()] {
         let operands: &[usize] = match &e.op {
             Op::Binary(_, x, y) => &[*x, *y],
             Op::Where(c, x, y) => &[*c, *x, *y],
@@ -151,7 +151,7 @@ pub(crate) fn inputs(graph: &Graph, uses: &Uses, implicit: &HashSet<usize>, mat:
         }
     }
 
-    for i in graph.canonical() {
+    for i in graph.ordinary() {
         if !matches!(entries[i].op, Op::Fold(..)) || mat[i] {
             continue;
         }

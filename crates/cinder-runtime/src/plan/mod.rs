@@ -18,7 +18,7 @@
 //! | 7 | [`epilogue::fuse`] | `epilogue.rs` | which products write their consumer chain's output directly |
 //! | 8 | [`texture::residents`], [`limits::check_buffers`] | `texture.rs`, `limits.rs` | which values are computed straight into a product's operand texture; every buffer fits |
 //! | 9 | [`group::siblings`] | `group.rs` | which values read from one product run together in one kernel |
-//! | 10 | [`emit::kernels`] | `emit.rs` | one kernel per materialized entry (or group) and effect: its WGSL, bindings and grid |
+//! | 10 | [`emit::kernels`] | `emit.rs` | one kernel per materialized entry (or group) and effect: its WGSL, bindings and grid; a group past the binding limit falls back to a kernel per member, a prefix of a buffer is bound as a range, a product past the workgroup limit is `Error::Unsupported` |
 //! | 11 | [`slots::allocate`] | `slots.rs` | liveness: which intermediates share a buffer, and every binding's byte range |
 
 pub(crate) mod emit;
@@ -139,8 +139,9 @@ impl Graph {
         }
     }
 
-    /// The canonical (not synthetic) entries' indices.
-    pub(crate) fn canonical(&self) -> std::ops::Range<usize> {
+    /// The entries other than the split passes' scratch entries: the
+    /// structure's, or what the tile pass rewrote them into.
+    pub(crate) fn ordinary(&self) -> std::ops::Range<usize> {
         0..self.synthetic_from
     }
 
@@ -197,7 +198,7 @@ impl Uses {
 }
 
 /// Which entries get a buffer, and how products and the values around them
-/// are fused: the outcome of passes 3 to 7.
+/// are fused: the outcome of passes 3 to 9.
 pub(crate) struct Fusion {
     /// Whether each entry is materialized (computed once into memory: a
     /// buffer, or an operand texture for a [`Resident`]); every other
@@ -271,7 +272,7 @@ impl PlanSpec {
 /// The planner's passes, in order (see the table at the top of this file).
 pub(crate) fn compile(target: &Target, structure: &Structure) -> Result<PlanSpec> {
     let (graph, uses, fusion) = decide(target, structure)?;
-    let kernels = emit::kernels(&graph, &uses, &fusion, target)?;
+    let kernels = emit::kernels(&graph, &fusion, target)?;
     slots::allocate(graph, &uses, &fusion, kernels, target)
 }
 
@@ -300,5 +301,10 @@ pub(crate) fn decide(target: &Target, structure: &Structure) -> Result<(Graph, U
     fusion.residents = texture::residents(&graph, &uses, &fusion, target);
     limits::check_buffers(&graph, &fusion.mat, target)?;
     (fusion.groups, fusion.group_of) = group::siblings(&graph, &uses, &fusion, target);
+    for group in &fusion.groups {
+        for m in &group.members {
+            fusion.mat[*m] = group.stored.contains(m);
+        }
+    }
     Ok((graph, uses, fusion))
 }

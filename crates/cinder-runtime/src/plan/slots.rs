@@ -1,4 +1,4 @@
-//! Pass 9: liveness and slot allocation. Every materialized entry gets a
+//! Pass 11: liveness and slot allocation. Every materialized entry gets a
 //! resource: a realized buffer, an upload, a returned output, or a slot that
 //! intermediates whose lifetimes do not overlap share. Then every binding
 //! is resolved to a byte range of a resource.

@@ -17,7 +17,7 @@ pub(crate) const REDUCE_SPAN: usize = 1 << 16;
 /// avoids a lavapipe miscompile of loops that run 65535 or more times per
 /// thread (see `codegen::reduce`). Arg-reductions are never split.
 pub(crate) fn reductions(graph: &mut Graph) {
-    for i in graph.canonical() {
+    for i in graph.ordinary() {
         let Op::Reduce { op, axes, input } = &graph.entries[i].op else {
             continue;
         };
@@ -63,7 +63,7 @@ pub(crate) fn reductions(graph: &mut Graph) {
 /// `kernels::split_k`): partial products, one per part of K, into a scratch
 /// entry `[parts, m * n]`, then their sum in a fixed order.
 pub(crate) fn products(graph: &mut Graph, target: &Target) {
-    for i in graph.canonical() {
+    for i in graph.ordinary() {
         let Op::Matmul {
             a,
             b,

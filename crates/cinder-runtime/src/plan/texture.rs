@@ -1,4 +1,4 @@
-//! Pass 7: texture residency. On a CPU adapter big products read their
+//! Pass 8: texture residency. On a CPU adapter big products read their
 //! operands from rgba32float textures, packed from buffers by a kernel of
 //! their own. A value whose only readers are such products, all reading it
 //! as the same matrix, is instead computed by its own element-wise kernel
@@ -49,7 +49,7 @@ pub(crate) fn residents(
         .filter_map(|e| buffer_of(entries, mat, e))
         .collect();
     let mut readers_of = HashMap::new();
-    for j in graph.canonical() {
+    for j in graph.ordinary() {
         let e = &entries[j];
         if !mat[j]
             || uses.is_root[j]

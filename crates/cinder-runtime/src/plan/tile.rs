@@ -18,6 +18,10 @@ use crate::graph::{contiguous_strides, numel, BinaryOp, DType, Op, ViewSpec};
 pub(crate) fn products(graph: &mut Graph, target: &Target) {
     let limit = target.chunk;
     let too_big = |entries: &[Entry], i: usize| -> bool {
+        // An empty result needs no kernel at all (emission skips it).
+        if numel(&entries[i].shape) == 0 {
+            return false;
+        }
         let bound = match &entries[i].op {
             Op::Matmul { a, b, .. } => vec![*a, *b],
             Op::Concat { inputs, .. } => inputs.clone(),
@@ -35,27 +39,38 @@ pub(crate) fn products(graph: &mut Graph, target: &Target) {
     for i in 0..graph.entries.len() {
         let e = &graph.entries[i];
         let op = e.op.map(|&c| map[c]);
-        map[i] = match op {
+        // The rewrite of a product or concatenation too big for one
+        // binding; every one of them yields at least one entry, but should
+        // one not, the op stays as it was.
+        let rewritten = match &op {
             Op::Matmul {
                 a,
                 b,
                 a_batched,
                 b_batched,
             } if too_big(&graph.entries, i) => {
-                let tiled = if a_batched || b_batched {
-                    out.batched(a, b, [a_batched, b_batched], limit)
+                let k = *out.entries[*a].shape.last().unwrap_or(&0);
+                if k == 0 {
+                    // A sum over nothing: zeros, read from nowhere.
+                    let mask = vec![(0, 0); e.shape.len()];
+                    Some(out.view(*a, &e.shape, vec![0; e.shape.len()], 0, Some(mask)))
+                } else if *a_batched || *b_batched {
+                    out.batched(*a, *b, [*a_batched, *b_batched], limit)
                 } else {
-                    out.tiled(a, b, limit)
-                };
-                out.origin[tiled] = graph.origin[i];
-                tiled
+                    out.tiled(*a, *b, limit)
+                }
             }
             Op::Concat { axis, inputs } if too_big(&graph.entries, i) => {
-                let joined = out.padded_sum(&e.shape, axis, &inputs);
-                out.origin[joined] = graph.origin[i];
-                joined
+                out.padded_sum(&e.shape, *axis, inputs)
             }
-            op => out.push(&e.shape, e.dtype, op, graph.origin[i]),
+            _ => None,
+        };
+        map[i] = match rewritten {
+            Some(entry) => {
+                out.adopt(entry, graph.origin[i]);
+                entry
+            }
+            None => out.push(&e.shape, e.dtype, op, graph.origin[i]),
         };
     }
     graph.entries = out.entries;
@@ -156,17 +171,22 @@ impl Rewriter {
         self.push(shape, dtype, Op::View(spec, of), None)
     }
 
+    /// Makes `entry`, a new entry that stands for a rewritten one, that
+    /// entry (its place in the structure: a root, an output).
+    fn adopt(&mut self, entry: usize, origin: Option<usize>) {
+        debug_assert!(
+            self.origin[entry].is_none(),
+            "a rewrite returned an old entry"
+        );
+        self.origin[entry] = origin;
+    }
+
     fn add(&mut self, sum: Option<usize>, term: usize) -> usize {
         match sum {
             None => term,
             Some(acc) => {
-                let shape = self.entries[term].shape.clone();
-                self.push(
-                    &shape,
-                    DType::F32,
-                    Op::Binary(BinaryOp::Add, acc, term),
-                    None,
-                )
+                let (shape, dtype) = (self.entries[term].shape.clone(), self.entries[term].dtype);
+                self.push(&shape, dtype, Op::Binary(BinaryOp::Add, acc, term), None)
             }
         }
     }
@@ -183,7 +203,7 @@ impl Rewriter {
 
     /// `inputs` side by side along `axis` in `shape`: each padded with zeros
     /// to the full length, summed.
-    fn padded_sum(&mut self, shape: &[usize], axis: usize, inputs: &[usize]) -> usize {
+    fn padded_sum(&mut self, shape: &[usize], axis: usize, inputs: &[usize]) -> Option<usize> {
         let mut sum = None;
         let mut before = 0;
         for &input in inputs {
@@ -196,11 +216,11 @@ impl Rewriter {
             sum = Some(self.add(sum, placed));
             before += len;
         }
-        sum.unwrap_or(inputs[0])
+        sum
     }
 
     /// `a @ b` for 2-D `a: [m, k]` and `b: [k, n]`, in blocks that fit.
-    fn tiled(&mut self, a: usize, b: usize, limit: usize) -> usize {
+    fn tiled(&mut self, a: usize, b: usize, limit: usize) -> Option<usize> {
         let (m, k) = (self.entries[a].shape[0], self.entries[a].shape[1]);
         let n = self.entries[b].shape[1];
         let (tm, tk, tn) = tiles(m, k, n, limit);
@@ -241,12 +261,12 @@ impl Rewriter {
                 result = Some(self.add(result, placed));
             }
         }
-        result.unwrap_or(a)
+        result
     }
 
     /// A batched product: groups of whole batches that fit, or each batch
     /// tiled on its own.
-    fn batched(&mut self, a: usize, b: usize, batched: [bool; 2], limit: usize) -> usize {
+    fn batched(&mut self, a: usize, b: usize, batched: [bool; 2], limit: usize) -> Option<usize> {
         let (sa, sb) = (self.entries[a].shape.clone(), self.entries[b].shape.clone());
         let (m, k) = (sa[sa.len() - 2], sa[sa.len() - 1]);
         let n = sb[sb.len() - 1];
@@ -280,7 +300,7 @@ impl Rewriter {
             let b_part = part(self, b, k, n, batched[1]);
             let (product, source_strides) = if group == 0 {
                 // One batch is too big: tile it as a 2-D product.
-                (self.tiled(a_part, b_part, limit), vec![0, n as i64, 1])
+                (self.tiled(a_part, b_part, limit)?, vec![0, n as i64, 1])
             } else {
                 let product = self.matmul(a_part, b_part, &[count, m, n], batched);
                 (product, contiguous_strides(&[count, m, n]))
@@ -299,7 +319,7 @@ impl Rewriter {
             result = Some(self.add(result, placed));
             b0 += count;
         }
-        result.unwrap_or(a)
+        result
     }
 }
 
@@ -354,5 +374,24 @@ mod tests {
         assert!(products >= 4, "{products} products");
         // Uploads keep their place in the structure.
         assert_eq!(graph.origin[a], Some(a));
+    }
+
+    #[test]
+    fn empty_products_over_a_binding_are_left_alone_or_zeros() {
+        use super::super::testing::spec_of;
+        use super::super::Resource;
+        let mut target = gpu();
+        target.chunk = 4096;
+        for (m, k, n) in [(0, 100, 100), (100, 0, 100), (100, 100, 0)] {
+            let mut g = Builder::new();
+            let a = g.upload(&[m, k]);
+            let b = g.upload(&[k, n]);
+            let c = g.matmul(a, b);
+            let spec = spec_of(g, &[c], &target);
+            // The uploads keep their places, the root is the product's.
+            assert!(spec.resources.contains(&Resource::Upload(a)));
+            assert!(spec.resources.contains(&Resource::Upload(b)));
+            assert!(spec.resources.contains(&Resource::Output(c)));
+        }
     }
 }
