@@ -343,6 +343,45 @@ fn an_integer_concatenation_bigger_than_a_binding() -> Result<()> {
 }
 
 #[test]
+fn an_embedding_table_several_bindings_large() -> Result<()> {
+    // 2000 rows of 300: about 2.3 bindings. Rows picked from every range,
+    // and the table's gradient (each picked row gets its rows' gradients).
+    let device = small_binding_device();
+    let (rows, width) = (2000, 300);
+    let table = values(rows * width, 21);
+    let t = Tensor::from_slice(&device, &table, &[rows, width])?.requires_grad_();
+    let picks = [0i32, 1999, 700, 1500, 700];
+    let idx = Tensor::from_slice(&device, &picks, &[5])?;
+    let picked = t.index_select(0, &idx)?;
+    let got = picked.to_vec::<f32>()?;
+    for (k, &r) in picks.iter().enumerate() {
+        let r = r as usize;
+        assert_eq!(
+            &got[k * width..(k + 1) * width],
+            &table[r * width..(r + 1) * width]
+        );
+    }
+    let grads = picked.sum_all()?.backward()?;
+    let g = grads
+        .get(&t)
+        .ok_or_else(|| Error::invalid("test", "no gradient"))?
+        .to_vec::<f32>()?;
+    for (r, want) in [
+        (0usize, 1.0f32),
+        (700, 2.0),
+        (1500, 1.0),
+        (1999, 1.0),
+        (3, 0.0),
+    ] {
+        assert!(
+            g[r * width..(r + 1) * width].iter().all(|&v| v == want),
+            "row {r}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
 fn empty_products_over_a_binding() -> Result<()> {
     let device = small_binding_device();
     let big = values(300 * 300, 3);

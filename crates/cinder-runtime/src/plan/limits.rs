@@ -220,8 +220,10 @@ pub(crate) fn bindings(graph: &Graph, target: &Target, reads: &Reads, out: Optio
 /// entries children first, an inline entry whose inputs, output and scalars
 /// would exceed the limit has its biggest inline input materialized, until
 /// it fits: a sum of a thousand terms becomes a few kernels of a few terms
-/// each. Every entry is held to the limit as if it were a kernel's output,
-/// so a materialized input always fits its own kernel.
+/// each. Only inputs whose own kernel would fit are materialized; a kernel
+/// that cannot be cut to fit is `Error::TooLarge`. Values computed inline
+/// are held to the limit too (with one binding kept for whatever kernel
+/// writes them), so that the cuts come where the expression grows.
 pub(crate) fn split_fan_in(graph: &Graph, mat: &mut [bool], target: &Target) -> Result<()> {
     // A cut below an entry already walked changes what that entry reads:
     // walk again until a walk cuts nothing.
@@ -243,13 +245,20 @@ fn cut_once(graph: &Graph, mat: &mut [bool], target: &Target) -> Result<bool> {
         {
             continue;
         }
+        let chunks = |i: usize| chunk_count(numel(&graph.entries[i].shape), target.chunk);
         loop {
             let reads = reads_below(graph, mat, &memo, x, None);
-            if bindings(graph, target, &reads, Some(x)) <= target.max_bindings {
+            // A kernel's own output counts; a value computed inline keeps
+            // room for the one binding of whatever kernel will write it (a
+            // big broadcast a reduction consumes is never stored).
+            let own = if mat[x] { chunks(x) } else { 1 };
+            let needed = bindings(graph, target, &reads, None) + own;
+            if needed <= target.max_bindings {
                 memo[x] = Some(reads);
                 break;
             }
-            // The input whose own reads cost the most bindings.
+            // The input whose reads cost the most bindings, among those
+            // whose own kernel would fit.
             let weight = |c: usize| {
                 memo[c]
                     .as_ref()
@@ -266,6 +275,7 @@ fn cut_once(graph: &Graph, mat: &mut [bool], target: &Target) -> Result<bool> {
                             graph.entries[c].op,
                             Op::Const | Op::Iota { .. } | Op::Rand { .. }
                         )
+                        && weight(c) + chunks(c) <= target.max_bindings
                 })
                 .max_by_key(|&c| weight(c));
             match cut {
@@ -273,8 +283,13 @@ fn cut_once(graph: &Graph, mat: &mut [bool], target: &Target) -> Result<bool> {
                     mat[c] = true;
                     cuts = true;
                 }
+                // Inline, it may yet be cut above (or be read by a kernel
+                // that fits); a kernel of its own must fit now.
+                None if !mat[x] => {
+                    memo[x] = Some(reads);
+                    break;
+                }
                 None => {
-                    let needed = bindings(graph, target, &reads, Some(x));
                     return Err(too_large(
                         graph,
                         x,
