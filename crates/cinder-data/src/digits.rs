@@ -15,7 +15,7 @@ use crate::rng::{permutation, SplitMix64};
 
 /// Embedded so that a program using the digits runs from any working directory and
 /// without network access.
-const DIGITS_CSV_GZ: &[u8] = include_bytes!("../../../data/digits.csv.gz");
+const DIGITS_CSV_GZ: &[u8] = include_bytes!("../data/digits.csv.gz");
 
 /// How errors name the embedded file; it has no path on the user's machine.
 const SOURCE: &str = "data/digits.csv.gz (embedded in cinder-data)";

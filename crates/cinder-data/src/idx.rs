@@ -14,6 +14,13 @@ use cinder_tensor::{Error, Result};
 use crate::dataset::{checked_product, InMemoryDataset, Split};
 use crate::gzip::{gunzip, is_gzip};
 
+/// Where the bundled MNIST subset comes from, for errors.
+const BUNDLED: &str = "data/mnist-5k (embedded in cinder-data)";
+const BUNDLED_TRAIN_IMAGES: &[u8] = include_bytes!("../data/mnist-5k/train-images-idx3-ubyte.gz");
+const BUNDLED_TRAIN_LABELS: &[u8] = include_bytes!("../data/mnist-5k/train-labels-idx1-ubyte.gz");
+const BUNDLED_TEST_IMAGES: &[u8] = include_bytes!("../data/mnist-5k/t10k-images-idx3-ubyte.gz");
+const BUNDLED_TEST_LABELS: &[u8] = include_bytes!("../data/mnist-5k/t10k-labels-idx1-ubyte.gz");
+
 /// Magic number of an unsigned-byte IDX file with one dimension (MNIST labels).
 pub const IDX_U8_LABELS: u32 = 0x0000_0801;
 /// Magic number of an unsigned-byte IDX file with three dimensions (MNIST images).
@@ -204,8 +211,10 @@ pub fn write_idx(path: impl AsRef<Path>, dims: &[usize], data: &[u8]) -> Result<
 
 /// The MNIST handwritten digits (LeCun, Cortes and Burges) read from IDX files.
 ///
-/// cinder does not bundle or download MNIST; put the four files, as published,
-/// in one directory. Fashion-MNIST and KMNIST use the same names and format.
+/// [`Mnist::bundled`] is a 5000-image subset embedded in this crate (see
+/// `data/README.md` for its source and licence). For the full set, put the
+/// four files, as published, in one directory and [`Mnist::load`] it.
+/// Fashion-MNIST and KMNIST use the same names and format.
 #[derive(Debug, Clone, Copy)]
 pub struct Mnist;
 
@@ -233,6 +242,35 @@ impl Mnist {
         Ok(Split { train, test })
     }
 
+    /// The test set (`t10k-*`) alone from `dir`: what evaluation needs.
+    pub fn load_test(dir: impl AsRef<Path>) -> Result<InMemoryDataset> {
+        let dir = dir.as_ref();
+        Self::load_pair(
+            find(dir, Self::TEST_IMAGES, "MNIST test images")?,
+            find(dir, Self::TEST_LABELS, "MNIST test labels")?,
+        )
+    }
+
+    /// The 5000 real MNIST digits embedded in this crate (`data/mnist-5k`):
+    /// 4000 for training (400 per class) and 1000 held out (100 per class),
+    /// as `[1, 28, 28]` samples scaled to [0, 1]. No file or download needed.
+    pub fn bundled() -> Result<Split> {
+        let pair = |images: &[u8], labels: &[u8], what: &str| -> Result<InMemoryDataset> {
+            let images_path = Path::new(BUNDLED).join(format!("{what}-images (embedded)"));
+            let labels_path = Path::new(BUNDLED).join(format!("{what}-labels (embedded)"));
+            Self::from_arrays(
+                parse_idx(images, &images_path)?,
+                parse_idx(labels, &labels_path)?,
+                &images_path,
+                &labels_path,
+            )
+        };
+        Ok(Split {
+            train: pair(BUNDLED_TRAIN_IMAGES, BUNDLED_TRAIN_LABELS, "train")?,
+            test: pair(BUNDLED_TEST_IMAGES, BUNDLED_TEST_LABELS, "t10k")?,
+        })
+    }
+
     /// Loads one images file (`0x00000803`, `[n, rows, cols]`) and its labels file
     /// (`0x00000801`, `[n]`, values 0..=9) as a dataset of `[1, rows, cols]` samples
     /// scaled to [0, 1].
@@ -241,8 +279,20 @@ impl Mnist {
         labels: impl AsRef<Path>,
     ) -> Result<InMemoryDataset> {
         let (images_path, labels_path) = (images.as_ref(), labels.as_ref());
-        let images = read_idx(images_path)?;
-        let labels = read_idx(labels_path)?;
+        Self::from_arrays(
+            read_idx(images_path)?,
+            read_idx(labels_path)?,
+            images_path,
+            labels_path,
+        )
+    }
+
+    fn from_arrays(
+        images: IdxArray,
+        labels: IdxArray,
+        images_path: &Path,
+        labels_path: &Path,
+    ) -> Result<InMemoryDataset> {
         let &[n, rows, cols] = images.dims.as_slice() else {
             return Err(Error::bad_file(
                 images_path,
@@ -324,6 +374,34 @@ fn find(dir: &Path, name: &str, what: &str) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bundled_subset_is_4000_and_1000_balanced_images() -> TestResult {
+        let split = Mnist::bundled()?;
+        assert_eq!((split.train.len(), split.test.len()), (4000, 1000));
+        assert_eq!(split.train.feature_shape, vec![1, 28, 28]);
+        for (data, per_class) in [(&split.train, 400), (&split.test, 100)] {
+            let mut counts = [0usize; 10];
+            for &l in &data.labels {
+                counts[l as usize] += 1;
+            }
+            assert_eq!(counts, [per_class; 10]);
+        }
+        // Real handwriting: ink in the middle, none in the corners, on average.
+        let mean = |r: usize, c: usize| -> f32 {
+            let px = 28 * r + c;
+            split
+                .train
+                .features
+                .iter()
+                .skip(px)
+                .step_by(784)
+                .sum::<f32>()
+                / 4000.0
+        };
+        assert!(mean(14, 14) > 0.3 && mean(0, 0) == 0.0);
+        Ok(())
+    }
 
     type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
     use std::sync::atomic::{AtomicUsize, Ordering};

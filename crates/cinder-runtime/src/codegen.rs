@@ -14,7 +14,7 @@ pub(crate) const ELEMENTWISE_WG: u32 = 256;
 pub(crate) const REDUCE_WG: u32 = 64;
 
 /// Helpers every generated kernel may call.
-const PRELUDE: &str = include_str!("../../../shaders/prelude.wgsl");
+const PRELUDE: &str = include_str!("../shaders/prelude.wgsl");
 
 /// How many bindings a tensor of `numel` elements needs when one binding
 /// holds at most `chunk` elements.

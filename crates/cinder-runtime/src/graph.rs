@@ -806,7 +806,7 @@ impl Node {
     }
 
     /// The windows of a channels-last image `[N * H * W, C]` as rows:
-    /// `[N * OH * OW, KH * KW * C]` (see [`Op::ConvRows`]).
+    /// `[N * OH * OW, KH * KW * C]` (see `Op::ConvRows`).
     pub fn conv_rows(&self, win: &Window2d) -> Result<Node> {
         let s = self.shape();
         let pixels = win.image[0] * win.image[1];
@@ -882,7 +882,7 @@ impl Node {
         ))
     }
 
-    /// `nodes` side by side along `axis` (see [`Op::Concat`]): equal ranks,
+    /// `nodes` side by side along `axis` (see `Op::Concat`): equal ranks,
     /// dtypes and sizes except along `axis`.
     pub fn concat(nodes: &[Node], axis: usize) -> Result<Node> {
         let first = nodes

@@ -30,7 +30,7 @@ macro_rules! shader {
     ($file:literal) => {
         Shader {
             name: $file,
-            text: include_str!(concat!("../../../shaders/", $file)),
+            text: include_str!(concat!("../shaders/", $file)),
         }
     };
 }
@@ -588,10 +588,7 @@ pub(crate) fn with_store(shader: Shader, store: &str) -> Result<String> {
 
 /// Every hand-written shader, for validation in tests.
 pub fn shader_sources() -> Vec<(&'static str, &'static str)> {
-    let prelude = (
-        "prelude.wgsl",
-        include_str!("../../../shaders/prelude.wgsl"),
-    );
+    let prelude = ("prelude.wgsl", include_str!("../shaders/prelude.wgsl"));
     let matmuls = [
         MatmulVariant::Small,
         MatmulVariant::Portable,
