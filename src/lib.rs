@@ -17,6 +17,7 @@ pub use cinder_data as data;
 pub use cinder_nn as nn;
 pub use cinder_runtime as runtime;
 pub use cinder_tensor as tensor;
+pub use cinder_train as train;
 
 pub use cinder_tensor::{
     no_grad, with_no_grad, DType, Device, Error, Gradients, Result, Stats, Tensor,

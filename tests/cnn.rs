@@ -1,18 +1,16 @@
-//! The convolutional classifier and its training loop: the loss falls on
+//! The convolutional classifier on cinder-train's loop: the loss falls on
 //! real digits, a resumed run ends exactly where an uninterrupted one does,
 //! and a diverging run stops without overwriting its last checkpoint.
 
 mod common;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use cinder::cnn::models::ModelSpec;
-use cinder::cnn::report::parse_metrics_csv;
-use cinder::cnn::train::{evaluate, fit, RunFiles, Schedule, Silent, TrainConfig};
-use cinder::data::{Digits, InMemoryDataset};
+use cinder::cnn::train::{load_model, train, TrainOptions};
+use cinder::data::{Digits, InMemoryDataset, Split};
 use cinder::nn::checkpoint::read_metadata;
-use cinder::nn::Module;
+use cinder::train::{History, RunDir, Schedule, Silent, Start};
 use cinder::Result;
 
 fn subset(data: &InMemoryDataset, rows: usize) -> InMemoryDataset {
@@ -25,91 +23,87 @@ fn subset(data: &InMemoryDataset, rows: usize) -> InMemoryDataset {
     }
 }
 
+fn digits(train: usize, test: usize) -> Result<Split> {
+    let split = Digits::load()?.split_images();
+    Ok(Split {
+        train: subset(&split.train, train),
+        test: subset(&split.test, test),
+    })
+}
+
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("cinder-test-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     dir
 }
 
-fn config(out: PathBuf, epochs: usize, lr: f32) -> TrainConfig {
-    TrainConfig {
+fn options(out: PathBuf, epochs: usize, lr: f64, start: Start) -> TrainOptions {
+    TrainOptions {
         epochs,
         batch_size: 32,
         lr,
         weight_decay: 0.01,
-        schedule: Schedule::Cosine { min_lr: 0.0 },
+        schedule: Schedule::cosine(0.0),
         clip_grad_norm: Some(5.0),
         seed: 3,
+        data: "digits subset".into(),
         out_dir: out,
+        start,
     }
 }
 
-/// Builds the digits LeNet with a fixed initialisation.
-fn lenet(seed: u64) -> Result<(Box<dyn Module>, ModelSpec)> {
+/// Trains the digits LeNet from a fixed initialisation (`init` seeds it).
+fn run(split: Split, opts: &TrainOptions, init: u64) -> Result<History> {
     let device = common::device();
-    device.manual_seed(seed);
+    device.manual_seed(init);
     let spec = ModelSpec::lenet(8, 8, 10);
-    Ok((spec.build(&device)?, spec))
+    Ok(train(&spec, split, opts, &device, &mut Silent)?.0)
+}
+
+fn column(h: &History, name: &str) -> Vec<f64> {
+    h.rows
+        .iter()
+        .map(|r| r.get(name).unwrap_or(f64::NAN))
+        .collect()
 }
 
 #[test]
 fn lenet_learns_digits_and_resume_loses_nothing() -> Result<()> {
     let _serial = common::serial();
-    let split = Digits::load()?.split_images();
-    let train = Arc::new(subset(&split.train, 320));
-    let test = subset(&split.test, 96);
-
     // Three epochs in one go.
     let whole_dir = scratch("whole");
-    let (mut whole, spec) = lenet(7)?;
-    let before = evaluate(whole.as_mut(), &test, 64)?;
-    let history = fit(
-        whole.as_mut(),
-        &spec,
-        train.clone(),
-        &test,
-        &config(whole_dir.clone(), 3, 3e-3),
-        false,
-        &mut Silent,
+    let history = run(
+        digits(320, 96)?,
+        &options(whole_dir.clone(), 3, 3e-3, Start::New),
+        7,
     )?;
-    assert_eq!(history.len(), 3);
+    assert_eq!(history.rows.len(), 3);
+    let test_loss = column(&history, "test_loss");
     assert!(
-        history[2].test_loss < 0.8 * before.loss,
-        "held-out loss did not fall: {} -> {:?}",
-        before.loss,
-        history.iter().map(|r| r.test_loss).collect::<Vec<_>>()
+        test_loss[2] < 0.8 * test_loss[0],
+        "held-out loss did not fall: {test_loss:?}"
     );
-    assert!(history[2].train_loss < history[0].train_loss);
+    let train_loss = column(&history, "train_loss");
+    assert!(train_loss[2] < train_loss[0]);
 
-    // One epoch, then a fresh model resumed for the other two.
+    // One epoch, then the run resumed for the other two (from another
+    // initialisation, which the checkpoint replaces).
     let split_dir = scratch("resumed");
-    let (mut first, _) = lenet(7)?;
-    fit(
-        first.as_mut(),
-        &spec,
-        train.clone(),
-        &test,
-        &config(split_dir.clone(), 1, 3e-3),
-        false,
-        &mut Silent,
+    run(
+        digits(320, 96)?,
+        &options(split_dir.clone(), 1, 3e-3, Start::New),
+        7,
     )?;
-    let (mut resumed, _) = lenet(99)?;
-    let rest = fit(
-        resumed.as_mut(),
-        &spec,
-        train,
-        &test,
-        &config(split_dir.clone(), 3, 3e-3),
-        true,
-        &mut Silent,
+    let rest = run(
+        digits(320, 96)?,
+        &options(split_dir.clone(), 3, 3e-3, Start::Resume),
+        99,
     )?;
-    // Same losses to the bit, and the same weights.
-    let strip = |h: &[cinder::cnn::report::EpochRecord]| -> Vec<(f32, f32, f32)> {
-        h.iter()
-            .map(|r| (r.lr, r.train_loss, r.test_loss))
-            .collect()
-    };
-    assert_eq!(strip(&rest), strip(&history));
+    // The same values to the bit, and the same weights.
+    assert_eq!(rest, history);
+    let device = common::device();
+    let (_, whole) = load_model(&RunDir::new(&whole_dir).model("model"), &device)?;
+    let (_, resumed) = load_model(&RunDir::new(&split_dir).model("model"), &device)?;
     for ((name, a), (_, b)) in whole.state_dict().iter().zip(resumed.state_dict()) {
         assert_eq!(
             a.to_vec::<f32>()?,
@@ -119,19 +113,21 @@ fn lenet_learns_digits_and_resume_loses_nothing() -> Result<()> {
     }
 
     // The run's files.
-    let files = RunFiles::in_dir(&split_dir);
-    let csv = std::fs::read_to_string(&files.metrics)
-        .map_err(|e| cinder::Error::io(&files.metrics, e))?;
-    assert_eq!(parse_metrics_csv(&csv)?.len(), 3);
-    let png = std::fs::read(&files.curves).map_err(|e| cinder::Error::io(&files.curves, e))?;
+    let files = RunDir::new(&split_dir);
+    let csv = std::fs::read(files.metrics()).map_err(|e| cinder::Error::io(files.metrics(), e))?;
+    assert_eq!(History::from_csv(&csv)?.rows.len(), 3);
+    let png = std::fs::read(files.curves()).map_err(|e| cinder::Error::io(files.curves(), e))?;
     assert_eq!(&png[1..4], b"PNG");
-    let confusion = std::fs::read_to_string(&files.confusion)
-        .map_err(|e| cinder::Error::io(&files.confusion, e))?;
+    let confusion = std::fs::read_to_string(files.dir.join("confusion.txt"))
+        .map_err(|e| cinder::Error::io(files.dir.join("confusion.txt"), e))?;
     assert!(confusion.contains("recall"), "{confusion}");
     assert_eq!(
-        ModelSpec::from_metadata(&read_metadata(&files.model)?)?,
-        spec
+        ModelSpec::from_metadata(&read_metadata(files.model("model"))?)?,
+        ModelSpec::lenet(8, 8, 10)
     );
+    let settings = std::fs::read_to_string(files.settings())
+        .map_err(|e| cinder::Error::io(files.settings(), e))?;
+    assert!(settings.contains("resumed after epoch 1"), "{settings}");
     let _ = std::fs::remove_dir_all(whole_dir);
     let _ = std::fs::remove_dir_all(split_dir);
     Ok(())
@@ -140,34 +136,30 @@ fn lenet_learns_digits_and_resume_loses_nothing() -> Result<()> {
 #[test]
 fn diverging_run_stops_and_keeps_its_checkpoint() -> Result<()> {
     let _serial = common::serial();
-    let split = Digits::load()?.split_images();
-    let train = Arc::new(subset(&split.train, 64));
-    let test = subset(&split.test, 32);
     let dir = scratch("diverge");
-    let (mut model, spec) = lenet(5)?;
-    fit(
-        model.as_mut(),
-        &spec,
-        train.clone(),
-        &test,
-        &config(dir.clone(), 1, 1e-3),
-        false,
-        &mut Silent,
+    run(
+        digits(64, 32)?,
+        &options(dir.clone(), 1, 1e-3, Start::New),
+        5,
     )?;
-    let files = RunFiles::in_dir(&dir);
+    let files = RunDir::new(&dir);
     let saved =
-        std::fs::read(&files.checkpoint).map_err(|e| cinder::Error::io(&files.checkpoint, e))?;
-    // A learning rate this large sends the loss to infinity within epoch 2.
-    let mut cfg = config(dir.clone(), 2, 1e30);
-    cfg.clip_grad_norm = None;
-    cfg.schedule = Schedule::Constant;
-    let err = fit(model.as_mut(), &spec, train, &test, &cfg, true, &mut Silent)
+        std::fs::read(files.checkpoint()).map_err(|e| cinder::Error::io(files.checkpoint(), e))?;
+    // A learning rate this large sends the loss to infinity within epoch 2;
+    // a resume must keep the learning rate, so start over into the folder.
+    let mut opts = options(dir.clone(), 2, 1e30, Start::Overwrite);
+    opts.clip_grad_norm = None;
+    opts.schedule = Schedule::constant();
+    let err = run(digits(64, 32)?, &opts, 5)
         .err()
         .map(|e| e.to_string())
         .unwrap_or_default();
-    assert!(err.contains("epoch 2") && err.contains("--lr"), "{err}");
+    assert!(
+        err.contains("`loss` became") && err.contains("step"),
+        "{err}"
+    );
     let after =
-        std::fs::read(&files.checkpoint).map_err(|e| cinder::Error::io(&files.checkpoint, e))?;
+        std::fs::read(files.checkpoint()).map_err(|e| cinder::Error::io(files.checkpoint(), e))?;
     assert!(saved == after, "the last good checkpoint was overwritten");
     let _ = std::fs::remove_dir_all(dir);
     Ok(())
@@ -176,22 +168,12 @@ fn diverging_run_stops_and_keeps_its_checkpoint() -> Result<()> {
 #[test]
 fn resume_without_a_checkpoint_says_so() -> Result<()> {
     let _serial = common::serial();
-    let split = Digits::load()?.split_images();
     let dir = scratch("nothing");
-    let (mut model, spec) = lenet(1)?;
-    let err = fit(
-        model.as_mut(),
-        &spec,
-        Arc::new(subset(&split.train, 32)),
-        &subset(&split.test, 32),
-        &config(dir, 1, 1e-3),
-        true,
-        &mut Silent,
-    )
-    .err()
-    .map(|e| e.to_string())
-    .unwrap_or_default();
-    assert!(err.contains("no checkpoint"), "{err}");
+    let err = run(digits(32, 32)?, &options(dir, 1, 1e-3, Start::Resume), 1)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("no run to resume"), "{err}");
     Ok(())
 }
 

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use cinder::data::Digits;
-use cinder::nn::{Adam, Module, Optimizer};
+use cinder::nn::{Adam, Optimizer};
 use cinder::{Device, Result, Tensor};
 use clap::Subcommand;
 
@@ -153,7 +153,7 @@ fn matmul(device: &Device, n: usize, reps: usize) -> Result<()> {
 
 fn mlp_steps(device: &Device, reps: usize) -> Result<()> {
     let split = Digits::load()?.split();
-    let model = crate::train::mlp(device)?;
+    let model = cinder::cnn::models::ModelSpec::mlp(8, 8, 128, 10).build(device)?;
     let mut opt = Adam::adamw(model.parameters(), 3e-3)?;
     let batch = 32;
     let x = Tensor::from_slice(device, &split.train.features[..batch * 64], &[batch, 64])?;

@@ -1,20 +1,20 @@
-//! `cinder train cnn`, `cinder eval` and `cinder predict`: image
-//! classification with the LeNet-style network or the small ResNet.
+//! `cinder train cnn`, `cinder train mlp`, `cinder eval` and `cinder
+//! predict`: image classification with the LeNet-style network, the small
+//! ResNet or the digits' perceptron, on cinder-train's loop.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 use cinder::cnn::imagefile::load_image;
 use cinder::cnn::models::{Arch, ModelSpec};
-use cinder::cnn::report::{format_confusion, EpochRecord};
-use cinder::cnn::train::{evaluate, fit, Observer, RunFiles, Schedule, TrainConfig};
-use cinder::data::{Digits, Mnist, Split};
+use cinder::cnn::train::{train, OrderedBatches, TrainOptions};
+use cinder::data::{Digits, InMemoryDataset, Mnist, Split};
 use cinder::nn::checkpoint::load_tensors;
 use cinder::nn::Module;
+use cinder::train::classify::{evaluate, format_confusion};
+use cinder::train::{Progress, RunDir, Schedule, Start};
 use cinder::{Device, Error, Result, Tensor};
 use clap::{Args, ValueEnum};
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum ScheduleArg {
@@ -32,217 +32,223 @@ pub enum ArchArg {
     Resnet,
 }
 
-#[derive(Args)]
-pub struct TrainCnn {
-    /// The network.
-    #[arg(long, value_enum, default_value_t = ArchArg::Lenet)]
-    arch: ArchArg,
-    #[arg(long, default_value_t = 15)]
-    epochs: usize,
+/// Data shipped with cinder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DataArg {
+    /// The 8x8 handwritten digits (1437 training, 360 held-out images).
+    Digits,
+    /// 5000 real MNIST digits, 28x28 (4000 training, 1000 held out).
+    #[value(name = "mnist-5k")]
+    Mnist5k,
+}
+
+/// Settings every classifier run has.
+#[derive(Args, Clone)]
+pub struct RunArgs {
+    #[arg(long)]
+    epochs: Option<usize>,
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
     /// AdamW's base learning rate.
-    #[arg(long, default_value_t = 2e-3)]
-    lr: f32,
+    #[arg(long)]
+    lr: Option<f64>,
     #[arg(long, default_value_t = 0.01)]
-    weight_decay: f32,
+    weight_decay: f64,
     /// Learning-rate schedule, stepped once per epoch.
-    #[arg(long, value_enum, default_value_t = ScheduleArg::Cosine)]
-    schedule: ScheduleArg,
+    #[arg(long, value_enum)]
+    schedule: Option<ScheduleArg>,
     /// Epochs between decays of the step schedule.
     #[arg(long, default_value_t = 5)]
     step_size: usize,
     /// Decay factor of the step schedule.
     #[arg(long, default_value_t = 0.5)]
-    gamma: f32,
+    gamma: f64,
+    /// Optimizer steps of linear learning-rate warm-up.
+    #[arg(long, default_value_t = 0)]
+    warmup_steps: u64,
     /// Clip the gradients' joint L2 norm to this value.
     #[arg(long)]
     clip_grad: Option<f32>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Output directory: checkpoint.safetensors, model.safetensors,
-    /// metrics.csv, curves.png and confusion.txt.
-    #[arg(long, default_value = "runs/cnn")]
-    out: PathBuf,
-    /// Continue from the checkpoint in --out.
+    /// metrics.csv, curves.png, confusion.txt, settings.txt, timings.csv.
     #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run in --out, with the same settings (--epochs may grow).
+    #[arg(long, conflicts_with = "overwrite")]
     resume: bool,
-    /// Train on MNIST's IDX files in this directory instead of the bundled digits.
+    /// Replace the run in --out.
+    #[arg(long)]
+    overwrite: bool,
+}
+
+#[derive(Args)]
+pub struct TrainCnn {
+    /// The network.
+    #[arg(long, value_enum, default_value_t = ArchArg::Lenet)]
+    arch: ArchArg,
+    /// The data to train on.
+    #[arg(long, value_enum, default_value_t = DataArg::Digits, conflicts_with = "mnist")]
+    data: DataArg,
+    /// Train on MNIST's IDX files in this directory (the full set, say).
     #[arg(long)]
     mnist: Option<PathBuf>,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
-/// The data a model of `spec` was trained on: MNIST from `mnist`, or the
-/// bundled digits with their fixed split (with the LeNet for its images).
-fn dataset(mnist: Option<&Path>) -> Result<(Split, ModelSpec, &'static str)> {
-    Ok(match mnist {
-        Some(dir) => {
-            let split = Mnist::load(dir)?;
-            let [_, h, w] = split.train.feature_shape[..] else {
-                return Err(Error::invalid(
-                    "mnist",
-                    "images must have shape [1, rows, cols]",
-                ));
-            };
-            (split, ModelSpec::lenet(h, w, Mnist::NUM_CLASSES), "MNIST")
-        }
-        None => (
-            Digits::load()?.split_images(),
-            ModelSpec::lenet(8, 8, Digits::NUM_CLASSES),
-            "bundled digits",
-        ),
-    })
+#[derive(Args)]
+pub struct TrainMlp {
+    /// Hidden units.
+    #[arg(long, default_value_t = 128)]
+    hidden: usize,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
-struct Bars {
-    multi: MultiProgress,
-    epoch: Option<ProgressBar>,
-    overall: ProgressBar,
-    started: Instant,
-    samples: usize,
-    loss_sum: f64,
-    batches: usize,
+/// Where the data comes from, named as the run's settings record it.
+enum DataSource {
+    Bundled(DataArg),
+    Mnist(PathBuf),
 }
 
-impl Observer for Bars {
-    fn epoch_started(&mut self, epoch: usize, batches: usize, lr: f32) {
-        let bar = self.multi.add(ProgressBar::new(batches as u64));
-        bar.set_style(
-            ProgressStyle::with_template(
-                "epoch {prefix:>3} {bar:30.cyan/blue} {pos}/{len} batches {msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        bar.set_prefix(format!("{}", epoch + 1));
-        bar.set_message(format!("lr {lr:.2e}"));
-        self.epoch = Some(bar);
-        self.loss_sum = 0.0;
-        self.batches = 0;
-    }
-
-    fn batch_finished(&mut self, _epoch: usize, loss: f32, samples: usize) {
-        self.samples += samples;
-        self.loss_sum += loss as f64;
-        self.batches += 1;
-        if let Some(bar) = &self.epoch {
-            bar.inc(1);
-            let rate = self.samples as f64 / self.started.elapsed().as_secs_f64();
-            bar.set_message(format!(
-                "loss {:.4} {rate:.0} samples/s",
-                self.loss_sum / self.batches as f64
-            ));
+impl DataSource {
+    fn name(&self) -> String {
+        match self {
+            DataSource::Bundled(DataArg::Digits) => "digits".into(),
+            DataSource::Bundled(DataArg::Mnist5k) => "mnist-5k".into(),
+            DataSource::Mnist(dir) => format!("mnist:{}", dir.display()),
         }
     }
 
-    fn epoch_finished(&mut self, r: &EpochRecord) {
-        if let Some(bar) = self.epoch.take() {
-            bar.finish_and_clear();
+    fn load(&self) -> Result<Split> {
+        match self {
+            DataSource::Bundled(DataArg::Digits) => Ok(Digits::load()?.split_images()),
+            DataSource::Bundled(DataArg::Mnist5k) => Mnist::bundled(),
+            DataSource::Mnist(dir) => Mnist::load(dir),
         }
-        self.overall.inc(1);
-        let _ = self.multi.println(format!(
-            "epoch {:3}  lr {:.2e}  train loss {:.4} acc {:6.2}%  test loss {:.4} acc {:6.2}%  {:.1} s",
-            r.epoch,
-            r.lr,
-            r.train_loss,
-            100.0 * r.train_accuracy,
-            r.test_loss,
-            100.0 * r.test_accuracy,
-            r.seconds
-        ));
+    }
+
+    /// `[rows, cols]` of its images.
+    fn image_size(&self) -> [usize; 2] {
+        match self {
+            DataSource::Bundled(DataArg::Digits) => [8, 8],
+            _ => [28, 28],
+        }
     }
 }
 
-pub fn train(args: TrainCnn) -> Result<()> {
+impl RunArgs {
+    fn options(
+        &self,
+        data: &str,
+        default_out: &str,
+        epochs: usize,
+        lr: f64,
+        schedule: ScheduleArg,
+    ) -> TrainOptions {
+        let schedule = match self.schedule.unwrap_or(schedule) {
+            ScheduleArg::Constant => Schedule::constant(),
+            ScheduleArg::Step => Schedule::step(self.step_size, self.gamma),
+            ScheduleArg::Cosine => Schedule::cosine(0.0),
+        }
+        .with_warmup(self.warmup_steps);
+        TrainOptions {
+            epochs: self.epochs.unwrap_or(epochs),
+            batch_size: self.batch_size,
+            lr: self.lr.unwrap_or(lr),
+            weight_decay: self.weight_decay,
+            schedule,
+            clip_grad_norm: self.clip_grad,
+            seed: self.seed,
+            data: data.to_string(),
+            out_dir: self.out.clone().unwrap_or_else(|| default_out.into()),
+            start: if self.resume {
+                Start::Resume
+            } else if self.overwrite {
+                Start::Overwrite
+            } else {
+                Start::New
+            },
+        }
+    }
+}
+
+/// Checks the settings and the output folder, then trains and reports.
+fn run(spec: &ModelSpec, source: &DataSource, options: &TrainOptions) -> Result<()> {
+    // Before any work: settings that cannot train, and a folder that holds
+    // a run not asked to be continued or replaced.
+    options.check(spec)?;
     let device = Device::new()?;
-    device.manual_seed(args.seed);
+    device.manual_seed(options.seed);
     println!("adapter: {} ({})", device.adapter_name(), device.backend());
-    let (split, lenet, name) = dataset(args.mnist.as_deref())?;
-    let spec = match args.arch {
-        ArchArg::Lenet => lenet,
-        ArchArg::Resnet => ModelSpec {
-            arch: Arch::ResNet,
-            ..lenet
-        },
-    };
+    let split = source.load()?;
     println!(
-        "{name}: {} training and {} held-out images of {:?}",
+        "{}: {} training and {} held-out images of {:?}",
+        source.name(),
         split.train.len(),
         split.test.len(),
         spec.input_shape()
     );
-    let mut model = spec.build(&device)?;
-    let cfg = TrainConfig {
-        epochs: args.epochs,
-        batch_size: args.batch_size,
-        lr: args.lr,
-        weight_decay: args.weight_decay,
-        schedule: match args.schedule {
-            ScheduleArg::Constant => Schedule::Constant,
-            ScheduleArg::Step => Schedule::Step {
-                step_size: args.step_size,
-                gamma: args.gamma,
-            },
-            ScheduleArg::Cosine => Schedule::Cosine { min_lr: 0.0 },
-        },
-        clip_grad_norm: args.clip_grad,
-        seed: args.seed,
-        out_dir: args.out.clone(),
-    };
-    let multi = MultiProgress::new();
-    let overall = multi.add(ProgressBar::new(args.epochs as u64));
-    overall.set_style(
-        ProgressStyle::with_template(
-            "run       {bar:30.green/white} {pos}/{len} epochs [{elapsed_precise}]",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let mut bars = Bars {
-        multi,
-        epoch: None,
-        overall,
-        started: Instant::now(),
-        samples: 0,
-        loss_sum: 0.0,
-        batches: 0,
-    };
     let started = Instant::now();
-    let test = split.test;
-    let history = fit(
-        model.as_mut(),
-        &spec,
-        Arc::new(split.train),
-        &test,
-        &cfg,
-        args.resume,
-        &mut bars,
-    )?;
-    bars.overall.finish();
-    let files = RunFiles::in_dir(&args.out);
-    if let Some(last) = history.last() {
+    let mut progress = Progress::new();
+    let (history, evaluation) = train(spec, split, options, &device, &mut progress)?;
+    let seconds = started.elapsed().as_secs_f64();
+    if let Some(last) = history.rows.last() {
         println!(
-            "held-out accuracy: {:.2}% after {} epochs ({:.1} s this run, {:.0} samples/s)",
-            100.0 * last.test_accuracy,
+            "held-out accuracy: {:.2}% after {} epochs ({seconds:.1} s this run)",
+            100.0 * last.get("test_accuracy").unwrap_or(f64::NAN),
             last.epoch,
-            started.elapsed().as_secs_f64(),
-            bars.samples as f64 / started.elapsed().as_secs_f64().max(1e-9)
         );
     }
+    let run = RunDir::new(&options.out_dir);
+    println!("confusion matrix (rows: true class, columns: predicted):");
+    print!("{}", format_confusion(&evaluation.confusion));
     println!(
-        "wrote {}, {}, {}, {} and {}",
-        files.checkpoint.display(),
-        files.model.display(),
-        files.metrics.display(),
-        files.curves.display(),
-        files.confusion.display()
+        "wrote {} (weights for `cinder eval`/`predict`), {}, {}, {} and {}",
+        run.model("model").display(),
+        run.checkpoint().display(),
+        run.metrics().display(),
+        run.curves().display(),
+        run.dir.join("confusion.txt").display()
     );
     Ok(())
+}
+
+pub fn train_cnn(args: TrainCnn) -> Result<()> {
+    let source = match &args.mnist {
+        Some(dir) => DataSource::Mnist(dir.clone()),
+        None => DataSource::Bundled(args.data),
+    };
+    let [h, w] = source.image_size();
+    let spec = match args.arch {
+        ArchArg::Lenet => ModelSpec::lenet(h, w, 10),
+        ArchArg::Resnet => ModelSpec {
+            arch: Arch::ResNet,
+            ..ModelSpec::lenet(h, w, 10)
+        },
+    };
+    let options = args
+        .run
+        .options(&source.name(), "runs/cnn", 15, 2e-3, ScheduleArg::Cosine);
+    run(&spec, &source, &options)
+}
+
+pub fn train_mlp(args: TrainMlp) -> Result<()> {
+    let source = DataSource::Bundled(DataArg::Digits);
+    let spec = ModelSpec::mlp(8, 8, args.hidden, 10);
+    let options = args
+        .run
+        .options(&source.name(), "runs/mlp", 20, 3e-3, ScheduleArg::Constant);
+    run(&spec, &source, &options)
 }
 
 /// The model a checkpoint describes, with its weights loaded.
 fn load_model(device: &Device, checkpoint: &Path) -> Result<(Box<dyn Module>, ModelSpec)> {
     let meta = cinder::nn::checkpoint::read_metadata(checkpoint)?;
     let spec = ModelSpec::from_metadata(&meta)?;
-    if meta.contains_key("cinder.optimizer_steps") {
+    if meta.contains_key("cinder.global_step") || meta.contains_key("cinder.optimizer_steps") {
         return Err(Error::invalid(
             "checkpoint",
             format!(
@@ -257,25 +263,43 @@ fn load_model(device: &Device, checkpoint: &Path) -> Result<(Box<dyn Module>, Mo
     Ok((model, spec))
 }
 
+/// The held-out data for a model of `spec`: MNIST's test files in `mnist`,
+/// or the bundled data of the model's image size.
+fn held_out(spec: &ModelSpec, mnist: Option<&Path>) -> Result<(InMemoryDataset, String)> {
+    Ok(match (mnist, spec.height) {
+        (Some(dir), _) => (
+            Mnist::load_test(dir)?,
+            format!("MNIST test files in {}", dir.display()),
+        ),
+        (None, 8) => (Digits::load()?.split_images().test, "bundled digits".into()),
+        (None, _) => (Mnist::bundled()?.test, "bundled MNIST (mnist-5k)".into()),
+    })
+}
+
 pub fn eval(checkpoint: &Path, mnist: Option<&Path>) -> Result<()> {
     let device = Device::new()?;
-    let (mut model, spec) = load_model(&device, checkpoint)?;
-    let (split, data_spec, name) = dataset(mnist)?;
-    if data_spec.input_shape() != spec.input_shape() {
+    let (model, spec) = load_model(&device, checkpoint)?;
+    let (test, name) = held_out(&spec, mnist)?;
+    if test.feature_shape != spec.input_shape() {
         return Err(Error::invalid(
             "eval",
             format!(
                 "the model takes {:?} images, the {name} are {:?}",
                 spec.input_shape(),
-                data_spec.input_shape()
+                test.feature_shape
             ),
         ));
     }
-    let e = evaluate(model.as_mut(), &split.test, 500)?;
+    let count = test.len();
+    let batches = OrderedBatches {
+        data: std::sync::Arc::new(test),
+        batch_size: 500,
+        device: device.clone(),
+    };
+    let e = evaluate(model.as_ref(), &batches, spec.classes)?;
     println!(
-        "{name}, held-out: accuracy {:.2}% ({} images), loss {:.4}",
+        "{name}, held-out: accuracy {:.2}% ({count} images), loss {:.4}",
         100.0 * e.accuracy,
-        split.test.len(),
         e.loss
     );
     println!("confusion matrix (rows: true class, columns: predicted):");

@@ -1,8 +1,7 @@
-//! Convolutional networks for image classification: the models, the shared
-//! training loop (schedules, clipping, checkpoints, resume), the reports it
-//! writes, and turning a user's image file into a model input.
+//! Convolutional networks for image classification: the models (and the
+//! digits' perceptron), classification on cinder-train's loop, and turning a
+//! user's image file into a model input.
 
 pub mod imagefile;
 pub mod models;
-pub mod report;
 pub mod train;

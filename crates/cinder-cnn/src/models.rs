@@ -26,6 +26,11 @@ pub enum Arch {
     LeNet,
     /// A small ResNet: three stages of one basic block (16, 32, 64 channels).
     ResNet,
+    /// A perceptron with one hidden layer of this many units, on the image
+    /// flattened.
+    Mlp {
+        hidden: usize,
+    },
 }
 
 impl ModelSpec {
@@ -51,11 +56,41 @@ impl ModelSpec {
         }
     }
 
+    /// The digits' perceptron: 64 inputs (an 8x8 image), `hidden` units.
+    pub fn mlp(height: usize, width: usize, hidden: usize, classes: usize) -> ModelSpec {
+        ModelSpec {
+            arch: Arch::Mlp { hidden },
+            in_channels: 1,
+            height,
+            width,
+            classes,
+        }
+    }
+
     pub fn build(&self, device: &Device) -> Result<Box<dyn Module>> {
         Ok(match self.arch {
             Arch::LeNet => Box::new(lenet(device, self)?),
             Arch::ResNet => Box::new(ResNet::new(device, self.in_channels, self.classes)?),
+            Arch::Mlp { hidden } => {
+                let inputs = self.in_channels * self.height * self.width;
+                Box::new(
+                    Sequential::new()
+                        .add(Flatten)
+                        .add(Linear::new(device, inputs, hidden, true)?)
+                        .add(ReLU)
+                        .add(Linear::new(device, hidden, self.classes, true)?),
+                )
+            }
         })
+    }
+
+    /// The architecture's name, as `--arch` and checkpoints spell it.
+    pub fn arch_name(&self) -> String {
+        match self.arch {
+            Arch::LeNet => "lenet".into(),
+            Arch::ResNet => "resnet".into(),
+            Arch::Mlp { hidden } => format!("mlp{hidden}"),
+        }
     }
 
     /// How training images looked, for converting a user's image file.
@@ -77,12 +112,8 @@ impl ModelSpec {
 
     /// Stored in a checkpoint's header.
     pub fn to_metadata(&self) -> HashMap<String, String> {
-        let arch = match self.arch {
-            Arch::LeNet => "lenet",
-            Arch::ResNet => "resnet",
-        };
         HashMap::from([
-            ("cinder.arch".to_string(), arch.to_string()),
+            ("cinder.arch".to_string(), self.arch_name()),
             (
                 "cinder.input".to_string(),
                 format!("{}x{}x{}", self.in_channels, self.height, self.width),
@@ -95,12 +126,23 @@ impl ModelSpec {
         let missing = |key: &str| {
             Error::invalid(
                 "checkpoint",
-                format!("the file has no {key:?} entry: it was not written by `cinder train cnn`"),
+                format!("the file has no {key:?} entry: it was not written by `cinder train`"),
             )
         };
         let arch = match meta.get("cinder.arch").map(String::as_str) {
             Some("lenet") => Arch::LeNet,
             Some("resnet") => Arch::ResNet,
+            Some(other) if other.starts_with("mlp") => {
+                match other["mlp".len()..].parse::<usize>() {
+                    Ok(hidden) if hidden > 0 => Arch::Mlp { hidden },
+                    _ => {
+                        return Err(Error::invalid(
+                            "checkpoint",
+                            format!("unknown architecture {other:?}"),
+                        ))
+                    }
+                }
+            }
             Some(other) => {
                 return Err(Error::invalid(
                     "checkpoint",

@@ -570,6 +570,13 @@ impl Device {
         self.inner.seed.store(seed, Ordering::Relaxed);
     }
 
+    /// Where the default random stream stands: restoring it with
+    /// [`Device::manual_seed`] continues the stream exactly (a resumed
+    /// training run draws the same dropout masks as an uninterrupted one).
+    pub fn seed_state(&self) -> u64 {
+        self.inner.seed.load(Ordering::Relaxed)
+    }
+
     /// The next seed of the default stream (SplitMix64 over the counter).
     pub fn next_seed(&self) -> u64 {
         let s = self
