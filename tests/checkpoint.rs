@@ -202,3 +202,35 @@ fn f64_weights_load_rounded_to_f32() -> Result<()> {
     std::fs::remove_dir_all(&dir).ok();
     Ok(())
 }
+
+/// Two saves of the same tensors and metadata are the same bytes, whatever
+/// order the metadata map happens to iterate in: a run's files can be
+/// compared with `cmp` and hashed.
+#[test]
+fn identical_saves_are_identical_bytes() -> Result<()> {
+    use cinder::nn::checkpoint::save_tensors_with_metadata;
+    let m = model(8)?;
+    let dir = temp_dir("identical");
+    // A fresh map each time: each HashMap has its own random iteration
+    // order, so twenty keys would come out in a different order.
+    let meta = || -> std::collections::HashMap<String, String> {
+        (0..20)
+            .map(|i| (format!("key{i}"), format!("value {i}")))
+            .collect()
+    };
+    let (a, b) = (dir.join("a.safetensors"), dir.join("b.safetensors"));
+    save_tensors_with_metadata(&a, &m.state_dict(), meta())?;
+    save_tensors_with_metadata(&b, &m.state_dict(), meta())?;
+    let (a_bytes, b_bytes) = (
+        std::fs::read(&a).expect("read a"),
+        std::fs::read(&b).expect("read b"),
+    );
+    assert!(a_bytes == b_bytes, "two saves of the same model differ");
+    // Still a safetensors file with every key.
+    let read = cinder::nn::checkpoint::read_metadata(&a)?;
+    assert_eq!(read.len(), 21, "{read:?}");
+    assert_eq!(read.get("key7").map(String::as_str), Some("value 7"));
+    load(&a, &model(8)?)?;
+    std::fs::remove_dir_all(&dir).ok();
+    Ok(())
+}

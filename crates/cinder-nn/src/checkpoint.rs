@@ -1,8 +1,9 @@
 //! Checkpoints as safetensors files with PyTorch's state_dict names, written
-//! atomically (temporary file, fsync, rename) so a crash never leaves half a file.
+//! atomically (temporary file, fsync, rename) so a crash never leaves half a
+//! file. Two saves of the same tensors and metadata are the same bytes.
 //! Loading also reads PyTorch's own `torch.save` files (`.pt`, `.pth`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::Path;
 
@@ -52,11 +53,13 @@ pub fn save_tensors(path: impl AsRef<Path>, tensors: &[(String, Tensor)]) -> Res
 }
 
 /// [`save_tensors`] plus string metadata in the file's header (safetensors'
-/// `__metadata__`), such as a training run's epoch.
+/// `__metadata__`), such as a training run's epoch. The header lists the
+/// metadata by key and the tensors by dtype, then name, so the same tensors
+/// and metadata always give the same bytes.
 pub fn save_tensors_with_metadata(
     path: impl AsRef<Path>,
     tensors: &[(String, Tensor)],
-    mut meta: HashMap<String, String>,
+    meta: HashMap<String, String>,
 ) -> Result<()> {
     let path = path.as_ref();
     let mut seen = std::collections::HashSet::new();
@@ -68,13 +71,10 @@ pub fn save_tensors_with_metadata(
             ));
         }
     }
+    let mut meta: BTreeMap<String, String> = meta.into_iter().collect();
     meta.insert("format".to_string(), "pt".to_string());
     let Some((_, first)) = tensors.first() else {
-        return write_atomic(
-            path,
-            &safetensors::serialize(Vec::<(String, TensorView)>::new(), Some(meta))
-                .map_err(|e| Error::bad_file(path, e.to_string()))?,
-        );
+        return write_atomic(path, &serialize(Vec::new(), &meta)?);
     };
     let nodes: Vec<Node> = tensors.iter().map(|(_, t)| t.node().clone()).collect();
     let read: Vec<usize> = (0..nodes.len()).collect();
@@ -88,9 +88,55 @@ pub fn save_tensors_with_metadata(
                 .map_err(|e| Error::bad_file(path, format!("tensor {name}: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
-    let bytes = safetensors::serialize(views, Some(meta))
-        .map_err(|e| Error::bad_file(path, e.to_string()))?;
-    write_atomic(path, &bytes)
+    write_atomic(path, &serialize(views, &meta)?)
+}
+
+/// safetensors bytes whose header lists `meta` in key order. The
+/// safetensors crate orders the tensors (by dtype, then name) but writes
+/// metadata from a `HashMap`, whose order changes from run to run; so its
+/// header is written without metadata and the sorted metadata spliced in.
+fn serialize(views: Vec<(String, TensorView)>, meta: &BTreeMap<String, String>) -> Result<Vec<u8>> {
+    let internal = |what: &str| Error::invalid("save", format!("internal: {what}"));
+    let plain = safetensors::serialize(views, None)
+        .map_err(|e| internal(&format!("safetensors could not serialize: {e}")))?;
+    let n = plain
+        .first_chunk::<8>()
+        .and_then(|n| usize::try_from(u64::from_le_bytes(*n)).ok())
+        .ok_or_else(|| internal("safetensors wrote no header length"))?;
+    let (header, data) = plain
+        .get(8..)
+        .and_then(|rest| rest.split_at_checked(n))
+        .ok_or_else(|| internal("safetensors' header length exceeds its output"))?;
+    let tensors = std::str::from_utf8(header)
+        .ok()
+        .and_then(|h| h.trim_end().strip_prefix('{'))
+        .ok_or_else(|| internal("safetensors' header is not a JSON object"))?;
+    let meta =
+        serde_json::to_string(meta).map_err(|e| internal(&format!("metadata as JSON: {e}")))?;
+    let mut header = format!("{{\"__metadata__\":{meta}");
+    if tensors != "}" {
+        header.push(',');
+    }
+    header.push_str(tensors);
+    // safetensors pads its header with spaces to keep the data 8-byte aligned.
+    while header.len() % 8 != 0 {
+        header.push(' ');
+    }
+    // What safetensors readers accept (its MAX_HEADER_SIZE).
+    if header.len() > 100_000_000 {
+        return Err(Error::invalid(
+            "save",
+            format!(
+                "the metadata makes a {} byte header; safetensors readers accept 100 MB",
+                header.len()
+            ),
+        ));
+    }
+    let mut out = Vec::with_capacity(8 + header.len() + data.len());
+    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(data);
+    Ok(out)
 }
 
 /// Little-endian int64 values as int32 bytes, if every value fits.
