@@ -234,3 +234,87 @@ fn identical_saves_are_identical_bytes() -> Result<()> {
     std::fs::remove_dir_all(&dir).ok();
     Ok(())
 }
+
+/// A checkpoint path that is not a regular file is an error at once, naming
+/// it: reading `/dev/zero` would never end, opening a FIFO waits for a
+/// writer that never comes.
+#[cfg(unix)]
+#[test]
+fn paths_that_are_not_regular_files_are_refused_at_once() -> Result<()> {
+    use cinder::nn::checkpoint::read_metadata;
+    let dir = temp_dir("irregular");
+    let fifo = dir.join("pipe.safetensors");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("running mkfifo");
+    assert!(made.success(), "mkfifo failed");
+    let sub = dir.join("sub.safetensors");
+    std::fs::create_dir_all(&sub).expect("dir");
+    let m = model(8)?;
+    let paths = [sub.clone(), fifo.clone(), "/dev/zero".into()];
+    // Each call runs on a thread, so a hang fails the test instead of
+    // stalling it.
+    for path in paths {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = path.clone();
+        std::thread::spawn(move || {
+            let meta = read_metadata(&p).err().map(|e| e.to_string());
+            let _ = tx.send(meta);
+        });
+        let err = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .unwrap_or_else(|_| panic!("read_metadata({}) did not return", path.display()));
+        let err = err.unwrap_or_else(|| panic!("{} was accepted", path.display()));
+        assert!(
+            err.contains(&path.display().to_string()) && err.contains("not a regular file"),
+            "{err}"
+        );
+        // load makes the same check (the thread above proved it does not
+        // block before it).
+        let err = load(&path, &m)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("not a regular file"), "{err}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    Ok(())
+}
+
+/// A header length larger than the file is a bad file before anything of
+/// that size is read or allocated.
+#[test]
+fn a_header_longer_than_the_file_is_a_bad_file() -> Result<()> {
+    let dir = temp_dir("hugeheader");
+    let path = dir.join("huge.safetensors");
+    let mut bytes = (1u64 << 60).to_le_bytes().to_vec();
+    bytes.extend_from_slice(br#"{"__metadata__":{}}"#);
+    std::fs::write(&path, &bytes).expect("write");
+    let m = model(8)?;
+    for err in [
+        cinder::nn::checkpoint::read_metadata(&path).err(),
+        load(&path, &m).err(),
+    ] {
+        match err {
+            Some(cinder::Error::BadFile { path: p, reason }) => {
+                assert_eq!(p, path);
+                assert!(reason.contains("header"), "{reason}");
+            }
+            other => panic!("expected BadFile, got {other:?}"),
+        }
+    }
+    // A header that fits but data cut short is also refused by
+    // read_metadata, which reads only the header.
+    let good = dir.join("good.safetensors");
+    save(&good, &m)?;
+    let full = std::fs::read(&good).expect("read");
+    std::fs::write(&good, &full[..full.len() - 4]).expect("write");
+    let err = cinder::nn::checkpoint::read_metadata(&good).err();
+    assert!(
+        matches!(&err, Some(cinder::Error::BadFile { reason, .. }) if reason.contains("truncated")),
+        "{err:?}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+    Ok(())
+}

@@ -1,11 +1,13 @@
 //! Checkpoints as safetensors files with PyTorch's state_dict names, written
-//! atomically (temporary file, fsync, rename) so a crash never leaves half a
-//! file. Two saves of the same tensors and metadata are the same bytes.
-//! Loading also reads PyTorch's own `torch.save` files (`.pt`, `.pth`).
+//! atomically (temporary file, fsync, rename) so a crash never leaves half
+//! a file. Two saves of the same tensors and
+//! metadata are the same bytes. Loading also reads PyTorch's own
+//! `torch.save` files (`.pt`, `.pth`), and reads only regular files.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
-use std::path::Path;
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
 
 use cinder_tensor::runtime::{DType, Effect, Node};
 use cinder_tensor::{Error, Result, Tensor};
@@ -26,7 +28,7 @@ fn st_dtype(d: DType) -> Dtype {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
+        _ => PathBuf::from("."),
     };
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let name = path
@@ -45,6 +47,91 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         return Err(Error::io(path, e));
     }
     Ok(())
+}
+
+/// What kind of thing a non-regular path is, for errors.
+fn kind_of(file_type: std::fs::FileType) -> &'static str {
+    if file_type.is_dir() {
+        return "a directory";
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if file_type.is_fifo() {
+            return "a FIFO (named pipe)";
+        }
+        if file_type.is_char_device() {
+            return "a character device";
+        }
+        if file_type.is_block_device() {
+            return "a block device";
+        }
+        if file_type.is_socket() {
+            return "a socket";
+        }
+    }
+    "not a file"
+}
+
+/// Opens `path` for reading if it is a regular file (or a link to one) and
+/// returns it with its length. A directory, FIFO, socket or device is
+/// [`Error::BadFile`] naming the path, before it is opened: reading
+/// `/dev/zero` never ends, and opening a FIFO waits for a writer. Every
+/// file cinder reads (checkpoints, images) goes through this.
+pub fn open_regular_file(path: impl AsRef<Path>) -> Result<(File, u64)> {
+    let path = path.as_ref();
+    let not_regular = |t: std::fs::FileType| {
+        Error::bad_file(
+            path,
+            format!(
+                "is {}, not a regular file; give the path of a file",
+                kind_of(t)
+            ),
+        )
+    };
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(not_regular(meta.file_type()));
+    }
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    // The path may have been replaced between the two calls.
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(not_regular(meta.file_type()));
+    }
+    Ok((file, meta.len()))
+}
+
+/// All of an opened regular file of `len` bytes, from its start.
+fn read_all(path: &Path, file: &mut File, len: u64) -> Result<Vec<u8>> {
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    file.rewind()
+        .and_then(|()| file.take(len).read_to_end(&mut bytes))
+        .map_err(|e| Error::io(path, e))?;
+    Ok(bytes)
+}
+
+/// A safetensors file's header length from its first 8 bytes, checked
+/// against the file's length before anything that long is read.
+fn header_len(path: &Path, first: &[u8], len: u64) -> Result<usize> {
+    let Some(&n) = first.first_chunk::<8>() else {
+        return Err(Error::bad_file(
+            path,
+            format!("not a safetensors file: {len} bytes, too short for a header"),
+        ));
+    };
+    let n = u64::from_le_bytes(n);
+    let after = len.saturating_sub(8);
+    if n > after {
+        return Err(Error::bad_file(
+            path,
+            format!(
+                "not a safetensors file, or a truncated one: its first 8 bytes give a header \
+                 of {n} bytes, but only {after} bytes follow"
+            ),
+        ));
+    }
+    usize::try_from(n).map_err(|_| Error::bad_file(path, "the header does not fit in memory"))
 }
 
 /// Saves named tensors; reads them back from the GPU in one submit.
@@ -181,13 +268,71 @@ pub fn load(path: impl AsRef<Path>, module: &dyn Module) -> Result<()> {
     load_tensors(path, &module.state_dict()).map(|_| ())
 }
 
-/// The string metadata in a safetensors file's header, without its tensors.
+/// The string metadata in a safetensors file's header, without its tensors:
+/// reads the header only, after checking its length against the file's,
+/// and checks that the tensors it describes fill the rest of the file.
 pub fn read_metadata(path: impl AsRef<Path>) -> Result<HashMap<String, String>> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| Error::bad_file(path, format!("not a safetensors file: {e}")))?;
-    Ok(header.metadata().clone().unwrap_or_default())
+    let bad = |reason: String| Error::bad_file(path, reason);
+    let (mut file, len) = open_regular_file(path)?;
+    let mut first = Vec::with_capacity(8);
+    (&mut file)
+        .take(8)
+        .read_to_end(&mut first)
+        .map_err(|e| Error::io(path, e))?;
+    let n = header_len(path, &first, len)?;
+    let mut header = vec![0; n];
+    file.read_exact(&mut header)
+        .map_err(|e| Error::io(path, e))?;
+    let entries: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header)
+        .map_err(|e| {
+            bad(format!(
+                "not a safetensors file: its header is not a JSON object: {e}"
+            ))
+        })?;
+    let mut metadata = HashMap::new();
+    let mut end = 0u64;
+    for (key, value) in entries {
+        if key == "__metadata__" {
+            let serde_json::Value::Object(values) = value else {
+                return Err(bad(
+                    "not a safetensors file: __metadata__ is not an object".into()
+                ));
+            };
+            for (k, v) in values {
+                let serde_json::Value::String(v) = v else {
+                    return Err(bad(format!("metadata {k:?} is not a string")));
+                };
+                metadata.insert(k, v);
+            }
+            continue;
+        }
+        let stop = value
+            .get("data_offsets")
+            .and_then(|o| o.as_array())
+            .and_then(|o| o.get(1))
+            .and_then(|o| o.as_u64())
+            .ok_or_else(|| {
+                bad(format!(
+                    "not a safetensors file: tensor {key:?} has no data_offsets"
+                ))
+            })?;
+        end = end.max(stop);
+    }
+    // ok: header_len checked that 8 + n <= len.
+    let data = len - 8 - n as u64;
+    if end > data {
+        return Err(bad(format!(
+            "truncated: the header describes {end} bytes of tensor data, the file holds {data}"
+        )));
+    }
+    if end < data {
+        return Err(bad(format!(
+            "not a safetensors file: {} bytes follow the tensors' data",
+            data - end
+        )));
+    }
+    Ok(metadata)
 }
 
 /// A tensor as a checkpoint file holds it: element type, shape and
@@ -228,16 +373,6 @@ impl std::fmt::Display for FileDType {
 fn is_torch_save(head: &[u8]) -> bool {
     let safetensors = head.len() > 8 && head[8] == b'{';
     !safetensors && (head.starts_with(b"PK\x03\x04") || head.first() == Some(&0x80))
-}
-
-/// The first bytes of a file, for telling formats apart.
-fn file_head(path: &Path) -> Result<Vec<u8>> {
-    use std::io::Read;
-    let mut head = Vec::with_capacity(16);
-    std::fs::File::open(path)
-        .and_then(|f| f.take(16).read_to_end(&mut head))
-        .map_err(|e| Error::io(path, e))?;
-    Ok(head)
 }
 
 /// Every tensor of a safetensors file, and its metadata.
@@ -355,11 +490,20 @@ pub fn load_tensors(
 ) -> Result<HashMap<String, String>> {
     let path = path.as_ref();
     let wanted: std::collections::HashSet<&str> = targets.iter().map(|(n, _)| n.as_str()).collect();
-    let (file, metadata) = if is_torch_save(&file_head(path)?) {
+    let (mut opened, len) = open_regular_file(path)?;
+    // The first bytes tell the formats apart.
+    let mut head = Vec::with_capacity(16);
+    (&mut opened)
+        .take(16)
+        .read_to_end(&mut head)
+        .map_err(|e| Error::io(path, e))?;
+    let (file, metadata) = if is_torch_save(&head) {
+        drop(opened);
         let tensors = select_state_dict(read_torch_save(path)?, &wanted);
         (tensors, HashMap::new())
     } else {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        header_len(path, &head, len)?;
+        let bytes = read_all(path, &mut opened, len)?;
         read_safetensors(path, &bytes)?
     };
     let mut problems = Vec::new();
