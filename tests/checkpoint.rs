@@ -45,7 +45,7 @@ fn save_then_load_reproduces_outputs() -> Result<()> {
     let leftovers: Vec<_> = std::fs::read_dir(&dir)
         .expect("dir")
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .filter(|e| e.file_name().to_string_lossy().contains("tmp"))
         .collect();
     assert!(leftovers.is_empty(), "temporary files left behind");
     std::fs::remove_dir_all(&dir).ok();
@@ -315,6 +315,69 @@ fn a_header_longer_than_the_file_is_a_bad_file() -> Result<()> {
         matches!(&err, Some(cinder::Error::BadFile { reason, .. }) if reason.contains("truncated")),
         "{err:?}"
     );
+    std::fs::remove_dir_all(&dir).ok();
+    Ok(())
+}
+
+/// A write that fails removes its temporary file; temporary files have a
+/// recognisable name, and a killed run's leftovers can be cleaned.
+#[test]
+fn temporary_files_are_removed_on_failure_and_stale_ones_cleaned() -> Result<()> {
+    use cinder::nn::checkpoint::{remove_stale_temp_files, write_atomic};
+    let dir = temp_dir("tempfiles");
+    // The target is an existing directory: the rename fails.
+    let target = dir.join("model.safetensors");
+    std::fs::create_dir_all(target.join("inside")).expect("dir");
+    let err = write_atomic(&target, b"weights").err();
+    assert!(err.is_some(), "renaming over a directory must fail");
+    let names = |dir: &std::path::Path| -> Vec<String> {
+        let mut n: Vec<String> = std::fs::read_dir(dir)
+            .expect("read_dir")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        n.sort();
+        n
+    };
+    assert_eq!(
+        names(&dir),
+        ["model.safetensors"],
+        "a temporary file remains"
+    );
+
+    // What a run killed between write and rename leaves behind, next to
+    // files that are not cinder's.
+    let stale = [
+        ".checkpoint.safetensors.4242-0.cinder-tmp",
+        ".metrics.csv.17-3.cinder-tmp",
+        // The name write_atomic used before it had its own suffix.
+        ".model.safetensors.4242.tmp",
+    ];
+    for name in stale {
+        std::fs::write(dir.join(name), b"half a file").expect("write");
+    }
+    let keep = ["notes.tmp", ".hidden", "metrics.csv", ".x.cinder-tmp.bak"];
+    for name in keep {
+        std::fs::write(dir.join(name), b"user data").expect("write");
+    }
+    let mut removed = remove_stale_temp_files(&dir)?;
+    removed.sort();
+    let mut want: Vec<std::path::PathBuf> = stale.iter().map(|n| dir.join(n)).collect();
+    want.sort();
+    assert_eq!(removed, want);
+    let mut left = keep.to_vec();
+    left.push("model.safetensors");
+    left.sort();
+    assert_eq!(names(&dir), left);
+    // A directory with nothing to clean, and one that does not exist.
+    assert!(remove_stale_temp_files(&dir)?.is_empty());
+    assert!(remove_stale_temp_files(dir.join("absent"))?.is_empty());
+
+    // A successful write leaves the file and nothing else.
+    let ok = dir.join("ok.bin");
+    write_atomic(&ok, b"bytes")?;
+    assert_eq!(std::fs::read(&ok).expect("read"), b"bytes");
+    assert!(!names(&dir).iter().any(|n| n.ends_with(".cinder-tmp")));
     std::fs::remove_dir_all(&dir).ok();
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! Checkpoints as safetensors files with PyTorch's state_dict names, written
-//! atomically (temporary file, fsync, rename) so a crash never leaves half
-//! a file. Two saves of the same tensors and
+//! atomically (temporary file, fsync, rename, fsync of the folder) so a
+//! crash never leaves half a file. Two saves of the same tensors and
 //! metadata are the same bytes. Loading also reads PyTorch's own
 //! `torch.save` files (`.pt`, `.pth`), and reads only regular files.
 
@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use cinder_tensor::runtime::{DType, Effect, Node};
 use cinder_tensor::{Error, Result, Tensor};
@@ -23,9 +24,18 @@ fn st_dtype(d: DType) -> Dtype {
     }
 }
 
+/// How the temporary files of [`write_atomic`] end: `.<name>.<pid>-<n>.cinder-tmp`
+/// next to the file `<name>` they will replace. One that outlives its
+/// process was left by a run that was killed between writing and renaming;
+/// [`remove_stale_temp_files`] cleans them.
+pub const TEMP_SUFFIX: &str = ".cinder-tmp";
+
 /// Writes `bytes` to `path` so that readers see the old file or the new one,
-/// never a mix.
+/// never a mix: a temporary file in the same folder is written, synced and
+/// renamed over `path`, then the folder is synced so the rename survives a
+/// power cut. On any error the temporary file is removed.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -35,18 +45,103 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "checkpoint".into());
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    // The process id and a counter keep two writers of one file apart.
+    let tmp = dir.join(format!(
+        ".{name}.{}-{}{TEMP_SUFFIX}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
+        drop(f);
         std::fs::rename(&tmp, path)
     })();
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
         return Err(Error::io(path, e));
     }
-    Ok(())
+    sync_dir(&dir).map_err(|e| Error::io(&dir, e))
+}
+
+/// Flushes a folder's entries (a rename in it) to disk. Where a folder
+/// cannot be opened or synced (some file systems, other platforms), the
+/// rename has still happened and this does nothing.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::io::ErrorKind;
+        match File::open(dir).and_then(|d| d.sync_all()) {
+            Err(e)
+                if !matches!(
+                    e.kind(),
+                    ErrorKind::Unsupported | ErrorKind::InvalidInput | ErrorKind::PermissionDenied
+                ) =>
+            {
+                Err(e)
+            }
+            _ => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
+}
+
+/// Whether `name` is a temporary file of [`write_atomic`]:
+/// `.<name>.<pid>-<n>.cinder-tmp`, or `.<name>.<pid>.tmp` as earlier
+/// versions named them.
+fn is_temp_name(name: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let Some(rest) = name.strip_prefix('.') else {
+        return false;
+    };
+    if let Some(stem) = rest.strip_suffix(TEMP_SUFFIX) {
+        return stem.rsplit_once('.').is_some_and(|(target, id)| {
+            !target.is_empty()
+                && id
+                    .split_once('-')
+                    .is_some_and(|(p, n)| digits(p) && digits(n))
+        });
+    }
+    rest.strip_suffix(".tmp")
+        .and_then(|stem| stem.rsplit_once('.'))
+        .is_some_and(|(target, pid)| !target.is_empty() && digits(pid))
+}
+
+/// Removes the temporary files that [`write_atomic`] calls killed before
+/// their rename left in `dir` (see [`TEMP_SUFFIX`]), and returns their
+/// paths. Other files, and folders, are left alone; a folder that does not
+/// exist has nothing to clean. Call it when a run that owns the folder
+/// starts, not while another process may be writing there.
+pub fn remove_stale_temp_files(dir: impl AsRef<Path>) -> Result<Vec<PathBuf>> {
+    let dir = dir.as_ref();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    let mut removed = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let path = entry.path();
+        let is_file = entry
+            .file_type()
+            .map_err(|e| Error::io(&path, e))?
+            .is_file();
+        if is_file && entry.file_name().to_str().is_some_and(is_temp_name) {
+            match std::fs::remove_file(&path) {
+                Ok(()) => removed.push(path),
+                // Removed meanwhile: nothing left to clean.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(&path, e)),
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// What kind of thing a non-regular path is, for errors.
