@@ -50,6 +50,26 @@ impl RunDir {
     pub fn holds_a_run(&self) -> bool {
         self.checkpoint().exists()
     }
+
+    /// Removes the loop's own files (the checkpoint first, so that a folder
+    /// never looks like it holds a run it does not). Model files and a task's
+    /// own files are replaced when the first epoch ends.
+    pub fn remove_files(&self) -> Result<()> {
+        for path in [
+            self.checkpoint(),
+            self.metrics(),
+            self.curves(),
+            self.timings(),
+            self.settings(),
+        ] {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(&path, e)),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// How a run treats its folder.

@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use cinder_nn::checkpoint::{load_tensors, save_tensors_with_metadata, write_atomic};
+use cinder_nn::checkpoint::{
+    load_tensors, remove_stale_temp_files, save_tensors_with_metadata, write_atomic,
+};
 use cinder_nn::module::prefixed;
 use cinder_nn::{Module, Optimizer};
 use cinder_tensor::{no_grad, read_all, Device, Error, Gradients, Result, Tensor};
@@ -208,6 +210,14 @@ impl Trainer {
         observer: &mut dyn Observer,
     ) -> Result<History> {
         self.check()?;
+        // A killed run's half-written files would otherwise sit beside the
+        // run forever; nothing else writes into a run's folder meanwhile.
+        remove_stale_temp_files(&self.run.dir)?;
+        if self.start == Start::Overwrite {
+            // Until its first epoch ends, the folder must not pair this
+            // run's settings with the replaced run's checkpoint and curves.
+            self.run.remove_files()?;
+        }
         let settings = self.all_settings();
         let bases: Vec<(String, f64)> = task
             .optimizers()
