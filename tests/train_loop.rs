@@ -10,8 +10,8 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use cinder::nn::{Adam, Dropout, Linear, Module, Optimizer, ReLU, Sequential};
-use cinder::train::{Batches, Schedule, Settings, Silent, Start, Step, Task, Trainer};
 use cinder::prelude::Reduction;
+use cinder::train::{Batches, Schedule, Settings, Silent, Start, Step, Task, Trainer};
 use cinder::{Device, Result, Tensor};
 
 /// Points on a ring, 16 to a batch, visited in an order fixed per epoch.

@@ -50,9 +50,9 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
     /// AdamW's base learning rate.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     lr: Option<f64>,
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = 0.01, allow_negative_numbers = true)]
     weight_decay: f64,
     /// Learning-rate schedule, stepped once per epoch.
     #[arg(long, value_enum)]
@@ -61,13 +61,13 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 5)]
     step_size: usize,
     /// Decay factor of the step schedule.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, allow_negative_numbers = true)]
     gamma: f64,
     /// Optimizer steps of linear learning-rate warm-up.
     #[arg(long, default_value_t = 0)]
     warmup_steps: u64,
     /// Clip the gradients' joint L2 norm to this value.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     clip_grad: Option<f32>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -147,14 +147,17 @@ impl RunArgs {
         epochs: usize,
         lr: f64,
         schedule: ScheduleArg,
-    ) -> TrainOptions {
+    ) -> Result<TrainOptions> {
+        // Checked whichever schedule runs: a step size of 0 is a mistake even
+        // where the option goes unused.
+        Schedule::step(self.step_size, self.gamma).validate()?;
         let schedule = match self.schedule.unwrap_or(schedule) {
             ScheduleArg::Constant => Schedule::constant(),
             ScheduleArg::Step => Schedule::step(self.step_size, self.gamma),
             ScheduleArg::Cosine => Schedule::cosine(0.0),
         }
         .with_warmup(self.warmup_steps);
-        TrainOptions {
+        Ok(TrainOptions {
             epochs: self.epochs.unwrap_or(epochs),
             batch_size: self.batch_size,
             lr: self.lr.unwrap_or(lr),
@@ -171,7 +174,7 @@ impl RunArgs {
             } else {
                 Start::New
             },
-        }
+        })
     }
 }
 
@@ -231,7 +234,7 @@ pub fn train_cnn(args: TrainCnn) -> Result<()> {
     };
     let options = args
         .run
-        .options(&source.name(), "runs/cnn", 15, 2e-3, ScheduleArg::Cosine);
+        .options(&source.name(), "runs/cnn", 15, 2e-3, ScheduleArg::Cosine)?;
     run(&spec, &source, &options)
 }
 
@@ -240,7 +243,7 @@ pub fn train_mlp(args: TrainMlp) -> Result<()> {
     let spec = ModelSpec::mlp(8, 8, args.hidden, 10);
     let options = args
         .run
-        .options(&source.name(), "runs/mlp", 20, 3e-3, ScheduleArg::Constant);
+        .options(&source.name(), "runs/mlp", 20, 3e-3, ScheduleArg::Constant)?;
     run(&spec, &source, &options)
 }
 

@@ -193,3 +193,96 @@ fn train_cnn_resnet_then_eval() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Settings that cannot train are refused before any work (no folder is
+/// made); a folder holding a run is neither replaced nor continued with
+/// other settings without a word.
+#[test]
+fn train_refuses_bad_settings_and_protects_a_finished_run() {
+    let dir = scratch("guard");
+    let out = dir.join("run");
+    let train = |extra: &[&str]| {
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "train".as_ref(),
+            "mlp".as_ref(),
+            "--out".as_ref(),
+            out.as_os_str(),
+        ];
+        if !extra.contains(&"--epochs") {
+            args.extend(["--epochs", "1"].map(std::ffi::OsStr::new));
+        }
+        args.extend(extra.iter().map(|a| std::ffi::OsStr::new(*a)));
+        cinder(&args)
+    };
+    for (flags, says) in [
+        (
+            &["--lr", "-1"][..],
+            "learning rate must be positive, got -1",
+        ),
+        (
+            &["--weight-decay", "-5"][..],
+            "weight decay must be at least 0, got -5",
+        ),
+        (&["--step-size", "0"][..], "step size must be at least 1"),
+        (
+            &["--schedule", "step", "--gamma", "0"][..],
+            "gamma must be in (0, 1], got 0",
+        ),
+        (&["--batch-size", "0"][..], "batch size must be at least 1"),
+        (&["--epochs", "0"][..], "epochs must be at least 1"),
+        (
+            &["--clip-grad", "-2"][..],
+            "clipping norm must be positive, got -2",
+        ),
+    ] {
+        let (ok, stdout, stderr) = train(flags);
+        assert!(!ok, "{flags:?} must be refused: {stdout}");
+        assert!(stderr.contains(says), "{flags:?}: {stderr}");
+        assert!(
+            !stdout.contains("adapter:"),
+            "{flags:?} started work: {stdout}"
+        );
+        assert!(!out.exists(), "{flags:?} made {}", out.display());
+    }
+
+    let (ok, stdout, stderr) = train(&[]);
+    assert!(ok, "{stdout}\n{stderr}");
+    let model = std::fs::read(out.join("model.safetensors")).expect("model.safetensors");
+    let (ok, stdout, stderr) = train(&[]);
+    assert!(
+        !ok,
+        "a second run into {} must be refused: {stdout}",
+        out.display()
+    );
+    assert!(
+        stderr.contains("--resume") && stderr.contains("--overwrite"),
+        "{stderr}"
+    );
+    assert!(
+        !stdout.contains("adapter:"),
+        "checked before any work: {stdout}"
+    );
+    let (ok, _, stderr) = train(&["--resume", "--epochs", "2", "--lr", "0.01", "--seed", "3"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("lr: 0.003 -> 0.01") && stderr.contains("seed: 0 -> 3"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(out.join("model.safetensors")).expect("model.safetensors"),
+        model,
+        "refusals must leave the run as it was"
+    );
+    let (ok, stdout, stderr) = train(&["--resume", "--epochs", "2"]);
+    assert!(
+        ok && stdout.contains("after 2 epochs"),
+        "{stdout}\n{stderr}"
+    );
+    let settings = std::fs::read_to_string(out.join("settings.txt")).expect("settings.txt");
+    assert!(settings.contains("# resumed after epoch 1"), "{settings}");
+    let (ok, stdout, stderr) = train(&["--overwrite"]);
+    assert!(ok, "{stdout}\n{stderr}");
+    let metrics = std::fs::read_to_string(out.join("metrics.csv")).expect("metrics.csv");
+    assert_eq!(metrics.lines().count(), 2, "{metrics}");
+    let _ = std::fs::remove_dir_all(dir);
+}
