@@ -193,3 +193,106 @@ fn train_cnn_resnet_then_eval() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `cinder` with `envs` set, killed after `limit`: a command that hangs
+/// fails its test instead of stalling the suite.
+fn cinder_within(
+    args: &[&std::ffi::OsStr],
+    envs: &[(&str, &str)],
+    limit: std::time::Duration,
+) -> (bool, String, String) {
+    use std::io::Read;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cinder"))
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running cinder");
+    // Read both pipes on threads so a full pipe cannot block the child.
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for cinder") {
+            break status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("cinder {args:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    (
+        status.success(),
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default(),
+    )
+}
+
+const LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// `cinder info` with a filter that matches nothing says so, names the
+/// filter and what exists, and fails.
+#[test]
+fn info_with_a_filter_that_matches_nothing_fails() {
+    let adapters = cinder::runtime::list_adapters();
+    let first = adapters
+        .first()
+        .unwrap_or_else(|| panic!("no adapter: these tests need one (Mesa lavapipe)"));
+    // A backend this machine lacks (on Linux: Metal and DX12).
+    let backends = ["metal", "dx12", "vulkan", "gl"];
+    let absent = backends.into_iter().find(|b| {
+        !adapters
+            .iter()
+            .any(|a| a.backend.to_lowercase().starts_with(&b[..2]))
+    });
+    let mut cases = vec![
+        (
+            "CINDER_ADAPTER",
+            "no-such-adapter-anywhere",
+            "CINDER_ADAPTER=no-such-adapter-anywhere",
+        ),
+        ("CINDER_BACKEND", "teapot", "teapot"),
+    ];
+    if let Some(b) = absent {
+        cases.push(("CINDER_BACKEND", b, ""));
+    }
+    for (var, value, named) in cases {
+        let named = if named.is_empty() {
+            format!("CINDER_BACKEND={value}")
+        } else {
+            named.to_string()
+        };
+        let (ok, stdout, stderr) = cinder_within(&["info".as_ref()], &[(var, value)], LIMIT);
+        assert!(!ok, "{var}={value} must fail: {stdout}");
+        assert!(stderr.contains(&named), "{var}={value}: {stderr}");
+        assert!(
+            stderr.contains(&first.name),
+            "{var}={value}: the error lists what exists: {stderr}"
+        );
+    }
+    // Without a filter, and with one that matches, info succeeds.
+    let (ok, stdout, stderr) = cinder_within(&["info".as_ref()], &[], LIMIT);
+    assert!(ok && stdout.contains(&first.name), "{stdout} {stderr}");
+    let (ok, stdout, stderr) = cinder_within(
+        &["info".as_ref()],
+        &[("CINDER_ADAPTER", &first.name)],
+        LIMIT,
+    );
+    assert!(
+        ok && stdout.contains("<- Device::new() picks this one"),
+        "{stdout} {stderr}"
+    );
+}
