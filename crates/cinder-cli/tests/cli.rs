@@ -243,6 +243,78 @@ fn cinder_within(
 
 const LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
 
+/// A model of `spec` whose tensor `index` holds `bad` in its first
+/// `count` values; returns the file and that tensor's name.
+fn poisoned_model(
+    dir: &Path,
+    file: &str,
+    spec: ModelSpec,
+    index: usize,
+    bad: f32,
+    count: usize,
+) -> (PathBuf, String) {
+    let device = cinder::Device::new().unwrap_or_else(|e| panic!("{e}"));
+    let model = spec.build(&device).unwrap_or_else(|e| panic!("{e}"));
+    let mut state = model.state_dict();
+    let (name, tensor) = state[index].clone();
+    let mut values = tensor.to_vec::<f32>().unwrap_or_else(|e| panic!("{e}"));
+    values.iter_mut().take(count).for_each(|v| *v = bad);
+    let poisoned = cinder::Tensor::from_slice(&device, &values, tensor.shape())
+        .unwrap_or_else(|e| panic!("{e}"));
+    state[index] = (name.clone(), poisoned);
+    let path = dir.join(file);
+    save_tensors_with_metadata(&path, &state, spec.to_metadata()).unwrap_or_else(|e| panic!("{e}"));
+    (path, name)
+}
+
+/// A checkpoint whose weights hold NaN or infinite values (a run that
+/// diverged) is refused by `eval` and `predict`, naming the tensor, instead
+/// of predicting "0 (NaN%)".
+#[test]
+fn weights_with_nan_or_inf_are_refused() {
+    let dir = scratch("nan");
+    let spec = ModelSpec::lenet(8, 8, 10);
+    let (nan, nan_name) = poisoned_model(&dir, "nan.safetensors", spec, 0, f32::NAN, 12);
+    let (inf, inf_name) = poisoned_model(&dir, "inf.safetensors", spec, 2, f32::INFINITY, 1);
+    let mut img = image::RgbImage::from_pixel(60, 60, image::Rgb([255, 255, 255]));
+    for y in 10..50 {
+        for x in 27..33 {
+            img.put_pixel(x, y, image::Rgb([0, 0, 0]));
+        }
+    }
+    let good = dir.join("one.png");
+    img.save(&good).expect("writing a png");
+    for (model, want) in [
+        (&nan, format!("{nan_name} has 12 NaN values")),
+        (&inf, format!("{inf_name} has 1 infinite value")),
+    ] {
+        let (ok, stdout, stderr) = cinder_within(
+            &[
+                "predict".as_ref(),
+                "--checkpoint".as_ref(),
+                model.as_os_str(),
+                good.as_os_str(),
+            ],
+            &[],
+            LIMIT,
+        );
+        assert!(!ok, "predict must refuse: {stdout}");
+        assert!(
+            !stdout.contains('%'),
+            "no prediction from such weights: {stdout}"
+        );
+        assert!(stderr.contains(&want), "{stderr}");
+        let (ok, stdout, stderr) = cinder_within(
+            &["eval".as_ref(), "--checkpoint".as_ref(), model.as_os_str()],
+            &[],
+            LIMIT,
+        );
+        assert!(!ok, "eval must refuse: {stdout}");
+        assert!(stderr.contains(&want), "{stderr}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// `cinder info` with a filter that matches nothing says so, names the
 /// filter and what exists, and fails.
 #[test]
