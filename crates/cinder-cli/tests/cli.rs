@@ -580,3 +580,50 @@ fn predict_warns_on_truncated_and_blank_images() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `eval --mnist DIR` needs only the test files (t10k-*).
+#[test]
+fn eval_on_mnist_needs_only_the_test_files() {
+    use cinder::data::{write_idx, Mnist};
+    let dir = scratch("mnist-test-only");
+    let n = 30;
+    let pixels: Vec<u8> = (0..n * 784).map(|i| ((i * 31) % 253) as u8).collect();
+    let classes: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
+    write_idx(dir.join(Mnist::TEST_IMAGES), &[n, 28, 28], &pixels)
+        .unwrap_or_else(|e| panic!("{e}"));
+    write_idx(dir.join(Mnist::TEST_LABELS), &[n], &classes).unwrap_or_else(|e| panic!("{e}"));
+    let spec = ModelSpec::lenet(28, 28, 10);
+    let device = cinder::Device::new().unwrap_or_else(|e| panic!("{e}"));
+    let model = spec.build(&device).unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.join("model.safetensors");
+    save_tensors_with_metadata(&path, &model.state_dict(), spec.to_metadata())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (ok, stdout, stderr) = cinder_within(
+        &[
+            "eval".as_ref(),
+            "--checkpoint".as_ref(),
+            path.as_os_str(),
+            "--mnist".as_ref(),
+            dir.as_os_str(),
+        ],
+        &[],
+        LIMIT,
+    );
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stdout.contains("(30 images)"), "{stdout}");
+    // Without the test files the error names what is missing.
+    std::fs::remove_file(dir.join(Mnist::TEST_LABELS)).expect("remove");
+    let (ok, _, stderr) = cinder_within(
+        &[
+            "eval".as_ref(),
+            "--checkpoint".as_ref(),
+            path.as_os_str(),
+            "--mnist".as_ref(),
+            dir.as_os_str(),
+        ],
+        &[],
+        LIMIT,
+    );
+    assert!(!ok && stderr.contains(Mnist::TEST_LABELS), "{stderr}");
+    let _ = std::fs::remove_dir_all(dir);
+}
