@@ -381,3 +381,35 @@ fn temporary_files_are_removed_on_failure_and_stale_ones_cleaned() -> Result<()>
     std::fs::remove_dir_all(&dir).ok();
     Ok(())
 }
+
+/// `check_finite` names each tensor holding NaN or infinite values, with
+/// their counts, and passes finite weights.
+#[test]
+fn non_finite_weights_are_named_with_their_counts() -> Result<()> {
+    use cinder::nn::checkpoint::check_finite;
+    let device = common::device();
+    let m = model(4)?;
+    check_finite(&m.state_dict())?;
+    let mut state = m.state_dict();
+    let poison = |t: &Tensor, bad: &[f32]| -> Result<Tensor> {
+        let mut values = t.to_vec::<f32>()?;
+        values[..bad.len()].copy_from_slice(bad);
+        Tensor::from_slice(&device, &values, t.shape())
+    };
+    state[0].1 = poison(&state[0].1, &[f32::NAN; 3])?;
+    state[3].1 = poison(&state[3].1, &[f32::NAN, f32::NEG_INFINITY])?;
+    let err = check_finite(&state)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("0.weight has 3 NaN values"), "{err}");
+    assert!(
+        err.contains("2.bias has 1 NaN value and 1 infinite value"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("0.bias") && !err.contains("2.weight"),
+        "{err}"
+    );
+    Ok(())
+}

@@ -7,10 +7,8 @@ use std::time::Instant;
 
 use cinder::cnn::imagefile::load_image;
 use cinder::cnn::models::{Arch, ModelSpec};
-use cinder::cnn::train::{train, OrderedBatches, TrainOptions};
+use cinder::cnn::train::{load_model, train, OrderedBatches, TrainOptions};
 use cinder::data::{Digits, InMemoryDataset, Mnist, Split};
-use cinder::nn::checkpoint::load_tensors;
-use cinder::nn::Module;
 use cinder::train::classify::{evaluate, format_confusion};
 use cinder::train::{Progress, RunDir, Schedule, Start};
 use cinder::{Device, Error, Result, Tensor};
@@ -247,25 +245,6 @@ pub fn train_mlp(args: TrainMlp) -> Result<()> {
     run(&spec, &source, &options)
 }
 
-/// The model a checkpoint describes, with its weights loaded.
-fn load_model(device: &Device, checkpoint: &Path) -> Result<(Box<dyn Module>, ModelSpec)> {
-    let meta = cinder::nn::checkpoint::read_metadata(checkpoint)?;
-    let spec = ModelSpec::from_metadata(&meta)?;
-    if meta.contains_key("cinder.global_step") || meta.contains_key("cinder.optimizer_steps") {
-        return Err(Error::invalid(
-            "checkpoint",
-            format!(
-                "{} is a training checkpoint (for --resume); pass the model.safetensors next to it",
-                checkpoint.display()
-            ),
-        ));
-    }
-    let mut model = spec.build(device)?;
-    load_tensors(checkpoint, &model.state_dict())?;
-    model.eval();
-    Ok((model, spec))
-}
-
 /// The held-out data for a model of `spec`: MNIST's test files in `mnist`,
 /// or the bundled data of the model's image size.
 fn held_out(spec: &ModelSpec, mnist: Option<&Path>) -> Result<(InMemoryDataset, String)> {
@@ -281,7 +260,7 @@ fn held_out(spec: &ModelSpec, mnist: Option<&Path>) -> Result<(InMemoryDataset, 
 
 pub fn eval(checkpoint: &Path, mnist: Option<&Path>) -> Result<()> {
     let device = Device::new()?;
-    let (model, spec) = load_model(&device, checkpoint)?;
+    let (spec, model) = load_model(checkpoint, &device)?;
     let (test, name) = held_out(&spec, mnist)?;
     if test.feature_shape != spec.input_shape() {
         return Err(Error::invalid(
@@ -313,7 +292,7 @@ pub fn eval(checkpoint: &Path, mnist: Option<&Path>) -> Result<()> {
 /// Classifies each file; a bad file is reported and the rest still run.
 pub fn predict(checkpoint: &Path, images: &[PathBuf]) -> Result<()> {
     let device = Device::new()?;
-    let (model, spec) = load_model(&device, checkpoint)?;
+    let (spec, model) = load_model(checkpoint, &device)?;
     let style = spec.image_style();
     let mut failed = 0;
     for path in images {

@@ -73,7 +73,15 @@ fn info() -> cinder::Result<()> {
             filter: String::new(),
         });
     }
-    let chosen = cinder::Device::new().ok();
+    // A CINDER_BACKEND / CINDER_ADAPTER that matches nothing is a mistake to
+    // report (its error lists the adapters), not a list with none marked:
+    // every program run with it would fail the same way.
+    let (chosen, failure) = match cinder::Device::new() {
+        Ok(device) => (Some(device), None),
+        Err(e @ cinder::Error::NoMatchingAdapter { .. }) => return Err(e),
+        // Any other failure is reported after the list, which helps read it.
+        Err(e) => (None, Some(e)),
+    };
     for (i, a) in adapters.iter().enumerate() {
         let mark = match &chosen {
             Some(d) if d.adapter_name() == a.name && d.backend() == a.backend => {
@@ -110,5 +118,5 @@ fn info() -> cinder::Result<()> {
     println!(
         "Override with CINDER_BACKEND=vulkan|metal|dx12|gl and CINDER_ADAPTER=<name substring>."
     );
-    Ok(())
+    failure.map_or(Ok(()), Err)
 }

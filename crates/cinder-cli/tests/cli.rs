@@ -286,3 +286,437 @@ fn train_refuses_bad_settings_and_protects_a_finished_run() {
     assert_eq!(metrics.lines().count(), 2, "{metrics}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `cinder` with `envs` set, killed after `limit`: a command that hangs
+/// fails its test instead of stalling the suite.
+fn cinder_within(
+    args: &[&std::ffi::OsStr],
+    envs: &[(&str, &str)],
+    limit: std::time::Duration,
+) -> (bool, String, String) {
+    use std::io::Read;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cinder"))
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running cinder");
+    // Read both pipes on threads so a full pipe cannot block the child.
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for cinder") {
+            break status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("cinder {args:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    (
+        status.success(),
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default(),
+    )
+}
+
+const LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// A model of `spec` whose tensor `index` holds `bad` in its first
+/// `count` values; returns the file and that tensor's name.
+fn poisoned_model(
+    dir: &Path,
+    file: &str,
+    spec: ModelSpec,
+    index: usize,
+    bad: f32,
+    count: usize,
+) -> (PathBuf, String) {
+    let device = cinder::Device::new().unwrap_or_else(|e| panic!("{e}"));
+    let model = spec.build(&device).unwrap_or_else(|e| panic!("{e}"));
+    let mut state = model.state_dict();
+    let (name, tensor) = state[index].clone();
+    let mut values = tensor.to_vec::<f32>().unwrap_or_else(|e| panic!("{e}"));
+    values.iter_mut().take(count).for_each(|v| *v = bad);
+    let poisoned = cinder::Tensor::from_slice(&device, &values, tensor.shape())
+        .unwrap_or_else(|e| panic!("{e}"));
+    state[index] = (name.clone(), poisoned);
+    let path = dir.join(file);
+    save_tensors_with_metadata(&path, &state, spec.to_metadata()).unwrap_or_else(|e| panic!("{e}"));
+    (path, name)
+}
+
+/// A checkpoint whose weights hold NaN or infinite values (a run that
+/// diverged) is refused by `eval` and `predict`, naming the tensor, instead
+/// of predicting "0 (NaN%)".
+#[test]
+fn weights_with_nan_or_inf_are_refused() {
+    let dir = scratch("nan");
+    let spec = ModelSpec::lenet(8, 8, 10);
+    let (nan, nan_name) = poisoned_model(&dir, "nan.safetensors", spec, 0, f32::NAN, 12);
+    let (inf, inf_name) = poisoned_model(&dir, "inf.safetensors", spec, 2, f32::INFINITY, 1);
+    let mut img = image::RgbImage::from_pixel(60, 60, image::Rgb([255, 255, 255]));
+    for y in 10..50 {
+        for x in 27..33 {
+            img.put_pixel(x, y, image::Rgb([0, 0, 0]));
+        }
+    }
+    let good = dir.join("one.png");
+    img.save(&good).expect("writing a png");
+    for (model, want) in [
+        (&nan, format!("{nan_name} has 12 NaN values")),
+        (&inf, format!("{inf_name} has 1 infinite value")),
+    ] {
+        let (ok, stdout, stderr) = cinder_within(
+            &[
+                "predict".as_ref(),
+                "--checkpoint".as_ref(),
+                model.as_os_str(),
+                good.as_os_str(),
+            ],
+            &[],
+            LIMIT,
+        );
+        assert!(!ok, "predict must refuse: {stdout}");
+        assert!(
+            !stdout.contains('%'),
+            "no prediction from such weights: {stdout}"
+        );
+        assert!(stderr.contains(&want), "{stderr}");
+        let (ok, stdout, stderr) = cinder_within(
+            &["eval".as_ref(), "--checkpoint".as_ref(), model.as_os_str()],
+            &[],
+            LIMIT,
+        );
+        assert!(!ok, "eval must refuse: {stdout}");
+        assert!(stderr.contains(&want), "{stderr}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A checkpoint or image path that is not a regular file (a directory, a
+/// FIFO, /dev/zero) is an error at once naming it; the other images are
+/// still classified.
+#[cfg(unix)]
+#[test]
+fn paths_that_are_not_regular_files_fail_at_once() {
+    let dir = scratch("irregular");
+    let model = model_file(&dir);
+    let fifo = dir.join("pipe.png");
+    let made = Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("running mkfifo");
+    assert!(made.success(), "mkfifo failed");
+    let folder = dir.join("folder.png");
+    std::fs::create_dir_all(&folder).expect("dir");
+    let zero = Path::new("/dev/zero");
+    for checkpoint in [folder.as_path(), fifo.as_path(), zero] {
+        let (ok, _, stderr) = cinder_within(
+            &[
+                "predict".as_ref(),
+                "--checkpoint".as_ref(),
+                checkpoint.as_os_str(),
+                "x.png".as_ref(),
+            ],
+            &[],
+            LIMIT,
+        );
+        assert!(!ok);
+        assert!(
+            stderr.contains(&checkpoint.display().to_string())
+                && stderr.contains("not a regular file"),
+            "{stderr}"
+        );
+        let (ok, _, stderr) = cinder_within(
+            &[
+                "eval".as_ref(),
+                "--checkpoint".as_ref(),
+                checkpoint.as_os_str(),
+            ],
+            &[],
+            LIMIT,
+        );
+        assert!(!ok && stderr.contains("not a regular file"), "{stderr}");
+    }
+    // A crafted header length of 2^60 bytes.
+    let crafted = dir.join("crafted.safetensors");
+    let mut bytes = (1u64 << 60).to_le_bytes().to_vec();
+    bytes.extend_from_slice(b"{}      ");
+    std::fs::write(&crafted, &bytes).expect("write");
+    let (ok, _, stderr) = cinder_within(
+        &[
+            "eval".as_ref(),
+            "--checkpoint".as_ref(),
+            crafted.as_os_str(),
+        ],
+        &[],
+        LIMIT,
+    );
+    assert!(!ok && stderr.contains("crafted.safetensors"), "{stderr}");
+
+    let mut img = image::RgbImage::from_pixel(60, 60, image::Rgb([255, 255, 255]));
+    for y in 10..50 {
+        for x in 27..33 {
+            img.put_pixel(x, y, image::Rgb([0, 0, 0]));
+        }
+    }
+    let good = dir.join("one.png");
+    img.save(&good).expect("writing a png");
+    let (ok, stdout, stderr) = cinder_within(
+        &[
+            "predict".as_ref(),
+            "--checkpoint".as_ref(),
+            model.as_os_str(),
+            folder.as_os_str(),
+            fifo.as_os_str(),
+            zero.as_os_str(),
+            good.as_os_str(),
+        ],
+        &[],
+        LIMIT,
+    );
+    assert!(!ok, "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("one.png") && l.contains('%')),
+        "{stdout} / {stderr}"
+    );
+    for bad in [&folder, &fifo, &zero.to_path_buf()] {
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with(&bad.display().to_string()))
+            .unwrap_or_else(|| panic!("no line for {} in {stderr}", bad.display()));
+        assert!(line.contains("not a regular file"), "{line}");
+    }
+    assert!(stderr.contains("3 of 4 files"), "{stderr}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `cinder info` with a filter that matches nothing says so, names the
+/// filter and what exists, and fails.
+#[test]
+fn info_with_a_filter_that_matches_nothing_fails() {
+    let adapters = cinder::runtime::list_adapters();
+    let first = adapters
+        .first()
+        .unwrap_or_else(|| panic!("no adapter: these tests need one (Mesa lavapipe)"));
+    // A backend this machine lacks (on Linux: Metal and DX12).
+    let backends = ["metal", "dx12", "vulkan", "gl"];
+    let absent = backends.into_iter().find(|b| {
+        !adapters
+            .iter()
+            .any(|a| a.backend.to_lowercase().starts_with(&b[..2]))
+    });
+    let mut cases = vec![
+        (
+            "CINDER_ADAPTER",
+            "no-such-adapter-anywhere",
+            "CINDER_ADAPTER=no-such-adapter-anywhere",
+        ),
+        ("CINDER_BACKEND", "teapot", "teapot"),
+    ];
+    if let Some(b) = absent {
+        cases.push(("CINDER_BACKEND", b, ""));
+    }
+    for (var, value, named) in cases {
+        let named = if named.is_empty() {
+            format!("CINDER_BACKEND={value}")
+        } else {
+            named.to_string()
+        };
+        let (ok, stdout, stderr) = cinder_within(&["info".as_ref()], &[(var, value)], LIMIT);
+        assert!(!ok, "{var}={value} must fail: {stdout}");
+        assert!(stderr.contains(&named), "{var}={value}: {stderr}");
+        assert!(
+            stderr.contains(&first.name),
+            "{var}={value}: the error lists what exists: {stderr}"
+        );
+    }
+    // Without a filter, and with one that matches, info succeeds.
+    let (ok, stdout, stderr) = cinder_within(&["info".as_ref()], &[], LIMIT);
+    assert!(ok && stdout.contains(&first.name), "{stdout} {stderr}");
+    let (ok, stdout, stderr) = cinder_within(
+        &["info".as_ref()],
+        &[("CINDER_ADAPTER", &first.name)],
+        LIMIT,
+    );
+    assert!(
+        ok && stdout.contains("<- Device::new() picks this one"),
+        "{stdout} {stderr}"
+    );
+}
+
+/// A photo-like picture: a dark stroke on light, textured paper, so that
+/// its JPEG is large and a tenth of it holds the whole header.
+fn textured_digit(width: u32, height: u32) -> image::RgbImage {
+    image::RgbImage::from_fn(width, height, |x, y| {
+        let ink = (width * 45 / 100..width * 55 / 100).contains(&x)
+            && (height / 6..height * 5 / 6).contains(&y);
+        let grain = ((x * 7919 + y * 104_729) % 23) as u8;
+        if ink {
+            image::Rgb([20 + grain, 20 + grain, 30 + grain])
+        } else {
+            image::Rgb([210 + grain, 205 + grain, 200 + grain])
+        }
+    })
+}
+
+/// A JPEG cut to a tenth of its bytes decodes (the missing rows grey) and
+/// was classified with confidence; a cut PNG was "not an image"; a blank
+/// picture was classified too. Each is now reported, the good file still
+/// classified, and the exit status fails.
+#[test]
+fn predict_warns_on_truncated_and_blank_images() {
+    let dir = scratch("truncated");
+    for (spec, file) in [
+        (ModelSpec::lenet(8, 8, 10), "digits.safetensors"),
+        (ModelSpec::lenet(28, 28, 10), "mnist.safetensors"),
+        (ModelSpec::resnet(16, 16, 10), "natural.safetensors"),
+    ] {
+        let device = cinder::Device::new().unwrap_or_else(|e| panic!("{e}"));
+        let model = spec.build(&device).unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.join(file);
+        save_tensors_with_metadata(&path, &model.state_dict(), spec.to_metadata())
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let img = textured_digit(400, 400);
+    let good = dir.join("good.jpg");
+    img.save(&good).expect("writing a jpeg");
+    let jpeg = std::fs::read(&good).expect("read");
+    let cut_jpeg = dir.join("cut.jpg");
+    std::fs::write(&cut_jpeg, &jpeg[..jpeg.len() / 10]).expect("write");
+    // Only the end-of-image marker missing.
+    let no_eoi = dir.join("no-end.jpg");
+    std::fs::write(&no_eoi, &jpeg[..jpeg.len() - 2]).expect("write");
+    let png = dir.join("full.png");
+    img.save(&png).expect("writing a png");
+    let png_bytes = std::fs::read(&png).expect("read");
+    let cut_png = dir.join("cut.png");
+    std::fs::write(&cut_png, &png_bytes[..png_bytes.len() / 2]).expect("write");
+    let blank = dir.join("blank.png");
+    image::RgbImage::from_pixel(120, 90, image::Rgb([240, 240, 235]))
+        .save(&blank)
+        .expect("writing a png");
+    let black = dir.join("black.jpg");
+    image::RgbImage::from_pixel(64, 64, image::Rgb([0, 0, 0]))
+        .save(&black)
+        .expect("writing a jpeg");
+
+    for model in [
+        "digits.safetensors",
+        "mnist.safetensors",
+        "natural.safetensors",
+    ] {
+        let model = dir.join(model);
+        let (ok, stdout, stderr) = cinder_within(
+            &[
+                "predict".as_ref(),
+                "--checkpoint".as_ref(),
+                model.as_os_str(),
+                cut_jpeg.as_os_str(),
+                good.as_os_str(),
+                no_eoi.as_os_str(),
+                cut_png.as_os_str(),
+                blank.as_os_str(),
+                black.as_os_str(),
+                png.as_os_str(),
+            ],
+            &[],
+            LIMIT,
+        );
+        assert!(
+            !ok,
+            "unclassifiable files must fail the exit status: {stdout}"
+        );
+        for name in ["good.jpg", "full.png"] {
+            assert!(
+                stdout
+                    .lines()
+                    .any(|l| l.contains(name) && l.matches('%').count() == 3),
+                "{model:?}: {name} must be classified: {stdout} / {stderr}"
+            );
+        }
+        for (name, why) in [
+            ("cut.jpg", "truncated"),
+            ("no-end.jpg", "truncated"),
+            ("cut.png", "truncated"),
+            ("blank.png", "blank"),
+            ("black.jpg", "blank"),
+        ] {
+            assert!(
+                !stdout.contains(name),
+                "{model:?}: {name} must not be classified: {stdout}"
+            );
+            let line = stderr
+                .lines()
+                .find(|l| l.contains(name))
+                .unwrap_or_else(|| panic!("{model:?}: no warning for {name}: {stderr}"));
+            assert!(line.contains(why), "{model:?}: {line}");
+        }
+        assert!(stderr.contains("5 of 7 files"), "{stderr}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `eval --mnist DIR` needs only the test files (t10k-*).
+#[test]
+fn eval_on_mnist_needs_only_the_test_files() {
+    use cinder::data::{write_idx, Mnist};
+    let dir = scratch("mnist-test-only");
+    let n = 30;
+    let pixels: Vec<u8> = (0..n * 784).map(|i| ((i * 31) % 253) as u8).collect();
+    let classes: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
+    write_idx(dir.join(Mnist::TEST_IMAGES), &[n, 28, 28], &pixels)
+        .unwrap_or_else(|e| panic!("{e}"));
+    write_idx(dir.join(Mnist::TEST_LABELS), &[n], &classes).unwrap_or_else(|e| panic!("{e}"));
+    let spec = ModelSpec::lenet(28, 28, 10);
+    let device = cinder::Device::new().unwrap_or_else(|e| panic!("{e}"));
+    let model = spec.build(&device).unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.join("model.safetensors");
+    save_tensors_with_metadata(&path, &model.state_dict(), spec.to_metadata())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (ok, stdout, stderr) = cinder_within(
+        &[
+            "eval".as_ref(),
+            "--checkpoint".as_ref(),
+            path.as_os_str(),
+            "--mnist".as_ref(),
+            dir.as_os_str(),
+        ],
+        &[],
+        LIMIT,
+    );
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stdout.contains("(30 images)"), "{stdout}");
+    // Without the test files the error names what is missing.
+    std::fs::remove_file(dir.join(Mnist::TEST_LABELS)).expect("remove");
+    let (ok, _, stderr) = cinder_within(
+        &[
+            "eval".as_ref(),
+            "--checkpoint".as_ref(),
+            path.as_os_str(),
+            "--mnist".as_ref(),
+            dir.as_os_str(),
+        ],
+        &[],
+        LIMIT,
+    );
+    assert!(!ok && stderr.contains(Mnist::TEST_LABELS), "{stderr}");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -1,12 +1,14 @@
 //! Turning a user's image file into the input a trained model expects: the
 //! same size, channel count, polarity and normalisation as its training data.
 
+use std::io::{Cursor, Read};
 use std::path::Path;
 
+use cinder_nn::checkpoint::open_regular_file;
 use cinder_tensor::{Error, Result};
 use image::imageops::FilterType;
 use image::metadata::Orientation;
-use image::{DynamicImage, ImageDecoder, ImageError, ImageReader, Limits};
+use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits};
 
 /// How a model's training images look, so a user's photo can be converted the same way.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,20 +32,56 @@ impl ImageStyle {
     }
 }
 
-/// Reads an image file of any size and colour (PNG, JPEG) and returns the CHW f32 values the model takes.
+/// Reads an image file of any size and colour (PNG, JPEG) and returns the
+/// CHW f32 values the model takes. A file that is not one a model can be
+/// shown is [`Error::BadFile`] naming it, and says why: a path that is not a
+/// regular file (checked before opening, so a FIFO or `/dev/zero` cannot
+/// hang the caller), an empty file, a truncated one ("truncated"), one that
+/// is not an image, or a blank picture ("blank": one colour, or for the
+/// digit styles no ink that stands out from the paper), which a model would
+/// still assign a confident class.
 pub fn load_image(path: &Path, style: ImageStyle) -> Result<Vec<f32>> {
-    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-    if meta.is_file() && meta.len() == 0 {
+    let (file, len) = open_regular_file(path)?;
+    if len == 0 {
         return Err(Error::bad_file(path, "empty file"));
     }
-    let reader = ImageReader::open(path)
-        .and_then(ImageReader::with_guessed_format)
+    // The whole file is read, because whether a JPEG is complete shows only
+    // at its end; one larger than the decoder would allocate is refused
+    // before reading it.
+    let limit = Limits::default().max_alloc.unwrap_or(u64::MAX);
+    if len > limit {
+        return Err(Error::bad_file(
+            path,
+            format!("{len} bytes: larger than an image file may be ({limit} bytes)"),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    file.take(len)
+        .read_to_end(&mut bytes)
         .map_err(|e| Error::io(path, e))?;
+    let mut reader = ImageReader::new(Cursor::new(bytes.as_slice()));
+    // The extension is the fallback when the content is not recognised, so
+    // a damaged file.png is reported as a bad PNG.
+    if let Ok(format) = ImageFormat::from_path(path) {
+        reader.set_format(format);
+    }
+    let reader = reader
+        .with_guessed_format()
+        .map_err(|e| Error::io(path, e))?;
+    if reader.format() == Some(ImageFormat::Jpeg) && jpeg_is_truncated(&bytes) {
+        return Err(Error::bad_file(
+            path,
+            "truncated: the JPEG data stops before its end-of-image marker \
+             (a partial download or copy?)",
+        ));
+    }
     let not_image = |e: ImageError| match e {
-        // A read that ends early is a truncated file, not a failing disk.
-        ImageError::IoError(e) if e.kind() != std::io::ErrorKind::UnexpectedEof => {
-            Error::io(path, e)
-        }
+        // Decoding from memory, a read that ends early is the file ending
+        // early: a PNG cut short.
+        ImageError::IoError(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Error::bad_file(
+            path,
+            format!("truncated: the file ends inside the image ({e})"),
+        ),
         e => Error::bad_file(path, format!("not an image: {e}")),
     };
     let mut decoder = reader.into_decoder().map_err(not_image)?;
@@ -60,12 +98,113 @@ pub fn load_image(path: &Path, style: ImageStyle) -> Result<Vec<f32>> {
     if img.width() == 0 || img.height() == 0 {
         return Err(Error::bad_file(path, "the image has zero width or height"));
     }
-    image_to_input(&img, style)
+    let blank = |why: String| Error::bad_file(path, format!("blank: {why}; nothing to classify"));
+    let range = colour_range(&img);
+    if range < MIN_CONTRAST {
+        return Err(blank(format!(
+            "its colours vary by only {:.1}% of the full range",
+            100.0 * range
+        )));
+    }
+    to_input(&img, style)?.ok_or_else(|| {
+        blank(format!(
+            "no ink stands out from the paper by {:.0}% or more",
+            100.0 * MIN_CONTRAST
+        ))
+    })
+}
+
+/// Whether JPEG data stops before its end-of-image marker (FF D9), as a
+/// partial download or copy does. The decoder fills the missing rows with
+/// grey and says nothing, and the model would classify half a picture.
+/// The segments are walked from the start (an EXIF thumbnail holds an
+/// FF D9 of its own, so the last bytes alone cannot tell): headers are
+/// skipped by their lengths, and a scan's entropy-coded data runs to the
+/// first FF not followed by 00 (a stuffed byte) or a restart marker. Only
+/// running out of data counts; anything else the walk does not understand
+/// is left to the decoder to judge.
+fn jpeg_is_truncated(data: &[u8]) -> bool {
+    if !data.starts_with(&[0xFF, 0xD8]) {
+        return false;
+    }
+    let mut i = 2;
+    loop {
+        match data.get(i) {
+            None => return true,
+            Some(0xFF) => {}
+            // Not a marker where one must be: damage, not truncation.
+            Some(_) => return false,
+        }
+        // Any number of FF fill bytes may precede a marker's code.
+        while data.get(i) == Some(&0xFF) {
+            i += 1;
+        }
+        let Some(&code) = data.get(i) else {
+            return true;
+        };
+        i += 1;
+        match code {
+            0xD9 => return false,
+            // Markers without a length: start of image, restarts, TEM.
+            0xD8 | 0xD0..=0xD7 | 0x01 => continue,
+            0x00 => return false,
+            _ => {}
+        }
+        let Some(&[hi, lo]) = data.get(i..i + 2) else {
+            return true;
+        };
+        let len = usize::from(u16::from_be_bytes([hi, lo]));
+        if len < 2 {
+            return false;
+        }
+        // The length counts its own two bytes.
+        i += len;
+        if i > data.len() {
+            return true;
+        }
+        if code == 0xDA {
+            // A scan's data, up to the next marker.
+            loop {
+                let Some(at) = data[i..].iter().position(|&b| b == 0xFF) else {
+                    return true;
+                };
+                i += at;
+                match data.get(i + 1) {
+                    None => return true,
+                    Some(0x00 | 0xD0..=0xD7) => i += 2,
+                    Some(_) => break,
+                }
+            }
+        }
+    }
+}
+
+/// The largest spread, max minus min on a 0..1 scale, of any colour channel
+/// over the picture, with transparent pixels shown on white as a viewer
+/// would. Near zero, the picture is one colour: blank.
+fn colour_range(img: &DynamicImage) -> f32 {
+    let mut lo = [1.0f32; 3];
+    let mut hi = [0.0f32; 3];
+    for p in img.to_rgba8().pixels() {
+        let [r, g, b, a] = p.0.map(|c| c as f32 / 255.0);
+        for (c, v) in [r, g, b].into_iter().enumerate() {
+            let v = a * v + (1.0 - a);
+            lo[c] = lo[c].min(v);
+            hi[c] = hi[c].max(v);
+        }
+    }
+    (0..3).map(|c| hi[c] - lo[c]).fold(0.0, f32::max)
 }
 
 /// The conversion [`load_image`] applies after decoding: CHW values of
 /// `style.shape()`. A digit style given an image with no ink gives zeros.
 pub fn image_to_input(img: &DynamicImage, style: ImageStyle) -> Result<Vec<f32>> {
+    let [c, h, w] = style.shape();
+    Ok(to_input(img, style)?.unwrap_or_else(|| vec![0.0; c * h * w]))
+}
+
+/// [`image_to_input`], with `None` where a digit style finds no ink.
+fn to_input(img: &DynamicImage, style: ImageStyle) -> Result<Option<Vec<f32>>> {
     if img.width() == 0 || img.height() == 0 {
         return Err(Error::invalid(
             "image_to_input",
@@ -73,9 +212,9 @@ pub fn image_to_input(img: &DynamicImage, style: ImageStyle) -> Result<Vec<f32>>
         ));
     }
     match style {
-        ImageStyle::Digits8x8 => Ok(ink(img).map_or_else(|| vec![0.0; 64], |p| digits8x8(&p))),
-        ImageStyle::Mnist28 => Ok(ink(img).map_or_else(|| vec![0.0; 28 * 28], |p| mnist28(&p))),
-        ImageStyle::Natural { height, width } => natural(img, height, width),
+        ImageStyle::Digits8x8 => Ok(ink(img).map(|p| digits8x8(&p))),
+        ImageStyle::Mnist28 => Ok(ink(img).map(|p| mnist28(&p))),
+        ImageStyle::Natural { height, width } => natural(img, height, width).map(Some),
     }
 }
 
@@ -610,5 +749,100 @@ mod tests {
             "{truncated:?}"
         );
         Ok(())
+    }
+
+    /// A photo-like "1": dark ink on textured paper, so its JPEG is large.
+    fn textured_one() -> RgbImage {
+        RgbImage::from_fn(200, 300, |x, y| {
+            let grain = ((x * 7919 + y * 104_729) % 23) as u8;
+            if (85..115).contains(&x) && (50..250).contains(&y) {
+                Rgb([20 + grain, 20 + grain, 30 + grain])
+            } else {
+                Rgb([210 + grain, 205 + grain, 200 + grain])
+            }
+        })
+    }
+
+    fn reason(result: Result<Vec<f32>>) -> String {
+        match result {
+            Err(Error::BadFile { reason, .. }) => reason,
+            other => format!("not a BadFile: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn truncated_files_are_reported_as_truncated() -> TestResult {
+        let full = temp_path("full.jpg");
+        DynamicImage::ImageRgb8(textured_one()).save(&full)?;
+        let jpeg = std::fs::read(&full)?;
+        assert!(!jpeg_is_truncated(&jpeg));
+        // Bytes after the end-of-image marker (some cameras append data)
+        // do not make a file truncated.
+        let mut trailing = jpeg.clone();
+        trailing.extend_from_slice(b"appended by a camera");
+        assert!(!jpeg_is_truncated(&trailing));
+        for cut in [jpeg.len() / 10, jpeg.len() / 2, jpeg.len() - 2, 3, 30] {
+            assert!(jpeg_is_truncated(&jpeg[..cut]), "cut at {cut}");
+        }
+        let loaded = load_image(&full, ImageStyle::Mnist28);
+        let cut = temp_path("cut.jpg");
+        std::fs::write(&cut, &jpeg[..jpeg.len() - 2])?;
+        let truncated = reason(load_image(&cut, ImageStyle::Mnist28));
+        let png = temp_path("cut.png");
+        DynamicImage::ImageRgb8(textured_one()).save(&png)?;
+        let bytes = std::fs::read(&png)?;
+        std::fs::write(&png, &bytes[..bytes.len() / 2])?;
+        let truncated_png = reason(load_image(&png, ImageStyle::Mnist28));
+        for path in [&full, &cut, &png] {
+            std::fs::remove_file(path)?;
+        }
+        assert!(loaded.is_ok(), "{loaded:?}");
+        assert!(truncated.starts_with("truncated"), "{truncated}");
+        assert!(truncated_png.starts_with("truncated"), "{truncated_png}");
+        Ok(())
+    }
+
+    #[test]
+    fn blank_pictures_are_reported_as_blank() -> TestResult {
+        let natural = ImageStyle::Natural {
+            height: 16,
+            width: 16,
+        };
+        let white = temp_path("white.png");
+        RgbImage::from_pixel(64, 48, Rgb([250, 250, 245])).save(&white)?;
+        // Unevenly lit paper, a brighter patch on the right: not one
+        // colour, but no ink darker than the paper for a digit model.
+        let paper = temp_path("paper.png");
+        RgbImage::from_fn(64, 48, |x, _| Rgb([if x < 38 { 220 } else { 250 }; 3])).save(&paper)?;
+        let results = [
+            reason(load_image(&white, natural)),
+            reason(load_image(&white, ImageStyle::Digits8x8)),
+            reason(load_image(&paper, ImageStyle::Mnist28)),
+        ];
+        // To a model of natural pictures that is a picture.
+        let natural_paper = load_image(&paper, natural);
+        std::fs::remove_file(&white)?;
+        std::fs::remove_file(&paper)?;
+        for r in results {
+            assert!(r.starts_with("blank"), "{r}");
+        }
+        assert!(natural_paper.is_ok(), "{natural_paper:?}");
+        Ok(())
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn paths_that_are_not_regular_files_are_refused() {
+        let dir = temp_path("folder.png");
+        let made = std::fs::create_dir_all(&dir);
+        let folder = reason(load_image(&dir, ImageStyle::Mnist28));
+        let zero = reason(load_image(Path::new("/dev/zero"), ImageStyle::Mnist28));
+        let _ = std::fs::remove_dir(&dir);
+        assert!(made.is_ok(), "{made:?}");
+        assert!(
+            folder.contains("a directory, not a regular file"),
+            "{folder}"
+        );
+        assert!(zero.contains("not a regular file"), "{zero}");
     }
 }

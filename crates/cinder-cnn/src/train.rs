@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use cinder_data::{DataLoader, InMemoryDataset, Split};
-use cinder_nn::checkpoint::{load_tensors, read_metadata};
+use cinder_nn::checkpoint::{check_finite, load_tensors, read_metadata};
 use cinder_nn::Module;
 use cinder_tensor::{Device, Error, Result, Tensor};
 use cinder_train::{
@@ -203,11 +203,24 @@ pub fn train(
 }
 
 /// The model in a `model.safetensors` written by a run (its description is
-/// in the file's header), with its weights, in evaluation mode.
+/// in the file's header), with its weights, in evaluation mode. A training
+/// checkpoint (the one `--resume` continues) is refused with a pointer to
+/// the model file next to it, and so are weights with NaN or infinite
+/// values (see [`check_finite`]): a diverged run's model would otherwise
+/// "predict" with NaN probabilities.
 pub fn load_model(path: &std::path::Path, device: &Device) -> Result<(ModelSpec, Box<dyn Module>)> {
-    let spec = ModelSpec::from_metadata(&read_metadata(path)?)?;
+    let meta = read_metadata(path)?;
+    let spec = ModelSpec::from_metadata(&meta)?;
+    if meta.contains_key("cinder.global_step") || meta.contains_key("cinder.optimizer_steps") {
+        return Err(Error::bad_file(
+            path,
+            "a training checkpoint (for --resume); pass the model.safetensors next to it",
+        ));
+    }
     let mut model = spec.build(device)?;
     load_tensors(path, &model.state_dict())?;
+    // The file is the culprit, so the error names it.
+    check_finite(&model.state_dict()).map_err(|e| Error::bad_file(path, e.to_string()))?;
     model.eval();
     Ok((spec, model))
 }

@@ -356,6 +356,50 @@ pub fn save(path: impl AsRef<Path>, module: &dyn Module) -> Result<()> {
     save_tensors(path, &module.state_dict())
 }
 
+/// Checks that every float tensor of `state` holds only finite values.
+/// A run that diverged can save NaN or infinite weights; a model built from
+/// them predicts nothing meaningful (every class "NaN%"), so loaders refuse
+/// them. The error names each such tensor and how many bad values it holds
+/// ("fc1.weight has 12 NaN values; fc2.bias has 1 infinite value"). The
+/// tensors are read back from the device in one submit; integer tensors
+/// (counters) are always finite and are skipped.
+pub fn check_finite(state: &[(String, Tensor)]) -> Result<()> {
+    let floats: Vec<&(String, Tensor)> = state
+        .iter()
+        .filter(|(_, t)| t.dtype() == DType::F32)
+        .collect();
+    let tensors: Vec<&Tensor> = floats.iter().map(|(_, t)| t).collect();
+    let values = cinder_tensor::read_all(&tensors)?;
+    let plural =
+        |n: usize, what: &str| format!("{n} {what} value{}", if n == 1 { "" } else { "s" });
+    let mut problems = Vec::new();
+    for ((name, _), values) in floats.iter().zip(&values) {
+        let nan = values.iter().filter(|v| v.is_nan()).count();
+        let inf = values.iter().filter(|v| v.is_infinite()).count();
+        match (nan, inf) {
+            (0, 0) => {}
+            (n, 0) => problems.push(format!("{name} has {}", plural(n, "NaN"))),
+            (0, i) => problems.push(format!("{name} has {}", plural(i, "infinite"))),
+            (n, i) => problems.push(format!(
+                "{name} has {} and {}",
+                plural(n, "NaN"),
+                plural(i, "infinite")
+            )),
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        "weights are not finite",
+        format!(
+            "{}; the run that wrote them diverged (retrain with a lower learning rate or \
+             gradient clipping, or use an earlier checkpoint)",
+            problems.join("; ")
+        ),
+    ))
+}
+
 /// Loads a state_dict into `module` in place. Every name must be present in
 /// both with the same shape and dtype; otherwise nothing is changed and the
 /// error lists each mismatch.

@@ -86,23 +86,23 @@ impl DeviceOptions {
         }
     }
 
-    fn backends(&self) -> Result<wgpu::Backends> {
+    /// The backends `backend` names; `None` for a name that is no backend.
+    fn backends(&self) -> Option<wgpu::Backends> {
         match self.backend.as_deref().map(|b| b.to_ascii_lowercase()) {
-            None => Ok(wgpu::Backends::all()),
+            None => Some(wgpu::Backends::all()),
             Some(b) => match b.as_str() {
-                "vulkan" | "vk" => Ok(wgpu::Backends::VULKAN),
-                "metal" => Ok(wgpu::Backends::METAL),
-                "dx12" | "d3d12" => Ok(wgpu::Backends::DX12),
-                "gl" | "gles" | "opengl" => Ok(wgpu::Backends::GL),
-                other => Err(Error::invalid(
-                    "CINDER_BACKEND",
-                    format!("unknown backend {other:?}; use one of vulkan, metal, dx12, gl"),
-                )),
+                "vulkan" | "vk" => Some(wgpu::Backends::VULKAN),
+                "metal" => Some(wgpu::Backends::METAL),
+                "dx12" | "d3d12" => Some(wgpu::Backends::DX12),
+                "gl" | "gles" | "opengl" => Some(wgpu::Backends::GL),
+                _ => None,
             },
         }
     }
 
-    fn describe(&self) -> String {
+    /// The filters set, as the environment spells them:
+    /// `CINDER_BACKEND=vulkan and CINDER_ADAPTER=llvmpipe`; empty if none.
+    fn filter(&self) -> String {
         let mut parts = Vec::new();
         if let Some(b) = &self.backend {
             parts.push(format!("CINDER_BACKEND={b}"));
@@ -110,11 +110,36 @@ impl DeviceOptions {
         if let Some(a) = &self.adapter_name {
             parts.push(format!("CINDER_ADAPTER={a}"));
         }
-        if parts.is_empty() {
-            String::new()
+        parts.join(" and ")
+    }
+
+    /// The error for no adapter: with a filter set and adapters present,
+    /// the filter is the problem, and the error lists what exists so the
+    /// reader can pick; with nothing present, the driver is missing.
+    fn no_adapter(&self, unknown_backend: bool) -> Error {
+        let filter = self.filter();
+        let available: Vec<String> = if filter.is_empty() {
+            Vec::new()
         } else {
-            format!(" matching {}", parts.join(" and "))
+            list_adapters()
+                .into_iter()
+                .map(|a| format!("{} ({}, {})", a.name, a.backend, a.device_type))
+                .collect()
+        };
+        if available.is_empty() && !unknown_backend {
+            let filter = if filter.is_empty() {
+                filter
+            } else {
+                format!(" matching {filter}")
+            };
+            return Error::NoAdapter { filter };
         }
+        let filter = if unknown_backend {
+            format!("{filter} (not a backend: use one of vulkan, metal, dx12, gl)")
+        } else {
+            filter
+        };
+        Error::NoMatchingAdapter { filter, available }
     }
 }
 
@@ -409,7 +434,9 @@ impl Device {
     }
 
     pub fn with_options(options: &DeviceOptions) -> Result<Device> {
-        let requested = options.backends()?;
+        let Some(requested) = options.backends() else {
+            return Err(options.no_adapter(true));
+        };
         // GL is the fallback when nothing else is asked for: probing it prints
         // EGL noise and it is the slowest path.
         let attempts = if options.backend.is_some() {
@@ -429,9 +456,7 @@ impl Device {
                 return Device::from_adapter(adapter, options);
             }
         }
-        Err(Error::NoAdapter {
-            filter: options.describe(),
-        })
+        Err(options.no_adapter(false))
     }
 
     fn from_adapter(adapter: wgpu::Adapter, options: &DeviceOptions) -> Result<Device> {

@@ -12,6 +12,22 @@ pub enum Error {
     )]
     NoAdapter { filter: String },
 
+    /// Adapters exist, but `CINDER_BACKEND` / `CINDER_ADAPTER` rule them
+    /// all out (or name a backend that does not exist): running on some
+    /// other adapter instead would hide the mistake.
+    #[error(
+        "no GPU adapter matches {filter}. The adapters on this machine: {}. \
+         Change or unset the variable (without it, `cinder info` describes each adapter)",
+        list_or_none(available)
+    )]
+    NoMatchingAdapter {
+        /// The filter as set, e.g. `CINDER_ADAPTER=rtx` (and why it matches
+        /// nothing, where that is not plain).
+        filter: String,
+        /// Each adapter as "name (backend, type)".
+        available: Vec<String>,
+    },
+
     #[error("{op}: shapes do not fit: {detail}")]
     Shape { op: &'static str, detail: String },
 
@@ -68,6 +84,15 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The items joined for a message; "none" when there are none.
+fn list_or_none(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".into()
+    } else {
+        items.join("; ")
+    }
+}
 
 impl Error {
     pub fn shape(op: &'static str, detail: impl Into<String>) -> Self {
