@@ -92,6 +92,9 @@ pub struct TrainCnn {
     /// Train on MNIST's IDX files in this directory (the full set, say).
     #[arg(long)]
     mnist: Option<PathBuf>,
+    /// The LeNet's dropout before its classifier layer.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    dropout: f32,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -224,7 +227,7 @@ pub fn train_cnn(args: TrainCnn) -> Result<()> {
     };
     let [h, w] = source.image_size();
     let spec = match args.arch {
-        ArchArg::Lenet => ModelSpec::lenet(h, w, 10),
+        ArchArg::Lenet => ModelSpec::lenet(h, w, 10).with_dropout(args.dropout),
         ArchArg::Resnet => ModelSpec {
             arch: Arch::ResNet,
             ..ModelSpec::lenet(h, w, 10)

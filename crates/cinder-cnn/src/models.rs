@@ -5,20 +5,24 @@ use std::collections::HashMap;
 
 use cinder_nn::module::prefixed;
 use cinder_nn::{
-    AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, Module, ReLU, Sequential,
+    AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, Module, ReLU,
+    Sequential,
 };
 use cinder_tensor::{Conv2dOptions, Device, Error, Result, Tensor};
 
 use crate::imagefile::ImageStyle;
 
 /// Which network, on which images: enough to rebuild it from a checkpoint.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ModelSpec {
     pub arch: Arch,
     pub in_channels: usize,
     pub height: usize,
     pub width: usize,
     pub classes: usize,
+    /// The LeNet's dropout before its classifier layer (0: none, and no
+    /// layer, so that its layers keep PyTorch's numbering).
+    pub dropout: f32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +46,7 @@ impl ModelSpec {
             height,
             width,
             classes,
+            dropout: 0.0,
         }
     }
 
@@ -53,6 +58,7 @@ impl ModelSpec {
             height,
             width,
             classes,
+            dropout: 0.0,
         }
     }
 
@@ -64,10 +70,35 @@ impl ModelSpec {
             height,
             width,
             classes,
+            dropout: 0.0,
         }
     }
 
+    /// Rejects a description no network fits.
+    pub fn validate(&self) -> Result<()> {
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(Error::invalid(
+                "model",
+                format!("dropout must be in [0, 1), got {}", self.dropout),
+            ));
+        }
+        if self.dropout > 0.0 && self.arch != Arch::LeNet {
+            return Err(Error::invalid(
+                "model",
+                format!("only the LeNet takes dropout, not the {}", self.arch_name()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The same network with dropout `p` before its classifier layer (the
+    /// LeNet only: the others have none).
+    pub fn with_dropout(self, p: f32) -> ModelSpec {
+        ModelSpec { dropout: p, ..self }
+    }
+
     pub fn build(&self, device: &Device) -> Result<Box<dyn Module>> {
+        self.validate()?;
         Ok(match self.arch {
             Arch::LeNet => Box::new(lenet(device, self)?),
             Arch::ResNet => Box::new(ResNet::new(device, self.in_channels, self.classes)?),
@@ -112,14 +143,18 @@ impl ModelSpec {
 
     /// Stored in a checkpoint's header.
     pub fn to_metadata(&self) -> HashMap<String, String> {
-        HashMap::from([
+        let mut meta = HashMap::from([
             ("cinder.arch".to_string(), self.arch_name()),
             (
                 "cinder.input".to_string(),
                 format!("{}x{}x{}", self.in_channels, self.height, self.width),
             ),
             ("cinder.classes".to_string(), self.classes.to_string()),
-        ])
+        ]);
+        if self.dropout > 0.0 {
+            meta.insert("cinder.dropout".to_string(), self.dropout.to_string());
+        }
+        meta
     }
 
     pub fn from_metadata(meta: &HashMap<String, String>) -> Result<ModelSpec> {
@@ -164,6 +199,14 @@ impl ModelSpec {
             .ok_or_else(|| missing("cinder.classes"))?
             .parse::<usize>()
             .map_err(|_| Error::invalid("checkpoint", "bad class count"))?;
+        let dropout = match meta.get("cinder.dropout") {
+            None => 0.0,
+            Some(p) => p
+                .parse::<f32>()
+                .ok()
+                .filter(|p| (0.0..1.0).contains(p))
+                .ok_or_else(|| Error::invalid("checkpoint", format!("bad dropout {p:?}")))?,
+        };
         match dims[..] {
             [c, h, w] if c > 0 && h > 0 && w > 0 && classes > 0 => Ok(ModelSpec {
                 arch,
@@ -171,6 +214,7 @@ impl ModelSpec {
                 height: h,
                 width: w,
                 classes,
+                dropout,
             }),
             _ => Err(Error::invalid(
                 "checkpoint",
@@ -196,7 +240,7 @@ fn lenet(device: &Device, spec: &ModelSpec) -> Result<Sequential> {
     }
     let pad1 = Conv2dOptions::default().padding(1);
     let flat = 64 * (spec.height / 2 / 2) * (spec.width / 2 / 2);
-    Ok(Sequential::new()
+    let mut net = Sequential::new()
         .add(Conv2d::new(device, spec.in_channels, 32, 3, pad1, true)?)
         .add(ReLU)
         .add(MaxPool2d::new(2))
@@ -205,8 +249,11 @@ fn lenet(device: &Device, spec: &ModelSpec) -> Result<Sequential> {
         .add(MaxPool2d::new(2))
         .add(Flatten)
         .add(Linear::new(device, flat, 128, true)?)
-        .add(ReLU)
-        .add(Linear::new(device, 128, spec.classes, true)?))
+        .add(ReLU);
+    if spec.dropout > 0.0 {
+        net = net.add(Dropout::new(spec.dropout)?);
+    }
+    Ok(net.add(Linear::new(device, 128, spec.classes, true)?))
 }
 
 fn conv3x3(device: &Device, c_in: usize, c_out: usize, stride: usize) -> Result<Conv2d> {

@@ -94,6 +94,7 @@ impl TrainOptions {
     /// Rejects settings that cannot train and a folder that holds a run not
     /// asked to be continued or replaced: what to check before any work.
     pub fn check(&self, spec: &ModelSpec) -> Result<()> {
+        spec.validate()?;
         self.validate()?;
         self.trainer(spec).check()
     }
@@ -136,6 +137,7 @@ impl TrainOptions {
             .with("arch", spec.arch_name())
             .with("input", format!("{:?}", spec.input_shape()))
             .with("classes", spec.classes)
+            .with("dropout", spec.dropout)
             .with("data", &self.data)
             .with("batch_size", self.batch_size)
             .with("lr", self.lr)
