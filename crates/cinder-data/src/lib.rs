@@ -21,14 +21,27 @@
 //! # Ok::<(), cinder_tensor::Error>(())
 //! ```
 
+pub mod collate;
 mod dataset;
 pub mod digits;
 mod gzip;
 pub mod idx;
 pub mod loader;
+mod prefetch;
 mod rng;
+pub mod sample;
+pub mod transform;
 
-pub use dataset::{InMemoryDataset, Split};
+#[cfg(test)]
+mod kinds_tests;
+
+pub use collate::{BatchField, Collate, SampleBatch};
+pub use dataset::{from_fn, Dataset, FromFn, InMemoryDataset, Split};
 pub use digits::Digits;
 pub use idx::{read_idx, write_idx, IdxArray, Mnist};
-pub use loader::{Batch, DataLoader, Epoch};
+pub use loader::{Batch, Batches, DataLoader, Epoch, Loader};
+pub use sample::{Field, FieldData, FieldElement, Sample};
+pub use transform::{
+    Compose, Normalize, RandomAffine, RandomCrop, RandomHorizontalFlip, RandomVerticalFlip,
+    Transform,
+};
