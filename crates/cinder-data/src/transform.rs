@@ -1,9 +1,16 @@
 //! Seeded transforms of samples: random crop, flips, affine jitter and
 //! normalisation for images `[..., H, W]` (usually `[C, H, W]`), each applied to a
-//! chosen field and, for the geometric ones, to mask fields that must follow the
-//! image.
+//! chosen field.
 //!
-//! A [`Loader`](crate::Loader) gives sample `index` of epoch `epoch` the generator
+//! The geometric ones can move other fields with the image: masks and class maps
+//! (`with_mask`, any dtype, `[..., H, W]` of the image's size, read by nearest
+//! pixel) and boxes (`with_boxes`, f32 `[..., 4]` rows of `[x0, y0, x1, y1]` in
+//! pixels, clamped to the image). Fields not named this way (classes, sequences)
+//! are left as they are, which is right for a class but means that, say, keypoints
+//! do not follow the image.
+//!
+//! A [`Loader`](crate::Loader) (and a [`DataLoader`](crate::DataLoader) with
+//! transforms) gives sample `index` of epoch `epoch` the generator
 //! `Rng::new(sample_seed(seed, epoch, index))`, so a run's augmentations depend on
 //! nothing but the loader seed, the epoch and the sample; a resumed run, or an epoch
 //! started at a later batch, sees the same ones. Inside a [`Compose`] each transform
@@ -92,6 +99,14 @@ where
     }
 }
 
+/// A shared transform, so that one built once (from a run's options, say) can be
+/// handed to several loaders.
+impl<T: Transform + ?Sized> Transform for Arc<T> {
+    fn apply(&self, sample: &mut Sample, rng: &mut Rng) -> Result<()> {
+        (**self).apply(sample, rng)
+    }
+}
+
 /// Transforms applied one after another. Transform `j` draws from a generator
 /// seeded from one draw of the given `rng` and `j`, so each has its own stream.
 #[derive(Clone, Default)]
@@ -156,11 +171,13 @@ pub enum Interpolation {
     Nearest,
 }
 
-/// The field a geometric transform changes, and the masks that follow it.
+/// The field a geometric transform changes, and the masks and boxes that follow
+/// it.
 #[derive(Debug, Clone)]
 struct Targets {
     image: String,
     masks: Vec<String>,
+    boxes: Vec<String>,
 }
 
 impl Targets {
@@ -168,6 +185,7 @@ impl Targets {
         Targets {
             image: image.into(),
             masks: Vec::new(),
+            boxes: Vec::new(),
         }
     }
 
@@ -187,16 +205,23 @@ impl Targets {
                 ));
             }
         }
+        // Checked before anything changes, so that a bad box field leaves the
+        // sample as it was.
+        for name in &self.boxes {
+            check_boxes(sample.field(name, op)?, name, op)?;
+        }
         Ok((h, w))
     }
 
-    /// Replaces the image by `image_op` of it and every mask by `mask_op` of it.
+    /// Replaces the image by `image_op` of it, every mask by `mask_op` of it and
+    /// every box `[x0, y0, x1, y1]` by `box_op` of it.
     fn update(
         &self,
         sample: &mut Sample,
         op: &'static str,
         image_op: impl Fn(&Field) -> Result<Field>,
         mask_op: impl Fn(&Field) -> Result<Field>,
+        box_op: impl Fn([f32; 4]) -> [f32; 4],
     ) -> Result<()> {
         let field = sample.field_mut(&self.image, op)?;
         *field = image_op(field)?;
@@ -204,8 +229,55 @@ impl Targets {
             let field = sample.field_mut(mask, op)?;
             *field = mask_op(field)?;
         }
+        for name in &self.boxes {
+            let field = sample.field_mut(name, op)?;
+            *field = map_boxes(field, name, op, &box_op)?;
+        }
         Ok(())
     }
+}
+
+/// The values of a box field: f32 `[..., 4]`.
+fn check_boxes<'a>(field: &'a Field, name: &str, op: &'static str) -> Result<&'a [f32]> {
+    if field.shape().last() != Some(&4) {
+        return Err(Error::shape(
+            op,
+            format!(
+                "box field {name:?} has shape {:?}; boxes are [..., 4] rows of \
+                 [x0, y0, x1, y1]",
+                field.shape()
+            ),
+        ));
+    }
+    field.values::<f32>(op)
+}
+
+/// `field`'s boxes, each replaced by `f` of it.
+fn map_boxes(
+    field: &Field,
+    name: &str,
+    op: &'static str,
+    f: &dyn Fn([f32; 4]) -> [f32; 4],
+) -> Result<Field> {
+    let values = check_boxes(field, name, op)?;
+    let moved: Vec<f32> = values
+        .chunks_exact(4)
+        .flat_map(|b| f([b[0], b[1], b[2], b[3]]))
+        .collect();
+    Field::new(moved, field.shape())
+}
+
+/// A box clamped to the `w x h` image: a box pushed partly out is cut at the
+/// edge, one pushed wholly out ends up with no width or height (and is kept,
+/// so that a field of classes stays aligned with the boxes).
+fn clamp_box([x0, y0, x1, y1]: [f32; 4], w: usize, h: usize) -> [f32; 4] {
+    let (w, h) = (w as f32, h as f32);
+    [
+        x0.clamp(0.0, w),
+        y0.clamp(0.0, h),
+        x1.clamp(0.0, w),
+        y1.clamp(0.0, h),
+    ]
 }
 
 /// Crops a random `size = [height, width]` window out of the image after padding
@@ -231,6 +303,13 @@ impl RandomCrop {
     /// Crops mask field `name` (any dtype, `[..., H, W]`) at the same place.
     pub fn with_mask(mut self, name: impl Into<String>) -> RandomCrop {
         self.targets.masks.push(name.into());
+        self
+    }
+
+    /// Moves box field `name` (see [`RandomAffine::with_boxes`]) with the window,
+    /// clamping the boxes to it.
+    pub fn with_boxes(mut self, name: impl Into<String>) -> RandomCrop {
+        self.targets.boxes.push(name.into());
         self
     }
 }
@@ -259,7 +338,10 @@ impl Transform for RandomCrop {
         let top = rng.below((ph - th + 1) as u64) as isize - shift;
         let left = rng.below((pw - tw + 1) as u64) as isize - shift;
         let cut = |f: &Field| crop(f, top, left, th, tw);
-        self.targets.update(sample, OP, cut, cut)
+        let (dy, dx) = (top as f32, left as f32);
+        let shift =
+            |[x0, y0, x1, y1]: [f32; 4]| clamp_box([x0 - dx, y0 - dy, x1 - dx, y1 - dy], tw, th);
+        self.targets.update(sample, OP, cut, cut, shift)
     }
 }
 
@@ -283,14 +365,22 @@ impl RandomHorizontalFlip {
         self.targets.masks.push(name.into());
         self
     }
+
+    /// Flips box field `name` (see [`RandomAffine::with_boxes`]) with the image.
+    pub fn with_boxes(mut self, name: impl Into<String>) -> RandomHorizontalFlip {
+        self.targets.boxes.push(name.into());
+        self
+    }
 }
 
 impl Transform for RandomHorizontalFlip {
     fn apply(&self, sample: &mut Sample, rng: &mut Rng) -> Result<()> {
         const OP: &str = "RandomHorizontalFlip";
-        self.targets.size(sample, OP)?;
+        let (_, w) = self.targets.size(sample, OP)?;
         if rng.chance(self.p) {
-            self.targets.update(sample, OP, hflip, hflip)?;
+            let w = w as f32;
+            let mirror = |[x0, y0, x1, y1]: [f32; 4]| [w - x1, y0, w - x0, y1];
+            self.targets.update(sample, OP, hflip, hflip, mirror)?;
         }
         Ok(())
     }
@@ -316,14 +406,22 @@ impl RandomVerticalFlip {
         self.targets.masks.push(name.into());
         self
     }
+
+    /// Flips box field `name` (see [`RandomAffine::with_boxes`]) with the image.
+    pub fn with_boxes(mut self, name: impl Into<String>) -> RandomVerticalFlip {
+        self.targets.boxes.push(name.into());
+        self
+    }
 }
 
 impl Transform for RandomVerticalFlip {
     fn apply(&self, sample: &mut Sample, rng: &mut Rng) -> Result<()> {
         const OP: &str = "RandomVerticalFlip";
-        self.targets.size(sample, OP)?;
+        let (h, _) = self.targets.size(sample, OP)?;
         if rng.chance(self.p) {
-            self.targets.update(sample, OP, vflip, vflip)?;
+            let h = h as f32;
+            let mirror = |[x0, y0, x1, y1]: [f32; 4]| [x0, h - y1, x1, h - y0];
+            self.targets.update(sample, OP, vflip, vflip, mirror)?;
         }
         Ok(())
     }
@@ -332,17 +430,27 @@ impl Transform for RandomVerticalFlip {
 /// A small random rotation, translation and scaling about the image centre, like
 /// torchvision's `RandomAffine(degrees, translate, scale)` without shear: the angle
 /// is uniform in the rotation range, the shift uniform in
-/// `±translate * (width, height)` rounded to whole pixels, the scale uniform in the
-/// scale range. The image is sampled bilinearly (it must be f32), masks by nearest
-/// pixel; what comes from outside the image is 0.
+/// `±translate * (width, height)` (or `±` a number of pixels) rounded to whole
+/// pixels, the scale uniform in the scale range. The image is sampled bilinearly
+/// (it must be f32), masks by nearest pixel; what comes from outside the image
+/// is 0. Boxes become the bounding boxes of their moved corners.
 ///
 /// [`RandomAffine::new`] starts with no jitter at all (the identity).
 #[derive(Debug, Clone)]
 pub struct RandomAffine {
     targets: Targets,
     degrees: (f64, f64),
-    translate: (f64, f64),
+    translate: Shift,
     scale: (f64, f64),
+}
+
+/// The largest shift of a [`RandomAffine`].
+#[derive(Debug, Clone, Copy)]
+enum Shift {
+    /// Fractions of the width and height.
+    Fraction(f64, f64),
+    /// Pixels, whatever the image's size.
+    Pixels(f64, f64),
 }
 
 impl RandomAffine {
@@ -350,7 +458,7 @@ impl RandomAffine {
         RandomAffine {
             targets: Targets::new(field),
             degrees: (0.0, 0.0),
-            translate: (0.0, 0.0),
+            translate: Shift::Pixels(0.0, 0.0),
             scale: (1.0, 1.0),
         }
     }
@@ -370,7 +478,15 @@ impl RandomAffine {
     /// Shifts up to `fx` of the width horizontally and `fy` of the height vertically
     /// (fractions in `[0, 1]`).
     pub fn translate(mut self, fx: f64, fy: f64) -> RandomAffine {
-        self.translate = (fx, fy);
+        self.translate = Shift::Fraction(fx, fy);
+        self
+    }
+
+    /// Shifts up to `dx` pixels horizontally and `dy` vertically (both `>= 0`),
+    /// whatever the image's size: `translate_pixels(2.0, 2.0)` is MNIST's usual
+    /// ±2 px.
+    pub fn translate_pixels(mut self, dx: f64, dy: f64) -> RandomAffine {
+        self.translate = Shift::Pixels(dx, dy);
         self
     }
 
@@ -386,18 +502,38 @@ impl RandomAffine {
         self
     }
 
+    /// Moves box field `name` with the image: f32 `[..., 4]` rows of
+    /// `[x0, y0, x1, y1]` in pixels, pixel `(y, x)` covering `[x, x + 1) x [y, y + 1)`
+    /// (so `[0, 0, W, H]` is the whole image). Each box becomes the bounding box of
+    /// its four moved corners (a rotated box grows, as torchvision's v2 transforms
+    /// do it), clamped to the image; a box moved wholly out keeps its place in the
+    /// field with no width or height, so that its class stays aligned.
+    pub fn with_boxes(mut self, name: impl Into<String>) -> RandomAffine {
+        self.targets.boxes.push(name.into());
+        self
+    }
+
     fn check(&self) -> Result<()> {
         let (lo, hi) = self.scale;
-        let (fx, fy) = self.translate;
         let (dlo, dhi) = self.degrees;
-        let problem = if !(lo > 0.0 && lo <= hi && hi.is_finite()) {
-            format!("the scale range ({lo}, {hi}) must be finite, positive and ordered")
-        } else if !((0.0..=1.0).contains(&fx) && (0.0..=1.0).contains(&fy)) {
-            format!("translate ({fx}, {fy}) must be fractions in [0, 1]")
-        } else if !(dlo <= dhi && dlo.is_finite() && dhi.is_finite()) {
-            format!("the rotation range ({dlo}, {dhi}) must be finite and ordered")
-        } else {
-            return Ok(());
+        let problem = match self.translate {
+            _ if !(lo > 0.0 && lo <= hi && hi.is_finite()) => {
+                format!("the scale range ({lo}, {hi}) must be finite, positive and ordered")
+            }
+            _ if !(dlo <= dhi && dlo.is_finite() && dhi.is_finite()) => {
+                format!("the rotation range ({dlo}, {dhi}) must be finite and ordered")
+            }
+            Shift::Fraction(fx, fy)
+                if !((0.0..=1.0).contains(&fx) && (0.0..=1.0).contains(&fy)) =>
+            {
+                format!("translate ({fx}, {fy}) must be fractions in [0, 1]")
+            }
+            Shift::Pixels(dx, dy)
+                if !(dx >= 0.0 && dy >= 0.0 && dx.is_finite() && dy.is_finite()) =>
+            {
+                format!("translate_pixels ({dx}, {dy}) must be finite and at least 0")
+            }
+            _ => return Ok(()),
         };
         Err(Error::invalid("RandomAffine", problem))
     }
@@ -410,8 +546,10 @@ impl Transform for RandomAffine {
         let (h, w) = self.targets.size(sample, OP)?;
         // Drawn in torchvision's order: angle, shift, scale.
         let angle = rng.uniform_in(self.degrees.0, self.degrees.1);
-        let max_dx = self.translate.0 * w as f64;
-        let max_dy = self.translate.1 * h as f64;
+        let (max_dx, max_dy) = match self.translate {
+            Shift::Fraction(fx, fy) => (fx * w as f64, fy * h as f64),
+            Shift::Pixels(dx, dy) => (dx, dy),
+        };
         let tx = rng.uniform_in(-max_dx, max_dx).round_ties_even();
         let ty = rng.uniform_in(-max_dy, max_dy).round_ties_even();
         let scale = rng.uniform_in(self.scale.0, self.scale.1);
@@ -420,6 +558,7 @@ impl Transform for RandomAffine {
             OP,
             |f| affine(f, angle, (tx, ty), scale, Interpolation::Bilinear),
             |f| affine(f, angle, (tx, ty), scale, Interpolation::Nearest),
+            |b| affine_box(b, (w, h), angle, (tx, ty), scale),
         )
     }
 }
@@ -636,6 +775,36 @@ pub fn affine(
             Field::new(out, field.shape())
         }
     }
+}
+
+/// Where [`affine`] with these parameters moves box `[x0, y0, x1, y1]` of a
+/// `w x h` image: the bounding box of its moved corners, clamped to the image.
+///
+/// [`affine`] maps pixel indices `p` (pixel centres) as `M (p - c) + c + t`, with
+/// `M = scale * R(angle)` and `c = ((W - 1) / 2, (H - 1) / 2)`. Box coordinates
+/// are pixel indices plus 1/2 (pixel `x` covers `[x, x + 1)`), so in them the
+/// same map is `M (q - C) + C + t` with `C = (W / 2, H / 2)`.
+fn affine_box(
+    [x0, y0, x1, y1]: [f32; 4],
+    (w, h): (usize, usize),
+    angle: f64,
+    (tx, ty): (f64, f64),
+    scale: f64,
+) -> [f32; 4] {
+    let (sin, cos) = angle.to_radians().sin_cos();
+    let (cx, cy) = (w as f64 * 0.5, h as f64 * 0.5);
+    let (mut lo_x, mut lo_y) = (f64::INFINITY, f64::INFINITY);
+    let (mut hi_x, mut hi_y) = (f64::NEG_INFINITY, f64::NEG_INFINITY);
+    for (x, y) in [(x0, y0), (x1, y0), (x0, y1), (x1, y1)] {
+        let (dx, dy) = (f64::from(x) - cx, f64::from(y) - cy);
+        let mx = scale * (cos * dx - sin * dy) + cx + tx;
+        let my = scale * (sin * dx + cos * dy) + cy + ty;
+        lo_x = lo_x.min(mx);
+        lo_y = lo_y.min(my);
+        hi_x = hi_x.max(mx);
+        hi_y = hi_y.max(my);
+    }
+    clamp_box([lo_x as f32, lo_y as f32, hi_x as f32, hi_y as f32], w, h)
 }
 
 /// `(x - mean[c]) / std[c]` over the channels `C` of an f32 field `[..., C, H, W]`
@@ -1016,6 +1185,177 @@ mod tests {
             Ok(())
         });
         assert_eq!(f32s(&run(&double, 0)?)[..2], [2.0, 4.0]);
+        Ok(())
+    }
+
+    fn boxed(img: Field, boxes: &[[f32; 4]]) -> Result<Sample> {
+        let flat: Vec<f32> = boxes.iter().flatten().copied().collect();
+        Ok(Sample::new()
+            .with("img", img)
+            .with("boxes", Field::new(flat, &[boxes.len(), 4])?)
+            .with(
+                "classes",
+                Field::new(vec![7i32; boxes.len()], &[boxes.len()])?,
+            ))
+    }
+
+    fn boxes_of(s: &Sample) -> Vec<f32> {
+        s.get("boxes").map(f32s).unwrap_or_default()
+    }
+
+    #[test]
+    fn boxes_flip_and_crop_exactly() -> TestResult {
+        // A 4-wide, 3-high image; box A covers pixels x 0..2, y 1..3, box B one pixel.
+        let boxes = [[0.0, 1.0, 2.0, 3.0], [3.0, 0.0, 4.0, 1.0]];
+        let mut s = boxed(image(1, 3, 4), &boxes)?;
+        RandomHorizontalFlip::new("img", 1.0)
+            .with_boxes("boxes")
+            .apply(&mut s, &mut Rng::new(0))?;
+        assert_eq!(boxes_of(&s), [2.0, 1.0, 4.0, 3.0, 0.0, 0.0, 1.0, 1.0]);
+        let mut s = boxed(image(1, 3, 4), &boxes)?;
+        RandomVerticalFlip::new("img", 1.0)
+            .with_boxes("boxes")
+            .apply(&mut s, &mut Rng::new(0))?;
+        assert_eq!(boxes_of(&s), [0.0, 0.0, 2.0, 2.0, 3.0, 2.0, 4.0, 3.0]);
+        assert_eq!(s.get("classes"), Some(&Field::new(vec![7i32; 2], &[2])?));
+
+        // A 2x2 crop with 1 of padding: every (top, left) in -1..=1 occurs; the
+        // boxes move by minus the offset and are clamped to the window.
+        let img = image(1, 3, 4);
+        let t = RandomCrop::new("img", [2, 2], 1).with_boxes("boxes");
+        let mut offsets = std::collections::BTreeSet::new();
+        for seed in 0..40 {
+            let mut s = boxed(img.clone(), &boxes)?;
+            t.apply(&mut s, &mut Rng::new(seed))?;
+            let out = s.get("img").cloned().unwrap_or(img.clone());
+            let (top, left) = (-1..=2isize)
+                .flat_map(|top| (-1..=3isize).map(move |left| (top, left)))
+                .find(|&(top, left)| crop(&img, top, left, 2, 2).ok().as_ref() == Some(&out))
+                .ok_or("not a crop")?;
+            let (t, l) = (top as f32, left as f32);
+            let expected: Vec<f32> = boxes
+                .iter()
+                .flat_map(|&[x0, y0, x1, y1]| {
+                    [x0 - l, y0 - t, x1 - l, y1 - t]
+                        .into_iter()
+                        .map(|v| v.clamp(0.0, 2.0))
+                })
+                .collect();
+            assert_eq!(boxes_of(&s), expected, "crop at ({top}, {left})");
+            offsets.insert((top, left));
+        }
+        assert!(offsets.len() >= 12, "{} of 20 offsets drawn", offsets.len());
+        // By hand, the window at top 1, left 2: A is cut to its last column's left
+        // edge (no width left), B to its bottom edge (no height left).
+        let at =
+            |[x0, y0, x1, y1]: [f32; 4]| clamp_box([x0 - 2.0, y0 - 1.0, x1 - 2.0, y1 - 1.0], 2, 2);
+        assert_eq!(at(boxes[0]), [0.0, 0.0, 0.0, 2.0]);
+        assert_eq!(at(boxes[1]), [1.0, 0.0, 2.0, 0.0]);
+
+        let mut s = boxed(image(1, 3, 4), &boxes)?;
+        // A box field that is not [k, 4] f32 is an error, and nothing moves.
+        s.insert("boxes", Field::new(vec![1.0f32; 6], &[2, 3])?);
+        let before = s.clone();
+        let err = RandomHorizontalFlip::new("img", 1.0)
+            .with_boxes("boxes")
+            .apply(&mut s, &mut Rng::new(0))
+            .unwrap_err();
+        assert!(err.to_string().contains("[..., 4] rows"), "{err}");
+        assert_eq!(s, before);
+        Ok(())
+    }
+
+    #[test]
+    fn boxes_follow_affine_moves() -> TestResult {
+        let boxes = [[1.0, 0.0, 3.0, 2.0]];
+        // Identity.
+        let mut s = boxed(image(1, 4, 4), &boxes)?;
+        RandomAffine::new("img")
+            .with_boxes("boxes")
+            .apply(&mut s, &mut Rng::new(5))?;
+        assert_eq!(boxes_of(&s), boxes[0]);
+        // A known translation: (+1, +2) pixels, then clamped at the bottom.
+        assert_eq!(
+            affine_box(boxes[0], (4, 4), 0.0, (1.0, 2.0), 1.0),
+            [2.0, 2.0, 4.0, 4.0]
+        );
+        assert_eq!(
+            affine_box(boxes[0], (4, 4), 0.0, (0.0, 3.0), 1.0),
+            [1.0, 3.0, 3.0, 4.0]
+        );
+        // A quarter turn clockwise of a 4x4: pixel (y, x) goes to (x, 3 - y), so the
+        // box over x 1..3, y 0..2 covers x 2..4, y 1..3.
+        let turned = affine_box(boxes[0], (4, 4), 90.0, (0.0, 0.0), 1.0);
+        for (a, b) in turned.iter().zip([2.0, 1.0, 4.0, 3.0]) {
+            assert!((a - b).abs() < 1e-5, "{turned:?}");
+        }
+        // Scale 2 about the centre of a 4x4: [1, 1, 3, 3] fills the image.
+        assert_eq!(
+            affine_box([1.0, 1.0, 3.0, 3.0], (4, 4), 0.0, (0.0, 0.0), 2.0),
+            [0.0, 0.0, 4.0, 4.0]
+        );
+
+        // Random jitter: every pixel of the moved mask lies in the moved box (the
+        // box of a rotated rectangle bounds it).
+        let (h, w) = (12, 12);
+        let inside = |y: usize, x: usize| (3..7).contains(&y) && (4..9).contains(&x);
+        let mask: Vec<u32> = (0..h * w)
+            .map(|p| u32::from(inside(p / w, p % w)))
+            .collect();
+        let t = RandomAffine::new("img")
+            .degrees(30.0)
+            .translate_pixels(2.0, 2.0)
+            .scale(0.8, 1.2)
+            .with_mask("mask")
+            .with_boxes("boxes");
+        let mut grew = 0;
+        for seed in 0..40 {
+            let mut s = boxed(image(1, h, w), &[[4.0, 3.0, 9.0, 7.0]])?
+                .with("mask", Field::new(mask.clone(), &[h, w])?);
+            t.apply(&mut s, &mut Rng::new(seed))?;
+            let b = boxes_of(&s);
+            let moved = s.field("mask", "test")?.values::<u32>("test")?;
+            for (p, _) in moved.iter().enumerate().filter(|(_, &m)| m == 1) {
+                let (cx, cy) = ((p % w) as f32 + 0.5, (p / w) as f32 + 0.5);
+                assert!(
+                    b[0] <= cx && cx <= b[2] && b[1] <= cy && cy <= b[3],
+                    "seed {seed}: pixel centre ({cx}, {cy}) outside box {b:?}"
+                );
+            }
+            grew += usize::from((b[2] - b[0]) * (b[3] - b[1]) > 20.0);
+        }
+        assert!(grew > 10, "rotations should grow some boxes ({grew})");
+        Ok(())
+    }
+
+    #[test]
+    fn translate_pixels_moves_whole_pixels_within_range() -> TestResult {
+        let img = image(1, 6, 6);
+        let t = RandomAffine::new("img").translate_pixels(1.0, 1.0);
+        let shifts: Vec<Field> = (-1..=1)
+            .flat_map(|dy| (-1..=1).map(move |dx| (dx, dy)))
+            .map(|(dx, dy)| {
+                let shift = (f64::from(dx), f64::from(dy));
+                affine(&img, 0.0, shift, 1.0, Interpolation::Bilinear)
+            })
+            .collect::<Result<_>>()?;
+        for seed in 0..30 {
+            let mut s = Sample::new().with("img", img.clone());
+            t.apply(&mut s, &mut Rng::new(seed))?;
+            assert!(
+                shifts.iter().any(|f| s.get("img") == Some(f)),
+                "seed {seed}"
+            );
+        }
+        for bad in [
+            RandomAffine::new("img").translate_pixels(-1.0, 0.0),
+            RandomAffine::new("img").translate_pixels(f64::INFINITY, 0.0),
+            RandomAffine::new("img").translate(1.5, 0.0),
+            RandomAffine::new("img").rotation(5.0, -5.0),
+        ] {
+            let mut s = Sample::new().with("img", img.clone());
+            assert!(bad.apply(&mut s, &mut Rng::new(0)).is_err(), "{bad:?}");
+        }
         Ok(())
     }
 
