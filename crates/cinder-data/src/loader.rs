@@ -12,7 +12,7 @@ use crate::collate::{Collate, SampleBatch};
 use crate::dataset::{Dataset, InMemoryDataset};
 use crate::prefetch::{panic_message, Prefetch, Producer};
 use crate::rng::{mix64, permutation, SplitMix64};
-use crate::sample::Sample;
+use crate::sample::{FieldData, Sample};
 use crate::transform::{sample_seed, Compose, Rng, Transform};
 
 /// Batches built ahead of the consumer by default: one to hand over the moment the
@@ -80,9 +80,10 @@ impl Batch {
 }
 
 /// Splits an [`InMemoryDataset`] into mini-batches of inputs and class targets,
-/// epoch after epoch. (For samples of other fields, for transforms, or for errors
-/// from a dataset that reads files, use [`Loader`]; it visits the samples in the
-/// same order for the same seed.)
+/// epoch after epoch, optionally augmenting each sample with a seeded transform
+/// (see [`DataLoader::with_transform`]). (For samples of other fields, or for a
+/// dataset that reads files, use [`Loader`]; it visits the samples in the same
+/// order and gives them the same augmentations for the same seed.)
 ///
 /// With `shuffle`, the sample order of an epoch is a fixed function of
 /// `(seed, epoch index)`: the same seed gives the same batches on every run, machine
@@ -96,6 +97,7 @@ pub struct DataLoader {
     shuffle: bool,
     seed: u64,
     drop_last: bool,
+    transforms: Compose,
 }
 
 impl DataLoader {
@@ -117,6 +119,7 @@ impl DataLoader {
             shuffle,
             seed,
             drop_last: false,
+            transforms: Compose::new(),
         })
     }
 
@@ -125,6 +128,53 @@ impl DataLoader {
     pub fn drop_last(mut self, drop_last: bool) -> Self {
         self.drop_last = drop_last;
         self
+    }
+
+    /// Appends a per-sample transform (after those added before), for data
+    /// augmentation. Each sample is seen as a [`Sample`] with the fields
+    /// [`InMemoryDataset::INPUT`] (f32, the dataset's `feature_shape`) and
+    /// [`InMemoryDataset::TARGET`] (the i32 class, shape `[]`), and must keep
+    /// their dtypes and shapes, so every batch still has `[b, ...feature_shape]`.
+    ///
+    /// Sample `i` in epoch `e` draws from [`Rng::new`]`(`[`sample_seed`]`(seed, e,
+    /// i))`, so batch `b` of epoch `e` is a pure function of the seed, `e` and the
+    /// samples it holds: a run resumed at epoch `e` sees the augmentations an
+    /// uninterrupted run would have seen. These are the augmentations a [`Loader`]
+    /// with the same seed and [`Loader::transform`]s gives.
+    ///
+    /// The transforms run on the loader's background thread. They are tried once
+    /// here on sample 0, so that a transform that does not fit the data (a wrong
+    /// field name, a crop larger than the image, a changed shape) fails now rather
+    /// than in the middle of training; that error is returned.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use cinder_data::{DataLoader, InMemoryDataset, Mnist, RandomAffine};
+    ///
+    /// let train = Arc::new(Mnist::bundled()?.train);
+    /// let augment = RandomAffine::new(InMemoryDataset::INPUT)
+    ///     .degrees(10.0)
+    ///     .translate_pixels(2.0, 2.0)
+    ///     .scale(0.9, 1.1);
+    /// let loader = DataLoader::new(train, 64, true, 7)?.with_transform(augment)?;
+    /// for batch in loader.try_epoch(0).take(2) {
+    ///     let batch = batch?;
+    ///     assert_eq!(batch.input_shape, [64, 1, 28, 28]);
+    /// }
+    /// # Ok::<(), cinder_tensor::Error>(())
+    /// ```
+    pub fn with_transform(mut self, transform: impl Transform + 'static) -> Result<Self> {
+        self.transforms.push(transform);
+        if !self.dataset.is_empty() {
+            let maker = self.batch_maker(0);
+            catch_panic(&[0], || maker.transformed(0).map(drop))?;
+        }
+        Ok(self)
+    }
+
+    /// Whether the loader has transforms.
+    pub fn has_transforms(&self) -> bool {
+        !self.transforms.is_empty()
     }
 
     /// The number of batches per epoch.
@@ -140,6 +190,10 @@ impl DataLoader {
         self.batch_size
     }
 
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
     pub fn dataset(&self) -> &Arc<InMemoryDataset> {
         &self.dataset
     }
@@ -153,22 +207,33 @@ impl DataLoader {
     /// The batches of epoch `epoch`. They are assembled on a background thread, at
     /// most two ahead of the consumer. Dropping the iterator early stops and joins
     /// that thread.
+    ///
+    /// Without transforms nothing can fail. A transform's error (or panic) ends the
+    /// epoch early and is kept in [`Epoch::error`]; use [`DataLoader::try_epoch`]
+    /// to receive it as an item instead.
     pub fn epoch(&self, epoch: usize) -> Epoch {
-        self.start_epoch(epoch, true)
+        self.start_epoch(epoch, PREFETCH)
     }
 
-    fn start_epoch(&self, epoch: usize, background: bool) -> Epoch {
+    /// The batches of epoch `epoch`, like [`DataLoader::epoch`], as `Result`s: a
+    /// transform's error is the last item.
+    pub fn try_epoch(&self, epoch: usize) -> TryEpoch {
+        TryEpoch(self.epoch(epoch))
+    }
+
+    fn start_epoch(&self, epoch: usize, ahead: usize) -> Epoch {
         let remaining = self.len();
         if remaining == 0 {
             return Epoch {
                 source: Prefetch::Done,
                 remaining,
+                error: None,
             };
         }
-        let ahead = if background { PREFETCH } else { 0 };
         Epoch {
             source: Prefetch::start(|| self.batch_maker(epoch), ahead),
             remaining,
+            error: None,
         }
     }
 
@@ -180,11 +245,30 @@ impl DataLoader {
             order,
             batch_size: self.batch_size,
             next: 0,
+            seed: self.seed,
+            epoch,
+            transforms: self.transforms.clone(),
+            failed: false,
         }
     }
 }
 
-/// Copies batches out of the dataset in a given order.
+/// Runs user code (a dataset's `get`, transforms) for the samples `indices`,
+/// turning a panic into an error, so that a bad sample cannot take the loader
+/// thread, or the training run, down with it.
+fn catch_panic<T>(indices: &[usize], f: impl FnOnce() -> Result<T>) -> Result<T> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        Err(Error::invalid(
+            "Loader",
+            format!(
+                "reading or transforming one of samples {indices:?} panicked: {}",
+                panic_message(&panic)
+            ),
+        ))
+    })
+}
+
+/// Copies (and transforms) batches out of the dataset in a given order.
 struct BatchMaker {
     dataset: Arc<InMemoryDataset>,
     /// Truncated to the samples that the epoch's batches hold.
@@ -192,66 +276,200 @@ struct BatchMaker {
     batch_size: usize,
     /// Position in `order` of the next batch's first sample.
     next: usize,
+    seed: u64,
+    epoch: usize,
+    transforms: Compose,
+    /// Set after an error, which ends the epoch.
+    failed: bool,
+}
+
+impl BatchMaker {
+    /// Sample `i`'s features and label after the transforms.
+    fn transformed(&self, i: usize) -> Result<(Vec<f32>, i32)> {
+        const OP: &str = "DataLoader::with_transform";
+        let mut sample = Dataset::get(&*self.dataset, i)?;
+        let mut rng = Rng::new(sample_seed(self.seed, self.epoch, i));
+        self.transforms.apply(&mut sample, &mut rng)?;
+        let mut input = None;
+        let mut target = None;
+        for (name, field) in sample.into_fields() {
+            if name == InMemoryDataset::INPUT {
+                input = Some(field);
+            } else if name == InMemoryDataset::TARGET {
+                target = Some(field);
+            }
+        }
+        let (Some(input), Some(target)) = (input, target) else {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "the transforms removed field {:?} or {:?} of sample {i}",
+                    InMemoryDataset::INPUT,
+                    InMemoryDataset::TARGET
+                ),
+            ));
+        };
+        let label = match (target.shape(), target.as_slice::<i32>()) {
+            ([], Some(&[label])) => label,
+            _ => {
+                return Err(Error::invalid(
+                    OP,
+                    format!(
+                        "the transforms turned sample {i}'s class into a {} field of shape \
+                         {:?}; it must stay an i32 of shape []",
+                        target.dtype(),
+                        target.shape()
+                    ),
+                ))
+            }
+        };
+        if input.shape() != self.dataset.feature_shape.as_slice() {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "the transforms turned sample {i}'s input of shape {:?} into shape {:?}; \
+                     a batch needs them all of one shape",
+                    self.dataset.feature_shape,
+                    input.shape()
+                ),
+            ));
+        }
+        match input.into_parts().0 {
+            FieldData::F32(features) => Ok((features, label)),
+            other => Err(Error::DType {
+                op: OP,
+                expected: "f32".to_string(),
+                got: other.dtype().to_string(),
+            }),
+        }
+    }
+
+    fn build(&self, indices: &[usize], stop: &AtomicBool) -> Option<Result<Batch>> {
+        let dataset = &*self.dataset;
+        let f = dataset.feature_len();
+        let mut inputs = Vec::with_capacity(indices.len() * f);
+        let mut targets = Vec::with_capacity(indices.len());
+        for &i in indices {
+            if self.transforms.is_empty() {
+                // `sample` returns None only for an inconsistent dataset, which
+                // DataLoader::new rejected; still an error rather than a panic.
+                let Some((features, label)) = dataset.sample(i) else {
+                    return Some(Err(Error::invalid(
+                        "DataLoader",
+                        format!("sample {i} is missing from the dataset"),
+                    )));
+                };
+                inputs.extend_from_slice(features);
+                targets.push(label);
+            } else {
+                // Transforms are slow enough that a consumer who leaves should not
+                // wait for the rest of the batch.
+                if stop.load(Ordering::Relaxed) {
+                    return None;
+                }
+                match catch_panic(&[i], || self.transformed(i)) {
+                    Ok((features, label)) => {
+                        inputs.extend_from_slice(&features);
+                        targets.push(label);
+                    }
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+        }
+        let mut input_shape = Vec::with_capacity(1 + dataset.feature_shape.len());
+        input_shape.push(indices.len());
+        input_shape.extend_from_slice(&dataset.feature_shape);
+        Some(Ok(Batch {
+            inputs,
+            input_shape,
+            targets,
+        }))
+    }
 }
 
 impl Producer for BatchMaker {
-    type Item = Batch;
+    type Item = Result<Batch>;
 
-    fn produce(&mut self, _stop: &AtomicBool) -> Option<Batch> {
+    fn produce(&mut self, stop: &AtomicBool) -> Option<Result<Batch>> {
+        if self.failed {
+            return None;
+        }
         let end = self
             .order
             .len()
             .min(self.next.saturating_add(self.batch_size));
         let indices = self.order.get(self.next..end).filter(|s| !s.is_empty())?;
         self.next = end;
-        let dataset = &*self.dataset;
-        let f = dataset.feature_len();
-        let mut inputs = Vec::with_capacity(indices.len() * f);
-        let mut targets = Vec::with_capacity(indices.len());
-        for &i in indices {
-            // `sample` returns None only for an inconsistent dataset, which
-            // DataLoader::new rejected.
-            let (features, label) = dataset.sample(i)?;
-            inputs.extend_from_slice(features);
-            targets.push(label);
-        }
-        let mut input_shape = Vec::with_capacity(1 + dataset.feature_shape.len());
-        input_shape.push(indices.len());
-        input_shape.extend_from_slice(&dataset.feature_shape);
-        Some(Batch {
-            inputs,
-            input_shape,
-            targets,
-        })
+        let built = self.build(indices, stop)?;
+        self.failed = built.is_err();
+        Some(built)
     }
 }
 
 /// The batches of one epoch, from [`DataLoader::epoch`].
+///
+/// Its length is exact unless a transform fails, which ends it early (see
+/// [`Epoch::error`]).
 pub struct Epoch {
     source: Prefetch<BatchMaker>,
     remaining: usize,
+    error: Option<Error>,
+}
+
+impl Epoch {
+    /// The error that ended the epoch early, if one did: a transform's, or the
+    /// loader thread's.
+    pub fn error(&self) -> Option<&Error> {
+        self.error.as_ref()
+    }
+
+    /// Takes the error that ended the epoch early, if one did.
+    pub fn take_error(&mut self) -> Option<Error> {
+        self.error.take()
+    }
+
+    fn pull(&mut self) -> Option<Result<Batch>> {
+        if self.remaining == 0 {
+            self.source.finish();
+            return None;
+        }
+        let item = match self.source.next() {
+            Ok(item) => item,
+            // The maker catches user panics, so this is one of ours; still an error
+            // for the consumer to handle rather than a crash of the training run.
+            Err(panic) => Some(Err(Error::invalid(
+                "DataLoader",
+                format!("the loader thread stopped: {}", panic_message(&panic)),
+            ))),
+        };
+        match item {
+            Some(Ok(batch)) => {
+                self.remaining -= 1;
+                Some(Ok(batch))
+            }
+            Some(Err(e)) => {
+                self.remaining = 0;
+                self.source.finish();
+                Some(Err(e))
+            }
+            None => {
+                self.remaining = 0;
+                None
+            }
+        }
+    }
 }
 
 impl Iterator for Epoch {
     type Item = Batch;
 
     fn next(&mut self) -> Option<Batch> {
-        if self.remaining == 0 {
-            self.source.finish();
-            return None;
-        }
-        match self.source.next() {
-            Ok(Some(batch)) => {
-                self.remaining -= 1;
-                Some(batch)
-            }
-            Ok(None) => {
-                self.remaining = 0;
+        match self.pull()? {
+            Ok(batch) => Some(batch),
+            Err(e) => {
+                self.error = Some(e);
                 None
             }
-            // The worker stopped early, which only a bug in this crate can cause;
-            // re-raise its panic rather than silently shortening the epoch.
-            Err(panic) => std::panic::resume_unwind(panic),
         }
     }
 
@@ -275,7 +493,26 @@ impl std::fmt::Debug for Epoch {
         f.debug_struct("Epoch")
             .field("remaining", &self.remaining)
             .field("mode", &self.source.mode())
+            .field("error", &self.error)
             .finish()
+    }
+}
+
+/// The batches of one epoch as `Result`s, from [`DataLoader::try_epoch`]: `Ok`
+/// batches, and at most one `Err`, after which the epoch ends.
+#[derive(Debug)]
+pub struct TryEpoch(Epoch);
+
+impl Iterator for TryEpoch {
+    type Item = Result<Batch>;
+
+    fn next(&mut self) -> Option<Result<Batch>> {
+        self.0.pull()
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        // An error ends the epoch early, so the count is only an upper bound.
+        (self.0.remaining.min(1), Some(self.0.remaining))
     }
 }
 
@@ -768,7 +1005,7 @@ mod tests {
     #[test]
     fn inline_and_background_agree() -> TestResult {
         let loader = DataLoader::new(indexed(37), 5, true, 11)?;
-        let inline: Vec<Batch> = loader.start_epoch(2, false).collect();
+        let inline: Vec<Batch> = loader.start_epoch(2, 0).collect();
         let background: Vec<Batch> = loader.epoch(2).collect();
         assert_eq!(inline, background);
         Ok(())

@@ -1,4 +1,5 @@
-//! Tests of [`Loader`] over datasets of several fields.
+//! Tests of [`Loader`] over datasets of several fields, and of [`DataLoader`]'s
+//! transforms.
 
 use std::sync::mpsc;
 use std::sync::{Condvar, Mutex};
@@ -7,6 +8,7 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::dataset::{from_fn, FromFn};
 use crate::sample::Field;
+use crate::transform::{RandomAffine, RandomCrop, RandomHorizontalFlip};
 
 type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
 
@@ -366,6 +368,197 @@ fn dropping_mid_epoch_stops_the_thread_between_samples() -> TestResult {
         let took = started.elapsed();
         assert!(took < Duration::from_millis(1000), "drop waited {took:?}");
         assert_eq!(Arc::strong_count(&slow), 2, "the worker is gone");
+    });
+    Ok(())
+}
+
+/// `n` images `[1, 4, 4]` whose pixels are all distinct and nonzero; the class of
+/// image `i` is `i`, so a batch's targets tell which samples it holds.
+fn images(n: usize) -> Arc<InMemoryDataset> {
+    let features = (0..n * 16).map(|v| v as f32 + 1.0).collect();
+    let labels = (0..n).map(|i| i as i32).collect();
+    let ds = InMemoryDataset::new(features, vec![1, 4, 4], labels, n.max(1));
+    Arc::new(ds.expect("consistent")) // ok: fixture
+}
+
+fn augment() -> (RandomAffine, RandomHorizontalFlip) {
+    (
+        RandomAffine::new(InMemoryDataset::INPUT)
+            .degrees(15.0)
+            .translate_pixels(1.0, 1.0),
+        RandomHorizontalFlip::new(InMemoryDataset::INPUT, 0.5),
+    )
+}
+
+/// Sample index -> its (augmented) pixels, over a whole epoch.
+fn by_sample(batches: impl Iterator<Item = Batch>) -> Vec<(i32, Vec<f32>)> {
+    let mut all: Vec<(i32, Vec<f32>)> = batches
+        .flat_map(|b| {
+            let per = b.inputs.len() / b.len().max(1);
+            b.targets
+                .iter()
+                .zip(b.inputs.chunks(per))
+                .map(|(&t, x)| (t, x.to_vec()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    all.sort_by_key(|(t, _)| *t);
+    all
+}
+
+#[test]
+fn data_loader_transforms_are_seeded_per_sample() -> TestResult {
+    let data = images(23);
+    let (affine, flip) = augment();
+    let loader = DataLoader::new(Arc::clone(&data), 5, true, 8)?
+        .with_transform(affine.clone())?
+        .with_transform(flip.clone())?;
+    assert!(loader.has_transforms());
+    assert_eq!(loader.len(), 5);
+    let e0: Vec<Batch> = loader.epoch(0).collect();
+    assert_eq!(e0.len(), 5);
+    assert!(e0.iter().all(|b| b.input_shape[1..] == [1, 4, 4]));
+    let order: Vec<usize> = e0
+        .iter()
+        .flat_map(|b| b.targets.iter().map(|&t| t as usize))
+        .collect();
+    assert_eq!(order, loader.permutation(0), "the order is untouched");
+    let originals = by_sample(DataLoader::new(Arc::clone(&data), 5, true, 8)?.epoch(0));
+    let augmented = by_sample(e0.iter().cloned());
+    let changed = originals
+        .iter()
+        .zip(&augmented)
+        .filter(|(a, b)| a.1 != b.1)
+        .count();
+    assert!(changed > 15, "{changed} of 23 samples changed");
+
+    // The same seed replays the epoch exactly, on another loader too, inline or not.
+    assert_eq!(loader.epoch(0).collect::<Vec<_>>(), e0);
+    let again = DataLoader::new(Arc::clone(&data), 5, true, 8)?
+        .with_transform(affine.clone())?
+        .with_transform(flip.clone())?;
+    assert_eq!(again.start_epoch(0, 0).collect::<Vec<_>>(), e0);
+    // Another epoch draws anew; another seed too.
+    let e1 = by_sample(loader.epoch(1));
+    assert_ne!(e1, augmented);
+    let reseeded = DataLoader::new(Arc::clone(&data), 5, true, 9)?
+        .with_transform(affine.clone())?
+        .with_transform(flip.clone())?;
+    assert_ne!(by_sample(reseeded.epoch(0)), augmented);
+
+    // A sample's augmentation depends on (seed, epoch, index) only: in dataset
+    // order and other batches it is the same...
+    let unshuffled = DataLoader::new(Arc::clone(&data), 7, false, 8)?
+        .with_transform(affine.clone())?
+        .with_transform(flip.clone())?;
+    assert_eq!(by_sample(unshuffled.epoch(0)), augmented);
+    // ...and the same as Loader's with the same transforms.
+    let generic = Loader::new(Arc::clone(&data), 5, true, 8)?
+        .transform(affine)
+        .transform(flip);
+    for (new, old) in generic.epoch(0).zip(&e0) {
+        let new = new?;
+        let x = new.field(InMemoryDataset::INPUT)?.values();
+        assert_eq!(x.shape(), old.input_shape);
+        assert_eq!(x.values::<f32>("test")?, old.inputs);
+        let y = new.field(InMemoryDataset::TARGET)?.values();
+        assert_eq!(y.values::<i32>("test")?, old.targets);
+    }
+    Ok(())
+}
+
+#[test]
+fn data_loader_transforms_that_do_not_fit_fail_up_front() -> TestResult {
+    let data = images(6);
+    let loader = || DataLoader::new(Arc::clone(&data), 2, true, 0);
+    let message = |r: Result<DataLoader>| r.err().map(|e| e.to_string()).unwrap_or_default();
+
+    let err = message(loader()?.with_transform(RandomHorizontalFlip::new("image", 0.5)));
+    assert!(err.contains(r#"no field "image""#), "{err}");
+    let err = message(loader()?.with_transform(RandomCrop::new(InMemoryDataset::INPUT, [3, 3], 0)));
+    assert!(err.contains("[1, 4, 4] into shape [1, 3, 3]"), "{err}");
+    let to_u32 = |s: &mut Sample, _: &mut Rng| {
+        let n = s.field(InMemoryDataset::INPUT, "to_u32")?.len();
+        s.insert(
+            InMemoryDataset::INPUT,
+            Field::new(vec![0u32; n], &[1, 4, 4])?,
+        );
+        Ok(())
+    };
+    let err = message(loader()?.with_transform(to_u32));
+    assert!(err.contains("expected dtype f32, got u32"), "{err}");
+    let unlabel = |s: &mut Sample, _: &mut Rng| {
+        s.insert(InMemoryDataset::TARGET, Field::scalar(1.0f32));
+        Ok(())
+    };
+    let err = message(loader()?.with_transform(unlabel));
+    assert!(err.contains("it must stay an i32 of shape []"), "{err}");
+    let panics = |_: &mut Sample, _: &mut Rng| -> Result<()> { panic!("augmentation bug") };
+    let err = message(loader()?.with_transform(panics));
+    assert!(err.contains("panicked: augmentation bug"), "{err}");
+
+    // Nothing to try on an empty dataset.
+    let empty = DataLoader::new(images(0), 2, true, 0)?.with_transform(panics)?;
+    assert_eq!(empty.epoch(0).count(), 0);
+    Ok(())
+}
+
+#[test]
+fn data_loader_transform_errors_end_the_epoch() -> TestResult {
+    within_seconds(|| {
+        let run = || -> Result<()> {
+            // Fails (or panics) on sample 13 only, so the up-front try passes.
+            let fails_on_13 = |s: &mut Sample, _: &mut Rng| {
+                let class = s.field(InMemoryDataset::TARGET, "test")?;
+                if class.as_slice::<i32>() == Some(&[13]) {
+                    return Err(Error::bad_file("augment.cfg", "sample 13 is cursed"));
+                }
+                Ok(())
+            };
+            let panics_on_13 = |s: &mut Sample, _: &mut Rng| {
+                let class = s.field(InMemoryDataset::TARGET, "test")?;
+                assert_ne!(class.as_slice::<i32>(), Some(&[13][..]), "thirteen");
+                Ok(())
+            };
+            // Unshuffled batches of 4: sample 13 is in batch 3.
+            let failing = DataLoader::new(images(20), 4, false, 0)?.with_transform(fails_on_13)?;
+            let mut epoch = failing.epoch(0);
+            assert_eq!(epoch.len(), 5);
+            assert_eq!(epoch.by_ref().count(), 3, "3 good batches, then the end");
+            let err = epoch
+                .take_error()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains("augment.cfg: sample 13 is cursed"), "{err}");
+
+            let items: Vec<Result<Batch>> = failing.try_epoch(0).collect();
+            assert_eq!(items.len(), 4);
+            assert!(items[..3].iter().all(Result::is_ok));
+            assert!(items[3].is_err());
+
+            let panicking =
+                DataLoader::new(images(20), 4, false, 0)?.with_transform(panics_on_13)?;
+            let items: Vec<Result<Batch>> = panicking.try_epoch(0).collect();
+            assert_eq!(items.len(), 4);
+            let err = items[3]
+                .as_ref()
+                .err()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            assert!(
+                err.contains("samples [13] panicked") && err.contains("thirteen"),
+                "{err}"
+            );
+
+            // Without transforms the Result view just wraps every batch.
+            let plain = DataLoader::new(images(20), 4, false, 0)?;
+            assert!(plain.try_epoch(0).all(|b| b.is_ok()));
+            assert!(plain.epoch(0).error().is_none());
+            Ok(())
+        };
+        if let Err(e) = run() {
+            panic!("{e}");
+        }
     });
     Ok(())
 }
