@@ -1,5 +1,103 @@
 use cinder_tensor::{Error, Result};
 
+use crate::sample::{Field, Sample};
+
+/// A source of [`Sample`]s that a [`Loader`](crate::Loader) can batch.
+///
+/// Implement it for data that lives anywhere: in memory, in files read on demand,
+/// or generated from the index. `get` runs on the loader's background thread, hence
+/// `Send + Sync`; it takes `&self`, so a dataset that caches needs its own lock.
+///
+/// ```
+/// use cinder_data::{Dataset, Field, Sample};
+///
+/// /// Sequence `i` counts up to `i + 1`; its label is its length's parity.
+/// struct Counting;
+///
+/// impl Dataset for Counting {
+///     fn len(&self) -> usize {
+///         10
+///     }
+///     fn get(&self, i: usize) -> cinder_tensor::Result<Sample> {
+///         let steps: Vec<f32> = (0..=i).map(|t| t as f32).collect();
+///         Ok(Sample::new()
+///             .with("steps", Field::new(steps, &[i + 1, 1])?)
+///             .with("label", Field::scalar((i % 2) as i32)))
+///     }
+/// }
+/// assert_eq!(Counting.get(2)?.get("steps").map(|f| f.shape().to_vec()), Some(vec![3, 1]));
+/// # Ok::<(), cinder_tensor::Error>(())
+/// ```
+pub trait Dataset: Send + Sync {
+    /// The number of samples; `get` accepts `0..len()`.
+    fn len(&self) -> usize;
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Sample `index`. An error (a missing file, a corrupt record, an index past
+    /// the end) reaches the loader's consumer as that batch's `Err`.
+    fn get(&self, index: usize) -> Result<Sample>;
+}
+
+/// A list of ready samples is a dataset; `get` clones one.
+impl Dataset for Vec<Sample> {
+    fn len(&self) -> usize {
+        <[Sample]>::len(self)
+    }
+
+    fn get(&self, index: usize) -> Result<Sample> {
+        <[Sample]>::get(self, index)
+            .cloned()
+            .ok_or_else(|| past_the_end("Vec<Sample>", index, <[Sample]>::len(self)))
+    }
+}
+
+/// A dataset whose sample `i` is `make(i)`, for generated data (see [`from_fn`]).
+pub struct FromFn<F> {
+    len: usize,
+    make: F,
+}
+
+/// A dataset of `len` samples, sample `i` being `make(i)`: synthetic scenes,
+/// sequences computed from the index, or a view that reads files lazily.
+pub fn from_fn<F>(len: usize, make: F) -> FromFn<F>
+where
+    F: Fn(usize) -> Result<Sample> + Send + Sync,
+{
+    FromFn { len, make }
+}
+
+impl<F> Dataset for FromFn<F>
+where
+    F: Fn(usize) -> Result<Sample> + Send + Sync,
+{
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn get(&self, index: usize) -> Result<Sample> {
+        if index >= self.len {
+            return Err(past_the_end("from_fn", index, self.len));
+        }
+        (self.make)(index)
+    }
+}
+
+impl<F> std::fmt::Debug for FromFn<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FromFn").field("len", &self.len).finish()
+    }
+}
+
+fn past_the_end(op: &'static str, index: usize, len: usize) -> Error {
+    Error::invalid(
+        op,
+        format!("sample {index} is past the end ({len} samples)"),
+    )
+}
+
 /// A labelled classification dataset held entirely in host memory.
 ///
 /// Sample `i` is the row-major block `features[i * f .. (i + 1) * f]`, where
@@ -22,6 +120,12 @@ pub struct InMemoryDataset {
 }
 
 impl InMemoryDataset {
+    /// The name of a [`Sample`]'s features (f32, `feature_shape`) when the dataset is
+    /// read through the [`Dataset`] trait.
+    pub const INPUT: &'static str = "input";
+    /// The name of a [`Sample`]'s class (i32, shape `[]`).
+    pub const TARGET: &'static str = "target";
+
     /// Builds a dataset after checking that its parts agree (see [`Self::validate`]).
     pub fn new(
         features: Vec<f32>,
@@ -131,6 +235,27 @@ impl InMemoryDataset {
         }
         self.feature_shape = feature_shape.to_vec();
         Ok(self)
+    }
+}
+
+/// Samples with two fields: [`InMemoryDataset::INPUT`] (f32 of `feature_shape`)
+/// and [`InMemoryDataset::TARGET`] (the i32 class, shape `[]`), so the classic
+/// image-and-class data works with [`Loader`](crate::Loader) and its transforms.
+impl Dataset for InMemoryDataset {
+    fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    fn get(&self, index: usize) -> Result<Sample> {
+        let (features, label) = self
+            .sample(index)
+            .ok_or_else(|| past_the_end("InMemoryDataset", index, InMemoryDataset::len(self)))?;
+        Ok(Sample::new()
+            .with(
+                Self::INPUT,
+                Field::new(features.to_vec(), &self.feature_shape)?,
+            )
+            .with(Self::TARGET, Field::scalar(label)))
     }
 }
 

@@ -1,18 +1,51 @@
-//! Mini-batches of an [`InMemoryDataset`], shuffled reproducibly and assembled on a
-//! background thread.
+//! Mini-batches, shuffled reproducibly and assembled on a background thread while
+//! the consumer (the GPU) works on the previous one: [`Loader`] for any
+//! [`Dataset`], [`DataLoader`] for the image-and-class [`InMemoryDataset`].
 
-use std::sync::mpsc::{self, Receiver};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use cinder_tensor::{Error, Result};
 
-use crate::dataset::InMemoryDataset;
+use crate::collate::{Collate, SampleBatch};
+use crate::dataset::{Dataset, InMemoryDataset};
+use crate::prefetch::{panic_message, Prefetch, Producer};
 use crate::rng::{mix64, permutation, SplitMix64};
+use crate::sample::{FieldData, Sample};
+use crate::transform::{sample_seed, Compose, Rng, Transform};
 
-/// Batches that may wait, ready, while the consumer works on the current one: enough
-/// to hide the assembly time without holding much memory.
+/// Batches built ahead of the consumer by default: one to hand over the moment the
+/// current one is done, and one more to absorb a slow sample.
 const PREFETCH: usize = 2;
+
+/// The order in which an epoch visits `n` samples: dataset order, or a shuffle that
+/// is a pure function of `(seed, epoch)`.
+fn epoch_order(n: usize, shuffle: bool, seed: u64, epoch: usize) -> Vec<usize> {
+    if !shuffle {
+        return (0..n).collect();
+    }
+    // Mixing the seed before adding the epoch keeps nearby seeds' epochs from
+    // sharing a generator state (seed 1 epoch 0 vs seed 0 epoch 1, ...).
+    // usize -> u64 is lossless on every supported platform.
+    let state = mix64(seed).wrapping_add(mix64(epoch as u64 ^ 0x005E_ED0F_E90C));
+    permutation(n, &mut SplitMix64::new(state))
+}
+
+fn batch_count(n: usize, batch_size: usize, drop_last: bool) -> usize {
+    if drop_last {
+        n / batch_size
+    } else {
+        n.div_ceil(batch_size)
+    }
+}
+
+fn check_batch_size(op: &'static str, batch_size: usize) -> Result<()> {
+    if batch_size == 0 {
+        return Err(Error::invalid(op, "batch_size must be at least 1"));
+    }
+    Ok(())
+}
 
 /// One mini-batch, copied out of the dataset in the order the loader chose.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,7 +79,11 @@ impl Batch {
     }
 }
 
-/// Splits a dataset into mini-batches, epoch after epoch.
+/// Splits an [`InMemoryDataset`] into mini-batches of inputs and class targets,
+/// epoch after epoch, optionally augmenting each sample with a seeded transform
+/// (see [`DataLoader::with_transform`]). (For samples of other fields, or for a
+/// dataset that reads files, use [`Loader`]; it visits the samples in the same
+/// order and gives them the same augmentations for the same seed.)
 ///
 /// With `shuffle`, the sample order of an epoch is a fixed function of
 /// `(seed, epoch index)`: the same seed gives the same batches on every run, machine
@@ -60,6 +97,7 @@ pub struct DataLoader {
     shuffle: bool,
     seed: u64,
     drop_last: bool,
+    transforms: Compose,
 }
 
 impl DataLoader {
@@ -71,12 +109,7 @@ impl DataLoader {
         shuffle: bool,
         seed: u64,
     ) -> Result<Self> {
-        if batch_size == 0 {
-            return Err(Error::invalid(
-                "DataLoader::new",
-                "batch_size must be at least 1",
-            ));
-        }
+        check_batch_size("DataLoader::new", batch_size)?;
         // Checked once here so that batch assembly can rely on it; the Arc keeps the
         // dataset from changing afterwards.
         dataset.validate()?;
@@ -86,6 +119,7 @@ impl DataLoader {
             shuffle,
             seed,
             drop_last: false,
+            transforms: Compose::new(),
         })
     }
 
@@ -96,14 +130,56 @@ impl DataLoader {
         self
     }
 
+    /// Appends a per-sample transform (after those added before), for data
+    /// augmentation. Each sample is seen as a [`Sample`] with the fields
+    /// [`InMemoryDataset::INPUT`] (f32, the dataset's `feature_shape`) and
+    /// [`InMemoryDataset::TARGET`] (the i32 class, shape `[]`), and must keep
+    /// their dtypes and shapes, so every batch still has `[b, ...feature_shape]`.
+    ///
+    /// Sample `i` in epoch `e` draws from [`Rng::new`]`(`[`sample_seed`]`(seed, e,
+    /// i))`, so batch `b` of epoch `e` is a pure function of the seed, `e` and the
+    /// samples it holds: a run resumed at epoch `e` sees the augmentations an
+    /// uninterrupted run would have seen. These are the augmentations a [`Loader`]
+    /// with the same seed and [`Loader::transform`]s gives.
+    ///
+    /// The transforms run on the loader's background thread. They are tried once
+    /// here on sample 0, so that a transform that does not fit the data (a wrong
+    /// field name, a crop larger than the image, a changed shape) fails now rather
+    /// than in the middle of training; that error is returned.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use cinder_data::{DataLoader, InMemoryDataset, Mnist, RandomAffine};
+    ///
+    /// let train = Arc::new(Mnist::bundled()?.train);
+    /// let augment = RandomAffine::new(InMemoryDataset::INPUT)
+    ///     .degrees(10.0)
+    ///     .translate_pixels(2.0, 2.0)
+    ///     .scale(0.9, 1.1);
+    /// let loader = DataLoader::new(train, 64, true, 7)?.with_transform(augment)?;
+    /// for batch in loader.try_epoch(0).take(2) {
+    ///     let batch = batch?;
+    ///     assert_eq!(batch.input_shape, [64, 1, 28, 28]);
+    /// }
+    /// # Ok::<(), cinder_tensor::Error>(())
+    /// ```
+    pub fn with_transform(mut self, transform: impl Transform + 'static) -> Result<Self> {
+        self.transforms.push(transform);
+        if !self.dataset.is_empty() {
+            let maker = self.batch_maker(0);
+            catch_panic(&[0], || maker.transformed(0).map(drop))?;
+        }
+        Ok(self)
+    }
+
+    /// Whether the loader has transforms.
+    pub fn has_transforms(&self) -> bool {
+        !self.transforms.is_empty()
+    }
+
     /// The number of batches per epoch.
     pub fn len(&self) -> usize {
-        let n = self.dataset.len();
-        if self.drop_last {
-            n / self.batch_size
-        } else {
-            n.div_ceil(self.batch_size)
-        }
+        batch_count(self.dataset.len(), self.batch_size, self.drop_last)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -114,6 +190,10 @@ impl DataLoader {
         self.batch_size
     }
 
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
     pub fn dataset(&self) -> &Arc<InMemoryDataset> {
         &self.dataset
     }
@@ -121,60 +201,39 @@ impl DataLoader {
     /// The order in which epoch `epoch` visits the samples (dataset indices). With
     /// `drop_last`, that epoch's batches take only the first `len() * batch_size`.
     pub fn permutation(&self, epoch: usize) -> Vec<usize> {
-        let n = self.dataset.len();
-        if !self.shuffle {
-            return (0..n).collect();
-        }
-        // Mixing the seed before adding the epoch keeps nearby seeds' epochs from
-        // sharing a generator state (seed 1 epoch 0 vs seed 0 epoch 1, ...).
-        // usize -> u64 is lossless on every supported platform.
-        let state = mix64(self.seed).wrapping_add(mix64(epoch as u64 ^ 0x005E_ED0F_E90C));
-        permutation(n, &mut SplitMix64::new(state))
+        epoch_order(self.dataset.len(), self.shuffle, self.seed, epoch)
     }
 
     /// The batches of epoch `epoch`. They are assembled on a background thread, at
     /// most two ahead of the consumer. Dropping the iterator early stops and joins
     /// that thread.
+    ///
+    /// Without transforms nothing can fail. A transform's error (or panic) ends the
+    /// epoch early and is kept in [`Epoch::error`]; use [`DataLoader::try_epoch`]
+    /// to receive it as an item instead.
     pub fn epoch(&self, epoch: usize) -> Epoch {
-        self.start_epoch(epoch, true)
+        self.start_epoch(epoch, PREFETCH)
     }
 
-    fn start_epoch(&self, epoch: usize, background: bool) -> Epoch {
-        let num_batches = self.len();
-        if num_batches == 0 {
+    /// The batches of epoch `epoch`, like [`DataLoader::epoch`], as `Result`s: a
+    /// transform's error is the last item.
+    pub fn try_epoch(&self, epoch: usize) -> TryEpoch {
+        TryEpoch(self.epoch(epoch))
+    }
+
+    fn start_epoch(&self, epoch: usize, ahead: usize) -> Epoch {
+        let remaining = self.len();
+        if remaining == 0 {
             return Epoch {
-                source: Source::Done,
-                remaining: 0,
+                source: Prefetch::Done,
+                remaining,
+                error: None,
             };
         }
-        let maker = self.batch_maker(epoch);
-        if !background {
-            return Epoch {
-                source: Source::Inline(maker),
-                remaining: num_batches,
-            };
-        }
-        let (sender, receiver) = mpsc::sync_channel(PREFETCH);
-        let spawned = std::thread::Builder::new()
-            .name("cinder-data-loader".into())
-            .spawn(move || {
-                let mut maker = maker;
-                while let Some(batch) = maker.next_batch() {
-                    // A send error means the Epoch was dropped: nobody wants more.
-                    if sender.send(batch).is_err() {
-                        break;
-                    }
-                }
-            });
-        let source = match spawned {
-            Ok(worker) => Source::Background { receiver, worker },
-            // Out of threads (the maker went down with the closure): assemble the
-            // batches on the caller's thread instead, which only costs overlap.
-            Err(_) => Source::Inline(self.batch_maker(epoch)),
-        };
         Epoch {
-            source,
-            remaining: num_batches,
+            source: Prefetch::start(|| self.batch_maker(epoch), ahead),
+            remaining,
+            error: None,
         }
     }
 
@@ -186,11 +245,30 @@ impl DataLoader {
             order,
             batch_size: self.batch_size,
             next: 0,
+            seed: self.seed,
+            epoch,
+            transforms: self.transforms.clone(),
+            failed: false,
         }
     }
 }
 
-/// Copies batches out of the dataset in a given order.
+/// Runs user code (a dataset's `get`, transforms) for the samples `indices`,
+/// turning a panic into an error, so that a bad sample cannot take the loader
+/// thread, or the training run, down with it.
+fn catch_panic<T>(indices: &[usize], f: impl FnOnce() -> Result<T>) -> Result<T> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        Err(Error::invalid(
+            "Loader",
+            format!(
+                "reading or transforming one of samples {indices:?} panicked: {}",
+                panic_message(&panic)
+            ),
+        ))
+    })
+}
+
+/// Copies (and transforms) batches out of the dataset in a given order.
 struct BatchMaker {
     dataset: Arc<InMemoryDataset>,
     /// Truncated to the samples that the epoch's batches hold.
@@ -198,65 +276,186 @@ struct BatchMaker {
     batch_size: usize,
     /// Position in `order` of the next batch's first sample.
     next: usize,
+    seed: u64,
+    epoch: usize,
+    transforms: Compose,
+    /// Set after an error, which ends the epoch.
+    failed: bool,
 }
 
 impl BatchMaker {
-    fn next_batch(&mut self) -> Option<Batch> {
+    /// Sample `i`'s features and label after the transforms.
+    fn transformed(&self, i: usize) -> Result<(Vec<f32>, i32)> {
+        const OP: &str = "DataLoader::with_transform";
+        let mut sample = Dataset::get(&*self.dataset, i)?;
+        let mut rng = Rng::new(sample_seed(self.seed, self.epoch, i));
+        self.transforms.apply(&mut sample, &mut rng)?;
+        let mut input = None;
+        let mut target = None;
+        for (name, field) in sample.into_fields() {
+            if name == InMemoryDataset::INPUT {
+                input = Some(field);
+            } else if name == InMemoryDataset::TARGET {
+                target = Some(field);
+            }
+        }
+        let (Some(input), Some(target)) = (input, target) else {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "the transforms removed field {:?} or {:?} of sample {i}",
+                    InMemoryDataset::INPUT,
+                    InMemoryDataset::TARGET
+                ),
+            ));
+        };
+        let label = match (target.shape(), target.as_slice::<i32>()) {
+            ([], Some(&[label])) => label,
+            _ => {
+                return Err(Error::invalid(
+                    OP,
+                    format!(
+                        "the transforms turned sample {i}'s class into a {} field of shape \
+                         {:?}; it must stay an i32 of shape []",
+                        target.dtype(),
+                        target.shape()
+                    ),
+                ))
+            }
+        };
+        if input.shape() != self.dataset.feature_shape.as_slice() {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "the transforms turned sample {i}'s input of shape {:?} into shape {:?}; \
+                     a batch needs them all of one shape",
+                    self.dataset.feature_shape,
+                    input.shape()
+                ),
+            ));
+        }
+        match input.into_parts().0 {
+            FieldData::F32(features) => Ok((features, label)),
+            other => Err(Error::DType {
+                op: OP,
+                expected: "f32".to_string(),
+                got: other.dtype().to_string(),
+            }),
+        }
+    }
+
+    fn build(&self, indices: &[usize], stop: &AtomicBool) -> Option<Result<Batch>> {
+        let dataset = &*self.dataset;
+        let f = dataset.feature_len();
+        let mut inputs = Vec::with_capacity(indices.len() * f);
+        let mut targets = Vec::with_capacity(indices.len());
+        for &i in indices {
+            if self.transforms.is_empty() {
+                // `sample` returns None only for an inconsistent dataset, which
+                // DataLoader::new rejected; still an error rather than a panic.
+                let Some((features, label)) = dataset.sample(i) else {
+                    return Some(Err(Error::invalid(
+                        "DataLoader",
+                        format!("sample {i} is missing from the dataset"),
+                    )));
+                };
+                inputs.extend_from_slice(features);
+                targets.push(label);
+            } else {
+                // Transforms are slow enough that a consumer who leaves should not
+                // wait for the rest of the batch.
+                if stop.load(Ordering::Relaxed) {
+                    return None;
+                }
+                match catch_panic(&[i], || self.transformed(i)) {
+                    Ok((features, label)) => {
+                        inputs.extend_from_slice(&features);
+                        targets.push(label);
+                    }
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+        }
+        let mut input_shape = Vec::with_capacity(1 + dataset.feature_shape.len());
+        input_shape.push(indices.len());
+        input_shape.extend_from_slice(&dataset.feature_shape);
+        Some(Ok(Batch {
+            inputs,
+            input_shape,
+            targets,
+        }))
+    }
+}
+
+impl Producer for BatchMaker {
+    type Item = Result<Batch>;
+
+    fn produce(&mut self, stop: &AtomicBool) -> Option<Result<Batch>> {
+        if self.failed {
+            return None;
+        }
         let end = self
             .order
             .len()
             .min(self.next.saturating_add(self.batch_size));
         let indices = self.order.get(self.next..end).filter(|s| !s.is_empty())?;
         self.next = end;
-        let dataset = &*self.dataset;
-        let f = dataset.feature_len();
-        let mut inputs = Vec::with_capacity(indices.len() * f);
-        let mut targets = Vec::with_capacity(indices.len());
-        for &i in indices {
-            // `sample` returns None only for an inconsistent dataset, which
-            // DataLoader::new rejected.
-            let (features, label) = dataset.sample(i)?;
-            inputs.extend_from_slice(features);
-            targets.push(label);
-        }
-        let mut input_shape = Vec::with_capacity(1 + dataset.feature_shape.len());
-        input_shape.push(indices.len());
-        input_shape.extend_from_slice(&dataset.feature_shape);
-        Some(Batch {
-            inputs,
-            input_shape,
-            targets,
-        })
+        let built = self.build(indices, stop)?;
+        self.failed = built.is_err();
+        Some(built)
     }
 }
 
 /// The batches of one epoch, from [`DataLoader::epoch`].
+///
+/// Its length is exact unless a transform fails, which ends it early (see
+/// [`Epoch::error`]).
 pub struct Epoch {
-    source: Source,
+    source: Prefetch<BatchMaker>,
     remaining: usize,
-}
-
-enum Source {
-    Background {
-        receiver: Receiver<Batch>,
-        worker: JoinHandle<()>,
-    },
-    Inline(BatchMaker),
-    Done,
+    error: Option<Error>,
 }
 
 impl Epoch {
-    /// Stops the worker, if any, and waits for it. Returns its panic, if it had one.
-    fn finish(&mut self) -> Option<Box<dyn std::any::Any + Send>> {
-        self.remaining = 0;
-        match std::mem::replace(&mut self.source, Source::Done) {
-            Source::Background { receiver, worker } => {
-                // Dropping the receiver first makes a blocked or upcoming send fail,
-                // so the worker returns and the join cannot hang.
-                drop(receiver);
-                worker.join().err()
+    /// The error that ended the epoch early, if one did: a transform's, or the
+    /// loader thread's.
+    pub fn error(&self) -> Option<&Error> {
+        self.error.as_ref()
+    }
+
+    /// Takes the error that ended the epoch early, if one did.
+    pub fn take_error(&mut self) -> Option<Error> {
+        self.error.take()
+    }
+
+    fn pull(&mut self) -> Option<Result<Batch>> {
+        if self.remaining == 0 {
+            self.source.finish();
+            return None;
+        }
+        let item = match self.source.next() {
+            Ok(item) => item,
+            // The maker catches user panics, so this is one of ours; still an error
+            // for the consumer to handle rather than a crash of the training run.
+            Err(panic) => Some(Err(Error::invalid(
+                "DataLoader",
+                format!("the loader thread stopped: {}", panic_message(&panic)),
+            ))),
+        };
+        match item {
+            Some(Ok(batch)) => {
+                self.remaining -= 1;
+                Some(Ok(batch))
             }
-            Source::Inline(_) | Source::Done => None,
+            Some(Err(e)) => {
+                self.remaining = 0;
+                self.source.finish();
+                Some(Err(e))
+            }
+            None => {
+                self.remaining = 0;
+                None
+            }
         }
     }
 }
@@ -265,26 +464,10 @@ impl Iterator for Epoch {
     type Item = Batch;
 
     fn next(&mut self) -> Option<Batch> {
-        if self.remaining == 0 {
-            self.finish();
-            return None;
-        }
-        let batch = match &mut self.source {
-            Source::Background { receiver, .. } => receiver.recv().ok(),
-            Source::Inline(maker) => maker.next_batch(),
-            Source::Done => None,
-        };
-        match batch {
-            Some(batch) => {
-                self.remaining -= 1;
-                Some(batch)
-            }
-            None => {
-                // The worker stopped early, which only a bug in this crate can cause;
-                // re-raise its panic rather than silently shortening the epoch.
-                if let Some(panic) = self.finish() {
-                    std::panic::resume_unwind(panic);
-                }
+        match self.pull()? {
+            Ok(batch) => Some(batch),
+            Err(e) => {
+                self.error = Some(e);
                 None
             }
         }
@@ -301,20 +484,356 @@ impl Drop for Epoch {
     fn drop(&mut self) {
         // A worker panic is not re-raised here: panicking in drop would abort if
         // the consumer is already unwinding.
-        let _ = self.finish();
+        let _ = self.source.finish();
     }
 }
 
 impl std::fmt::Debug for Epoch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mode = match self.source {
-            Source::Background { .. } => "background",
-            Source::Inline(_) => "inline",
-            Source::Done => "done",
-        };
         f.debug_struct("Epoch")
             .field("remaining", &self.remaining)
-            .field("mode", &mode)
+            .field("mode", &self.source.mode())
+            .field("error", &self.error)
+            .finish()
+    }
+}
+
+/// The batches of one epoch as `Result`s, from [`DataLoader::try_epoch`]: `Ok`
+/// batches, and at most one `Err`, after which the epoch ends.
+#[derive(Debug)]
+pub struct TryEpoch(Epoch);
+
+impl Iterator for TryEpoch {
+    type Item = Result<Batch>;
+
+    fn next(&mut self) -> Option<Result<Batch>> {
+        self.0.pull()
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        // An error ends the epoch early, so the count is only an upper bound.
+        (self.0.remaining.min(1), Some(self.0.remaining))
+    }
+}
+
+/// Mini-batches of any [`Dataset`]: each sample is read with [`Dataset::get`],
+/// transformed (see [`Loader::transform`]) and the batch collated (see [`Collate`]),
+/// all on a background thread that works up to [`Loader::prefetch`] batches ahead
+/// of the consumer, so that the next batch is ready when the GPU finishes the
+/// current one.
+///
+/// - **Order.** With `shuffle`, epoch `e` visits the samples in an order that is a
+///   pure function of `(seed, e)`, the same as [`DataLoader`]'s for the same seed
+///   and dataset length; without, in dataset order. Every sample appears exactly
+///   once per epoch; a last, smaller batch is kept unless [`Loader::drop_last`].
+/// - **Augmentation.** Sample `i`'s transforms in epoch `e` draw from
+///   [`Rng::new`]`(`[`sample_seed`]`(seed, e, i))`, whatever batch it falls in, so
+///   runs and resumed runs see the same augmentations.
+/// - **Errors.** An `Err` from `get`, a transform or collation (or a panic in
+///   them, turned into an `Err`) is the epoch's last item: the iterator yields it
+///   and then ends.
+/// - **Stopping.** Dropping the [`Batches`] iterator stops the thread (it finishes
+///   the sample it is reading, not the batch) and waits for it.
+///
+/// ```
+/// use std::sync::Arc;
+/// use cinder_data::{from_fn, Collate, Field, Loader, Sample};
+///
+/// // Sequence i has i % 4 + 1 steps of 3 features; its label is i % 2.
+/// let data = from_fn(10, |i| {
+///     let t = i % 4 + 1;
+///     Ok(Sample::new()
+///         .with("seq", Field::new(vec![i as f32; t * 3], &[t, 3])?)
+///         .with("label", Field::scalar((i % 2) as i32)))
+/// });
+/// let loader = Loader::new(Arc::new(data), 4, true, 7)?.collate(Collate::new().pad("seq", 0.0));
+/// for batch in loader.epoch(0) {
+///     let batch = batch?;
+///     let seq = batch.field("seq")?;
+///     let longest = *seq.lengths(0)?.iter().max().unwrap_or(&0);
+///     assert_eq!(seq.values().shape(), [batch.len(), longest, 3]);
+/// }
+/// # Ok::<(), cinder_tensor::Error>(())
+/// ```
+pub struct Loader<D: Dataset + ?Sized + 'static = dyn Dataset> {
+    dataset: Arc<D>,
+    batch_size: usize,
+    shuffle: bool,
+    seed: u64,
+    drop_last: bool,
+    prefetch: usize,
+    collate: Collate,
+    transforms: Compose,
+}
+
+impl<D: Dataset + ?Sized + 'static> Clone for Loader<D> {
+    fn clone(&self) -> Self {
+        Loader {
+            dataset: Arc::clone(&self.dataset),
+            batch_size: self.batch_size,
+            shuffle: self.shuffle,
+            seed: self.seed,
+            drop_last: self.drop_last,
+            prefetch: self.prefetch,
+            collate: self.collate.clone(),
+            transforms: self.transforms.clone(),
+        }
+    }
+}
+
+impl<D: Dataset + ?Sized + 'static> std::fmt::Debug for Loader<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loader")
+            .field("len", &self.dataset.len())
+            .field("batch_size", &self.batch_size)
+            .field("shuffle", &self.shuffle)
+            .field("seed", &self.seed)
+            .field("drop_last", &self.drop_last)
+            .field("prefetch", &self.prefetch)
+            .field("collate", &self.collate)
+            .field("transforms", &self.transforms)
+            .finish()
+    }
+}
+
+impl<D: Dataset + ?Sized + 'static> Loader<D> {
+    /// A loader with 0 padding, no transforms and two batches of prefetch. Fails if
+    /// `batch_size` is 0.
+    pub fn new(dataset: Arc<D>, batch_size: usize, shuffle: bool, seed: u64) -> Result<Self> {
+        check_batch_size("Loader::new", batch_size)?;
+        Ok(Loader {
+            dataset,
+            batch_size,
+            shuffle,
+            seed,
+            drop_last: false,
+            prefetch: PREFETCH,
+            collate: Collate::new(),
+            transforms: Compose::new(),
+        })
+    }
+
+    /// Whether to leave out a last batch smaller than `batch_size`.
+    pub fn drop_last(mut self, drop_last: bool) -> Self {
+        self.drop_last = drop_last;
+        self
+    }
+
+    /// How many batches the background thread may have built ahead of the
+    /// consumer, the one it is building included (default 2). 0 builds each batch
+    /// on the consumer's thread when asked, without a thread.
+    pub fn prefetch(mut self, batches: usize) -> Self {
+        self.prefetch = batches;
+        self
+    }
+
+    /// How batches are stacked and padded (default: pad with 0).
+    pub fn collate(mut self, collate: Collate) -> Self {
+        self.collate = collate;
+        self
+    }
+
+    /// Appends a transform, applied to every sample after `get` and after the
+    /// transforms added before it.
+    pub fn transform(mut self, transform: impl Transform + 'static) -> Self {
+        self.transforms.push(transform);
+        self
+    }
+
+    /// The number of batches per epoch.
+    pub fn len(&self) -> usize {
+        batch_count(self.dataset.len(), self.batch_size, self.drop_last)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    pub fn dataset(&self) -> &Arc<D> {
+        &self.dataset
+    }
+
+    /// The order in which epoch `epoch` visits the samples (dataset indices). With
+    /// `drop_last`, that epoch's batches take only the first `len() * batch_size`.
+    pub fn permutation(&self, epoch: usize) -> Vec<usize> {
+        epoch_order(self.dataset.len(), self.shuffle, self.seed, epoch)
+    }
+
+    /// The batches of epoch `epoch`.
+    pub fn epoch(&self, epoch: usize) -> Batches {
+        self.epoch_from(epoch, 0)
+    }
+
+    /// The batches of epoch `epoch` from batch `first_batch` on: the same batches,
+    /// with the same augmentations, as the tail of [`Loader::epoch`], for a run
+    /// resumed in the middle of an epoch. Past the end, no batches.
+    pub fn epoch_from(&self, epoch: usize, first_batch: usize) -> Batches {
+        let remaining = self.len().saturating_sub(first_batch);
+        if remaining == 0 {
+            return Batches {
+                source: Prefetch::Done,
+                remaining,
+            };
+        }
+        let make = || {
+            let mut order = self.permutation(epoch);
+            order.truncate(self.len().saturating_mul(self.batch_size));
+            let dataset = Arc::clone(&self.dataset);
+            SampleBatchMaker {
+                get: Box::new(move |i| dataset.get(i)),
+                order,
+                batch_size: self.batch_size,
+                next: first_batch.saturating_mul(self.batch_size),
+                seed: self.seed,
+                epoch,
+                transforms: self.transforms.clone(),
+                collate: self.collate.clone(),
+                failed: false,
+            }
+        };
+        Batches {
+            source: Prefetch::start(make, self.prefetch),
+            remaining,
+        }
+    }
+}
+
+/// Reads, transforms and collates the batches of one epoch.
+struct SampleBatchMaker {
+    /// The dataset's `get`, boxed so that [`Batches`] need not name the dataset type.
+    get: Box<dyn Fn(usize) -> Result<Sample> + Send>,
+    /// Truncated to the samples that the epoch's batches hold.
+    order: Vec<usize>,
+    batch_size: usize,
+    /// Position in `order` of the next batch's first sample.
+    next: usize,
+    seed: u64,
+    epoch: usize,
+    transforms: Compose,
+    collate: Collate,
+    /// Set after an error, which ends the epoch.
+    failed: bool,
+}
+
+impl SampleBatchMaker {
+    /// `None` if `stop` was raised between samples.
+    fn build(&self, indices: &[usize], stop: &AtomicBool) -> Option<Result<SampleBatch>> {
+        let mut samples = Vec::with_capacity(indices.len());
+        for &i in indices {
+            if stop.load(Ordering::Relaxed) {
+                return None;
+            }
+            let sample = (self.get)(i).and_then(|mut sample| {
+                let mut rng = Rng::new(sample_seed(self.seed, self.epoch, i));
+                self.transforms.apply(&mut sample, &mut rng)?;
+                Ok(sample)
+            });
+            match sample {
+                Ok(sample) => samples.push(sample),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        Some(self.collate.collate_indexed(&samples, indices.to_vec()))
+    }
+}
+
+impl Producer for SampleBatchMaker {
+    type Item = Result<SampleBatch>;
+
+    fn produce(&mut self, stop: &AtomicBool) -> Option<Result<SampleBatch>> {
+        if self.failed {
+            return None;
+        }
+        let end = self
+            .order
+            .len()
+            .min(self.next.saturating_add(self.batch_size));
+        let indices = self.order.get(self.next..end).filter(|s| !s.is_empty())?;
+        self.next = end;
+        // A panic in user code (the dataset, a transform) becomes the epoch's error
+        // instead of taking the thread down; the consumer decides what to do.
+        let built = catch_unwind(AssertUnwindSafe(|| self.build(indices, stop))).unwrap_or_else(
+            |panic| {
+                Some(Err(Error::invalid(
+                    "Loader",
+                    format!(
+                        "reading or transforming one of samples {indices:?} panicked: {}",
+                        panic_message(&panic)
+                    ),
+                )))
+            },
+        )?;
+        self.failed = built.is_err();
+        Some(built)
+    }
+}
+
+/// The batches of one epoch, from [`Loader::epoch`]: `Ok` batches, and at most one
+/// `Err`, after which the epoch ends.
+pub struct Batches {
+    source: Prefetch<SampleBatchMaker>,
+    remaining: usize,
+}
+
+impl Iterator for Batches {
+    type Item = Result<SampleBatch>;
+
+    fn next(&mut self) -> Option<Result<SampleBatch>> {
+        if self.remaining == 0 {
+            self.source.finish();
+            return None;
+        }
+        let item = match self.source.next() {
+            Ok(item) => item,
+            // The maker catches user panics, so this is one of ours; still an error
+            // for the consumer to handle rather than a crash of the training run.
+            Err(panic) => Some(Err(Error::invalid(
+                "Loader",
+                format!("the loader thread stopped: {}", panic_message(&panic)),
+            ))),
+        };
+        match item {
+            Some(Ok(batch)) => {
+                self.remaining -= 1;
+                Some(Ok(batch))
+            }
+            Some(Err(e)) => {
+                self.remaining = 0;
+                self.source.finish();
+                Some(Err(e))
+            }
+            None => {
+                self.remaining = 0;
+                None
+            }
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        // An error ends the epoch early, so the count is only an upper bound.
+        (self.remaining.min(1), Some(self.remaining))
+    }
+}
+
+impl Drop for Batches {
+    fn drop(&mut self) {
+        let _ = self.source.finish();
+    }
+}
+
+impl std::fmt::Debug for Batches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batches")
+            .field("remaining", &self.remaining)
+            .field("mode", &self.source.mode())
             .finish()
     }
 }
@@ -324,6 +843,7 @@ mod tests {
     use super::*;
 
     type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
+    use std::sync::mpsc;
     use std::time::Duration;
 
     /// Sample i has features [i, i + 0.5] and label i % 7, so a batch tells which
@@ -485,7 +1005,7 @@ mod tests {
     #[test]
     fn inline_and_background_agree() -> TestResult {
         let loader = DataLoader::new(indexed(37), 5, true, 11)?;
-        let inline: Vec<Batch> = loader.start_epoch(2, false).collect();
+        let inline: Vec<Batch> = loader.start_epoch(2, 0).collect();
         let background: Vec<Batch> = loader.epoch(2).collect();
         assert_eq!(inline, background);
         Ok(())
@@ -582,3 +1102,7 @@ mod tests {
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[path = "loader_tests.rs"]
+mod loader_tests;
