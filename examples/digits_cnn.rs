@@ -44,6 +44,7 @@ fn main() -> Result<()> {
         weight_decay: 0.01,
         schedule: Schedule::cosine(0.0),
         clip_grad_norm: None,
+        augment: false,
         seed: 0,
         data: "digits".into(),
         out_dir: "runs/digits_cnn".into(),

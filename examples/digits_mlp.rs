@@ -27,6 +27,7 @@ fn main() -> Result<()> {
         weight_decay: 0.01,
         schedule: Schedule::constant(),
         clip_grad_norm: None,
+        augment: false,
         seed: 0,
         data: "digits".into(),
         out_dir: "runs/digits_mlp".into(),

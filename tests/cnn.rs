@@ -45,6 +45,7 @@ fn options(out: PathBuf, epochs: usize, lr: f64, start: Start) -> TrainOptions {
         weight_decay: 0.01,
         schedule: Schedule::cosine(0.0),
         clip_grad_norm: Some(5.0),
+        augment: false,
         seed: 3,
         data: "digits subset".into(),
         out_dir: out,
@@ -67,6 +68,14 @@ fn column(h: &History, name: &str) -> Vec<f64> {
         .collect()
 }
 
+/// With augmentation: a resume must also replay each epoch's jitter.
+fn augmented(out: PathBuf, epochs: usize, start: Start) -> TrainOptions {
+    TrainOptions {
+        augment: true,
+        ..options(out, epochs, 5e-3, start)
+    }
+}
+
 #[test]
 fn lenet_learns_digits_and_resume_loses_nothing() -> Result<()> {
     let _serial = common::serial();
@@ -74,7 +83,7 @@ fn lenet_learns_digits_and_resume_loses_nothing() -> Result<()> {
     let whole_dir = scratch("whole");
     let history = run(
         digits(320, 96)?,
-        &options(whole_dir.clone(), 3, 3e-3, Start::New),
+        &augmented(whole_dir.clone(), 3, Start::New),
         7,
     )?;
     assert_eq!(history.rows.len(), 3);
@@ -91,16 +100,25 @@ fn lenet_learns_digits_and_resume_loses_nothing() -> Result<()> {
     let split_dir = scratch("resumed");
     run(
         digits(320, 96)?,
-        &options(split_dir.clone(), 1, 3e-3, Start::New),
+        &augmented(split_dir.clone(), 1, Start::New),
         7,
     )?;
     let rest = run(
         digits(320, 96)?,
-        &options(split_dir.clone(), 3, 3e-3, Start::Resume),
+        &augmented(split_dir.clone(), 3, Start::Resume),
         99,
     )?;
     // The same values to the bit, and the same weights.
     assert_eq!(rest, history);
+    // The augmentation did change what was trained on.
+    let plain_dir = scratch("plain");
+    let plain = run(
+        digits(320, 96)?,
+        &options(plain_dir.clone(), 1, 5e-3, Start::New),
+        7,
+    )?;
+    assert_ne!(plain.rows[0], history.rows[0]);
+    let _ = std::fs::remove_dir_all(plain_dir);
     let device = common::device();
     let (_, whole) = load_model(&RunDir::new(&whole_dir).model("model"), &device)?;
     let (_, resumed) = load_model(&RunDir::new(&split_dir).model("model"), &device)?;
@@ -145,9 +163,11 @@ fn diverging_run_stops_and_keeps_its_checkpoint() -> Result<()> {
     let files = RunDir::new(&dir);
     let saved =
         std::fs::read(files.checkpoint()).map_err(|e| cinder::Error::io(files.checkpoint(), e))?;
-    // A learning rate this large sends the loss to infinity within epoch 2;
-    // a resume must keep the learning rate, so start over into the folder.
-    let mut opts = options(dir.clone(), 2, 1e30, Start::Overwrite);
+    // A learning rate this large sends the loss to infinity at once. A
+    // resume must keep the run's learning rate, so this is a new run, in a
+    // folder of its own: the first stays as it was.
+    let other = scratch("diverge-new");
+    let mut opts = options(other.clone(), 2, 1e30, Start::New);
     opts.clip_grad_norm = None;
     opts.schedule = Schedule::constant();
     let err = run(digits(64, 32)?, &opts, 5)
@@ -155,9 +175,13 @@ fn diverging_run_stops_and_keeps_its_checkpoint() -> Result<()> {
         .map(|e| e.to_string())
         .unwrap_or_default();
     assert!(
-        err.contains("`loss` became") && err.contains("step"),
+        err.contains("`loss` became")
+            && err.contains("at epoch 1, step ")
+            && err.contains("nothing was saved"),
         "{err}"
     );
+    assert!(!RunDir::new(&other).holds_a_run());
+    let _ = std::fs::remove_dir_all(other);
     let after =
         std::fs::read(files.checkpoint()).map_err(|e| cinder::Error::io(files.checkpoint(), e))?;
     assert!(saved == after, "the last good checkpoint was overwritten");

@@ -92,6 +92,10 @@ pub struct TrainCnn {
     /// Train on MNIST's IDX files in this directory (the full set, say).
     #[arg(long)]
     mnist: Option<PathBuf>,
+    /// Random rotations (±10°), shifts (±7%: 2 px of 28) and scalings (0.9 to 1.1) of
+    /// the training images, seeded.
+    #[arg(long)]
+    augment: bool,
     /// The LeNet's dropout before its classifier layer.
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     dropout: f32,
@@ -165,6 +169,7 @@ impl RunArgs {
             weight_decay: self.weight_decay,
             schedule,
             clip_grad_norm: self.clip_grad,
+            augment: false,
             seed: self.seed,
             data: data.to_string(),
             out_dir: self.out.clone().unwrap_or_else(|| default_out.into()),
@@ -233,9 +238,10 @@ pub fn train_cnn(args: TrainCnn) -> Result<()> {
             ..ModelSpec::lenet(h, w, 10)
         },
     };
-    let options = args
-        .run
-        .options(&source.name(), "runs/cnn", 15, 2e-3, ScheduleArg::Cosine)?;
+    let mut options =
+        args.run
+            .options(&source.name(), "runs/cnn", 15, 2e-3, ScheduleArg::Cosine)?;
+    options.augment = args.augment;
     run(&spec, &source, &options)
 }
 

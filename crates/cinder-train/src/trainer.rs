@@ -265,17 +265,23 @@ impl Trainer {
                     .map(|((n, _), v)| (n.clone(), v.first().copied().unwrap_or(f32::NAN)))
                     .collect();
                 if let Some((name, v)) = values.iter().find(|(_, v)| !v.is_finite()) {
+                    let kept = if epoch == 0 {
+                        "no epoch had finished, so nothing was saved".to_string()
+                    } else {
+                        format!(
+                            "{} still holds the run after epoch {epoch}",
+                            self.run.checkpoint().display()
+                        )
+                    };
                     return Err(Error::invalid(
                         "train",
                         format!(
                             "`{name}` became {v} at epoch {}, step {} (step {} of the run); \
-                             stopped before saving, so {} still holds the run after epoch {}. \
-                             Lower the learning rate or clip the gradients",
+                             stopped before saving: {kept}. Lower the learning rate or clip \
+                             the gradients",
                             epoch + 1,
                             index + 1,
                             progress.global + 1,
-                            self.run.checkpoint().display(),
-                            epoch
                         ),
                     ));
                 }
