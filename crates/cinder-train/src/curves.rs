@@ -114,6 +114,9 @@ pub fn curves_png(history: &History, title: &str) -> Result<Vec<u8>> {
                     .x_labels(last_epoch.clamp(2, 12))
                     .x_label_formatter(&|x| format!("{x:.0}"))
                     .y_desc(format!("{what} (log scale)"))
+                    .y_label_formatter(&|y| tick(*y))
+                    // A log axis's minor lines crowd into a grey band.
+                    .light_line_style(WHITE.mix(0.0))
                     .label_style(("sans-serif", 13))
                     .draw()
                     .map_err(|e| draw(&e))?;
@@ -141,6 +144,25 @@ pub fn curves_png(history: &History, title: &str) -> Result<Vec<u8>> {
         .write_image(&buffer, WIDTH, HEIGHT, ExtendedColorType::Rgb8)
         .map_err(|e| Error::invalid("curves.png", e.to_string()))?;
     Ok(png)
+}
+
+/// A tick label with three significant digits at most and no float noise
+/// (`0.7`, not `0.7000000001`); scientific far from 1.
+fn tick(y: f64) -> String {
+    if y == 0.0 || !y.is_finite() {
+        return format!("{y}");
+    }
+    let magnitude = y.abs().log10().floor();
+    if !(-3.0..5.0).contains(&magnitude) {
+        return format!("{y:.0e}");
+    }
+    let decimals = (2.0 - magnitude).max(0.0) as usize;
+    let text = format!("{y:.decimals$}");
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        text
+    }
 }
 
 /// Each series as a line with its points marked, coloured in turn, and the
@@ -196,6 +218,16 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn ticks_are_short() {
+        assert_eq!(super::tick(0.7000000001), "0.7");
+        assert_eq!(super::tick(0.30000000004), "0.3");
+        assert_eq!(super::tick(0.125), "0.125");
+        assert_eq!(super::tick(2.0), "2");
+        assert_eq!(super::tick(15.5), "15.5");
+        assert_eq!(super::tick(0.0001), "1e-4");
     }
 
     #[test]
