@@ -26,6 +26,19 @@ fn model_file(dir: &Path) -> PathBuf {
     path
 }
 
+/// A black "1" on white, 60x60: a picture every model can classify.
+fn one_png(dir: &Path) -> PathBuf {
+    let mut img = image::RgbImage::from_pixel(60, 60, image::Rgb([255, 255, 255]));
+    for y in 10..50 {
+        for x in 27..33 {
+            img.put_pixel(x, y, image::Rgb([0, 0, 0]));
+        }
+    }
+    let path = dir.join("one.png");
+    img.save(&path).expect("writing a png");
+    path
+}
+
 fn cinder(args: &[&std::ffi::OsStr]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_cinder"))
         .args(args)
@@ -369,14 +382,7 @@ fn weights_with_nan_or_inf_are_refused() {
     let spec = ModelSpec::lenet(8, 8, 10);
     let (nan, nan_name) = poisoned_model(&dir, "nan.safetensors", spec, 0, f32::NAN, 12);
     let (inf, inf_name) = poisoned_model(&dir, "inf.safetensors", spec, 2, f32::INFINITY, 1);
-    let mut img = image::RgbImage::from_pixel(60, 60, image::Rgb([255, 255, 255]));
-    for y in 10..50 {
-        for x in 27..33 {
-            img.put_pixel(x, y, image::Rgb([0, 0, 0]));
-        }
-    }
-    let good = dir.join("one.png");
-    img.save(&good).expect("writing a png");
+    let good = one_png(&dir);
     for (model, want) in [
         (&nan, format!("{nan_name} has 12 NaN values")),
         (&inf, format!("{inf_name} has 1 infinite value")),
@@ -469,14 +475,7 @@ fn paths_that_are_not_regular_files_fail_at_once() {
     );
     assert!(!ok && stderr.contains("crafted.safetensors"), "{stderr}");
 
-    let mut img = image::RgbImage::from_pixel(60, 60, image::Rgb([255, 255, 255]));
-    for y in 10..50 {
-        for x in 27..33 {
-            img.put_pixel(x, y, image::Rgb([0, 0, 0]));
-        }
-    }
-    let good = dir.join("one.png");
-    img.save(&good).expect("writing a png");
+    let good = one_png(&dir);
     let (ok, stdout, stderr) = cinder_within(
         &[
             "predict".as_ref(),

@@ -429,34 +429,7 @@ impl Epoch {
     }
 
     fn pull(&mut self) -> Option<Result<Batch>> {
-        if self.remaining == 0 {
-            self.source.finish();
-            return None;
-        }
-        let item = match self.source.next() {
-            Ok(item) => item,
-            // The maker catches user panics, so this is one of ours; still an error
-            // for the consumer to handle rather than a crash of the training run.
-            Err(panic) => Some(Err(Error::invalid(
-                "DataLoader",
-                format!("the loader thread stopped: {}", panic_message(&panic)),
-            ))),
-        };
-        match item {
-            Some(Ok(batch)) => {
-                self.remaining -= 1;
-                Some(Ok(batch))
-            }
-            Some(Err(e)) => {
-                self.remaining = 0;
-                self.source.finish();
-                Some(Err(e))
-            }
-            None => {
-                self.remaining = 0;
-                None
-            }
-        }
+        self.source.pull(&mut self.remaining, "DataLoader")
     }
 }
 
@@ -787,34 +760,7 @@ impl Iterator for Batches {
     type Item = Result<SampleBatch>;
 
     fn next(&mut self) -> Option<Result<SampleBatch>> {
-        if self.remaining == 0 {
-            self.source.finish();
-            return None;
-        }
-        let item = match self.source.next() {
-            Ok(item) => item,
-            // The maker catches user panics, so this is one of ours; still an error
-            // for the consumer to handle rather than a crash of the training run.
-            Err(panic) => Some(Err(Error::invalid(
-                "Loader",
-                format!("the loader thread stopped: {}", panic_message(&panic)),
-            ))),
-        };
-        match item {
-            Some(Ok(batch)) => {
-                self.remaining -= 1;
-                Some(Ok(batch))
-            }
-            Some(Err(e)) => {
-                self.remaining = 0;
-                self.source.finish();
-                Some(Err(e))
-            }
-            None => {
-                self.remaining = 0;
-                None
-            }
-        }
+        self.source.pull(&mut self.remaining, "Loader")
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {

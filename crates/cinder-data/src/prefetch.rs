@@ -6,6 +6,8 @@ use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use cinder_tensor::{Error, Result};
+
 /// Something that yields items one by one (a batch maker). `stop` is raised when
 /// the consumer leaves, so a producer in the middle of a slow item can give up
 /// between its samples instead of holding up the drop.
@@ -108,6 +110,42 @@ impl<P: Producer> Prefetch<P> {
 }
 
 /// The message of a panic payload, for reporting it as an error.
+impl<T: Send + 'static, P: Producer<Item = Result<T>>> Prefetch<P> {
+    /// The next of an epoch's `remaining` items: a loader's one iteration step.
+    /// An error (the producer's, or a panic of the worker) is the epoch's last
+    /// item; `who` names the loader in the latter.
+    pub(crate) fn pull(&mut self, remaining: &mut usize, who: &'static str) -> Option<Result<T>> {
+        if *remaining == 0 {
+            self.finish();
+            return None;
+        }
+        let item = match self.next() {
+            Ok(item) => item,
+            // The producer catches user panics, so this is one of ours; still an
+            // error for the consumer to handle rather than a crash of the run.
+            Err(panic) => Some(Err(Error::invalid(
+                who,
+                format!("the loader thread stopped: {}", panic_message(&panic)),
+            ))),
+        };
+        match item {
+            Some(Ok(value)) => {
+                *remaining -= 1;
+                Some(Ok(value))
+            }
+            Some(Err(e)) => {
+                *remaining = 0;
+                self.finish();
+                Some(Err(e))
+            }
+            None => {
+                *remaining = 0;
+                None
+            }
+        }
+    }
+}
+
 pub(crate) fn panic_message(panic: &Panic) -> String {
     if let Some(s) = panic.downcast_ref::<&str>() {
         (*s).to_string()
