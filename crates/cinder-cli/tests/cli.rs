@@ -583,11 +583,10 @@ fn textured_digit(width: u32, height: u32) -> image::RgbImage {
 #[test]
 fn predict_warns_on_truncated_and_blank_images() {
     let dir = scratch("truncated");
-    for (spec, file) in [
-        (ModelSpec::lenet(8, 8, 10), "digits.safetensors"),
-        (ModelSpec::lenet(28, 28, 10), "mnist.safetensors"),
-        (ModelSpec::resnet(16, 16, 10), "natural.safetensors"),
-    ] {
+    // One model: each image style's checks are unit tests in cinder-cnn's
+    // imagefile.rs; this is the command's plumbing (each process compiles
+    // its kernels afresh when Mesa's cache is empty).
+    for (spec, file) in [(ModelSpec::lenet(28, 28, 10), "mnist.safetensors")] {
         let device = cinder::Device::new().unwrap_or_else(|e| panic!("{e}"));
         let model = spec.build(&device).unwrap_or_else(|e| panic!("{e}"));
         let path = dir.join(file);
@@ -617,11 +616,7 @@ fn predict_warns_on_truncated_and_blank_images() {
         .save(&black)
         .expect("writing a jpeg");
 
-    for model in [
-        "digits.safetensors",
-        "mnist.safetensors",
-        "natural.safetensors",
-    ] {
+    for model in ["mnist.safetensors"] {
         let model = dir.join(model);
         let (ok, stdout, stderr) = cinder_within(
             &[
