@@ -586,11 +586,12 @@ fn predict_warns_on_truncated_and_blank_images() {
     // One model: each image style's checks are unit tests in cinder-cnn's
     // imagefile.rs; this is the command's plumbing (each process compiles
     // its kernels afresh when Mesa's cache is empty).
-    for (spec, file) in [(ModelSpec::lenet(28, 28, 10), "mnist.safetensors")] {
+    let model = dir.join("mnist.safetensors");
+    {
+        let spec = ModelSpec::lenet(28, 28, 10);
         let device = cinder::Device::new().unwrap_or_else(|e| panic!("{e}"));
-        let model = spec.build(&device).unwrap_or_else(|e| panic!("{e}"));
-        let path = dir.join(file);
-        save_tensors_with_metadata(&path, &model.state_dict(), spec.to_metadata())
+        let net = spec.build(&device).unwrap_or_else(|e| panic!("{e}"));
+        save_tensors_with_metadata(&model, &net.state_dict(), spec.to_metadata())
             .unwrap_or_else(|e| panic!("{e}"));
     }
     let img = textured_digit(400, 400);
@@ -616,8 +617,7 @@ fn predict_warns_on_truncated_and_blank_images() {
         .save(&black)
         .expect("writing a jpeg");
 
-    for model in ["mnist.safetensors"] {
-        let model = dir.join(model);
+    {
         let (ok, stdout, stderr) = cinder_within(
             &[
                 "predict".as_ref(),
