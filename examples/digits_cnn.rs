@@ -45,6 +45,7 @@ fn main() -> Result<()> {
         schedule: Schedule::cosine(0.0),
         clip_grad_norm: None,
         augment: false,
+        label_smoothing: 0.0,
         seed: 0,
         data: "digits".into(),
         out_dir: "runs/digits_cnn".into(),

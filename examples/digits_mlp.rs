@@ -28,6 +28,7 @@ fn main() -> Result<()> {
         schedule: Schedule::constant(),
         clip_grad_norm: None,
         augment: false,
+        label_smoothing: 0.0,
         seed: 0,
         data: "digits".into(),
         out_dir: "runs/digits_mlp".into(),

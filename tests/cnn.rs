@@ -46,6 +46,7 @@ fn options(out: PathBuf, epochs: usize, lr: f64, start: Start) -> TrainOptions {
         schedule: Schedule::cosine(0.0),
         clip_grad_norm: Some(5.0),
         augment: false,
+        label_smoothing: 0.0,
         seed: 3,
         data: "digits subset".into(),
         out_dir: out,

@@ -64,6 +64,9 @@ pub struct RunArgs {
     /// Optimizer steps of linear learning-rate warm-up.
     #[arg(long, default_value_t = 0)]
     warmup_steps: u64,
+    /// Label smoothing of the training loss, in [0, 1).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    label_smoothing: f32,
     /// Clip the gradients' joint L2 norm to this value.
     #[arg(long, allow_negative_numbers = true)]
     clip_grad: Option<f32>,
@@ -170,6 +173,7 @@ impl RunArgs {
             schedule,
             clip_grad_norm: self.clip_grad,
             augment: false,
+            label_smoothing: self.label_smoothing,
             seed: self.seed,
             data: data.to_string(),
             out_dir: self.out.clone().unwrap_or_else(|| default_out.into()),

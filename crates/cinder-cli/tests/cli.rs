@@ -247,6 +247,10 @@ fn train_refuses_bad_settings_and_protects_a_finished_run() {
             &["--clip-grad", "-2"][..],
             "clipping norm must be positive, got -2",
         ),
+        (
+            &["--label-smoothing", "1.5"][..],
+            "label smoothing must be in [0, 1), got 1.5",
+        ),
     ] {
         let (ok, stdout, stderr) = train(flags);
         assert!(!ok, "{flags:?} must be refused: {stdout}");

@@ -94,6 +94,8 @@ pub struct TrainOptions {
     /// Random rotations, shifts and scalings of each training image
     /// ([`augmentation`]), seeded per sample and epoch.
     pub augment: bool,
+    /// The training loss's label smoothing, in [0, 1).
+    pub label_smoothing: f32,
     /// Seeds the model's initialisation, the shuffling and the augmentation.
     pub seed: u64,
     /// Names the data in the run's settings (`digits`, `mnist-5k`, a path).
@@ -131,6 +133,15 @@ impl TrainOptions {
                 ),
             ));
         }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return Err(Error::invalid(
+                "train",
+                format!(
+                    "label smoothing must be in [0, 1), got {}",
+                    self.label_smoothing
+                ),
+            ));
+        }
         self.trainer(&ModelSpec::lenet(8, 8, 10)).check_settings()
     }
 
@@ -155,7 +166,8 @@ impl TrainOptions {
             .with("lr", self.lr)
             .with("weight_decay", self.weight_decay)
             .with("seed", self.seed)
-            .with("augment", self.augment);
+            .with("augment", self.augment)
+            .with("label_smoothing", self.label_smoothing);
         trainer
     }
 }
@@ -198,6 +210,7 @@ pub fn train(
         Box::new(held_out),
         spec.classes,
     )?;
+    task.label_smoothing = options.label_smoothing;
     task.metadata = spec.to_metadata().into_iter().collect();
     task.metadata.sort();
     let mut loader = DataLoader::new(

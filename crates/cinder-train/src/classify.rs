@@ -3,7 +3,7 @@
 //! evaluation, and the confusion matrix as a table.
 
 use cinder_nn::{Adam, Module, Optimizer};
-use cinder_tensor::{read_all, DType, Error, Result, Tensor};
+use cinder_tensor::{read_all, CrossEntropyOptions, DType, Error, Result, Tensor};
 
 use crate::trainer::{Batches, Step, Task};
 
@@ -71,6 +71,9 @@ pub struct Classifier {
     pub classes: usize,
     /// Header metadata of `model.safetensors` (what built the model).
     pub metadata: Vec<(String, String)>,
+    /// The training loss's label smoothing, in [0, 1) (PyTorch's
+    /// `label_smoothing`); held-out losses are plain cross-entropy.
+    pub label_smoothing: f32,
     params: Vec<Tensor>,
     last: Option<Evaluation>,
 }
@@ -104,6 +107,7 @@ impl Classifier {
             held_out,
             classes,
             metadata: Vec::new(),
+            label_smoothing: 0.0,
             params,
             last: None,
         })
@@ -129,7 +133,15 @@ impl Task for Classifier {
     fn train_step(&mut self, batch: ClassBatch, step: &mut Step) -> Result<()> {
         let ClassBatch { x, y } = batch;
         let logits = self.model.forward(&x)?;
-        let loss = logits.cross_entropy(&y)?;
+        let loss = if self.label_smoothing > 0.0 {
+            let opts = CrossEntropyOptions {
+                label_smoothing: self.label_smoothing,
+                ..CrossEntropyOptions::default()
+            };
+            logits.cross_entropy_with(&y, &opts)?
+        } else {
+            logits.cross_entropy(&y)?
+        };
         let mut grads = loss.backward()?;
         step.clip(&mut grads, &self.params)?;
         let accuracy = logits
