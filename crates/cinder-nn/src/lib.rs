@@ -9,6 +9,7 @@ pub mod layers;
 pub mod module;
 pub mod norm;
 pub mod optim;
+pub mod rnn;
 
 pub use activation::{
     Hardsigmoid, Hardswish, Hardtanh, LogSigmoid, Mish, ReLU6, SiLU, Softplus, ELU, GELU, SELU,
@@ -24,3 +25,7 @@ pub use norm::{
     BatchNorm1d, BatchNorm2d, Dropout, GroupNorm, InstanceNorm2d, LayerNorm, Upsample, UpsampleMode,
 };
 pub use optim::{Adam, Optimizer, Sgd};
+pub use rnn::{
+    gru, gru_cell, lstm, lstm_cell, rnn, rnn_cell, Cell, CellKind, CellParams, Embedding, Recurrent,
+    RnnOptions, RnnOutput, State,
+};
