@@ -365,8 +365,12 @@ fn check(case: &Case, seed: u64, grads: bool) -> Result<()> {
             let parts: [(&str, &Tensor, Pick); 4] = [
                 ("weight_ih", &cell.weight_ih, |c| &mut c.w_ih),
                 ("weight_hh", &cell.weight_hh, |c| &mut c.w_hh),
-                ("bias_ih", cell.bias_ih.as_ref().expect("bias"), |c| &mut c.b_ih),
-                ("bias_hh", cell.bias_hh.as_ref().expect("bias"), |c| &mut c.b_hh),
+                ("bias_ih", cell.bias_ih.as_ref().expect("bias"), |c| {
+                    &mut c.b_ih
+                }),
+                ("bias_hh", cell.bias_hh.as_ref().expect("bias"), |c| {
+                    &mut c.b_hh
+                }),
             ];
             for (name, param, pick) in parts {
                 let base = pick(&mut reference.cells[slot].clone()).clone();
@@ -491,7 +495,10 @@ fn parameter_names_shapes_and_init_follow_pytorch() -> Result<()> {
     let bound = 1.0 / 20f32.sqrt();
     for (name, t) in net.named_parameters() {
         let v = t.to_vec::<f32>()?;
-        assert!(v.iter().all(|x| x.abs() <= bound), "{name} outside ±1/sqrt(H)");
+        assert!(
+            v.iter().all(|x| x.abs() <= bound),
+            "{name} outside ±1/sqrt(H)"
+        );
         let spread = v.iter().fold(0f32, |m, x| m.max(x.abs()));
         assert!(spread > 0.8 * bound, "{name} does not fill ±1/sqrt(H)");
     }
@@ -519,12 +526,7 @@ fn cells_match_one_step_of_the_sequence_layer() -> Result<()> {
             c: state.c.as_ref().map(|c| c.unsqueeze(0)).transpose()?,
         };
         let seq = layer.run(&x.unsqueeze(0)?, Some(&seq_state), None)?;
-        assert_close(
-            "cell h",
-            &f64s(&one.h)?,
-            &f64s(&seq.h_n.squeeze(0)?)?,
-            1e-6,
-        );
+        assert_close("cell h", &f64s(&one.h)?, &f64s(&seq.h_n.squeeze(0)?)?, 1e-6);
         // Unbatched input gives the same row.
         let single = cell.step(&x.narrow(0, 1, 1)?.squeeze(0)?, None)?;
         let zero = cell.step(&x, None)?;
@@ -592,7 +594,10 @@ fn embedding_rows_and_padding_gradient() -> Result<()> {
     let device = common::device();
     let emb = Embedding::new(&device, 6, 3, Some(2))?;
     let w = f64s(&emb.weight)?;
-    assert!(w[6..9].iter().all(|&v| v == 0.0), "padding row starts at zero");
+    assert!(
+        w[6..9].iter().all(|&v| v == 0.0),
+        "padding row starts at zero"
+    );
     let idx = Tensor::from_vec(&device, vec![1i32, 2, 5, 1], &[2, 2])?;
     let out = emb.forward(&idx)?;
     assert_eq!(out.shape(), &[2, 2, 3]);
@@ -605,7 +610,10 @@ fn embedding_rows_and_padding_gradient() -> Result<()> {
     let gw = f64s(g.get(&emb.weight).expect("weight gradient"))?;
     let wv = f64s(&weights)?;
     for j in 0..3 {
-        assert!((gw[3 + j] - (wv[j] + wv[9 + j])).abs() < 1e-6, "row 1 sums its uses");
+        assert!(
+            (gw[3 + j] - (wv[j] + wv[9 + j])).abs() < 1e-6,
+            "row 1 sums its uses"
+        );
         assert_eq!(gw[6 + j], 0.0, "the padding row gets no gradient");
         assert!((gw[15 + j] - wv[6 + j]).abs() < 1e-6);
     }

@@ -26,6 +26,6 @@ pub use norm::{
 };
 pub use optim::{Adam, Optimizer, Sgd};
 pub use rnn::{
-    gru, gru_cell, lstm, lstm_cell, rnn, rnn_cell, Cell, CellKind, CellParams, Embedding, Recurrent,
-    RnnOptions, RnnOutput, State,
+    gru, gru_cell, lstm, lstm_cell, rnn, rnn_cell, Cell, CellKind, CellParams, Embedding,
+    Recurrent, RnnOptions, RnnOutput, State,
 };

@@ -281,7 +281,13 @@ impl Cell {
         };
         let batch = x.shape()[0];
         let hidden = self.hidden_size();
-        let batched = |t: &Tensor| if unbatched { t.unsqueeze(0) } else { Ok(t.clone()) };
+        let batched = |t: &Tensor| {
+            if unbatched {
+                t.unsqueeze(0)
+            } else {
+                Ok(t.clone())
+            }
+        };
         let state_shape: &[usize] = if unbatched {
             &[hidden]
         } else {
@@ -593,8 +599,7 @@ impl Recurrent {
                 None => Ok(zero_state(device, self.kind, batch, hidden)),
                 Some(s) => Ok(State {
                     h: s.h.narrow(0, slot, 1)?.reshape(&[batch, hidden])?,
-                    c: s
-                        .c
+                    c: s.c
                         .as_ref()
                         .map(|c| c.narrow(0, slot, 1)?.reshape(&[batch, hidden]))
                         .transpose()?,
@@ -647,9 +652,7 @@ impl Recurrent {
                             state = State {
                                 h: keep_where_masked(&state.h, &next.h, m)?,
                                 c: match (&state.c, &next.c) {
-                                    (Some(old), Some(new)) => {
-                                        Some(keep_where_masked(old, new, m)?)
-                                    }
+                                    (Some(old), Some(new)) => Some(keep_where_masked(old, new, m)?),
                                     _ => None,
                                 },
                             };
@@ -822,8 +825,8 @@ impl Embedding {
                 ));
             }
         }
-        let mut values = init::normal(device, &[num_embeddings, embedding_dim], 0.0, 1.0)?
-            .to_vec::<f32>()?;
+        let mut values =
+            init::normal(device, &[num_embeddings, embedding_dim], 0.0, 1.0)?.to_vec::<f32>()?;
         if let Some(p) = padding_idx {
             values[p * embedding_dim..(p + 1) * embedding_dim].fill(0.0);
         }
