@@ -15,6 +15,7 @@
 pub use cinder_cnn as cnn;
 pub use cinder_data as data;
 pub use cinder_nn as nn;
+pub use cinder_rnn as rnn;
 pub use cinder_runtime as runtime;
 pub use cinder_tensor as tensor;
 pub use cinder_train as train;

@@ -176,3 +176,14 @@ fn texture_matmul_steps_create_nothing_after_the_first() -> Result<()> {
     );
     Ok(())
 }
+
+/// A recurrent classifier's step (an LSTM unrolled over its steps, read
+/// back through time) is one plan too, replayed with nothing created.
+#[test]
+fn lstm_training_steps_create_nothing_after_the_first() -> Result<()> {
+    let _serial = common::serial();
+    let device = common::device();
+    device.manual_seed(3);
+    let model = cinder::rnn::SequenceSpec::lstm(6, 5, 12, 4).build(&device)?;
+    assert_steady(&model, |i| batch_of(i, 8, &[6, 5], 4), 20)
+}

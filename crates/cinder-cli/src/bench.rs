@@ -4,7 +4,8 @@
 use std::time::{Duration, Instant};
 
 use cinder::data::Digits;
-use cinder::nn::{Adam, Optimizer};
+use cinder::nn::{Adam, CellKind, Module, Optimizer};
+use cinder::rnn::models::SequenceSpec;
 use cinder::{Device, Result, Tensor};
 use clap::Subcommand;
 
@@ -29,6 +30,15 @@ pub enum BenchCommand {
         /// Timed repetitions per conv2d shape.
         #[arg(long, default_value_t = 5)]
         reps: usize,
+    },
+    /// Milliseconds per training step of recurrent classifiers over 28 steps
+    /// of 28 inputs (batch 64; forward, backward through time, Adam): an
+    /// LSTM(28 -> 128) + Linear(128 -> 10), the same with a GRU, and a
+    /// 2-layer bidirectional LSTM; the first step of each on its own.
+    Lstm {
+        /// Timed training steps (after the first, which compiles everything).
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
     },
 }
 
@@ -56,7 +66,59 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             }
             Ok(())
         }
+        BenchCommand::Lstm { steps } => {
+            let device = Device::new()?;
+            println!("adapter: {} ({})", device.adapter_name(), device.backend());
+            let lstm = SequenceSpec::lstm(28, 28, 128, 10);
+            let gru = SequenceSpec {
+                cell: CellKind::Gru,
+                ..lstm
+            };
+            let deep = SequenceSpec {
+                num_layers: 2,
+                bidirectional: true,
+                ..lstm
+            };
+            for spec in [lstm, gru, deep] {
+                recurrent_steps(&device, &spec, steps.max(1))?;
+            }
+            Ok(())
+        }
     }
+}
+
+fn recurrent_steps(device: &Device, spec: &SequenceSpec, steps: usize) -> Result<()> {
+    let model = spec.build(device)?;
+    let mut opt = Adam::new(model.parameters(), 1e-3)?;
+    let batch = 64;
+    let x = Tensor::rand_seeded(device, &[batch, spec.steps, spec.input_size], 0.0, 1.0, 7)?;
+    let labels: Vec<i32> = (0..batch as i32).map(|i| i % 10).collect();
+    let y = Tensor::from_slice(device, &labels, &[batch])?;
+    device.realize(&[x.node().clone()])?;
+    let mut times = Vec::with_capacity(steps + 1);
+    for _ in 0..=steps {
+        let t = Instant::now();
+        let loss = model.forward(&x)?.cross_entropy(&y)?;
+        opt.step(&loss.backward()?)?;
+        loss.item()?;
+        times.push(t.elapsed());
+    }
+    let first = times.remove(0);
+    let (med, min, max) = summary(&mut times);
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "{} + linear training step, batch {batch} of {} steps x {} inputs (Adam): \
+         median {:.1} ms (min {:.1}, max {:.1}), {:.0} sequences/s; first step {:.2} s",
+        spec.arch_name(),
+        spec.steps,
+        spec.input_size,
+        ms(med),
+        ms(min),
+        ms(max),
+        batch as f64 / med.as_secs_f64(),
+        first.as_secs_f64()
+    );
+    Ok(())
 }
 
 fn cnn_steps(device: &Device, steps: usize) -> Result<()> {

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use cinder::cnn::imagefile::load_image;
 use cinder::cnn::models::{Arch, ModelSpec};
-use cinder::cnn::train::{load_model, train, OrderedBatches, TrainOptions};
+use cinder::cnn::train::{check, load_model, train, OrderedBatches, TrainOptions};
 use cinder::data::{Digits, InMemoryDataset, Mnist, Split};
 use cinder::train::classify::{evaluate, format_confusion};
 use cinder::train::{Progress, RunDir, Schedule, Start};
@@ -148,7 +148,7 @@ impl DataSource {
 }
 
 impl RunArgs {
-    fn options(
+    pub(crate) fn options(
         &self,
         data: &str,
         default_out: &str,
@@ -192,7 +192,7 @@ impl RunArgs {
 fn run(spec: &ModelSpec, source: &DataSource, options: &TrainOptions) -> Result<()> {
     // Before any work: settings that cannot train, and a folder that holds
     // a run not asked to be continued or replaced.
-    options.check(spec)?;
+    check(spec, options)?;
     let device = Device::new()?;
     device.manual_seed(options.seed);
     println!("adapter: {} ({})", device.adapter_name(), device.backend());

@@ -2,6 +2,7 @@
 
 mod bench;
 mod cnn;
+mod rnn;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -43,11 +44,22 @@ enum Command {
         #[arg(required = true)]
         images: Vec<std::path::PathBuf>,
     },
+    /// Writes with a trained generative model.
+    Generate {
+        #[command(subcommand)]
+        what: GenerateCommand,
+    },
     /// Measures kernels and training steps on the current adapter.
     Bench {
         #[command(subcommand)]
         what: bench::BenchCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum GenerateCommand {
+    /// Text from a character model trained by `cinder train rnn --task char-lm`.
+    CharLm(rnn::GenerateCharLm),
 }
 
 fn main() {
@@ -58,6 +70,9 @@ fn main() {
         Command::Train { model } => train::run(model),
         Command::Eval { checkpoint, mnist } => cnn::eval(&checkpoint, mnist.as_deref()),
         Command::Predict { checkpoint, images } => cnn::predict(&checkpoint, &images),
+        Command::Generate {
+            what: GenerateCommand::CharLm(args),
+        } => rnn::generate_char_lm(args),
         Command::Bench { what } => bench::run(what),
     };
     if let Err(e) = result {

@@ -13,11 +13,16 @@ pub enum TrainCommand {
     /// bundled digits, real MNIST (--data mnist-5k) or MNIST files (--mnist
     /// DIR), with checkpoints, curves and a confusion matrix, into runs/cnn.
     Cnn(crate::cnn::TrainCnn),
+    /// A recurrent network (LSTM, GRU or RNN) on a sequence task: the
+    /// shipped MNIST digits read row by row (--task mnist-rows), into
+    /// runs/rnn.
+    Rnn(crate::rnn::TrainRnn),
 }
 
 pub fn run(cmd: TrainCommand) -> Result<()> {
     match cmd {
         TrainCommand::Mlp(args) => crate::cnn::train_mlp(args),
         TrainCommand::Cnn(args) => crate::cnn::train_cnn(args),
+        TrainCommand::Rnn(args) => crate::rnn::train_rnn(args),
     }
 }

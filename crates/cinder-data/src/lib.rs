@@ -87,6 +87,7 @@ pub mod loader;
 mod prefetch;
 mod rng;
 pub mod sample;
+pub mod text;
 pub mod transform;
 
 #[cfg(test)]
@@ -98,6 +99,7 @@ pub use digits::Digits;
 pub use idx::{read_idx, write_idx, IdxArray, Mnist};
 pub use loader::{Batch, Batches, DataLoader, Epoch, Loader, TryEpoch};
 pub use sample::{Field, FieldData, FieldElement, Sample};
+pub use text::{Corpus, NGram, Vocab};
 pub use transform::{
     sample_seed, Compose, Normalize, RandomAffine, RandomCrop, RandomHorizontalFlip,
     RandomVerticalFlip, Rng, Transform,

@@ -1,11 +1,16 @@
 //! Classification: a task for any model that maps a batch to class scores
 //! (cross-entropy, AdamW, accuracy, a confusion matrix), its held-out
-//! evaluation, and the confusion matrix as a table.
+//! evaluation, the confusion matrix as a table, and a run's settings
+//! ([`TrainOptions`]).
+
+use std::path::PathBuf;
 
 use cinder_nn::{Adam, Module, Optimizer};
 use cinder_tensor::{read_all, CrossEntropyOptions, DType, Error, Result, Tensor};
 
-use crate::trainer::{Batches, Step, Task};
+use crate::run::{Settings, Start};
+use crate::schedule::Schedule;
+use crate::trainer::{Batches, Step, Task, Trainer};
 
 /// A batch on the device: inputs and their `i32` classes.
 pub struct ClassBatch {
@@ -298,4 +303,125 @@ mod tests {
         // Columns line up: every row has the same width.
         assert!(lines.iter().all(|l| l.len() == lines[0].len()), "{table}");
     }
+}
+
+/// A classifier training run, whatever the model: the model crate gives the
+/// model's own settings (architecture, input, classes) to [`Self::trainer`].
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// AdamW's base learning rate.
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub schedule: Schedule,
+    pub clip_grad_norm: Option<f32>,
+    /// The task's own random augmentation of each training sample, seeded
+    /// per sample and epoch.
+    pub augment: bool,
+    /// The training loss's label smoothing, in [0, 1).
+    pub label_smoothing: f32,
+    /// Seeds the model's initialisation, the shuffling and the augmentation.
+    pub seed: u64,
+    /// Names the data in the run's settings (`digits`, `mnist-5k`, a path).
+    pub data: String,
+    pub out_dir: PathBuf,
+    pub start: Start,
+}
+
+impl TrainOptions {
+    /// Rejects settings that cannot train.
+    pub fn validate(&self) -> Result<()> {
+        if self.batch_size == 0 {
+            return Err(Error::invalid("train", "the batch size must be at least 1"));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(Error::invalid(
+                "train",
+                format!("the learning rate must be positive, got {}", self.lr),
+            ));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(Error::invalid(
+                "train",
+                format!(
+                    "the weight decay must be at least 0, got {}",
+                    self.weight_decay
+                ),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return Err(Error::invalid(
+                "train",
+                format!(
+                    "label smoothing must be in [0, 1), got {}",
+                    self.label_smoothing
+                ),
+            ));
+        }
+        self.trainer("", Settings::new()).check_settings()
+    }
+
+    /// The loop for this run of the model that `model` describes (`arch`
+    /// names it in the curves' title), recording both in the run's settings.
+    pub fn trainer(&self, arch: &str, model: Settings) -> Trainer {
+        let mut trainer = Trainer::new(&self.out_dir, self.epochs);
+        trainer.title = format!("{arch} on {} ({})", self.data, self.out_dir.display());
+        trainer.schedule = self.schedule;
+        trainer.clip_grad_norm = self.clip_grad_norm;
+        trainer.start = self.start;
+        trainer.settings = model
+            .with("data", &self.data)
+            .with("batch_size", self.batch_size)
+            .with("lr", self.lr)
+            .with("weight_decay", self.weight_decay)
+            .with("seed", self.seed)
+            .with("augment", self.augment)
+            .with("label_smoothing", self.label_smoothing);
+        trainer
+    }
+}
+
+/// Trains `model` as a classifier of `classes` classes with `trainer`
+/// (made by [`TrainOptions::trainer`]) on `train`'s shuffled batches,
+/// evaluating on `held_out` after every epoch; `metadata` describes the
+/// model in its file's header. Returns the history and the last
+/// evaluation. The caller seeds the device before building `model`.
+#[allow(clippy::too_many_arguments)]
+pub fn fit_classifier(
+    trainer: &Trainer,
+    model: Box<dyn Module>,
+    metadata: Vec<(String, String)>,
+    classes: usize,
+    train: cinder_data::DataLoader,
+    held_out: cinder_data::InMemoryDataset,
+    options: &TrainOptions,
+    device: &cinder_tensor::Device,
+    observer: &mut dyn crate::Observer,
+) -> Result<(crate::History, Evaluation)> {
+    let held_out = crate::OrderedBatches {
+        data: std::sync::Arc::new(held_out),
+        batch_size: 500,
+        device: device.clone(),
+    };
+    let mut task = Classifier::new(
+        model,
+        options.lr,
+        options.weight_decay,
+        Box::new(held_out),
+        classes,
+    )?;
+    task.label_smoothing = options.label_smoothing;
+    task.metadata = metadata;
+    task.metadata.sort();
+    let data = crate::ShuffledBatches {
+        loader: train,
+        device: device.clone(),
+    };
+    let history = trainer.fit(&mut task, &data, device, observer)?;
+    let evaluation = task
+        .last_evaluation()
+        .cloned()
+        .ok_or_else(|| Error::invalid("train", "the run evaluated nothing"))?;
+    Ok((history, evaluation))
 }

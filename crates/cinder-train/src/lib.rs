@@ -10,6 +10,7 @@
 //! [`classify::Classifier`] is the task for classifiers; model crates bring
 //! their own tasks.
 
+pub mod batches;
 pub mod classify;
 pub mod curves;
 pub mod history;
@@ -18,7 +19,8 @@ pub mod run;
 pub mod schedule;
 pub mod trainer;
 
-pub use classify::{ClassBatch, Classifier, Evaluation};
+pub use batches::{OrderedBatches, ShuffledBatches};
+pub use classify::{ClassBatch, Classifier, Evaluation, TrainOptions};
 pub use history::{EpochRow, History};
 pub use progress::Progress;
 pub use run::{RunDir, Settings, Start};

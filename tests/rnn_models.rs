@@ -1,0 +1,187 @@
+//! The recurrent sequence classifier (cinder-rnn) on cinder-train's loop:
+//! real digits read row by row, its loss falls, its model file loads back
+//! with the same predictions, and its description round-trips.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use cinder::data::{InMemoryDataset, Mnist, Split};
+use cinder::nn::{CellKind, Module};
+use cinder::rnn::models::SequenceSpec;
+use cinder::rnn::train::{load_model, train};
+use cinder::train::{Schedule, Silent, Start, TrainOptions};
+use cinder::{DType, Result, Tensor};
+
+fn subset(data: &InMemoryDataset, rows: usize) -> InMemoryDataset {
+    let per = data.feature_len();
+    InMemoryDataset {
+        features: data.features[..rows * per].to_vec(),
+        feature_shape: data.feature_shape.clone(),
+        labels: data.labels[..rows].to_vec(),
+        num_classes: data.num_classes,
+    }
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("cinder-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[test]
+fn gru_reads_mnist_rows_and_its_model_file_predicts_the_same() -> Result<()> {
+    let _serial = common::serial();
+    let device = common::device();
+    let mnist = Mnist::bundled()?;
+    let split = Split {
+        train: subset(&mnist.train, 512),
+        test: subset(&mnist.test, 200),
+    };
+    let test_images = split.test.features[..16 * 784].to_vec();
+    let spec = SequenceSpec {
+        cell: CellKind::Gru,
+        ..SequenceSpec::lstm(28, 28, 48, 10)
+    };
+    let out = scratch("rnn-rows");
+    let options = TrainOptions {
+        epochs: 4,
+        batch_size: 32,
+        lr: 1e-2,
+        weight_decay: 0.0,
+        schedule: Schedule::constant(),
+        clip_grad_norm: Some(1.0),
+        augment: false,
+        label_smoothing: 0.0,
+        seed: 5,
+        data: "mnist-5k subset".into(),
+        out_dir: out.clone(),
+        start: Start::New,
+    };
+    device.manual_seed(11);
+    let (history, evaluation) = train(&spec, split, &options, &device, &mut Silent)?;
+    let column = |name: &str| -> Vec<f64> {
+        history
+            .rows
+            .iter()
+            .map(|r| r.get(name).unwrap_or(f64::NAN))
+            .collect()
+    };
+    let test_loss = column("test_loss");
+    let train_loss = column("train_loss");
+    assert!(
+        test_loss[3] < 0.6 * test_loss[0] && train_loss[3] < train_loss[0],
+        "the loss did not fall: held-out {test_loss:?}, training {train_loss:?}"
+    );
+    // Ten classes: chance is 10%.
+    assert!(
+        evaluation.accuracy > 0.5,
+        "held-out accuracy {}",
+        evaluation.accuracy
+    );
+
+    // The model file describes the model and predicts what the run's model
+    // predicted for the same digits.
+    let model = load_model(&out.join("model.safetensors"), &device)?;
+    assert_eq!(model.spec(), &spec);
+    let x = Tensor::from_slice(&device, &test_images, &[16, 1, 28, 28])?;
+    let predicted: Vec<i32> = model
+        .forward(&x)?
+        .argmax(-1, false)?
+        .to_dtype(DType::F32)?
+        .to_vec::<f32>()?
+        .into_iter()
+        .map(|p| p as i32)
+        .collect();
+    assert_eq!(predicted, evaluation.predicted[..16].to_vec());
+    // A training checkpoint is not a model file.
+    assert!(load_model(&out.join("checkpoint.safetensors"), &device).is_err());
+    std::fs::remove_dir_all(&out).ok();
+    Ok(())
+}
+
+#[test]
+fn sequence_specs_round_trip_through_their_metadata() -> Result<()> {
+    let lstm = SequenceSpec::lstm(28, 28, 128, 10);
+    let specs = [
+        lstm,
+        SequenceSpec {
+            cell: CellKind::Gru,
+            hidden_size: 64,
+            ..lstm
+        },
+        SequenceSpec {
+            num_layers: 2,
+            bidirectional: true,
+            dropout: 0.25,
+            ..lstm
+        },
+        SequenceSpec {
+            cell: CellKind::RnnRelu,
+            num_layers: 3,
+            ..lstm
+        },
+        SequenceSpec {
+            cell: CellKind::RnnTanh,
+            steps: 100,
+            input_size: 40,
+            ..lstm
+        },
+    ];
+    for spec in specs {
+        let back = SequenceSpec::from_metadata(&spec.to_metadata())?;
+        assert_eq!(back, spec, "{}", spec.arch_name());
+    }
+    assert_eq!(specs[2].arch_name(), "bilstm128x2");
+
+    // A CNN's file, or a damaged description, is refused with a reason.
+    let mut meta: HashMap<String, String> = lstm.to_metadata();
+    meta.remove("cinder.family");
+    assert!(SequenceSpec::from_metadata(&meta).is_err());
+    let mut meta = lstm.to_metadata();
+    meta.insert("cinder.arch".into(), "transformer128".into());
+    let err = SequenceSpec::from_metadata(&meta).unwrap_err().to_string();
+    assert!(err.contains("transformer128"), "{err}");
+    let mut meta = lstm.to_metadata();
+    meta.insert("cinder.input".into(), "28".into());
+    assert!(SequenceSpec::from_metadata(&meta).is_err());
+
+    // Settings that cannot build a model.
+    for bad in [
+        SequenceSpec {
+            hidden_size: 0,
+            ..lstm
+        },
+        SequenceSpec {
+            num_layers: 0,
+            ..lstm
+        },
+        SequenceSpec { classes: 1, ..lstm },
+        SequenceSpec {
+            dropout: 1.0,
+            ..lstm
+        },
+    ] {
+        assert!(bad.validate().is_err(), "{bad:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn the_classifier_refuses_inputs_of_the_wrong_size() -> Result<()> {
+    let _serial = common::serial();
+    let device = common::device();
+    let model = SequenceSpec::lstm(4, 3, 5, 2).build(&device)?;
+    let x = Tensor::zeros(&device, &[2, 4, 4]);
+    let err = model
+        .forward(&x)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("4 steps of 3 features"), "{err}");
+    // Any layout of 12 values per sample reads as 4 steps of 3.
+    let x = Tensor::zeros(&device, &[2, 12]);
+    assert_eq!(model.forward(&x)?.shape(), &[2, 2]);
+    Ok(())
+}
