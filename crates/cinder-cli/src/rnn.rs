@@ -71,6 +71,10 @@ pub struct TrainRnn {
     /// char-lm: the character embedding's size.
     #[arg(long, default_value_t = 64)]
     embedding: usize,
+    /// mnist-rows: random rotations (±10°), shifts (±2 px) and scalings
+    /// (0.9 to 1.1) of the training digits, seeded.
+    #[arg(long)]
+    augment: bool,
     /// Read each sequence both ways.
     #[arg(long)]
     bidirectional: bool,
@@ -96,9 +100,10 @@ fn train_mnist_rows(args: TrainRnn) -> Result<()> {
         dropout: args.dropout,
         ..SequenceSpec::lstm(28, 28, args.hidden.unwrap_or(128), 10)
     };
-    let options = args
+    let mut options = args
         .run
         .options("mnist-5k", "runs/rnn", 12, 2e-3, ScheduleArg::Cosine)?;
+    options.augment = args.augment;
     // Before any work: settings that cannot train, and a folder that holds
     // a run not asked to be continued or replaced.
     check(&spec, &options)?;
@@ -142,10 +147,10 @@ fn train_mnist_rows(args: TrainRnn) -> Result<()> {
 }
 
 fn train_char_lm(args: TrainRnn) -> Result<()> {
-    if args.cell != CellArg::Lstm || args.bidirectional {
+    if args.cell != CellArg::Lstm || args.bidirectional || args.augment {
         return Err(Error::invalid(
             "train",
-            "the character model is a forward LSTM: --cell and --bidirectional do not apply",
+            "the character model is a forward LSTM on plain text: --cell, --bidirectional and --augment do not apply",
         ));
     }
     let files = if args.text.is_empty() {

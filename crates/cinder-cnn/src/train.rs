@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use cinder_data::{DataLoader, InMemoryDataset, RandomAffine, Split};
+use cinder_data::{DataLoader, RandomAffine, Split};
 use cinder_nn::checkpoint::{check_finite, load_tensors, read_metadata};
 use cinder_nn::Module;
 use cinder_tensor::{Device, Error, Result};
@@ -14,14 +14,9 @@ pub use cinder_train::{OrderedBatches, ShuffledBatches, TrainOptions};
 
 use crate::models::ModelSpec;
 
-/// The training images' augmentation: rotations within ±10 degrees, shifts
-/// within ±7% of the size (2 pixels of MNIST's 28) and scalings by 0.9 to
-/// 1.1, the jitter a hand puts into a digit (no flips: a flipped 2 is no 2).
+/// The training images' augmentation ([`RandomAffine::handwriting`]).
 pub fn augmentation() -> RandomAffine {
-    RandomAffine::new(InMemoryDataset::INPUT)
-        .degrees(10.0)
-        .translate(0.07, 0.07)
-        .scale(0.9, 1.1)
+    RandomAffine::handwriting()
 }
 
 /// Rejects a model description or settings that cannot train, and a folder

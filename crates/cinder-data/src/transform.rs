@@ -454,6 +454,19 @@ enum Shift {
 }
 
 impl RandomAffine {
+    /// The jitter a hand puts into a digit, for [`InMemoryDataset`]'s
+    /// images: rotations within ±10 degrees, shifts within ±7% of the size
+    /// (2 pixels of MNIST's 28) and scalings by 0.9 to 1.1 (no flips: a
+    /// flipped 2 is no 2).
+    ///
+    /// [`InMemoryDataset`]: crate::InMemoryDataset
+    pub fn handwriting() -> RandomAffine {
+        RandomAffine::new(crate::InMemoryDataset::INPUT)
+            .degrees(10.0)
+            .translate(0.07, 0.07)
+            .scale(0.9, 1.1)
+    }
+
     pub fn new(field: impl Into<String>) -> RandomAffine {
         RandomAffine {
             targets: Targets::new(field),

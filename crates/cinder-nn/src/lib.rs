@@ -9,6 +9,7 @@ pub mod layers;
 pub mod module;
 pub mod norm;
 pub mod optim;
+mod recurrence;
 pub mod rnn;
 
 pub use activation::{

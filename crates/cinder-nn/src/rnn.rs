@@ -13,6 +13,7 @@ use cinder_tensor::{Device, Error, Result, Tensor};
 
 use crate::init;
 use crate::module::Module;
+use crate::recurrence::{run_sequence, SequenceInputs};
 
 /// Which recurrence a cell computes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,12 +38,17 @@ impl CellKind {
         }
     }
 
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             CellKind::RnnTanh | CellKind::RnnRelu => "RNN",
             CellKind::Lstm => "LSTM",
             CellKind::Gru => "GRU",
         }
+    }
+
+    /// LSTM and GRU run their sequences through the fused recurrence.
+    fn has_fused_sequence(self) -> bool {
+        matches!(self, CellKind::Lstm | CellKind::Gru)
     }
 
     fn has_cell_state(self) -> bool {
@@ -612,7 +618,18 @@ impl Recurrent {
             Some(lengths) => Some(step_masks(device, op, lengths, batch, steps)?),
         };
 
-        let mut layer_input = x;
+        // The fused recurrence reads the lengths on the device.
+        let length_values: Vec<i32> = match lengths {
+            Some(l) => l.iter().map(|&l| l as i32).collect(),
+            None => vec![steps as i32; batch],
+        };
+        let length_tensor = Tensor::from_vec(device, length_values, &[batch])?;
+        // Time first inside: each step's slice is then contiguous.
+        let mut layer_input = if time_dim == 1 {
+            x.permute(&[1, 0, 2])?
+        } else {
+            x
+        };
         let mut final_h = Vec::with_capacity(slots);
         let mut final_c = Vec::with_capacity(slots);
         for layer in 0..self.options.num_layers {
@@ -623,48 +640,28 @@ impl Recurrent {
                 let slot = layer * directions + direction;
                 let cell = &self.cells[slot];
                 let gate_width = self.kind.gates() * hidden;
-                let projected = cell.project_input(self.kind, &flat)?;
-                let projected = if time_dim == 0 {
-                    projected.reshape(&[steps, batch, gate_width])?
+                let projected = cell
+                    .project_input(self.kind, &flat)?
+                    .reshape(&[steps, batch, gate_width])?;
+                let initial_state = slot_state(slot)?;
+                let (output, state) = if self.kind.has_fused_sequence() {
+                    self.fused_direction(
+                        cell,
+                        &projected,
+                        initial_state,
+                        (&length_tensor, masks.as_ref()),
+                        direction == 1,
+                    )?
                 } else {
-                    projected.reshape(&[batch, steps, gate_width])?
+                    self.stepped_direction(
+                        cell,
+                        &projected,
+                        initial_state,
+                        masks.as_ref(),
+                        direction == 1,
+                    )?
                 };
-                let mut state = slot_state(slot)?;
-                let mut outputs: Vec<Option<Tensor>> = vec![None; steps];
-                let order: Box<dyn Iterator<Item = usize>> = if direction == 0 {
-                    Box::new(0..steps)
-                } else {
-                    Box::new((0..steps).rev())
-                };
-                for t in order {
-                    let xp = projected
-                        .narrow(time_dim as isize, t, 1)?
-                        .reshape(&[batch, gate_width])?;
-                    let next = cell.step(self.kind, &xp, &state)?;
-                    match &masks {
-                        None => {
-                            outputs[t] = Some(next.h.clone());
-                            state = next;
-                        }
-                        Some(masks) => {
-                            let m = &masks[t];
-                            outputs[t] = Some(next.h.mul(m)?);
-                            state = State {
-                                h: keep_where_masked(&state.h, &next.h, m)?,
-                                c: match (&state.c, &next.c) {
-                                    (Some(old), Some(new)) => Some(keep_where_masked(old, new, m)?),
-                                    _ => None,
-                                },
-                            };
-                        }
-                    }
-                }
-                let outputs: Vec<Tensor> = outputs
-                    .into_iter()
-                    .map(|o| o.ok_or_else(|| Error::invalid(op, "a time step was not computed")))
-                    .collect::<Result<_>>()?;
-                let refs: Vec<&Tensor> = outputs.iter().collect();
-                direction_outputs.push(Tensor::stack(&refs, time_dim as isize)?);
+                direction_outputs.push(output);
                 final_h.push(state.h);
                 if let Some(c) = state.c {
                     final_c.push(c);
@@ -676,6 +673,9 @@ impl Recurrent {
                 output = output.dropout(self.options.dropout, self.training)?;
             }
             layer_input = output;
+        }
+        if time_dim == 1 {
+            layer_input = layer_input.permute(&[1, 0, 2])?;
         }
 
         let stack_states = |states: &[Tensor]| -> Result<Tensor> {
@@ -699,6 +699,118 @@ impl Recurrent {
             layer_input
         };
         Ok(RnnOutput { output, h_n, c_n })
+    }
+}
+
+impl Recurrent {
+    /// One direction of one layer through the fused recurrence
+    /// (`recurrence.rs`): `[T, B, H]` outputs (zero past each length) and
+    /// the state after the last step visited.
+    fn fused_direction(
+        &self,
+        cell: &CellParams,
+        projected: &Tensor,
+        initial: State,
+        (lengths, masks): (&Tensor, Option<&Vec<Tensor>>),
+        reverse: bool,
+    ) -> Result<(Tensor, State)> {
+        let hidden = self.hidden_size;
+        let steps = projected.shape()[0];
+        let batch = projected.shape()[1];
+        let states = run_sequence(&SequenceInputs {
+            kind: self.kind,
+            projected,
+            weight_hh: &cell.weight_hh,
+            bias_hh: match self.kind {
+                CellKind::Gru => cell.bias_hh.as_ref(),
+                _ => None,
+            },
+            h0: &initial.h,
+            c0: initial.c.as_ref(),
+            lengths,
+            reverse,
+        })?;
+        // The op's state: [c, h] for an LSTM, [h] for a GRU.
+        let h_at = if self.kind == CellKind::Lstm {
+            hidden
+        } else {
+            0
+        };
+        let h_all = states.narrow(2, h_at, hidden)?;
+        let output = match masks {
+            Some(m) => {
+                let refs: Vec<&Tensor> = m.iter().collect();
+                h_all.mul(&Tensor::stack(&refs, 0)?)?
+            }
+            None => h_all.clone(),
+        };
+        // Past a sequence's end the state is kept, so the last step visited
+        // holds every sequence's final state.
+        let last = if reverse { 0 } else { steps - 1 };
+        let final_state = states.narrow(0, last, 1)?;
+        let h = final_state
+            .narrow(2, h_at, hidden)?
+            .reshape(&[batch, hidden])?;
+        let c = match self.kind {
+            CellKind::Lstm => Some(
+                final_state
+                    .narrow(2, 0, hidden)?
+                    .reshape(&[batch, hidden])?,
+            ),
+            _ => None,
+        };
+        Ok((output, State { h, c }))
+    }
+
+    /// One direction of one layer a step at a time, each step's arithmetic
+    /// on the tape (the plain RNNs, whose step is one product and one
+    /// activation).
+    fn stepped_direction(
+        &self,
+        cell: &CellParams,
+        projected: &Tensor,
+        initial: State,
+        masks: Option<&Vec<Tensor>>,
+        reverse: bool,
+    ) -> Result<(Tensor, State)> {
+        let steps = projected.shape()[0];
+        let batch = projected.shape()[1];
+        let gate_width = projected.shape()[2];
+        let mut state = initial;
+        let mut outputs: Vec<Option<Tensor>> = vec![None; steps];
+        let order: Box<dyn Iterator<Item = usize>> = if reverse {
+            Box::new((0..steps).rev())
+        } else {
+            Box::new(0..steps)
+        };
+        for t in order {
+            let xp = projected.narrow(0, t, 1)?.reshape(&[batch, gate_width])?;
+            let next = cell.step(self.kind, &xp, &state)?;
+            match masks {
+                None => {
+                    outputs[t] = Some(next.h.clone());
+                    state = next;
+                }
+                Some(masks) => {
+                    let m = &masks[t];
+                    outputs[t] = Some(next.h.mul(m)?);
+                    state = State {
+                        h: keep_where_masked(&state.h, &next.h, m)?,
+                        c: match (&state.c, &next.c) {
+                            (Some(old), Some(new)) => Some(keep_where_masked(old, new, m)?),
+                            _ => None,
+                        },
+                    };
+                }
+            }
+        }
+        let op = self.kind.name();
+        let outputs: Vec<Tensor> = outputs
+            .into_iter()
+            .map(|o| o.ok_or_else(|| Error::invalid(op, "a time step was not computed")))
+            .collect::<Result<_>>()?;
+        let refs: Vec<&Tensor> = outputs.iter().collect();
+        Ok((Tensor::stack(&refs, 0)?, state))
     }
 }
 

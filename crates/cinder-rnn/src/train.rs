@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use cinder_data::{DataLoader, Split};
+use cinder_data::{DataLoader, RandomAffine, Split};
 use cinder_nn::checkpoint::{check_finite, load_tensors, read_metadata};
 use cinder_nn::Module;
 use cinder_tensor::{Device, Error, Result};
@@ -35,7 +35,8 @@ fn trainer(spec: &SequenceSpec, options: &TrainOptions) -> Trainer {
 /// read as `spec.steps` steps of `spec.input_size` values (an MNIST image's
 /// 28 rows of 28 pixels), evaluating on `split.test` after every epoch,
 /// into `options.out_dir` (`model.safetensors`, the checkpoint,
-/// `metrics.csv`, `curves.png`, `confusion.txt`). The caller seeds the
+/// `metrics.csv`, `curves.png`, `confusion.txt`); `options.augment` jitters
+/// the images first ([`RandomAffine::handwriting`]). The caller seeds the
 /// device (`manual_seed`) before.
 pub fn train(
     spec: &SequenceSpec,
@@ -56,12 +57,22 @@ pub fn train(
         ));
     }
     let model = spec.build(device)?;
-    let loader = DataLoader::new(
+    let mut loader = DataLoader::new(
         Arc::new(split.train),
         options.batch_size,
         true,
         options.seed,
     )?;
+    if options.augment {
+        // The images' own jitter, before they are read row by row.
+        if split.test.feature_shape.len() != 3 {
+            return Err(Error::invalid(
+                "train",
+                "augmentation jitters images; these samples are not [C, H, W] images",
+            ));
+        }
+        loader = loader.with_transform(RandomAffine::handwriting())?;
+    }
     fit_classifier(
         &trainer(spec, options),
         Box::new(model),
