@@ -5,6 +5,13 @@
 //!   fixed train/test split), available offline from any working directory.
 //! - [`Mnist`] and the [`idx`] reader: MNIST-style IDX files, plain or gzip-compressed,
 //!   and 5000 real MNIST digits bundled ([`Mnist::bundled`]).
+//! - [`SpokenDigits`]: 1120 clips of spoken digits by 8 voices, bundled, split by
+//!   speaker, and 280 noisy clips of the held-out voices for evaluation.
+//!
+//! Audio ([`audio`]): [`audio::read_wav`] (any bit depth, mixed to mono),
+//! [`audio::resample`] (windowed sinc), [`LogMel`] features (40 mel bands per
+//! 10 ms frame of 8 kHz audio) and seeded waveform augmentation
+//! ([`audio::augment`]: speed, time shift, white or babble noise at an SNR, gain).
 //!
 //! Image classification ([`InMemoryDataset`], [`DataLoader`]):
 //! - [`DataLoader`]: seeded, reproducible mini-batches of an [`InMemoryDataset`],
@@ -78,6 +85,7 @@
 //! # Ok::<(), cinder_tensor::Error>(())
 //! ```
 
+pub mod audio;
 pub mod collate;
 mod dataset;
 pub mod digits;
@@ -93,6 +101,7 @@ pub mod transform;
 #[cfg(test)]
 mod kinds_tests;
 
+pub use audio::{LogMel, SpokenDigits};
 pub use collate::{BatchField, Collate, SampleBatch};
 pub use dataset::{from_fn, Dataset, FromFn, InMemoryDataset, Split};
 pub use digits::Digits;
