@@ -36,11 +36,18 @@ enum Command {
         #[arg(long)]
         mnist: Option<std::path::PathBuf>,
     },
-    /// Classifies image files (PNG, JPEG; any size and colour): top-3 classes.
+    /// Classifies image files (PNG, JPEG; any size and colour), or with
+    /// --task spoken-digits WAV recordings (any rate, mono or stereo): top-3
+    /// classes.
     Predict {
-        /// A model.safetensors written by `cinder train cnn`.
+        /// A model.safetensors written by `cinder train cnn` (or `cinder
+        /// train rnn --task spoken-digits`).
         #[arg(long)]
         checkpoint: std::path::PathBuf,
+        /// What the files hold (default: images, or what the checkpoint was
+        /// trained on).
+        #[arg(long, value_enum)]
+        task: Option<PredictTask>,
         #[arg(required = true)]
         images: Vec<std::path::PathBuf>,
     },
@@ -56,6 +63,13 @@ enum Command {
     },
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum PredictTask {
+    Images,
+    #[value(name = "spoken-digits")]
+    SpokenDigits,
+}
+
 #[derive(Subcommand)]
 enum GenerateCommand {
     /// Text from a character model trained by `cinder train rnn --task char-lm`.
@@ -69,7 +83,15 @@ fn main() {
         Command::Info => info(),
         Command::Train { model } => train::run(model),
         Command::Eval { checkpoint, mnist } => cnn::eval(&checkpoint, mnist.as_deref()),
-        Command::Predict { checkpoint, images } => cnn::predict(&checkpoint, &images),
+        Command::Predict {
+            checkpoint,
+            task,
+            images,
+        } => match task.map_or_else(|| trained_on(&checkpoint), Ok) {
+            Ok(PredictTask::SpokenDigits) => rnn::predict_spoken_digits(&checkpoint, &images),
+            Ok(PredictTask::Images) => cnn::predict(&checkpoint, &images),
+            Err(e) => Err(e),
+        },
         Command::Generate {
             what: GenerateCommand::CharLm(args),
         } => rnn::generate_char_lm(args),
@@ -79,6 +101,16 @@ fn main() {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
+}
+
+/// What a model file was trained on, from its header (images unless it
+/// says otherwise).
+fn trained_on(checkpoint: &std::path::Path) -> cinder::Result<PredictTask> {
+    let meta = cinder::nn::checkpoint::read_metadata(checkpoint)?;
+    Ok(match meta.get("cinder.task").map(String::as_str) {
+        Some("spoken-digits") => PredictTask::SpokenDigits,
+        _ => PredictTask::Images,
+    })
 }
 
 fn info() -> cinder::Result<()> {

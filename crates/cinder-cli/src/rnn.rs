@@ -3,10 +3,11 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use cinder::data::{Corpus, Mnist};
+use cinder::data::{Corpus, Mnist, SpokenDigits};
 use cinder::nn::{CellKind, Module};
 use cinder::rnn::lm::{self, CharLmSpec, LmOptions};
 use cinder::rnn::models::SequenceSpec;
+use cinder::rnn::speech;
 use cinder::rnn::train::{check, train};
 use cinder::train::classify::format_confusion;
 use cinder::train::{Progress, RunDir};
@@ -26,6 +27,11 @@ pub enum TaskArg {
     /// /usr/share/common-licenses), the last 10% held out.
     #[value(name = "char-lm")]
     CharLm,
+    /// The shipped spoken digits (1120 clips, 8 voices): trained on six
+    /// voices, measured on the two it never hears (m4, f4), clean and in
+    /// babble noise (data/spoken-digits-noisy, never trained on).
+    #[value(name = "spoken-digits")]
+    SpokenDigits,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -72,7 +78,9 @@ pub struct TrainRnn {
     #[arg(long, default_value_t = 64)]
     embedding: usize,
     /// mnist-rows: random rotations (±10°), shifts (±2 px) and scalings
-    /// (0.9 to 1.1) of the training digits, seeded.
+    /// (0.9 to 1.1) of the training digits; spoken-digits: white or babble
+    /// noise at 5 to 20 dB on 80% of clips, speed 0.9 to 1.1, shifts of up
+    /// to 50 ms, gain ±6 dB. Seeded.
     #[arg(long)]
     augment: bool,
     /// Read each sequence both ways.
@@ -89,6 +97,7 @@ pub fn train_rnn(args: TrainRnn) -> Result<()> {
     match args.task {
         TaskArg::MnistRows => train_mnist_rows(args),
         TaskArg::CharLm => train_char_lm(args),
+        TaskArg::SpokenDigits => train_spoken_digits(args),
     }
 }
 
@@ -249,5 +258,104 @@ pub fn generate_char_lm(args: GenerateCharLm) -> Result<()> {
         args.seed,
     )?;
     println!("{}{text}", args.prompt);
+    Ok(())
+}
+
+fn train_spoken_digits(args: TrainRnn) -> Result<()> {
+    if args.cell == CellArg::Rnn {
+        return Err(Error::invalid(
+            "train",
+            "spoken digits take --cell lstm or gru",
+        ));
+    }
+    let spec = SequenceSpec {
+        num_layers: args.layers.unwrap_or(1),
+        bidirectional: args.bidirectional,
+        dropout: args.dropout,
+        ..speech::spec(args.cell.kind(), args.hidden.unwrap_or(128))
+    };
+    let mut options = args.run.options(
+        "spoken-digits",
+        "runs/spoken-digits",
+        30,
+        3e-3,
+        ScheduleArg::Cosine,
+    )?;
+    options.augment = args.augment;
+    speech::check(&spec, &options)?;
+    let device = Device::new()?;
+    println!("adapter: {} ({})", device.adapter_name(), device.backend());
+    let clean = SpokenDigits::bundled()?;
+    let (train, held_out) = clean.split_by_voice(&SpokenDigits::HELD_OUT_VOICES)?;
+    let noisy = SpokenDigits::bundled_noisy()?.into_clips();
+    println!(
+        "spoken digits: {} training clips ({} voices), {} held out (voices {}), {} of them in noise; model {}",
+        train.len(),
+        clean.voices().len() - SpokenDigits::HELD_OUT_VOICES.len(),
+        held_out.len(),
+        SpokenDigits::HELD_OUT_VOICES.join(", "),
+        noisy.len(),
+        spec.arch_name()
+    );
+    device.manual_seed(options.seed);
+    let started = Instant::now();
+    let mut progress = Progress::new();
+    let report = speech::train(
+        &spec,
+        train,
+        held_out,
+        noisy,
+        &options,
+        &device,
+        &mut progress,
+    )?;
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "held-out voices: {:.2}% clean, {:.2}% in noise, after {} epochs ({seconds:.1} s this run)",
+        100.0 * report.clean_accuracy,
+        100.0 * report.noisy_accuracy,
+        report.history.rows.len()
+    );
+    let run = RunDir::new(&options.out_dir);
+    println!(
+        "wrote {} (for `cinder predict --task spoken-digits`), {}, {} and {}",
+        run.model("model").display(),
+        run.checkpoint().display(),
+        run.metrics().display(),
+        run.curves().display()
+    );
+    Ok(())
+}
+
+/// The digit spoken in each WAV file; a bad file is reported and the rest
+/// still run.
+pub fn predict_spoken_digits(checkpoint: &std::path::Path, files: &[PathBuf]) -> Result<()> {
+    let device = Device::new()?;
+    let model = cinder::rnn::train::load_model(checkpoint, &device)?;
+    let mut failed = 0;
+    for path in files {
+        match speech::classify_file(&model, path) {
+            Ok(probs) => {
+                let mut ranked: Vec<(usize, f32)> = probs.into_iter().enumerate().collect();
+                ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+                let top: Vec<String> = ranked
+                    .iter()
+                    .take(3)
+                    .map(|(digit, p)| format!("{digit} ({:.1}%)", 100.0 * p))
+                    .collect();
+                println!("{}: {}", path.display(), top.join(", "));
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("{}: error: {e}", path.display());
+            }
+        }
+    }
+    if failed > 0 {
+        return Err(Error::invalid(
+            "predict",
+            format!("{failed} of {} files could not be classified", files.len()),
+        ));
+    }
     Ok(())
 }
