@@ -1,7 +1,8 @@
 //! State_dicts saved by PyTorch load into cinder-cnn's networks and give
 //! PyTorch's numbers: eval-mode logits, and in training mode the logits, the
 //! loss, every parameter's gradient and batch norm's updated running
-//! statistics. The fixtures come from `tools/torch_fixtures.py` (PyTorch
+//! statistics; recurrent layers give PyTorch's packed-sequence outputs,
+//! final states and gradients. The fixtures come from `tools/torch_fixtures.py` (PyTorch
 //! 2.5.1 on the CPU); the file says how to write them again.
 
 mod common;
@@ -210,4 +211,125 @@ fn half_precision_weights_are_converted() -> Result<()> {
     );
     assert_eq!(state[1].1.to_vec::<f32>()?, [1.0, -3.5, 0.0078125]);
     Ok(())
+}
+
+/// A recurrent layer with PyTorch's state_dict (`.pt` and safetensors)
+/// runs PyTorch's packed sequences: the same padded output, final states,
+/// and gradients of every weight, the input and the initial state.
+fn check_recurrent(name: &str, layer: cinder::nn::Recurrent) -> Result<()> {
+    use cinder::nn::State;
+    let device = common::device();
+    let expected = read_all(&fixture(&format!("{name}_expected.safetensors")));
+    let get = |key: &str| -> (Vec<usize>, Vec<f32>) {
+        expected
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name}: no {key}"))
+    };
+    let tensor = |key: &str| -> Result<Tensor> {
+        let (shape, values) = get(key);
+        Tensor::from_vec(&device, values, &shape)
+    };
+    for file in [format!("{name}.pt"), format!("{name}.safetensors")] {
+        checkpoint::load(fixture(&file), &layer)?;
+        let x = tensor("x")?.requires_grad_();
+        let h0 = tensor("h0")?.requires_grad_();
+        let lstm = expected.contains_key("c0");
+        let c0 = if lstm {
+            Some(tensor("c0")?.requires_grad_())
+        } else {
+            None
+        };
+        let lengths: Vec<usize> = get("lengths").1.iter().map(|&l| l as usize).collect();
+        let state = State {
+            h: h0.clone(),
+            c: c0.clone(),
+        };
+        let out = layer.run(&x, Some(&state), Some(&lengths))?;
+        assert_close(
+            &format!("{file} output"),
+            &out.output.to_vec::<f32>()?,
+            &get("output").1,
+            1e-4,
+            1e-5,
+        );
+        assert_close(
+            &format!("{file} h_n"),
+            &out.h_n.to_vec::<f32>()?,
+            &get("h_n").1,
+            1e-4,
+            1e-5,
+        );
+        let mut loss = out
+            .output
+            .mul(&tensor("w_out")?)?
+            .sum_all()?
+            .add(&out.h_n.mul(&tensor("w_h")?)?.sum_all()?)?;
+        if let Some(c_n) = &out.c_n {
+            assert_close(
+                &format!("{file} c_n"),
+                &c_n.to_vec::<f32>()?,
+                &get("c_n").1,
+                1e-4,
+                1e-5,
+            );
+            loss = loss.add(&c_n.mul(&tensor("w_c")?)?.sum_all()?)?;
+        }
+        assert_close(
+            &format!("{file} loss"),
+            &[loss.item()?],
+            &get("loss").1,
+            1e-4,
+            1e-4,
+        );
+        let grads = loss.backward()?;
+        let mut checked = vec![("x", x), ("h0", h0)];
+        if let Some(c0) = c0 {
+            checked.push(("c0", c0));
+        }
+        for (key, t) in &checked {
+            let g = grads
+                .get(t)
+                .ok_or_else(|| cinder::Error::invalid("test", "no grad"))?;
+            assert_close(
+                &format!("{file} grad.{key}"),
+                &g.to_vec::<f32>()?,
+                &get(&format!("grad.{key}")).1,
+                1e-3,
+                1e-4,
+            );
+        }
+        for (key, p) in layer.named_parameters() {
+            let g = grads
+                .get(&p)
+                .ok_or_else(|| cinder::Error::invalid("test", "no grad"))?;
+            assert_close(
+                &format!("{file} grad.{key}"),
+                &g.to_vec::<f32>()?,
+                &get(&format!("grad.{key}")).1,
+                1e-3,
+                1e-4,
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn pytorch_lstm_state_dict_gives_pytorch_packed_outputs_and_gradients() -> Result<()> {
+    let _serial = common::serial();
+    let device = common::device();
+    let options = cinder::nn::RnnOptions::default()
+        .num_layers(2)
+        .bidirectional(true)
+        .batch_first(true);
+    check_recurrent("torch_lstm", cinder::nn::lstm(&device, 5, 6, options)?)
+}
+
+#[test]
+fn pytorch_gru_state_dict_gives_pytorch_packed_outputs_and_gradients() -> Result<()> {
+    let _serial = common::serial();
+    let device = common::device();
+    let options = cinder::nn::RnnOptions::default().batch_first(true);
+    check_recurrent("torch_gru", cinder::nn::gru(&device, 5, 7, options)?)
 }

@@ -16,6 +16,13 @@ For each network NAME it writes:
   dictionary, `{"model": state_dict, "epoch": 3}`, as training scripts do).
 - half_weights.pt: a `Linear(2, 3)` state_dict in half precision (weight in
   float16, bias in bfloat16), for the dtype conversion on load.
+- torch_lstm / torch_gru (.pt and .safetensors): the state_dicts of a
+  2-layer bidirectional `nn.LSTM(5, 6, batch_first=True)` and a
+  `nn.GRU(5, 7, batch_first=True)`, and NAME_expected.safetensors: `x`
+  `[3, 8, 5]`, `lengths`, `h0` (and `c0`), the packed run's padded
+  `output`, `h_n` (and `c_n`), the loss `sum(output * w_out) + sum(h_n *
+  w_h)` (and `+ sum(c_n * w_c)`) with its weights, and the gradients of
+  every parameter, of `x`, `h0` and `c0`.
 - NAME_expected.safetensors: `x` (the input), `y` (the labels), `eval_logits`
   (the model in eval mode on x), and from one training-mode forward and
   backward on (x, y): `train_logits`, `loss` (mean cross-entropy),
@@ -128,6 +135,51 @@ def write(out_dir, name, model, shape, classes, nested_pt=False):
     save_file(expected, os.path.join(out_dir, f"{name}_expected.safetensors"))
 
 
+def write_recurrent(out_dir, name, layer):
+    gen = torch.Generator().manual_seed(11)
+    state = {k: v.detach().clone().contiguous() for k, v in layer.state_dict().items()}
+    save_file(state, os.path.join(out_dir, f"{name}.safetensors"))
+    torch.save(layer.state_dict(), os.path.join(out_dir, f"{name}.pt"))
+    slots = layer.num_layers * (2 if layer.bidirectional else 1)
+    hidden = layer.hidden_size
+    x = torch.randn((3, 8, layer.input_size), generator=gen, requires_grad=True)
+    lengths = torch.tensor([8, 5, 3])
+    h0 = torch.randn((slots, 3, hidden), generator=gen, requires_grad=True)
+    lstm = isinstance(layer, nn.LSTM)
+    c0 = torch.randn((slots, 3, hidden), generator=gen, requires_grad=True) if lstm else None
+    packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    out, state = layer(packed, (h0, c0) if lstm else h0)
+    output, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=8)
+    h_n, c_n = state if lstm else (state, None)
+    w_out = torch.randn(output.shape, generator=gen)
+    w_h = torch.randn(h_n.shape, generator=gen)
+    loss = (output * w_out).sum() + (h_n * w_h).sum()
+    expected = {"x": x.detach(), "lengths": lengths.to(torch.int32), "h0": h0.detach()}
+    if lstm:
+        w_c = torch.randn(c_n.shape, generator=gen)
+        loss = loss + (c_n * w_c).sum()
+        expected.update({"c0": c0.detach(), "c_n": c_n.detach(), "w_c": w_c})
+    layer.zero_grad()
+    loss.backward()
+    expected.update(
+        {
+            "output": output.detach(),
+            "h_n": h_n.detach(),
+            "w_out": w_out,
+            "w_h": w_h,
+            "loss": loss.detach().reshape(1),
+            "grad.x": x.grad,
+            "grad.h0": h0.grad,
+        }
+    )
+    if lstm:
+        expected["grad.c0"] = c0.grad
+    for k, p in layer.named_parameters():
+        expected[f"grad.{k}"] = p.grad.detach().clone()
+    expected = {k: v.contiguous() for k, v in expected.items()}
+    save_file(expected, os.path.join(out_dir, f"{name}_expected.safetensors"))
+
+
 def main():
     out_dir = sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures"
     os.makedirs(out_dir, exist_ok=True)
@@ -140,6 +192,14 @@ def main():
         "0.bias": torch.tensor([1.0, -3.5, 0.0078125], dtype=torch.bfloat16),
     }
     torch.save(half, os.path.join(out_dir, "half_weights.pt"))
+    torch.manual_seed(2)
+    write_recurrent(
+        out_dir,
+        "torch_lstm",
+        nn.LSTM(5, 6, num_layers=2, batch_first=True, bidirectional=True),
+    )
+    torch.manual_seed(3)
+    write_recurrent(out_dir, "torch_gru", nn.GRU(5, 7, batch_first=True))
 
 
 if __name__ == "__main__":

@@ -484,6 +484,11 @@ pub struct AugmentConfig {
     /// Speed factor drawn uniformly from `[lo, hi]`, within [0.25, 4]: 1.1 plays
     /// 10% faster (shorter and higher), by resampling.
     pub speed: (f64, f64),
+    /// Largest stretch of silence, in samples, put before and after the clip
+    /// (each drawn from `0..=max_pad`), before the shift and the noise: as
+    /// recordings that start early and stop late, whose quiet ends the noise
+    /// then fills.
+    pub max_pad: usize,
     /// Largest time shift in samples (800 = 100 ms at 8 kHz): the clip moves by
     /// up to this much either way, zeros fill in behind it and what moves past
     /// an end is cut, so the length stays.
@@ -510,6 +515,7 @@ impl Default for AugmentConfig {
     fn default() -> Self {
         AugmentConfig {
             speed: (0.9, 1.1),
+            max_pad: 0,
             max_shift: 800,
             noise_probability: 0.8,
             snr_db: (5.0, 20.0),
@@ -525,6 +531,7 @@ impl AugmentConfig {
     pub fn none() -> Self {
         AugmentConfig {
             speed: (1.0, 1.0),
+            max_pad: 0,
             max_shift: 0,
             noise_probability: 0.0,
             snr_db: (10.0, 10.0),
@@ -590,6 +597,16 @@ pub fn augment(
         resample_by(clip, 1.0 / speed)
     };
     let signal_power = mean_square(&sped);
+    let sped = if config.max_pad > 0 {
+        let before = rng.below(config.max_pad as u64 + 1) as usize;
+        let after = rng.below(config.max_pad as u64 + 1) as usize;
+        let mut padded = vec![0f32; before];
+        padded.extend_from_slice(&sped);
+        padded.resize(padded.len() + after, 0.0);
+        padded
+    } else {
+        sped
+    };
 
     let span = 2 * config.max_shift as u64 + 1;
     let shift = rng.below(span) as i64 - config.max_shift as i64;
