@@ -114,3 +114,40 @@ fn a_repeated_shape_hits_the_plan_cache() -> Result<()> {
     assert_eq!(after.plan_cache_evictions, 0);
     Ok(())
 }
+
+/// An LSTM trained on sequences of many lengths (each its own plan) stays
+/// within the cache sizes: going through the same lengths again, with their
+/// plans evicted meanwhile, ends with no more memory than the first time.
+#[test]
+fn recurrent_steps_over_many_sequence_lengths_keep_memory_bounded() -> Result<()> {
+    use cinder::nn::{lstm, Adam, Module, Optimizer, RnnOptions};
+    let device = device_with(CacheSizes {
+        plans: 4,
+        pipelines: 64,
+        bind_groups: 512,
+        textures: 8,
+        buffer_age: 8,
+    })?;
+    device.manual_seed(1);
+    let layer = lstm(&device, 3, 8, RnnOptions::default())?;
+    let mut opt = Adam::new(layer.parameters(), 1e-3)?;
+    let mut after_round = Vec::new();
+    for round in 0..3 {
+        for steps in 2..18usize {
+            let x = Tensor::rand_seeded(&device, &[steps, 4, 3], -1.0, 1.0, steps as u64)?;
+            let loss = layer.forward(&x)?.sum_all()?;
+            opt.step(&loss.backward()?)?;
+            assert!(loss.item()?.is_finite(), "round {round}, {steps} steps");
+        }
+        after_round.push(device.stats().bytes_allocated);
+    }
+    let stats = device.stats();
+    assert!(stats.plans_cached <= 4, "{stats:?}");
+    // 16 lengths, three times over, four plans kept.
+    assert!(stats.plan_cache_evictions >= 40, "{stats:?}");
+    assert!(
+        after_round[2] <= after_round[0] + after_round[0] / 4,
+        "bytes after each round: {after_round:?}"
+    );
+    Ok(())
+}

@@ -299,7 +299,7 @@ pub fn train(
             max_pad: 1600,
             // Shifts cut speech off an end; keep them small.
             max_shift: 400,
-            noise_probability: 0.9,
+            noise_probability: 0.6,
             snr_db: (0.0, 20.0),
             babble_probability: 0.7,
             ..AugmentConfig::default()
