@@ -246,6 +246,18 @@ fn char_lm_learns_a_text_and_writes_with_its_characters() -> Result<()> {
     assert_eq!(a, b);
     assert_eq!(a.chars().count(), 40);
     assert!(a.chars().all(|c| sentence.contains(c)), "{a:?}");
+    // Each character costs the same: the state is kept, not recomputed
+    // from the prompt on.
+    let dispatches = |length: usize| -> Result<u64> {
+        let before = device.stats().dispatches;
+        lm::generate(&model, &vocab, "the ", 0.5, length, 3)?;
+        Ok(device.stats().dispatches - before)
+    };
+    let (short, long) = (dispatches(10)?, dispatches(30)?);
+    assert!(
+        long * 10 <= short * 36,
+        "{short} dispatches for 10 characters, {long} for 30"
+    );
     // A prompt with a character the model never saw, or no temperature.
     assert!(lm::generate(&model, &vocab, "THE", 0.5, 5, 1).is_err());
     assert!(lm::generate(&model, &vocab, "the", 0.0, 5, 1).is_err());

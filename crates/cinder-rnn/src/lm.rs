@@ -458,6 +458,13 @@ pub fn generate(
     let mut rng = Rng::new(seed);
     let mut out = Vec::with_capacity(length);
     for _ in 0..length {
+        // The state is computed with the scores and kept: left pending, each
+        // step would compute every step before it again.
+        let mut pending = vec![last.node().clone(), state.h.node().clone()];
+        if let Some(c) = &state.c {
+            pending.push(c.node().clone());
+        }
+        device.realize(&pending)?;
         let logits = last.to_vec::<f32>()?;
         let next = sample(&logits, temperature, &mut rng);
         out.push(next as i32);
