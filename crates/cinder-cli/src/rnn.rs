@@ -57,9 +57,9 @@ pub struct TrainRnn {
     /// What to learn.
     #[arg(long, value_enum, default_value_t = TaskArg::MnistRows)]
     task: TaskArg,
-    /// The recurrent cell.
-    #[arg(long, value_enum, default_value_t = CellArg::Lstm)]
-    cell: CellArg,
+    /// The recurrent cell (default: lstm; gru for spoken-digits).
+    #[arg(long, value_enum)]
+    cell: Option<CellArg>,
     /// Hidden units per layer and direction (default: 128 for mnist-rows,
     /// 256 for char-lm).
     #[arg(long)]
@@ -103,7 +103,7 @@ pub fn train_rnn(args: TrainRnn) -> Result<()> {
 
 fn train_mnist_rows(args: TrainRnn) -> Result<()> {
     let spec = SequenceSpec {
-        cell: args.cell.kind(),
+        cell: args.cell.unwrap_or(CellArg::Lstm).kind(),
         num_layers: args.layers.unwrap_or(1),
         bidirectional: args.bidirectional,
         dropout: args.dropout,
@@ -156,7 +156,7 @@ fn train_mnist_rows(args: TrainRnn) -> Result<()> {
 }
 
 fn train_char_lm(args: TrainRnn) -> Result<()> {
-    if args.cell != CellArg::Lstm || args.bidirectional || args.augment {
+    if args.cell.is_some_and(|c| c != CellArg::Lstm) || args.bidirectional || args.augment {
         return Err(Error::invalid(
             "train",
             "the character model is a forward LSTM on plain text: --cell, --bidirectional and --augment do not apply",
@@ -262,7 +262,8 @@ pub fn generate_char_lm(args: GenerateCharLm) -> Result<()> {
 }
 
 fn train_spoken_digits(args: TrainRnn) -> Result<()> {
-    if args.cell == CellArg::Rnn {
+    let cell = args.cell.unwrap_or(CellArg::Gru);
+    if cell == CellArg::Rnn {
         return Err(Error::invalid(
             "train",
             "spoken digits take --cell lstm or gru",
@@ -272,7 +273,7 @@ fn train_spoken_digits(args: TrainRnn) -> Result<()> {
         num_layers: args.layers.unwrap_or(1),
         bidirectional: args.bidirectional,
         dropout: args.dropout,
-        ..speech::spec(args.cell.kind(), args.hidden.unwrap_or(128))
+        ..speech::spec(cell.kind(), args.hidden.unwrap_or(128))
     };
     let mut options = args.run.options(
         "spoken-digits",

@@ -718,3 +718,81 @@ fn eval_on_mnist_needs_only_the_test_files() {
     assert!(!ok && stderr.contains(Mnist::TEST_LABELS), "{stderr}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The sequence commands: an untrained spoken-digit model classifies a
+/// real recording (found by its file's header without `--task`) and reports
+/// a bad file without stopping; a character model writes the asked length;
+/// settings that do not apply are refused before any work.
+#[test]
+fn sequence_commands_predict_generate_and_refuse() {
+    use cinder::rnn::lm::CharLmSpec;
+    use cinder::rnn::speech;
+    let dir = scratch("sequences");
+    let device = cinder::Device::new().unwrap_or_else(|e| panic!("{e}"));
+    let spec = speech::spec(cinder::nn::CellKind::Gru, 8);
+    let model = spec.build(&device).unwrap_or_else(|e| panic!("{e}"));
+    let mut meta = spec.to_metadata();
+    meta.insert("cinder.task".into(), "spoken-digits".into());
+    let speech_model = dir.join("speech.safetensors");
+    save_tensors_with_metadata(&speech_model, &cinder::nn::Module::state_dict(&model), meta)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let wav = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../data/spoken-digits/7_en-us_m4_s150_p40.wav");
+    let (ok, out, err) = cinder(&[
+        "predict".as_ref(),
+        "--checkpoint".as_ref(),
+        speech_model.as_os_str(),
+        wav.as_os_str(),
+        "/dev/zero".as_ref(),
+    ]);
+    assert!(!ok, "a bad file must fail the command");
+    assert!(out.contains("7_en-us_m4_s150_p40.wav: "), "{out}");
+    assert!(err.contains("/dev/zero"), "{err}");
+
+    let vocab = cinder::data::Vocab::from_text("abc ");
+    let lm_spec = CharLmSpec {
+        vocab_size: vocab.len(),
+        embedding_dim: 4,
+        hidden_size: 8,
+        num_layers: 1,
+        dropout: 0.0,
+    };
+    let lm_model = lm_spec.build(&device).unwrap_or_else(|e| panic!("{e}"));
+    let lm_path = dir.join("lm.safetensors");
+    save_tensors_with_metadata(
+        &lm_path,
+        &cinder::nn::Module::state_dict(&lm_model),
+        lm_spec.to_metadata(&vocab),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (ok, out, err) = cinder(&[
+        "generate".as_ref(),
+        "char-lm".as_ref(),
+        "--checkpoint".as_ref(),
+        lm_path.as_os_str(),
+        "--prompt".as_ref(),
+        "ab".as_ref(),
+        "--length".as_ref(),
+        "25".as_ref(),
+    ]);
+    assert!(ok, "{err}");
+    let text = out.trim_end_matches('\n');
+    assert_eq!(text.chars().count(), 27, "{out:?}");
+    assert!(text.chars().all(|c| "abc ".contains(c)), "{out:?}");
+
+    for bad in [
+        &["train", "rnn", "--task", "char-lm", "--cell", "gru"][..],
+        &["train", "rnn", "--task", "spoken-digits", "--cell", "rnn"][..],
+        &["train", "rnn", "--task", "mnist-rows", "--lr", "-1"][..],
+        &["train", "rnn", "--task", "mnist-rows", "--dropout", "1.5"][..],
+    ] {
+        let mut args: Vec<&std::ffi::OsStr> = bad.iter().map(|a| a.as_ref()).collect();
+        let out_dir = dir.join("never");
+        args.push("--out".as_ref());
+        args.push(out_dir.as_os_str());
+        let (ok, _, err) = cinder(&args);
+        assert!(!ok && err.contains("error"), "{bad:?}: {err}");
+        assert!(!out_dir.exists(), "{bad:?} wrote {}", out_dir.display());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
