@@ -64,6 +64,13 @@ pub(crate) fn run_sequence(inputs: &SequenceInputs) -> Result<Tensor> {
     let shape = inputs.projected.shape();
     let (steps, batch) = (shape[0], shape[1]);
     let hidden = inputs.weight_hh.shape()[1];
+    if batch > 65535 {
+        // The cell kernels run a row of workgroups per batch row.
+        return Err(Error::invalid(
+            kind.name(),
+            format!("a batch of {batch} sequences; at most 65535 run at once"),
+        ));
+    }
     let device = inputs.h0.device();
     let weight_t = inputs.weight_hh.detach().t()?;
     let bias_hh = inputs.bias_hh.map(Tensor::detach);
@@ -177,11 +184,14 @@ impl CustomKernel for CellStep {
         format!("{COMMON_WGSL}\n{body}")
     }
 
-    /// One invocation per batch row and hidden unit.
+    /// One invocation per batch row and hidden unit: a row of workgroups
+    /// of 64 units per batch row.
     fn workgroups(&self, _output: &[usize], _inputs: &[&[usize]]) -> [u32; 3] {
-        let groups = (self.batch * self.hidden).div_ceil(256).max(1);
-        let y = groups.div_ceil(65535);
-        [groups.div_ceil(y) as u32, y as u32, 1]
+        [
+            self.hidden.div_ceil(64).max(1) as u32,
+            self.batch.max(1) as u32,
+            1,
+        ]
     }
 
     fn params(&self, _output: &[usize], _inputs: &[&[usize]]) -> Vec<u32> {

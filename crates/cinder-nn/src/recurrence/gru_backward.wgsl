@@ -12,20 +12,20 @@
 @group(0) @binding(6) var<storage, read_write> d: array<f32>; // [B, 5H]
 @group(0) @binding(7) var<storage, read> dims: array<u32>;    // B, H, t, t_prev (NONE: initial)
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(64)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
     let batch = dims[0];
     let hidden = dims[1];
     let t = dims[2];
     let t_prev = dims[3];
-    let k = unit(wid, nwg, lid);
-    if (k >= batch * hidden) { return; }
-    let b = k / hidden;
-    let j = k % hidden;
+    // A row of workgroups per batch row: the length test is the same for
+    // the whole workgroup, and no invocation divides.
+    let b = wid.y;
+    let j = wid.x * 64u + lid;
+    if (j >= hidden) { return; }
     let r = b * 5u * hidden + j;
     let s = t * batch * 5u * hidden + r;
     let dh = grad[(t * batch + b) * hidden + j] + rec_dh[b * hidden + j] + next[r + 4u * hidden];

@@ -8,19 +8,19 @@
 @group(0) @binding(4) var<storage, read_write> rec: array<f32>; // [B, 6H]
 @group(0) @binding(5) var<storage, read> dims: array<u32>;      // B, H, t
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(64)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
     let batch = dims[0];
     let hidden = dims[1];
     let t = dims[2];
-    let k = unit(wid, nwg, lid);
-    if (k >= batch * hidden) { return; }
-    let b = k / hidden;
-    let j = k % hidden;
+    // A row of workgroups per batch row: the length test is the same for
+    // the whole workgroup, and no invocation divides.
+    let b = wid.y;
+    let j = wid.x * 64u + lid;
+    if (j >= hidden) { return; }
     let r = b * 6u * hidden + j;
     let c_prev = prev[r + 4u * hidden];
     let h_prev = prev[r + 5u * hidden];
