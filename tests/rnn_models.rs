@@ -36,13 +36,13 @@ fn gru_reads_mnist_rows_and_its_model_file_predicts_the_same() -> Result<()> {
     let device = common::device();
     let mnist = Mnist::bundled()?;
     let split = Split {
-        train: subset(&mnist.train, 512),
-        test: subset(&mnist.test, 200),
+        train: subset(&mnist.train, 256),
+        test: subset(&mnist.test, 100),
     };
     let test_images = split.test.features[..16 * 784].to_vec();
     let spec = SequenceSpec {
         cell: CellKind::Gru,
-        ..SequenceSpec::lstm(28, 28, 48, 10)
+        ..SequenceSpec::lstm(28, 28, 32, 10)
     };
     let out = scratch("rnn-rows");
     let options = TrainOptions {
