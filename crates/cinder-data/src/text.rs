@@ -1,6 +1,6 @@
 //! Text for character-level language models: a [`Corpus`] read from files
 //! (by default the licence texts every Debian machine has), its [`Vocab`],
-//! seeded windows of it for training ([`Corpus::windows`]), and an
+//! seeded windows of it for training ([`windows`]), and an
 //! order-n character model as the baseline to beat ([`NGram`]).
 
 use std::collections::HashMap;
