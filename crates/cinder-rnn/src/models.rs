@@ -212,6 +212,11 @@ impl SequenceClassifier {
         &self.rnn
     }
 
+    /// The device its weights live on.
+    pub fn device(&self) -> &Device {
+        self.head.weight.device()
+    }
+
     /// Class scores `[B, classes]` of `input` whose sequences end at
     /// `lengths` (all full length when `None`).
     pub fn classify(&self, input: &Tensor, lengths: Option<&[usize]>) -> Result<Tensor> {

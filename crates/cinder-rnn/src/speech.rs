@@ -335,9 +335,7 @@ pub fn classify_file(model: &SequenceClassifier, path: &Path) -> Result<Vec<f32>
         return Err(Error::bad_file(path, "the recording is silent"));
     }
     let (values, steps) = features(&LogMel::new(), &samples)?;
-    let device = model.rnn().cell(0, 0).map(|c| c.weight_hh.device().clone());
-    let device = device.ok_or_else(|| Error::invalid("predict", "a model without layers"))?;
-    let x = Tensor::from_vec(&device, values, &[1, STEPS, STEP_FEATURES])?;
+    let x = Tensor::from_vec(model.device(), values, &[1, STEPS, STEP_FEATURES])?;
     let _no_grad = no_grad();
     model
         .classify(&x, Some(&[steps]))?
