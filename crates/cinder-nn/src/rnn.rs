@@ -532,173 +532,224 @@ impl Recurrent {
         state: Option<&State>,
         lengths: Option<&[usize]>,
     ) -> Result<RnnOutput> {
-        let op = self.kind.name();
-        check_features(op, input, self.input_size)?;
-        let unbatched = match input.dims() {
-            2 => true,
-            3 => false,
-            _ => {
-                return Err(Error::shape(
-                    op,
-                    format!(
-                        "input must be [T, B, I], [B, T, I] (batch_first) or [T, I], got {:?}",
-                        input.shape()
-                    ),
-                ))
-            }
-        };
-        // Time at dim 0 or 1 of a batched input; unbatched inputs get a batch of one.
-        let (x, time_dim) = if unbatched {
-            (input.unsqueeze(1)?, 0)
-        } else if self.options.batch_first {
-            (input.clone(), 1)
-        } else {
-            (input.clone(), 0)
-        };
-        let steps = x.shape()[time_dim];
-        let batch = x.shape()[1 - time_dim];
-        if steps == 0 || batch == 0 {
-            return Err(Error::shape(
-                op,
-                format!("input {:?} has no steps or no batch", input.shape()),
-            ));
-        }
-        let hidden = self.hidden_size;
-        let directions = self.directions();
-        let slots = self.options.num_layers * directions;
-        let device = input.device();
-
-        let initial = match state {
-            None => None,
-            Some(s) => {
-                let shape: Vec<usize> = if unbatched {
-                    vec![slots, hidden]
-                } else {
-                    vec![slots, batch, hidden]
-                };
-                check_state(op, "h_0", &s.h, &shape)?;
-                let batched = |t: &Tensor| {
-                    if unbatched {
-                        t.unsqueeze(1)
-                    } else {
-                        Ok(t.clone())
-                    }
-                };
-                let c = match (&s.c, self.kind.has_cell_state()) {
-                    (Some(c), true) => {
-                        check_state(op, "c_0", c, &shape)?;
-                        Some(batched(c)?)
-                    }
-                    (None, true) => {
-                        return Err(Error::invalid(op, "an LSTM's initial state needs c_0"))
-                    }
-                    (_, false) => None,
-                };
-                Some(State {
-                    h: batched(&s.h)?,
-                    c,
-                })
-            }
-        };
-        let slot_state = |slot: usize| -> Result<State> {
-            match &initial {
-                None => Ok(zero_state(device, self.kind, batch, hidden)),
-                Some(s) => Ok(State {
-                    h: s.h.narrow(0, slot, 1)?.reshape(&[batch, hidden])?,
-                    c: s.c
-                        .as_ref()
-                        .map(|c| c.narrow(0, slot, 1)?.reshape(&[batch, hidden]))
-                        .transpose()?,
-                }),
-            }
-        };
-
-        let masks = match lengths {
-            None => None,
-            Some(lengths) => Some(step_masks(device, op, lengths, batch, steps)?),
-        };
-
-        // The fused recurrence reads the lengths on the device.
-        let length_values: Vec<i32> = match lengths {
-            Some(l) => l.iter().map(|&l| l as i32).collect(),
-            None => vec![steps as i32; batch],
-        };
-        let length_tensor = Tensor::from_vec(device, length_values, &[batch])?;
-        // Time first inside: each step's slice is then contiguous.
-        let mut layer_input = if time_dim == 1 {
-            x.permute(&[1, 0, 2])?
-        } else {
-            x
-        };
-        let mut final_h = Vec::with_capacity(slots);
-        let mut final_c = Vec::with_capacity(slots);
+        let (x, layout) = self.time_major(input)?;
+        let (steps, batch) = (x.shape()[0], x.shape()[1]);
+        let initial = self.initial_state(state, layout.unbatched, batch)?;
+        let lengths =
+            SequenceLengths::new(input.device(), self.kind.name(), lengths, batch, steps)?;
+        let mut layer_input = x;
+        let mut final_h = Vec::new();
+        let mut final_c = Vec::new();
         for layer in 0..self.options.num_layers {
-            let features = layer_input.shape()[2];
-            let flat = layer_input.reshape(&[steps * batch, features])?;
-            let mut direction_outputs = Vec::with_capacity(directions);
-            for direction in 0..directions {
-                let slot = layer * directions + direction;
-                let cell = &self.cells[slot];
-                let gate_width = self.kind.gates() * hidden;
-                let projected = cell
-                    .project_input(self.kind, &flat)?
-                    .reshape(&[steps, batch, gate_width])?;
-                let initial_state = slot_state(slot)?;
-                let (output, state) = if self.kind.has_fused_sequence() {
-                    self.fused_direction(
-                        cell,
-                        &projected,
-                        initial_state,
-                        (&length_tensor, masks.as_ref()),
-                        direction == 1,
-                    )?
-                } else {
-                    self.stepped_direction(
-                        cell,
-                        &projected,
-                        initial_state,
-                        masks.as_ref(),
-                        direction == 1,
-                    )?
-                };
+            let mut direction_outputs = Vec::with_capacity(self.directions());
+            for direction in 0..self.directions() {
+                let slot = layer * self.directions() + direction;
+                let (output, state) = self.run_direction(
+                    slot,
+                    &layer_input,
+                    self.slot_state(initial.as_ref(), slot, input.device(), batch)?,
+                    &lengths,
+                    direction == 1,
+                )?;
                 direction_outputs.push(output);
                 final_h.push(state.h);
-                if let Some(c) = state.c {
-                    final_c.push(c);
-                }
+                final_c.extend(state.c);
             }
             let refs: Vec<&Tensor> = direction_outputs.iter().collect();
-            let mut output = Tensor::concat(&refs, 2)?;
+            layer_input = Tensor::concat(&refs, 2)?;
             if layer + 1 < self.options.num_layers {
-                output = output.dropout(self.options.dropout, self.training)?;
+                layer_input = layer_input.dropout(self.options.dropout, self.training)?;
             }
-            layer_input = output;
         }
-        if time_dim == 1 {
-            layer_input = layer_input.permute(&[1, 0, 2])?;
-        }
+        layout.finish(layer_input, &final_h, &final_c)
+    }
+}
 
-        let stack_states = |states: &[Tensor]| -> Result<Tensor> {
+/// How the caller laid out a sequence, to hand the results back the same way.
+struct Layout {
+    unbatched: bool,
+    batch_first: bool,
+}
+
+impl Layout {
+    /// The output in the input's layout and the final states stacked
+    /// `[layers*D, B, H]` (`[layers*D, H]` unbatched).
+    fn finish(&self, output: Tensor, final_h: &[Tensor], final_c: &[Tensor]) -> Result<RnnOutput> {
+        let stack = |states: &[Tensor]| -> Result<Tensor> {
             let refs: Vec<&Tensor> = states.iter().collect();
             let stacked = Tensor::stack(&refs, 0)?;
-            if unbatched {
+            if self.unbatched {
                 stacked.squeeze(1)
             } else {
                 Ok(stacked)
             }
         };
-        let h_n = stack_states(&final_h)?;
-        let c_n = if final_c.is_empty() {
-            None
+        let output = if self.unbatched {
+            output.squeeze(1)?
+        } else if self.batch_first {
+            output.permute(&[1, 0, 2])?
         } else {
-            Some(stack_states(&final_c)?)
+            output
         };
-        let output = if unbatched {
-            layer_input.squeeze(1)?
+        Ok(RnnOutput {
+            output,
+            h_n: stack(final_h)?,
+            c_n: (!final_c.is_empty()).then(|| stack(final_c)).transpose()?,
+        })
+    }
+}
+
+/// Each sequence's length, as the fused recurrence reads it (`[B]` i32)
+/// and as a mask of the real steps (`[T, B, 1]`, 1 within the sequence);
+/// no mask when every sequence is full length.
+struct SequenceLengths {
+    on_device: Tensor,
+    mask: Option<Tensor>,
+}
+
+impl SequenceLengths {
+    fn new(
+        device: &Device,
+        op: &'static str,
+        lengths: Option<&[usize]>,
+        batch: usize,
+        steps: usize,
+    ) -> Result<SequenceLengths> {
+        let mask = lengths
+            .map(|l| step_mask(device, op, l, batch, steps))
+            .transpose()?;
+        let values: Vec<i32> = match lengths {
+            Some(l) => l.iter().map(|&l| l as i32).collect(),
+            None => vec![steps as i32; batch],
+        };
+        Ok(SequenceLengths {
+            on_device: Tensor::from_vec(device, values, &[batch])?,
+            mask,
+        })
+    }
+}
+
+impl Recurrent {
+    /// The input as `[T, B, I]`, time first (each step's slice is then
+    /// contiguous), and how it was laid out.
+    fn time_major(&self, input: &Tensor) -> Result<(Tensor, Layout)> {
+        let op = self.kind.name();
+        check_features(op, input, self.input_size)?;
+        let layout = Layout {
+            unbatched: match input.dims() {
+                2 => true,
+                3 => false,
+                _ => {
+                    return Err(Error::shape(
+                        op,
+                        format!(
+                            "input must be [T, B, I], [B, T, I] (batch_first) or [T, I], got {:?}",
+                            input.shape()
+                        ),
+                    ))
+                }
+            },
+            batch_first: self.options.batch_first && input.dims() == 3,
+        };
+        let x = if layout.unbatched {
+            input.unsqueeze(1)?
+        } else if layout.batch_first {
+            input.permute(&[1, 0, 2])?
         } else {
-            layer_input
+            input.clone()
         };
-        Ok(RnnOutput { output, h_n, c_n })
+        if x.shape()[0] == 0 || x.shape()[1] == 0 {
+            return Err(Error::shape(
+                op,
+                format!("input {:?} has no steps or no batch", input.shape()),
+            ));
+        }
+        Ok((x, layout))
+    }
+
+    /// The caller's initial state checked against the layer and batched
+    /// (`[layers*D, B, H]`); `None` for zeros.
+    fn initial_state(
+        &self,
+        state: Option<&State>,
+        unbatched: bool,
+        batch: usize,
+    ) -> Result<Option<State>> {
+        let Some(s) = state else {
+            return Ok(None);
+        };
+        let op = self.kind.name();
+        let slots = self.options.num_layers * self.directions();
+        let shape: Vec<usize> = if unbatched {
+            vec![slots, self.hidden_size]
+        } else {
+            vec![slots, batch, self.hidden_size]
+        };
+        let batched = |t: &Tensor| {
+            if unbatched {
+                t.unsqueeze(1)
+            } else {
+                Ok(t.clone())
+            }
+        };
+        check_state(op, "h_0", &s.h, &shape)?;
+        let c = match (&s.c, self.kind.has_cell_state()) {
+            (Some(c), true) => {
+                check_state(op, "c_0", c, &shape)?;
+                Some(batched(c)?)
+            }
+            (None, true) => return Err(Error::invalid(op, "an LSTM's initial state needs c_0")),
+            (_, false) => None,
+        };
+        Ok(Some(State {
+            h: batched(&s.h)?,
+            c,
+        }))
+    }
+
+    /// Layer-direction `slot`'s initial state `[B, H]`.
+    fn slot_state(
+        &self,
+        initial: Option<&State>,
+        slot: usize,
+        device: &Device,
+        batch: usize,
+    ) -> Result<State> {
+        let hidden = self.hidden_size;
+        let Some(s) = initial else {
+            return Ok(zero_state(device, self.kind, batch, hidden));
+        };
+        let pick = |t: &Tensor| t.narrow(0, slot, 1)?.reshape(&[batch, hidden]);
+        Ok(State {
+            h: pick(&s.h)?,
+            c: s.c.as_ref().map(pick).transpose()?,
+        })
+    }
+
+    /// One layer-direction over the whole sequence: `[T, B, H]` outputs
+    /// (zero past each length) and the state after the last step visited.
+    fn run_direction(
+        &self,
+        slot: usize,
+        layer_input: &Tensor,
+        initial: State,
+        lengths: &SequenceLengths,
+        reverse: bool,
+    ) -> Result<(Tensor, State)> {
+        let [steps, batch, features] = [
+            layer_input.shape()[0],
+            layer_input.shape()[1],
+            layer_input.shape()[2],
+        ];
+        let cell = &self.cells[slot];
+        let projected = cell
+            .project_input(self.kind, &layer_input.reshape(&[steps * batch, features])?)?
+            .reshape(&[steps, batch, self.kind.gates() * self.hidden_size])?;
+        if self.kind.has_fused_sequence() {
+            self.fused_direction(cell, &projected, initial, lengths, reverse)
+        } else {
+            self.stepped_direction(cell, &projected, initial, lengths.mask.as_ref(), reverse)
+        }
     }
 }
 
@@ -711,7 +762,7 @@ impl Recurrent {
         cell: &CellParams,
         projected: &Tensor,
         initial: State,
-        (lengths, masks): (&Tensor, Option<&Vec<Tensor>>),
+        lengths: &SequenceLengths,
         reverse: bool,
     ) -> Result<(Tensor, State)> {
         let hidden = self.hidden_size;
@@ -727,7 +778,7 @@ impl Recurrent {
             },
             h0: &initial.h,
             c0: initial.c.as_ref(),
-            lengths,
+            lengths: &lengths.on_device,
             reverse,
         })?;
         // The op's state: [c, h] for an LSTM, [h] for a GRU.
@@ -737,11 +788,8 @@ impl Recurrent {
             0
         };
         let h_all = states.narrow(2, h_at, hidden)?;
-        let output = match masks {
-            Some(m) => {
-                let refs: Vec<&Tensor> = m.iter().collect();
-                h_all.mul(&Tensor::stack(&refs, 0)?)?
-            }
+        let output = match &lengths.mask {
+            Some(m) => h_all.mul(m)?,
             None => h_all.clone(),
         };
         // Past a sequence's end the state is kept, so the last step visited
@@ -770,7 +818,7 @@ impl Recurrent {
         cell: &CellParams,
         projected: &Tensor,
         initial: State,
-        masks: Option<&Vec<Tensor>>,
+        mask: Option<&Tensor>,
         reverse: bool,
     ) -> Result<(Tensor, State)> {
         let steps = projected.shape()[0];
@@ -786,13 +834,13 @@ impl Recurrent {
         for t in order {
             let xp = projected.narrow(0, t, 1)?.reshape(&[batch, gate_width])?;
             let next = cell.step(self.kind, &xp, &state)?;
-            match masks {
+            match mask {
                 None => {
                     outputs[t] = Some(next.h.clone());
                     state = next;
                 }
-                Some(masks) => {
-                    let m = &masks[t];
+                Some(mask) => {
+                    let m = &mask.narrow(0, t, 1)?.reshape(&[batch, 1])?;
                     outputs[t] = Some(next.h.mul(m)?);
                     state = State {
                         h: keep_where_masked(&state.h, &next.h, m)?,
@@ -820,14 +868,14 @@ fn keep_where_masked(old: &Tensor, new: &Tensor, mask: &Tensor) -> Result<Tensor
     old.add(&new.sub(old)?.mul(mask)?)
 }
 
-/// Per step a `[B, 1]` mask: 1 where the step is within the sequence.
-fn step_masks(
+/// `[T, B, 1]`: 1 where step t is within sequence b.
+fn step_mask(
     device: &Device,
     op: &'static str,
     lengths: &[usize],
     batch: usize,
     steps: usize,
-) -> Result<Vec<Tensor>> {
+) -> Result<Tensor> {
     if lengths.len() != batch {
         return Err(Error::shape(
             op,
@@ -844,10 +892,7 @@ fn step_masks(
     for t in 0..steps {
         values.extend(lengths.iter().map(|&l| if t < l { 1f32 } else { 0f32 }));
     }
-    let all = Tensor::from_vec(device, values, &[steps, batch, 1])?;
-    (0..steps)
-        .map(|t| all.narrow(0, t, 1)?.reshape(&[batch, 1]))
-        .collect()
+    Tensor::from_vec(device, values, &[steps, batch, 1])
 }
 
 impl Module for Recurrent {

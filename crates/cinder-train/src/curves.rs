@@ -232,10 +232,10 @@ mod tests {
 
     #[test]
     fn curves_draw_lines_in_their_colours_and_repeat_exactly() {
-        let png = curves_png(&history(6), "test run").unwrap();
-        let again = curves_png(&history(6), "test run").unwrap();
+        let png = curves_png(&history(6), "test run").unwrap(); // ok: a test; a panic is its failure
+        let again = curves_png(&history(6), "test run").unwrap(); // ok: a test; a panic is its failure
         assert_eq!(png, again, "the same history draws the same bytes");
-        let img = image::load_from_memory(&png).unwrap().to_rgb8();
+        let img = image::load_from_memory(&png).unwrap().to_rgb8(); // ok: a test; a panic is its failure
         assert_eq!(img.dimensions(), (1200, 480));
         // Each of the three series' colours is on the canvas, and text (dark
         // pixels) is too.

@@ -131,14 +131,14 @@ mod tests {
                 },
             ],
         };
-        let csv = history.to_csv().unwrap();
-        let text = String::from_utf8(csv.clone()).unwrap();
+        let csv = history.to_csv().unwrap(); // ok: a test; a panic is its failure
+        let text = String::from_utf8(csv.clone()).unwrap(); // ok: a test; a panic is its failure
         assert_eq!(
             text.lines().next(),
             Some("epoch,lr,train_loss,test_accuracy")
         );
         assert!(text.lines().nth(1).is_some_and(|l| l.ends_with(',')));
-        let back = History::from_csv(&csv).unwrap();
+        let back = History::from_csv(&csv).unwrap(); // ok: a test; a panic is its failure
         assert_eq!(back.rows[0], history.rows[0]);
         assert_eq!(back.rows[1].get("test_accuracy"), Some(0.987654321));
         assert!(back.rows[1].get("train_loss").is_some_and(f64::is_nan));

@@ -234,11 +234,11 @@ mod tests {
     fn a_folder_with_a_run_is_not_reused_silently() {
         let dir = std::env::temp_dir().join(format!("cinder-train-run-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&dir).unwrap(); // ok: a test; a panic is its failure
         let run = RunDir::new(&dir);
         assert!(check_start(&run, Start::New).is_ok());
         assert!(check_start(&run, Start::Resume).is_err());
-        std::fs::write(run.checkpoint(), b"x").unwrap();
+        std::fs::write(run.checkpoint(), b"x").unwrap(); // ok: a test; a panic is its failure
         let err = check_start(&run, Start::New).unwrap_err().to_string();
         assert!(
             err.contains("--resume") && err.contains("--overwrite"),

@@ -335,7 +335,7 @@ mod tests {
         for &t in &terms[1..] {
             sum = g.binary(BinaryOp::Add, sum, t);
         }
-        let (graph, mat) = fan_in(g, &[sum], 8).unwrap();
+        let (graph, mat) = fan_in(g, &[sum], 8).unwrap(); // ok: a test; a panic is its failure
         let target = {
             let mut t = gpu();
             t.max_bindings = 8;
