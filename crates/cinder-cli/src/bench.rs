@@ -89,22 +89,9 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
 
 fn recurrent_steps(device: &Device, spec: &SequenceSpec, steps: usize) -> Result<()> {
     let model = spec.build(device)?;
-    let mut opt = Adam::new(model.parameters(), 1e-3)?;
     let batch = 64;
-    let x = Tensor::rand_seeded(device, &[batch, spec.steps, spec.input_size], 0.0, 1.0, 7)?;
-    let labels: Vec<i32> = (0..batch as i32).map(|i| i % 10).collect();
-    let y = Tensor::from_slice(device, &labels, &[batch])?;
-    device.realize(&[x.node().clone()])?;
-    let mut times = Vec::with_capacity(steps + 1);
-    for _ in 0..=steps {
-        let t = Instant::now();
-        let loss = model.forward(&x)?.cross_entropy(&y)?;
-        opt.step(&loss.backward()?)?;
-        loss.item()?;
-        times.push(t.elapsed());
-    }
-    let first = times.remove(0);
-    let (med, min, max) = summary(&mut times);
+    let (first, med, min, max) =
+        training_steps(device, &model, &[batch, spec.steps, spec.input_size], steps)?;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
         "{} + linear training step, batch {batch} of {} steps x {} inputs (Adam): \
@@ -124,22 +111,9 @@ fn recurrent_steps(device: &Device, spec: &SequenceSpec, steps: usize) -> Result
 fn cnn_steps(device: &Device, steps: usize) -> Result<()> {
     let spec = cinder::cnn::models::ModelSpec::lenet(28, 28, 10);
     let model = spec.build(device)?;
-    let mut opt = Adam::new(model.parameters(), 1e-3)?;
     let batch = 64;
-    let x = Tensor::rand_seeded(device, &[batch, 1, 28, 28], 0.0, 1.0, 7)?;
-    let labels: Vec<i32> = (0..batch as i32).map(|i| i % 10).collect();
-    let y = Tensor::from_slice(device, &labels, &[batch])?;
-    device.realize(&[x.node().clone()])?;
-    let mut times = Vec::with_capacity(steps + 1);
-    for _ in 0..=steps {
-        let t = Instant::now();
-        let loss = model.forward(&x)?.cross_entropy(&y)?;
-        opt.step(&loss.backward()?)?;
-        loss.item()?;
-        times.push(t.elapsed());
-    }
-    let first = times.remove(0);
-    let (med, min, max) = summary(&mut times);
+    let (first, med, min, max) =
+        training_steps(device, model.as_ref(), &[batch, 1, 28, 28], steps)?;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
         "cnn training step, batch {batch} of 1x28x28 (conv32-pool-conv64-pool-fc128-fc10, Adam): \
@@ -179,6 +153,34 @@ fn conv_forward(device: &Device, x: [usize; 4], w: [usize; 4], reps: usize) -> R
         med.as_secs_f64() * 1e3
     );
     Ok(())
+}
+
+/// Times `steps` training steps of `model` (forward, cross-entropy,
+/// backward, Adam, the loss read) on fixed random inputs of `shape` with 10
+/// classes, after a first step timed on its own: (first, median, min, max).
+fn training_steps(
+    device: &Device,
+    model: &dyn Module,
+    shape: &[usize],
+    steps: usize,
+) -> Result<(Duration, Duration, Duration, Duration)> {
+    let mut opt = Adam::new(model.parameters(), 1e-3)?;
+    let batch = shape[0];
+    let x = Tensor::rand_seeded(device, shape, 0.0, 1.0, 7)?;
+    let labels: Vec<i32> = (0..batch as i32).map(|i| i % 10).collect();
+    let y = Tensor::from_slice(device, &labels, &[batch])?;
+    device.realize(&[x.node().clone()])?;
+    let mut times = Vec::with_capacity(steps + 1);
+    for _ in 0..=steps {
+        let t = Instant::now();
+        let loss = model.forward(&x)?.cross_entropy(&y)?;
+        opt.step(&loss.backward()?)?;
+        loss.item()?;
+        times.push(t.elapsed());
+    }
+    let first = times.remove(0);
+    let (med, min, max) = summary(&mut times);
+    Ok((first, med, min, max))
 }
 
 fn summary(times: &mut [Duration]) -> (Duration, Duration, Duration) {

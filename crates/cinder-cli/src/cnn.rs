@@ -307,16 +307,25 @@ pub fn predict(checkpoint: &Path, images: &[PathBuf]) -> Result<()> {
     let device = Device::new()?;
     let (spec, model) = load_model(checkpoint, &device)?;
     let style = spec.image_style();
+    classify_each(images, |path| {
+        let pixels = load_image(path, style)?;
+        let [c, h, w] = spec.input_shape();
+        let x = Tensor::from_slice(&device, &pixels, &[1, c, h, w])?;
+        let _no_grad = cinder::no_grad();
+        model.forward(&x)?.softmax(-1)?.to_vec::<f32>()
+    })
+}
+
+/// Prints each file's top-3 classes from `classify`'s probabilities; a file
+/// that fails is reported and the rest still run, and the command then
+/// fails.
+pub(crate) fn classify_each(
+    files: &[PathBuf],
+    classify: impl Fn(&Path) -> Result<Vec<f32>>,
+) -> Result<()> {
     let mut failed = 0;
-    for path in images {
-        let classify = || -> Result<Vec<f32>> {
-            let pixels = load_image(path, style)?;
-            let [c, h, w] = spec.input_shape();
-            let x = Tensor::from_slice(&device, &pixels, &[1, c, h, w])?;
-            let _no_grad = cinder::no_grad();
-            model.forward(&x)?.softmax(-1)?.to_vec::<f32>()
-        };
-        match classify() {
+    for path in files {
+        match classify(path) {
             Ok(probs) => {
                 let mut ranked: Vec<(usize, f32)> = probs.into_iter().enumerate().collect();
                 ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
@@ -336,7 +345,7 @@ pub fn predict(checkpoint: &Path, images: &[PathBuf]) -> Result<()> {
     if failed > 0 {
         return Err(Error::invalid(
             "predict",
-            format!("{failed} of {} files could not be classified", images.len()),
+            format!("{failed} of {} files could not be classified", files.len()),
         ));
     }
     Ok(())

@@ -334,30 +334,5 @@ fn train_spoken_digits(args: TrainRnn) -> Result<()> {
 pub fn predict_spoken_digits(checkpoint: &std::path::Path, files: &[PathBuf]) -> Result<()> {
     let device = Device::new()?;
     let model = cinder::rnn::train::load_model(checkpoint, &device)?;
-    let mut failed = 0;
-    for path in files {
-        match speech::classify_file(&model, path) {
-            Ok(probs) => {
-                let mut ranked: Vec<(usize, f32)> = probs.into_iter().enumerate().collect();
-                ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
-                let top: Vec<String> = ranked
-                    .iter()
-                    .take(3)
-                    .map(|(digit, p)| format!("{digit} ({:.1}%)", 100.0 * p))
-                    .collect();
-                println!("{}: {}", path.display(), top.join(", "));
-            }
-            Err(e) => {
-                failed += 1;
-                eprintln!("{}: error: {e}", path.display());
-            }
-        }
-    }
-    if failed > 0 {
-        return Err(Error::invalid(
-            "predict",
-            format!("{failed} of {} files could not be classified", files.len()),
-        ));
-    }
-    Ok(())
+    crate::cnn::classify_each(files, |path| speech::classify_file(&model, path))
 }

@@ -10,7 +10,7 @@ use cinder_data::audio::{augment, read_wav, resample, AugmentConfig, Clip};
 use cinder_data::{sample_seed, LogMel, Rng, SpokenDigits};
 use cinder_nn::{Adam, Module, Optimizer};
 use cinder_tensor::{no_grad, read_all, DType, Device, Error, Result, Tensor};
-use cinder_train::{Batches, History, Observer, Settings, Step, Task, TrainOptions, Trainer};
+use cinder_train::{Batches, History, Observer, Step, Task, TrainOptions, Trainer};
 
 use crate::models::{SequenceClassifier, SequenceSpec};
 
@@ -227,22 +227,17 @@ pub fn spec(cell: cinder_nn::CellKind, hidden: usize) -> SequenceSpec {
     }
 }
 
+/// The sequence classifier's loop, the task named in its settings.
 fn trainer(spec: &SequenceSpec, options: &TrainOptions) -> Trainer {
-    let model = Settings::new()
-        .with("arch", spec.arch_name())
-        .with("input", format!("{}x{}", spec.steps, spec.input_size))
-        .with("classes", spec.classes)
-        .with("dropout", spec.dropout)
-        .with("task", "spoken-digits");
-    options.trainer(&spec.arch_name(), model)
+    let mut trainer = crate::train::trainer(spec, options);
+    trainer.settings.set("task", "spoken-digits");
+    trainer
 }
 
 /// Rejects settings that cannot train, a model that does not read these
 /// features, and a folder holding a run not asked to be continued or
 /// replaced.
 pub fn check(spec: &SequenceSpec, options: &TrainOptions) -> Result<()> {
-    spec.validate()?;
-    options.validate()?;
     if (spec.steps, spec.input_size, spec.classes)
         != (STEPS, STEP_FEATURES, SpokenDigits::NUM_CLASSES)
     {
@@ -254,7 +249,7 @@ pub fn check(spec: &SequenceSpec, options: &TrainOptions) -> Result<()> {
             ),
         ));
     }
-    trainer(spec, options).check()
+    crate::train::check(spec, options)
 }
 
 /// What the run measured on the held-out voices after its last epoch.

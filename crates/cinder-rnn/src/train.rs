@@ -22,7 +22,8 @@ pub fn check(spec: &SequenceSpec, options: &TrainOptions) -> Result<()> {
     trainer(spec, options).check()
 }
 
-fn trainer(spec: &SequenceSpec, options: &TrainOptions) -> Trainer {
+/// The loop for `options`, with the model's description in the settings.
+pub(crate) fn trainer(spec: &SequenceSpec, options: &TrainOptions) -> Trainer {
     let model = Settings::new()
         .with("arch", spec.arch_name())
         .with("input", format!("{}x{}", spec.steps, spec.input_size))
