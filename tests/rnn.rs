@@ -540,6 +540,136 @@ fn cells_match_one_step_of_the_sequence_layer() -> Result<()> {
     Ok(())
 }
 
+/// Batches and hidden sizes big enough for the
+/// CPU adapters' resident kernels (several units per invocation, several
+/// sequences per workgroup, idle lanes): forward against the reference,
+/// gradients against the same cells unrolled a step at a time with their
+/// arithmetic on the tape.
+#[test]
+fn wide_layers_match_the_reference_and_their_unrolled_cells() -> Result<()> {
+    for (seed, kind, batch, hidden, bidirectional) in [
+        (51, CellKind::Lstm, 64, 70, true),
+        (52, CellKind::Gru, 40, 100, false),
+    ] {
+        let case = Case {
+            kind,
+            options: RnnOptions::default().bidirectional(bidirectional),
+            batch,
+            steps: 3,
+            input: 5,
+            hidden,
+            lengths: Some((0..batch).map(|b| 3 - b % 3).collect()),
+            initial_state: true,
+        };
+        check(&case, seed, false)?;
+        unrolled_gradients(&case, seed)?;
+    }
+    Ok(())
+}
+
+/// Every gradient of a one-layer `case` against its cells stepped by hand.
+fn unrolled_gradients(case: &Case, seed: u64) -> Result<()> {
+    let device = common::device();
+    let (b, t, h) = (case.batch, case.steps, case.hidden);
+    let layer = Recurrent::new(&device, case.kind, case.input, h, case.options)?;
+    let dirs = layer.directions();
+    let lstm_like = case.kind == CellKind::Lstm;
+    let mut rng = Rng(seed);
+    let x = tensor(&rng.vec(t * b * case.input, 1.0), &[t, b, case.input])?.requires_grad_();
+    let h0 = tensor(&rng.vec(dirs * b * h, 0.5), &[dirs, b, h])?.requires_grad_();
+    let c0 = tensor(&rng.vec(dirs * b * h, 0.5), &[dirs, b, h])?.requires_grad_();
+    let lengths = case.lengths.clone().expect("lengths");
+    let state = State {
+        h: h0.clone(),
+        c: lstm_like.then(|| c0.clone()),
+    };
+    let got = layer.run(&x, Some(&state), Some(&lengths))?;
+
+    let mut outputs = Vec::new();
+    let mut finals = Vec::new();
+    for d in 0..dirs {
+        let cell =
+            cinder::nn::Cell::from_params(case.kind, layer.cell(0, d).expect("cell").clone())?;
+        let mut s = State {
+            h: h0.narrow(0, d, 1)?.squeeze(0)?,
+            c: lstm_like
+                .then(|| c0.narrow(0, d, 1)?.squeeze(0))
+                .transpose()?,
+        };
+        let mut per_step: Vec<Option<Tensor>> = vec![None; t];
+        let order: Vec<usize> = if d == 0 {
+            (0..t).collect()
+        } else {
+            (0..t).rev().collect()
+        };
+        for step in order {
+            let m: Vec<f64> = lengths
+                .iter()
+                .map(|&l| f64::from(u8::from(step < l)))
+                .collect();
+            let m = tensor(&m, &[b, 1])?;
+            let next = cell.step(&x.narrow(0, step, 1)?.squeeze(0)?, Some(&s))?;
+            let keep = |old: &Tensor, new: &Tensor| old.add(&new.sub(old)?.mul(&m)?);
+            per_step[step] = Some(next.h.mul(&m)?);
+            s = State {
+                h: keep(&s.h, &next.h)?,
+                c: match (&s.c, &next.c) {
+                    (Some(old), Some(new)) => Some(keep(old, new)?),
+                    _ => None,
+                },
+            };
+        }
+        let per_step: Vec<Tensor> = per_step.into_iter().map(|o| o.expect("step")).collect();
+        outputs.push(Tensor::stack(&per_step.iter().collect::<Vec<_>>(), 0)?);
+        finals.push(s);
+    }
+    let want_out = Tensor::concat(&outputs.iter().collect::<Vec<_>>(), 2)?;
+    let want_h = Tensor::stack(&finals.iter().map(|s| &s.h).collect::<Vec<_>>(), 0)?;
+
+    // The same weighted sum of every output from both.
+    let r1 = tensor(&rng.vec(want_out.numel(), 1.0), want_out.shape())?;
+    let r2 = tensor(&rng.vec(want_h.numel(), 1.0), want_h.shape())?;
+    let loss = |out: &Tensor, hn: &Tensor, cn: Option<&Tensor>| -> Result<Tensor> {
+        let mut l = out.mul(&r1)?.sum_all()?.add(&hn.mul(&r2)?.sum_all()?)?;
+        if let Some(c) = cn {
+            l = l.add(&c.mul(&r2)?.sum_all()?)?;
+        }
+        Ok(l)
+    };
+    let want_c = match lstm_like {
+        true => Some(Tensor::stack(
+            &finals
+                .iter()
+                .filter_map(|s| s.c.as_ref())
+                .collect::<Vec<_>>(),
+            0,
+        )?),
+        false => None,
+    };
+    let got_grads = loss(&got.output, &got.h_n, got.c_n.as_ref())?.backward()?;
+    let want_grads = loss(&want_out, &want_h, want_c.as_ref())?.backward()?;
+    let mut leaves = vec![("input", x.clone()), ("h_0", h0.clone())];
+    if lstm_like {
+        leaves.push(("c_0", c0.clone()));
+    }
+    for (name, param) in layer.named_parameters() {
+        leaves.push((
+            if name.contains("reverse") {
+                "reverse weights"
+            } else {
+                "weights"
+            },
+            param,
+        ));
+    }
+    for (what, leaf) in leaves {
+        let got = f64s(got_grads.get(&leaf).expect("a gradient"))?;
+        let want = f64s(want_grads.get(&leaf).expect("a gradient"))?;
+        assert_close(&format!("{:?} d {what}", case.kind), &got, &want, 2e-4);
+    }
+    Ok(())
+}
+
 #[test]
 fn wrong_shapes_and_lengths_are_errors() -> Result<()> {
     let device = common::device();

@@ -1,40 +1,78 @@
-//! One LSTM or GRU layer-direction over a whole sequence, with a backward
-//! pass written for the whole sequence.
+//! One recurrent layer-direction (RNN, LSTM or GRU) over a whole
+//! sequence, forward and back, each in one dispatch.
 //!
 //! Left to autograd, an unrolled recurrence differentiates step by step:
 //! each step's slice of the input projection scatters a full-size gradient
 //! that is summed over all steps, each step multiplies out its own share of
-//! `dW_hh` (a product, its operand packs and a split-K sum per step), and
-//! each gate's gradient is its own value. Here each forward step is one
-//! product (`h W_hh^T`) and one kernel (`recurrence/*_forward.wgsl`: the
-//! gates, the cell and the hidden state, written as the step's record),
-//! run without a tape; one op ([`Recurrence`]) stands for the whole
-//! sequence on the tape, and its backward rule walks back through time with
-//! one product and one kernel per step (`*_backward.wgsl`), then computes
-//! `dW_hh` as one product over every step and hands the input projection
-//! its gradient as one tensor.
+//! `dW_hh`, and each gate's gradient is its own value; and even written by
+//! hand, a product and a cell kernel per step make some 60 dispatches for
+//! 28 steps, which on a software adapter cost more than their arithmetic.
+//! Here the sequences of a batch are independent, so one workgroup per
+//! sequence walks every step in a single dispatch (`recurrence/forward.wgsl`),
+//! waiting at a storage barrier between steps, and writes each step's
+//! record (gates and state). One op ([`Recurrence`]) stands for the whole
+//! sequence on the tape; its backward rule walks back through time the same
+//! way (`recurrence/backward.wgsl`), then computes `dW_hh` as one product
+//! over every step and hands the input projection its gradient as one
+//! tensor. The cell arithmetic of each kind is in `recurrence/<kind>_*.wgsl`.
 
 use std::sync::Arc;
 
-use cinder_tensor::{CustomKernel, CustomOp, DType, Error, Result, Tensor};
+use cinder_tensor::{CustomKernel, CustomOp, DType, Device, Error, Result, Tensor};
 
 use crate::rnn::CellKind;
 
-/// Where a record's blocks of `hidden` values sit: LSTM `[i, f, g, o, c,
-/// h]`, GRU `[r, z, n, hn, h]` (`hn = W_hn h + b_hn`, which the reset gate
-/// scales).
-fn record_blocks(kind: CellKind) -> usize {
-    match kind {
-        CellKind::Lstm => 6,
-        _ => 5,
+/// How a kind's records, state and gradients are laid out, in blocks of
+/// `hidden` values.
+#[derive(Clone, Copy)]
+struct Blocks {
+    /// Gate blocks of the stacked weights (`G`).
+    gates: usize,
+    /// Blocks of a record (`R`): LSTM `[i, f, g, o, c, h]`, GRU `[r, z, n,
+    /// hn, h]` (`hn = W_hn h + b_hn`, which the reset gate scales), RNN
+    /// `[h]`.
+    record: usize,
+    /// The first state block of a record; the blocks before it are gates.
+    state_from: usize,
+    /// The hidden state's block.
+    h: usize,
+    /// Blocks of the op's output per step (`S`): LSTM `[c, h]`, else `[h]`.
+    state: usize,
+    /// Blocks of a step's gradient (`D`): the recurrent pre-activations'
+    /// first, then (GRU) the input side's `n`.
+    grad: usize,
+}
+
+impl Blocks {
+    fn of(kind: CellKind) -> Blocks {
+        match kind {
+            CellKind::Lstm => Blocks {
+                gates: 4,
+                record: 6,
+                state_from: 4,
+                h: 5,
+                state: 2,
+                grad: 4,
+            },
+            CellKind::Gru => Blocks {
+                gates: 3,
+                record: 5,
+                state_from: 4,
+                h: 4,
+                state: 1,
+                grad: 4,
+            },
+            CellKind::RnnTanh | CellKind::RnnRelu => Blocks {
+                gates: 1,
+                record: 1,
+                state_from: 0,
+                h: 0,
+                state: 1,
+                grad: 1,
+            },
+        }
     }
 }
-
-pub(crate) fn h_block(kind: CellKind) -> usize {
-    record_blocks(kind) - 1
-}
-
-pub(crate) const LSTM_C_BLOCK: usize = 4;
 
 /// The inputs of one layer-direction's recurrence.
 pub(crate) struct SequenceInputs<'a> {
@@ -44,7 +82,8 @@ pub(crate) struct SequenceInputs<'a> {
     pub projected: &'a Tensor,
     /// `[G*H, H]`.
     pub weight_hh: &'a Tensor,
-    /// The GRU's `b_hh` (`[3H]`); `None` without biases or for an LSTM.
+    /// The GRU's `b_hh` (`[3H]`); `None` without biases or for the others
+    /// (whose `b_hh` is in the projection).
     pub bias_hh: Option<&'a Tensor>,
     pub h0: &'a Tensor,
     /// The LSTM's initial cell `[B, H]`.
@@ -56,85 +95,60 @@ pub(crate) struct SequenceInputs<'a> {
 }
 
 /// The state after every step, `[T, B, 2H]` (`[c, h]`) for an LSTM and
-/// `[T, B, H]` for a GRU, in time order, differentiable with respect to the
+/// `[T, B, H]` otherwise, in time order, differentiable with respect to the
 /// projection, the weights, the GRU's `b_hh` and the initial state. Past a
 /// sequence's end a step keeps the state.
 pub(crate) fn run_sequence(inputs: &SequenceInputs) -> Result<Tensor> {
     let kind = inputs.kind;
     let shape = inputs.projected.shape();
-    let (steps, batch) = (shape[0], shape[1]);
+    let batch = shape[1];
     let hidden = inputs.weight_hh.shape()[1];
     if batch > 65535 {
-        // The cell kernels run a row of workgroups per batch row.
+        // A workgroup per sequence, in one row of workgroups.
         return Err(Error::invalid(
             kind.name(),
             format!("a batch of {batch} sequences; at most 65535 run at once"),
         ));
     }
-    let device = inputs.h0.device();
-    let weight_t = inputs.weight_hh.detach().t()?;
-    let bias_hh = inputs.bias_hh.map(Tensor::detach);
-    let projected = inputs.projected.detach();
-    // The record "before" the first step: the initial state in its blocks.
-    let gate_blocks = Tensor::zeros(device, &[batch, 4 * hidden]);
-    let initial = match (kind, inputs.c0) {
-        (CellKind::Lstm, Some(c0)) => {
-            Tensor::concat(&[&gate_blocks, &c0.detach(), &inputs.h0.detach()], 1)?
-        }
+    let c0 = match (kind, inputs.c0) {
+        (CellKind::Lstm, Some(c0)) => Some(c0),
         (CellKind::Lstm, None) => {
             return Err(Error::invalid("LSTM", "the state has no cell tensor c"))
         }
-        _ => Tensor::concat(&[&gate_blocks, &inputs.h0.detach()], 1)?,
+        _ => None,
     };
-    let hb = h_block(kind);
-    let mut previous = initial.clone();
-    let mut records: Vec<Option<Tensor>> = vec![None; steps];
-    for t in order(steps, inputs.reverse) {
-        let h = previous.narrow(1, hb * hidden, hidden)?;
-        let mut hh = h.matmul(&weight_t)?;
-        if let Some(b) = &bias_hh {
-            hh = hh.add(b)?;
-        }
-        let step = CellStep {
-            kind,
-            backward: false,
-            batch,
-            hidden,
-            t,
-            t_prev: 0,
-        };
-        let record = Tensor::custom(
-            Arc::new(step),
-            &[&hh, &projected, &previous, inputs.lengths],
-        )?;
-        previous = record.clone();
-        records[t] = Some(record);
-    }
-    let records: Vec<Tensor> = records
-        .into_iter()
-        .map(|r| r.ok_or_else(|| Error::invalid(kind.name(), "a time step was not computed")))
-        .collect::<Result<_>>()?;
-    let refs: Vec<&Tensor> = records.iter().collect();
-    let stacked = Tensor::stack(&refs, 0)?;
-
-    // The op's inputs are what gradients flow to; the last is the records,
-    // which its kernel copies out.
-    let zeros;
-    let extra = match (kind, inputs.c0, inputs.bias_hh) {
-        (CellKind::Lstm, Some(c0), _) => c0,
-        (_, _, Some(b)) => b,
-        _ => {
-            zeros = Tensor::zeros(device, &[1]);
-            &zeros
-        }
-    };
-    let op = Recurrence {
+    let device = inputs.h0.device();
+    let unread = Tensor::zeros(device, &[1]);
+    let forward = SequenceKernel {
         kind,
         hidden,
-        reverse: inputs.reverse,
-        initial,
-        lengths: inputs.lengths.clone(),
+        backward: false,
         has_bias_hh: inputs.bias_hh.is_some(),
+        reverse: inputs.reverse,
+        resident: resident_pays(device, kind, batch, hidden),
+    };
+    let records = Tensor::custom(
+        Arc::new(forward),
+        &[
+            &inputs.projected.detach(),
+            &inputs.weight_hh.detach().t()?,
+            &inputs
+                .bias_hh
+                .map_or_else(|| unread.clone(), Tensor::detach),
+            &inputs.h0.detach(),
+            &c0.map_or_else(|| unread.clone(), Tensor::detach),
+            inputs.lengths,
+        ],
+    )?;
+    // The op's inputs are what gradients flow to; the last is the records,
+    // which its kernel copies out.
+    let extra = c0.or(inputs.bias_hh).unwrap_or(&unread);
+    let op = Recurrence {
+        backward: SequenceKernel {
+            backward: true,
+            ..forward
+        },
+        lengths: inputs.lengths.clone(),
     };
     Tensor::custom(
         Arc::new(op),
@@ -143,80 +157,239 @@ pub(crate) fn run_sequence(inputs: &SequenceInputs) -> Result<Tensor> {
             inputs.weight_hh,
             inputs.h0,
             extra,
-            &stacked,
+            &records,
         ],
     )
 }
 
-/// One step's kernel, forward or back (see the `.wgsl` files beside this
-/// one). Its time indices are parameters, so every step of a sequence
-/// shares one pipeline.
-struct CellStep {
+/// A whole sequence's recurrence in one dispatch, forward or back (see
+/// the `.wgsl` files beside this one): a workgroup per sequence walks
+/// every time step, with a storage barrier between steps.
+#[derive(Clone, Copy)]
+struct SequenceKernel {
     kind: CellKind,
-    backward: bool,
-    batch: usize,
     hidden: usize,
-    t: usize,
-    /// The step visited before `t` (backward only); `None` is the initial
-    /// state.
-    t_prev: u32,
+    backward: bool,
+    has_bias_hh: bool,
+    reverse: bool,
+    /// The CPU adapters' kernels (`*_resident.wgsl`): weights kept in each
+    /// invocation's private memory, several sequences per workgroup.
+    resident: bool,
 }
 
 const COMMON_WGSL: &str = include_str!("recurrence/common.wgsl");
 
-impl CustomKernel for CellStep {
+/// Whether the resident kernels run: on a CPU adapter with subgroups, for
+/// recurrences of at least 2^20 multiply-adds a step. They halve an LSTM's
+/// training step there, but the adapter's compiler takes seconds over their
+/// private arrays, which small recurrences do not win back.
+fn resident_pays(device: &Device, kind: CellKind, batch: usize, hidden: usize) -> bool {
+    let per_step = batch * Blocks::of(kind).gates * hidden * hidden;
+    device.is_cpu() && device.subgroups() && per_step >= 1 << 20
+}
+
+/// Sequences per workgroup of the resident kernels: enough workgroups to
+/// keep every core busy twice over, each loading the weights once.
+fn rows_per_group(batch: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    batch.div_ceil(2 * cores).max(1)
+}
+
+impl SequenceKernel {
+    /// Invocations per workgroup and hidden units per invocation. The
+    /// portable kernels run a unit per invocation up to 256. The resident
+    /// ones give each invocation up to 4 units (each unit's product reuses
+    /// the broadcast hidden state), in workgroups of whole 8-lane
+    /// subgroups.
+    fn lanes(&self) -> (usize, usize) {
+        let hidden = self.hidden;
+        if !self.resident {
+            let lanes = hidden.next_power_of_two().clamp(32, 256);
+            return (lanes, hidden.div_ceil(lanes));
+        }
+        // Private memory is cheap to read but slow to compile: the adapter's
+        // compiler takes seconds over a few thousand floats.
+        let gates = Blocks::of(self.kind).gates;
+        let per_lane = (2048 / (gates * hidden.div_ceil(8) * 8)).clamp(1, 4);
+        let lanes = (hidden.div_ceil(per_lane).div_ceil(8) * 8).min(256);
+        (lanes, hidden.div_ceil(lanes))
+    }
+
+    /// `step_row` and `carry_row` of the resident kernels, their loops over
+    /// units, gates and the eight broadcast lanes unrolled.
+    fn resident_functions(&self) -> String {
+        let gates = Blocks::of(self.kind).gates;
+        let (_, units) = self.lanes();
+        let mut src = String::new();
+        // The products over eight broadcast values `{v}0..{v}7` into
+        // accumulator `m` of `count`, weights from private `{array}` rows of
+        // `{stride}`.
+        let broadcast = |src: &mut String, v: &str, load: &str| {
+            src.push_str(&format!("        let mine = {load};\n"));
+            for k in 0..8 {
+                src.push_str(&format!(
+                    "        let {v}{k} = subgroupBroadcast(mine, {k}u);\n"
+                ));
+            }
+        };
+        let sums =
+            |src: &mut String, count: usize, v: &str, array: &str, stride: &str, at: &str| {
+                for m in 0..count {
+                    let terms: Vec<String> = (0..8)
+                        .map(|k| format!("{v}{k} * {array}[{m}u * {stride} + {at} + {k}u]"))
+                        .collect();
+                    src.push_str(&format!("        acc[{m}] += {};\n", terms.join(" + ")));
+                }
+            };
+        if self.backward {
+            src.push_str(&format!(
+                "fn carry_row(d: u32, carry: u32, lid: u32, lane8: u32) {{\n\
+                 \x20   var acc: array<f32, {units}>;\n\
+                 \x20   for (var q0 = 0u; q0 < GH8; q0 += 8u) {{\n"
+            ));
+            broadcast(&mut src, "d", "out[d + min(q0 + lane8, G * H - 1u)]");
+            sums(&mut src, units, "d", "wc", "GH8", "q0");
+            src.push_str("    }\n");
+            for u in 0..units {
+                src.push_str(&format!(
+                    "    let j{u} = {u}u * WG + lid;\n\
+                     \x20   if (j{u} < H) {{ out[carry + j{u}] += acc[{u}]; }}\n"
+                ));
+            }
+            src.push_str("}\n");
+        } else {
+            src.push_str(&format!(
+                "fn step_row(here: u32, prev: u32, x: u32, lid: u32, lane8: u32) {{\n\
+                 \x20   var acc: array<f32, {}>;\n\
+                 \x20   let h = prev + HB * H;\n\
+                 \x20   for (var i0 = 0u; i0 < H8; i0 += 8u) {{\n",
+                units * gates
+            ));
+            broadcast(&mut src, "h", "rec[h + min(i0 + lane8, H - 1u)]");
+            sums(&mut src, units * gates, "h", "w", "H8", "i0");
+            src.push_str("    }\n");
+            for u in 0..units {
+                let a: Vec<String> = (0..gates)
+                    .map(|g| format!("acc[{}] + bias({g}u, j{u})", u * gates + g))
+                    .collect();
+                src.push_str(&format!(
+                    "    let j{u} = {u}u * WG + lid;\n\
+                     \x20   if (j{u} < H) {{ cell_forward(array<f32, G>({}), here, prev, x, j{u}); }}\n",
+                    a.join(", ")
+                ));
+            }
+            src.push_str("}\n");
+        }
+        src
+    }
+}
+
+impl CustomKernel for SequenceKernel {
     fn name(&self) -> &str {
-        match (self.kind, self.backward) {
-            (CellKind::Lstm, false) => "lstm step",
-            (CellKind::Lstm, true) => "lstm step backward",
-            (_, false) => "gru step",
-            (_, true) => "gru step backward",
+        match self.backward {
+            false => "recurrence forward",
+            true => "recurrence backward",
         }
     }
 
     fn wgsl(&self) -> String {
-        let body = match (self.kind, self.backward) {
+        let blocks = Blocks::of(self.kind);
+        let skeleton = match (self.backward, self.resident) {
+            (false, false) => include_str!("recurrence/forward.wgsl"),
+            (false, true) => include_str!("recurrence/forward_resident.wgsl"),
+            (true, false) => include_str!("recurrence/backward.wgsl"),
+            (true, true) => include_str!("recurrence/backward_resident.wgsl"),
+        };
+        let shared = match self.backward {
+            false => include_str!("recurrence/forward_common.wgsl"),
+            true => include_str!("recurrence/backward_common.wgsl"),
+        };
+        let generated = match self.resident {
+            true => self.resident_functions(),
+            false => String::new(),
+        };
+        let cell = match (self.kind, self.backward) {
             (CellKind::Lstm, false) => include_str!("recurrence/lstm_forward.wgsl"),
             (CellKind::Lstm, true) => include_str!("recurrence/lstm_backward.wgsl"),
-            (_, false) => include_str!("recurrence/gru_forward.wgsl"),
-            (_, true) => include_str!("recurrence/gru_backward.wgsl"),
+            (CellKind::Gru, false) => include_str!("recurrence/gru_forward.wgsl"),
+            (CellKind::Gru, true) => include_str!("recurrence/gru_backward.wgsl"),
+            (_, false) => include_str!("recurrence/rnn_forward.wgsl"),
+            (_, true) => include_str!("recurrence/rnn_backward.wgsl"),
         };
-        format!("{COMMON_WGSL}\n{body}")
+        // The sizes are constants so that the loops over units and gates
+        // have fixed bounds; the batch and the steps stay parameters, so
+        // every sequence length shares one pipeline.
+        let hidden = self.hidden;
+        let constants = format!(
+            "const H: u32 = {hidden}u;\n\
+             const G: u32 = {}u;\n\
+             const R: u32 = {}u;\n\
+             const STATE_FROM: u32 = {}u;\n\
+             const HB: u32 = {}u;\n\
+             const S: u32 = {}u;\n\
+             const D: u32 = {}u;\n\
+             const WG: u32 = {}u;\n\
+             const U: u32 = {}u;\n\
+             const H8: u32 = {}u;\n\
+             const GH8: u32 = {}u;\n\
+             const RELU: bool = {};\n",
+            blocks.gates,
+            blocks.record,
+            blocks.state_from,
+            blocks.h,
+            blocks.state * hidden,
+            blocks.grad,
+            self.lanes().0,
+            self.lanes().1,
+            hidden.div_ceil(8) * 8,
+            (blocks.gates * hidden).div_ceil(8) * 8,
+            self.kind == CellKind::RnnRelu,
+        );
+        format!("{constants}{COMMON_WGSL}\n{shared}\n{skeleton}\n{cell}\n{generated}")
     }
 
-    /// One invocation per batch row and hidden unit: a row of workgroups
-    /// of 64 units per batch row.
-    fn workgroups(&self, _output: &[usize], _inputs: &[&[usize]]) -> [u32; 3] {
-        [
-            self.hidden.div_ceil(64).max(1) as u32,
-            self.batch.max(1) as u32,
-            1,
-        ]
+    fn workgroups(&self, _output: &[usize], inputs: &[&[usize]]) -> [u32; 3] {
+        let batch = inputs.first().and_then(|s| s.get(1)).copied().unwrap_or(1);
+        let groups = match self.resident {
+            true => batch.div_ceil(rows_per_group(batch)),
+            false => batch,
+        };
+        [groups.max(1) as u32, 1, 1]
     }
 
-    fn params(&self, _output: &[usize], _inputs: &[&[usize]]) -> Vec<u32> {
-        vec![
-            self.batch as u32,
-            self.hidden as u32,
-            self.t as u32,
-            self.t_prev,
-        ]
+    fn params(&self, _output: &[usize], inputs: &[&[usize]]) -> Vec<u32> {
+        // Forward: the projection [T, B, G*H]; backward: the gradient
+        // [T, B, S]. Both put the steps first and the batch second.
+        let shape = inputs.first().copied().unwrap_or(&[]);
+        let (steps, batch) = (shape.first().copied(), shape.get(1).copied());
+        let mut params = vec![
+            batch.unwrap_or(0) as u32,
+            steps.unwrap_or(0) as u32,
+            u32::from(self.reverse),
+        ];
+        if !self.backward {
+            params.push(u32::from(self.has_bias_hh));
+        }
+        if self.resident {
+            params.push(rows_per_group(batch.unwrap_or(1)) as u32);
+        }
+        params
     }
 }
 
-impl CustomOp for CellStep {
-    fn output(&self, _inputs: &[&Tensor]) -> Result<(Vec<usize>, DType)> {
-        let width = record_blocks(self.kind) * self.hidden;
-        Ok((vec![self.batch, width], DType::F32))
-    }
-}
-
-/// Time indices in the order the direction visits them.
-fn order(steps: usize, reverse: bool) -> Vec<usize> {
-    if reverse {
-        (0..steps).rev().collect()
-    } else {
-        (0..steps).collect()
+impl CustomOp for SequenceKernel {
+    fn output(&self, inputs: &[&Tensor]) -> Result<(Vec<usize>, DType)> {
+        let blocks = Blocks::of(self.kind);
+        let hidden = self.hidden;
+        let Some(&[steps, batch, _]) = inputs.first().map(|t| t.shape()) else {
+            return Err(Error::invalid("recurrence", "takes [T, B, ...] first"));
+        };
+        if self.backward {
+            let len = steps * batch * blocks.grad * hidden + batch * 2 * hidden;
+            Ok((vec![len], DType::F32))
+        } else {
+            Ok((vec![steps + 1, batch, blocks.record * hidden], DType::F32))
+        }
     }
 }
 
@@ -224,13 +397,10 @@ fn order(steps: usize, reverse: bool) -> Vec<usize> {
 /// out of the records computed by the forward steps; its backward rule is
 /// the backward pass through time.
 struct Recurrence {
-    kind: CellKind,
-    hidden: usize,
-    reverse: bool,
-    /// The record before the first step (the initial state), detached.
-    initial: Tensor,
+    /// The backward pass's kernel, which also names the kind, size and
+    /// direction.
+    backward: SequenceKernel,
     lengths: Tensor,
-    has_bias_hh: bool,
 }
 
 impl CustomKernel for Recurrence {
@@ -276,27 +446,30 @@ fn main(
         vec![
             output.iter().product::<usize>() as u32,
             self.state_width() as u32,
-            (record_blocks(self.kind) * self.hidden) as u32,
+            (Blocks::of(self.backward.kind).record * self.backward.hidden) as u32,
         ]
     }
 }
 
 impl Recurrence {
     /// The state blocks the op hands on, last in each record: LSTM `[c,
-    /// h]`, GRU `[h]`.
+    /// h]`, else `[h]`.
     fn state_width(&self) -> usize {
-        match self.kind {
-            CellKind::Lstm => 2 * self.hidden,
-            _ => self.hidden,
-        }
+        Blocks::of(self.backward.kind).state * self.backward.hidden
     }
 }
 
 impl CustomOp for Recurrence {
     fn output(&self, inputs: &[&Tensor]) -> Result<(Vec<usize>, DType)> {
         match inputs {
-            [_, _, _, _, records] => Ok((
-                vec![records.shape()[0], records.shape()[1], self.state_width()],
+            // The records hold one slot more than there are steps: the
+            // initial state, last.
+            [_, _, _, _, records] if records.shape()[0] > 1 => Ok((
+                vec![
+                    records.shape()[0] - 1,
+                    records.shape()[1],
+                    self.state_width(),
+                ],
                 DType::F32,
             )),
             _ => Err(Error::invalid(
@@ -309,94 +482,63 @@ impl CustomOp for Recurrence {
     fn backward(
         &self,
         inputs: &[Tensor],
-        output: &Tensor,
+        _output: &Tensor,
         grad: &Tensor,
     ) -> Result<Vec<Option<Tensor>>> {
-        let [_, weight_hh, h0, _, records] = inputs else {
+        let [_, weight_hh, _, _, records] = inputs else {
             return Err(Error::invalid("recurrence", "backward without its inputs"));
         };
-        let kind = self.kind;
-        let hidden = self.hidden;
-        let shape = records.shape();
-        let (steps, batch, width) = (shape[0], shape[1], shape[2]);
-        let gates = kind.gates() * hidden;
-        let device = records.device();
-        let visit = order(steps, self.reverse);
-        let grad = grad.detach();
-        let _ = output;
-
-        // What each step hands the one visited before it (see the kernels).
-        let mut next = Tensor::zeros(device, &[batch, width]);
-        let mut rec_dh = Tensor::zeros(device, &[batch, hidden]);
-        let mut per_step: Vec<Option<Tensor>> = vec![None; steps];
-        for (n, &t) in visit.iter().enumerate().rev() {
-            let step = CellStep {
-                kind,
-                backward: true,
-                batch,
-                hidden,
-                t,
-                t_prev: n.checked_sub(1).map_or(u32::MAX, |p| visit[p] as u32),
-            };
-            let d = Tensor::custom(
-                Arc::new(step),
-                &[&grad, records, &self.initial, &rec_dh, &next, &self.lengths],
-            )?;
-            rec_dh = d.narrow(1, 0, gates)?.matmul(weight_hh)?;
-            next = d.clone();
-            per_step[t] = Some(d);
-        }
-        // After the first step visited: the initial state's gradients.
-        let skip = match kind {
-            CellKind::Lstm => 5,
-            _ => 4,
-        };
-        let dh0 = rec_dh.add(&next.narrow(1, skip * hidden, hidden)?)?;
-        let dc0 = match kind {
-            CellKind::Lstm => Some(next.narrow(1, LSTM_C_BLOCK * hidden, hidden)?),
-            _ => None,
-        };
-        let hb = h_block(kind);
-
-        let stack = |parts: Vec<Option<Tensor>>| -> Result<Tensor> {
-            let parts: Vec<Tensor> = parts
-                .into_iter()
-                .map(|p| p.ok_or_else(|| Error::invalid("recurrence", "a step without gradient")))
-                .collect::<Result<_>>()?;
-            let refs: Vec<&Tensor> = parts.iter().collect();
-            Tensor::stack(&refs, 0)
-        };
-        let all = stack(per_step)?;
-        // The recurrent pre-activations' gradients come first in each
-        // step's output; a GRU's input side has d_n where the recurrent
-        // side has d_hn.
+        let kernel = self.backward;
+        let (kind, hidden) = (kernel.kind, kernel.hidden);
+        let blocks = Blocks::of(kind);
+        let (steps, batch) = (records.shape()[0] - 1, records.shape()[1]);
+        let gates = blocks.gates * hidden;
+        let out = Tensor::custom(
+            Arc::new(kernel),
+            &[&grad.detach(), records, &weight_hh.detach(), &self.lengths],
+        )?;
+        let per_step = steps * batch * blocks.grad * hidden;
+        let all = out
+            .narrow(0, 0, per_step)?
+            .reshape(&[steps, batch, blocks.grad * hidden])?;
+        let carried = out
+            .narrow(0, per_step, batch * 2 * hidden)?
+            .reshape(&[batch, 2 * hidden])?;
+        let dh0 = carried.narrow(1, 0, hidden)?;
         let d_recurrent = all.narrow(2, 0, gates)?;
+        // A GRU's input side has d_n where the recurrent side has d_hn.
         let d_projected = match kind {
-            CellKind::Lstm => d_recurrent.clone(),
-            _ => Tensor::concat(
+            CellKind::Gru => Tensor::concat(
                 &[
                     &all.narrow(2, 0, 2 * hidden)?,
                     &all.narrow(2, 3 * hidden, hidden)?,
                 ],
                 2,
             )?,
+            _ => d_recurrent.clone(),
         };
-        // Each step's h_{t-1}, in time order: h_0 first for the forward
-        // direction, last for the reverse one.
-        let h_all = records.narrow(2, hb * hidden, hidden)?;
-        let h0_row = h0.unsqueeze(0)?;
-        let h_prev = match (steps, self.reverse) {
-            (1, _) => h0_row,
-            (_, false) => Tensor::concat(&[&h0_row, &h_all.narrow(0, 0, steps - 1)?], 0)?,
-            (_, true) => Tensor::concat(&[&h_all.narrow(0, 1, steps - 1)?, &h0_row], 0)?,
+        // Each step's h_{t-1}, in time order, from the records: the initial
+        // state's slot (last) before step 0 going forward, after step T-1
+        // going back.
+        let h_slots = records.narrow(2, blocks.h * hidden, hidden)?;
+        let h_prev = match (steps, kernel.reverse) {
+            (_, true) => h_slots.narrow(0, 1, steps)?,
+            (1, false) => h_slots.narrow(0, 1, 1)?,
+            (_, false) => Tensor::concat(
+                &[
+                    &h_slots.narrow(0, steps, 1)?,
+                    &h_slots.narrow(0, 0, steps - 1)?,
+                ],
+                0,
+            )?,
         };
         let flat_pre = d_recurrent.reshape(&[steps * batch, gates])?;
         let d_weight = flat_pre
             .t()?
             .matmul(&h_prev.reshape(&[steps * batch, hidden])?)?;
         let d_extra = match kind {
-            CellKind::Lstm => dc0,
-            _ if self.has_bias_hh => Some(flat_pre.sum(&[0], false)?),
+            CellKind::Lstm => Some(carried.narrow(1, hidden, hidden)?),
+            _ if kernel.has_bias_hh => Some(flat_pre.sum(&[0], false)?),
             _ => None,
         };
         Ok(vec![

@@ -46,11 +46,6 @@ impl CellKind {
         }
     }
 
-    /// LSTM and GRU run their sequences through the fused recurrence.
-    fn has_fused_sequence(self) -> bool {
-        matches!(self, CellKind::Lstm | CellKind::Gru)
-    }
-
     fn has_cell_state(self) -> bool {
         self == CellKind::Lstm
     }
@@ -745,11 +740,7 @@ impl Recurrent {
         let projected = cell
             .project_input(self.kind, &layer_input.reshape(&[steps * batch, features])?)?
             .reshape(&[steps, batch, self.kind.gates() * self.hidden_size])?;
-        if self.kind.has_fused_sequence() {
-            self.fused_direction(cell, &projected, initial, lengths, reverse)
-        } else {
-            self.stepped_direction(cell, &projected, initial, lengths.mask.as_ref(), reverse)
-        }
+        self.fused_direction(cell, &projected, initial, lengths, reverse)
     }
 }
 
@@ -781,7 +772,7 @@ impl Recurrent {
             lengths: &lengths.on_device,
             reverse,
         })?;
-        // The op's state: [c, h] for an LSTM, [h] for a GRU.
+        // The op's state: [c, h] for an LSTM, [h] otherwise.
         let h_at = if self.kind == CellKind::Lstm {
             hidden
         } else {
@@ -809,63 +800,6 @@ impl Recurrent {
         };
         Ok((output, State { h, c }))
     }
-
-    /// One direction of one layer a step at a time, each step's arithmetic
-    /// on the tape (the plain RNNs, whose step is one product and one
-    /// activation).
-    fn stepped_direction(
-        &self,
-        cell: &CellParams,
-        projected: &Tensor,
-        initial: State,
-        mask: Option<&Tensor>,
-        reverse: bool,
-    ) -> Result<(Tensor, State)> {
-        let steps = projected.shape()[0];
-        let batch = projected.shape()[1];
-        let gate_width = projected.shape()[2];
-        let mut state = initial;
-        let mut outputs: Vec<Option<Tensor>> = vec![None; steps];
-        let order: Box<dyn Iterator<Item = usize>> = if reverse {
-            Box::new((0..steps).rev())
-        } else {
-            Box::new(0..steps)
-        };
-        for t in order {
-            let xp = projected.narrow(0, t, 1)?.reshape(&[batch, gate_width])?;
-            let next = cell.step(self.kind, &xp, &state)?;
-            match mask {
-                None => {
-                    outputs[t] = Some(next.h.clone());
-                    state = next;
-                }
-                Some(mask) => {
-                    let m = &mask.narrow(0, t, 1)?.reshape(&[batch, 1])?;
-                    outputs[t] = Some(next.h.mul(m)?);
-                    state = State {
-                        h: keep_where_masked(&state.h, &next.h, m)?,
-                        c: match (&state.c, &next.c) {
-                            (Some(old), Some(new)) => Some(keep_where_masked(old, new, m)?),
-                            _ => None,
-                        },
-                    };
-                }
-            }
-        }
-        let op = self.kind.name();
-        let outputs: Vec<Tensor> = outputs
-            .into_iter()
-            .map(|o| o.ok_or_else(|| Error::invalid(op, "a time step was not computed")))
-            .collect::<Result<_>>()?;
-        let refs: Vec<&Tensor> = outputs.iter().collect();
-        Ok((Tensor::stack(&refs, 0)?, state))
-    }
-}
-
-/// `old + mask * (new - old)`: the new state where the step is real, the old
-/// one past the sequence's end.
-fn keep_where_masked(old: &Tensor, new: &Tensor, mask: &Tensor) -> Result<Tensor> {
-    old.add(&new.sub(old)?.mul(mask)?)
 }
 
 /// `[T, B, 1]`: 1 where step t is within sequence b.

@@ -539,6 +539,19 @@ impl Device {
         &self.inner.limits
     }
 
+    /// Whether custom kernels may use subgroup operations (`subgroupBroadcast`
+    /// and the like) with subgroups of at least 8 lanes: the adapter has
+    /// them and `CINDER_PORTABLE_KERNELS=1` is not set.
+    pub fn subgroups(&self) -> bool {
+        self.inner.subgroup_matmul
+    }
+
+    /// Whether the adapter is a CPU (a software rasterizer such as lavapipe),
+    /// where a load from a buffer costs far more than arithmetic.
+    pub fn is_cpu(&self) -> bool {
+        self.inner.info.device_type == wgpu::DeviceType::Cpu
+    }
+
     pub fn stats(&self) -> Stats {
         let caches = lock(&self.inner.caches);
         let c = &self.inner.counters;

@@ -1,5 +1,7 @@
-// Shared by the recurrence kernels (one invocation per batch row `b`
-// (workgroup row) and hidden unit `j`).
+// Shared by the recurrence kernels. A workgroup runs one sequence (batch
+// row `b`, its workgroup id) through every time step; invocation `lid`
+// computes hidden units lid, lid + WG, ... The constants before this file
+// (H, G, R, STATE_FROM, HB, S, D, WG) come from the kernel's Rust side.
 
 fn sigmoid_r(x: f32) -> f32 {
     // Split by sign so that exp never overflows to inf/inf.
@@ -16,4 +18,10 @@ fn tanh_r(x: f32) -> f32 {
     return sign(x) * (1.0 - e) / (1.0 + e);
 }
 
-const NONE: u32 = 0xffffffffu;
+// The time step visited `k`-th and the record slot of the state before it
+// (slot `steps` holds the initial state).
+fn visited(k: u32, steps: u32, reverse: bool) -> vec2<u32> {
+    let t = select(k, steps - 1u - k, reverse);
+    let before = select(select(t - 1u, t + 1u, reverse), steps, k == 0u);
+    return vec2<u32>(t, before);
+}

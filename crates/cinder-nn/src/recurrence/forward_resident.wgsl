@@ -1,0 +1,60 @@
+// A whole sequence forward in one dispatch for CPU adapters, where a load
+// from a buffer costs some twenty multiply-adds (lane by lane) and private
+// memory and subgroup broadcasts cost little. Each invocation keeps its
+// units' rows of W_hh in private memory for the whole sequence; a
+// workgroup runs `dims[4]` sequences, and for each one its lanes load the
+// previous hidden state eight values at a time and broadcast them across
+// the subgroup. `step_row` (made by the kernel's Rust side, its loops over
+// units and gates unrolled) does a sequence's step. U units per invocation:
+// u * WG + lid.
+
+var<private> w: array<f32, U * G * H8>;
+
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(subgroup_invocation_id) lane: u32,
+) {
+    let batch = dims[0];
+    let steps = dims[1];
+    let reverse = dims[2] == 1u;
+    let rows = dims[4];
+    // One flat loop: nested loops of constant bounds get unrolled, and
+    // the adapter's compiler then takes seconds over them.
+    for (var m = 0u; m < U * G * H8; m++) {
+        let i = m % H8;
+        let g = (m / H8) % G;
+        let j = (m / (H8 * G)) * WG + lid;
+        var v = 0.0;
+        if (j < H && i < H) {
+            v = weight_t[i * G * H + g * H + j];
+        }
+        w[m] = v;
+    }
+    let first = wid.x * rows;
+    let end = min(first + rows, batch);
+    for (var b = first; b < end; b++) {
+        let init = (steps * batch + b) * R * H;
+        for (var j = lid; j < H; j += WG) {
+            initial_slot(init, b, j);
+        }
+    }
+    storageBarrier();
+    for (var k = 0u; k < steps; k++) {
+        let tb = visited(k, steps, reverse);
+        for (var b = first; b < end; b++) {
+            let here = (tb.x * batch + b) * R * H;
+            let prev = (tb.y * batch + b) * R * H;
+            if (i32(tb.x) < lengths[b]) {
+                step_row(here, prev, (tb.x * batch + b) * G * H, lid, lane % 8u);
+            } else {
+                for (var j = lid; j < H; j += WG) {
+                    carry_slot(here, prev, j);
+                }
+            }
+        }
+        storageBarrier();
+    }
+}
