@@ -179,6 +179,10 @@ struct SequenceKernel {
 
 const COMMON_WGSL: &str = include_str!("recurrence/common.wgsl");
 
+/// Sequences a resident kernel steps together: each weight it loads from
+/// private memory serves this many.
+const RESIDENT_ROWS: usize = 4;
+
 /// Whether the resident kernels run: on a CPU adapter with subgroups, for
 /// recurrences of at least 2^20 multiply-adds a step. They halve an LSTM's
 /// training step there, but the adapter's compiler takes seconds over their
@@ -220,66 +224,129 @@ impl SequenceKernel {
     fn resident_functions(&self) -> String {
         let gates = Blocks::of(self.kind).gates;
         let (_, units) = self.lanes();
+        let rows = RESIDENT_ROWS;
         let mut src = String::new();
-        // The products over eight broadcast values `{v}0..{v}7` into
-        // accumulator `m` of `count`, weights from private `{array}` rows of
-        // `{stride}`.
-        let broadcast = |src: &mut String, v: &str, load: &str| {
-            src.push_str(&format!("        let mine = {load};\n"));
-            for k in 0..8 {
-                src.push_str(&format!(
-                    "        let {v}{k} = subgroupBroadcast(mine, {k}u);\n"
-                ));
-            }
+        let mut line = |text: String| {
+            src.push_str(&text);
+            src.push('\n');
         };
-        let sums =
-            |src: &mut String, count: usize, v: &str, array: &str, stride: &str, at: &str| {
-                for m in 0..count {
-                    let terms: Vec<String> = (0..8)
-                        .map(|k| format!("{v}{k} * {array}[{m}u * {stride} + {at} + {k}u]"))
-                        .collect();
-                    src.push_str(&format!("        acc[{m}] += {};\n", terms.join(" + ")));
-                }
-            };
+        // Row r of the RR: sequence b0 + r, or the last one again past the
+        // end (its product is computed and dropped).
+        let (vector, load_at, width, stride, count) = match self.backward {
+            false => (
+                "h",
+                "rec[hp{r} + min(i0 + lane8, H - 1u)]",
+                "H8",
+                "H8",
+                units * gates,
+            ),
+            true => (
+                "d",
+                "out[dp{r} + min(i0 + lane8, G * H - 1u)]",
+                "GH8",
+                "GH8",
+                units,
+            ),
+        };
+        let array = if self.backward { "wc" } else { "w" };
         if self.backward {
-            src.push_str(&format!(
-                "fn carry_row(d: u32, carry: u32, lid: u32, lane8: u32) {{\n\
-                 \x20   var acc: array<f32, {units}>;\n\
-                 \x20   for (var q0 = 0u; q0 < GH8; q0 += 8u) {{\n"
-            ));
-            broadcast(&mut src, "d", "out[d + min(q0 + lane8, G * H - 1u)]");
-            sums(&mut src, units, "d", "wc", "GH8", "q0");
-            src.push_str("    }\n");
-            for u in 0..units {
-                src.push_str(&format!(
-                    "    let j{u} = {u}u * WG + lid;\n\
-                     \x20   if (j{u} < H) {{ out[carry + j{u}] += acc[{u}]; }}\n"
-                ));
-            }
-            src.push_str("}\n");
+            line("fn carry_rows(b0: u32, end: u32, t: u32, lid: u32, lane8: u32) {".into());
+            line("    let batch = dims[0];".into());
+            line("    let steps = dims[1];".into());
         } else {
-            src.push_str(&format!(
-                "fn step_row(here: u32, prev: u32, x: u32, lid: u32, lane8: u32) {{\n\
-                 \x20   var acc: array<f32, {}>;\n\
-                 \x20   let h = prev + HB * H;\n\
-                 \x20   for (var i0 = 0u; i0 < H8; i0 += 8u) {{\n",
-                units * gates
-            ));
-            broadcast(&mut src, "h", "rec[h + min(i0 + lane8, H - 1u)]");
-            sums(&mut src, units * gates, "h", "w", "H8", "i0");
-            src.push_str("    }\n");
-            for u in 0..units {
-                let a: Vec<String> = (0..gates)
-                    .map(|g| format!("acc[{}] + bias({g}u, j{u})", u * gates + g))
-                    .collect();
-                src.push_str(&format!(
-                    "    let j{u} = {u}u * WG + lid;\n\
-                     \x20   if (j{u} < H) {{ cell_forward(array<f32, G>({}), here, prev, x, j{u}); }}\n",
-                    a.join(", ")
+            line("fn step_rows(b0: u32, end: u32, tb: vec2<u32>, lid: u32, lane8: u32) {".into());
+            line("    let batch = dims[0];".into());
+        }
+        line(format!("    var acc: array<f32, {}>;", count * rows));
+        for r in 0..rows {
+            line(format!("    let row{r} = min(b0 + {r}u, end - 1u);"));
+            if self.backward {
+                line(format!("    let dp{r} = (t * batch + row{r}) * D * H;"));
+            } else {
+                line(format!(
+                    "    let hp{r} = (tb.y * batch + row{r}) * R * H + HB * H;"
                 ));
             }
-            src.push_str("}\n");
         }
+        line(format!("    for (var i0 = 0u; i0 < {width}; i0 += 8u) {{"));
+        for r in 0..rows {
+            line(format!(
+                "        let mine{r} = {};",
+                load_at.replace("{r}", &r.to_string())
+            ));
+            for k in 0..8 {
+                line(format!(
+                    "        let {vector}{r}_{k} = subgroupBroadcast(mine{r}, {k}u);"
+                ));
+            }
+        }
+        for m in 0..count {
+            line("        {".into());
+            for k in 0..8 {
+                line(format!(
+                    "        let w{k} = {array}[{m}u * {stride} + i0 + {k}u];"
+                ));
+            }
+            for r in 0..rows {
+                let terms: Vec<String> =
+                    (0..8).map(|k| format!("{vector}{r}_{k} * w{k}")).collect();
+                line(format!(
+                    "        acc[{}] += {};",
+                    m * rows + r,
+                    terms.join(" + ")
+                ));
+            }
+            line("        }".into());
+        }
+        line("    }".into());
+        for u in 0..units {
+            line(format!("    let j{u} = {u}u * WG + lid;"));
+        }
+        for r in 0..rows {
+            line(format!("    if (b0 + {r}u < end) {{"));
+            if self.backward {
+                line(format!("        if (i32(t) < lengths[row{r}]) {{"));
+                line(format!(
+                    "            let carry = steps * batch * D * H + row{r} * 2u * H;"
+                ));
+                for u in 0..units {
+                    line(format!(
+                        "            if (j{u} < H) {{ out[carry + j{u}] += acc[{}]; }}",
+                        u * rows + r
+                    ));
+                }
+                line("        }".into());
+            } else {
+                line(format!(
+                    "        let here = (tb.x * batch + row{r}) * R * H;"
+                ));
+                line(format!(
+                    "        let prev = (tb.y * batch + row{r}) * R * H;"
+                ));
+                line(format!("        if (i32(tb.x) < lengths[row{r}]) {{"));
+                line(format!(
+                    "            let x = (tb.x * batch + row{r}) * G * H;"
+                ));
+                for u in 0..units {
+                    let a: Vec<String> = (0..gates)
+                        .map(|g| format!("acc[{}] + bias({g}u, j{u})", (u * gates + g) * rows + r))
+                        .collect();
+                    line(format!(
+                        "            if (j{u} < H) {{ cell_forward(array<f32, G>({}), here, prev, x, j{u}); }}",
+                        a.join(", ")
+                    ));
+                }
+                line("        } else {".into());
+                for u in 0..units {
+                    line(format!(
+                        "            if (j{u} < H) {{ carry_slot(here, prev, j{u}); }}"
+                    ));
+                }
+                line("        }".into());
+            }
+            line("    }".into());
+        }
+        line("}".into());
         src
     }
 }
@@ -332,6 +399,7 @@ impl CustomKernel for SequenceKernel {
              const U: u32 = {}u;\n\
              const H8: u32 = {}u;\n\
              const GH8: u32 = {}u;\n\
+             const RR: u32 = {RESIDENT_ROWS}u;\n\
              const RELU: bool = {};\n",
             blocks.gates,
             blocks.record,

@@ -1,8 +1,9 @@
 // A whole sequence backward in one dispatch for CPU adapters (see
 // `forward_resident.wgsl`): each invocation keeps its units' columns of
 // W_hh in private memory, a workgroup runs `dims[3]` sequences, and
-// `carry_row` (made by the Rust side) adds `d W_hh` for its units, `d`
-// loaded eight values at a time and broadcast across the subgroup.
+// `carry_rows` (made by the Rust side) adds `d W_hh` for its units to RR of
+// them at a time, `d` loaded eight values at a time and broadcast across
+// the subgroup.
 
 var<private> wc: array<f32, U * GH8>;
 
@@ -54,15 +55,8 @@ fn main(
             }
         }
         storageBarrier();
-        for (var b = first; b < end; b++) {
-            if (i32(tb.x) < lengths[b]) {
-                carry_row(
-                    (tb.x * batch + b) * D * H,
-                    steps * batch * D * H + b * 2u * H,
-                    lid,
-                    lane % 8u,
-                );
-            }
+        for (var b = first; b < end; b += RR) {
+            carry_rows(b, end, tb.x, lid, lane % 8u);
         }
     }
 }

@@ -2,10 +2,11 @@
 // from a buffer costs some twenty multiply-adds (lane by lane) and private
 // memory and subgroup broadcasts cost little. Each invocation keeps its
 // units' rows of W_hh in private memory for the whole sequence; a
-// workgroup runs `dims[4]` sequences, and for each one its lanes load the
-// previous hidden state eight values at a time and broadcast them across
-// the subgroup. `step_row` (made by the kernel's Rust side, its loops over
-// units and gates unrolled) does a sequence's step. U units per invocation:
+// workgroup runs `dims[4]` sequences, RR at a time so that each weight
+// loaded serves RR of them, and its lanes load their previous hidden
+// states eight values at a time and broadcast them across the subgroup.
+// `step_rows` (made by the kernel's Rust side, its loops over units, gates
+// and sequences unrolled) does their step. U units per invocation:
 // u * WG + lid.
 
 var<private> w: array<f32, U * G * H8>;
@@ -44,16 +45,8 @@ fn main(
     storageBarrier();
     for (var k = 0u; k < steps; k++) {
         let tb = visited(k, steps, reverse);
-        for (var b = first; b < end; b++) {
-            let here = (tb.x * batch + b) * R * H;
-            let prev = (tb.y * batch + b) * R * H;
-            if (i32(tb.x) < lengths[b]) {
-                step_row(here, prev, (tb.x * batch + b) * G * H, lid, lane % 8u);
-            } else {
-                for (var j = lid; j < H; j += WG) {
-                    carry_slot(here, prev, j);
-                }
-            }
+        for (var b = first; b < end; b += RR) {
+            step_rows(b, end, tb, lid, lane % 8u);
         }
         storageBarrier();
     }
