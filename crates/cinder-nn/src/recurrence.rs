@@ -214,7 +214,7 @@ impl SequenceKernel {
         // Private memory is cheap to read but slow to compile: the adapter's
         // compiler takes seconds over a few thousand floats.
         let gates = Blocks::of(self.kind).gates;
-        let per_lane = (2048 / (gates * hidden.div_ceil(8) * 8)).clamp(1, 4);
+        let per_lane = (2048 / (gates * hidden.div_ceil(8) * 8)).clamp(1, 2);
         let lanes = (hidden.div_ceil(per_lane).div_ceil(8) * 8).min(256);
         (lanes, hidden.div_ceil(lanes))
     }
