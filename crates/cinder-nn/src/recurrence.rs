@@ -77,14 +77,15 @@ impl Blocks {
 /// The inputs of one layer-direction's recurrence.
 pub(crate) struct SequenceInputs<'a> {
     pub kind: CellKind,
-    /// `[T, B, G*H]`, time first: the input projection with the biases
-    /// that can be added before the recurrence.
+    /// `[T, B, G*H]`, time first: the input projection (with `b_ih` for
+    /// a GRU).
     pub projected: &'a Tensor,
     /// `[G*H, H]`.
     pub weight_hh: &'a Tensor,
-    /// The GRU's `b_hh` (`[3H]`); `None` without biases or for the others
-    /// (whose `b_hh` is in the projection).
-    pub bias_hh: Option<&'a Tensor>,
+    /// `[G*H]`, added in the kernel: `b_ih + b_hh` for RNN and LSTM (one
+    /// pass over the projection fewer), `b_hh` for a GRU (whose `b_hn`
+    /// sits inside the reset gate's product); `None` without biases.
+    pub bias: Option<&'a Tensor>,
     pub h0: &'a Tensor,
     /// The LSTM's initial cell `[B, H]`.
     pub c0: Option<&'a Tensor>,
@@ -96,7 +97,7 @@ pub(crate) struct SequenceInputs<'a> {
 
 /// The state after every step, `[T, B, 2H]` (`[c, h]`) for an LSTM and
 /// `[T, B, H]` otherwise, in time order, differentiable with respect to the
-/// projection, the weights, the GRU's `b_hh` and the initial state. Past a
+/// projection, the weights, the bias and the initial state. Past a
 /// sequence's end a step keeps the state.
 pub(crate) fn run_sequence(inputs: &SequenceInputs) -> Result<Tensor> {
     let kind = inputs.kind;
@@ -123,7 +124,7 @@ pub(crate) fn run_sequence(inputs: &SequenceInputs) -> Result<Tensor> {
         kind,
         hidden,
         backward: false,
-        has_bias_hh: inputs.bias_hh.is_some(),
+        has_bias: inputs.bias.is_some(),
         reverse: inputs.reverse,
         resident: resident_pays(device, kind, batch, hidden),
     };
@@ -132,9 +133,7 @@ pub(crate) fn run_sequence(inputs: &SequenceInputs) -> Result<Tensor> {
         &[
             &inputs.projected.detach(),
             &inputs.weight_hh.detach().t()?,
-            &inputs
-                .bias_hh
-                .map_or_else(|| unread.clone(), Tensor::detach),
+            &inputs.bias.map_or_else(|| unread.clone(), Tensor::detach),
             &inputs.h0.detach(),
             &c0.map_or_else(|| unread.clone(), Tensor::detach),
             inputs.lengths,
@@ -142,7 +141,6 @@ pub(crate) fn run_sequence(inputs: &SequenceInputs) -> Result<Tensor> {
     )?;
     // The op's inputs are what gradients flow to; the last is the records,
     // which its kernel copies out.
-    let extra = c0.or(inputs.bias_hh).unwrap_or(&unread);
     let op = Recurrence {
         backward: SequenceKernel {
             backward: true,
@@ -156,7 +154,8 @@ pub(crate) fn run_sequence(inputs: &SequenceInputs) -> Result<Tensor> {
             inputs.projected,
             inputs.weight_hh,
             inputs.h0,
-            extra,
+            c0.unwrap_or(&unread),
+            inputs.bias.unwrap_or(&unread),
             &records,
         ],
     )
@@ -170,7 +169,7 @@ struct SequenceKernel {
     kind: CellKind,
     hidden: usize,
     backward: bool,
-    has_bias_hh: bool,
+    has_bias: bool,
     reverse: bool,
     /// The CPU adapters' kernels (`*_resident.wgsl`): weights kept in each
     /// invocation's private memory, several sequences per workgroup.
@@ -329,7 +328,12 @@ impl SequenceKernel {
                 ));
                 for u in 0..units {
                     let a: Vec<String> = (0..gates)
-                        .map(|g| format!("acc[{}] + bias({g}u, j{u})", (u * gates + g) * rows + r))
+                        .map(|g| {
+                            format!(
+                                "acc[{}] + gate_bias({g}u, j{u})",
+                                (u * gates + g) * rows + r
+                            )
+                        })
                         .collect();
                     line(format!(
                         "            if (j{u} < H) {{ cell_forward(array<f32, G>({}), here, prev, x, j{u}); }}",
@@ -436,7 +440,7 @@ impl CustomKernel for SequenceKernel {
             u32::from(self.reverse),
         ];
         if !self.backward {
-            params.push(u32::from(self.has_bias_hh));
+            params.push(u32::from(self.has_bias));
         }
         if self.resident {
             params.push(rows_per_group(batch.unwrap_or(1)) as u32);
@@ -483,11 +487,12 @@ impl CustomKernel for Recurrence {
         "
 @group(0) @binding(0) var<storage, read> projected: array<f32>;
 @group(0) @binding(1) var<storage, read> weight: array<f32>;
-@group(0) @binding(2) var<storage, read> initial: array<f32>;
-@group(0) @binding(3) var<storage, read> extra: array<f32>;
-@group(0) @binding(4) var<storage, read> records: array<f32>;
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;
-@group(0) @binding(6) var<storage, read> dims: array<u32>;
+@group(0) @binding(2) var<storage, read> h0: array<f32>;
+@group(0) @binding(3) var<storage, read> c0: array<f32>;
+@group(0) @binding(4) var<storage, read> bias: array<f32>;
+@group(0) @binding(5) var<storage, read> records: array<f32>;
+@group(0) @binding(6) var<storage, read_write> out: array<f32>;
+@group(0) @binding(7) var<storage, read> dims: array<u32>;
 
 @compute @workgroup_size(256)
 fn main(
@@ -502,7 +507,7 @@ fn main(
     let record = dims[2];
     var v = records[(i / width) * record + record - width + i % width];
     if (width == 0u) {
-        v += projected[0] + weight[0] + initial[0] + extra[0];
+        v += projected[0] + weight[0] + h0[0] + c0[0] + bias[0];
     }
     out[i] = v;
 }
@@ -532,7 +537,7 @@ impl CustomOp for Recurrence {
         match inputs {
             // The records hold one slot more than there are steps: the
             // initial state, last.
-            [_, _, _, _, records] if records.shape()[0] > 1 => Ok((
+            [_, _, _, _, _, records] if records.shape()[0] > 1 => Ok((
                 vec![
                     records.shape()[0] - 1,
                     records.shape()[1],
@@ -542,7 +547,7 @@ impl CustomOp for Recurrence {
             )),
             _ => Err(Error::invalid(
                 "recurrence",
-                "takes the projection, W_hh, h_0, c_0 or b_hh, and the records",
+                "takes the projection, W_hh, h_0, c_0, the bias and the records",
             )),
         }
     }
@@ -553,7 +558,7 @@ impl CustomOp for Recurrence {
         _output: &Tensor,
         grad: &Tensor,
     ) -> Result<Vec<Option<Tensor>>> {
-        let [_, weight_hh, _, _, records] = inputs else {
+        let [_, weight_hh, _, _, _, records] = inputs else {
             return Err(Error::invalid("recurrence", "backward without its inputs"));
         };
         let kernel = self.backward;
@@ -604,16 +609,20 @@ impl CustomOp for Recurrence {
         let d_weight = flat_pre
             .t()?
             .matmul(&h_prev.reshape(&[steps * batch, hidden])?)?;
-        let d_extra = match kind {
+        let dc0 = match kind {
             CellKind::Lstm => Some(carried.narrow(1, hidden, hidden)?),
-            _ if kernel.has_bias_hh => Some(flat_pre.sum(&[0], false)?),
             _ => None,
+        };
+        let d_bias = match kernel.has_bias {
+            true => Some(flat_pre.sum(&[0], false)?),
+            false => None,
         };
         Ok(vec![
             Some(d_projected),
             Some(d_weight),
             Some(dh0),
-            d_extra,
+            dc0,
+            d_bias,
             None,
         ])
     }

@@ -127,20 +127,27 @@ impl CellParams {
         out
     }
 
-    /// `x W_ih^T` plus the biases that can be added before the recurrence:
-    /// both for RNN and LSTM, only `b_ih` for a GRU (whose `b_hn` sits inside
-    /// the reset gate's product). `x: [N, I]` gives `[N, G*H]`.
+    /// `x W_ih^T`, plus `b_ih` for a GRU (whose input and hidden sides
+    /// stay apart); `x: [N, I]` gives `[N, G*H]`. The other biases go into
+    /// the recurrence ([`CellParams::recurrent_bias`]).
     fn project_input(&self, kind: CellKind, x: &Tensor) -> Result<Tensor> {
-        let mut y = x.matmul(&self.weight_ih.t()?)?;
-        if let Some(b) = &self.bias_ih {
-            y = y.add(b)?;
+        let y = x.matmul(&self.weight_ih.t()?)?;
+        match (kind, &self.bias_ih) {
+            (CellKind::Gru, Some(b)) => y.add(b),
+            _ => Ok(y),
         }
-        if kind != CellKind::Gru {
-            if let Some(b) = &self.bias_hh {
-                y = y.add(b)?;
-            }
-        }
-        Ok(y)
+    }
+
+    /// The bias the recurrence adds to each step's gates: `b_ih + b_hh`
+    /// for RNN and LSTM (one pass over the projection fewer, and one sum
+    /// over its rows for both gradients), `b_hh` for a GRU, whose `b_hn`
+    /// sits inside the reset gate's product.
+    fn recurrent_bias(&self, kind: CellKind) -> Result<Option<Tensor>> {
+        Ok(match (kind, &self.bias_ih, &self.bias_hh) {
+            (CellKind::Gru, _, hh) => hh.clone(),
+            (_, Some(ih), Some(hh)) => Some(ih.add(hh)?),
+            (_, ih, hh) => ih.clone().or_else(|| hh.clone()),
+        })
     }
 
     /// One step from the projected input `xp: [B, G*H]` and the state.
@@ -312,7 +319,12 @@ impl Cell {
             }
             None => zero_state(input.device(), self.kind, batch, hidden),
         };
-        let xp = self.params.project_input(self.kind, &x)?;
+        let mut xp = self.params.project_input(self.kind, &x)?;
+        if self.kind != CellKind::Gru {
+            if let Some(b) = self.params.recurrent_bias(self.kind)? {
+                xp = xp.add(&b)?;
+            }
+        }
         let next = self.params.step(self.kind, &xp, &state)?;
         if unbatched {
             Ok(State {
@@ -759,14 +771,12 @@ impl Recurrent {
         let hidden = self.hidden_size;
         let steps = projected.shape()[0];
         let batch = projected.shape()[1];
+        let bias = cell.recurrent_bias(self.kind)?;
         let states = run_sequence(&SequenceInputs {
             kind: self.kind,
             projected,
             weight_hh: &cell.weight_hh,
-            bias_hh: match self.kind {
-                CellKind::Gru => cell.bias_hh.as_ref(),
-                _ => None,
-            },
+            bias: bias.as_ref(),
             h0: &initial.h,
             c0: initial.c.as_ref(),
             lengths: &lengths.on_device,

@@ -18,7 +18,7 @@ fn recurrent(prev: u32, j: u32) -> array<f32, G> {
         }
     }
     for (var g = 0u; g < G; g++) {
-        acc[g] += bias(g, j);
+        acc[g] += gate_bias(g, j);
     }
     return acc;
 }
