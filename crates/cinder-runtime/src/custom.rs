@@ -52,6 +52,17 @@ pub trait CustomKernel: Send + Sync {
         let _ = (output, inputs);
         Vec::new()
     }
+
+    /// Whether the shader writes each of its `var<private>` arrays whole
+    /// before reading any of it. WGSL zero-initialises private memory, and
+    /// Mesa's llvmpipe compiles the zeroing of a large array slowly (about
+    /// 17 s for 1024 floats); where the adapter takes SPIR-V directly (a
+    /// Vulkan CPU adapter), a kernel that says so is compiled without it.
+    /// Saying so wrongly leaves such a kernel reading garbage there. False
+    /// by default.
+    fn writes_private_arrays_first(&self) -> bool {
+        false
+    }
 }
 
 /// A user kernel applied to particular shapes: everything planning needs,
@@ -63,6 +74,7 @@ pub(crate) struct CustomCall {
     pub source: Arc<str>,
     pub params: Vec<u32>,
     pub workgroups: [u32; 3],
+    pub writes_private_first: bool,
 }
 
 impl PartialEq for CustomCall {
@@ -71,6 +83,7 @@ impl PartialEq for CustomCall {
             && self.workgroups == other.workgroups
             && self.source == other.source
             && self.name == other.name
+            && self.writes_private_first == other.writes_private_first
     }
 }
 
@@ -82,6 +95,7 @@ impl std::hash::Hash for CustomCall {
         self.source.hash(state);
         self.params.hash(state);
         self.workgroups.hash(state);
+        self.writes_private_first.hash(state);
     }
 }
 
@@ -123,6 +137,7 @@ impl Node {
             source: kernel.wgsl().into(),
             params: kernel.params(shape, &shapes),
             workgroups,
+            writes_private_first: kernel.writes_private_arrays_first(),
         };
         Ok(Node::new(
             first.device(),

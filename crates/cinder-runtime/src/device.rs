@@ -10,6 +10,7 @@ use lru::LruCache;
 use crate::error::{Error, Result};
 use crate::kernels::KernelSource;
 use crate::pool::BufferPool;
+use crate::spirv::Spirv;
 
 static NEXT_DEVICE_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -225,6 +226,10 @@ fn rank(adapter: &wgpu::Adapter) -> (u8, u8) {
 pub struct Stats {
     pub shader_modules_created: u64,
     pub pipelines_created: u64,
+    /// Of those, pipelines that cinder translated to SPIR-V itself, leaving
+    /// out the zeroing of private arrays (see
+    /// [`crate::CustomKernel::writes_private_arrays_first`]).
+    pub spirv_pipelines_created: u64,
     pub bind_groups_created: u64,
     pub buffers_created: u64,
     /// Textures created (the texture matmul's operand textures, one per size
@@ -264,6 +269,7 @@ pub struct Stats {
 pub(crate) struct Counters {
     pub shader_modules: AtomicU64,
     pub pipelines: AtomicU64,
+    pub spirv_pipelines: AtomicU64,
     pub bind_groups: AtomicU64,
     pub buffers: AtomicU64,
     pub textures: AtomicU64,
@@ -363,6 +369,9 @@ pub(crate) struct DeviceInner {
     /// Whether those read their operands from textures where the shapes allow
     /// (shaders/matmul_texture_*.wgsl).
     pub texture_matmul: bool,
+    /// Whether kernels that write their private arrays first are compiled
+    /// to SPIR-V by cinder without the zeroing of those arrays (`spirv.rs`).
+    pub spirv_passthrough: bool,
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
     pub counters: Counters,
@@ -473,16 +482,27 @@ impl Device {
         // buffers well, so it keeps the buffer kernels.
         let texture_matmul =
             subgroup_matmul && !options.buffer_matmul && info.device_type == wgpu::DeviceType::Cpu;
+        // Only a CPU adapter needs it (llvmpipe's slow compile of private
+        // zeroing); GPUs keep wgpu's validated path.
+        let spirv_passthrough = !options.portable_kernels
+            && info.device_type == wgpu::DeviceType::Cpu
+            && info.backend == wgpu::Backend::Vulkan
+            && adapter
+                .features()
+                .contains(wgpu::Features::PASSTHROUGH_SHADERS);
+        let mut required_features = wgpu::Features::empty();
+        if subgroup_matmul {
+            required_features |= subgroup_features;
+        }
+        if spirv_passthrough {
+            required_features |= wgpu::Features::PASSTHROUGH_SHADERS;
+        }
         // The adapter's real limits, not WebGPU's defaults: large tensors need
         // the full storage-binding size and buffer size the hardware offers.
         let limits = options.limits.clone().unwrap_or_else(|| adapter.limits());
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("cinder"),
-            required_features: if subgroup_matmul {
-                subgroup_features
-            } else {
-                wgpu::Features::empty()
-            },
+            required_features,
             required_limits: limits.clone(),
             experimental_features: wgpu::ExperimentalFeatures::default(),
             memory_hints: wgpu::MemoryHints::Performance,
@@ -508,6 +528,7 @@ impl Device {
                 limits,
                 subgroup_matmul,
                 texture_matmul,
+                spirv_passthrough,
                 device,
                 queue,
                 counters: Counters::default(),
@@ -559,6 +580,7 @@ impl Device {
         Stats {
             shader_modules_created: get(&c.shader_modules),
             pipelines_created: get(&c.pipelines),
+            spirv_pipelines_created: get(&c.spirv_pipelines),
             bind_groups_created: get(&c.bind_groups),
             buffers_created: get(&c.buffers),
             textures_created: get(&c.textures),
@@ -689,25 +711,39 @@ impl Device {
             label,
             &format!("{text}{}", key.1),
         );
+        let spirv = match source {
+            KernelSource::WritesPrivateFirst(text)
+                if self.inner.spirv_passthrough && constants.is_empty() =>
+            {
+                Some(crate::spirv::without_private_zeroing(label, text)?)
+            }
+            _ => None,
+        };
         let dev = &self.inner.device;
         let scope = dev.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = dev.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(label),
-            source: wgpu::ShaderSource::Wgsl(text.into()),
-        });
+        let pipeline = match &spirv {
+            Some(spirv) => self.passthrough_pipeline(label, spirv),
+            None => {
+                let module = dev.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(label),
+                    source: wgpu::ShaderSource::Wgsl(text.into()),
+                });
+                let consts: Vec<(&str, f64)> =
+                    constants.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+                dev.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(label),
+                    layout: None,
+                    module: &module,
+                    entry_point: None,
+                    compilation_options: wgpu::PipelineCompilationOptions {
+                        constants: &consts,
+                        zero_initialize_workgroup_memory: false,
+                    },
+                    cache: None,
+                })
+            }
+        };
         Counters::bump(&self.inner.counters.shader_modules, 1);
-        let consts: Vec<(&str, f64)> = constants.iter().map(|(n, v)| (n.as_str(), *v)).collect();
-        let pipeline = dev.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(label),
-            layout: None,
-            module: &module,
-            entry_point: None,
-            compilation_options: wgpu::PipelineCompilationOptions {
-                constants: &consts,
-                zero_initialize_workgroup_memory: false,
-            },
-            cache: None,
-        });
         if let Some(err) = pollster::block_on(scope.pop()) {
             // The source goes to the log, not into the error: a generated
             // kernel can be megabytes long.
@@ -717,6 +753,9 @@ impl Device {
             )));
         }
         Counters::bump(&self.inner.counters.pipelines, 1);
+        if spirv.is_some() {
+            Counters::bump(&self.inner.counters.spirv_pipelines, 1);
+        }
         let layout = pipeline.get_bind_group_layout(0);
         caches.next_pipeline_id += 1;
         let entry = Arc::new(PipelineEntry {
@@ -735,6 +774,50 @@ impl Device {
             );
         }
         Ok(entry)
+    }
+
+    /// A pipeline for SPIR-V that cinder translated itself: the module goes
+    /// to the driver as it is, with the layout the shader declares.
+    fn passthrough_pipeline(&self, label: &str, spirv: &Spirv) -> wgpu::ComputePipeline {
+        let dev = &self.inner.device;
+        let [x, y, z] = spirv.workgroup_size;
+        // Safety: the words are naga's translation of WGSL that naga has
+        // validated, with every index and buffer access bounds-checked
+        // (`spirv::without_private_zeroing`); the one change, the private
+        // initialisers left out, is one the kernel declared it does not
+        // rely on, and its layout is derived from the same module.
+        let module = unsafe {
+            dev.create_shader_module_passthrough(wgpu::ShaderModuleDescriptorPassthrough {
+                label: Some(label),
+                entry_points: vec![wgpu::PassthroughShaderEntryPoint {
+                    name: spirv.entry_point.clone().into(),
+                    workgroup_size: (x, y, z),
+                }]
+                .into(),
+                spirv: Some(spirv.words.as_slice().into()),
+                ..Default::default()
+            })
+        };
+        let group = dev.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some(label),
+            entries: &spirv.bindings,
+        });
+        let layout = dev.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(label),
+            bind_group_layouts: &[Some(&group)],
+            immediate_size: 0,
+        });
+        dev.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(label),
+            layout: Some(&layout),
+            module: &module,
+            entry_point: Some(&spirv.entry_point),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &[],
+                zero_initialize_workgroup_memory: false,
+            },
+            cache: None,
+        })
     }
 
     /// A bind group binding whole buffers in order, cached by pipeline and

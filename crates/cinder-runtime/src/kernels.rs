@@ -43,13 +43,16 @@ macro_rules! shader {
 pub(crate) enum KernelSource {
     Shader(Shader),
     Generated(String),
+    /// Generated text whose private arrays are written whole before they
+    /// are read, so that their zeroing may be left out (see `spirv.rs`).
+    WritesPrivateFirst(String),
 }
 
 impl KernelSource {
     pub(crate) fn text(&self) -> &str {
         match self {
             KernelSource::Shader(s) => s.text,
-            KernelSource::Generated(text) => text,
+            KernelSource::Generated(text) | KernelSource::WritesPrivateFirst(text) => text,
         }
     }
 }

@@ -11,6 +11,7 @@ mod graph;
 mod kernels;
 mod plan;
 mod pool;
+mod spirv;
 
 pub use canon::Effect;
 pub use custom::{CustomKernel, CUSTOM_WG};

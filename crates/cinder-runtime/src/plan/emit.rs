@@ -474,7 +474,10 @@ fn custom_kernel(
     Ok(Kernel {
         name: format!("custom {}", call.name),
         label: String::new(),
-        source: KernelSource::Generated(call.source.to_string()),
+        source: match call.writes_private_first {
+            true => KernelSource::WritesPrivateFirst(call.source.to_string()),
+            false => KernelSource::Generated(call.source.to_string()),
+        },
         constants: Vec::new(),
         binds,
         dispatch: Dispatch::Groups(x, y, z),
