@@ -5,12 +5,10 @@
 // workgroup runs `dims[4]` sequences, RR at a time so that each weight
 // loaded serves RR of them, and its lanes load their previous hidden
 // states eight values at a time and broadcast them across the subgroup.
-// `step_rows` (made by the kernel's Rust side, its loops over units, gates
-// and sequences unrolled) does their step. U units per invocation:
-// u * WG + lid.
-
-var<private> w: array<f32, U * G * H8>;
-
+// The Rust side generates the weight arrays (pieces of at most 256 floats:
+// see `PIECE` there), `fill_weights`, and `step_rows`, which does RR
+// sequences' step with its loops over units, gates and sequences
+// unrolled. U units per invocation: u * WG + lid.
 
 @compute @workgroup_size(WG)
 fn main(
@@ -22,18 +20,7 @@ fn main(
     let steps = dims[1];
     let reverse = dims[2] == 1u;
     let rows = dims[4];
-    // One flat loop: nested loops of constant bounds get unrolled, and
-    // the adapter's compiler then takes seconds over them.
-    for (var m = 0u; m < U * G * H8; m++) {
-        let i = m % H8;
-        let g = (m / H8) % G;
-        let j = (m / (H8 * G)) * WG + lid;
-        var v = 0.0;
-        if (j < H && i < H) {
-            v = weight_t[i * G * H + g * H + j];
-        }
-        w[m] = v;
-    }
+    fill_weights(lid);
     let first = wid.x * rows;
     let end = min(first + rows, batch);
     for (var b = first; b < end; b++) {
