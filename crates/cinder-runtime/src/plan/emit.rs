@@ -2,7 +2,9 @@
 //! order (children first), then one per effect: its WGSL, what it binds in
 //! binding order, and its grid.
 
+use super::epilogue::Epilogue;
 use super::product::{matmul_kernel, operand_sources};
+use super::texture::Resident;
 use super::{Fusion, Graph, Group, Target};
 use crate::canon::CanonEffect;
 use crate::codegen::{self, Generated, ELEMENTWISE_WG, REDUCE_WG};
@@ -174,11 +176,9 @@ fn reduce_wg(span: usize, parts: usize) -> u32 {
 /// The kernels, in dispatch order.
 pub(crate) fn kernels(graph: &Graph, fusion: &Fusion, target: &Target) -> Result<Vec<Kernel>> {
     let entries = &graph.entries;
-    let chunk = target.chunk;
-    let mat = |i: usize| fusion.mat[i];
     let mut out: Vec<Kernel> = Vec::new();
     for i in graph.ordinary() {
-        if !mat(i)
+        if !fusion.mat[i]
             || matches!(entries[i].op, Op::External | Op::Upload)
             || numel(&entries[i].shape) == 0
         {
@@ -192,176 +192,20 @@ pub(crate) fn kernels(graph: &Graph, fusion: &Fusion, target: &Target) -> Result
             continue;
         }
         if let Some(epilogue) = fusion.epilogues.get(&i) {
-            let (a, b, k) =
-                matmul_kernel(target, entries, epilogue.matmul, 1, [false; 2], false)
-                    .ok_or_else(|| Error::Gpu("internal: epilogue of a non-matmul".into()))?;
-            let generated = codegen::matmul_epilogue(
-                entries,
-                &mat,
-                chunk,
-                epilogue.matmul,
-                &epilogue.chain,
-                k.dims.len(),
-            );
-            let source = KernelSource::Generated(kernels::with_store(
-                k.variant.shader(),
-                &generated.source,
-            )?);
-            let kernel = product(
-                &mut out,
-                graph,
-                fusion,
-                target,
-                ProductKernel {
-                    name: "matmul+epilogue",
-                    source,
-                    kernel: k,
-                    operands: [a, b],
-                    output: i,
-                    epilogue: Some(generated),
-                },
-            )?;
-            out.push(kernel);
+            epilogue_product(&mut out, graph, fusion, target, i, epilogue)?;
             continue;
         }
         match &entries[i].op {
-            Op::Reduce { op, axes, input } => match graph.split_reductions.get(&i) {
-                None => {
-                    let span = axes.iter().map(|&a| entries[*input].shape[a]).product();
-                    let generated =
-                        codegen::reduce(entries, &mat, chunk, i, i, *op, axes, *input, 1);
-                    out.push(Kernel::generated(
-                        &format!("reduce {op:?}"),
-                        generated,
-                        i,
-                        reduce_wg(span, 1),
-                    ));
-                }
-                Some(split) => {
-                    let partials = codegen::reduce(
-                        entries,
-                        &mat,
-                        chunk,
-                        i,
-                        split.partial,
-                        *op,
-                        axes,
-                        *input,
-                        split.parts,
-                    );
-                    out.push(Kernel::generated(
-                        &format!("reduce {op:?} partials"),
-                        partials,
-                        split.partial,
-                        REDUCE_WG,
-                    ));
-                    let combine = codegen::reduce(
-                        entries,
-                        &mat,
-                        chunk,
-                        split.combine,
-                        i,
-                        *op,
-                        &[1],
-                        split.partial,
-                        1,
-                    );
-                    out.push(Kernel::generated(
-                        &format!("reduce {op:?}"),
-                        combine,
-                        i,
-                        reduce_wg(split.parts, 1),
-                    ));
-                }
-            },
+            Op::Reduce { op, axes, input } => {
+                out.extend(reduce_kernels(graph, fusion, target, i, *op, axes, *input));
+            }
             Op::Concat { axis, inputs } => {
                 out.extend(concat_copies(graph, fusion, i, *axis, inputs)?);
             }
             Op::Custom(call, inputs) => out.push(custom_kernel(graph, fusion, i, call, inputs)?),
-            Op::Matmul { .. } => {
-                let split = graph.split_products.get(&i).copied();
-                let parts = split.map_or(1, |s| s.parts);
-                let in_texture = operand_sources(entries, &fusion.implicit, i).map(|x| {
-                    x.and_then(|x| fusion.buffer_of(entries, x))
-                        .is_some_and(|j| fusion.residents.contains_key(&j))
-                });
-                let (a, b, k) = matmul_kernel(
-                    target,
-                    entries,
-                    i,
-                    parts,
-                    in_texture,
-                    fusion.implicit.contains(&i),
-                )
-                .ok_or_else(|| {
-                    Error::Gpu(
-                        "internal: no matmul kernel (or an implicit one without windows)".into(),
-                    )
-                })?;
-                let name = match split {
-                    None => "matmul".to_string(),
-                    Some(s) => format!("matmul split-K x{}", s.parts),
-                };
-                let kernel = product(
-                    &mut out,
-                    graph,
-                    fusion,
-                    target,
-                    ProductKernel {
-                        name: &name,
-                        source: KernelSource::Shader(k.variant.shader()),
-                        kernel: k,
-                        operands: [a, b],
-                        output: split.map_or(i, |s| s.partial),
-                        epilogue: None,
-                    },
-                )?;
-                out.push(kernel);
-                if let Some(split) = split {
-                    let sum = codegen::reduce(
-                        entries,
-                        &mat,
-                        chunk,
-                        split.combine,
-                        i,
-                        ReduceOp::Sum,
-                        &[0],
-                        split.partial,
-                        1,
-                    );
-                    out.push(Kernel::generated(
-                        "split-K sum",
-                        sum,
-                        i,
-                        reduce_wg(split.parts, 1),
-                    ));
-                }
-            }
+            Op::Matmul { .. } => matmul_kernels(&mut out, graph, fusion, target, i)?,
             _ => match fusion.residents.get(&i) {
-                Some(r) => {
-                    let generated = codegen::elementwise_texels(
-                        entries, &mat, chunk, i, r.cols, r.width, r.height,
-                    );
-                    let mut kernel = Kernel::generated(
-                        "fused elementwise into texture",
-                        generated,
-                        i,
-                        ELEMENTWISE_WG,
-                    );
-                    // The texture is binding 0, in place of a buffer output.
-                    kernel
-                        .binds
-                        .retain(|b| !matches!(b, Bind::Entry { entry, .. } if *entry == i));
-                    kernel.binds.insert(
-                        0,
-                        Bind::Texture {
-                            width: r.width,
-                            height: r.height,
-                            tag: r.tag,
-                        },
-                    );
-                    out.push(kernel);
-                }
+                Some(resident) => out.push(texels_kernel(graph, fusion, target, i, resident)),
                 None => out.push(elementwise(graph, fusion, target, i)),
             },
         }
@@ -380,6 +224,220 @@ pub(crate) fn kernels(graph: &Graph, fusion: &Fusion, target: &Target) -> Result
         }
     }
     Ok(out)
+}
+
+/// Entry `i`, a chain of element-wise ops over a product, as the product's
+/// kernel with the chain spliced in as its store (and whatever packs its
+/// operands need, pushed first).
+fn epilogue_product(
+    out: &mut Vec<Kernel>,
+    graph: &Graph,
+    fusion: &Fusion,
+    target: &Target,
+    i: usize,
+    epilogue: &Epilogue,
+) -> Result<()> {
+    let entries = &graph.entries;
+    let mat = |x: usize| fusion.mat[x];
+    let (a, b, k) = matmul_kernel(target, entries, epilogue.matmul, 1, [false; 2], false)
+        .ok_or_else(|| Error::Gpu("internal: epilogue of a non-matmul".into()))?;
+    let generated = codegen::matmul_epilogue(
+        entries,
+        &mat,
+        target.chunk,
+        epilogue.matmul,
+        &epilogue.chain,
+        k.dims.len(),
+    );
+    let source =
+        KernelSource::Generated(kernels::with_store(k.variant.shader(), &generated.source)?);
+    let kernel = product(
+        out,
+        graph,
+        fusion,
+        target,
+        ProductKernel {
+            name: "matmul+epilogue",
+            source,
+            kernel: k,
+            operands: [a, b],
+            output: i,
+            epilogue: Some(generated),
+        },
+    )?;
+    out.push(kernel);
+    Ok(())
+}
+
+/// Reduction `i`'s kernels: one, or partial results and their combination
+/// where planning split a long reduction.
+fn reduce_kernels(
+    graph: &Graph,
+    fusion: &Fusion,
+    target: &Target,
+    i: usize,
+    op: ReduceOp,
+    axes: &[usize],
+    input: usize,
+) -> Vec<Kernel> {
+    let entries = &graph.entries;
+    let mat = |x: usize| fusion.mat[x];
+    let chunk = target.chunk;
+    let Some(split) = graph.split_reductions.get(&i) else {
+        let span = axes.iter().map(|&a| entries[input].shape[a]).product();
+        let generated = codegen::reduce(entries, &mat, chunk, i, i, op, axes, input, 1);
+        return vec![Kernel::generated(
+            &format!("reduce {op:?}"),
+            generated,
+            i,
+            reduce_wg(span, 1),
+        )];
+    };
+    let partials = codegen::reduce(
+        entries,
+        &mat,
+        chunk,
+        i,
+        split.partial,
+        op,
+        axes,
+        input,
+        split.parts,
+    );
+    let combine = codegen::reduce(
+        entries,
+        &mat,
+        chunk,
+        split.combine,
+        i,
+        op,
+        &[1],
+        split.partial,
+        1,
+    );
+    vec![
+        Kernel::generated(
+            &format!("reduce {op:?} partials"),
+            partials,
+            split.partial,
+            REDUCE_WG,
+        ),
+        Kernel::generated(
+            &format!("reduce {op:?}"),
+            combine,
+            i,
+            reduce_wg(split.parts, 1),
+        ),
+    ]
+}
+
+/// Product `i`'s kernels: its operands' packs (pushed by `product`), the
+/// product, and where planning split K, the sum of the parts.
+fn matmul_kernels(
+    out: &mut Vec<Kernel>,
+    graph: &Graph,
+    fusion: &Fusion,
+    target: &Target,
+    i: usize,
+) -> Result<()> {
+    let entries = &graph.entries;
+    let split = graph.split_products.get(&i).copied();
+    let parts = split.map_or(1, |s| s.parts);
+    let in_texture = operand_sources(entries, &fusion.implicit, i).map(|x| {
+        x.and_then(|x| fusion.buffer_of(entries, x))
+            .is_some_and(|j| fusion.residents.contains_key(&j))
+    });
+    let (a, b, k) = matmul_kernel(
+        target,
+        entries,
+        i,
+        parts,
+        in_texture,
+        fusion.implicit.contains(&i),
+    )
+    .ok_or_else(|| {
+        Error::Gpu("internal: no matmul kernel (or an implicit one without windows)".into())
+    })?;
+    let name = match split {
+        None => "matmul".to_string(),
+        Some(s) => format!("matmul split-K x{}", s.parts),
+    };
+    let kernel = product(
+        out,
+        graph,
+        fusion,
+        target,
+        ProductKernel {
+            name: &name,
+            source: KernelSource::Shader(k.variant.shader()),
+            kernel: k,
+            operands: [a, b],
+            output: split.map_or(i, |s| s.partial),
+            epilogue: None,
+        },
+    )?;
+    out.push(kernel);
+    if let Some(split) = split {
+        let mat = |x: usize| fusion.mat[x];
+        let sum = codegen::reduce(
+            entries,
+            &mat,
+            target.chunk,
+            split.combine,
+            i,
+            ReduceOp::Sum,
+            &[0],
+            split.partial,
+            1,
+        );
+        out.push(Kernel::generated(
+            "split-K sum",
+            sum,
+            i,
+            reduce_wg(split.parts, 1),
+        ));
+    }
+    Ok(())
+}
+
+/// Entry `i`'s fused element-wise kernel writing straight into the operand
+/// texture that products read it from.
+fn texels_kernel(
+    graph: &Graph,
+    fusion: &Fusion,
+    target: &Target,
+    i: usize,
+    resident: &Resident,
+) -> Kernel {
+    let mat = |x: usize| fusion.mat[x];
+    let generated = codegen::elementwise_texels(
+        &graph.entries,
+        &mat,
+        target.chunk,
+        i,
+        resident.cols,
+        resident.width,
+        resident.height,
+    );
+    let mut kernel = Kernel::generated(
+        "fused elementwise into texture",
+        generated,
+        i,
+        ELEMENTWISE_WG,
+    );
+    // The texture is binding 0, in place of a buffer output.
+    kernel
+        .binds
+        .retain(|b| !matches!(b, Bind::Entry { entry, .. } if *entry == i));
+    kernel.binds.insert(
+        0,
+        Bind::Texture {
+            width: resident.width,
+            height: resident.height,
+            tag: resident.tag,
+        },
+    );
+    kernel
 }
 
 /// A concatenation's kernels: each input copied into its region of entry
