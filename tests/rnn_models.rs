@@ -236,7 +236,7 @@ fn char_lm_learns_a_text_and_writes_with_its_characters() -> Result<()> {
         bits[3] < 0.7 * bits[0],
         "held-out bits per character did not fall: {bits:?}"
     );
-    // A repeated sentence is easy for an order-3 model too.
+    // A repeated sentence is easy for the n-gram too.
     assert!(report.baseline_bits_per_char > 0.0 && report.baseline_bits_per_char < 2.0);
 
     let (model, vocab) = lm::load(&out.join("model.safetensors"), &device)?;

@@ -211,10 +211,10 @@ fn train_char_lm(args: TrainRnn) -> Result<()> {
     if let Some(last) = report.history.rows.last() {
         println!(
             "held-out: {:.3} bits per character after {} epochs ({seconds:.1} s this run); \
-             order-{} character n-gram: {:.3}",
+             a character n-gram on the {} before: {:.3}",
             last.get("test_bits_per_char").unwrap_or(f64::NAN),
             last.epoch,
-            lm::BASELINE_ORDER,
+            lm::BASELINE_ORDER - 1,
             report.baseline_bits_per_char
         );
     }

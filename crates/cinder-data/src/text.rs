@@ -218,14 +218,21 @@ pub fn windows(text: &[i32], steps: usize, seed: Option<(u64, usize)>) -> Vec<us
 }
 
 /// An order-`n` character model (the next character from the `n - 1`
-/// before it) with interpolated Witten-Bell smoothing down to a uniform
+/// before it) with interpolated Kneser-Ney smoothing down to a uniform
 /// distribution over the vocabulary: the baseline a language model must
-/// beat.
+/// beat. Each level keeps all but [`NGram::DISCOUNT`] of every count it saw
+/// and gives the rest to the level below, where a character counts once per
+/// distinct longer context it followed (so that "t" after "ris" does not
+/// make "t" likely everywhere).
 pub struct NGram {
     order: usize,
     vocab: usize,
-    /// Per context length `k` in `0..order`: what followed each context.
+    /// Per context length `k` in `0..order`: what followed each context,
+    /// counted by occurrences.
     counts: Vec<HashMap<Vec<i32>, Followers>>,
+    /// Per context length `k` in `0..order - 1`: the same counted by the
+    /// distinct characters before the context (continuation counts).
+    continuations: Vec<HashMap<Vec<i32>, Followers>>,
 }
 
 /// The characters seen after one context: each one's count, and the total.
@@ -235,7 +242,17 @@ struct Followers {
     total: u32,
 }
 
+impl Followers {
+    fn add(&mut self, next: i32) {
+        *self.next.entry(next).or_default() += 1;
+        self.total += 1;
+    }
+}
+
 impl NGram {
+    /// The absolute discount of interpolated Kneser-Ney.
+    pub const DISCOUNT: f64 = 0.75;
+
     pub fn fit(text: &[i32], order: usize, vocab: usize) -> Result<NGram> {
         if order == 0 || vocab == 0 {
             return Err(Error::invalid(
@@ -249,28 +266,48 @@ impl NGram {
                 if i < k {
                     break;
                 }
-                let seen: &mut Followers = table.entry(text[i - k..i].to_vec()).or_default();
-                *seen.next.entry(text[i]).or_default() += 1;
-                seen.total += 1;
+                table
+                    .entry(text[i - k..i].to_vec())
+                    .or_default()
+                    .add(text[i]);
+            }
+        }
+        // Each (context, next) seen after a longer context counts once per
+        // character that extended the context.
+        let mut continuations: Vec<HashMap<Vec<i32>, Followers>> = vec![HashMap::new(); order - 1];
+        for (k, table) in continuations.iter_mut().enumerate() {
+            for (longer, followers) in &counts[k + 1] {
+                let entry = table.entry(longer[1..].to_vec()).or_default();
+                for &next in followers.next.keys() {
+                    entry.add(next);
+                }
             }
         }
         Ok(NGram {
             order,
             vocab,
             counts,
+            continuations,
         })
     }
 
-    /// P(next | the characters before it), from the longest context down.
+    /// P(next | the characters before it): from the uniform distribution
+    /// up to the longest context, the longest by occurrences and the
+    /// shorter ones by continuations.
     pub fn probability(&self, context: &[i32], next: i32) -> f64 {
+        let levels = self.order.min(context.len() + 1);
         let mut p = 1.0 / self.vocab as f64;
-        for k in 0..self.order.min(context.len() + 1) {
-            let ctx = &context[context.len() - k..];
-            if let Some(followers) = self.counts[k].get(ctx) {
+        for k in 0..levels {
+            let table = match k + 1 == levels {
+                true => &self.counts[k],
+                false => &self.continuations[k],
+            };
+            if let Some(followers) = table.get(&context[context.len() - k..]) {
+                let total = f64::from(followers.total);
+                let seen = f64::from(followers.next.get(&next).copied().unwrap_or(0));
                 let distinct = followers.next.len() as f64;
-                let seen = followers.next.get(&next).copied().unwrap_or(0) as f64;
-                let total = followers.total as f64;
-                p = (seen + distinct * p) / (total + distinct);
+                p = (seen - Self::DISCOUNT).max(0.0) / total
+                    + Self::DISCOUNT * distinct / total * p;
             }
         }
         p
@@ -338,6 +375,24 @@ mod tests {
         assert!(model.probability(&[0, 1], 2) > 0.6);
         // Far better than uniform (log2 5 = 2.32 bits) on its own pattern.
         assert!(model.bits_per_char(&text) < 1.5);
+        Ok(())
+    }
+
+    #[test]
+    fn ngram_lower_orders_count_contexts_not_occurrences() -> Result<()> {
+        // 'a' follows 'x' five times; 'b' follows four different letters.
+        let text: Vec<i32> = "xaxaxaxaxaqbrbsbtb"
+            .bytes()
+            .map(|b| i32::from(b - b'a'))
+            .collect();
+        let model = NGram::fit(&text, 2, 26)?;
+        // After a letter never seen as a context, only the lower order
+        // speaks: it ranks 'b' (four contexts) above 'a' (one), unlike raw
+        // counts (5 against 4).
+        let unseen = [i32::from(b'z' - b'a')];
+        assert!(model.probability(&unseen, 1) > 2.0 * model.probability(&unseen, 0));
+        let sum: f64 = (0..26).map(|c| model.probability(&unseen, c)).sum();
+        assert!((sum - 1.0).abs() < 1e-12, "{sum}");
         Ok(())
     }
 

@@ -313,9 +313,11 @@ pub struct LmOptions {
     pub steps: usize,
 }
 
-/// The order of the n-gram baseline: the next character from the two
-/// before it.
-pub const BASELINE_ORDER: usize = 3;
+/// The order of the n-gram baseline (Kneser-Ney smoothed): the next
+/// character from the three before it, a 4-gram. The issue that asked for
+/// it counts the context and calls it order 3, at about 2.30 bits per
+/// character on the default corpus.
+pub const BASELINE_ORDER: usize = 4;
 
 fn trainer(spec: &CharLmSpec, options: &LmOptions) -> Trainer {
     let model = Settings::new()
