@@ -280,13 +280,19 @@ impl SequenceKernel {
     /// lanes unrolled.
     fn resident_functions(&self) -> String {
         let weights = self.resident_weights();
-        let mut src = self.resident_weights_wgsl(&weights);
-        src += &self.resident_product(&weights);
-        src += &self.resident_epilogue();
-        src
+        let signature = match self.backward {
+            false => "step_rows(b0: u32, end: u32, tb: vec2<u32>, lid: u32, lane8: u32)",
+            true => "carry_rows(b0: u32, end: u32, t: u32, lid: u32, lane8: u32)",
+        };
+        format!(
+            "{}fn {signature} {{\n{}{}}}\n",
+            self.resident_weights_wgsl(&weights),
+            self.resident_product(&weights),
+            self.resident_epilogue(),
+        )
     }
 
-    /// The start of `step_rows`/`carry_rows`: the products of
+    /// The first part of `step_rows`/`carry_rows`' body: the products of
     /// RESIDENT_ROWS sequences' previous hidden states (forward) or
     /// gradients (backward) with the weights, into `acc[block * RR + row]`.
     fn resident_product(&self, weights: &ResidentWeights) -> String {
@@ -302,13 +308,9 @@ impl SequenceKernel {
             false => ("h", "rec[hp{r} + min(i0 + lane8, H - 1u)]"),
             true => ("d", "out[dp{r} + min(i0 + lane8, G * H - 1u)]"),
         };
+        line("    let batch = dims[0];".into());
         if self.backward {
-            line("fn carry_rows(b0: u32, end: u32, t: u32, lid: u32, lane8: u32) {".into());
-            line("    let batch = dims[0];".into());
             line("    let steps = dims[1];".into());
-        } else {
-            line("fn step_rows(b0: u32, end: u32, tb: vec2<u32>, lid: u32, lane8: u32) {".into());
-            line("    let batch = dims[0];".into());
         }
         line(match self.backward {
             false => format!("    var acc: array<f32, {}>;", weights.blocks * rows),
@@ -365,7 +367,7 @@ impl SequenceKernel {
         src
     }
 
-    /// The end of `step_rows`/`carry_rows`: each real row's products
+    /// The rest of `step_rows`/`carry_rows`' body: each real row's products
     /// through the cell (forward; past a sequence's end its state is
     /// carried) or into the gradient carried back (backward). Unrolled: as
     /// a loop over rows and units the bench's forward kernel took 20.6 to
@@ -431,7 +433,6 @@ impl SequenceKernel {
             }
             line("    }".into());
         }
-        line("}".into());
         src
     }
 }

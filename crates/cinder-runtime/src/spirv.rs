@@ -138,7 +138,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn private_arrays_lose_their_initialisers_and_nothing_else_changes() {
+    fn private_arrays_lose_their_initialisers_and_nothing_else_changes() -> Result<()> {
         let wgsl = "
             @group(0) @binding(0) var<storage, read> src: array<f32>;
             @group(0) @binding(1) var<storage, read_write> dst: array<f32>;
@@ -150,7 +150,7 @@ mod tests {
                 for (var m = 0u; m < 64u; m++) { acc += w[(m * 7u) % 64u]; }
                 dst[lid] = acc;
             }";
-        let spirv = without_private_zeroing("test", wgsl).unwrap();
+        let spirv = without_private_zeroing("test", wgsl)?;
         assert_eq!(spirv.entry_point, "main");
         assert_eq!(spirv.workgroup_size, [32, 1, 1]);
         let read_only: Vec<_> = spirv
@@ -185,6 +185,7 @@ mod tests {
         }
         assert_eq!(private, 1);
         assert!(initialised_locals >= 2, "{initialised_locals}");
+        Ok(())
     }
 
     #[test]
