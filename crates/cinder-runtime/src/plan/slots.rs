@@ -5,7 +5,7 @@
 
 use super::emit::{Bind, Kernel, Layout, ScalarSource};
 use super::{Fusion, Graph, PlanSpec, Target, Uses};
-use crate::canon::CanonEffect;
+use crate::canon::{CanonEffect, Entry};
 use crate::codegen;
 use crate::error::{Error, Result};
 use crate::graph::{numel, Op};
@@ -76,46 +76,7 @@ pub(crate) fn allocate(
         resources.push(r);
     }
 
-    let mut last_read = vec![0usize; n];
-    for (k, kernel) in kernels.iter().enumerate() {
-        for &i in &kernel.reads {
-            last_read[i] = k;
-        }
-    }
-    let mut slot_of: Vec<Option<usize>> = vec![None; n];
-    let mut slot_sizes: Vec<u64> = Vec::new();
-    let mut free_slots: Vec<usize> = Vec::new();
-    let mut assigned_slot: Vec<Option<usize>> = vec![None; resources.len()];
-    for (k, kernel) in kernels.iter().enumerate() {
-        for &out in &kernel.outputs {
-            // (A concatenation's copies all write the one output.)
-            if slot_of[out].is_some() {
-                continue;
-            }
-            if let Some(r) = res_of[out] {
-                if let Resource::Slot(size) = resources[r] {
-                    let s = match free_slots.iter().position(|&s| slot_sizes[s] == size) {
-                        Some(pos) => free_slots.swap_remove(pos),
-                        None => {
-                            slot_sizes.push(size);
-                            slot_sizes.len() - 1
-                        }
-                    };
-                    slot_of[out] = Some(s);
-                    assigned_slot[r] = Some(s);
-                }
-            }
-        }
-        for &i in &kernel.reads {
-            if last_read[i] == k {
-                if let Some(s) = slot_of[i] {
-                    if !free_slots.contains(&s) {
-                        free_slots.push(s);
-                    }
-                }
-            }
-        }
-    }
+    let (mut slot_sizes, mut assigned_slot) = share_slots(&kernels, &resources, &res_of);
     // A replay binds buffers, uploads and seeds by the structure's indices.
     let canonical = |i: usize| -> Result<usize> {
         graph.origin.get(i).copied().flatten().ok_or_else(|| {
@@ -159,89 +120,9 @@ pub(crate) fn allocate(
             .ok_or_else(|| Error::Gpu(format!("internal: entry {i} has no buffer")))
     };
 
-    let bytes_of = |i: usize| (numel(&entries[i].shape) * entries[i].dtype.size()) as u64;
-    let chunk = target.chunk;
     let mut steps = Vec::with_capacity(kernels.len());
     for kernel in kernels {
-        let mut bound = Vec::with_capacity(kernel.binds.len());
-        for bind in &kernel.binds {
-            match bind {
-                Bind::Entry {
-                    entry,
-                    layout: Layout::Chunked,
-                } => {
-                    let resource = resource_of(*entry)?;
-                    let total = bytes_of(*entry);
-                    let step = chunk as u64 * 4;
-                    let count = codegen::chunk_count(numel(&entries[*entry].shape), chunk) as u64;
-                    bound.extend((0..count).map(|c| {
-                        Bound::Buffer(Binding {
-                            resource,
-                            offset: c * step,
-                            size: (total - c * step).min(step).max(4),
-                        })
-                    }));
-                }
-                Bind::Entry {
-                    entry,
-                    layout: Layout::Whole,
-                } => {
-                    let size = bytes_of(*entry).max(4);
-                    if size > chunk as u64 * 4 {
-                        return Err(Error::Unsupported {
-                            feature: format!(
-                                "{} on a tensor of {size} bytes (this adapter binds at most {} bytes at once)",
-                                kernel.name,
-                                chunk * 4
-                            ),
-                            adapter: target.adapter.clone(),
-                        });
-                    }
-                    bound.push(Bound::Buffer(Binding {
-                        resource: resource_of(*entry)?,
-                        offset: 0,
-                        size: padded_size(size),
-                    }));
-                }
-                Bind::Entry {
-                    entry,
-                    layout: Layout::Range { start, len },
-                } => {
-                    let elements = numel(&entries[*entry].shape);
-                    if start + len > elements || *len > chunk {
-                        return Err(Error::Gpu(format!(
-                            "internal: range {start}+{len} of an entry of {elements} elements"
-                        )));
-                    }
-                    let size = entries[*entry].dtype.size() as u64;
-                    bound.push(Bound::Buffer(Binding {
-                        resource: resource_of(*entry)?,
-                        offset: *start as u64 * size,
-                        size: padded_size(*len as u64 * size),
-                    }));
-                }
-                Bind::Texture { width, height, tag } => bound.push(Bound::Texture {
-                    width: *width,
-                    height: *height,
-                    tag: *tag,
-                }),
-                Bind::Scalars(source) => {
-                    let seeds = |seeds: &[usize]| -> Result<Vec<usize>> {
-                        seeds.iter().map(|&i| canonical(i)).collect()
-                    };
-                    bound.push(Bound::Scalars(match source {
-                        ScalarSource::Seeds(s) => ScalarSource::Seeds(seeds(s)?),
-                        ScalarSource::MatmulEpilogue { dims, seeds: s } => {
-                            ScalarSource::MatmulEpilogue {
-                                dims: dims.clone(),
-                                seeds: seeds(s)?,
-                            }
-                        }
-                        other => other.clone(),
-                    }))
-                }
-            }
-        }
+        let bound = bind(&kernel, entries, target, &resource_of, &canonical)?;
         steps.push(StepSpec { kernel, bound });
     }
     let root_resources = graph
@@ -267,6 +148,152 @@ pub(crate) fn allocate(
         root_resources,
         written,
     })
+}
+
+/// Physical slots for the intermediates, by liveness over the kernel order:
+/// a slot is free after its value's last reader and may then hold a later
+/// kernel's output of the same padded size. Returns the slots' sizes and
+/// each resource's slot (none for an intermediate no kernel writes).
+fn share_slots(
+    kernels: &[Kernel],
+    resources: &[Resource],
+    res_of: &[Option<usize>],
+) -> (Vec<u64>, Vec<Option<usize>>) {
+    let n = res_of.len();
+    let mut last_read = vec![0usize; n];
+    for (k, kernel) in kernels.iter().enumerate() {
+        for &i in &kernel.reads {
+            last_read[i] = k;
+        }
+    }
+    let mut slot_of: Vec<Option<usize>> = vec![None; n];
+    let mut slot_sizes: Vec<u64> = Vec::new();
+    let mut free_slots: Vec<usize> = Vec::new();
+    let mut assigned_slot: Vec<Option<usize>> = vec![None; resources.len()];
+    for (k, kernel) in kernels.iter().enumerate() {
+        for &out in &kernel.outputs {
+            // (A concatenation's copies all write the one output.)
+            if slot_of[out].is_some() {
+                continue;
+            }
+            if let Some(r) = res_of[out] {
+                if let Resource::Slot(size) = resources[r] {
+                    let s = match free_slots.iter().position(|&s| slot_sizes[s] == size) {
+                        Some(pos) => free_slots.swap_remove(pos),
+                        None => {
+                            slot_sizes.push(size);
+                            slot_sizes.len() - 1
+                        }
+                    };
+                    slot_of[out] = Some(s);
+                    assigned_slot[r] = Some(s);
+                }
+            }
+        }
+        for &i in &kernel.reads {
+            if last_read[i] == k {
+                if let Some(s) = slot_of[i] {
+                    if !free_slots.contains(&s) {
+                        free_slots.push(s);
+                    }
+                }
+            }
+        }
+    }
+    (slot_sizes, assigned_slot)
+}
+
+/// `kernel`'s bindings resolved to resources and byte ranges (a chunked
+/// entry is one binding per chunk), its seeds to the structure's indices.
+fn bind(
+    kernel: &Kernel,
+    entries: &[Entry],
+    target: &Target,
+    resource_of: &dyn Fn(usize) -> Result<usize>,
+    canonical: &dyn Fn(usize) -> Result<usize>,
+) -> Result<Vec<Bound>> {
+    let bytes_of = |i: usize| (numel(&entries[i].shape) * entries[i].dtype.size()) as u64;
+    let chunk = target.chunk;
+    let mut bound = Vec::with_capacity(kernel.binds.len());
+    for bind in &kernel.binds {
+        match bind {
+            Bind::Entry {
+                entry,
+                layout: Layout::Chunked,
+            } => {
+                let resource = resource_of(*entry)?;
+                let total = bytes_of(*entry);
+                let step = chunk as u64 * 4;
+                let count = codegen::chunk_count(numel(&entries[*entry].shape), chunk) as u64;
+                bound.extend((0..count).map(|c| {
+                    Bound::Buffer(Binding {
+                        resource,
+                        offset: c * step,
+                        size: (total - c * step).min(step).max(4),
+                    })
+                }));
+            }
+            Bind::Entry {
+                entry,
+                layout: Layout::Whole,
+            } => {
+                let size = bytes_of(*entry).max(4);
+                if size > chunk as u64 * 4 {
+                    return Err(Error::Unsupported {
+                        feature: format!(
+                            "{} on a tensor of {size} bytes (this adapter binds at most {} bytes at once)",
+                            kernel.name,
+                            chunk * 4
+                        ),
+                        adapter: target.adapter.clone(),
+                    });
+                }
+                bound.push(Bound::Buffer(Binding {
+                    resource: resource_of(*entry)?,
+                    offset: 0,
+                    size: padded_size(size),
+                }));
+            }
+            Bind::Entry {
+                entry,
+                layout: Layout::Range { start, len },
+            } => {
+                let elements = numel(&entries[*entry].shape);
+                if start + len > elements || *len > chunk {
+                    return Err(Error::Gpu(format!(
+                        "internal: range {start}+{len} of an entry of {elements} elements"
+                    )));
+                }
+                let size = entries[*entry].dtype.size() as u64;
+                bound.push(Bound::Buffer(Binding {
+                    resource: resource_of(*entry)?,
+                    offset: *start as u64 * size,
+                    size: padded_size(*len as u64 * size),
+                }));
+            }
+            Bind::Texture { width, height, tag } => bound.push(Bound::Texture {
+                width: *width,
+                height: *height,
+                tag: *tag,
+            }),
+            Bind::Scalars(source) => {
+                let seeds = |seeds: &[usize]| -> Result<Vec<usize>> {
+                    seeds.iter().map(|&i| canonical(i)).collect()
+                };
+                bound.push(Bound::Scalars(match source {
+                    ScalarSource::Seeds(s) => ScalarSource::Seeds(seeds(s)?),
+                    ScalarSource::MatmulEpilogue { dims, seeds: s } => {
+                        ScalarSource::MatmulEpilogue {
+                            dims: dims.clone(),
+                            seeds: seeds(s)?,
+                        }
+                    }
+                    other => other.clone(),
+                }))
+            }
+        }
+    }
+    Ok(bound)
 }
 
 #[cfg(test)]
