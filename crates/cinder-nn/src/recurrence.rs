@@ -245,6 +245,14 @@ impl SequenceKernel {
                 src += &format!("var<private> {array}: array<f32, {}>;\n", weights.piece(p));
             }
         }
+        if !self.backward {
+            let (_, units) = self.lanes();
+            for u in 0..units {
+                for g in 0..gates {
+                    src += &format!("var<private> bias{u}_{g}: f32;\n");
+                }
+            }
+        }
         src += "\nfn fill_weights(lid: u32) {\n";
         for m in 0..weights.blocks {
             let (unit, inside, at) = match self.backward {
@@ -268,6 +276,17 @@ impl SequenceKernel {
                     start = p * PIECE,
                     array = weights.array(m, p),
                 );
+            }
+        }
+        if !self.backward {
+            // Each unit's gate biases, read once rather than at every step
+            // (a buffer read there cost the bench's forward kernel 13%).
+            let (_, units) = self.lanes();
+            for u in 0..units {
+                src += &format!("    let jb{u} = min({u}u * WG + lid, H - 1u);\n");
+                for g in 0..gates {
+                    src += &format!("    bias{u}_{g} = gate_bias({g}u, jb{u});\n");
+                }
             }
         }
         src += "}\n";
@@ -411,12 +430,7 @@ impl SequenceKernel {
                 ));
                 for u in 0..units {
                     let a: Vec<String> = (0..gates)
-                        .map(|g| {
-                            format!(
-                                "acc[{}] + gate_bias({g}u, j{u})",
-                                (u * gates + g) * rows + r
-                            )
-                        })
+                        .map(|g| format!("acc[{}] + bias{u}_{g}", (u * gates + g) * rows + r))
                         .collect();
                     line(format!(
                         "            if (j{u} < H) {{ cell_forward(array<f32, G>({}), here, prev, x, j{u}); }}",
@@ -602,17 +616,30 @@ impl CustomKernel for Recurrence {
     }
 
     fn wgsl(&self) -> String {
-        // Every input must be bound (the pipeline's layout comes from what
-        // the shader reads), so the others are read under a condition that
-        // never holds.
-        "
+        // The widths are constants so that the adapter divides by them with
+        // a multiply and shifts, and on a CPU adapter (where a buffer is
+        // read and written lane by lane) the copy moves pairs of floats as
+        // u64s: a runtime divisor and single floats made it 2.6 ms of the
+        // LSTM bench's step on lavapipe. Every input must be bound (the
+        // pipeline's layout comes from what the shader reads), so the others
+        // are read under a condition that never holds.
+        let per = self.per_item();
+        let item = if per == 2 { "u64" } else { "f32" };
+        let unused = match per {
+            2 => "v += u64(bitcast<u32>(projected[0] + weight[0] + h0[0] + c0[0] + bias[0]));",
+            _ => "v += projected[0] + weight[0] + h0[0] + c0[0] + bias[0];",
+        };
+        format!(
+            "
+const WIDTH: u32 = {width}u;
+const RECORD: u32 = {record}u;
 @group(0) @binding(0) var<storage, read> projected: array<f32>;
 @group(0) @binding(1) var<storage, read> weight: array<f32>;
 @group(0) @binding(2) var<storage, read> h0: array<f32>;
 @group(0) @binding(3) var<storage, read> c0: array<f32>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
-@group(0) @binding(5) var<storage, read> records: array<f32>;
-@group(0) @binding(6) var<storage, read_write> out: array<f32>;
+@group(0) @binding(5) var<storage, read> records: array<{item}>;
+@group(0) @binding(6) var<storage, read_write> out: array<{item}>;
 @group(0) @binding(7) var<storage, read> dims: array<u32>;
 
 @compute @workgroup_size(256)
@@ -620,32 +647,49 @@ fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
-) {
+) {{
     let i = (wid.y * nwg.x + wid.x) * 256u + lid;
-    if (i >= dims[0]) { return; }
-    // out[t, b, o] = records[t, b, 4H + o]: the state blocks of each record.
-    let width = dims[1];
-    let record = dims[2];
-    var v = records[(i / width) * record + record - width + i % width];
-    if (width == 0u) {
-        v += projected[0] + weight[0] + h0[0] + c0[0] + bias[0];
-    }
+    if (i >= dims[0]) {{ return; }}
+    // out[t, b, o] = records[t, b, 4H + o]: the state blocks of each record
+    // (counted in items of {per} floats).
+    var v = records[(i / WIDTH) * RECORD + RECORD - WIDTH + i % WIDTH];
+    if (dims[1] == 0u) {{
+        {unused}
+    }}
     out[i] = v;
-}
-"
-        .to_string()
+}}
+",
+            width = self.state_width() / per,
+            record = Blocks::of(self.backward.kind).record * self.backward.hidden / per,
+        )
+    }
+
+    fn workgroups(&self, output: &[usize], _inputs: &[&[usize]]) -> [u32; 3] {
+        let items = output.iter().product::<usize>() / self.per_item();
+        let groups = items.div_ceil(256).max(1);
+        let y = groups.div_ceil(65535);
+        [groups.div_ceil(y) as u32, y as u32, 1]
     }
 
     fn params(&self, output: &[usize], _inputs: &[&[usize]]) -> Vec<u32> {
         vec![
-            output.iter().product::<usize>() as u32,
+            (output.iter().product::<usize>() / self.per_item()) as u32,
             self.state_width() as u32,
-            (Blocks::of(self.backward.kind).record * self.backward.hidden) as u32,
         ]
     }
 }
 
 impl Recurrence {
+    /// Floats the state copy moves at a time: pairs where the adapter has
+    /// 64-bit integers and is a CPU (as with the resident kernels) and every
+    /// record's blocks are whole pairs.
+    fn per_item(&self) -> usize {
+        match self.backward.resident && self.backward.hidden % 2 == 0 {
+            true => 2,
+            false => 1,
+        }
+    }
+
     /// The state blocks the op hands on, last in each record: LSTM `[c,
     /// h]`, else `[h]`.
     fn state_width(&self) -> usize {
