@@ -684,7 +684,7 @@ impl Recurrence {
     /// 64-bit integers and is a CPU (as with the resident kernels) and every
     /// record's blocks are whole pairs.
     fn per_item(&self) -> usize {
-        match self.backward.resident && self.backward.hidden % 2 == 0 {
+        match self.backward.resident && self.backward.hidden.is_multiple_of(2) {
             true => 2,
             false => 1,
         }
