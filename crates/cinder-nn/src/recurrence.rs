@@ -218,6 +218,22 @@ impl SequenceKernel {
         (lanes, hidden.div_ceil(lanes))
     }
 
+    /// Whether the kernel addresses its buffers in pairs of floats (u64s),
+    /// each invocation taking two neighbouring units
+    /// (`recurrence/backward_pairs.wgsl`): the resident backward kernel,
+    /// where two units per invocation fit and the width is even.
+    fn pairs(&self) -> bool {
+        self.resident && self.backward && self.lanes().1 == 2 && self.hidden.is_multiple_of(2)
+    }
+
+    /// Unit `unit` of the units of invocation `lid`, as WGSL.
+    fn unit_of(&self, unit: usize) -> String {
+        match self.pairs() {
+            true => format!("2u * lid + {unit}u"),
+            false => format!("{unit}u * WG + lid"),
+        }
+    }
+
     /// The resident kernels' weights in private memory: a unit's gate row
     /// per block forward, a unit's column of the stacked weights backward.
     fn resident_weights(&self) -> ResidentWeights {
@@ -225,7 +241,11 @@ impl SequenceKernel {
         let (_, units) = self.lanes();
         let (name, blocks, len) = match self.backward {
             false => ("w", units * gates, self.hidden.div_ceil(8) * 8),
-            true => ("wc", units, (gates * self.hidden).div_ceil(8) * 8),
+            // Pairs broadcast sixteen gradients at a time.
+            true => {
+                let step = if self.pairs() { 16 } else { 8 };
+                ("wc", units, (gates * self.hidden).div_ceil(step) * step)
+            }
         };
         ResidentWeights { name, blocks, len }
     }
@@ -263,7 +283,7 @@ impl SequenceKernel {
                 ),
                 true => (m, "i < G * H", "weight[i * H + j]".to_string()),
             };
-            src += &format!("    let j{m} = {unit}u * WG + lid;\n");
+            src += &format!("    let j{m} = {};\n", self.unit_of(unit));
             for p in 0..weights.pieces() {
                 src += &format!(
                     "    for (var e = 0u; e < {piece}u; e++) {{\n        \
@@ -345,13 +365,32 @@ impl SequenceKernel {
                 ));
             }
         }
+        // Each lane loads one value (a pair with `pairs`) of the eight (16)
+        // that the subgroup broadcasts.
+        let step = if self.pairs() { 16 } else { 8 };
         for p in 0..weights.pieces() {
             line(format!(
-                "    for (var e = 0u; e < {}u; e += 8u) {{",
+                "    for (var e = 0u; e < {}u; e += {step}u) {{",
                 weights.piece(p)
             ));
             line(format!("        let i0 = {}u + e;", p * PIECE));
             for r in 0..rows {
+                if self.pairs() {
+                    line(format!(
+                        "        let mine{r} = unpack(out[dp{r} / 2u + min(i0 / 2u + lane8, G * H / 2u - 1u)]);"
+                    ));
+                    for k in 0..8 {
+                        line(format!(
+                            "        let {vector}{r}_{} = subgroupBroadcast(mine{r}.x, {k}u);",
+                            2 * k
+                        ));
+                        line(format!(
+                            "        let {vector}{r}_{} = subgroupBroadcast(mine{r}.y, {k}u);",
+                            2 * k + 1
+                        ));
+                    }
+                    continue;
+                }
                 line(format!(
                     "        let mine{r} = {};",
                     load_at.replace("{r}", &r.to_string())
@@ -364,15 +403,16 @@ impl SequenceKernel {
             }
             for m in 0..weights.blocks {
                 line("        {".into());
-                for k in 0..8 {
+                for k in 0..step {
                     line(format!(
                         "        let w{k} = {}[e + {k}u];",
                         weights.array(m, p)
                     ));
                 }
                 for r in 0..rows {
-                    let terms: Vec<String> =
-                        (0..8).map(|k| format!("{vector}{r}_{k} * w{k}")).collect();
+                    let terms: Vec<String> = (0..step)
+                        .map(|k| format!("{vector}{r}_{k} * w{k}"))
+                        .collect();
                     line(format!(
                         "        acc[{}] += {};",
                         m * rows + r,
@@ -401,7 +441,7 @@ impl SequenceKernel {
             src.push('\n');
         };
         for u in 0..units {
-            line(format!("    let j{u} = {u}u * WG + lid;"));
+            line(format!("    let j{u} = {};", self.unit_of(u)));
         }
         for r in 0..rows {
             line(format!("    if (b0 + {r}u < end) {{"));
@@ -410,7 +450,14 @@ impl SequenceKernel {
                 line(format!(
                     "            let carry = steps * batch * D * H + row{r} * 2u * H;"
                 ));
-                for u in 0..units {
+                if self.pairs() {
+                    // j0 and j1 are one pair: one read and one write.
+                    line(format!(
+                        "            if (j1 < H) {{ let c = (carry + j0) / 2u; out[c] = pack(unpack(out[c]) + vec2<f32>(acc[{r}], acc[{}])); }}",
+                        rows + r
+                    ));
+                }
+                for u in (0..units).filter(|_| !self.pairs()) {
                     line(format!(
                         "            if (j{u} < H) {{ out[carry + j{u}] += acc[{}]; }}",
                         u * rows + r
@@ -499,9 +546,10 @@ impl CustomKernel for SequenceKernel {
             (true, false) => include_str!("recurrence/backward.wgsl"),
             (true, true) => include_str!("recurrence/backward_resident.wgsl"),
         };
-        let shared = match self.backward {
-            false => include_str!("recurrence/forward_common.wgsl"),
-            true => include_str!("recurrence/backward_common.wgsl"),
+        let shared = match (self.backward, self.pairs()) {
+            (false, _) => include_str!("recurrence/forward_common.wgsl"),
+            (true, false) => include_str!("recurrence/backward_common.wgsl"),
+            (true, true) => include_str!("recurrence/backward_pairs.wgsl"),
         };
         let generated = match self.resident {
             true => self.resident_functions(),
@@ -532,6 +580,7 @@ impl CustomKernel for SequenceKernel {
              const H8: u32 = {}u;\n\
              const GH8: u32 = {}u;\n\
              const RR: u32 = {RESIDENT_ROWS}u;\n\
+             const DC: u32 = {}u;\n\
              const RELU: bool = {};\n",
             blocks.gates,
             blocks.record,
@@ -543,6 +592,7 @@ impl CustomKernel for SequenceKernel {
             self.lanes().1,
             hidden.div_ceil(8) * 8,
             (blocks.gates * hidden).div_ceil(8) * 8,
+            blocks.grad + 2,
             self.kind == CellKind::RnnRelu,
         );
         format!("{constants}{COMMON_WGSL}\n{shared}\n{skeleton}\n{cell}\n{generated}")

@@ -18,10 +18,7 @@ fn main(
     let reverse = dims[2] == 1u;
     let b = wid.x;
     let carry = steps * batch * D * H + b * 2u * H;
-    for (var j = lid; j < H; j += WG) {
-        out[carry + j] = 0.0;
-        out[carry + H + j] = 0.0;
-    }
+    clear_carry(carry, lid);
     let length = lengths[b];
     for (var n = 0u; n < steps; n++) {
         let tb = visited(steps - 1u - n, steps, reverse);
@@ -30,15 +27,7 @@ fn main(
         let d = (tb.x * batch + b) * D * H;
         let g = (tb.x * batch + b) * S;
         let real = i32(tb.x) < length;
-        if (real) {
-            for (var j = lid; j < H; j += WG) {
-                cell_backward(here, prev, g, d, carry, j);
-            }
-        } else {
-            for (var j = lid; j < H; j += WG) {
-                pass_back(g, d, carry, j);
-            }
-        }
+        step_units(here, prev, g, d, carry, lid, real);
         storageBarrier();
         if (real) {
             // Lanes read consecutive weights; d is the same for the whole

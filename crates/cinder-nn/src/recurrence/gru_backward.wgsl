@@ -3,16 +3,25 @@
 // d n (pre-activation)]: the recurrent side's three blocks, then the
 // input side's n.
 
-fn cell_backward(here: u32, prev: u32, g: u32, d: u32, carry: u32, j: u32) {
-    let dh = grad[g + j] + out[carry + j];
-    let r = rec[here + j];
-    let z = rec[here + H + j];
-    let n = rec[here + 2u * H + j];
-    let hn = rec[here + 3u * H + j];
+// Record blocks the step's gradients read (r, z, n, hn), and the block of
+// the record before (its hidden state).
+const RB: u32 = 4u;
+const PREV: u32 = 4u;
+
+// d, then the state gradient carried back (dh; no cell), from the state's
+// gradient, the step's record and the hidden state before it.
+fn cell_grads(dh: f32, dc: f32, r: array<f32, RB>, before: f32) -> array<f32, DC> {
+    let rr = r[0];
+    let z = r[1];
+    let n = r[2];
+    let hn = r[3];
     let d_an = dh * (1.0 - z) * (1.0 - n * n);
-    out[d + j] = d_an * hn * r * (1.0 - r);
-    out[d + H + j] = dh * (rec[prev + 4u * H + j] - n) * z * (1.0 - z);
-    out[d + 2u * H + j] = d_an * r;
-    out[d + 3u * H + j] = d_an;
-    out[carry + j] = dh * z;
+    return array<f32, DC>(
+        d_an * hn * rr * (1.0 - rr),
+        dh * (before - n) * z * (1.0 - z),
+        d_an * rr,
+        d_an,
+        dh * z,
+        0.0,
+    );
 }
