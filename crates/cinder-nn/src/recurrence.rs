@@ -220,10 +220,10 @@ impl SequenceKernel {
 
     /// Whether the kernel addresses its buffers in pairs of floats (u64s),
     /// each invocation taking two neighbouring units
-    /// (`recurrence/backward_pairs.wgsl`): the resident backward kernel,
-    /// where two units per invocation fit and the width is even.
+    /// (`recurrence/*_pairs.wgsl`): the resident kernels, where two units
+    /// per invocation fit and the width is even.
     fn pairs(&self) -> bool {
-        self.resident && self.backward && self.lanes().1 == 2 && self.hidden.is_multiple_of(2)
+        self.resident && self.lanes().1 == 2 && self.hidden.is_multiple_of(2)
     }
 
     /// Unit `unit` of the units of invocation `lid`, as WGSL.
@@ -239,13 +239,11 @@ impl SequenceKernel {
     fn resident_weights(&self) -> ResidentWeights {
         let gates = Blocks::of(self.kind).gates;
         let (_, units) = self.lanes();
+        // Pairs broadcast sixteen values at a time.
+        let step = if self.pairs() { 16 } else { 8 };
         let (name, blocks, len) = match self.backward {
-            false => ("w", units * gates, self.hidden.div_ceil(8) * 8),
-            // Pairs broadcast sixteen gradients at a time.
-            true => {
-                let step = if self.pairs() { 16 } else { 8 };
-                ("wc", units, (gates * self.hidden).div_ceil(step) * step)
-            }
+            false => ("w", units * gates, self.hidden.div_ceil(step) * step),
+            true => ("wc", units, (gates * self.hidden).div_ceil(step) * step),
         };
         ResidentWeights { name, blocks, len }
     }
@@ -303,7 +301,7 @@ impl SequenceKernel {
             // (a buffer read there cost the bench's forward kernel 13%).
             let (_, units) = self.lanes();
             for u in 0..units {
-                src += &format!("    let jb{u} = min({u}u * WG + lid, H - 1u);\n");
+                src += &format!("    let jb{u} = min({}, H - 1u);\n", self.unit_of(u));
                 for g in 0..gates {
                     src += &format!("    bias{u}_{g} = gate_bias({g}u, jb{u});\n");
                 }
@@ -377,7 +375,15 @@ impl SequenceKernel {
             for r in 0..rows {
                 if self.pairs() {
                     line(format!(
-                        "        let mine{r} = unpack(out[dp{r} / 2u + min(i0 / 2u + lane8, G * H / 2u - 1u)]);"
+                        "        let mine{r} = {};",
+                        match self.backward {
+                            false => format!(
+                                "unpack(rec[hp{r} / 2u + min(i0 / 2u + lane8, H / 2u - 1u)])"
+                            ),
+                            true => format!(
+                                "unpack(out[dp{r} / 2u + min(i0 / 2u + lane8, G * H / 2u - 1u)])"
+                            ),
+                        }
                     ));
                     for k in 0..8 {
                         line(format!(
@@ -475,20 +481,34 @@ impl SequenceKernel {
                 line(format!(
                     "            let x = (tb.x * batch + row{r}) * G * H;"
                 ));
-                for u in 0..units {
+                let products = |u: usize| {
                     let a: Vec<String> = (0..gates)
                         .map(|g| format!("acc[{}] + bias{u}_{g}", (u * gates + g) * rows + r))
                         .collect();
+                    format!("array<f32, G>({})", a.join(", "))
+                };
+                if self.pairs() {
+                    // j0 and j1 are one pair.
                     line(format!(
-                        "            if (j{u} < H) {{ cell_forward(array<f32, G>({}), here, prev, x, j{u}); }}",
-                        a.join(", ")
+                        "            if (j1 < H) {{ cell_forward_pair({}, {}, here, prev, x, lid); }}",
+                        products(0),
+                        products(1)
                     ));
-                }
-                line("        } else {".into());
-                for u in 0..units {
-                    line(format!(
-                        "            if (j{u} < H) {{ carry_slot(here, prev, j{u}); }}"
-                    ));
+                    line("        } else {".into());
+                    line("            if (j1 < H) { carry_pair(here, prev, lid); }".into());
+                } else {
+                    for u in 0..units {
+                        line(format!(
+                            "            if (j{u} < H) {{ cell_forward({}, here, prev, x, j{u}); }}",
+                            products(u)
+                        ));
+                    }
+                    line("        } else {".into());
+                    for u in 0..units {
+                        line(format!(
+                            "            if (j{u} < H) {{ carry_slot(here, prev, j{u}); }}"
+                        ));
+                    }
                 }
                 line("        }".into());
             }
@@ -547,9 +567,20 @@ impl CustomKernel for SequenceKernel {
             (true, true) => include_str!("recurrence/backward_resident.wgsl"),
         };
         let shared = match (self.backward, self.pairs()) {
-            (false, _) => include_str!("recurrence/forward_common.wgsl"),
+            (false, false) => concat!(
+                include_str!("recurrence/forward_shared.wgsl"),
+                include_str!("recurrence/forward_common.wgsl")
+            ),
+            (false, true) => concat!(
+                include_str!("recurrence/pairs.wgsl"),
+                include_str!("recurrence/forward_shared.wgsl"),
+                include_str!("recurrence/forward_pairs.wgsl")
+            ),
             (true, false) => include_str!("recurrence/backward_common.wgsl"),
-            (true, true) => include_str!("recurrence/backward_pairs.wgsl"),
+            (true, true) => concat!(
+                include_str!("recurrence/pairs.wgsl"),
+                include_str!("recurrence/backward_pairs.wgsl")
+            ),
         };
         let generated = match self.resident {
             true => self.resident_functions(),

@@ -1,22 +1,15 @@
 // Shared by the backward kernels that address their buffers in pairs of
-// floats (u64s), each invocation taking two neighbouring units: on a CPU
-// adapter, where a buffer is read and written lane by lane, this halves
-// the loads and stores. Offsets are counted in floats and are even (the
-// widths are). The same as `backward_common.wgsl` otherwise.
+// floats (u64s, `pairs.wgsl`), each invocation taking two neighbouring
+// units: on a CPU adapter, where a buffer is read and written lane by
+// lane, this halves the loads and stores. Offsets are counted in floats
+// and are even (the widths are). The same as `backward_common.wgsl`
+// otherwise.
 @group(0) @binding(0) var<storage, read> grad: array<u64>;      // [T, B, S]: the op's state gradient
 @group(0) @binding(1) var<storage, read> rec: array<u64>;       // [T + 1, B, R*H]
 @group(0) @binding(2) var<storage, read> weight: array<f32>;    // [G*H, H]: W_hh
 @group(0) @binding(3) var<storage, read> lengths: array<i32>;   // [B]
 @group(0) @binding(4) var<storage, read_write> out: array<u64>; // [T, B, D*H], then [B, 2H]: dh, dc
 @group(0) @binding(5) var<storage, read> dims: array<u32>;      // B, T, reverse
-
-fn unpack(x: u64) -> vec2<f32> {
-    return vec2<f32>(bitcast<f32>(u32(x)), bitcast<f32>(u32(x >> 32u)));
-}
-
-fn pack(v: vec2<f32>) -> u64 {
-    return u64(bitcast<u32>(v.x)) | (u64(bitcast<u32>(v.y)) << 32u);
-}
 
 // Units 2 jp and 2 jp + 1 of a real step (see `cell_backward`).
 fn cell_backward_pair(here: u32, prev: u32, g: u32, d: u32, carry: u32, jp: u32) {

@@ -33,9 +33,7 @@ fn main(
     let reverse = dims[2] == 1u;
     let b = wid.x;
     let init = (steps * batch + b) * R * H;
-    for (var j = lid; j < H; j += WG) {
-        initial_slot(init, b, j);
-    }
+    initial_units(init, b, lid);
     storageBarrier();
     let length = lengths[b];
     for (var k = 0u; k < steps; k++) {

@@ -1,21 +1,8 @@
-// Shared by both forward kernels: their bindings and the records' slots.
+// Shared by the forward kernels that address the projection and the
+// records as single floats: those bindings, a step's cell code and the
+// records' slots. (`forward_pairs.wgsl` is the same in pairs of floats.)
 @group(0) @binding(0) var<storage, read> projected: array<f32>; // [T, B, G*H]
-@group(0) @binding(1) var<storage, read> weight_t: array<f32>;  // [H, G*H]: W_hh transposed
-@group(0) @binding(2) var<storage, read> bias: array<f32>;      // [G*H] or unread
-@group(0) @binding(3) var<storage, read> h0: array<f32>;        // [B, H]
-@group(0) @binding(4) var<storage, read> c0: array<f32>;        // [B, H] (LSTM) or unread
-@group(0) @binding(5) var<storage, read> lengths: array<i32>;   // [B]
 @group(0) @binding(6) var<storage, read_write> rec: array<f32>; // [T + 1, B, R*H]
-@group(0) @binding(7) var<storage, read> dims: array<u32>;      // B, T, reverse, has a bias
-
-// The bias of gate block g, unit j: b_ih + b_hh (RNN, LSTM) or b_hh (GRU,
-// whose b_hn sits inside the reset gate's product).
-fn gate_bias(g: u32, j: u32) -> f32 {
-    if (dims[3] == 1u) {
-        return bias[g * H + j];
-    }
-    return 0.0;
-}
 
 // Unit j of sequence b's initial-state slot at `init`: zero gates, then
 // the state blocks.
@@ -37,5 +24,25 @@ fn initial_slot(init: u32, b: u32, j: u32) {
 fn carry_slot(here: u32, prev: u32, j: u32) {
     for (var q = 0u; q < R; q++) {
         rec[here + q * H + j] = select(0.0, rec[prev + q * H + j], q >= STATE_FROM);
+    }
+}
+
+// Unit j of a real step (`cell_values`, by kind), from its recurrent
+// products `a` (biases added).
+fn cell_forward(a: array<f32, G>, here: u32, prev: u32, x: u32, j: u32) {
+    var p: array<f32, G>;
+    for (var q = 0u; q < G; q++) {
+        p[q] = projected[x + q * H + j];
+    }
+    let v = cell_values(a, p, rec[prev + PREV * H + j]);
+    for (var q = 0u; q < R; q++) {
+        rec[here + q * H + j] = v[q];
+    }
+}
+
+// Invocation lid's units of sequence b's initial-state slot.
+fn initial_units(init: u32, b: u32, lid: u32) {
+    for (var j = lid; j < H; j += WG) {
+        initial_slot(init, b, j);
     }
 }

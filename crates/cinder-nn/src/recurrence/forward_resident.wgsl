@@ -25,9 +25,7 @@ fn main(
     let end = min(first + rows, batch);
     for (var b = first; b < end; b++) {
         let init = (steps * batch + b) * R * H;
-        for (var j = lid; j < H; j += WG) {
-            initial_slot(init, b, j);
-        }
+        initial_units(init, b, lid);
     }
     storageBarrier();
     for (var k = 0u; k < steps; k++) {

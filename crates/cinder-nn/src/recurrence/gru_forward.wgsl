@@ -3,14 +3,15 @@
 // d n (pre-activation)]: the recurrent side's three blocks, then the
 // input side's n.
 
-fn cell_forward(a: array<f32, G>, here: u32, prev: u32, x: u32, j: u32) {
-    let r = sigmoid_r(projected[x + j] + a[0]);
-    let z = sigmoid_r(projected[x + H + j] + a[1]);
+// The block of the record before that a step reads (its hidden state).
+const PREV: u32 = 4u;
+
+// A step's record from its recurrent products `a` (biases added), its
+// input projections `p` and the hidden state before it.
+fn cell_values(a: array<f32, G>, p: array<f32, G>, before: f32) -> array<f32, R> {
+    let r = sigmoid_r(p[0] + a[0]);
+    let z = sigmoid_r(p[1] + a[1]);
     let hn = a[2];
-    let n = tanh_r(projected[x + 2u * H + j] + r * hn);
-    rec[here + j] = r;
-    rec[here + H + j] = z;
-    rec[here + 2u * H + j] = n;
-    rec[here + 3u * H + j] = hn;
-    rec[here + 4u * H + j] = n + z * (rec[prev + 4u * H + j] - n);
+    let n = tanh_r(p[2] + r * hn);
+    return array<f32, R>(r, z, n, hn, n + z * (before - n));
 }

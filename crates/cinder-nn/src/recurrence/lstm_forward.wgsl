@@ -1,16 +1,16 @@
 // LSTM: records [i, f, g, o, c, h]; the op's state [c, h]; d = the
 // pre-activation gradients of i, f, g, o.
 
-fn cell_forward(a: array<f32, G>, here: u32, prev: u32, x: u32, j: u32) {
-    let i = sigmoid_r(projected[x + j] + a[0]);
-    let f = sigmoid_r(projected[x + H + j] + a[1]);
-    let g = tanh_r(projected[x + 2u * H + j] + a[2]);
-    let o = sigmoid_r(projected[x + 3u * H + j] + a[3]);
-    let c = f * rec[prev + 4u * H + j] + i * g;
-    rec[here + j] = i;
-    rec[here + H + j] = f;
-    rec[here + 2u * H + j] = g;
-    rec[here + 3u * H + j] = o;
-    rec[here + 4u * H + j] = c;
-    rec[here + 5u * H + j] = o * tanh_r(c);
+// The block of the record before that a step reads (its cell).
+const PREV: u32 = 4u;
+
+// A step's record from its recurrent products `a` (biases added), its
+// input projections `p` and the cell before it.
+fn cell_values(a: array<f32, G>, p: array<f32, G>, before: f32) -> array<f32, R> {
+    let i = sigmoid_r(p[0] + a[0]);
+    let f = sigmoid_r(p[1] + a[1]);
+    let g = tanh_r(p[2] + a[2]);
+    let o = sigmoid_r(p[3] + a[3]);
+    let c = f * before + i * g;
+    return array<f32, R>(i, f, g, o, c, o * tanh_r(c));
 }
