@@ -1015,12 +1015,35 @@ impl Tensor {
                 format!("index must be 1-D, got {:?}", index.shape()),
             ));
         }
+        let rows = index.shape()[0];
         let mut idx_shape = vec![1; self.dims()];
-        idx_shape[d] = index.shape()[0];
+        idx_shape[d] = rows;
         let mut out_shape = self.shape().to_vec();
-        out_shape[d] = index.shape()[0];
+        out_shape[d] = rows;
         let idx = index.reshape(&idx_shape)?.broadcast_to(&out_shape)?;
-        self.gather(d as isize, &idx)
+        let picked = self.shape()[d];
+        if d != 0 || rows * picked > ONE_HOT_GRAD_LIMIT || self.dtype() != DType::F32 {
+            return self.gather(d as isize, &idx);
+        }
+        // Rows picked along the first axis (an embedding's lookup): their
+        // gradient is the index's one-hot, transposed, times the output's
+        // gradient, a product. Left to `gather`'s rule, a sum over the
+        // one-hot broadcast to [rows, picked, rest] took 51 ms of a
+        // character model's training step on lavapipe.
+        let gathered = self.detach().gather(0, &idx)?;
+        let index = index.detach();
+        let src_shape = self.shape().to_vec();
+        Ok(Tensor::from_op(
+            gathered.node().clone(),
+            "index_select",
+            &[self],
+            Box::new(move |g, _| {
+                let rest = src_shape[1..].iter().product::<usize>();
+                let hot = index.one_hot(src_shape[0])?;
+                let grad = hot.t()?.matmul(&g.reshape(&[rows, rest])?)?;
+                Ok(vec![Some(grad.reshape(&src_shape)?)])
+            }),
+        ))
     }
 
     /// One-hot f32 encoding of an integer tensor: shape `[..., num_classes]`.
@@ -1172,6 +1195,11 @@ impl Tensor {
 /// The gradient of `gather`: each source position receives the sum of the
 /// output gradients whose index picked it. Built as compare-and-reduce, with
 /// no atomics, so it is deterministic.
+/// The largest one-hot (rows picked times rows to pick from) whose product
+/// `index_select` uses for its gradient along the first axis; past it the
+/// gradient is `gather`'s, which never materializes the one-hot.
+const ONE_HOT_GRAD_LIMIT: usize = 1 << 24;
+
 fn scatter_add(
     src: &Tensor,
     src_shape: &[usize],

@@ -773,6 +773,17 @@ fn grad_gather_index_select() {
             |a| a[0].index_select(dim, &sel),
         );
     }
+    // Along the first axis the gradient is a product with the one-hot:
+    // a source of more than two dims, a u32 index, rows never picked.
+    let sel = [3usize, 0, 3, 3, 1, 0, 3];
+    let su: Vec<u32> = sel.iter().map(|&v| v as u32).collect();
+    let st = tensor_u32(&su, &[7]);
+    check_grad_ref(
+        "index_select dim 0 of [5, 2, 2] with a u32 index",
+        &[input(x[..20].to_vec(), &[5, 2, 2])],
+        |t| t[0].index_select(0, &st),
+        |a| a[0].index_select(0, &sel),
+    );
 }
 
 #[test]
