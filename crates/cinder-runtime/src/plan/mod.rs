@@ -8,7 +8,7 @@
 //!
 //! | # | pass | file | decides |
 //! |---|------|------|---------|
-//! | 0 | [`limits::check_sizes`], [`limits::check_custom`], [`tile::products`] | `limits.rs`, `tile.rs` | tensors too big to index, and custom kernels past a binding, are errors; products too big for one binding become tiles |
+//! | 0 | [`cse::merge`], [`limits::check_sizes`], [`limits::check_custom`], [`tile::products`] | `cse.rs`, `limits.rs`, `tile.rs` | a value built twice is built once; tensors too big to index, and custom kernels past a binding, are errors; products too big for one binding become tiles |
 //! | 1 | [`split::reductions`] | `split.rs` | long reductions become partials plus a combining reduction |
 //! | 2 | [`split::products`] | `split.rs` | long-K products with few output blocks become split-K partials plus a sum |
 //! | 3 | [`Uses::count`], [`materialize::initial`] | `materialize.rs` | use counts; which entries get a buffer by their kind and uses |
@@ -21,6 +21,7 @@
 //! | 10 | [`emit::kernels`] | `emit.rs` | one kernel per materialized entry (or group) and effect: its WGSL, bindings and grid; a group past the binding limit falls back to a kernel per member, a prefix of a buffer is bound as a range, a product past the workgroup limit is `Error::Unsupported` |
 //! | 11 | [`slots::allocate`] | `slots.rs` | liveness: which intermediates share a buffer, and every binding's byte range |
 
+pub(crate) mod cse;
 pub(crate) mod emit;
 pub(crate) mod epilogue;
 pub(crate) mod group;
@@ -279,6 +280,7 @@ pub(crate) fn compile(target: &Target, structure: &Structure) -> Result<PlanSpec
 /// Passes 0 to 9: everything decided before kernels are emitted.
 pub(crate) fn decide(target: &Target, structure: &Structure) -> Result<(Graph, Uses, Fusion)> {
     let mut graph = Graph::new(structure);
+    cse::merge(&mut graph);
     limits::check_sizes(&graph, target)?;
     limits::check_custom(&graph, target)?;
     tile::products(&mut graph, target);
