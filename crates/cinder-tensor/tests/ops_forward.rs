@@ -816,6 +816,9 @@ fn reduction_cases() -> Vec<(Vec<usize>, Vec<Vec<isize>>)> {
         (vec![127, 9], vec![vec![0], vec![1]]),
         (vec![2, 4099], vec![vec![1], vec![0]]),
         (vec![65537], vec![vec![0]]),
+        // Rows of 300 over 1100 outputs: one thread a row on a CPU
+        // adapter; down the columns, a workgroup a column.
+        (vec![1100, 300], vec![vec![1], vec![0]]),
     ]
 }
 
@@ -1151,6 +1154,7 @@ fn argmax_argmin() {
         (vec![127, 9], vec![0, 1]),
         (vec![2, 4099], vec![1]),
         (vec![65537], vec![0]),
+        (vec![1100, 300], vec![1]),
     ];
     for (shape, axes) in cases {
         for values in [

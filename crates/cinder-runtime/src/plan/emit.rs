@@ -165,8 +165,8 @@ fn operand_layout(entries: &[crate::canon::Entry], operand: usize, buffer: usize
 }
 
 /// Threads per workgroup of a reduction over `span` elements in `parts`.
-fn reduce_wg(span: usize, parts: usize) -> u32 {
-    if codegen::serial_reduce(span, parts) {
+fn reduce_wg(serial: bool) -> u32 {
+    if serial {
         ELEMENTWISE_WG
     } else {
         REDUCE_WG
@@ -285,12 +285,13 @@ fn reduce_kernels(
     let chunk = target.chunk;
     let Some(split) = graph.split_reductions.get(&i) else {
         let span = axes.iter().map(|&a| entries[input].shape[a]).product();
-        let generated = codegen::reduce(entries, &mat, chunk, i, i, op, axes, input, 1);
+        let serial = codegen::serial_reduce(span, 1, numel(&entries[i].shape), target.cpu);
+        let generated = codegen::reduce(entries, &mat, chunk, i, i, op, axes, input, 1, serial);
         return vec![Kernel::generated(
             &format!("reduce {op:?}"),
             generated,
             i,
-            reduce_wg(span, 1),
+            reduce_wg(serial),
         )];
     };
     let partials = codegen::reduce(
@@ -303,7 +304,9 @@ fn reduce_kernels(
         axes,
         input,
         split.parts,
+        false,
     );
+    let serial = codegen::serial_reduce(split.parts, 1, numel(&entries[i].shape), target.cpu);
     let combine = codegen::reduce(
         entries,
         &mat,
@@ -314,6 +317,7 @@ fn reduce_kernels(
         &[1],
         split.partial,
         1,
+        serial,
     );
     vec![
         Kernel::generated(
@@ -322,12 +326,7 @@ fn reduce_kernels(
             split.partial,
             REDUCE_WG,
         ),
-        Kernel::generated(
-            &format!("reduce {op:?}"),
-            combine,
-            i,
-            reduce_wg(split.parts, 1),
-        ),
+        Kernel::generated(&format!("reduce {op:?}"), combine, i, reduce_wg(serial)),
     ]
 }
 
@@ -379,6 +378,7 @@ fn matmul_kernels(
     out.push(kernel);
     if let Some(split) = split {
         let mat = |x: usize| fusion.mat[x];
+        let serial = codegen::serial_reduce(split.parts, 1, numel(&entries[i].shape), target.cpu);
         let sum = codegen::reduce(
             entries,
             &mat,
@@ -389,13 +389,9 @@ fn matmul_kernels(
             &[0],
             split.partial,
             1,
+            serial,
         );
-        out.push(Kernel::generated(
-            "split-K sum",
-            sum,
-            i,
-            reduce_wg(split.parts, 1),
-        ));
+        out.push(Kernel::generated("split-K sum", sum, i, reduce_wg(serial)));
     }
     Ok(())
 }
@@ -896,6 +892,25 @@ mod tests {
         assert_eq!(product.binds.len(), 5);
         assert!(matches!(product.dispatch, Dispatch::Groups(..)));
         assert_eq!(kernels[1].reads, vec![r]);
+    }
+
+    #[test]
+    fn a_cpu_reduces_many_rows_of_a_few_hundred_a_thread_per_row() {
+        // A softmax's row sums over 3200 rows of 86: on a CPU, one thread a
+        // row; on a GPU, and on a CPU for 64 rows, a workgroup a row.
+        let plan = |rows: usize, target: &super::Target| {
+            let mut g = Builder::new();
+            let x = g.upload(&[rows, 86]);
+            let s = g.reduce(crate::graph::ReduceOp::Sum, &[1], x);
+            let kernels = fusion_of_graph(g, &[s], target, |graph, _, fusion, target| {
+                super::kernels(graph, fusion, target).unwrap() // ok: a test; a panic is its failure
+            });
+            assert_eq!(kernels.len(), 1);
+            !kernels[0].source.text().contains("var<workgroup>")
+        };
+        assert!(plan(3200, &lavapipe()));
+        assert!(!plan(3200, &gpu()));
+        assert!(!plan(64, &lavapipe()));
     }
 
     #[test]

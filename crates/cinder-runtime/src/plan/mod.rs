@@ -62,6 +62,9 @@ pub(crate) struct Target {
     /// Big matmuls read their operands from textures where the shapes allow
     /// (a CPU adapter).
     pub texture_matmul: bool,
+    /// The adapter is a CPU (lavapipe): a workgroup costs much, a scattered
+    /// load no more than a contiguous one.
+    pub cpu: bool,
     /// Elements one storage binding holds (see [`binding_chunk`]).
     pub chunk: usize,
     /// Storage buffers one kernel may bind.
@@ -82,6 +85,7 @@ impl Target {
             adapter: device.adapter_name().to_string(),
             subgroup_matmul: device.inner.subgroup_matmul,
             texture_matmul: device.inner.texture_matmul,
+            cpu: device.is_cpu(),
             chunk: binding_chunk(limits),
             max_bindings: limits.max_storage_buffers_per_shader_stage as usize,
             max_buffer_size: limits.max_buffer_size,

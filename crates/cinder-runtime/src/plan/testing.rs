@@ -13,6 +13,7 @@ pub(crate) fn gpu() -> Target {
         adapter: "test GPU".into(),
         subgroup_matmul: true,
         texture_matmul: false,
+        cpu: false,
         chunk: (1 << 27) / 4,
         max_bindings: 8,
         max_buffer_size: 1 << 28,
@@ -26,6 +27,7 @@ pub(crate) fn lavapipe() -> Target {
     Target {
         adapter: "test CPU".into(),
         texture_matmul: true,
+        cpu: true,
         max_texture_side: 16384,
         ..gpu()
     }
