@@ -258,6 +258,21 @@ fn char_lm_learns_a_text_and_writes_with_its_characters() -> Result<()> {
         long * 10 <= short * 36,
         "{short} dispatches for 10 characters, {long} for 30"
     );
+    // Held-out text read in chunks with the state carried scores exactly
+    // as one window over the whole stretch: one stream, chunks of 7 (the
+    // last shorter), against a single chunk of everything.
+    let held_out = &corpus.held_out[..80];
+    let chunked = lm::streamed_loss(&model, held_out, 7, 1, &device)?;
+    let whole = lm::streamed_loss(&model, held_out, 79, 1, &device)?;
+    assert!(
+        (chunked - whole).abs() < 1e-4 * whole,
+        "chunked {chunked}, whole {whole}"
+    );
+    // Four streams score the same characters but the first of each
+    // stretch from a zero state.
+    let streams = lm::streamed_loss(&model, held_out, 7, 4, &device)?;
+    assert!(streams.is_finite() && (streams - whole).abs() < 0.5 * whole);
+    assert!(lm::streamed_loss(&model, &held_out[..3], 7, 4, &device).is_err());
     // A prompt with a character the model never saw, or no temperature.
     assert!(lm::generate(&model, &vocab, "THE", 0.5, 5, 1).is_err());
     assert!(lm::generate(&model, &vocab, "the", 0.0, 5, 1).is_err());
