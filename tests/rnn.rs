@@ -555,6 +555,9 @@ fn wide_layers_match_the_reference_and_their_unrolled_cells() -> Result<()> {
         (53, CellKind::Lstm, 52, 72, false),
         // An odd width: the state copy moves single floats, not pairs.
         (54, CellKind::Gru, 330, 33, false),
+        // A plain RNN (one gate, a one-block record) through the same
+        // kernels.
+        (55, CellKind::RnnRelu, 66, 128, true),
     ] {
         let case = Case {
             kind,
