@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use super::Graph;
-use crate::canon::{CanonEffect, Entry};
+use crate::canon::Entry;
 use crate::graph::Op;
 
 /// Entries equal to an earlier one (the same op over the same inputs, the
@@ -55,26 +55,7 @@ pub(crate) fn merge(graph: &mut Graph) {
     graph.entries = entries;
     graph.origin = origin;
     graph.synthetic_from = graph.entries.len();
-    for r in &mut graph.roots {
-        *r = map[*r];
-    }
-    for effect in &mut graph.effects {
-        match effect {
-            CanonEffect::Optim {
-                param, grad, state, ..
-            } => {
-                *param = map[*param];
-                *grad = map[*grad];
-                for s in state {
-                    *s = map[*s];
-                }
-            }
-            CanonEffect::Assign { target, value } => {
-                *target = map[*target];
-                *value = map[*value];
-            }
-        }
-    }
+    graph.renumber(&map);
 }
 
 #[cfg(test)]

@@ -155,6 +155,31 @@ impl Graph {
         self.split_products.get(&m).map_or(1, |s| s.parts)
     }
 
+    /// Points the roots and the effects at the entries their entries became
+    /// (`map[old] = new`) after a pass renumbered the entries.
+    pub(crate) fn renumber(&mut self, map: &[usize]) {
+        for r in &mut self.roots {
+            *r = map[*r];
+        }
+        for effect in &mut self.effects {
+            match effect {
+                CanonEffect::Optim {
+                    param, grad, state, ..
+                } => {
+                    *param = map[*param];
+                    *grad = map[*grad];
+                    for s in state {
+                        *s = map[*s];
+                    }
+                }
+                CanonEffect::Assign { target, value } => {
+                    *target = map[*target];
+                    *value = map[*value];
+                }
+            }
+        }
+    }
+
     /// What the effects read from the graph: each optimizer step's
     /// gradient, each assignment's value.
     pub(crate) fn effect_reads(&self) -> Vec<usize> {

@@ -8,7 +8,7 @@
 //! left untouched.
 
 use super::{Graph, Target};
-use crate::canon::{CanonEffect, Entry};
+use crate::canon::Entry;
 use crate::graph::{contiguous_strides, numel, BinaryOp, DType, Op, ViewSpec};
 
 /// Rewrites every product whose A, B or C exceeds `target.chunk` elements,
@@ -76,26 +76,7 @@ pub(crate) fn products(graph: &mut Graph, target: &Target) {
     graph.entries = out.entries;
     graph.origin = out.origin;
     graph.synthetic_from = graph.entries.len();
-    for r in &mut graph.roots {
-        *r = map[*r];
-    }
-    for effect in &mut graph.effects {
-        match effect {
-            CanonEffect::Optim {
-                param, grad, state, ..
-            } => {
-                *param = map[*param];
-                *grad = map[*grad];
-                for s in state {
-                    *s = map[*s];
-                }
-            }
-            CanonEffect::Assign { target, value } => {
-                *target = map[*target];
-                *value = map[*value];
-            }
-        }
-    }
+    graph.renumber(&map);
 }
 
 /// Block sizes `(tm, tk, tn)` of an `m x k` by `k x n` product whose blocks
