@@ -285,9 +285,9 @@ impl Task for LanguageModelTask {
             nats += next_char_loss(&self.model, &batch)?.item()? as f64 * n as f64;
             chars += n;
         }
-        let windows = nats / chars.max(1) as f64;
+        let loss = nats / chars.max(1) as f64;
         let held_out = &self.held_out;
-        let loss = streamed_loss(
+        let streamed = streamed_loss(
             &self.model,
             &held_out.text,
             held_out.steps,
@@ -301,8 +301,8 @@ impl Task for LanguageModelTask {
                 loss * std::f64::consts::LOG2_E,
             ),
             (
-                "test_bits_per_char_windows".to_string(),
-                windows * std::f64::consts::LOG2_E,
+                "test_bits_per_char_streamed".to_string(),
+                streamed * std::f64::consts::LOG2_E,
             ),
             (
                 "ngram_bits_per_char".to_string(),
