@@ -558,6 +558,8 @@ fn wide_layers_match_the_reference_and_their_unrolled_cells() -> Result<()> {
         // A plain RNN (one gate, a one-block record) through the same
         // kernels.
         (55, CellKind::RnnRelu, 66, 128, true),
+        // 256 invocations of two units each, pairs of neighbours.
+        (56, CellKind::Lstm, 5, 260, false),
     ] {
         let case = Case {
             kind,

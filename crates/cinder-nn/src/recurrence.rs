@@ -226,6 +226,16 @@ impl SequenceKernel {
         self.resident && self.lanes().1 == 2 && self.hidden.is_multiple_of(2)
     }
 
+    /// Values a subgroup broadcasts per load of its 8 lanes: 16 in pairs.
+    /// The weight arrays are padded to a multiple of it.
+    fn broadcast_step(&self) -> usize {
+        if self.pairs() {
+            16
+        } else {
+            8
+        }
+    }
+
     /// Unit `unit` of the units of invocation `lid`, as WGSL.
     fn unit_of(&self, unit: usize) -> String {
         match self.pairs() {
@@ -239,8 +249,7 @@ impl SequenceKernel {
     fn resident_weights(&self) -> ResidentWeights {
         let gates = Blocks::of(self.kind).gates;
         let (_, units) = self.lanes();
-        // Pairs broadcast sixteen values at a time.
-        let step = if self.pairs() { 16 } else { 8 };
+        let step = self.broadcast_step();
         let (name, blocks, len) = match self.backward {
             false => ("w", units * gates, self.hidden.div_ceil(step) * step),
             true => ("wc", units, (gates * self.hidden).div_ceil(step) * step),
@@ -314,7 +323,7 @@ impl SequenceKernel {
     /// The resident kernels' generated code: their weight arrays and
     /// `fill_weights`, then `step_rows` (forward) or `carry_rows`
     /// (backward), their loops over units, gates and the eight broadcast
-    /// lanes unrolled.
+    /// lanes (of single floats or pairs) unrolled.
     fn resident_functions(&self) -> String {
         let weights = self.resident_weights();
         let signature = match self.backward {
@@ -363,9 +372,9 @@ impl SequenceKernel {
                 ));
             }
         }
-        // Each lane loads one value (a pair with `pairs`) of the eight (16)
-        // that the subgroup broadcasts.
-        let step = if self.pairs() { 16 } else { 8 };
+        // Each lane loads one value (a pair with `pairs`) of those the
+        // subgroup broadcasts.
+        let step = self.broadcast_step();
         for p in 0..weights.pieces() {
             line(format!(
                 "    for (var e = 0u; e < {}u; e += {step}u) {{",
@@ -698,9 +707,9 @@ impl CustomKernel for Recurrence {
 
     fn wgsl(&self) -> String {
         // The widths are constants so that the adapter divides by them with
-        // a multiply and shifts, and on a CPU adapter (where a buffer is
-        // read and written lane by lane) the copy moves pairs of floats as
-        // u64s: a runtime divisor and single floats made it 2.6 ms of the
+        // a multiply and shifts, and with the resident kernels (a CPU
+        // adapter, where a buffer is read and written lane by lane) the copy
+        // moves pairs of floats as u64s: a runtime divisor and single floats made it 2.6 ms of the
         // LSTM bench's step on lavapipe. Every input must be bound (the
         // pipeline's layout comes from what the shader reads), so the others
         // are read under a condition that never holds.
@@ -761,9 +770,9 @@ fn main(
 }
 
 impl Recurrence {
-    /// Floats the state copy moves at a time: pairs where the adapter has
-    /// 64-bit integers and is a CPU (as with the resident kernels) and every
-    /// record's blocks are whole pairs.
+    /// Floats the state copy moves at a time: pairs with the resident
+    /// kernels (a CPU adapter with 64-bit integers, a big enough
+    /// recurrence) where every record's blocks are whole pairs.
     fn per_item(&self) -> usize {
         match self.backward.resident && self.backward.hidden.is_multiple_of(2) {
             true => 2,

@@ -287,11 +287,14 @@ impl Task for LanguageModelTask {
         }
         let loss = nats / chars.max(1) as f64;
         let held_out = &self.held_out;
+        // Fewer stretches where the held-out text has no window for each.
+        let streams = (held_out.text.len().saturating_sub(1) / held_out.steps.max(1))
+            .clamp(1, HELD_OUT_STREAMS);
         let streamed = streamed_loss(
             &self.model,
             &held_out.text,
             held_out.steps,
-            HELD_OUT_STREAMS,
+            streams,
             &held_out.device,
         )?;
         Ok(vec![
@@ -317,7 +320,7 @@ impl Task for LanguageModelTask {
 }
 
 /// Stretches the held-out text is read in, side by side (see
-/// [`streamed_loss`]).
+/// [`streamed_loss`]), where it has a window for each.
 pub const HELD_OUT_STREAMS: usize = 16;
 
 /// The mean cross-entropy (nats) of each next character of `text`, read
@@ -337,7 +340,7 @@ pub fn streamed_loss(
 ) -> Result<f64> {
     let _no_grad = no_grad();
     let len = text.len().saturating_sub(1) / streams.max(1);
-    if steps == 0 || len == 0 {
+    if steps == 0 || streams == 0 || len == 0 {
         return Err(Error::invalid(
             "char-lm",
             format!(

@@ -1022,7 +1022,7 @@ impl Tensor {
         out_shape[d] = rows;
         let idx = index.reshape(&idx_shape)?.broadcast_to(&out_shape)?;
         let picked = self.shape()[d];
-        if d != 0 || rows * picked > ONE_HOT_GRAD_LIMIT || self.dtype() != DType::F32 {
+        if d != 0 || rows == 0 || rows * picked > ONE_HOT_GRAD_LIMIT || self.dtype() != DType::F32 {
             return self.gather(d as isize, &idx);
         }
         // Rows picked along the first axis (an embedding's lookup): their
@@ -1192,14 +1192,14 @@ impl Tensor {
     }
 }
 
-/// The gradient of `gather`: each source position receives the sum of the
-/// output gradients whose index picked it. Built as compare-and-reduce, with
-/// no atomics, so it is deterministic.
 /// The largest one-hot (rows picked times rows to pick from) whose product
 /// `index_select` uses for its gradient along the first axis; past it the
 /// gradient is `gather`'s, which never materializes the one-hot.
 const ONE_HOT_GRAD_LIMIT: usize = 1 << 24;
 
+/// The gradient of `gather`: each source position receives the sum of the
+/// output gradients whose index picked it. Built as compare-and-reduce, with
+/// no atomics, so it is deterministic.
 fn scatter_add(
     src: &Tensor,
     src_shape: &[usize],

@@ -1,6 +1,8 @@
 // Shared by the recurrence kernels. A workgroup runs one sequence (batch
 // row `b`, its workgroup id) through every time step; invocation `lid`
-// computes hidden units lid, lid + WG, ... The constants before this file
+// computes hidden units lid, lid + WG, ... (the resident kernels: several
+// sequences per workgroup, and in pairs units 2 lid and 2 lid + 1). The
+// constants before this file
 // (H, G, R, STATE_FROM, HB, S, D, WG) come from the kernel's Rust side.
 
 fn sigmoid_r(x: f32) -> f32 {

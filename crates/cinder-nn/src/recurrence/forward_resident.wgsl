@@ -4,11 +4,13 @@
 // units' rows of W_hh in private memory for the whole sequence; a
 // workgroup runs `dims[4]` sequences, RR at a time so that each weight
 // loaded serves RR of them, and its lanes load their previous hidden
-// states eight values at a time and broadcast them across the subgroup.
+// states eight values at a time (sixteen, as eight pairs, where the buffers
+// are addressed in pairs: `forward_pairs.wgsl`) and broadcast them across
+// the subgroup.
 // The Rust side generates the weight arrays (pieces of at most 256 floats:
 // see `PIECE` there), `fill_weights`, and `step_rows`, which does RR
 // sequences' step with its loops over units, gates and sequences
-// unrolled. U units per invocation: u * WG + lid.
+// unrolled. U units per invocation: u * WG + lid, or 2 lid + u in pairs.
 
 @compute @workgroup_size(WG)
 fn main(

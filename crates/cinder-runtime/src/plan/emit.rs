@@ -164,7 +164,8 @@ fn operand_layout(entries: &[crate::canon::Entry], operand: usize, buffer: usize
     }
 }
 
-/// Threads per workgroup of a reduction over `span` elements in `parts`.
+/// Threads per workgroup of a reduction: a thread per output (`serial`),
+/// else a workgroup per output.
 fn reduce_wg(serial: bool) -> u32 {
     if serial {
         ELEMENTWISE_WG
