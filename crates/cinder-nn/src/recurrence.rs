@@ -377,7 +377,7 @@ impl SequenceKernel {
         let step = self.broadcast_step();
         for p in 0..weights.pieces() {
             line(format!(
-                "    for (var e = 0u; e < {}u; e += {step}u) {{",
+                "    for (var e = 0u; e < {}u; e += {step}u) {WGSL_OPEN}",
                 weights.piece(p)
             ));
             line(format!("        let i0 = {}u + e;", p * PIECE));
@@ -417,7 +417,7 @@ impl SequenceKernel {
                 }
             }
             for m in 0..weights.blocks {
-                line("        {".into());
+                line(format!("        {WGSL_OPEN}"));
                 for k in 0..step {
                     line(format!(
                         "        let w{k} = {}[e + {k}u];",
@@ -434,9 +434,9 @@ impl SequenceKernel {
                         terms.join(" + ")
                     ));
                 }
-                line("        }".into());
+                line(format!("        {WGSL_CLOSE}"));
             }
-            line("    }".into());
+            line(format!("    {WGSL_CLOSE}"));
         }
         src
     }
@@ -459,9 +459,9 @@ impl SequenceKernel {
             line(format!("    let j{u} = {};", self.unit_of(u)));
         }
         for r in 0..rows {
-            line(format!("    if (b0 + {r}u < end) {{"));
+            line(format!("    if (b0 + {r}u < end) {WGSL_OPEN}"));
             if self.backward {
-                line(format!("        if (i32(t) < lengths[row{r}]) {{"));
+                line(format!("        if (i32(t) < lengths[row{r}]) {WGSL_OPEN}"));
                 line(format!(
                     "            let carry = steps * batch * D * H + row{r} * 2u * H;"
                 ));
@@ -478,7 +478,7 @@ impl SequenceKernel {
                         u * rows + r
                     ));
                 }
-                line("        }".into());
+                line(format!("        {WGSL_CLOSE}"));
             } else {
                 line(format!(
                     "        let here = (tb.x * batch + row{r}) * R * H;"
@@ -486,7 +486,9 @@ impl SequenceKernel {
                 line(format!(
                     "        let prev = (tb.y * batch + row{r}) * R * H;"
                 ));
-                line(format!("        if (i32(tb.x) < lengths[row{r}]) {{"));
+                line(format!(
+                    "        if (i32(tb.x) < lengths[row{r}]) {WGSL_OPEN}"
+                ));
                 line(format!(
                     "            let x = (tb.x * batch + row{r}) * G * H;"
                 ));
@@ -519,13 +521,19 @@ impl SequenceKernel {
                         ));
                     }
                 }
-                line("        }".into());
+                line(format!("        {WGSL_CLOSE}"));
             }
-            line("    }".into());
+            line(format!("    {WGSL_CLOSE}"));
         }
         src
     }
 }
+
+/// A WGSL block's braces where a generated line opens or closes one that
+/// another line closes or opens (so that the Rust around them reads
+/// balanced).
+const WGSL_OPEN: &str = "{";
+const WGSL_CLOSE: &str = "}";
 
 /// Private arrays of at most this many floats. llvmpipe compiles a store at
 /// a computed index into a private array as code over the whole array, in

@@ -909,6 +909,28 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     )
 }
 
+/// A reduction's starting value and, for Max/Min (arg or not), the WGSL
+/// test that `x` replaces the running `acc` (NaN wins, as in PyTorch).
+fn reduce_start(op: ReduceOp, in_ty: DType) -> (String, String) {
+    match (op, in_ty) {
+        (ReduceOp::Sum, _) => (zero(in_ty).to_string(), String::new()),
+        (ReduceOp::Max | ReduceOp::ArgMax, DType::F32) => (
+            "bitcast<f32>(0xff800000u)".into(),
+            "(is_nan_f(x) && !is_nan_f(acc)) || x > acc".into(),
+        ),
+        (ReduceOp::Min | ReduceOp::ArgMin, DType::F32) => (
+            "bitcast<f32>(0x7f800000u)".into(),
+            "(is_nan_f(x) && !is_nan_f(acc)) || x < acc".into(),
+        ),
+        (ReduceOp::Max | ReduceOp::ArgMax, DType::I32) => {
+            ("i32(-2147483647 - 1)".into(), "x > acc".into())
+        }
+        (ReduceOp::Min | ReduceOp::ArgMin, DType::I32) => ("2147483647i".into(), "x < acc".into()),
+        (ReduceOp::Max | ReduceOp::ArgMax, DType::U32) => ("0u".into(), "x > acc".into()),
+        (ReduceOp::Min | ReduceOp::ArgMin, DType::U32) => ("4294967295u".into(), "x < acc".into()),
+    }
+}
+
 /// Reductions this short run one thread per output, serially: a 64-thread
 /// workgroup and its barrier tree cost far more than a few additions, and
 /// pooling windows and small grouped sums are exactly this shape.
@@ -974,23 +996,7 @@ pub(crate) fn reduce(
     let mut body = String::new();
     let v = g.value(&mut body, input, "ridx", false);
     let ty = in_ty.wgsl();
-    let (init, take) = match (op, in_ty) {
-        (ReduceOp::Sum, _) => (zero(in_ty).to_string(), String::new()),
-        (ReduceOp::Max | ReduceOp::ArgMax, DType::F32) => (
-            "bitcast<f32>(0xff800000u)".into(),
-            "(is_nan_f(x) && !is_nan_f(acc)) || x > acc".into(),
-        ),
-        (ReduceOp::Min | ReduceOp::ArgMin, DType::F32) => (
-            "bitcast<f32>(0x7f800000u)".into(),
-            "(is_nan_f(x) && !is_nan_f(acc)) || x < acc".into(),
-        ),
-        (ReduceOp::Max | ReduceOp::ArgMax, DType::I32) => {
-            ("i32(-2147483647 - 1)".into(), "x > acc".into())
-        }
-        (ReduceOp::Min | ReduceOp::ArgMin, DType::I32) => ("2147483647i".into(), "x < acc".into()),
-        (ReduceOp::Max | ReduceOp::ArgMax, DType::U32) => ("0u".into(), "x > acc".into()),
-        (ReduceOp::Min | ReduceOp::ArgMin, DType::U32) => ("4294967295u".into(), "x < acc".into()),
-    };
+    let (init, take) = reduce_start(op, in_ty);
     let arg = matches!(op, ReduceOp::ArgMax | ReduceOp::ArgMin);
     let (step, combine) = if op == ReduceOp::Sum {
         (
