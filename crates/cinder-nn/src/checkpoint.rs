@@ -291,12 +291,12 @@ fn serialize(views: Vec<(String, TensorView)>, meta: &BTreeMap<String, String>) 
         .ok_or_else(|| internal("safetensors' header length exceeds its output"))?;
     let tensors = std::str::from_utf8(header)
         .ok()
-        .and_then(|h| h.trim_end().strip_prefix('{'))
+        .and_then(|h| h.trim_end().strip_prefix(JSON_OBJECT_START))
         .ok_or_else(|| internal("safetensors' header is not a JSON object"))?;
     let meta =
         serde_json::to_string(meta).map_err(|e| internal(&format!("metadata as JSON: {e}")))?;
-    let mut header = format!("{{\"__metadata__\":{meta}");
-    if tensors != "}" {
+    let mut header = format!("{JSON_OBJECT_START}\"__metadata__\":{meta}");
+    if tensors != JSON_OBJECT_END {
         header.push(',');
     }
     header.push_str(tensors);
@@ -504,13 +504,17 @@ impl std::fmt::Display for FileDType {
     }
 }
 
+/// The first and last characters of a JSON object (a safetensors header).
+const JSON_OBJECT_START: char = '{';
+const JSON_OBJECT_END: &str = "}";
+
 /// Whether the file starting with these bytes is a `torch.save` file: a ZIP
 /// archive (PyTorch 1.6 and later) or a bare pickle stream (older ones). A
 /// safetensors file starts with its header's length (8 bytes, little-endian)
 /// and then the header's `{`; that length's first byte can be 0x80, the
 /// pickle's first byte, so the safetensors shape is checked first.
 fn is_torch_save(head: &[u8]) -> bool {
-    let safetensors = head.len() > 8 && head[8] == b'{';
+    let safetensors = head.len() > 8 && head[8] == JSON_OBJECT_START as u8;
     !safetensors && (head.starts_with(b"PK\x03\x04") || head.first() == Some(&0x80))
 }
 
