@@ -186,6 +186,111 @@ fn the_classifier_refuses_inputs_of_the_wrong_size() -> Result<()> {
     Ok(())
 }
 
+/// Training batches read stretches of the text side by side: each batch's
+/// rows go on where the previous batch's ended, flagged as continuing,
+/// and every epoch has as many batches.
+#[test]
+fn text_streams_continue_from_batch_to_batch() -> Result<()> {
+    use cinder::rnn::lm::TextStreams;
+    use cinder::train::Batches;
+    let device = common::device();
+    let streams = TextStreams {
+        text: (0..500).collect(),
+        steps: 7,
+        streams: 3,
+        seed: 5,
+        device: device.clone(),
+    };
+    let chunks = (500 - 7) / 3 / 7;
+    assert_eq!(streams.len(), chunks);
+    for epoch in 0..3 {
+        let batches = streams.epoch(epoch).collect::<Result<Vec<_>>>()?;
+        assert_eq!(batches.len(), chunks);
+        let mut previous: Option<Vec<i32>> = None;
+        for (i, batch) in batches.iter().enumerate() {
+            assert_eq!(batch.continues, i > 0);
+            assert_eq!(batch.x.shape(), &[3, 7]);
+            let x = batch.x.to_vec::<i32>()?;
+            let y = batch.y.to_vec::<i32>()?;
+            // The text is its own index: targets are the inputs plus one.
+            assert!(x.iter().zip(&y).all(|(a, b)| b - a == 1));
+            for row in 0..3 {
+                let first = x[row * 7];
+                assert!(x[row * 7..row * 7 + 7].windows(2).all(|w| w[1] - w[0] == 1));
+                if let Some(p) = &previous {
+                    assert_eq!(first, p[row * 7 + 6] + 1, "row {row} of batch {i}");
+                }
+            }
+            // Stretches follow each other: row r + 1 starts a stretch later.
+            assert_eq!(x[7] - x[0], (chunks * 7) as i32);
+            previous = Some(x);
+        }
+    }
+    Ok(())
+}
+
+/// Trained with the state carried from batch to batch, the character model
+/// learns what windows of 4 characters cannot hold: each line repeats its
+/// first letter after six dots, so that letter is known once the model
+/// remembers 7 characters back. After 3 epochs the training text costs
+/// 0.39 bits per character with the state carried, 0.66 with every batch
+/// from a zero state (PyTorch's LSTM: 0.35 and 0.67). The floor is 1/9:
+/// the first letter is a coin toss.
+#[test]
+fn char_lm_carries_its_state_beyond_a_window() -> Result<()> {
+    use cinder::data::Corpus;
+    use cinder::rnn::lm::{self, CharLmSpec, LmOptions};
+    let _serial = common::serial();
+    let device = common::device();
+    let mut seed = 7u64;
+    let text: String = (0..400)
+        .map(|_| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let letter = if seed >> 63 == 0 { 'a' } else { 'b' };
+            format!("{letter}......{letter}\n")
+        })
+        .collect();
+    let corpus = Corpus::from_text(&text, Vec::new())?;
+    let spec = CharLmSpec {
+        vocab_size: corpus.vocab.len(),
+        embedding_dim: 8,
+        hidden_size: 16,
+        num_layers: 1,
+        dropout: 0.0,
+    };
+    let out = scratch("char-lm-memory");
+    let options = LmOptions {
+        train: TrainOptions {
+            epochs: 3,
+            batch_size: 8,
+            lr: 1e-2,
+            weight_decay: 0.0,
+            schedule: Schedule::constant(),
+            clip_grad_norm: None,
+            augment: false,
+            label_smoothing: 0.0,
+            seed: 1,
+            data: "letters".into(),
+            out_dir: out.clone(),
+            start: Start::New,
+        },
+        steps: 4,
+    };
+    device.manual_seed(0);
+    let report = lm::train(&spec, &corpus, &options, &device, &mut Silent)?;
+    let bits: Vec<f64> = report
+        .history
+        .rows
+        .iter()
+        .map(|r| r.get("train_bits_per_char").unwrap_or(f64::NAN))
+        .collect();
+    assert!(bits[2] < 0.5, "training bits per character: {bits:?}");
+    std::fs::remove_dir_all(&out).ok();
+    Ok(())
+}
+
 /// The character model on a small text: its held-out loss falls below the
 /// first epoch's and the n-gram baseline is computed; its model file loads
 /// back and writes text from the corpus's own characters, the same for the
@@ -222,7 +327,7 @@ fn char_lm_learns_a_text_and_writes_with_its_characters() -> Result<()> {
             out_dir: out.clone(),
             start: Start::New,
         },
-        steps: 24,
+        steps: 12,
     };
     device.manual_seed(4);
     let report = lm::train(&spec, &corpus, &options, &device, &mut Silent)?;

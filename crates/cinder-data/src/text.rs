@@ -1,6 +1,7 @@
 //! Text for character-level language models: a [`Corpus`] read from files
 //! (by default the licence texts every Debian machine has), its [`Vocab`],
-//! seeded windows of it for training ([`windows`]), and an
+//! seeded windows of it ([`windows`]) or stretches read side by side with
+//! the state carried ([`stream_starts`]) for training, and an
 //! order-n character model as the baseline to beat ([`NGram`]).
 
 use std::collections::HashMap;
@@ -217,6 +218,35 @@ pub fn windows(text: &[i32], steps: usize, seed: Option<(u64, usize)>) -> Vec<us
     starts
 }
 
+/// Where `streams` stretches of a text of `len` characters start, for
+/// reading them side by side in chunks of `steps` with the state carried
+/// from one chunk to the next (truncated backpropagation through time),
+/// and how many chunks each stretch has. The stretches follow each other
+/// without gaps from an offset in `0..steps` drawn from `(seed, epoch)`,
+/// so every epoch cuts its chunks elsewhere and a resumed run the same
+/// ways; the chunk count does not depend on the offset, so every epoch has
+/// as many batches of the same shape. None where the text is too short
+/// for one chunk per stretch.
+pub fn stream_starts(
+    len: usize,
+    streams: usize,
+    steps: usize,
+    (seed, epoch): (u64, usize),
+) -> Option<(Vec<usize>, usize)> {
+    if streams == 0 || steps == 0 {
+        return None;
+    }
+    // The offset takes up to `steps - 1` characters and the last target is
+    // one past its input, so `len - steps` characters are always there.
+    let chunks = len.checked_sub(steps)? / streams / steps;
+    if chunks == 0 {
+        return None;
+    }
+    let offset = Rng::new(crate::sample_seed(seed, epoch, usize::MAX)).below(steps as u64) as usize;
+    let stretch = chunks * steps;
+    Some(((0..streams).map(|s| offset + s * stretch).collect(), chunks))
+}
+
 /// An order-`n` character model (the next character from the `n - 1`
 /// before it) with interpolated Kneser-Ney smoothing down to a uniform
 /// distribution over the vocabulary: the baseline a language model must
@@ -345,6 +375,40 @@ mod tests {
         assert_eq!(Vocab::from_string(&v.as_string())?, v);
         assert!(Vocab::from_string("abca").is_err());
         Ok(())
+    }
+
+    #[test]
+    fn streams_tile_the_text_from_a_seeded_offset() {
+        let (len, streams, steps) = (1000, 7, 9);
+        let (a, chunks) = stream_starts(len, streams, steps, (3, 0)).unwrap();
+        assert_eq!(chunks, (len - steps) / streams / steps);
+        let stretch = chunks * steps;
+        assert!(a.windows(2).all(|w| w[1] - w[0] == stretch));
+        assert!(a[0] < steps);
+        // The last target of the last stretch is inside the text.
+        assert!(a[streams - 1] + stretch < len);
+        assert_eq!(
+            stream_starts(len, streams, steps, (3, 0)),
+            Some((a.clone(), chunks))
+        );
+        // Other epochs start elsewhere with as many chunks.
+        let offsets: std::collections::HashSet<usize> = (0..20)
+            .map(|e| {
+                let (starts, n) = stream_starts(len, streams, steps, (3, e)).unwrap();
+                assert_eq!(n, chunks);
+                starts[0]
+            })
+            .collect();
+        assert!(offsets.len() > 3, "{offsets:?}");
+        assert!(offsets.iter().all(|&o| o < steps));
+        // Too short for a chunk per stretch, or nothing to read.
+        assert_eq!(
+            stream_starts(streams * steps + steps - 1, streams, steps, (3, 0)),
+            None
+        );
+        assert!(stream_starts(streams * steps + steps, streams, steps, (3, 0)).is_some());
+        assert_eq!(stream_starts(len, 0, steps, (3, 0)), None);
+        assert_eq!(stream_starts(len, streams, 0, (3, 0)), None);
     }
 
     #[test]

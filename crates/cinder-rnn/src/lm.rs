@@ -1,12 +1,13 @@
 //! A character-level language model: an embedding, a stacked LSTM and a
-//! linear layer to the next character's scores, trained on windows of a
-//! [`Corpus`], measured in held-out bits per character next to an n-gram
+//! linear layer to the next character's scores, trained on a [`Corpus`]
+//! read as stretches side by side with the state carried from batch to
+//! batch, measured in held-out bits per character next to an n-gram
 //! baseline, and sampled with a temperature.
 
 use std::collections::HashMap;
 use std::path::Path;
 
-use cinder_data::text::windows;
+use cinder_data::text::{stream_starts, windows};
 use cinder_data::{Corpus, NGram, Rng, Vocab};
 use cinder_nn::checkpoint::{check_finite, load_tensors, read_metadata};
 use cinder_nn::module::prefixed;
@@ -185,61 +186,117 @@ impl Module for CharLm {
 pub struct TextBatch {
     pub x: Tensor,
     pub y: Tensor,
+    /// Each row continues the previous batch's row: the state carries over.
+    pub continues: bool,
 }
 
-/// A text's windows as batches: shuffled and shifted per epoch when seeded
-/// (training), in order from the start otherwise (evaluation).
+/// `t` characters from each of `starts` and the `t` after each of them, as
+/// a batch.
+fn text_batch(
+    text: &[i32],
+    starts: &[usize],
+    t: usize,
+    continues: bool,
+    device: &Device,
+) -> Result<TextBatch> {
+    let mut x = Vec::with_capacity(starts.len() * t);
+    let mut y = Vec::with_capacity(starts.len() * t);
+    for &s in starts {
+        x.extend_from_slice(&text[s..s + t]);
+        y.extend_from_slice(&text[s + 1..s + t + 1]);
+    }
+    let shape = [starts.len(), t];
+    Ok(TextBatch {
+        x: Tensor::from_slice(device, &x, &shape)?,
+        y: Tensor::from_slice(device, &y, &shape)?,
+        continues,
+    })
+}
+
+/// A text's windows in order from its start, each read from a zero state,
+/// as batches (the held-out reading the model was first measured by).
 pub struct TextWindows {
     pub text: Vec<i32>,
     pub steps: usize,
     pub batch_size: usize,
-    pub seed: Option<u64>,
     pub device: Device,
-}
-
-impl TextWindows {
-    fn starts(&self, epoch: usize) -> Vec<usize> {
-        windows(&self.text, self.steps, self.seed.map(|s| (s, epoch)))
-    }
-
-    fn batch(&self, starts: &[usize]) -> Result<TextBatch> {
-        let t = self.steps;
-        let mut x = Vec::with_capacity(starts.len() * t);
-        let mut y = Vec::with_capacity(starts.len() * t);
-        for &s in starts {
-            x.extend_from_slice(&self.text[s..s + t]);
-            y.extend_from_slice(&self.text[s + 1..s + t + 1]);
-        }
-        let shape = [starts.len(), t];
-        Ok(TextBatch {
-            x: Tensor::from_slice(&self.device, &x, &shape)?,
-            y: Tensor::from_slice(&self.device, &y, &shape)?,
-        })
-    }
 }
 
 impl Batches for TextWindows {
     type Batch = TextBatch;
 
     fn len(&self) -> usize {
-        self.starts(0).len().div_ceil(self.batch_size.max(1))
+        windows(&self.text, self.steps, None)
+            .len()
+            .div_ceil(self.batch_size.max(1))
+    }
+
+    fn epoch(&self, _epoch: usize) -> Box<dyn Iterator<Item = Result<TextBatch>> + '_> {
+        let starts = windows(&self.text, self.steps, None);
+        let size = self.batch_size.max(1);
+        let batches: Vec<Vec<usize>> = starts.chunks(size).map(<[usize]>::to_vec).collect();
+        Box::new(
+            batches
+                .into_iter()
+                .map(move |b| text_batch(&self.text, &b, self.steps, false, &self.device)),
+        )
+    }
+}
+
+/// A training text as `streams` stretches read side by side, `steps`
+/// characters of each per batch, in order (see [`stream_starts`]): each
+/// batch continues the one before, so a model that carries its state
+/// across batches learns from more than a window's context, as PyTorch's
+/// word-language-model example trains.
+pub struct TextStreams {
+    pub text: Vec<i32>,
+    pub steps: usize,
+    pub streams: usize,
+    pub seed: u64,
+    pub device: Device,
+}
+
+impl TextStreams {
+    fn layout(&self, epoch: usize) -> (Vec<usize>, usize) {
+        stream_starts(
+            self.text.len(),
+            self.streams,
+            self.steps,
+            (self.seed, epoch),
+        )
+        .unwrap_or_default()
+    }
+}
+
+impl Batches for TextStreams {
+    type Batch = TextBatch;
+
+    fn len(&self) -> usize {
+        self.layout(0).1
     }
 
     fn epoch(&self, epoch: usize) -> Box<dyn Iterator<Item = Result<TextBatch>> + '_> {
-        let starts = self.starts(epoch);
-        let size = self.batch_size.max(1);
-        let batches: Vec<Vec<usize>> = starts.chunks(size).map(<[usize]>::to_vec).collect();
-        Box::new(batches.into_iter().map(move |b| self.batch(&b)))
+        let (starts, chunks) = self.layout(epoch);
+        Box::new((0..chunks).map(move |chunk| {
+            let at: Vec<usize> = starts.iter().map(|s| s + chunk * self.steps).collect();
+            text_batch(&self.text, &at, self.steps, chunk > 0, &self.device)
+        }))
     }
 }
 
 /// Cross-entropy of the next character, in nats, averaged over `[B, T]`.
-fn next_char_loss(model: &CharLm, batch: &TextBatch) -> Result<Tensor> {
-    let (scores, _) = model.scores(&batch.x, None)?;
+/// The state after the batch comes with it.
+fn next_char_loss(
+    model: &CharLm,
+    batch: &TextBatch,
+    state: Option<&State>,
+) -> Result<(Tensor, State)> {
+    let (scores, next) = model.scores(&batch.x, state)?;
     let [b, t, v] = [scores.shape()[0], scores.shape()[1], scores.shape()[2]];
-    scores
+    let loss = scores
         .reshape(&[b * t, v])?
-        .cross_entropy(&batch.y.reshape(&[b * t])?)
+        .cross_entropy(&batch.y.reshape(&[b * t])?)?;
+    Ok((loss, next))
 }
 
 /// Training a [`CharLm`]: AdamW, the next character's cross-entropy;
@@ -253,6 +310,9 @@ pub struct LanguageModelTask {
     pub baseline_bits_per_char: f64,
     pub metadata: Vec<(String, String)>,
     params: Vec<Tensor>,
+    /// The state after the last batch, cut from its graph, for a batch
+    /// that continues it.
+    carried: Option<State>,
 }
 
 impl Task for LanguageModelTask {
@@ -267,7 +327,16 @@ impl Task for LanguageModelTask {
     }
 
     fn train_step(&mut self, batch: TextBatch, step: &mut Step) -> Result<()> {
-        let loss = next_char_loss(&self.model, &batch)?;
+        let carried = self.carried.take().filter(|_| batch.continues);
+        let (loss, next) = next_char_loss(&self.model, &batch, carried.as_ref())?;
+        step.keep(&next.h);
+        if let Some(c) = &next.c {
+            step.keep(c);
+        }
+        self.carried = Some(State {
+            h: next.h.detach(),
+            c: next.c.as_ref().map(Tensor::detach),
+        });
         let mut grads = loss.backward()?;
         step.clip(&mut grads, &self.params)?;
         step.record("loss", &loss)?;
@@ -282,10 +351,10 @@ impl Task for LanguageModelTask {
         for batch in self.held_out.epoch(0) {
             let batch = batch?;
             let n = batch.y.numel();
-            nats += next_char_loss(&self.model, &batch)?.item()? as f64 * n as f64;
+            nats += next_char_loss(&self.model, &batch, None)?.0.item()? as f64 * n as f64;
             chars += n;
         }
-        let loss = nats / chars.max(1) as f64;
+        let windows = nats / chars.max(1) as f64;
         let held_out = &self.held_out;
         // Fewer stretches where the held-out text has no window for each.
         let streams = (held_out.text.len().saturating_sub(1) / held_out.steps.max(1))
@@ -297,16 +366,11 @@ impl Task for LanguageModelTask {
             streams,
             &held_out.device,
         )?;
+        let bits = std::f64::consts::LOG2_E;
         Ok(vec![
-            ("test_loss".to_string(), loss),
-            (
-                "test_bits_per_char".to_string(),
-                loss * std::f64::consts::LOG2_E,
-            ),
-            (
-                "test_bits_per_char_streamed".to_string(),
-                streamed * std::f64::consts::LOG2_E,
-            ),
+            ("test_loss".to_string(), streamed),
+            ("test_bits_per_char".to_string(), streamed * bits),
+            ("test_bits_per_char_windows".to_string(), windows * bits),
             (
                 "ngram_bits_per_char".to_string(),
                 self.baseline_bits_per_char,
@@ -354,21 +418,9 @@ pub fn streamed_loss(
     let mut start = 0;
     while start < len {
         let t = steps.min(len - start);
-        let (mut x, mut y) = (
-            Vec::with_capacity(streams * t),
-            Vec::with_capacity(streams * t),
-        );
-        for s in 0..streams {
-            let at = s * len + start;
-            x.extend_from_slice(&text[at..at + t]);
-            y.extend_from_slice(&text[at + 1..at + t + 1]);
-        }
-        let x = Tensor::from_slice(device, &x, &[streams, t])?;
-        let y = Tensor::from_slice(device, &y, &[streams * t])?;
-        let (scores, next) = model.scores(&x, state.as_ref())?;
-        let loss = scores
-            .reshape(&[streams * t, model.spec().vocab_size])?
-            .cross_entropy(&y)?;
+        let starts: Vec<usize> = (0..streams).map(|s| s * len + start).collect();
+        let batch = text_batch(text, &starts, t, start > 0, device)?;
+        let (loss, next) = next_char_loss(model, &batch, state.as_ref())?;
         // The state is realized with the loss: left pending, each chunk
         // would compute every chunk before it again.
         let mut pending = vec![loss.node().clone(), next.h.node().clone()];
@@ -388,8 +440,8 @@ pub fn streamed_loss(
 #[derive(Clone, Debug)]
 pub struct LmOptions {
     pub train: TrainOptions,
-    /// Characters per training window (steps of backpropagation through
-    /// time).
+    /// Characters of each stretch per batch (steps of backpropagation
+    /// through time; the state carries on beyond them).
     pub steps: usize,
 }
 
@@ -404,7 +456,10 @@ fn trainer(spec: &CharLmSpec, options: &LmOptions) -> Trainer {
         .with("arch", spec.arch_name())
         .with("vocab_size", spec.vocab_size)
         .with("dropout", spec.dropout)
-        .with("steps", options.steps);
+        .with("steps", options.steps)
+        // Runs from before the state was carried across batches read
+        // shuffled windows: not the same run.
+        .with("state", "carried");
     options.train.trainer(&spec.arch_name(), model)
 }
 
@@ -456,6 +511,18 @@ pub fn train(
             ),
         ));
     }
+    let streams = options.train.batch_size;
+    if stream_starts(corpus.train.len(), streams, options.steps, (0, 0)).is_none() {
+        return Err(Error::invalid(
+            "train",
+            format!(
+                "the training text ({} characters) is too short for {streams} stretches \
+                 of at least {} characters (the batch size and --steps)",
+                corpus.train.len(),
+                options.steps
+            ),
+        ));
+    }
     let baseline = NGram::fit(&corpus.train, BASELINE_ORDER, corpus.vocab.len())?
         .bits_per_char(&corpus.held_out);
     let model = spec.build(device)?;
@@ -471,18 +538,18 @@ pub fn train(
             text: corpus.held_out.clone(),
             steps: options.steps,
             batch_size: 64,
-            seed: None,
             device: device.clone(),
         },
         baseline_bits_per_char: baseline,
         metadata,
         params,
+        carried: None,
     };
-    let data = TextWindows {
+    let data = TextStreams {
         text: corpus.train.clone(),
         steps: options.steps,
-        batch_size: options.train.batch_size,
-        seed: Some(options.train.seed),
+        streams: options.train.batch_size,
+        seed: options.train.seed,
         device: device.clone(),
     };
     let history = trainer(spec, options).fit(&mut task, &data, device, observer)?;

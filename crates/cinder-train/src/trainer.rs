@@ -77,6 +77,7 @@ pub struct Step {
     clip_grad_norm: Option<f32>,
     recorded: Vec<(String, Tensor)>,
     realized: usize,
+    kept: Vec<Tensor>,
     samples: usize,
 }
 
@@ -109,16 +110,26 @@ impl Step {
         Ok(())
     }
 
-    /// `opt`'s update from `grads`, with the values recorded so far
+    /// A value of this step that a later one reads (a recurrent state
+    /// carried to the next batch): computed with the next
+    /// [`Step::optimize`], before the update overwrites the parameters it
+    /// was computed from.
+    pub fn keep(&mut self, value: &Tensor) {
+        self.kept.push(value.clone());
+    }
+
+    /// `opt`'s update from `grads`, with the values recorded or kept so far
     /// computed in the same submit: they read the parameters this update
     /// overwrites.
     pub fn optimize(&mut self, opt: &mut dyn Optimizer, grads: &Gradients) -> Result<()> {
         let pending: Vec<&Tensor> = self.recorded[self.realized..]
             .iter()
             .map(|(_, t)| t)
+            .chain(&self.kept)
             .collect();
         opt.step_realizing(grads, &pending)?;
         self.realized = self.recorded.len();
+        self.kept.clear();
         Ok(())
     }
 }
@@ -253,6 +264,7 @@ impl Trainer {
                     clip_grad_norm: self.clip_grad_norm,
                     recorded: Vec::new(),
                     realized: 0,
+                    kept: Vec::new(),
                     samples: 1,
                 };
                 task.train_step(batch, &mut step)?;
