@@ -45,8 +45,10 @@ pub enum DataArg {
 pub struct RunArgs {
     #[arg(long)]
     epochs: Option<usize>,
-    #[arg(long, default_value_t = 32)]
-    batch_size: usize,
+    /// Samples per batch (default: 32; 16 for char-lm, where a sample is
+    /// a stretch of the text).
+    #[arg(long)]
+    pub(crate) batch_size: Option<usize>,
     /// AdamW's base learning rate.
     #[arg(long, allow_negative_numbers = true)]
     lr: Option<f64>,
@@ -67,7 +69,8 @@ pub struct RunArgs {
     /// Label smoothing of the training loss, in [0, 1).
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     label_smoothing: f32,
-    /// Clip the gradients' joint L2 norm to this value.
+    /// Clip the gradients' joint L2 norm to this value (default: none; 1
+    /// for char-lm).
     #[arg(long, allow_negative_numbers = true)]
     clip_grad: Option<f32>,
     #[arg(long, default_value_t = 0)]
@@ -167,7 +170,7 @@ impl RunArgs {
         .with_warmup(self.warmup_steps);
         Ok(TrainOptions {
             epochs: self.epochs.unwrap_or(epochs),
-            batch_size: self.batch_size,
+            batch_size: self.batch_size.unwrap_or(32),
             lr: self.lr.unwrap_or(lr),
             weight_decay: self.weight_decay,
             schedule,
