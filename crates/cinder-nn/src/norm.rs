@@ -60,14 +60,21 @@ fn batch_norm_forward(
     }
     let (y, mean, var) = input.batch_norm_train(weight, bias, eps)?;
     let device = input.device();
-    let tracked = num_batches_tracked.add(&Tensor::full_dtype(device, &[], DType::I32, 1.0))?;
+    // A forward since the last realization has an update pending: this one
+    // follows it, as in PyTorch (a GAN's discriminator runs twice a step).
+    let (running_mean_now, running_var_now, tracked_now) = (
+        running_mean.after_deferred_writes(),
+        running_var.after_deferred_writes(),
+        num_batches_tracked.after_deferred_writes(),
+    );
+    let tracked = tracked_now.add(&Tensor::full_dtype(device, &[], DType::I32, 1.0))?;
     let factor = match momentum {
         Some(m) => Tensor::full(device, &[], m),
         None => tracked.to_dtype(DType::F32)?.recip()?,
     };
     let keep = factor.rsub_scalar(1.0)?;
-    let new_mean = running_mean.mul(&keep)?.add(&mean.mul(&factor)?)?;
-    let new_var = running_var.mul(&keep)?.add(&var.mul(&factor)?)?;
+    let new_mean = running_mean_now.mul(&keep)?.add(&mean.mul(&factor)?)?;
+    let new_var = running_var_now.mul(&keep)?.add(&var.mul(&factor)?)?;
     device.defer_assign(running_mean.node(), new_mean.node().clone());
     device.defer_assign(running_var.node(), new_var.node().clone());
     device.defer_assign(num_batches_tracked.node(), tracked.node().clone());

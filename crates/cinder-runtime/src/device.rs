@@ -611,8 +611,10 @@ impl Device {
     /// The write happens in the next realization that has effects of its
     /// own (an optimizer step, a checkpoint load) or that reads `target`,
     /// so unrelated realizations (initialising optimizer state, say) keep
-    /// their plans. A second deferral to the same target replaces the first:
-    /// both were computed from the same old value.
+    /// their plans. A second deferral to the same target replaces the first,
+    /// so a second update meant to follow the first must be computed from
+    /// [`Device::deferred_value`], as PyTorch's two batch-norm forwards
+    /// before one step update the running statistics twice.
     pub fn defer_assign(&self, target: &crate::graph::Node, value: crate::graph::Node) {
         let mut deferred = lock(&self.inner.deferred);
         deferred.retain(|e| {
@@ -622,6 +624,20 @@ impl Device {
             target: target.clone(),
             value,
         });
+    }
+
+    /// The value a deferred write will give `target` at the next
+    /// realization, if one is pending.
+    pub fn deferred_value(&self, target: &crate::graph::Node) -> Option<crate::graph::Node> {
+        lock(&self.inner.deferred)
+            .iter()
+            .rev()
+            .find_map(|e| match e {
+                crate::canon::Effect::Assign { target: t, value } if t.id() == target.id() => {
+                    Some(value.clone())
+                }
+                _ => None,
+            })
     }
 
     /// Resets the default random stream: later `rand`/`randn` calls without an

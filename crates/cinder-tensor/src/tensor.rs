@@ -89,6 +89,16 @@ impl Tensor {
         &self.0.node
     }
 
+    /// What this (realized) tensor will hold once the device's pending
+    /// deferred write to it runs ([`Device::defer_assign`]), or itself when
+    /// none is pending: the value a second in-place update must start from.
+    pub fn after_deferred_writes(&self) -> Tensor {
+        match self.device().deferred_value(self.node()) {
+            Some(node) => Tensor::from_node(node),
+            None => self.detach(),
+        }
+    }
+
     pub fn shape(&self) -> &[usize] {
         self.0.node.shape()
     }
