@@ -14,6 +14,7 @@
 
 pub use cinder_cnn as cnn;
 pub use cinder_data as data;
+pub use cinder_gan as gan;
 pub use cinder_nn as nn;
 pub use cinder_rnn as rnn;
 pub use cinder_runtime as runtime;

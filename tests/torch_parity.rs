@@ -333,3 +333,140 @@ fn pytorch_gru_state_dict_gives_pytorch_packed_outputs_and_gradients() -> Result
     let options = cinder::nn::RnnOptions::default().batch_first(true);
     check_recurrent("torch_gru", cinder::nn::gru(&device, 5, 7, options)?)
 }
+
+/// Checks each of `params` against PyTorch's gradient `{prefix}.{name}`,
+/// where the fixture has one, each against the scale of its tensor.
+fn check_grads(
+    what: &str,
+    grads: &cinder::Gradients,
+    params: &[(String, Tensor)],
+    expected: &HashMap<String, (Vec<usize>, Vec<f32>)>,
+    prefix: &str,
+) -> Result<usize> {
+    let mut checked = 0;
+    for (pname, p) in params {
+        let Some((_, want)) = expected.get(&format!("{prefix}.{pname}")) else {
+            continue;
+        };
+        let got = grads
+            .get(p)
+            .unwrap_or_else(|| panic!("{what}: no gradient for {pname}"))
+            .to_vec::<f32>()?;
+        let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        assert_close(
+            &format!("{what} grad of {pname}"),
+            &got,
+            want,
+            1e-3,
+            1e-4 * scale.max(1e-3),
+        );
+        checked += 1;
+    }
+    Ok(checked)
+}
+
+/// A DCGAN pair PyTorch trained two steps and saved: outputs in both
+/// modes, one step's losses and gradients in PyTorch's order (D on real,
+/// G, D on the detached fake, backward; D on the same fake for G's loss,
+/// backward), and the batch norms' running statistics after it.
+fn check_gan(name: &str, spec: cinder::gan::GanSpec, g_file: &str) -> Result<()> {
+    use cinder::prelude::Reduction;
+    // Batch norm's pending writes are the device's: another test's
+    // realization on the shared device would run them early.
+    let _serial = common::serial();
+    let device = common::device();
+    let mut g = spec.generator(&device)?;
+    let mut d = spec.discriminator(&device)?;
+    checkpoint::load(fixture(g_file), &g)?;
+    checkpoint::load(fixture(&format!("{name}_d.safetensors")), &d)?;
+    let expected = read_all(&fixture(&format!("{name}_expected.safetensors")));
+    let get = |key: &str| -> &(Vec<usize>, Vec<f32>) {
+        expected
+            .get(key)
+            .unwrap_or_else(|| panic!("{name}_expected has no {key}"))
+    };
+    let tensor = |key: &str| -> Result<Tensor> {
+        let (shape, data) = get(key);
+        Tensor::from_slice(&device, data, shape)
+    };
+    let (z, images) = (tensor("z")?, tensor("images")?);
+    let labels = match expected.get("labels") {
+        Some((_, l)) => {
+            let l: Vec<i32> = l.iter().map(|&v| v as i32).collect();
+            Some(Tensor::from_slice(&device, &l, &[l.len()])?)
+        }
+        None => None,
+    };
+    let labels = labels.as_ref();
+    let close = |what: &str, got: &Tensor, key: &str| -> Result<()> {
+        assert_close(
+            &format!("{name} {what}"),
+            &got.to_vec::<f32>()?,
+            &get(key).1,
+            1e-4,
+            1e-5,
+        );
+        Ok(())
+    };
+
+    g.eval();
+    d.eval();
+    close("eval images", &g.generate(&z, labels)?, "g_eval")?;
+    close("eval logits", &d.logits(&images, labels)?, "d_eval")?;
+
+    g.train();
+    d.train();
+    let bce = |logits: &Tensor, target: f32| -> Result<Tensor> {
+        let t = Tensor::full(&device, logits.shape(), target);
+        logits.binary_cross_entropy_with_logits(&t, None, None, Reduction::Mean)
+    };
+    let d_real = d.logits(&images, labels)?;
+    let fake = g.generate(&z, labels)?;
+    let d_loss = bce(&d_real, 1.0)?.add(&bce(&d.logits(&fake.detach(), labels)?, 0.0)?)?;
+    let d_grads = d_loss.backward()?;
+    close("train logits", &d_real, "d_train")?;
+    close("train images", &fake, "g_train")?;
+    close("discriminator loss", &d_loss, "loss_d")?;
+    let g_loss = bce(&d.logits(&fake, labels)?, 1.0)?;
+    let g_grads = g_loss.backward()?;
+    close("generator loss", &g_loss, "loss_g")?;
+    let d_params = d.named_parameters();
+    let g_params = g.named_parameters();
+    assert_eq!(
+        check_grads(name, &d_grads, &d_params, &expected, "d_grad")?,
+        d_params.len()
+    );
+    let skipped = usize::from(!spec.is_conditional());
+    assert_eq!(
+        check_grads(name, &g_grads, &g_params, &expected, "g_grad")?,
+        g_params.len() - skipped
+    );
+    for (part, buffers) in [
+        ("g_after", g.named_buffers()),
+        ("d_after", d.named_buffers()),
+    ] {
+        for (bname, b) in buffers.iter().filter(|(n, _)| n.contains("running")) {
+            close(&format!("{part} {bname}"), b, &format!("{part}.{bname}"))?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn pytorch_dcgan_state_dicts_give_pytorch_images_losses_and_gradients() -> Result<()> {
+    // The generator from PyTorch's own torch.save format.
+    check_gan(
+        "torch_dcgan",
+        cinder::gan::GanSpec::dcgan(28, 100),
+        "torch_dcgan_g.pt",
+    )
+}
+
+#[test]
+fn pytorch_conditional_dcgan_state_dicts_give_pytorch_numbers() -> Result<()> {
+    check_gan(
+        "torch_cdcgan",
+        cinder::gan::GanSpec::conditional(8, 16, 10),
+        "torch_cdcgan_g.safetensors",
+    )
+}

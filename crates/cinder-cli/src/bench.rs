@@ -40,6 +40,15 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 20)]
         steps: usize,
     },
+    /// Milliseconds per DCGAN training step on 28x28 images at batch 64:
+    /// the discriminator on real and generated images and its Adam update,
+    /// then the generator's (cinder-gan's recipe, the losses read); the
+    /// first step on its own.
+    Gan {
+        /// Timed training steps (after the first, which compiles everything).
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+    },
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
@@ -84,7 +93,57 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             }
             Ok(())
         }
+        BenchCommand::Gan { steps } => {
+            let device = Device::new()?;
+            println!("adapter: {} ({})", device.adapter_name(), device.backend());
+            gan_steps(&device, steps.max(1))
+        }
     }
+}
+
+fn gan_steps(device: &Device, steps: usize) -> Result<()> {
+    use cinder::gan::train::{GanTask, LR};
+    use cinder::train::{ClassBatch, Step, Task};
+    let spec = cinder::gan::GanSpec::dcgan(28, 100);
+    let batch = 64;
+    device.manual_seed(0);
+    let held_out =
+        cinder::data::InMemoryDataset::new(vec![0.0; 784], vec![1, 28, 28], vec![0], 10)?;
+    let mut task = GanTask::new(&spec, held_out, LR, 0.0, device)?;
+    let x = Tensor::rand_seeded(device, &[batch, 1, 28, 28], 0.0, 1.0, 7)?;
+    let labels: Vec<i32> = (0..batch as i32).map(|i| i % 10).collect();
+    let y = Tensor::from_slice(device, &labels, &[batch])?;
+    device.realize(&[x.node().clone()])?;
+    let mut times = Vec::with_capacity(steps + 1);
+    for _ in 0..=steps {
+        let t = Instant::now();
+        let mut step = Step::standalone();
+        task.train_step(
+            ClassBatch {
+                x: x.clone(),
+                y: y.clone(),
+            },
+            &mut step,
+        )?;
+        for (_, value) in step.recorded() {
+            value.item()?;
+        }
+        times.push(t.elapsed());
+    }
+    let first = times.remove(0);
+    let (med, min, max) = summary(&mut times);
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "{} training step, batch {batch} of 1x28x28 (D on real and fake, G; Adam): \
+         median {:.1} ms (min {:.1}, max {:.1}), {:.0} images/s; first step {:.2} s",
+        spec.arch_name(),
+        ms(med),
+        ms(min),
+        ms(max),
+        batch as f64 / med.as_secs_f64(),
+        first.as_secs_f64()
+    );
+    Ok(())
 }
 
 fn recurrent_steps(device: &Device, spec: &SequenceSpec, steps: usize) -> Result<()> {

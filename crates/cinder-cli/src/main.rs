@@ -2,6 +2,7 @@
 
 mod bench;
 mod cnn;
+mod gan;
 mod rnn;
 mod train;
 
@@ -74,6 +75,9 @@ enum PredictTask {
 enum GenerateCommand {
     /// Text from a character model trained by `cinder train rnn --task char-lm`.
     CharLm(rnn::GenerateCharLm),
+    /// A grid of digits (or with --interpolate a row walking between two
+    /// noise vectors) from a generator trained by `cinder train gan`.
+    Gan(gan::GenerateGan),
 }
 
 fn main() {
@@ -95,6 +99,9 @@ fn main() {
         Command::Generate {
             what: GenerateCommand::CharLm(args),
         } => rnn::generate_char_lm(args),
+        Command::Generate {
+            what: GenerateCommand::Gan(args),
+        } => gan::generate_gan(args),
         Command::Bench { what } => bench::run(what),
     };
     if let Err(e) = result {

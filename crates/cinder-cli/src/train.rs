@@ -17,6 +17,10 @@ pub enum TrainCommand {
     /// shipped MNIST digits read row by row (--task mnist-rows), into
     /// runs/rnn.
     Rnn(crate::rnn::TrainRnn),
+    /// A DCGAN (or with --conditional one told the digit) on real MNIST
+    /// digits (or the 8x8 digits), with a grid of samples after every epoch,
+    /// into runs/gan.
+    Gan(crate::gan::TrainGan),
 }
 
 pub fn run(cmd: TrainCommand) -> Result<()> {
@@ -24,5 +28,6 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
         TrainCommand::Mlp(args) => crate::cnn::train_mlp(args),
         TrainCommand::Cnn(args) => crate::cnn::train_cnn(args),
         TrainCommand::Rnn(args) => crate::rnn::train_rnn(args),
+        TrainCommand::Gan(args) => crate::gan::train_gan(args),
     }
 }

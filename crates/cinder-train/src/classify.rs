@@ -175,7 +175,7 @@ impl Task for Classifier {
         self.metadata.clone()
     }
 
-    fn epoch_files(&mut self) -> Result<Vec<(String, Vec<u8>)>> {
+    fn epoch_files(&mut self, _epoch: usize) -> Result<Vec<(String, Vec<u8>)>> {
         Ok(self
             .last
             .as_ref()

@@ -60,9 +60,11 @@ pub trait Task {
         Vec::new()
     }
 
-    /// Files of the task's own, written into the run folder after each
-    /// epoch: a confusion matrix, a grid of samples.
-    fn epoch_files(&mut self) -> Result<Vec<(String, Vec<u8>)>> {
+    /// Files of the task's own, written into the run folder after epoch
+    /// `epoch` (1-based): a confusion matrix, a grid of samples. Names may
+    /// hold folders (`samples/epoch_003.png`).
+    fn epoch_files(&mut self, epoch: usize) -> Result<Vec<(String, Vec<u8>)>> {
+        let _ = epoch;
         Ok(Vec::new())
     }
 }
@@ -82,6 +84,26 @@ pub struct Step {
 }
 
 impl Step {
+    /// A step outside a [`Trainer`]'s loop (a benchmark's, a test's): the
+    /// run's first, without clipping.
+    pub fn standalone() -> Step {
+        Step {
+            epoch: 0,
+            batch: 0,
+            global: 0,
+            clip_grad_norm: None,
+            recorded: Vec::new(),
+            realized: 0,
+            kept: Vec::new(),
+            samples: 1,
+        }
+    }
+
+    /// The values recorded so far, by name.
+    pub fn recorded(&self) -> &[(String, Tensor)] {
+        &self.recorded
+    }
+
     /// Reports a scalar of this step (a loss, an accuracy): read with the
     /// step's others once the step is done, averaged over the epoch weighted
     /// by each step's samples, checked for NaN and infinity.
@@ -413,7 +435,7 @@ impl Trainer {
             timings.push_str(&format!("{epoch},{seconds:.3},{rate:.1}\n"));
         }
         write_atomic(&self.run.timings(), timings.as_bytes())?;
-        for (file, bytes) in task.epoch_files()? {
+        for (file, bytes) in task.epoch_files(progress.history.rows.len())? {
             write_atomic(&self.run.dir.join(file), &bytes)?;
         }
         save_tensors_with_metadata(
