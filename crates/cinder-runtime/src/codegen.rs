@@ -518,6 +518,49 @@ impl Gen<'_> {
             );
             return acc;
         }
+        if win.dilation == [1, 1] {
+            // Only the taps that land on a window: every stride-th from the
+            // first, between bounds, with no test per tap (a transposed
+            // convolution of stride 2 visits 4 of its 16 taps).
+            let (t_h, lo_h, hi_h) = self.tap_bounds(
+                body,
+                &coord(idx, shape, 2),
+                win.padding[0],
+                win.stride[0],
+                oh_n,
+                kh_n,
+            );
+            let (t_w, lo_w, hi_w) = self.tap_bounds(
+                body,
+                &coord(idx, shape, 3),
+                win.padding[1],
+                win.stride[1],
+                ow_n,
+                kw_n,
+            );
+            let (ih, iw) = (self.fresh("ih"), self.fresh("iw"));
+            let _ = write!(
+                body,
+                "    var {acc}: {ty_name} = {zero};
+    let {nc} = {idx} / {plane}u;
+    for (var {ih} = {lo_h}; {ih} <= {hi_h}; {ih} += {sh}) {{
+    let {kh} = u32({ih});
+    let {oh} = u32(({t_h} - {ih}) / {sh});
+    for (var {iw} = {lo_w}; {iw} <= {hi_w}; {iw} += {sw}) {{
+    let {kw} = u32({iw});
+    let {ow} = u32(({t_w} - {iw}) / {sw});
+    let {child} = {tap_index};
+{inner}    {acc} += {v};
+    }}
+    }}
+",
+                ty_name = dtype.wgsl(),
+                zero = zero(dtype),
+                sh = win.stride[0],
+                sw = win.stride[1],
+            );
+            return acc;
+        }
         let _ = write!(
             body,
             "    var {acc}: {ty_name} = {zero};
@@ -547,6 +590,39 @@ impl Gen<'_> {
             sw = win.stride[1],
         );
         acc
+    }
+
+    /// A fold's taps along one axis for output coordinate `coord`: tap `k`
+    /// reads window `(t - k) / stride` with `t = coord + pad`, and exists
+    /// where `t - k` is a multiple of the stride in `0..=stride * (windows -
+    /// 1)` and `k < taps`. Writes `t` and the first and last such tap (i32;
+    /// none when first > last) and returns their names.
+    fn tap_bounds(
+        &mut self,
+        body: &mut String,
+        coord: &str,
+        pad: usize,
+        stride: usize,
+        windows: usize,
+        taps: usize,
+    ) -> (String, String, String) {
+        let (t, low, lo, hi) = (
+            self.fresh("t"),
+            self.fresh("low"),
+            self.fresh("lo"),
+            self.fresh("hi"),
+        );
+        let _ = write!(
+            body,
+            "    let {t} = i32({coord}) + {pad};
+    let {hi} = min({t}, {last_tap});
+    let {low} = max(0, {t} - {reach});
+    let {lo} = {low} + ({t} - {low}) % {stride};
+",
+            last_tap = taps as i64 - 1,
+            reach = stride * windows.saturating_sub(1),
+        );
+        (t, lo, hi)
     }
 
     fn chunks(&self, i: usize) -> usize {
