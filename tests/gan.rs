@@ -4,9 +4,11 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use cinder::data::Digits;
+use cinder::gan::quality::DigitJudge;
 use cinder::gan::train::{self, load_generator, GanTask, LR};
 use cinder::gan::GanSpec;
 use cinder::nn::Module;
@@ -101,10 +103,11 @@ fn dcgan_networks_have_pytorch_names_shapes_and_dcgan_weights() -> Result<()> {
     Ok(())
 }
 
-/// Three epochs on the 8x8 digits: a grid of samples per epoch, both
-/// networks' files, losses recorded; the generated images' mean image comes
-/// much closer to the real digits' than the untrained generator's; the
-/// saved generator draws what the run's did.
+/// Three epochs on the 8x8 digits, measured by a digit classifier trained
+/// first: a grid of samples per epoch, both networks' files, losses
+/// recorded; the generated images' mean image and the classifier's
+/// features of them come much closer to the real digits' than the
+/// untrained generator's; the saved generator loads and draws.
 #[test]
 fn dcgan_trains_on_the_digits_and_its_generator_loads() -> Result<()> {
     let _serial = common::serial();
@@ -126,22 +129,37 @@ fn dcgan_trains_on_the_digits_and_its_generator_loads() -> Result<()> {
         out_dir: out.clone(),
         start: Start::New,
     };
+    let judge_dir = out.join("judge");
+    device.manual_seed(5);
+    DigitJudge::train(&split, &judge_dir, &device, &mut Silent)?;
+    let judge = || DigitJudge::load(&judge_dir.join("model.safetensors"), 8, &device);
     device.manual_seed(2);
-    let untrained = GanTask::new(&spec, split.test.clone(), LR, 0.0, &device)?
-        .evaluate()?
-        .into_iter()
-        .find(|(n, _)| n == "mean_image_rmse")
-        .map(|(_, v)| v)
-        .unwrap_or(f64::NAN);
+    let untrained: HashMap<String, f64> =
+        GanTask::new(&spec, split.test.clone(), LR, 0.0, Some(judge()?), &device)?
+            .evaluate()?
+            .into_iter()
+            .collect();
     device.manual_seed(2);
     let history = train::train(
         &spec,
         split.train,
         split.test,
+        Some(judge()?),
         &options,
         &device,
         &mut Silent,
     )?;
+    let last_fid = history
+        .rows
+        .last()
+        .and_then(|r| r.get("fid_digits"))
+        .unwrap_or(f64::NAN);
+    assert!(
+        last_fid < 0.5 * untrained["fid_digits"],
+        "Fréchet distance {last_fid} (untrained: {})",
+        untrained["fid_digits"]
+    );
+    let untrained = untrained["mean_image_rmse"];
     let last = history
         .rows
         .last()
@@ -152,7 +170,14 @@ fn dcgan_trains_on_the_digits_and_its_generator_loads() -> Result<()> {
         "mean image {last} from the digits' (untrained: {untrained})"
     );
     for row in &history.rows {
-        for key in ["train_d_loss", "train_g_loss", "train_d_accuracy"] {
+        for key in [
+            "train_d_loss",
+            "train_g_loss",
+            "train_d_accuracy",
+            "class_share_min",
+            "class_share_max",
+            "confident_share",
+        ] {
             assert!(
                 row.get(key).is_some_and(f64::is_finite),
                 "{key} in epoch {}",
@@ -163,6 +188,7 @@ fn dcgan_trains_on_the_digits_and_its_generator_loads() -> Result<()> {
     for file in [
         "samples/epoch_001.png",
         "samples/epoch_003.png",
+        "samples/overview.png",
         "generator.safetensors",
         "discriminator.safetensors",
         "curves.png",
@@ -173,6 +199,13 @@ fn dcgan_trains_on_the_digits_and_its_generator_loads() -> Result<()> {
         .map_err(|e| cinder::Error::invalid("test", e.to_string()))?;
     // 8 cells of 8 pixels drawn 7x7, a pixel of border each, and one.
     assert_eq!((grid.width(), grid.height()), (8 * 57 + 1, 8 * 57 + 1));
+    // One row of the grid per epoch, and a closing border.
+    let overview = image::open(out.join("samples/overview.png"))
+        .map_err(|e| cinder::Error::invalid("test", e.to_string()))?;
+    assert_eq!(
+        (overview.width(), overview.height()),
+        (8 * 57 + 1, 3 * 57 + 1)
+    );
 
     let generator = load_generator(&out.join("generator.safetensors"), &device)?;
     assert_eq!(generator.spec, spec);

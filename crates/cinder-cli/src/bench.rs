@@ -109,7 +109,7 @@ fn gan_steps(device: &Device, steps: usize) -> Result<()> {
     device.manual_seed(0);
     let held_out =
         cinder::data::InMemoryDataset::new(vec![0.0; 784], vec![1, 28, 28], vec![0], 10)?;
-    let mut task = GanTask::new(&spec, held_out, LR, 0.0, device)?;
+    let mut task = GanTask::new(&spec, held_out, LR, 0.0, None, device)?;
     let x = Tensor::rand_seeded(device, &[batch, 1, 28, 28], 0.0, 1.0, 7)?;
     let labels: Vec<i32> = (0..batch as i32).map(|i| i % 10).collect();
     let y = Tensor::from_slice(device, &labels, &[batch])?;

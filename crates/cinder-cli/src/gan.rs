@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use cinder::data::{Digits, Mnist, Split};
 use cinder::gan::grid::image_grid;
+use cinder::gan::quality::{DigitJudge, JUDGE_EPOCHS};
 use cinder::gan::train::{self, load_generator, LR};
 use cinder::gan::GanSpec;
 use cinder::nn::checkpoint::write_atomic;
@@ -30,6 +31,11 @@ pub struct TrainGan {
     /// Size of the generator's Gaussian noise.
     #[arg(long, default_value_t = 100)]
     latent: usize,
+    /// The digit classifier that measures the generated digits (a LeNet
+    /// `model.safetensors` of `cinder train cnn` on the same image size).
+    /// Default: OUT/judge/model.safetensors, trained there first if missing.
+    #[arg(long)]
+    judge: Option<PathBuf>,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -70,6 +76,24 @@ pub fn train_gan(args: TrainGan) -> Result<()> {
     let device = Device::new()?;
     println!("adapter: {} ({})", device.adapter_name(), device.backend());
     let split = split()?;
+    let judge = match &args.judge {
+        Some(path) => DigitJudge::load(path, side, &device)?,
+        None => {
+            let dir = options.out_dir.join("judge");
+            let path = dir.join("model.safetensors");
+            if path.is_file() {
+                DigitJudge::load(&path, side, &device)?
+            } else {
+                println!(
+                    "training the digit classifier that measures the generated digits ({} epochs, into {})",
+                    JUDGE_EPOCHS,
+                    dir.display()
+                );
+                device.manual_seed(options.seed);
+                DigitJudge::train(&split, &dir, &device, &mut Progress::new())?
+            }
+        }
+    };
     println!(
         "{name}: {} training and {} held-out images of {side}x{side}; {} ({} + {} parameters)",
         split.train.len(),
@@ -85,18 +109,30 @@ pub fn train_gan(args: TrainGan) -> Result<()> {
         &spec,
         split.train,
         split.test,
+        Some(judge),
         &options,
         &device,
         &mut progress,
     )?;
     let seconds = started.elapsed().as_secs_f64();
     if let Some(last) = history.rows.last() {
+        let get = |k: &str| last.get(k).unwrap_or(f64::NAN);
         println!(
-            "after {} epochs ({seconds:.1} s this run): discriminator loss {:.3}, generator loss {:.3}",
+            "after {} epochs ({seconds:.1} s this run): Fréchet distance on the digit classifier {:.2} \
+             (first epoch {:.2}), class shares {:.1}% to {:.1}%, {:.1}% called with 90% confidence",
             last.epoch,
-            last.get("train_d_loss").unwrap_or(f64::NAN),
-            last.get("train_g_loss").unwrap_or(f64::NAN),
+            get("fid_digits"),
+            history.rows[0].get("fid_digits").unwrap_or(f64::NAN),
+            100.0 * get("class_share_min"),
+            100.0 * get("class_share_max"),
+            100.0 * get("confident_share"),
         );
+        if spec.is_conditional() {
+            println!(
+                "{:.1}% of the digits asked for are called as that digit",
+                100.0 * get("asked_digit_share")
+            );
+        }
     }
     let run = RunDir::new(&options.out_dir);
     println!(
@@ -106,7 +142,7 @@ pub fn train_gan(args: TrainGan) -> Result<()> {
         run.checkpoint().display(),
         run.metrics().display(),
         run.curves().display(),
-        run.dir.join("samples").display()
+        run.samples().display()
     );
     Ok(())
 }

@@ -228,7 +228,7 @@ impl ModelSpec {
 /// ReLU and 2x2 max-pooling, then a 128-unit hidden layer: the MNIST-shaped
 /// network of `cinder bench cnn`, for any image at least 4x4. Its layers
 /// are numbered as in the same `torch.nn.Sequential`.
-fn lenet(device: &Device, spec: &ModelSpec) -> Result<Sequential> {
+pub fn lenet(device: &Device, spec: &ModelSpec) -> Result<Sequential> {
     if spec.height < 4 || spec.width < 4 {
         return Err(Error::invalid(
             "LeNet",

@@ -48,6 +48,39 @@ pub fn image_grid(
     Ok(png)
 }
 
+/// The first row of cells of each grid (PNGs that [`image_grid`] wrote
+/// with the same layout and `cell` pixels per cell, border included),
+/// stacked top to bottom as one PNG: a run's progress at a glance, one
+/// row per epoch.
+pub fn stack_first_rows(grids: &[Vec<u8>], cell: usize) -> Result<Vec<u8>> {
+    let mut rows: Vec<u8> = Vec::new();
+    let mut width = 0;
+    for png in grids {
+        let img = image::load_from_memory(png)
+            .map_err(|e| Error::invalid("stack_first_rows", e.to_string()))?
+            .to_luma8();
+        let (w, h) = (img.width() as usize, img.height() as usize);
+        if h < cell + 1 || (width != 0 && w != width) {
+            return Err(Error::invalid(
+                "stack_first_rows",
+                format!("a grid of {w}x{h} does not match the others (cells of {cell})"),
+            ));
+        }
+        width = w;
+        rows.extend_from_slice(&img.as_raw()[..cell * w]);
+    }
+    if width == 0 {
+        return Err(Error::invalid("stack_first_rows", "no grids to stack"));
+    }
+    rows.extend(std::iter::repeat_n(BORDER_GREY, width));
+    let height = rows.len() / width;
+    let mut png = Vec::new();
+    PngEncoder::new(&mut png)
+        .write_image(&rows, width as u32, height as u32, ExtendedColorType::L8)
+        .map_err(|e| Error::invalid("stack_first_rows", e.to_string()))?;
+    Ok(png)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,5 +106,16 @@ mod tests {
         // The empty fourth cell stays border grey.
         assert_eq!(img.get_pixel(10, 10).0[0], BORDER_GREY);
         assert!(image_grid(&pixels, 2, 2, 2, 3).is_err());
+
+        // Two grids' first rows, one above the other, and a closing border.
+        let white = image_grid(&[1.0; 12], 3, 2, 2, 3).unwrap(); // ok: a test
+        let stacked = stack_first_rows(&[png, white], 7).unwrap(); // ok: a test
+        let img = image::load_from_memory(&stacked).unwrap().to_luma8(); // ok: a test
+        assert_eq!(img.dimensions(), (15, 15));
+        assert_eq!(img.get_pixel(1, 1).0[0], 0);
+        assert_eq!(img.get_pixel(1, 8).0[0], 255);
+        assert_eq!(img.get_pixel(3, 7).0[0], BORDER_GREY);
+        assert_eq!(img.get_pixel(3, 14).0[0], BORDER_GREY);
+        assert!(stack_first_rows(&[], 7).is_err());
     }
 }

@@ -7,4 +7,5 @@ pub mod models;
 
 pub use models::{Discriminator, GanSpec, Generator};
 pub mod grid;
+pub mod quality;
 pub mod train;

@@ -18,8 +18,9 @@ use cinder_train::{
     Batches, History, Observer, Settings, ShuffledBatches, Step, Task, TrainOptions, Trainer,
 };
 
-use crate::grid::image_grid;
+use crate::grid::{image_grid, stack_first_rows};
 use crate::models::{Discriminator, GanSpec, Generator};
+use crate::quality::{coverage, frechet_distance, DigitJudge};
 
 /// DCGAN's Adam: 2e-4 and betas (0.5, 0.999).
 pub const LR: f64 = 2e-4;
@@ -46,6 +47,12 @@ pub struct GanTask {
     /// The real images' target: 1, or less with one-sided smoothing.
     pub real_target: f32,
     pub held_out: InMemoryDataset,
+    /// The classifier whose features and calls measure the generated
+    /// digits after every epoch.
+    pub judge: Option<DigitJudge>,
+    /// The run's folder, where earlier epochs' grids are read back for
+    /// `samples/overview.png`.
+    pub run_dir: Option<std::path::PathBuf>,
     fixed_noise: Tensor,
     fixed_labels: Option<Tensor>,
     device: Device,
@@ -64,6 +71,7 @@ impl GanTask {
         held_out: InMemoryDataset,
         lr: f64,
         label_smoothing: f32,
+        judge: Option<DigitJudge>,
         device: &Device,
     ) -> Result<GanTask> {
         let generator = spec.generator(device)?;
@@ -89,6 +97,8 @@ impl GanTask {
             d_opt,
             real_target: 1.0 - label_smoothing,
             held_out,
+            judge,
+            run_dir: None,
             fixed_noise,
             fixed_labels,
             device: device.clone(),
@@ -159,12 +169,16 @@ impl Task for GanTask {
         step.optimize(&mut self.g_opt, &g_grads)
     }
 
-    /// How far the mean of 1000 generated images (at most as many as
-    /// held-out ones) lies from the held-out images' mean image: the root
-    /// mean square over the pixels, in the data's [0, 1]. A crude check that
-    /// the generator draws where the ink is. (The discriminator's own
-    /// scores are not a measure: in evaluation mode its batch norm's
-    /// running statistics mix real and generated batches.)
+    /// On up to 1000 held-out images and as many generated ones (for a
+    /// conditional GAN, asked for the held-out images' classes): how far
+    /// the generated mean image lies from the real one (root mean square
+    /// over the pixels, in the data's [0, 1]), and with a judge the
+    /// Fréchet distance between its features of both, the smallest and
+    /// largest class share among generated digits, the share it calls with
+    /// 90% confidence and, for a conditional GAN, the share called as the
+    /// digit asked for. (The discriminator's own scores are no measure: in
+    /// evaluation mode its batch norm's running statistics mix real and
+    /// generated batches.)
     fn evaluate(&mut self) -> Result<Vec<(String, f64)>> {
         let spec = self.generator.spec;
         let n = self.held_out.len().min(1000);
@@ -174,14 +188,58 @@ impl Task for GanTask {
             &self.held_out.features[..n * side * side],
             &[n, 1, side, side],
         )?;
-        let labels = Tensor::from_slice(&self.device, &self.held_out.labels[..n], &[n])?;
+        let asked = &self.held_out.labels[..n];
+        let labels = Tensor::from_slice(&self.device, asked, &[n])?;
         let labels = spec.is_conditional().then_some(&labels);
         let noise = Tensor::randn(&self.device, &[n, spec.latent])?;
-        let fake = self.generator.generate(&noise, labels)?;
-        let fake_mean = fake.add_scalar(1.0)?.mul_scalar(0.5)?.mean(&[0], false)?;
-        let real_mean = real.mean(&[0], false)?;
-        let rmse = fake_mean.sub(&real_mean)?.square()?.mean_all()?.sqrt()?;
-        Ok(vec![("mean_image_rmse".to_string(), rmse.item()? as f64)])
+        let fake = self
+            .generator
+            .generate(&noise, labels)?
+            .add_scalar(1.0)?
+            .mul_scalar(0.5)?;
+        let rmse = fake
+            .mean(&[0], false)?
+            .sub(&real.mean(&[0], false)?)?
+            .square()?
+            .mean_all()?
+            .sqrt()?;
+        let mut values = vec![("mean_image_rmse".to_string(), rmse.item()? as f64)];
+        if let Some(judge) = &self.judge {
+            let (real, fake) = (judge.judge(&real)?, judge.judge(&fake)?);
+            let dim = real.features.len() / n;
+            let fid = frechet_distance(&real.features, &fake.features, dim)?;
+            let classes = fake.probabilities.len() / n;
+            let cover = coverage(&fake.probabilities, classes);
+            let shares = &cover.class_shares;
+            values.extend([
+                ("fid_digits".to_string(), fid),
+                (
+                    "class_share_min".to_string(),
+                    shares.iter().copied().fold(f64::INFINITY, f64::min),
+                ),
+                (
+                    "class_share_max".to_string(),
+                    shares.iter().copied().fold(0.0, f64::max),
+                ),
+                ("confident_share".to_string(), cover.confident),
+            ]);
+            if spec.is_conditional() {
+                let hits =
+                    fake.probabilities
+                        .chunks_exact(classes)
+                        .zip(asked)
+                        .filter(|(row, &want)| {
+                            let best = row.iter().enumerate().fold(
+                                (0, f32::NEG_INFINITY),
+                                |m, (i, &p)| if p > m.1 { (i, p) } else { m },
+                            );
+                            best.0 == want as usize
+                        })
+                        .count();
+                values.push(("asked_digit_share".to_string(), hits as f64 / n as f64));
+            }
+        }
+        Ok(values)
     }
 
     fn model_metadata(&self, _name: &str) -> Vec<(String, String)> {
@@ -191,14 +249,31 @@ impl Task for GanTask {
         meta
     }
 
+    /// `samples/epoch_NNN.png`, the fixed noise's grid, and
+    /// `samples/overview.png`: the first row of every epoch's grid so far,
+    /// one under another.
     fn epoch_files(&mut self, epoch: usize) -> Result<Vec<(String, Vec<u8>)>> {
         let images = self.grid_samples()?.to_vec::<f32>()?;
         let side = self.generator.spec.image_size;
         let scale = (56 / side).max(1);
-        Ok(vec![(
-            format!("samples/epoch_{epoch:03}.png"),
-            image_grid(&images, GRID_SAMPLES, side, 8, scale)?,
-        )])
+        let grid = image_grid(&images, GRID_SAMPLES, side, 8, scale)?;
+        let mut files = vec![(format!("samples/epoch_{epoch:03}.png"), grid.clone())];
+        if let Some(dir) = &self.run_dir {
+            let mut grids = Vec::with_capacity(epoch);
+            for earlier in 1..epoch {
+                let path = dir.join(format!("samples/epoch_{earlier:03}.png"));
+                // A grid deleted by hand leaves its row out, not the run.
+                if let Ok(bytes) = std::fs::read(&path) {
+                    grids.push(bytes);
+                }
+            }
+            grids.push(grid);
+            files.push((
+                "samples/overview.png".to_string(),
+                stack_first_rows(&grids, side * scale + 1)?,
+            ));
+        }
+        Ok(files)
     }
 }
 
@@ -220,12 +295,14 @@ pub fn check(spec: &GanSpec, options: &TrainOptions) -> Result<()> {
 /// Trains a GAN of `spec` on `train`'s images (their labels for a
 /// conditional one), measuring against `held_out` after every epoch, into
 /// `options.out_dir`: `generator.safetensors`, `discriminator.safetensors`,
-/// the checkpoint, `metrics.csv`, `curves.png` and `samples/epoch_NNN.png`.
+/// the checkpoint, `metrics.csv`, `curves.png` and `samples/epoch_NNN.png`;
+/// with a `judge`, its measures every epoch (see `GanTask`'s `evaluate`).
 /// The caller seeds the device before.
 pub fn train(
     spec: &GanSpec,
     train: InMemoryDataset,
     held_out: InMemoryDataset,
+    judge: Option<DigitJudge>,
     options: &TrainOptions,
     device: &Device,
     observer: &mut dyn Observer,
@@ -262,7 +339,15 @@ pub fn train(
             ),
         ));
     }
-    let mut task = GanTask::new(spec, held_out, options.lr, options.label_smoothing, device)?;
+    let mut task = GanTask::new(
+        spec,
+        held_out,
+        options.lr,
+        options.label_smoothing,
+        judge,
+        device,
+    )?;
+    task.run_dir = Some(options.out_dir.clone());
     // Whole batches only: batch norm on a last batch of one or two images
     // would normalise by almost nothing.
     let loader =

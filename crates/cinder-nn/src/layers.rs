@@ -102,6 +102,22 @@ impl Sequential {
     pub fn is_empty(&self) -> bool {
         self.layers.is_empty()
     }
+
+    /// The output of the first `layers` layers: the features a classifier
+    /// computes before its head (a Fréchet distance's features, say).
+    pub fn forward_through(&self, input: &Tensor, layers: usize) -> Result<Tensor> {
+        if layers > self.layers.len() {
+            return Err(Error::invalid(
+                "Sequential",
+                format!("{layers} layers asked of {}", self.layers.len()),
+            ));
+        }
+        let mut x = input.clone();
+        for layer in &self.layers[..layers] {
+            x = layer.forward(&x)?;
+        }
+        Ok(x)
+    }
 }
 
 impl Module for Sequential {

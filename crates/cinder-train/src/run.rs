@@ -51,9 +51,15 @@ impl RunDir {
         self.checkpoint().exists()
     }
 
+    /// The folder of a task's per-epoch pictures (`samples/epoch_NNN.png`).
+    pub fn samples(&self) -> PathBuf {
+        self.dir.join("samples")
+    }
+
     /// Removes the loop's own files (the checkpoint first, so that a folder
-    /// never looks like it holds a run it does not). Model files and a task's
-    /// own files are replaced when the first epoch ends.
+    /// never looks like it holds a run it does not) and the samples folder,
+    /// whose later epochs the new run might never overwrite. Model files and
+    /// a task's other files are replaced when the first epoch ends.
     pub fn remove_files(&self) -> Result<()> {
         for path in [
             self.checkpoint(),
@@ -68,7 +74,11 @@ impl RunDir {
                 Err(e) => return Err(Error::io(&path, e)),
             }
         }
-        Ok(())
+        match std::fs::remove_dir_all(self.samples()) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(self.samples(), e)),
+        }
     }
 }
 
