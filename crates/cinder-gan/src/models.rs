@@ -243,6 +243,20 @@ fn check_labels(
     }
 }
 
+/// Either network's parameters under PyTorch's names: the label's
+/// embedding (conditional only), then `main`.
+fn network_parameters(
+    label_embedding: &Option<Embedding>,
+    main: &Sequential,
+) -> Vec<(String, Tensor)> {
+    let mut params = label_embedding
+        .as_ref()
+        .map(|e| prefixed("label_embedding", e.named_parameters()))
+        .unwrap_or_default();
+    params.extend(prefixed("main", main.named_parameters()));
+    params
+}
+
 /// DCGAN's generator: noise `[B, latent]` (and labels `[B]`) to images
 /// `[B, 1, S, S]` in [-1, 1].
 pub struct Generator {
@@ -280,13 +294,7 @@ impl Module for Generator {
     }
 
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut params = self
-            .label_embedding
-            .as_ref()
-            .map(|e| prefixed("label_embedding", e.named_parameters()))
-            .unwrap_or_default();
-        params.extend(prefixed("main", self.main.named_parameters()));
-        params
+        network_parameters(&self.label_embedding, &self.main)
     }
 
     fn named_buffers(&self) -> Vec<(String, Tensor)> {
@@ -340,13 +348,7 @@ impl Module for Discriminator {
     }
 
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut params = self
-            .label_embedding
-            .as_ref()
-            .map(|e| prefixed("label_embedding", e.named_parameters()))
-            .unwrap_or_default();
-        params.extend(prefixed("main", self.main.named_parameters()));
-        params
+        network_parameters(&self.label_embedding, &self.main)
     }
 
     fn named_buffers(&self) -> Vec<(String, Tensor)> {

@@ -222,6 +222,11 @@ impl Task for GanTask {
                     shares.iter().copied().fold(0.0, f64::max),
                 ),
                 ("confident_share".to_string(), cover.confident),
+                // The same call on real digits, for scale.
+                (
+                    "confident_share_real".to_string(),
+                    coverage(&real.probabilities, classes).confident,
+                ),
             ]);
             if spec.is_conditional() {
                 let hits =
