@@ -114,9 +114,7 @@ fn gan_steps(device: &Device, steps: usize) -> Result<()> {
     let labels: Vec<i32> = (0..batch as i32).map(|i| i % 10).collect();
     let y = Tensor::from_slice(device, &labels, &[batch])?;
     device.realize(&[x.node().clone()])?;
-    let mut times = Vec::with_capacity(steps + 1);
-    for _ in 0..=steps {
-        let t = Instant::now();
+    let (first, med, min, max) = time_steps(steps, || {
         let mut step = Step::standalone();
         task.train_step(
             ClassBatch {
@@ -128,10 +126,8 @@ fn gan_steps(device: &Device, steps: usize) -> Result<()> {
         for (_, value) in step.recorded() {
             value.item()?;
         }
-        times.push(t.elapsed());
-    }
-    let first = times.remove(0);
-    let (med, min, max) = summary(&mut times);
+        Ok(())
+    })?;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
         "{} training step, batch {batch} of 1x28x28 (D on real and fake, G; Adam): \
@@ -229,12 +225,24 @@ fn training_steps(
     let labels: Vec<i32> = (0..batch as i32).map(|i| i % 10).collect();
     let y = Tensor::from_slice(device, &labels, &[batch])?;
     device.realize(&[x.node().clone()])?;
-    let mut times = Vec::with_capacity(steps + 1);
-    for _ in 0..=steps {
-        let t = Instant::now();
+    time_steps(steps, || {
         let loss = model.forward(&x)?.cross_entropy(&y)?;
         opt.step(&loss.backward()?)?;
         loss.item()?;
+        Ok(())
+    })
+}
+
+/// Runs `step` once on its own (it compiles everything), then `steps`
+/// times: (first, median, min, max).
+fn time_steps(
+    steps: usize,
+    mut step: impl FnMut() -> Result<()>,
+) -> Result<(Duration, Duration, Duration, Duration)> {
+    let mut times = Vec::with_capacity(steps + 1);
+    for _ in 0..=steps {
+        let t = Instant::now();
+        step()?;
         times.push(t.elapsed());
     }
     let first = times.remove(0);

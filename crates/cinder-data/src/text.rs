@@ -380,7 +380,7 @@ mod tests {
     #[test]
     fn streams_tile_the_text_from_a_seeded_offset() {
         let (len, streams, steps) = (1000, 7, 9);
-        let (a, chunks) = stream_starts(len, streams, steps, (3, 0)).unwrap();
+        let (a, chunks) = stream_starts(len, streams, steps, (3, 0)).unwrap(); // ok: a test
         assert_eq!(chunks, (len - steps) / streams / steps);
         let stretch = chunks * steps;
         assert!(a.windows(2).all(|w| w[1] - w[0] == stretch));
@@ -394,7 +394,7 @@ mod tests {
         // Other epochs start elsewhere with as many chunks.
         let offsets: std::collections::HashSet<usize> = (0..20)
             .map(|e| {
-                let (starts, n) = stream_starts(len, streams, steps, (3, e)).unwrap();
+                let (starts, n) = stream_starts(len, streams, steps, (3, e)).unwrap(); // ok: a test
                 assert_eq!(n, chunks);
                 starts[0]
             })

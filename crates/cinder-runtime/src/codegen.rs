@@ -229,40 +229,14 @@ impl Gen<'_> {
                 self.memo.insert((i, idx.to_string()), x.clone());
                 return x;
             }
-            Op::View(spec, a) => {
-                let child = self.fresh("ix");
-                let mut terms = vec![format!("{}", spec.offset)];
-                let mut conds = Vec::new();
-                for d in 0..e.shape.len() {
-                    if e.shape[d] == 1 && spec.mask.is_none() {
-                        continue;
-                    }
-                    let c = format!("i32({})", coord(idx, &e.shape, d));
-                    if spec.strides[d] != 0 {
-                        terms.push(format!("{c} * {}", spec.strides[d]));
-                    }
-                    if let Some(m) = &spec.mask {
-                        let (lo, hi) = m[d];
-                        if lo > 0 {
-                            conds.push(format!("{c} >= {lo}"));
-                        }
-                        if hi < e.shape[d] {
-                            conds.push(format!("{c} < {hi}"));
-                        }
-                    }
-                }
-                let linear = terms.join(" + ");
-                if conds.is_empty() {
-                    let _ = writeln!(body, "    let {child} = u32({linear});");
+            Op::View(spec, a) => match self.view_index(body, &spec, &e.shape, idx) {
+                (child, None) => {
                     let x = self.value(body, a, &child, false);
                     self.memo.insert((i, idx.to_string()), x.clone());
                     return x;
                 }
-                let m = self.fresh("m");
-                let _ = writeln!(body, "    let {m} = {};", conds.join(" && "));
-                let _ = writeln!(body, "    let {child} = select(0u, u32({linear}), {m});");
-                self.guarded(body, &m, &child, a, zero(e.dtype), ty)
-            }
+                (child, Some(m)) => self.guarded(body, &m, &child, a, zero(e.dtype), ty),
+            },
             Op::Unfold(win, fill, a) => {
                 let (m, child) = self.unfold(body, &e.shape, &win, idx);
                 let outside = match (fill, e.dtype) {
@@ -306,6 +280,49 @@ impl Gen<'_> {
         let _ = writeln!(body, "    let {v}: {ty} = {expr};");
         self.memo.insert((i, idx.to_string()), v.clone());
         v
+    }
+
+    /// Where element `idx` of a view of `shape` reads its input: writes
+    /// the input's index (and, for a masked view, the condition that the
+    /// element lies inside the mask, with the index clamped to 0 outside)
+    /// and returns their names.
+    fn view_index(
+        &mut self,
+        body: &mut String,
+        spec: &crate::graph::ViewSpec,
+        shape: &[usize],
+        idx: &str,
+    ) -> (String, Option<String>) {
+        let child = self.fresh("ix");
+        let mut terms = vec![format!("{}", spec.offset)];
+        let mut conds = Vec::new();
+        for d in 0..shape.len() {
+            if shape[d] == 1 && spec.mask.is_none() {
+                continue;
+            }
+            let c = format!("i32({})", coord(idx, shape, d));
+            if spec.strides[d] != 0 {
+                terms.push(format!("{c} * {}", spec.strides[d]));
+            }
+            if let Some(m) = &spec.mask {
+                let (lo, hi) = m[d];
+                if lo > 0 {
+                    conds.push(format!("{c} >= {lo}"));
+                }
+                if hi < shape[d] {
+                    conds.push(format!("{c} < {hi}"));
+                }
+            }
+        }
+        let linear = terms.join(" + ");
+        if conds.is_empty() {
+            let _ = writeln!(body, "    let {child} = u32({linear});");
+            return (child, None);
+        }
+        let m = self.fresh("m");
+        let _ = writeln!(body, "    let {m} = {};", conds.join(" && "));
+        let _ = writeln!(body, "    let {child} = select(0u, u32({linear}), {m});");
+        (child, Some(m))
     }
 
     /// `input` at `child` where `m` holds, else `outside`. The read happens
