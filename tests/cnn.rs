@@ -8,26 +8,16 @@ use std::path::PathBuf;
 
 use cinder::cnn::models::ModelSpec;
 use cinder::cnn::train::{load_model, train, TrainOptions};
-use cinder::data::{Digits, InMemoryDataset, Split};
+use cinder::data::{Digits, Split};
 use cinder::nn::checkpoint::read_metadata;
 use cinder::train::{History, RunDir, Schedule, Silent, Start};
 use cinder::Result;
 
-fn subset(data: &InMemoryDataset, rows: usize) -> InMemoryDataset {
-    let per = data.feature_len();
-    InMemoryDataset {
-        features: data.features[..rows * per].to_vec(),
-        feature_shape: data.feature_shape.clone(),
-        labels: data.labels[..rows].to_vec(),
-        num_classes: data.num_classes,
-    }
-}
-
 fn digits(train: usize, test: usize) -> Result<Split> {
     let split = Digits::load()?.split_images();
     Ok(Split {
-        train: subset(&split.train, train),
-        test: subset(&split.test, test),
+        train: split.train.head(train),
+        test: split.test.head(test),
     })
 }
 

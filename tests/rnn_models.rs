@@ -7,22 +7,12 @@ mod common;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use cinder::data::{InMemoryDataset, Mnist, Split};
+use cinder::data::{Mnist, Split};
 use cinder::nn::{CellKind, Module};
 use cinder::rnn::models::SequenceSpec;
 use cinder::rnn::train::{load_model, train};
 use cinder::train::{Schedule, Silent, Start, TrainOptions};
 use cinder::{DType, Result, Tensor};
-
-fn subset(data: &InMemoryDataset, rows: usize) -> InMemoryDataset {
-    let per = data.feature_len();
-    InMemoryDataset {
-        features: data.features[..rows * per].to_vec(),
-        feature_shape: data.feature_shape.clone(),
-        labels: data.labels[..rows].to_vec(),
-        num_classes: data.num_classes,
-    }
-}
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("cinder-test-{name}-{}", std::process::id()));
@@ -36,8 +26,8 @@ fn gru_reads_mnist_rows_and_its_model_file_predicts_the_same() -> Result<()> {
     let device = common::device();
     let mnist = Mnist::bundled()?;
     let split = Split {
-        train: subset(&mnist.train, 256),
-        test: subset(&mnist.test, 100),
+        train: mnist.train.head(256),
+        test: mnist.test.head(100),
     };
     let test_images = split.test.features[..16 * 784].to_vec();
     let spec = SequenceSpec {

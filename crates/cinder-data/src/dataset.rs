@@ -193,6 +193,19 @@ impl InMemoryDataset {
         Ok(())
     }
 
+    /// The first `rows` samples (all of them where there are fewer): a
+    /// small copy for a quick run or a test.
+    pub fn head(&self, rows: usize) -> InMemoryDataset {
+        let rows = rows.min(self.len());
+        let per = self.feature_len();
+        InMemoryDataset {
+            features: self.features[..rows * per].to_vec(),
+            feature_shape: self.feature_shape.clone(),
+            labels: self.labels[..rows].to_vec(),
+            num_classes: self.num_classes,
+        }
+    }
+
     /// The number of samples.
     pub fn len(&self) -> usize {
         self.labels.len()
