@@ -95,6 +95,7 @@ pub mod loader;
 mod prefetch;
 mod rng;
 pub mod sample;
+pub mod scenes;
 pub mod text;
 pub mod transform;
 
@@ -108,6 +109,7 @@ pub use digits::Digits;
 pub use idx::{read_idx, write_idx, IdxArray, Mnist};
 pub use loader::{Batch, Batches, DataLoader, Epoch, Loader, TryEpoch};
 pub use sample::{Field, FieldData, FieldElement, Sample};
+pub use scenes::{DigitScenes, Scene, SceneConfig};
 pub use text::{Corpus, NGram, Vocab};
 pub use transform::{
     sample_seed, Compose, Normalize, RandomAffine, RandomCrop, RandomHorizontalFlip,
