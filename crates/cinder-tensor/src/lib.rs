@@ -3,6 +3,7 @@
 
 mod activation;
 mod autograd;
+pub mod boxes;
 mod conv;
 mod custom;
 mod loss;
@@ -14,6 +15,7 @@ mod tensor;
 
 pub use activation::Approximate;
 pub use autograd::{no_grad, with_no_grad, Gradients, NoGradGuard};
+pub use boxes::{batched_nms, nms};
 pub use cinder_runtime::{CustomKernel, CUSTOM_WG};
 pub use cinder_runtime::{DType, Device, Error, Result, Stats};
 pub use conv::{Conv2dOptions, Pool2dOptions};
