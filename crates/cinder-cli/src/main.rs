@@ -4,6 +4,7 @@ mod bench;
 mod cnn;
 mod gan;
 mod rnn;
+mod segment;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -39,16 +40,19 @@ enum Command {
     },
     /// Classifies image files (PNG, JPEG; any size and colour), or with
     /// --task spoken-digits WAV recordings (any rate, mono or stereo): top-3
-    /// classes.
+    /// classes. A segmentation model (`cinder train segment`) colours each
+    /// image's pixels by digit instead and draws the mask.
     Predict {
-        /// A model.safetensors written by `cinder train cnn` (or `cinder
-        /// train rnn --task spoken-digits`).
+        /// A model.safetensors written by `cinder train cnn`, `cinder train
+        /// segment` (or `cinder train rnn --task spoken-digits`).
         #[arg(long)]
         checkpoint: std::path::PathBuf,
-        /// What the files hold (default: images, or what the checkpoint was
-        /// trained on).
+        /// What the files hold (default: what the checkpoint was trained on).
         #[arg(long, value_enum)]
         task: Option<PredictTask>,
+        /// Where the pictures of masks go, one `<name>.segment.png` per image.
+        #[arg(long, default_value = "predictions")]
+        out: std::path::PathBuf,
         #[arg(required = true)]
         images: Vec<std::path::PathBuf>,
     },
@@ -69,6 +73,8 @@ enum PredictTask {
     Images,
     #[value(name = "spoken-digits")]
     SpokenDigits,
+    /// Masks of the digits in scenes (a `cinder train segment` model).
+    Segment,
 }
 
 #[derive(Subcommand)]
@@ -90,10 +96,12 @@ fn main() {
         Command::Predict {
             checkpoint,
             task,
+            out,
             images,
         } => match task.map_or_else(|| trained_on(&checkpoint), Ok) {
             Ok(PredictTask::SpokenDigits) => rnn::predict_spoken_digits(&checkpoint, &images),
             Ok(PredictTask::Images) => cnn::predict(&checkpoint, &images),
+            Ok(PredictTask::Segment) => segment::predict_segment(&checkpoint, &images, &out),
             Err(e) => Err(e),
         },
         Command::Generate {
@@ -114,6 +122,9 @@ fn main() {
 /// says otherwise).
 fn trained_on(checkpoint: &std::path::Path) -> cinder::Result<PredictTask> {
     let meta = cinder::nn::checkpoint::read_metadata(checkpoint)?;
+    if meta.get("cinder.family").map(String::as_str) == Some("segment") {
+        return Ok(PredictTask::Segment);
+    }
     Ok(match meta.get("cinder.task").map(String::as_str) {
         Some("spoken-digits") => PredictTask::SpokenDigits,
         _ => PredictTask::Images,

@@ -21,6 +21,10 @@ pub enum TrainCommand {
     /// digits (or the 8x8 digits), with a grid of samples after every epoch,
     /// into runs/gan.
     Gan(crate::gan::TrainGan),
+    /// A U-Net that colours each pixel of 96x96 scenes of real MNIST
+    /// digits by its digit, with held-out IoU per class and pictures of its
+    /// masks after every epoch, into runs/segment.
+    Segment(crate::segment::TrainSegment),
 }
 
 pub fn run(cmd: TrainCommand) -> Result<()> {
@@ -29,5 +33,6 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
         TrainCommand::Cnn(args) => crate::cnn::train_cnn(args),
         TrainCommand::Rnn(args) => crate::rnn::train_rnn(args),
         TrainCommand::Gan(args) => crate::gan::train_gan(args),
+        TrainCommand::Segment(args) => crate::segment::train_segment(args),
     }
 }

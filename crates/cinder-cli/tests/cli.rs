@@ -796,3 +796,57 @@ fn sequence_commands_predict_generate_and_refuse() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn predict_segments_scenes_and_draws_their_masks() {
+    use cinder::cnn::segment::UNetSpec;
+    use cinder::data::{DigitScenes, Mnist};
+    let dir = scratch("segment");
+    let device = cinder::Device::new().unwrap_or_else(|e| panic!("{e}"));
+    let spec = UNetSpec {
+        width: 4,
+        ..UNetSpec::digit_scenes()
+    };
+    let unet = spec.build(&device).unwrap_or_else(|e| panic!("{e}"));
+    let model = dir.join("unet.safetensors");
+    save_tensors_with_metadata(
+        &model,
+        &cinder::nn::Module::state_dict(&unet),
+        spec.to_metadata(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    // A held-out scene as a picture a user might have: dark ink on white.
+    let split = Mnist::bundled().unwrap_or_else(|e| panic!("{e}"));
+    let (_, held_out) = DigitScenes::from_split(split, 1, 1, 4).unwrap_or_else(|e| panic!("{e}"));
+    let scene = held_out.scene(0);
+    let picture = image::GrayImage::from_fn(96, 96, |x, y| {
+        image::Luma([255 - (scene.image[(y * 96 + x) as usize] * 255.0) as u8])
+    });
+    let scene_png = dir.join("scene.png");
+    picture.save(&scene_png).expect("writing a png");
+    let missing = dir.join("missing.png");
+    let out = dir.join("masks");
+    let (ok, stdout, stderr) = cinder(&[
+        "predict".as_ref(),
+        "--checkpoint".as_ref(),
+        model.as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+        scene_png.as_os_str(),
+        missing.as_os_str(),
+    ]);
+    assert!(!ok, "a missing file fails the command: {stdout} {stderr}");
+    assert!(
+        stdout.contains("scene.png") && stdout.contains("mask in"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("missing.png"), "{stderr}");
+    let sheet = image::open(out.join("scene.segment.png")).expect("the mask picture");
+    // The image and its mask, each twice size, side by side over a legend.
+    assert!(
+        sheet.width() >= 2 * 2 * 96 && sheet.height() > 2 * 96,
+        "{:?}",
+        (sheet.width(), sheet.height())
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -214,6 +214,15 @@ impl DigitScenes {
         ))
     }
 
+    /// The number of scenes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     pub fn config(&self) -> &SceneConfig {
         &self.config
     }
