@@ -16,18 +16,28 @@ fn assert_steady(
     batch: impl Fn(usize) -> Result<(Tensor, Tensor)>,
     steps: usize,
 ) -> Result<()> {
-    let device = common::device();
     let mut opt = Adam::new(model.parameters(), 1e-3)?;
-    let step = |i: usize, opt: &mut Adam| -> Result<f32> {
-        let (x, y) = batch(i)?;
-        let loss = model.forward(&x)?.cross_entropy(&y)?;
-        opt.step(&loss.backward()?)?;
-        loss.item()
-    };
-    step(0, &mut opt)?;
+    assert_steady_steps(
+        |i| {
+            let (x, y) = batch(i)?;
+            let loss = model.forward(&x)?.cross_entropy(&y)?;
+            opt.step(&loss.backward()?)?;
+            loss.item()?;
+            Ok(())
+        },
+        steps,
+    )
+}
+
+/// Runs `step(i)` for `i` in `0..steps` (each a whole training step that
+/// reads its results once) and asserts that from the second step on
+/// nothing is created on the GPU.
+fn assert_steady_steps(mut step: impl FnMut(usize) -> Result<()>, steps: usize) -> Result<()> {
+    let device = common::device();
+    step(0)?;
     let after_first = device.stats();
     for i in 1..steps {
-        step(i, &mut opt)?;
+        step(i)?;
         let now = device.stats();
         assert_eq!(
             now.pipelines_created, after_first.pipelines_created,
@@ -186,4 +196,51 @@ fn lstm_training_steps_create_nothing_after_the_first() -> Result<()> {
     device.manual_seed(3);
     let model = cinder::rnn::SequenceSpec::lstm(6, 5, 12, 4).build(&device)?;
     assert_steady(&model, |i| batch_of(i, 8, &[6, 5], 4), 20)
+}
+
+/// The segmentation task's whole step: a U-Net (transposed convolutions,
+/// concatenated skips), class-weighted cross-entropy over pixels, the Dice
+/// term and the pixel accuracy it reports.
+#[test]
+fn segmentation_training_steps_create_nothing_after_the_first() -> Result<()> {
+    use cinder::cnn::segment::{scene_batch, SegmentLoss, SegmentTask, UNetSpec};
+    use cinder::data::{DigitScenes, Mnist, SceneConfig};
+    use cinder::train::{Step, Task};
+    let _serial = common::serial();
+    let device = common::device();
+    device.manual_seed(4);
+    let spec = UNetSpec {
+        in_channels: 1,
+        classes: DigitScenes::MASK_CLASSES,
+        width: 4,
+        depth: 2,
+    };
+    let config = SceneConfig {
+        canvas: 16,
+        digits: (1, 1),
+        size: (8.0, 12.0),
+        ..SceneConfig::default()
+    };
+    let scenes =
+        DigitScenes::with_config(std::sync::Arc::new(Mnist::bundled()?.test), 64, 0, config)?;
+    let loss = SegmentLoss::balanced(&scenes, spec.classes, 0.5);
+    let mut task = SegmentTask::new(
+        spec.build(&device)?,
+        loss,
+        scenes.clone(),
+        1e-3,
+        0.0,
+        &device,
+    )?;
+    assert_steady_steps(
+        |i| {
+            let batch: Vec<_> = (0..4).map(|k| scenes.scene(4 * i + k)).collect();
+            let mut step = Step::standalone();
+            task.train_step(scene_batch(&batch, &device)?, &mut step)?;
+            let values: Vec<&Tensor> = step.recorded().iter().map(|(_, v)| v).collect();
+            cinder::tensor::read_all(&values)?;
+            Ok(())
+        },
+        12,
+    )
 }

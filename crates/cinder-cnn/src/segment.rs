@@ -381,7 +381,8 @@ pub struct SceneBatch {
     pub masks: Tensor,
 }
 
-fn scene_batch(scenes: &[Scene], device: &Device) -> Result<SceneBatch> {
+/// Scenes as one device batch.
+pub fn scene_batch(scenes: &[Scene], device: &Device) -> Result<SceneBatch> {
     let side = scenes.first().map_or(0, |s| s.side);
     let n = scenes.len();
     let images: Vec<f32> = scenes
