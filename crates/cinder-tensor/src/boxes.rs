@@ -54,6 +54,28 @@ fn area(c: &[Tensor; 4]) -> Result<Tensor> {
     c[2].sub(&c[0])?.mul(&c[3].sub(&c[1])?)
 }
 
+/// The intersection's and the union's areas of boxes `p` and `q`, given as
+/// coordinates that broadcast together (all pairs, or matching boxes).
+fn overlap(p: &[Tensor; 4], q: &[Tensor; 4]) -> Result<(Tensor, Tensor)> {
+    let side = |lo: usize, hi: usize| -> Result<Tensor> {
+        p[hi]
+            .minimum(&q[hi])?
+            .sub(&p[lo].maximum(&q[lo])?)?
+            .maximum_scalar(0.0)
+    };
+    let inter = side(0, 2)?.mul(&side(1, 3)?)?;
+    let union = area(p)?.add(&area(q)?)?.sub(&inter)?;
+    Ok((inter, union))
+}
+
+/// The area of the smallest box enclosing `p` and `q`.
+fn enclosing(p: &[Tensor; 4], q: &[Tensor; 4]) -> Result<Tensor> {
+    let side = |lo: usize, hi: usize| -> Result<Tensor> {
+        p[hi].maximum(&q[hi])?.sub(&p[lo].minimum(&q[lo])?)
+    };
+    side(0, 2)?.mul(&side(1, 3)?)
+}
+
 /// The intersection's and the union's areas of every pair of `[N, 4]` and
 /// `[M, 4]` boxes, each `[N, M]`, and the pairs' coordinates.
 fn inter_union(
@@ -63,16 +85,7 @@ fn inter_union(
 ) -> Result<(Tensor, Tensor, [Tensor; 4], [Tensor; 4])> {
     let p = pair_coordinates(op, a, true)?;
     let q = pair_coordinates(op, b, false)?;
-    let width = p[2]
-        .minimum(&q[2])?
-        .sub(&p[0].maximum(&q[0])?)?
-        .maximum_scalar(0.0)?;
-    let height = p[3]
-        .minimum(&q[3])?
-        .sub(&p[1].maximum(&q[1])?)?
-        .maximum_scalar(0.0)?;
-    let inter = width.mul(&height)?;
-    let union = area(&p)?.add(&area(&q)?)?.sub(&inter)?;
+    let (inter, union) = overlap(&p, &q)?;
     Ok((inter, union, p, q))
 }
 
@@ -98,15 +111,7 @@ impl Tensor {
         const OP: &str = "generalized_box_iou";
         let (inter, union, p, q) = inter_union(OP, self, other)?;
         let iou = inter.div(&union)?;
-        let width = p[2]
-            .maximum(&q[2])?
-            .sub(&p[0].minimum(&q[0])?)?
-            .maximum_scalar(0.0)?;
-        let height = p[3]
-            .maximum(&q[3])?
-            .sub(&p[1].minimum(&q[1])?)?
-            .maximum_scalar(0.0)?;
-        let enclosing = width.mul(&height)?;
+        let enclosing = enclosing(&p, &q)?;
         iou.sub(&enclosing.sub(&union)?.div(&enclosing)?)
     }
 
@@ -133,21 +138,9 @@ impl Tensor {
         }
         let p = coordinates(OP, self)?;
         let q = coordinates(OP, target)?;
-        let width = p[2]
-            .minimum(&q[2])?
-            .sub(&p[0].maximum(&q[0])?)?
-            .maximum_scalar(0.0)?;
-        let height = p[3]
-            .minimum(&q[3])?
-            .sub(&p[1].maximum(&q[1])?)?
-            .maximum_scalar(0.0)?;
-        let inter = width.mul(&height)?;
-        let union = area(&p)?.add(&area(&q)?)?.sub(&inter)?;
+        let (inter, union) = overlap(&p, &q)?;
         let iou = inter.div(&union.add_scalar(eps)?)?;
-        let enclosing = p[2]
-            .maximum(&q[2])?
-            .sub(&p[0].minimum(&q[0])?)?
-            .mul(&p[3].maximum(&q[3])?.sub(&p[1].minimum(&q[1])?)?)?;
+        let enclosing = enclosing(&p, &q)?;
         let empty_share = enclosing.sub(&union)?.div(&enclosing.add_scalar(eps)?)?;
         let loss = iou.sub(&empty_share)?.rsub_scalar(1.0)?;
         if reduction == Reduction::Mean && loss.numel() == 0 {
