@@ -226,13 +226,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_sheet_tints_masks_and_draws_a_legend() {
+    fn a_sheet_tints_masks_and_draws_a_legend(
+    ) -> std::result::Result<(), Box<dyn std::error::Error>> {
         let side = 4;
         let image = vec![1.0f32; 16];
         let mut truth = vec![0i32; 16];
         truth[5] = 4; // digit 3
-        let png = segmentation_sheet(&image, &[0; 16], Some(&truth), 1, side).unwrap();
-        let picture = image::load_from_memory(&png).unwrap().to_rgb8();
+        let png = segmentation_sheet(&image, &[0; 16], Some(&truth), 1, side)?;
+        let picture = image::load_from_memory(&png)?.to_rgb8();
         // Untinted white in the prediction, digit 3's tint in the truth.
         let (cell, gap) = (side * 2 + 4, 4);
         assert_eq!(
@@ -248,5 +249,6 @@ mod tests {
         assert_eq!(tinted, want);
         assert!(segmentation_sheet(&image, &truth, Some(&truth), 2, side).is_err());
         assert!(segmentation_sheet(&image, &truth, None, 1, side).is_ok());
+        Ok(())
     }
 }

@@ -379,25 +379,26 @@ mod tests {
     use super::*;
     use crate::{Dataset, Mnist};
 
-    fn mnist_scenes(len: usize, seed: u64) -> (DigitScenes, DigitScenes) {
-        DigitScenes::from_split(Mnist::bundled().unwrap(), len, len, seed).unwrap()
+    fn mnist_scenes(len: usize, seed: u64) -> Result<(DigitScenes, DigitScenes)> {
+        DigitScenes::from_split(Mnist::bundled()?, len, len, seed)
     }
 
     #[test]
-    fn a_seed_gives_the_same_scenes_and_another_seed_others() {
-        let (a, _) = mnist_scenes(10, 7);
-        let (b, _) = mnist_scenes(10, 7);
-        let (c, _) = mnist_scenes(10, 8);
+    fn a_seed_gives_the_same_scenes_and_another_seed_others() -> Result<()> {
+        let (a, _) = mnist_scenes(10, 7)?;
+        let (b, _) = mnist_scenes(10, 7)?;
+        let (c, _) = mnist_scenes(10, 8)?;
         for i in 0..10 {
             assert_eq!(a.scene(i), b.scene(i));
             assert_ne!(a.scene(i).image, c.scene(i).image);
         }
         assert_ne!(a.scene(0).image, a.scene(1).image);
+        Ok(())
     }
 
     #[test]
-    fn scenes_follow_the_recipe() {
-        let (train, test) = mnist_scenes(300, 1);
+    fn scenes_follow_the_recipe() -> Result<()> {
+        let (train, test) = mnist_scenes(300, 1)?;
         let config = SceneConfig::default();
         let mut counts = [0usize; 6];
         let mut class_seen = [false; 10];
@@ -450,6 +451,7 @@ mod tests {
         assert!(counts[1..].iter().all(|&n| n > 50), "{counts:?}");
         assert!(class_seen.iter().all(|&seen| seen));
         assert!(smallest < 18.0 && largest > 38.0, "{smallest} {largest}");
+        Ok(())
     }
 
     /// Whether a pixel centre lies in a box as scenes draw it: left and top
@@ -466,45 +468,46 @@ mod tests {
     }
 
     #[test]
-    fn training_scenes_use_training_digits_only() {
+    fn training_scenes_use_training_digits_only() -> Result<()> {
         // Two one-digit datasets: every training digit is a 3, every held-out one a 7.
         let one = |class: i32| {
             let mut image = vec![0f32; 28 * 28];
             (8..20).for_each(|y| image[y * 28 + 14] = 1.0);
-            InMemoryDataset::new(image, vec![1, 28, 28], vec![class], 10).unwrap()
+            InMemoryDataset::new(image, vec![1, 28, 28], vec![class], 10)
         };
         let (train, test) = DigitScenes::from_split(
             Split {
-                train: one(3),
-                test: one(7),
+                train: one(3)?,
+                test: one(7)?,
             },
             20,
             20,
             0,
-        )
-        .unwrap();
+        )?;
         for i in 0..20 {
             assert!(train.scene(i).classes.iter().all(|&c| c == 3));
             assert!(test.scene(i).classes.iter().all(|&c| c == 7));
         }
+        Ok(())
     }
 
     #[test]
-    fn a_sample_has_the_documented_fields() {
-        let (train, _) = mnist_scenes(4, 2);
-        let sample = train.get(3).unwrap();
+    fn a_sample_has_the_documented_fields() -> Result<()> {
+        let (train, _) = mnist_scenes(4, 2)?;
+        let sample = train.get(3)?;
         let k = train.scene(3).boxes.len();
-        let shape = |name: &str| sample.get(name).unwrap().shape().to_vec();
-        assert_eq!(shape(DigitScenes::IMAGE), [1, 96, 96]);
-        assert_eq!(shape(DigitScenes::MASK), [96, 96]);
-        assert_eq!(shape(DigitScenes::BOXES), [k, 4]);
-        assert_eq!(shape(DigitScenes::CLASSES), [k]);
+        let shape = |name: &str| sample.get(name).map(|f| f.shape().to_vec());
+        assert_eq!(shape(DigitScenes::IMAGE), Some(vec![1, 96, 96]));
+        assert_eq!(shape(DigitScenes::MASK), Some(vec![96, 96]));
+        assert_eq!(shape(DigitScenes::BOXES), Some(vec![k, 4]));
+        assert_eq!(shape(DigitScenes::CLASSES), Some(vec![k]));
         assert!(train.get(4).is_err());
+        Ok(())
     }
 
     #[test]
-    fn bad_recipes_and_digits_are_refused() {
-        let digits = Arc::new(Mnist::bundled().unwrap().test);
+    fn bad_recipes_and_digits_are_refused() -> Result<()> {
+        let digits = Arc::new(Mnist::bundled()?.test);
         let with = |config: SceneConfig| DigitScenes::with_config(digits.clone(), 1, 0, config);
         for bad in [
             SceneConfig {
@@ -526,16 +529,15 @@ mod tests {
         ] {
             assert!(with(bad).is_err());
         }
-        let flat = Arc::new(
-            Mnist::bundled()
-                .unwrap()
-                .test
-                .with_feature_shape(&[784])
-                .unwrap(),
-        );
+        let flat = Arc::new(Mnist::bundled()?.test.with_feature_shape(&[784])?);
         assert!(DigitScenes::new(flat, 1, 0).is_err());
-        let blank =
-            Arc::new(InMemoryDataset::new(vec![0.0; 784], vec![1, 28, 28], vec![1], 10).unwrap());
+        let blank = Arc::new(InMemoryDataset::new(
+            vec![0.0; 784],
+            vec![1, 28, 28],
+            vec![1],
+            10,
+        )?);
         assert!(DigitScenes::new(blank, 1, 0).is_err());
+        Ok(())
     }
 }

@@ -259,7 +259,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn nms_keeps_the_best_of_each_cluster_by_decreasing_score() {
+    fn nms_keeps_the_best_of_each_cluster_by_decreasing_score() -> Result<()> {
         // Two overlapping clusters and a lone box.
         let boxes = [
             0.0, 0.0, 10.0, 10.0, // 0
@@ -269,34 +269,30 @@ mod tests {
             52.0, 50.0, 62.0, 60.0, // 4: IoU 80/120 with 2
         ];
         let scores = [0.9, 0.95, 0.3, 0.8, 0.6];
-        assert_eq!(nms(&boxes, &scores, 0.5).unwrap(), [1, 3, 4]);
-        assert_eq!(nms(&boxes, &scores, 0.7).unwrap(), [1, 0, 3, 4, 2]);
+        assert_eq!(nms(&boxes, &scores, 0.5)?, [1, 3, 4]);
+        assert_eq!(nms(&boxes, &scores, 0.7)?, [1, 0, 3, 4, 2]);
         // The IoU must be above the threshold: 0.5 exactly does not suppress.
         let half = [0.0, 0.0, 10.0, 10.0, 0.0, 0.0, 10.0, 5.0];
-        assert_eq!(nms(&half, &[0.9, 0.8], 0.5).unwrap(), [0, 1]);
-        assert_eq!(nms(&boxes, &scores, 0.66).unwrap(), [1, 3, 4]);
-        assert!(nms(&[], &[], 0.5).unwrap().is_empty());
+        assert_eq!(nms(&half, &[0.9, 0.8], 0.5)?, [0, 1]);
+        assert_eq!(nms(&boxes, &scores, 0.66)?, [1, 3, 4]);
+        assert!(nms(&[], &[], 0.5)?.is_empty());
         assert!(nms(&boxes[..16], &scores, 0.5).is_err());
         assert!(nms(&boxes, &[0.9, f32::NAN, 0.3, 0.8, 0.6], 0.5).is_err());
         // Ties keep index order.
-        assert_eq!(nms(&boxes, &[0.5; 5], 0.99).unwrap(), [0, 1, 2, 3, 4]);
+        assert_eq!(nms(&boxes, &[0.5; 5], 0.99)?, [0, 1, 2, 3, 4]);
+        Ok(())
     }
 
     #[test]
-    fn batched_nms_suppresses_within_groups_only() {
+    fn batched_nms_suppresses_within_groups_only() -> Result<()> {
         let boxes = [
             0.0, 0.0, 10.0, 10.0, 1.0, 1.0, 11.0, 11.0, 0.0, 0.0, 10.0, 10.0,
         ];
         let scores = [0.9, 0.95, 0.5];
-        assert_eq!(batched_nms(&boxes, &scores, &[0, 0, 0], 0.5).unwrap(), [1]);
-        assert_eq!(
-            batched_nms(&boxes, &scores, &[3, 7, 3], 0.5).unwrap(),
-            [1, 0]
-        );
-        assert_eq!(
-            batched_nms(&boxes, &scores, &[1, 2, 3], 0.5).unwrap(),
-            [1, 0, 2]
-        );
+        assert_eq!(batched_nms(&boxes, &scores, &[0, 0, 0], 0.5)?, [1]);
+        assert_eq!(batched_nms(&boxes, &scores, &[3, 7, 3], 0.5)?, [1, 0]);
+        assert_eq!(batched_nms(&boxes, &scores, &[1, 2, 3], 0.5)?, [1, 0, 2]);
         assert!(batched_nms(&boxes, &scores, &[1, 2], 0.5).is_err());
+        Ok(())
     }
 }
