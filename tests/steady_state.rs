@@ -223,7 +223,7 @@ fn segmentation_training_steps_create_nothing_after_the_first() -> Result<()> {
     };
     let scenes =
         DigitScenes::with_config(std::sync::Arc::new(Mnist::bundled()?.test), 64, 0, config)?;
-    let loss = SegmentLoss::balanced(&scenes, spec.classes, 0.5);
+    let loss = SegmentLoss::balanced(&scenes, spec.classes, 0.5, &device)?;
     let mut task = SegmentTask::new(
         spec.build(&device)?,
         loss,

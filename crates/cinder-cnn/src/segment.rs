@@ -258,13 +258,20 @@ impl Module for UNet {
 pub struct SegmentLoss {
     pub class_weights: Vec<f32>,
     pub dice: f32,
+    /// `class_weights` on the device, uploaded once rather than every step.
+    weight: Tensor,
 }
 
 impl SegmentLoss {
     /// Weights `(mean frequency / frequency)^(1/2)` of each class's pixels
     /// in `scenes` (the first up to 200), so the rare digit pixels count
     /// more than the background without drowning it.
-    pub fn balanced(scenes: &DigitScenes, classes: usize, dice: f32) -> SegmentLoss {
+    pub fn balanced(
+        scenes: &DigitScenes,
+        classes: usize,
+        dice: f32,
+        device: &Device,
+    ) -> Result<SegmentLoss> {
         let mut counts = vec![1u64; classes];
         for i in 0..scenes.len().min(200) {
             for &m in &scenes.scene(i).mask {
@@ -274,22 +281,26 @@ impl SegmentLoss {
             }
         }
         let mean = counts.iter().sum::<u64>() as f64 / classes as f64;
-        let class_weights = counts
+        let class_weights: Vec<f32> = counts
             .iter()
             .map(|&c| (mean / c as f64).sqrt() as f32)
             .collect();
-        SegmentLoss {
+        let weight = Tensor::from_slice(device, &class_weights, &[classes])?;
+        // Uploaded now, so the first step's graph reads it as every later
+        // step does, and they share one plan.
+        weight.realize()?;
+        Ok(SegmentLoss {
             class_weights,
             dice,
-        }
+            weight,
+        })
     }
 
     /// `logits` `[N, C, H, W]` against class `masks` `[N, H, W]` (i32).
     pub fn loss(&self, logits: &Tensor, masks: &Tensor) -> Result<Tensor> {
         let classes = self.class_weights.len();
-        let weight = Tensor::from_slice(logits.device(), &self.class_weights, &[classes])?;
-        let ce =
-            logits.cross_entropy_with(masks, &CrossEntropyOptions::default().weight(weight))?;
+        let options = CrossEntropyOptions::default().weight(self.weight.clone());
+        let ce = logits.cross_entropy_with(masks, &options)?;
         if self.dice == 0.0 {
             return Ok(ce);
         }
@@ -611,7 +622,7 @@ pub fn train(
     observer: &mut dyn Observer,
 ) -> Result<History> {
     options.validate()?;
-    let loss = SegmentLoss::balanced(&train, spec.classes, dice);
+    let loss = SegmentLoss::balanced(&train, spec.classes, dice, device)?;
     let trainer = trainer(spec, &loss, options);
     trainer.check()?;
     if train.len() < options.batch_size {
