@@ -115,35 +115,21 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
 }
 
 fn segment_steps(device: &Device, steps: usize) -> Result<()> {
-    use cinder::cnn::segment::{SceneBatch, SegmentLoss, SegmentTask, UNetSpec};
+    use cinder::cnn::segment::{scene_batch, SceneBatch, SegmentLoss, SegmentTask, UNetSpec};
     use cinder::data::{DigitScenes, Mnist};
-    use cinder::train::{Step, Task};
     let spec = UNetSpec::digit_scenes();
     let batch = 16;
     let split = Mnist::bundled()?;
     let (train, held_out) = DigitScenes::from_split(split, batch, 1, 0)?;
     device.manual_seed(0);
-    let loss = SegmentLoss::balanced(&train, spec.classes, 0.5);
+    let loss = SegmentLoss::balanced(&train, spec.classes, 0.5, device)?;
     let mut task = SegmentTask::new(spec.build(device)?, loss, held_out, 2e-3, 0.01, device)?;
     let scenes: Vec<_> = (0..batch).map(|i| train.scene(i)).collect();
-    let images: Vec<f32> = scenes.iter().flat_map(|s| s.image.clone()).collect();
-    let masks: Vec<i32> = scenes.iter().flat_map(|s| s.mask.clone()).collect();
-    let images = Tensor::from_vec(device, images, &[batch, 1, 96, 96])?;
-    let masks = Tensor::from_vec(device, masks, &[batch, 96, 96])?;
+    let SceneBatch { images, masks } = scene_batch(&scenes, device)?;
     device.realize(&[images.node().clone(), masks.node().clone()])?;
-    let (first, med, min, max) = time_steps(steps, || {
-        let mut step = Step::standalone();
-        task.train_step(
-            SceneBatch {
-                images: images.clone(),
-                masks: masks.clone(),
-            },
-            &mut step,
-        )?;
-        for (_, value) in step.recorded() {
-            value.item()?;
-        }
-        Ok(())
+    let (first, med, min, max) = task_steps(&mut task, steps, || SceneBatch {
+        images: images.clone(),
+        masks: masks.clone(),
     })?;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
@@ -161,7 +147,7 @@ fn segment_steps(device: &Device, steps: usize) -> Result<()> {
 
 fn gan_steps(device: &Device, steps: usize) -> Result<()> {
     use cinder::gan::train::{GanTask, LR};
-    use cinder::train::{ClassBatch, Step, Task};
+    use cinder::train::ClassBatch;
     let spec = cinder::gan::GanSpec::dcgan(28, 100);
     let batch = 64;
     device.manual_seed(0);
@@ -172,19 +158,9 @@ fn gan_steps(device: &Device, steps: usize) -> Result<()> {
     let labels: Vec<i32> = (0..batch as i32).map(|i| i % 10).collect();
     let y = Tensor::from_slice(device, &labels, &[batch])?;
     device.realize(&[x.node().clone()])?;
-    let (first, med, min, max) = time_steps(steps, || {
-        let mut step = Step::standalone();
-        task.train_step(
-            ClassBatch {
-                x: x.clone(),
-                y: y.clone(),
-            },
-            &mut step,
-        )?;
-        for (_, value) in step.recorded() {
-            value.item()?;
-        }
-        Ok(())
+    let (first, med, min, max) = task_steps(&mut task, steps, || ClassBatch {
+        x: x.clone(),
+        y: y.clone(),
     })?;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
@@ -287,6 +263,24 @@ fn training_steps(
         let loss = model.forward(&x)?.cross_entropy(&y)?;
         opt.step(&loss.backward()?)?;
         loss.item()?;
+        Ok(())
+    })
+}
+
+/// Times `steps` training steps of `task` as its run takes them (the
+/// values it records read back), after a first step timed on its own:
+/// (first, median, min, max).
+fn task_steps<T: cinder::train::Task>(
+    task: &mut T,
+    steps: usize,
+    batch: impl Fn() -> T::Batch,
+) -> Result<(Duration, Duration, Duration, Duration)> {
+    time_steps(steps, || {
+        let mut step = cinder::train::Step::standalone();
+        task.train_step(batch(), &mut step)?;
+        for (_, value) in step.recorded() {
+            value.item()?;
+        }
         Ok(())
     })
 }

@@ -326,19 +326,30 @@ pub(crate) fn classify_each(
     files: &[PathBuf],
     classify: impl Fn(&Path) -> Result<Vec<f32>>,
 ) -> Result<()> {
+    report_each(files, "classified", |path| {
+        let mut ranked: Vec<(usize, f32)> = classify(path)?.into_iter().enumerate().collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let top: Vec<String> = ranked
+            .iter()
+            .take(3)
+            .map(|(class, p)| format!("{class} ({:.1}%)", 100.0 * p))
+            .collect();
+        Ok(top.join(", "))
+    })
+}
+
+/// Prints `describe`'s line for each file; a file that fails is reported
+/// and the rest still run, and the command then fails ("N of M files could
+/// not be `done`").
+pub(crate) fn report_each(
+    files: &[PathBuf],
+    done: &str,
+    describe: impl Fn(&Path) -> Result<String>,
+) -> Result<()> {
     let mut failed = 0;
     for path in files {
-        match classify(path) {
-            Ok(probs) => {
-                let mut ranked: Vec<(usize, f32)> = probs.into_iter().enumerate().collect();
-                ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
-                let top: Vec<String> = ranked
-                    .iter()
-                    .take(3)
-                    .map(|(class, p)| format!("{class} ({:.1}%)", 100.0 * p))
-                    .collect();
-                println!("{}: {}", path.display(), top.join(", "));
-            }
+        match describe(path) {
+            Ok(line) => println!("{}: {line}", path.display()),
             Err(e) => {
                 failed += 1;
                 eprintln!("{}: error: {e}", path.display());
@@ -348,7 +359,7 @@ pub(crate) fn classify_each(
     if failed > 0 {
         return Err(Error::invalid(
             "predict",
-            format!("{failed} of {} files could not be classified", files.len()),
+            format!("{failed} of {} files could not be {done}", files.len()),
         ));
     }
     Ok(())

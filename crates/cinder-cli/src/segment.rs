@@ -13,7 +13,7 @@ use cinder::train::{Progress, RunDir};
 use cinder::{Device, Error, Result, Tensor};
 use clap::Args;
 
-use crate::cnn::{RunArgs, ScheduleArg};
+use crate::cnn::{report_each, RunArgs, ScheduleArg};
 
 #[derive(Args)]
 pub struct TrainSegment {
@@ -112,24 +112,9 @@ pub fn train_segment(args: TrainSegment) -> Result<()> {
 pub fn predict_segment(checkpoint: &Path, images: &[PathBuf], out: &Path) -> Result<()> {
     let device = Device::new()?;
     let model = load_unet(checkpoint, &device)?;
-    let side = SCENE_SIDE;
-    let mut failed = 0;
-    for path in images {
-        match predict_one(&model, &device, path, side, out) {
-            Ok(line) => println!("{}: {line}", path.display()),
-            Err(e) => {
-                failed += 1;
-                eprintln!("{}: error: {e}", path.display());
-            }
-        }
-    }
-    if failed > 0 {
-        return Err(Error::invalid(
-            "predict",
-            format!("{failed} of {} files could not be segmented", images.len()),
-        ));
-    }
-    Ok(())
+    report_each(images, "segmented", |path| {
+        predict_one(&model, &device, path, SCENE_SIDE, out)
+    })
 }
 
 /// The side the scenes, and so the images shown to the U-Net, have.
