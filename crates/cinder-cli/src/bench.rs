@@ -131,16 +131,14 @@ fn segment_steps(device: &Device, steps: usize) -> Result<()> {
         images: images.clone(),
         masks: masks.clone(),
     })?;
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    println!(
-        "{} training step, batch {batch} of 1x96x96 (weighted cross-entropy + Dice, AdamW): \
-         median {:.1} ms (min {:.1}, max {:.1}), {:.0} images/s; first step {:.2} s",
-        spec.arch_name(),
-        ms(med),
-        ms(min),
-        ms(max),
-        batch as f64 / med.as_secs_f64(),
-        first.as_secs_f64()
+    print_steps(
+        &format!(
+            "{} training step, batch {batch} of 1x96x96 (weighted cross-entropy + Dice, AdamW)",
+            spec.arch_name()
+        ),
+        batch,
+        "images",
+        (first, med, min, max),
     );
     Ok(())
 }
@@ -162,16 +160,14 @@ fn gan_steps(device: &Device, steps: usize) -> Result<()> {
         x: x.clone(),
         y: y.clone(),
     })?;
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    println!(
-        "{} training step, batch {batch} of 1x28x28 (D on real and fake, G; Adam): \
-         median {:.1} ms (min {:.1}, max {:.1}), {:.0} images/s; first step {:.2} s",
-        spec.arch_name(),
-        ms(med),
-        ms(min),
-        ms(max),
-        batch as f64 / med.as_secs_f64(),
-        first.as_secs_f64()
+    print_steps(
+        &format!(
+            "{} training step, batch {batch} of 1x28x28 (D on real and fake, G; Adam)",
+            spec.arch_name()
+        ),
+        batch,
+        "images",
+        (first, med, min, max),
     );
     Ok(())
 }
@@ -181,18 +177,16 @@ fn recurrent_steps(device: &Device, spec: &SequenceSpec, steps: usize) -> Result
     let batch = 64;
     let (first, med, min, max) =
         training_steps(device, &model, &[batch, spec.steps, spec.input_size], steps)?;
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    println!(
-        "{} + linear training step, batch {batch} of {} steps x {} inputs (Adam): \
-         median {:.1} ms (min {:.1}, max {:.1}), {:.0} sequences/s; first step {:.2} s",
-        spec.arch_name(),
-        spec.steps,
-        spec.input_size,
-        ms(med),
-        ms(min),
-        ms(max),
-        batch as f64 / med.as_secs_f64(),
-        first.as_secs_f64()
+    print_steps(
+        &format!(
+            "{} + linear training step, batch {batch} of {} steps x {} inputs (Adam)",
+            spec.arch_name(),
+            spec.steps,
+            spec.input_size
+        ),
+        batch,
+        "sequences",
+        (first, med, min, max),
     );
     Ok(())
 }
@@ -203,15 +197,13 @@ fn cnn_steps(device: &Device, steps: usize) -> Result<()> {
     let batch = 64;
     let (first, med, min, max) =
         training_steps(device, model.as_ref(), &[batch, 1, 28, 28], steps)?;
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    println!(
-        "cnn training step, batch {batch} of 1x28x28 (conv32-pool-conv64-pool-fc128-fc10, Adam): \
-         median {:.1} ms (min {:.1}, max {:.1}), {:.0} samples/s; first step {:.2} s",
-        ms(med),
-        ms(min),
-        ms(max),
-        batch as f64 / med.as_secs_f64(),
-        first.as_secs_f64()
+    print_steps(
+        &format!(
+            "cnn training step, batch {batch} of 1x28x28 (conv32-pool-conv64-pool-fc128-fc10, Adam)"
+        ),
+        batch,
+        "samples",
+        (first, med, min, max),
     );
     Ok(())
 }
@@ -265,6 +257,26 @@ fn training_steps(
         loss.item()?;
         Ok(())
     })
+}
+
+/// One line for a timed step: `what`, then the median, min and max in ms,
+/// the median's rate of `unit`s a second at `batch` per step, and the first
+/// step in seconds.
+fn print_steps(
+    what: &str,
+    batch: usize,
+    unit: &str,
+    (first, med, min, max): (Duration, Duration, Duration, Duration),
+) {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "{what}: median {:.1} ms (min {:.1}, max {:.1}), {:.0} {unit}/s; first step {:.2} s",
+        ms(med),
+        ms(min),
+        ms(max),
+        batch as f64 / med.as_secs_f64(),
+        first.as_secs_f64()
+    );
 }
 
 /// Times `steps` training steps of `task` as its run takes them (the
