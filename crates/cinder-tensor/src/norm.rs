@@ -4,6 +4,7 @@
 
 use cinder_runtime::{Error, Result};
 
+use crate::autograd::with_no_grad;
 use crate::tensor::Tensor;
 
 /// How `pad2d` fills the border.
@@ -270,7 +271,7 @@ impl Tensor {
     ) -> Result<(Tensor, Tensor, Tensor)> {
         const OP: &str = "batch_norm";
         self.check_norm_input(OP, weight, bias)?;
-        let (mean, var, count) = self.channel_stats()?;
+        let (mean, var, count) = with_no_grad(|| self.channel_stats())?;
         if count < 2 {
             return Err(Error::invalid(
                 OP,
@@ -280,14 +281,81 @@ impl Tensor {
                 ),
             ));
         }
-        let y = self.sub(&mean)?.mul(&var.add_scalar(eps)?.rsqrt()?)?;
-        let y = self.affine(y, weight, bias)?;
         let c = self.shape()[1];
         let unbiased = var.mul_scalar(count as f32 / (count - 1) as f32)?;
+        let y = self.normalize_channels(&mean, &var, weight, bias, eps, count)?;
         Ok((
             y,
             mean.detach().reshape(&[c])?,
             unbiased.detach().reshape(&[c])?,
+        ))
+    }
+
+    /// `(x - mean) * rsqrt(var + eps) * weight + bias` with the batch's own
+    /// statistics, as one op with the closed-form gradient. Composed, the
+    /// autodiff of the mean, the variance and the affine map made about ten
+    /// passes over the image in the backward (a third of a U-Net step at
+    /// 96x96); the rule below reads it in two reductions and one
+    /// element-wise pass, and the forward value is one per-channel
+    /// multiply-add of the input that fuses into its readers.
+    fn normalize_channels(
+        &self,
+        mean: &Tensor,
+        var: &Tensor,
+        weight: Option<&Tensor>,
+        bias: Option<&Tensor>,
+        eps: f32,
+        count: usize,
+    ) -> Result<Tensor> {
+        let (x, mean) = (self.detach(), mean.detach());
+        let rstd = var.detach().add_scalar(eps)?.rsqrt()?;
+        let w = match weight {
+            Some(w) => Some(self.per_channel(&w.detach())?),
+            None => None,
+        };
+        let scale = match &w {
+            Some(w) => rstd.mul(w)?,
+            None => rstd.clone(),
+        };
+        let mut shift = mean.mul(&scale)?.neg()?;
+        if let Some(b) = bias {
+            shift = shift.add(&self.per_channel(&b.detach())?)?;
+        }
+        // (every operand is detached, so this records nothing)
+        let y = x.mul(&scale)?.add(&shift)?;
+        let mut inputs = vec![self];
+        inputs.extend(weight);
+        inputs.extend(bias);
+        let (has_weight, has_bias) = (weight.is_some(), bias.is_some());
+        let axes: Vec<isize> = (0..self.dims() as isize).filter(|&a| a != 1).collect();
+        let c = self.shape()[1];
+        Ok(Tensor::from_op(
+            y.node().clone(),
+            "batch_norm",
+            &inputs,
+            Box::new(move |g, _| {
+                // With xhat = (x - mean) * rstd and n values per channel:
+                // dbias = sum(g), dweight = sum(g * xhat) and
+                // dx = scale * (g - dbias / n - xhat * dweight / n),
+                // which is g * scale + x * k + k0 per channel.
+                let sum_g = g.sum(&axes, true)?;
+                let sum_g_xhat = g.mul(&x.sub(&mean)?)?.sum(&axes, true)?.mul(&rstd)?;
+                let inv_n = 1.0 / count as f32;
+                let k = scale.mul(&rstd)?.mul(&sum_g_xhat)?.mul_scalar(-inv_n)?;
+                let k0 = scale
+                    .mul(&sum_g)?
+                    .mul_scalar(-inv_n)?
+                    .sub(&k.mul(&mean)?)?;
+                let dx = g.mul(&scale)?.add(&x.mul(&k)?)?.add(&k0)?;
+                let mut grads = vec![Some(dx)];
+                if has_weight {
+                    grads.push(Some(sum_g_xhat.reshape(&[c])?));
+                }
+                if has_bias {
+                    grads.push(Some(sum_g.reshape(&[c])?));
+                }
+                Ok(grads)
+            }),
         ))
     }
 

@@ -44,6 +44,29 @@ fn batch_norm_train_forward_and_gradients() {
     );
 }
 
+/// Without weight and bias, on a `[N, C]` batch (BatchNorm1d) and on a
+/// 3-D one whose values sit far from zero: the closed-form gradient must
+/// match the reference's differences with the mean subtracted.
+#[test]
+fn batch_norm_train_gradients_without_affine() {
+    let mut rng = Rng::named("batch_norm_train_plain");
+    for (shape, lo, hi) in [([6usize, 4, 1], -1.0, 1.0), ([2, 3, 5], 40.0, 44.0)] {
+        let c = shape[1];
+        let (ones, zeros) = (
+            Arr::new(&[c], vec![1.0; c]),
+            Arr::new(&[c], vec![0.0; c]),
+        );
+        let flat = shape[2] == 1;
+        let dims: Vec<usize> = if flat { shape[..2].to_vec() } else { shape.to_vec() };
+        check_grad_ref(
+            "batch_norm train without affine",
+            &[rand_input(&mut rng, &dims, lo, hi)],
+            |t| Ok(t[0].batch_norm_train(None, None, 1e-5)?.0),
+            |a| channel_norm_ref(&a[0], &ones, &zeros, 1e-5),
+        );
+    }
+}
+
 #[test]
 fn batch_norm_statistics_are_unbiased() -> cinder_tensor::Result<()> {
     let mut rng = Rng::named("batch_norm_stats");
