@@ -221,6 +221,62 @@ pub fn segmentation_sheet(
     canvas.png()
 }
 
+/// One row per image: the image with its detections (boxes in their
+/// digit's colour, labelled with the digit and the score) and, where given,
+/// the image with its true boxes, drawn twice size, with the digits' colours
+/// under them. `images` `[n, side, side]` in [0, 1].
+pub fn detection_sheet(
+    images: &[f32],
+    detections: &[Vec<crate::average_precision::Detection>],
+    truth: Option<&[Vec<crate::average_precision::TrueBox>]>,
+    side: usize,
+) -> Result<Vec<u8>> {
+    let (plane, n) = (side * side, detections.len());
+    if images.len() != n * plane || truth.is_some_and(|t| t.len() != n) {
+        return Err(Error::invalid(
+            "detection_sheet",
+            format!(
+                "{} image values, {n} images of detections and {} of true boxes for {side}x{side} images",
+                images.len(),
+                truth.map_or(0, <[_]>::len)
+            ),
+        ));
+    }
+    let (scale, gap) = (2, 4);
+    let cell = side * scale + gap;
+    let columns = if truth.is_some() { 2 } else { 1 };
+    let legend_height = 5 * 2 + 2 * gap;
+    let width = (columns * cell + gap).max(10 * 22 + 2 * gap);
+    let mut canvas = Canvas::new(width, n * cell + gap + legend_height);
+    let colour = |class: usize| DIGIT_COLOURS[class % 10];
+    for (i, found) in detections.iter().enumerate() {
+        let (image, y) = (&images[i * plane..(i + 1) * plane], gap + i * cell);
+        canvas.image(gap, y, side, scale, image, None);
+        for d in found {
+            canvas.outline(gap, y, scale, d.bbox, colour(d.class), 2);
+            let label = format!("{} {:.2}", d.class, d.score);
+            let (lx, ly) = (
+                gap + (d.bbox[0].max(0.0) * scale as f32) as usize + 3,
+                y + (d.bbox[1].max(0.0) * scale as f32) as usize + 3,
+            );
+            canvas.text(lx, ly, &label, 1, colour(d.class));
+        }
+        if let Some(truth) = truth {
+            canvas.image(gap + cell, y, side, scale, image, None);
+            for t in &truth[i] {
+                canvas.outline(gap + cell, y, scale, t.bbox, colour(t.class), 2);
+                let (lx, ly) = (
+                    gap + cell + (t.bbox[0].max(0.0) * scale as f32) as usize + 3,
+                    y + (t.bbox[1].max(0.0) * scale as f32) as usize + 3,
+                );
+                canvas.text(lx, ly, &t.class.to_string(), 1, colour(t.class));
+            }
+        }
+    }
+    canvas.legend(gap, n * cell + gap + gap / 2, 2);
+    canvas.png()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -620,6 +620,41 @@ impl Tensor {
         self.arg(axis, keepdim, ReduceOp::ArgMin, "argmin")
     }
 
+    /// The `k` largest values along `axis` and their indices (i32), largest
+    /// first, equal values in index order (`torch.topk` with `largest` and
+    /// `sorted`). Computed on the device as `k` arg-max rounds, each masking
+    /// its pick out of the next: meant for small `k` (a detector's
+    /// candidates), so only `k` values per row need to be read back. The
+    /// values' gradient reaches the picked positions.
+    pub fn topk(&self, k: usize, axis: isize) -> Result<(Tensor, Tensor)> {
+        const OP: &str = "topk";
+        float_only(OP, self)?;
+        let a = norm_axis(OP, axis, self.dims())?;
+        let n = self.shape()[a];
+        if k == 0 || k > n {
+            return Err(Error::invalid(
+                OP,
+                format!("k = {k} must be between 1 and the axis' size {n}"),
+            ));
+        }
+        let mut position_shape = vec![1; self.dims()];
+        position_shape[a] = n;
+        let positions = Tensor::arange_i32(self.device(), n)?.reshape(&position_shape)?;
+        let lowest = self.scalar_like(f32::NEG_INFINITY);
+        let mut rest = self.detach();
+        let mut picks = Vec::with_capacity(k);
+        for round in 0..k {
+            let pick = rest.argmax(a as isize, true)?;
+            if round + 1 < k {
+                rest = Tensor::where_cond(&positions.eq(&pick)?, &lowest, &rest)?;
+            }
+            picks.push(pick);
+        }
+        let picked: Vec<&Tensor> = picks.iter().collect();
+        let indices = Tensor::concat(&picked, a as isize)?;
+        Ok((self.gather(a as isize, &indices)?, indices))
+    }
+
     fn arg(&self, axis: isize, keepdim: bool, op: ReduceOp, name: &'static str) -> Result<Tensor> {
         let a = norm_axis(name, axis, self.dims())?;
         if self.shape()[a] > LONG_ARG_REDUCTION {

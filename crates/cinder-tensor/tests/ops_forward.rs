@@ -2634,3 +2634,53 @@ fn other_argument_errors() {
     );
     assert!(a.item().is_err(), "item of 6 elements");
 }
+
+/// `topk` against a stable sort on the CPU: coarse values (ties keep index
+/// order), awkward sizes, every axis, k from 1 to the axis' size; and the
+/// values' gradient lands on the picked positions only.
+#[test]
+fn topk_matches_a_stable_sort() -> cinder_tensor::Result<()> {
+    let mut rng = Rng::named("topk");
+    let g = grid(-4, 3, 0.5);
+    for (shape, axis, k) in [
+        (vec![7usize], 0usize, 3usize),
+        (vec![7], 0, 7),
+        (vec![3, 13], 1, 5),
+        (vec![5, 4, 3], 0, 2),
+        (vec![2, 3, 577], 2, 9),
+    ] {
+        let values = g(&mut rng, numel(&shape));
+        let t = tensor(&values, &shape).requires_grad_();
+        let (top, idx) = t.topk(k, axis as isize)?;
+        let mut out_shape = shape.clone();
+        out_shape[axis] = k;
+        assert_eq!(top.shape(), out_shape.as_slice());
+        let (top_v, idx_v) = (top.to_vec::<f32>()?, idx.to_vec::<i32>()?);
+        for o in 0..numel(&out_shape) {
+            let c = unravel(o, &out_shape);
+            let rank = c[axis];
+            let mut line: Vec<(usize, f32)> = (0..shape[axis])
+                .map(|j| {
+                    let mut cc = c.clone();
+                    cc[axis] = j;
+                    (j, values[ravel(&cc, &shape)])
+                })
+                .collect();
+            line.sort_by(|a, b| b.1.total_cmp(&a.1)); // stable: ties in index order
+            assert_eq!(
+                (idx_v[o] as usize, top_v[o]),
+                line[rank],
+                "topk {shape:?} axis {axis} k {k} at {c:?}"
+            );
+        }
+        let grads = top.sum_all()?.backward()?;
+        let grad = grads.get(&t).map(|g| g.to_vec::<f32>()).transpose()?;
+        let grad = grad.ok_or_else(|| cinder_tensor::Error::invalid("topk", "no gradient"))?;
+        let picked: usize = grad.iter().filter(|&&v| v == 1.0).count();
+        assert_eq!(picked, numel(&out_shape), "topk gradient {shape:?}");
+        assert!(grad.iter().all(|&v| v == 0.0 || v == 1.0));
+    }
+    assert!(tensor(&[1.0, 2.0], &[2]).topk(3, 0).is_err());
+    assert!(tensor(&[1.0, 2.0], &[2]).topk(0, 0).is_err());
+    Ok(())
+}
