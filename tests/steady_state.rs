@@ -244,3 +244,52 @@ fn segmentation_training_steps_create_nothing_after_the_first() -> Result<()> {
         12,
     )
 }
+
+/// The detection task's whole step: the detector (strided convolutions,
+/// the upsampled pyramid level), the focal loss, the boxes gathered at the
+/// centres with their GIoU and L1 losses.
+#[test]
+fn detection_training_steps_create_nothing_after_the_first() -> Result<()> {
+    use cinder::cnn::detect::{DetectBatch, DetectLoss, DetectTask, DetectionScenes, DetectorSpec};
+    use cinder::data::{DigitScenes, Mnist, SceneConfig};
+    use cinder::train::{Step, Task};
+    let _serial = common::serial();
+    let device = common::device();
+    device.manual_seed(4);
+    let spec = DetectorSpec {
+        in_channels: 1,
+        classes: 10,
+        width: 4,
+    };
+    let config = SceneConfig {
+        canvas: 16,
+        digits: (1, 2),
+        size: (8.0, 12.0),
+        ..SceneConfig::default()
+    };
+    let scenes = |seed| -> Result<DetectionScenes> {
+        let digits = std::sync::Arc::new(Mnist::bundled()?.test);
+        let scenes = DigitScenes::with_config(digits, 64, seed, config.clone())?;
+        Ok(DetectionScenes::new(scenes, spec.classes))
+    };
+    let train = scenes(0)?;
+    let mut task = DetectTask::new(
+        spec.build(&device)?,
+        DetectLoss::default(),
+        scenes(1)?,
+        1e-3,
+        0.0,
+        &device,
+    )?;
+    assert_steady_steps(
+        |i| {
+            let batch = DetectBatch::of(&train, 4 * i..4 * i + 4, &device)?;
+            let mut step = Step::standalone();
+            task.train_step(batch, &mut step)?;
+            let values: Vec<&Tensor> = step.recorded().iter().map(|(_, v)| v).collect();
+            cinder::tensor::read_all(&values)?;
+            Ok(())
+        },
+        12,
+    )
+}

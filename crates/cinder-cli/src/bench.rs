@@ -57,6 +57,15 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 20)]
         steps: usize,
     },
+    /// Milliseconds per detector training step (cinder train detect's
+    /// network, focal + GIoU + L1 loss and AdamW) at batch 16 on 96x96
+    /// scenes of digits, the losses read; the first step on its own; then
+    /// the held-out decoding (forward, peaks, top-k, reading the boxes, NMS).
+    Detect {
+        /// Timed training steps (after the first, which compiles everything).
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+    },
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
@@ -111,7 +120,51 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             println!("adapter: {} ({})", device.adapter_name(), device.backend());
             segment_steps(&device, steps.max(1))
         }
+        BenchCommand::Detect { steps } => {
+            let device = Device::new()?;
+            println!("adapter: {} ({})", device.adapter_name(), device.backend());
+            detect_steps(&device, steps.max(1))
+        }
     }
+}
+
+fn detect_steps(device: &Device, steps: usize) -> Result<()> {
+    use cinder::cnn::detect::{
+        detect, DetectBatch, DetectLoss, DetectTask, DetectionScenes, DetectorSpec, MIN_SCORE,
+    };
+    use cinder::data::{DigitScenes, Mnist};
+    let spec = DetectorSpec::digit_scenes();
+    let batch = 16;
+    let (train, held_out) = DigitScenes::from_split(Mnist::bundled()?, batch, batch, 0)?;
+    let (train, held_out) = (
+        DetectionScenes::new(train, spec.classes),
+        DetectionScenes::new(held_out, spec.classes),
+    );
+    device.manual_seed(0);
+    let model = spec.build(device)?;
+    let mut task = DetectTask::new(model, DetectLoss::default(), held_out, 2e-3, 0.01, device)?;
+    let data = DetectBatch::of(&train, 0..batch, device)?;
+    let fields = [&data.images, &data.heat, &data.cells, &data.centres, &data.boxes, &data.present];
+    device.realize(&fields.map(|t| t.node().clone()))?;
+    let timing = task_steps(&mut task, steps, || data.clone())?;
+    print_steps(
+        &format!(
+            "{} training step, batch {batch} of 1x96x96 (focal + GIoU + L1, AdamW)",
+            spec.arch_name()
+        ),
+        batch,
+        "images",
+        timing,
+    );
+    task.model.eval();
+    let timing = time_steps(steps, || detect(&task.model, &data.images, MIN_SCORE).map(drop))?;
+    print_steps(
+        &format!("{} detection (forward, decoding on the device, NMS), batch {batch}", spec.arch_name()),
+        batch,
+        "images",
+        timing,
+    );
+    Ok(())
 }
 
 fn segment_steps(device: &Device, steps: usize) -> Result<()> {

@@ -2,6 +2,7 @@
 
 mod bench;
 mod cnn;
+mod detect;
 mod gan;
 mod rnn;
 mod segment;
@@ -41,16 +42,19 @@ enum Command {
     /// Classifies image files (PNG, JPEG; any size and colour), or with
     /// --task spoken-digits WAV recordings (any rate, mono or stereo): top-3
     /// classes. A segmentation model (`cinder train segment`) colours each
-    /// image's pixels by digit instead and draws the mask.
+    /// image's pixels by digit instead and draws the mask; a detector
+    /// (`cinder train detect`) boxes each digit and draws the boxes.
     Predict {
         /// A model.safetensors written by `cinder train cnn`, `cinder train
-        /// segment` (or `cinder train rnn --task spoken-digits`).
+        /// segment`, `cinder train detect` (or `cinder train rnn --task
+        /// spoken-digits`).
         #[arg(long)]
         checkpoint: std::path::PathBuf,
         /// What the files hold (default: what the checkpoint was trained on).
         #[arg(long, value_enum)]
         task: Option<PredictTask>,
-        /// Where the pictures of masks go, one `<name>.segment.png` per image.
+        /// Where the pictures of masks or boxes go, one `<name>.segment.png`
+        /// or `<name>.detect.png` per image.
         #[arg(long, default_value = "predictions")]
         out: std::path::PathBuf,
         #[arg(required = true)]
@@ -75,6 +79,8 @@ enum PredictTask {
     SpokenDigits,
     /// Masks of the digits in scenes (a `cinder train segment` model).
     Segment,
+    /// Boxes around the digits in scenes (a `cinder train detect` model).
+    Detect,
 }
 
 #[derive(Subcommand)]
@@ -102,6 +108,7 @@ fn main() {
             Ok(PredictTask::SpokenDigits) => rnn::predict_spoken_digits(&checkpoint, &images),
             Ok(PredictTask::Images) => cnn::predict(&checkpoint, &images),
             Ok(PredictTask::Segment) => segment::predict_segment(&checkpoint, &images, &out),
+            Ok(PredictTask::Detect) => detect::predict_detect(&checkpoint, &images, &out),
             Err(e) => Err(e),
         },
         Command::Generate {
@@ -122,8 +129,10 @@ fn main() {
 /// says otherwise).
 fn trained_on(checkpoint: &std::path::Path) -> cinder::Result<PredictTask> {
     let meta = cinder::nn::checkpoint::read_metadata(checkpoint)?;
-    if meta.get("cinder.family").map(String::as_str) == Some("segment") {
-        return Ok(PredictTask::Segment);
+    match meta.get("cinder.family").map(String::as_str) {
+        Some("segment") => return Ok(PredictTask::Segment),
+        Some("detect") => return Ok(PredictTask::Detect),
+        _ => {}
     }
     Ok(match meta.get("cinder.task").map(String::as_str) {
         Some("spoken-digits") => PredictTask::SpokenDigits,

@@ -15,8 +15,9 @@ use clap::Args;
 
 use crate::cnn::{report_each, RunArgs, ScheduleArg};
 
+/// Where a scene run's digits come from, and how many scenes it draws.
 #[derive(Args)]
-pub struct TrainSegment {
+pub struct SceneArgs {
     /// Training scenes, drawn from the training digits.
     #[arg(long, default_value_t = 4000)]
     scenes: usize,
@@ -27,6 +28,31 @@ pub struct TrainSegment {
     /// (default: the 5000 shipped real MNIST digits).
     #[arg(long)]
     mnist: Option<PathBuf>,
+}
+
+impl SceneArgs {
+    /// The training and held-out scenes for `seed`.
+    pub fn scenes(&self, seed: u64) -> Result<(DigitScenes, DigitScenes)> {
+        let split = match &self.mnist {
+            Some(dir) => Mnist::load(dir)?,
+            None => Mnist::bundled()?,
+        };
+        DigitScenes::from_split(split, self.scenes, self.held_out, seed)
+    }
+
+    /// The data's name in the run's settings and output.
+    pub fn name(&self) -> String {
+        match &self.mnist {
+            Some(dir) => format!("scenes of mnist:{}", dir.display()),
+            None => "scenes of mnist-5k".to_string(),
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct TrainSegment {
+    #[command(flatten)]
+    data: SceneArgs,
     /// Channels of the U-Net's first level (doubled at each of its 3 levels below).
     #[arg(long, default_value_t = 16)]
     width: usize,
@@ -38,24 +64,17 @@ pub struct TrainSegment {
 }
 
 pub fn train_segment(args: TrainSegment) -> Result<()> {
-    let (name, split) = match &args.mnist {
-        Some(dir) => (
-            format!("scenes of mnist:{}", dir.display()),
-            Mnist::load(dir)?,
-        ),
-        None => ("scenes of mnist-5k".to_string(), Mnist::bundled()?),
-    };
     let spec = UNetSpec {
         width: args.width,
         ..UNetSpec::digit_scenes()
     };
     spec.validate()?;
+    let name = args.data.name();
     let mut options = args
         .run
         .options(&name, "runs/segment", 10, 2e-3, ScheduleArg::Cosine)?;
     options.batch_size = args.run.batch_size.unwrap_or(16);
-    let (train, held_out) =
-        DigitScenes::from_split(split, args.scenes, args.held_out, options.seed)?;
+    let (train, held_out) = args.data.scenes(options.seed)?;
     let device = Device::new()?;
     println!("adapter: {} ({})", device.adapter_name(), device.backend());
     println!(

@@ -25,6 +25,10 @@ pub enum TrainCommand {
     /// digits by its digit, with held-out IoU per class and pictures of its
     /// masks after every epoch, into runs/segment.
     Segment(crate::segment::TrainSegment),
+    /// A CenterNet-style detector that boxes each digit of 96x96 scenes of
+    /// real MNIST digits, with held-out mAP and pictures of its boxes after
+    /// every epoch, into runs/detect.
+    Detect(crate::detect::TrainDetect),
 }
 
 pub fn run(cmd: TrainCommand) -> Result<()> {
@@ -34,5 +38,6 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
         TrainCommand::Rnn(args) => crate::rnn::train_rnn(args),
         TrainCommand::Gan(args) => crate::gan::train_gan(args),
         TrainCommand::Segment(args) => crate::segment::train_segment(args),
+        TrainCommand::Detect(args) => crate::detect::train_detect(args),
     }
 }

@@ -850,3 +850,62 @@ fn predict_segments_scenes_and_draws_their_masks() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn predict_boxes_digits_and_draws_them() {
+    use cinder::cnn::detect::DetectorSpec;
+    use cinder::data::{DigitScenes, Mnist};
+    let dir = scratch("detect");
+    let device = cinder::Device::new().unwrap_or_else(|e| panic!("{e}"));
+    let spec = DetectorSpec {
+        width: 4,
+        ..DetectorSpec::digit_scenes()
+    };
+    let detector = spec.build(&device).unwrap_or_else(|e| panic!("{e}"));
+    // Untrained, but sure of every class everywhere: boxes to print and draw.
+    let mut bias = vec![8.0f32; spec.classes];
+    bias.extend([1.0; 4]);
+    let state: Vec<(String, cinder::Tensor)> = cinder::nn::Module::state_dict(&detector)
+        .into_iter()
+        .map(|(name, t)| match name.as_str() {
+            "out.bias" => {
+                let sure = cinder::Tensor::from_slice(&device, &bias, &[spec.classes + 4])
+                    .unwrap_or_else(|e| panic!("{e}"));
+                (name, sure)
+            }
+            _ => (name, t),
+        })
+        .collect();
+    let model = dir.join("detector.safetensors");
+    save_tensors_with_metadata(&model, &state, spec.to_metadata())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let split = Mnist::bundled().unwrap_or_else(|e| panic!("{e}"));
+    let (_, held_out) = DigitScenes::from_split(split, 1, 1, 4).unwrap_or_else(|e| panic!("{e}"));
+    let scene = held_out.scene(0);
+    let picture = image::GrayImage::from_fn(96, 96, |x, y| {
+        image::Luma([(scene.image[(y * 96 + x) as usize] * 255.0) as u8])
+    });
+    let scene_png = dir.join("scene.png");
+    picture.save(&scene_png).expect("writing a png");
+    let out = dir.join("boxes");
+    let (ok, stdout, stderr) = cinder(&[
+        "predict".as_ref(),
+        "--checkpoint".as_ref(),
+        model.as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+        scene_png.as_os_str(),
+    ]);
+    assert!(ok, "{stdout} {stderr}");
+    assert!(
+        stdout.contains("scene.png") && stdout.contains("(1.00) at [") && stdout.contains("boxes in"),
+        "{stdout}"
+    );
+    let sheet = image::open(out.join("scene.detect.png")).expect("the boxes' picture");
+    assert!(
+        sheet.width() >= 2 * 96 && sheet.height() > 2 * 96,
+        "{:?}",
+        (sheet.width(), sheet.height())
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -388,6 +388,7 @@ impl Dataset for DetectionScenes {
 
 /// A batch on the device, fields as [`Targets`] with the batch first, and
 /// the number of boxes in it.
+#[derive(Clone)]
 pub struct DetectBatch {
     pub images: Tensor,
     pub heat: Tensor,

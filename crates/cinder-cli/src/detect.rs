@@ -1,0 +1,140 @@
+//! `cinder train detect`: a CenterNet-style detector on scenes of real
+//! handwritten digits, and `predict` with its boxes drawn.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use cinder::cnn::detect::{self, load_detector, Detector, DetectLoss, DetectorSpec, SHOWN_SCORE};
+use cinder::cnn::overlay::detection_sheet;
+use cinder::cnn::segment::load_scene_image;
+use cinder::nn::checkpoint::write_atomic;
+use cinder::train::{Progress, RunDir};
+use cinder::{Device, Error, Result, Tensor};
+use clap::Args;
+
+use crate::cnn::{report_each, RunArgs, ScheduleArg};
+use crate::segment::SceneArgs;
+
+#[derive(Args)]
+pub struct TrainDetect {
+    #[command(flatten)]
+    data: SceneArgs,
+    /// Channels at stride 2 (twice that at stride 4, four times at stride 8).
+    #[arg(long, default_value_t = 16)]
+    width: usize,
+    /// Weight of the GIoU box loss beside the heatmap's focal loss.
+    #[arg(long, default_value_t = 2.0)]
+    giou: f32,
+    /// Weight of the L1 box loss (in cells of 4 pixels).
+    #[arg(long, default_value_t = 0.1)]
+    l1: f32,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+pub fn train_detect(args: TrainDetect) -> Result<()> {
+    let spec = DetectorSpec {
+        width: args.width,
+        ..DetectorSpec::digit_scenes()
+    };
+    spec.validate()?;
+    let name = args.data.name();
+    let mut options = args
+        .run
+        .options(&name, "runs/detect", 10, 2e-3, ScheduleArg::Cosine)?;
+    options.batch_size = args.run.batch_size.unwrap_or(16);
+    let (train, held_out) = args.data.scenes(options.seed)?;
+    let device = Device::new()?;
+    println!("adapter: {} ({})", device.adapter_name(), device.backend());
+    println!(
+        "{name}: {} training and {} held-out scenes of 96x96; {} ({} parameters)",
+        train.len(),
+        held_out.len(),
+        spec.arch_name(),
+        cinder::nn::Module::num_parameters(&spec.build(&device)?),
+    );
+    device.manual_seed(options.seed);
+    let started = Instant::now();
+    let mut progress = Progress::new();
+    let loss = DetectLoss {
+        giou: args.giou,
+        l1: args.l1,
+    };
+    let history = detect::train(
+        &spec,
+        train,
+        held_out,
+        loss,
+        &options,
+        &device,
+        &mut progress,
+    )?;
+    let seconds = started.elapsed().as_secs_f64();
+    if let Some(last) = history.rows.last() {
+        let get = |k: &str| last.get(k).unwrap_or(f64::NAN);
+        println!(
+            "after {} epochs ({seconds:.1} s this run): held-out mAP@0.5 {:.3}, mAP@0.5:0.95 {:.3}",
+            last.epoch,
+            get("map50"),
+            get("map"),
+        );
+        let per_class: Vec<String> = (0..spec.classes)
+            .map(|c| format!("{c} {:.3}", get(&format!("ap50_{c}"))))
+            .collect();
+        println!("AP@0.5 per digit: {}", per_class.join(", "));
+    }
+    let run = RunDir::new(&options.out_dir);
+    println!(
+        "wrote {} (for `cinder predict`), {}, {}, {} and {}",
+        run.model("model").display(),
+        run.checkpoint().display(),
+        run.metrics().display(),
+        run.curves().display(),
+        run.dir.join("predictions").display()
+    );
+    Ok(())
+}
+
+/// Finds the digits in each image: prints each box with its digit and
+/// score and writes `OUT/<name>.detect.png`, the image with its boxes.
+pub fn predict_detect(checkpoint: &Path, images: &[PathBuf], out: &Path) -> Result<()> {
+    let device = Device::new()?;
+    let model = load_detector(checkpoint, &device)?;
+    report_each(images, "searched", |path| {
+        predict_one(&model, &device, path, out)
+    })
+}
+
+/// The side the scenes, and so the images shown to the detector, have.
+const SCENE_SIDE: usize = 96;
+
+fn predict_one(model: &Detector, device: &Device, path: &Path, out: &Path) -> Result<String> {
+    let side = SCENE_SIDE;
+    let image = load_scene_image(path, side)?;
+    let x = Tensor::from_slice(device, &image, &[1, 1, side, side])?;
+    let found = detect::detect(model, &x, SHOWN_SCORE)?;
+    let stem = path
+        .file_stem()
+        .map_or_else(|| "image".into(), |s| s.to_string_lossy().into_owned());
+    let picture = out.join(format!("{stem}.detect.png"));
+    let png = detection_sheet(&image, &found, None, side)?;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    write_atomic(&picture, &png)?;
+    let boxes: Vec<String> = found
+        .iter()
+        .flatten()
+        .map(|d| {
+            let b = d.bbox;
+            format!(
+                "{} ({:.2}) at [{:.0}, {:.0}, {:.0}, {:.0}]",
+                d.class, d.score, b[0], b[1], b[2], b[3]
+            )
+        })
+        .collect();
+    let found = if boxes.is_empty() {
+        "no digit".to_string()
+    } else {
+        boxes.join(", ")
+    };
+    Ok(format!("{found}; boxes in {}", picture.display()))
+}
