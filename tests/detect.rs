@@ -53,7 +53,9 @@ fn detector_maps_at_stride_four_and_names_its_parameters() {
 fn focal_loss_matches_the_cpu() {
     let device = common::device();
     let n = 2 * 3 * 5 * 7;
-    let logits: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 / 12.0) - 4.0).collect();
+    let logits: Vec<f32> = (0..n)
+        .map(|i| ((i * 37 % 101) as f32 / 12.0) - 4.0)
+        .collect();
     let target: Vec<f32> = (0..n)
         .map(|i| match i % 13 {
             0 => 1.0,
@@ -130,7 +132,11 @@ fn decoding_keeps_peaks_tops_and_suppresses_per_class() {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].len(), want.len(), "{:?}", got[0]);
     for (d, (class, score, bbox)) in got[0].iter().zip(want) {
-        let Detection { class: c, score: s, bbox: b } = *d;
+        let Detection {
+            class: c,
+            score: s,
+            bbox: b,
+        } = *d;
         assert_eq!(c, class, "{d:?}");
         assert!((s - score).abs() < 1e-5, "{d:?}");
         for (p, q) in b.iter().zip(bbox) {
@@ -179,8 +185,8 @@ fn detector_learns_scenes_of_real_digits() {
     device.manual_seed(9);
     let history = train(
         &small_spec(),
-        train_scenes,
-        held_out,
+        Arc::new(train_scenes),
+        Arc::new(held_out),
         DetectLoss::default(),
         &options,
         &device,

@@ -145,8 +145,8 @@ fn unet_learns_scenes_of_real_digits() {
     device.manual_seed(9);
     let history = train(
         &small_spec(),
-        train_scenes,
-        held_out,
+        Arc::new(train_scenes),
+        Arc::new(held_out),
         0.5,
         &options,
         &device,

@@ -227,7 +227,7 @@ fn segmentation_training_steps_create_nothing_after_the_first() -> Result<()> {
     let mut task = SegmentTask::new(
         spec.build(&device)?,
         loss,
-        scenes.clone(),
+        std::sync::Arc::new(scenes.clone()),
         1e-3,
         0.0,
         &device,
@@ -270,7 +270,10 @@ fn detection_training_steps_create_nothing_after_the_first() -> Result<()> {
     let scenes = |seed| -> Result<DetectionScenes> {
         let digits = std::sync::Arc::new(Mnist::bundled()?.test);
         let scenes = DigitScenes::with_config(digits, 64, seed, config.clone())?;
-        Ok(DetectionScenes::new(scenes, spec.classes))
+        Ok(DetectionScenes::new(
+            std::sync::Arc::new(scenes),
+            spec.classes,
+        ))
     };
     let train = scenes(0)?;
     let mut task = DetectTask::new(

@@ -137,14 +137,21 @@ fn detect_steps(device: &Device, steps: usize) -> Result<()> {
     let batch = 16;
     let (train, held_out) = DigitScenes::from_split(Mnist::bundled()?, batch, batch, 0)?;
     let (train, held_out) = (
-        DetectionScenes::new(train, spec.classes),
-        DetectionScenes::new(held_out, spec.classes),
+        DetectionScenes::new(std::sync::Arc::new(train), spec.classes),
+        DetectionScenes::new(std::sync::Arc::new(held_out), spec.classes),
     );
     device.manual_seed(0);
     let model = spec.build(device)?;
     let mut task = DetectTask::new(model, DetectLoss::default(), held_out, 2e-3, 0.01, device)?;
     let data = DetectBatch::of(&train, 0..batch, device)?;
-    let fields = [&data.images, &data.heat, &data.cells, &data.centres, &data.boxes, &data.present];
+    let fields = [
+        &data.images,
+        &data.heat,
+        &data.cells,
+        &data.centres,
+        &data.boxes,
+        &data.present,
+    ];
     device.realize(&fields.map(|t| t.node().clone()))?;
     let timing = task_steps(&mut task, steps, || data.clone())?;
     print_steps(
@@ -157,9 +164,14 @@ fn detect_steps(device: &Device, steps: usize) -> Result<()> {
         timing,
     );
     task.model.eval();
-    let timing = time_steps(steps, || detect(&task.model, &data.images, MIN_SCORE).map(drop))?;
+    let timing = time_steps(steps, || {
+        detect(&task.model, &data.images, MIN_SCORE).map(drop)
+    })?;
     print_steps(
-        &format!("{} detection (forward, decoding on the device, NMS), batch {batch}", spec.arch_name()),
+        &format!(
+            "{} detection (forward, decoding on the device, NMS), batch {batch}",
+            spec.arch_name()
+        ),
         batch,
         "images",
         timing,
@@ -176,6 +188,7 @@ fn segment_steps(device: &Device, steps: usize) -> Result<()> {
     let (train, held_out) = DigitScenes::from_split(split, batch, 1, 0)?;
     device.manual_seed(0);
     let loss = SegmentLoss::balanced(&train, spec.classes, 0.5, device)?;
+    let held_out = std::sync::Arc::new(held_out);
     let mut task = SegmentTask::new(spec.build(device)?, loss, held_out, 2e-3, 0.01, device)?;
     let scenes: Vec<_> = (0..batch).map(|i| train.scene(i)).collect();
     let SceneBatch { images, masks } = scene_batch(&scenes, device)?;

@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use cinder::cnn::detect::{self, load_detector, Detector, DetectLoss, DetectorSpec, SHOWN_SCORE};
+use cinder::cnn::annotations::boxed_images;
+use cinder::cnn::detect::{self, load_detector, DetectLoss, Detector, DetectorSpec, SHOWN_SCORE};
 use cinder::cnn::overlay::detection_sheet;
 use cinder::cnn::segment::load_scene_image;
 use cinder::nn::checkpoint::write_atomic;
@@ -13,12 +14,21 @@ use cinder::{Device, Error, Result, Tensor};
 use clap::Args;
 
 use crate::cnn::{report_each, RunArgs, ScheduleArg};
-use crate::segment::SceneArgs;
+use crate::segment::{held_out_fifth, SceneArgs, SCENE_SIDE};
 
 #[derive(Args)]
 pub struct TrainDetect {
     #[command(flatten)]
     data: SceneArgs,
+    /// Train on your own images instead of scenes: a JSON file of boxes,
+    /// either a list of {"image": "a.png", "boxes": [[x0, y0, x1, y1], ...],
+    /// "classes": [3, ...]} or a COCO file (images, annotations with [x, y,
+    /// w, h] boxes, categories); one image in five is held out.
+    #[arg(long)]
+    boxes: Option<PathBuf>,
+    /// Where the images named in --boxes are (default: the file's folder).
+    #[arg(long, requires = "boxes")]
+    images: Option<PathBuf>,
     /// Channels at stride 2 (twice that at stride 4, four times at stride 8).
     #[arg(long, default_value_t = 16)]
     width: usize,
@@ -33,17 +43,30 @@ pub struct TrainDetect {
 }
 
 pub fn train_detect(args: TrainDetect) -> Result<()> {
-    let spec = DetectorSpec {
+    let mut spec = DetectorSpec {
         width: args.width,
         ..DetectorSpec::digit_scenes()
     };
+    let user_data = match &args.boxes {
+        Some(file) => {
+            let list = boxed_images(file, args.images.as_deref(), SCENE_SIDE)?;
+            spec.classes = list.max_class() as usize + 1;
+            Some((format!("boxes:{}", file.display()), list))
+        }
+        None => None,
+    };
     spec.validate()?;
-    let name = args.data.name();
+    let name = user_data
+        .as_ref()
+        .map_or_else(|| args.data.name(), |(name, _)| name.clone());
     let mut options = args
         .run
         .options(&name, "runs/detect", 10, 2e-3, ScheduleArg::Cosine)?;
     options.batch_size = args.run.batch_size.unwrap_or(16);
-    let (train, held_out) = args.data.scenes(options.seed)?;
+    let (train, held_out) = match user_data {
+        Some((_, list)) => held_out_fifth(list)?,
+        None => args.data.scenes(options.seed)?,
+    };
     let device = Device::new()?;
     println!("adapter: {} ({})", device.adapter_name(), device.backend());
     println!(
@@ -104,9 +127,6 @@ pub fn predict_detect(checkpoint: &Path, images: &[PathBuf], out: &Path) -> Resu
         predict_one(&model, &device, path, out)
     })
 }
-
-/// The side the scenes, and so the images shown to the detector, have.
-const SCENE_SIDE: usize = 96;
 
 fn predict_one(model: &Detector, device: &Device, path: &Path, out: &Path) -> Result<String> {
     let side = SCENE_SIDE;

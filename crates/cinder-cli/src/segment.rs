@@ -1,19 +1,35 @@
 //! `cinder train segment`: a U-Net on scenes of real handwritten digits.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
+use cinder::cnn::annotations::masked_images;
 use cinder::cnn::overlay::segmentation_sheet;
 use cinder::cnn::segment::{
     self, class_name, load_scene_image, load_unet, predict_masks, UNet, UNetSpec,
 };
-use cinder::data::{DigitScenes, Mnist};
+use cinder::data::{DigitScenes, Mnist, SceneList, SceneSource};
 use cinder::nn::checkpoint::write_atomic;
 use cinder::train::{Progress, RunDir};
 use cinder::{Device, Error, Result, Tensor};
 use clap::Args;
 
 use crate::cnn::{report_each, RunArgs, ScheduleArg};
+
+pub type Scenes = Arc<dyn SceneSource>;
+
+/// A user's images split for training: one in five held out.
+pub fn held_out_fifth(list: SceneList) -> Result<(Scenes, Scenes)> {
+    let (train, held_out) = list.hold_out_every(5)?;
+    if held_out.is_empty() {
+        return Err(Error::invalid(
+            "train",
+            "fewer than 5 images: none would be held out to measure against",
+        ));
+    }
+    Ok((Arc::new(train), Arc::new(held_out)))
+}
 
 /// Where a scene run's digits come from, and how many scenes it draws.
 #[derive(Args)]
@@ -32,12 +48,13 @@ pub struct SceneArgs {
 
 impl SceneArgs {
     /// The training and held-out scenes for `seed`.
-    pub fn scenes(&self, seed: u64) -> Result<(DigitScenes, DigitScenes)> {
+    pub fn scenes(&self, seed: u64) -> Result<(Scenes, Scenes)> {
         let split = match &self.mnist {
             Some(dir) => Mnist::load(dir)?,
             None => Mnist::bundled()?,
         };
-        DigitScenes::from_split(split, self.scenes, self.held_out, seed)
+        let (train, held_out) = DigitScenes::from_split(split, self.scenes, self.held_out, seed)?;
+        Ok((Arc::new(train), Arc::new(held_out)))
     }
 
     /// The data's name in the run's settings and output.
@@ -53,6 +70,15 @@ impl SceneArgs {
 pub struct TrainSegment {
     #[command(flatten)]
     data: SceneArgs,
+    /// Train on your own images (PNG, JPEG) in this directory instead of
+    /// scenes, each with a mask of the same name in --masks; one in five is
+    /// held out.
+    #[arg(long, requires = "masks")]
+    images: Option<PathBuf>,
+    /// Grey PNG masks for --images: each pixel's value is its class, 0 for
+    /// background.
+    #[arg(long, requires = "images")]
+    masks: Option<PathBuf>,
     /// Channels of the U-Net's first level (doubled at each of its 3 levels below).
     #[arg(long, default_value_t = 16)]
     width: usize,
@@ -64,17 +90,33 @@ pub struct TrainSegment {
 }
 
 pub fn train_segment(args: TrainSegment) -> Result<()> {
-    let spec = UNetSpec {
+    let mut spec = UNetSpec {
         width: args.width,
         ..UNetSpec::digit_scenes()
     };
+    let user_data = match (&args.images, &args.masks) {
+        (Some(images), Some(masks)) => {
+            let list = masked_images(images, masks, SCENE_SIDE)?;
+            spec.classes = (list.max_class() as usize + 1).max(2);
+            Some((
+                format!("images:{} masks:{}", images.display(), masks.display()),
+                list,
+            ))
+        }
+        _ => None,
+    };
     spec.validate()?;
-    let name = args.data.name();
+    let name = user_data
+        .as_ref()
+        .map_or_else(|| args.data.name(), |(name, _)| name.clone());
     let mut options = args
         .run
         .options(&name, "runs/segment", 10, 2e-3, ScheduleArg::Cosine)?;
     options.batch_size = args.run.batch_size.unwrap_or(16);
-    let (train, held_out) = args.data.scenes(options.seed)?;
+    let (train, held_out) = match user_data {
+        Some((_, list)) => held_out_fifth(list)?,
+        None => args.data.scenes(options.seed)?,
+    };
     let device = Device::new()?;
     println!("adapter: {} ({})", device.adapter_name(), device.backend());
     println!(
@@ -137,7 +179,7 @@ pub fn predict_segment(checkpoint: &Path, images: &[PathBuf], out: &Path) -> Res
 }
 
 /// The side the scenes, and so the images shown to the U-Net, have.
-const SCENE_SIDE: usize = 96;
+pub const SCENE_SIDE: usize = 96;
 
 fn predict_one(
     model: &UNet,

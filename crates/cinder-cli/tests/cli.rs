@@ -898,7 +898,9 @@ fn predict_boxes_digits_and_draws_them() {
     ]);
     assert!(ok, "{stdout} {stderr}");
     assert!(
-        stdout.contains("scene.png") && stdout.contains("(1.00) at [") && stdout.contains("boxes in"),
+        stdout.contains("scene.png")
+            && stdout.contains("(1.00) at [")
+            && stdout.contains("boxes in"),
         "{stdout}"
     );
     let sheet = image::open(out.join("scene.detect.png")).expect("the boxes' picture");
@@ -907,5 +909,98 @@ fn predict_boxes_digits_and_draws_them() {
         "{:?}",
         (sheet.width(), sheet.height())
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A user's own files: scenes saved as PNGs with grey class masks (for
+/// `train segment --images --masks`) and a COCO file of their boxes (for
+/// `train detect --boxes`), each trained for one short epoch.
+#[test]
+fn train_segment_and_detect_read_a_users_files() {
+    use cinder::data::{DigitScenes, Mnist};
+    let dir = scratch("user-data");
+    let (images, masks) = (dir.join("images"), dir.join("masks"));
+    for d in [&images, &masks] {
+        std::fs::create_dir_all(d).expect("a folder");
+    }
+    let split = Mnist::bundled().unwrap_or_else(|e| panic!("{e}"));
+    let (scenes, _) = DigitScenes::from_split(split, 10, 1, 8).unwrap_or_else(|e| panic!("{e}"));
+    let (mut coco_images, mut annotations) = (Vec::new(), Vec::new());
+    for i in 0..10 {
+        let scene = scenes.scene(i);
+        let name = format!("scene{i}.png");
+        let at = |x: u32, y: u32| (y * 96 + x) as usize;
+        image::GrayImage::from_fn(96, 96, |x, y| {
+            image::Luma([(scene.image[at(x, y)] * 255.0) as u8])
+        })
+        .save(images.join(&name))
+        .expect("an image");
+        image::GrayImage::from_fn(96, 96, |x, y| image::Luma([scene.mask[at(x, y)] as u8]))
+            .save(masks.join(&name))
+            .expect("a mask");
+        coco_images.push(format!(r#"{{"id": {i}, "file_name": "{name}"}}"#));
+        for (b, c) in scene.boxes.iter().zip(&scene.classes) {
+            annotations.push(format!(
+                r#"{{"image_id": {i}, "category_id": {c}, "bbox": [{}, {}, {}, {}]}}"#,
+                b[0],
+                b[1],
+                b[2] - b[0],
+                b[3] - b[1]
+            ));
+        }
+    }
+    let categories: Vec<String> = (0..10).map(|c| format!(r#"{{"id": {c}}}"#)).collect();
+    let coco = dir.join("boxes.json");
+    std::fs::write(
+        &coco,
+        format!(
+            r#"{{"images": [{}], "annotations": [{}], "categories": [{}]}}"#,
+            coco_images.join(","),
+            annotations.join(","),
+            categories.join(",")
+        ),
+    )
+    .expect("the COCO file");
+    let common = ["--epochs", "1", "--batch-size", "4", "--width", "4"];
+    let run = |task: &str, data: &[&std::ffi::OsStr], out: &PathBuf| {
+        let mut args: Vec<&std::ffi::OsStr> = vec!["train".as_ref(), task.as_ref()];
+        args.extend_from_slice(data);
+        args.extend(common.iter().map(std::ffi::OsStr::new));
+        args.extend(["--out".as_ref(), out.as_os_str()]);
+        cinder(&args)
+    };
+    let out = dir.join("segment");
+    let (ok, stdout, stderr) = run(
+        "segment",
+        &[
+            "--images".as_ref(),
+            images.as_os_str(),
+            "--masks".as_ref(),
+            masks.as_os_str(),
+        ],
+        &out,
+    );
+    assert!(ok, "{stdout} {stderr}");
+    assert!(stdout.contains("8 training and 2 held-out"), "{stdout}");
+    assert!(
+        out.join("model.safetensors").is_file() && out.join("predictions/epoch_001.png").is_file()
+    );
+    let out = dir.join("detect");
+    let (ok, stdout, stderr) = run(
+        "detect",
+        &[
+            "--boxes".as_ref(),
+            coco.as_os_str(),
+            "--images".as_ref(),
+            images.as_os_str(),
+        ],
+        &out,
+    );
+    assert!(ok, "{stdout} {stderr}");
+    assert!(
+        stdout.contains("8 training and 2 held-out") && stdout.contains("mAP@0.5"),
+        "{stdout}"
+    );
+    assert!(out.join("predictions/epoch_001.png").is_file());
     let _ = std::fs::remove_dir_all(&dir);
 }

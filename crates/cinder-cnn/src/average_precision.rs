@@ -153,10 +153,7 @@ fn class_ap(
             }
             None => fp += 1,
         }
-        curve.push((
-            tp as f64 / positives as f64,
-            tp as f64 / (tp + fp) as f64,
-        ));
+        curve.push((tp as f64 / positives as f64, tp as f64 / (tp + fp) as f64));
     }
     // Precision made non-increasing in recall, then read at 101 points.
     for i in (0..curve.len().saturating_sub(1)).rev() {
@@ -187,7 +184,10 @@ mod tests {
     #[test]
     fn perfect_detections_score_one() -> Result<()> {
         let truths = vec![
-            vec![truth(0, [0.0, 0.0, 10.0, 10.0]), truth(1, [20.0, 20.0, 30.0, 32.0])],
+            vec![
+                truth(0, [0.0, 0.0, 10.0, 10.0]),
+                truth(1, [20.0, 20.0, 30.0, 32.0]),
+            ],
             vec![truth(0, [5.0, 5.0, 9.0, 9.0])],
         ];
         let dets: Vec<Vec<Detection>> = truths

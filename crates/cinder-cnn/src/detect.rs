@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use cinder_data::{Dataset, DigitScenes, Field, Loader, Sample};
+use cinder_data::{Dataset, DigitScenes, Field, Loader, Sample, SceneSource};
 use cinder_nn::checkpoint::{check_finite, load_tensors, read_metadata};
 use cinder_nn::module::prefixed;
 use cinder_nn::{Adam, BatchNorm2d, Conv2d, Module, Optimizer, ReLU, Sequential};
@@ -90,9 +90,9 @@ impl DetectorSpec {
             ));
         }
         let number = |key: &str| -> Result<usize> {
-            meta.get(key).and_then(|v| v.parse().ok()).ok_or_else(|| {
-                Error::invalid("detector", format!("the header's {key} is missing"))
-            })
+            meta.get(key)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| Error::invalid("detector", format!("the header's {key} is missing")))
         };
         if number("cinder.stride")? != STRIDE {
             return Err(Error::invalid(
@@ -319,7 +319,8 @@ impl TargetEncoder {
                 .ok()
                 .filter(|&c| c < self.classes)
                 .ok_or_else(|| Error::invalid(OP, format!("class {class} out of range")))?;
-            let cell = |lo: f32, hi: f32| (((lo + hi) / 2.0 / s).floor().max(0.0) as usize).min(n - 1);
+            let cell =
+                |lo: f32, hi: f32| (((lo + hi) / 2.0 / s).floor().max(0.0) as usize).min(n - 1);
             let (cx, cy) = (cell(b[0], b[2]), cell(b[1], b[3]));
             let radius = gaussian_radius((b[3] - b[1]) / s, (b[2] - b[0]) / s, self.min_overlap)
                 .floor()
@@ -347,17 +348,16 @@ impl TargetEncoder {
 /// Scenes with their detection targets as samples: [`DigitScenes::IMAGE`],
 /// and `heat`, `cells`, `centres`, `boxes`, `present` as in [`Targets`].
 pub struct DetectionScenes {
-    pub scenes: DigitScenes,
+    pub scenes: Arc<dyn SceneSource>,
     pub encoder: TargetEncoder,
 }
 
 impl DetectionScenes {
-    pub fn new(scenes: DigitScenes, classes: usize) -> DetectionScenes {
-        let config = scenes.config();
+    pub fn new(scenes: Arc<dyn SceneSource>, classes: usize) -> DetectionScenes {
         let encoder = TargetEncoder {
             classes,
-            side: config.canvas,
-            max_objects: config.digits.1,
+            side: scenes.side(),
+            max_objects: scenes.max_objects().max(1),
             min_overlap: 0.7,
         };
         DetectionScenes { scenes, encoder }
@@ -370,7 +370,7 @@ impl Dataset for DetectionScenes {
     }
 
     fn get(&self, index: usize) -> Result<Sample> {
-        let scene = self.scenes.scene(index);
+        let scene = self.scenes.scene(index)?;
         let t = self.encoder.encode(&scene.boxes, &scene.classes)?;
         let (n, k, side) = (self.encoder.cells(), self.encoder.max_objects, scene.side);
         Ok(Sample::new()
@@ -540,11 +540,7 @@ fn four(t: &Tensor) -> Result<[usize; 4]> {
 impl DetectLoss {
     pub fn parts(&self, out: &Tensor, batch: &DetectBatch) -> Result<DetectLossParts> {
         let classes = batch.heat.shape()[1];
-        let heat = focal_loss(
-            &out.narrow(1, 0, classes)?,
-            &batch.heat,
-            batch.objects,
-        )?;
+        let heat = focal_loss(&out.narrow(1, 0, classes)?, &batch.heat, batch.objects)?;
         let predicted = boxes_at(&raw_at(out, classes, &batch.cells)?, &batch.centres)?;
         let per_box = 1.0 / batch.objects.max(1) as f32;
         let giou = predicted
@@ -642,7 +638,12 @@ pub fn detections(
                 .map(|j| Detection {
                     class: groups[j] as usize,
                     score: s[j],
-                    bbox: [flat[4 * j], flat[4 * j + 1], flat[4 * j + 2], flat[4 * j + 3]],
+                    bbox: [
+                        flat[4 * j],
+                        flat[4 * j + 1],
+                        flat[4 * j + 2],
+                        flat[4 * j + 3],
+                    ],
                 })
                 .collect(),
         );
@@ -703,11 +704,11 @@ impl DetectTask {
         })
     }
 
-    fn truths(&self, range: std::ops::Range<usize>) -> Vec<Vec<TrueBox>> {
+    fn truths(&self, range: std::ops::Range<usize>) -> Result<Vec<Vec<TrueBox>>> {
         range
             .map(|i| {
-                let scene = self.held_out.scenes.scene(i);
-                scene
+                let scene = self.held_out.scenes.scene(i)?;
+                Ok(scene
                     .boxes
                     .iter()
                     .zip(&scene.classes)
@@ -715,7 +716,7 @@ impl DetectTask {
                         class: class as usize,
                         bbox,
                     })
-                    .collect()
+                    .collect())
             })
             .collect()
     }
@@ -753,7 +754,7 @@ impl DetectTask {
             loss_sum += loss * (end - start) as f64;
             start = end;
         }
-        let report = average_precision(&found, &self.truths(0..n), self.model.spec.classes)?;
+        let report = average_precision(&found, &self.truths(0..n)?, self.model.spec.classes)?;
         Ok((report, loss_sum / n.max(1) as f64))
     }
 }
@@ -810,7 +811,7 @@ impl Task for DetectTask {
         }
         let (found, _, batch) = self.held_out_detections(0..shown, SHOWN_SCORE)?;
         let images = batch.images.to_vec::<f32>()?;
-        let truths = self.truths(0..shown);
+        let truths = self.truths(0..shown)?;
         let png = crate::overlay::detection_sheet(
             &images,
             &found,
@@ -835,8 +836,8 @@ fn trainer(spec: &DetectorSpec, loss: &DetectLoss, options: &TrainOptions) -> Tr
 /// The caller seeds the device before.
 pub fn train(
     spec: &DetectorSpec,
-    train: DigitScenes,
-    held_out: DigitScenes,
+    train: Arc<dyn SceneSource>,
+    held_out: Arc<dyn SceneSource>,
     loss: DetectLoss,
     options: &TrainOptions,
     device: &Device,

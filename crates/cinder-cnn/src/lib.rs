@@ -4,6 +4,7 @@
 //! object detection (a CenterNet-style detector on the same scenes, with
 //! average precision), with pictures of masks and boxes over images.
 
+pub mod annotations;
 pub mod average_precision;
 pub mod detect;
 pub mod imagefile;

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use cinder_data::{Collate, DigitScenes, Loader, Scene};
+use cinder_data::{Collate, DigitScenes, Loader, Scene, SceneSamples, SceneSource};
 use cinder_nn::checkpoint::{check_finite, load_tensors, read_metadata};
 use cinder_nn::module::prefixed;
 use cinder_nn::{
@@ -267,14 +267,14 @@ impl SegmentLoss {
     /// in `scenes` (the first up to 200), so the rare digit pixels count
     /// more than the background without drowning it.
     pub fn balanced(
-        scenes: &DigitScenes,
+        scenes: &dyn SceneSource,
         classes: usize,
         dice: f32,
         device: &Device,
     ) -> Result<SegmentLoss> {
         let mut counts = vec![1u64; classes];
         for i in 0..scenes.len().min(200) {
-            for &m in &scenes.scene(i).mask {
+            for &m in &scenes.scene(i)?.mask {
                 if let Some(c) = counts.get_mut(m as usize) {
                     *c += 1;
                 }
@@ -409,13 +409,18 @@ pub fn scene_batch(scenes: &[Scene], device: &Device) -> Result<SceneBatch> {
 
 /// Shuffled training scenes, drawn on the loader's thread.
 pub struct SceneBatches {
-    pub loader: Loader<DigitScenes>,
+    pub loader: Loader<SceneSamples>,
     pub device: Device,
 }
 
 impl SceneBatches {
-    pub fn new(scenes: DigitScenes, batch_size: usize, seed: u64, device: &Device) -> Result<Self> {
-        let loader = Loader::new(Arc::new(scenes), batch_size, true, seed)?
+    pub fn new(
+        scenes: Arc<dyn SceneSource>,
+        batch_size: usize,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self> {
+        let loader = Loader::new(Arc::new(SceneSamples(scenes)), batch_size, true, seed)?
             .drop_last(true)
             .collate(Collate::new().pad(DigitScenes::CLASSES, -1.0));
         Ok(SceneBatches {
@@ -448,7 +453,7 @@ pub struct SegmentTask {
     pub model: UNet,
     pub optimizer: Adam,
     pub loss: SegmentLoss,
-    pub held_out: DigitScenes,
+    pub held_out: Arc<dyn SceneSource>,
     /// Held-out scenes per forward when measuring.
     pub batch_size: usize,
     /// The held-out scenes drawn with their predicted masks after each epoch.
@@ -461,7 +466,7 @@ impl SegmentTask {
     pub fn new(
         model: UNet,
         loss: SegmentLoss,
-        held_out: DigitScenes,
+        held_out: Arc<dyn SceneSource>,
         lr: f64,
         weight_decay: f64,
         device: &Device,
@@ -480,7 +485,9 @@ impl SegmentTask {
 
     /// Logits of scenes `range` of the held-out set, in evaluation mode.
     fn held_out_logits(&mut self, range: std::ops::Range<usize>) -> Result<(Tensor, SceneBatch)> {
-        let scenes: Vec<Scene> = range.map(|i| self.held_out.scene(i)).collect();
+        let scenes: Vec<Scene> = range
+            .map(|i| self.held_out.scene(i))
+            .collect::<Result<_>>()?;
         let batch = scene_batch(&scenes, &self.device)?;
         Ok((self.model.forward(&batch.images)?, batch))
     }
@@ -586,7 +593,7 @@ impl Task for SegmentTask {
             &predicted,
             Some(&truth),
             shown,
-            self.held_out.config().canvas,
+            self.held_out.side(),
         )?;
         Ok(vec![(format!("predictions/epoch_{epoch:03}.png"), png)])
     }
@@ -614,15 +621,15 @@ fn trainer(spec: &UNetSpec, loss: &SegmentLoss, options: &TrainOptions) -> Train
 /// The caller seeds the device before.
 pub fn train(
     spec: &UNetSpec,
-    train: DigitScenes,
-    held_out: DigitScenes,
+    train: Arc<dyn SceneSource>,
+    held_out: Arc<dyn SceneSource>,
     dice: f32,
     options: &TrainOptions,
     device: &Device,
     observer: &mut dyn Observer,
 ) -> Result<History> {
     options.validate()?;
-    let loss = SegmentLoss::balanced(&train, spec.classes, dice, device)?;
+    let loss = SegmentLoss::balanced(train.as_ref(), spec.classes, dice, device)?;
     let trainer = trainer(spec, &loss, options);
     trainer.check()?;
     if train.len() < options.batch_size {

@@ -109,7 +109,7 @@ pub use digits::Digits;
 pub use idx::{read_idx, write_idx, IdxArray, Mnist};
 pub use loader::{Batch, Batches, DataLoader, Epoch, Loader, TryEpoch};
 pub use sample::{Field, FieldData, FieldElement, Sample};
-pub use scenes::{DigitScenes, Scene, SceneConfig};
+pub use scenes::{DigitScenes, Scene, SceneConfig, SceneList, SceneSamples, SceneSource};
 pub use text::{Corpus, NGram, Vocab};
 pub use transform::{
     sample_seed, Compose, Normalize, RandomAffine, RandomCrop, RandomHorizontalFlip,

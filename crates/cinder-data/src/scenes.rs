@@ -337,6 +337,157 @@ impl crate::Dataset for DigitScenes {
     }
 }
 
+/// Scenes by index, drawn ([`DigitScenes`]) or loaded ([`SceneList`]): what
+/// segmentation and detection train on and measure against.
+pub trait SceneSource: Send + Sync {
+    fn len(&self) -> usize;
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The side of every scene's square image.
+    fn side(&self) -> usize;
+
+    /// The most boxes one scene can have.
+    fn max_objects(&self) -> usize;
+
+    fn scene(&self, index: usize) -> Result<Scene>;
+}
+
+impl SceneSource for DigitScenes {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn side(&self) -> usize {
+        self.config.canvas
+    }
+
+    fn max_objects(&self) -> usize {
+        self.config.digits.1
+    }
+
+    fn scene(&self, index: usize) -> Result<Scene> {
+        Ok(DigitScenes::scene(self, index))
+    }
+}
+
+/// Scenes held in memory: a user's images with their masks or boxes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SceneList {
+    scenes: Vec<Scene>,
+    side: usize,
+}
+
+impl SceneList {
+    /// `scenes`, all `side` x `side`, each with a full mask (zeros where a
+    /// dataset has only boxes) and as many classes as boxes.
+    pub fn new(scenes: Vec<Scene>, side: usize) -> Result<SceneList> {
+        const OP: &str = "SceneList";
+        for (i, s) in scenes.iter().enumerate() {
+            let plane = side * side;
+            if s.side != side || s.image.len() != plane || s.mask.len() != plane {
+                return Err(Error::shape(
+                    OP,
+                    format!(
+                        "scene {i}: a {side}x{side} image and mask, not side {} with {} and {} values",
+                        s.side,
+                        s.image.len(),
+                        s.mask.len()
+                    ),
+                ));
+            }
+            if s.boxes.len() != s.classes.len() {
+                return Err(Error::invalid(
+                    OP,
+                    format!(
+                        "scene {i}: {} boxes with {} classes",
+                        s.boxes.len(),
+                        s.classes.len()
+                    ),
+                ));
+            }
+        }
+        Ok(SceneList { scenes, side })
+    }
+
+    /// Every `n`-th scene (from the `n`-th on) held out, the others kept:
+    /// `(kept, held_out)`. With `n` of 5, a fifth is held out.
+    pub fn hold_out_every(self, n: usize) -> Result<(SceneList, SceneList)> {
+        if n < 2 {
+            return Err(Error::invalid(
+                "SceneList::hold_out_every",
+                format!("n = {n} would hold out everything"),
+            ));
+        }
+        let (mut kept, mut held_out) = (Vec::new(), Vec::new());
+        for (i, scene) in self.scenes.into_iter().enumerate() {
+            if (i + 1) % n == 0 {
+                held_out.push(scene);
+            } else {
+                kept.push(scene);
+            }
+        }
+        Ok((
+            SceneList::new(kept, self.side)?,
+            SceneList::new(held_out, self.side)?,
+        ))
+    }
+
+    pub fn scenes(&self) -> &[Scene] {
+        &self.scenes
+    }
+
+    /// The largest class in any mask or box (0 when there is none).
+    pub fn max_class(&self) -> i32 {
+        self.scenes
+            .iter()
+            .flat_map(|s| s.mask.iter().chain(&s.classes))
+            .copied()
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+impl SceneSource for SceneList {
+    fn len(&self) -> usize {
+        self.scenes.len()
+    }
+
+    fn side(&self) -> usize {
+        self.side
+    }
+
+    fn max_objects(&self) -> usize {
+        self.scenes.iter().map(|s| s.boxes.len()).max().unwrap_or(0)
+    }
+
+    fn scene(&self, index: usize) -> Result<Scene> {
+        self.scenes.get(index).cloned().ok_or_else(|| {
+            Error::invalid(
+                "SceneList::scene",
+                format!("scene {index} of {} scenes", self.scenes.len()),
+            )
+        })
+    }
+}
+
+/// Any [`SceneSource`] as a [`Dataset`](crate::Dataset) of
+/// [`Scene::into_sample`] samples, for a [`Loader`](crate::Loader).
+#[derive(Clone)]
+pub struct SceneSamples(pub Arc<dyn SceneSource>);
+
+impl crate::Dataset for SceneSamples {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn get(&self, index: usize) -> Result<Sample> {
+        self.0.scene(index)?.into_sample()
+    }
+}
+
 /// The smallest `[left, top, right, bottom)` holding every nonzero pixel.
 fn ink_box(image: &[f32], cols: usize) -> Option<[usize; 4]> {
     let mut found: Option<[usize; 4]> = None;

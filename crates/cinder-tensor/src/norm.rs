@@ -342,10 +342,7 @@ impl Tensor {
                 let sum_g_xhat = g.mul(&x.sub(&mean)?)?.sum(&axes, true)?.mul(&rstd)?;
                 let inv_n = 1.0 / count as f32;
                 let k = scale.mul(&rstd)?.mul(&sum_g_xhat)?.mul_scalar(-inv_n)?;
-                let k0 = scale
-                    .mul(&sum_g)?
-                    .mul_scalar(-inv_n)?
-                    .sub(&k.mul(&mean)?)?;
+                let k0 = scale.mul(&sum_g)?.mul_scalar(-inv_n)?.sub(&k.mul(&mean)?)?;
                 let dx = g.mul(&scale)?.add(&x.mul(&k)?)?.add(&k0)?;
                 let mut grads = vec![Some(dx)];
                 if has_weight {

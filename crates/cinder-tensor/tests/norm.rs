@@ -52,12 +52,13 @@ fn batch_norm_train_gradients_without_affine() {
     let mut rng = Rng::named("batch_norm_train_plain");
     for (shape, lo, hi) in [([6usize, 4, 1], -1.0, 1.0), ([2, 3, 5], 40.0, 44.0)] {
         let c = shape[1];
-        let (ones, zeros) = (
-            Arr::new(&[c], vec![1.0; c]),
-            Arr::new(&[c], vec![0.0; c]),
-        );
+        let (ones, zeros) = (Arr::new(&[c], vec![1.0; c]), Arr::new(&[c], vec![0.0; c]));
         let flat = shape[2] == 1;
-        let dims: Vec<usize> = if flat { shape[..2].to_vec() } else { shape.to_vec() };
+        let dims: Vec<usize> = if flat {
+            shape[..2].to_vec()
+        } else {
+            shape.to_vec()
+        };
         check_grad_ref(
             "batch_norm train without affine",
             &[rand_input(&mut rng, &dims, lo, hi)],
