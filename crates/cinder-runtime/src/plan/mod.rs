@@ -8,7 +8,7 @@
 //!
 //! | # | pass | file | decides |
 //! |---|------|------|---------|
-//! | 0 | [`cse::merge`], [`limits::check_sizes`], [`limits::check_custom`], [`tile::products`] | `cse.rs`, `limits.rs`, `tile.rs` | a value built twice is built once; tensors too big to index, and custom kernels past a binding, are errors; products too big for one binding become tiles |
+//! | 0 | [`cse::merge`], [`limits::check_sizes`], [`limits::check_custom`], [`tile::products`], [`cse::merge`] again | `cse.rs`, `limits.rs`, `tile.rs` | a value built twice is built once; tensors too big to index, and custom kernels past a binding, are errors; products too big for one binding become tiles (the blocks two products cut from one operand are then merged) |
 //! | 1 | [`split::reductions`] | `split.rs` | long reductions become partials plus a combining reduction |
 //! | 2 | [`split::products`] | `split.rs` | long-K products with few output blocks become split-K partials plus a sum |
 //! | 3 | [`Uses::count`], [`materialize::initial`] | `materialize.rs` | use counts; which entries get a buffer by their kind and uses |
@@ -313,6 +313,10 @@ pub(crate) fn decide(target: &Target, structure: &Structure) -> Result<(Graph, U
     limits::check_sizes(&graph, target)?;
     limits::check_custom(&graph, target)?;
     tile::products(&mut graph, target);
+    // Blocks cut from one big operand by two products (a convolution's
+    // unfolded input is B of its forward product and A of its weight
+    // gradient) are the same views: computed once.
+    cse::merge(&mut graph);
     split::reductions(&mut graph);
     split::products(&mut graph, target);
     let uses = Uses::count(&graph);

@@ -357,6 +357,36 @@ mod tests {
         assert_eq!(graph.origin[a], Some(a));
     }
 
+    /// A convolution's unfolded input is B of its forward product and A of
+    /// its weight gradient: both cut the same column blocks from it, which
+    /// the second merge of equal values makes one entry each.
+    #[test]
+    fn blocks_two_products_cut_from_one_operand_are_built_once() {
+        let mut target = gpu();
+        target.chunk = 4096;
+        let mut g = Builder::new();
+        let x = g.upload(&[80, 200]);
+        let cols = g.unary(crate::graph::UnaryOp::Exp, x);
+        let w = g.upload(&[4, 80]);
+        let dy = g.upload(&[200, 3]);
+        let y = g.matmul(w, cols);
+        let dw = g.matmul(cols, dy);
+        let s = g.finish(&[y, dw]);
+        let mut graph = Graph::new(&s);
+        super::products(&mut graph, &target);
+        let blocks_of = |graph: &Graph| {
+            graph
+                .entries
+                .iter()
+                .filter(|e| matches!(e.op, Op::View(_, of) if graph.entries[of].op == Op::Unary(crate::graph::UnaryOp::Exp, x)))
+                .count()
+        };
+        let before = blocks_of(&graph);
+        super::super::cse::merge(&mut graph);
+        // Four column blocks of 50, cut twice, then once.
+        assert_eq!((before, blocks_of(&graph)), (8, 4));
+    }
+
     #[test]
     fn empty_products_over_a_binding_are_left_alone_or_zeros() {
         use super::super::testing::spec_of;
