@@ -339,7 +339,14 @@ impl Tensor {
                 // dx = scale * (g - dbias / n - xhat * dweight / n),
                 // which is g * scale + x * k + k0 per channel.
                 let sum_g = g.sum(&axes, true)?;
-                let sum_g_xhat = g.mul(&x.sub(&mean)?)?.sum(&axes, true)?.mul(&rstd)?;
+                // g * x - g * mean rather than g * (x - mean): the forward
+                // pass's x - mean (its variance) would otherwise be the same
+                // value, which the planner then keeps in a buffer for both.
+                let sum_g_xhat = g
+                    .mul(&x)?
+                    .sub(&g.mul(&mean)?)?
+                    .sum(&axes, true)?
+                    .mul(&rstd)?;
                 let inv_n = 1.0 / count as f32;
                 let k = scale.mul(&rstd)?.mul(&sum_g_xhat)?.mul_scalar(-inv_n)?;
                 let k0 = scale.mul(&sum_g)?.mul_scalar(-inv_n)?.sub(&k.mul(&mean)?)?;

@@ -13,6 +13,46 @@ use crate::graph::{numel, Op};
 /// [`inputs`]).
 pub(crate) const BROADCAST_MATERIALIZE_MIN: usize = 1 << 16;
 
+/// A smaller broadcast value gets a buffer when it reads at least
+/// [`BROADCAST_LOADS_MIN`] values and an element-wise consumer of at least
+/// this many elements reads it (see [`inputs`]).
+pub(crate) const BROADCAST_READER_MIN: usize = 1 << 18;
+
+/// See [`BROADCAST_READER_MIN`].
+pub(crate) const BROADCAST_LOADS_MIN: usize = 2;
+
+/// The loads an inlined `entry` costs per element: the buffers and scalars
+/// its expression reads (each once, however often), through inlined
+/// element-wise entries. Counting stops past `cap`.
+fn inline_loads(graph: &Graph, mat: &[bool], entry: usize, cap: usize) -> usize {
+    let entries = &graph.entries;
+    let mut seen = HashSet::new();
+    let mut stack = vec![entry];
+    let mut loads = 0;
+    while let Some(j) = stack.pop() {
+        if !seen.insert(j) || loads >= cap {
+            continue;
+        }
+        if j != entry && mat[j] {
+            loads += 1;
+            continue;
+        }
+        match &entries[j].op {
+            Op::Iota { .. } | Op::Rand { .. } => {}
+            // A constant is a word of the scalars buffer.
+            Op::Const => loads += 1,
+            op => {
+                let inputs = op.inputs();
+                if inputs.is_empty() {
+                    loads += 1;
+                }
+                stack.extend(inputs);
+            }
+        }
+    }
+    loads
+}
+
 /// Pass 3: buffers by kind and use count.
 ///
 /// | Entry | Gets a buffer when |
@@ -69,7 +109,11 @@ pub(crate) fn initial(graph: &Graph, uses: &Uses) -> Vec<bool> {
 ///   element-wise consumer broadcasts (reads through a stride-0 view, or as
 ///   a smaller operand): inlined, its loads would repeat per read.
 ///   Max-pooling's backward broadcasts the pooled gradient over each
-///   window's taps.
+///   window's taps. So does a smaller one that reads several values,
+///   broadcast over at least [`BROADCAST_READER_MIN`] elements: batch
+///   norm's per-channel shift (`bias - mean * scale`) inlined into the
+///   normalised image costs three loads per pixel where its buffer costs
+///   one.
 /// - A fold stays inlined only where each of its pixels is computed once:
 ///   a chain of single-use, one-to-one consumers that ends in a buffer.
 pub(crate) fn inputs(graph: &Graph, uses: &Uses, implicit: &HashSet<usize>, mat: &mut [bool]) {
@@ -145,7 +189,13 @@ pub(crate) fn inputs(graph: &Graph, uses: &Uses, implicit: &HashSet<usize>, mat:
                 j = *child;
             }
             let computed = !matches!(entries[j].op, Op::Const | Op::Iota { .. } | Op::Rand { .. });
-            if broadcast && computed && numel(&entries[j].shape) >= BROADCAST_MATERIALIZE_MIN {
+            if !(broadcast && computed) || mat[j] {
+                continue;
+            }
+            let large = numel(&entries[j].shape) >= BROADCAST_MATERIALIZE_MIN;
+            let costly = numel(&e.shape) >= BROADCAST_READER_MIN
+                && inline_loads(graph, mat, j, BROADCAST_LOADS_MIN) >= BROADCAST_LOADS_MIN;
+            if large || costly {
                 mat[j] = true;
             }
         }
@@ -224,5 +274,48 @@ mod tests {
         let mat = plan(g, &[r1, r2]);
         assert!(mat[big_e]);
         assert!(!mat[small_e]);
+    }
+
+    /// A per-channel value computed from two buffers, broadcast over a big
+    /// image, gets a buffer; one that reads a single buffer, or whose
+    /// reader is small, stays inlined.
+    #[test]
+    fn small_broadcast_values_that_read_several_values_get_a_buffer_under_big_readers() {
+        let mut g = Builder::new();
+        let image = g.upload(&[16, 16, 64, 64]);
+        let (mean, scale) = (g.upload(&[1, 16, 1, 1]), g.upload(&[1, 16, 1, 1]));
+        let shift = g.binary(BinaryOp::Mul, mean, scale);
+        let shift_b = g.expand(shift, &[16, 16, 64, 64]);
+        let big = g.binary(BinaryOp::Add, image, shift_b);
+        let neg = g.unary(UnaryOp::Neg, mean);
+        let neg_b = g.expand(neg, &[16, 16, 64, 64]);
+        let one_load = g.binary(BinaryOp::Add, image, neg_b);
+        let small_image = g.upload(&[2, 16, 4, 4]);
+        let shift2 = g.binary(BinaryOp::Mul, mean, scale);
+        let shift2_b = g.expand(shift2, &[2, 16, 4, 4]);
+        let small = g.binary(BinaryOp::Add, small_image, shift2_b);
+        let mat = plan(g, &[big, one_load, small]);
+        assert!(mat[shift], "two loads per pixel of a 4 M-element image");
+        assert!(!mat[neg], "one load: as cheap inlined");
+        assert!(!mat[shift2], "a small reader");
+    }
+
+    /// `e * e` names `e` twice but computes it once per element; and a
+    /// long reduction split into partials reads its input once, in its
+    /// partials: neither gets a buffer (batch norm's variance, the mean of
+    /// squared deviations over 147456 pixels a channel, is one pass).
+    #[test]
+    fn squares_and_split_reductions_keep_their_inputs_inlined() {
+        use crate::graph::ReduceOp;
+        let mut g = Builder::new();
+        let x = g.upload(&[4, 100_000]);
+        let e = g.unary(UnaryOp::Exp, x);
+        let square = g.binary(BinaryOp::Mul, e, e);
+        let r = g.reduce(ReduceOp::Sum, &[1], square);
+        let s = g.finish(&[r]);
+        let (graph, _, fusion) = super::super::decide(&super::super::testing::lavapipe(), &s)
+            .unwrap_or_else(|err| panic!("{err}")); // ok: a test; a panic is its failure
+        assert!(graph.split_reductions.contains_key(&r));
+        assert!(!fusion.mat[e] && !fusion.mat[square]);
     }
 }

@@ -195,7 +195,7 @@ impl Graph {
 
 /// How often each entry is read, by whom, and which entries are roots.
 pub(crate) struct Uses {
-    /// Reads of each entry, counting an entry that reads it twice twice.
+    /// Entries that read each entry (one that names it twice counts once).
     pub count: Vec<usize>,
     /// The distinct entries that read each entry, in entry order.
     pub consumers: Vec<Vec<usize>>,
@@ -207,11 +207,25 @@ impl Uses {
         let n = graph.entries.len();
         let mut count = vec![0usize; n];
         let mut consumers: Vec<Vec<usize>> = vec![Vec::new(); n];
+        // A split's partial step reads what its original reads, in the
+        // original's place: counted twice, a reduction's inlined input
+        // (batch norm's squared deviations) would get a buffer of its own.
+        let partials: HashSet<usize> = graph
+            .split_reductions
+            .values()
+            .chain(graph.split_products.values())
+            .map(|s| s.partial)
+            .collect();
         for (i, e) in graph.entries.iter().enumerate() {
+            if partials.contains(&i) {
+                continue;
+            }
+            // A consumer that names an input twice (`x * x`) computes it
+            // once: kernels memoise each value per element.
             for c in e.op.inputs() {
-                count[c] += 1;
                 if !consumers[c].contains(&i) {
                     consumers[c].push(i);
+                    count[c] += 1;
                 }
             }
         }

@@ -306,12 +306,13 @@ mod tests {
     fn intermediates_of_one_size_share_a_slot_once_read() {
         let mut g = Builder::new();
         let x = g.upload(&[1000]);
-        // A chain of values each read twice: each gets a buffer, and each is
-        // dead once the next has been computed from it.
+        // A chain of values each read by two entries: each gets a buffer,
+        // and each is dead once the next has been computed from it.
         let mut v = x;
         for _ in 0..6 {
             let e = g.unary(UnaryOp::Exp, v);
-            v = g.binary(crate::graph::BinaryOp::Add, e, e);
+            let negated = g.unary(UnaryOp::Neg, e);
+            v = g.binary(crate::graph::BinaryOp::Add, e, negated);
         }
         let spec = spec_of(g, &[v], &gpu());
         let slots = spec
