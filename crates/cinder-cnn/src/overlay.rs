@@ -137,6 +137,19 @@ impl Canvas {
         self.fill(x1.saturating_sub(thickness), y0, thickness, h, colour);
     }
 
+    /// `text` in `colour` on a dark plate whose top left corner is `(x,
+    /// y)`, so a label stays readable over any image; the plate is
+    /// [`Canvas::label_height`] high.
+    pub fn label(&mut self, x: usize, y: usize, text: &str, size: usize, colour: [u8; 3]) {
+        let w = text.chars().count() * 4 * size + size;
+        self.fill(x, y, w, Canvas::label_height(size), [20, 20, 20]);
+        self.text(x + size, y + size / 2 + size / 2, text, size, colour);
+    }
+
+    pub fn label_height(size: usize) -> usize {
+        6 * size
+    }
+
     /// A row of the ten digits' colours, each with its digit, at `(x, y)`;
     /// returns the row's height.
     pub fn legend(&mut self, x: usize, y: usize, size: usize) -> usize {
@@ -249,27 +262,34 @@ pub fn detection_sheet(
     let width = (columns * cell + gap).max(10 * 22 + 2 * gap);
     let mut canvas = Canvas::new(width, n * cell + gap + legend_height);
     let colour = |class: usize| DIGIT_COLOURS[class % 10];
+    // Where a box's label goes in an image drawn at `scale`: above the box,
+    // or inside its top where the image has no room above it.
+    let corner = |b: [f32; 4]| {
+        let px = |v: f32| (v.max(0.0) * scale as f32) as usize;
+        let (x, y, h) = (px(b[0]), px(b[1]), Canvas::label_height(2));
+        (x, if y >= h { y - h } else { y + 2 })
+    };
     for (i, found) in detections.iter().enumerate() {
         let (image, y) = (&images[i * plane..(i + 1) * plane], gap + i * cell);
         canvas.image(gap, y, side, scale, image, None);
         for d in found {
             canvas.outline(gap, y, scale, d.bbox, colour(d.class), 2);
+            let (lx, ly) = corner(d.bbox);
             let label = format!("{} {:.2}", d.class, d.score);
-            let (lx, ly) = (
-                gap + (d.bbox[0].max(0.0) * scale as f32) as usize + 3,
-                y + (d.bbox[1].max(0.0) * scale as f32) as usize + 3,
-            );
-            canvas.text(lx, ly, &label, 1, colour(d.class));
+            canvas.label(gap + lx, y + ly, &label, 2, colour(d.class));
         }
         if let Some(truth) = truth {
             canvas.image(gap + cell, y, side, scale, image, None);
             for t in &truth[i] {
                 canvas.outline(gap + cell, y, scale, t.bbox, colour(t.class), 2);
-                let (lx, ly) = (
-                    gap + cell + (t.bbox[0].max(0.0) * scale as f32) as usize + 3,
-                    y + (t.bbox[1].max(0.0) * scale as f32) as usize + 3,
+                let (lx, ly) = corner(t.bbox);
+                canvas.label(
+                    gap + cell + lx,
+                    y + ly,
+                    &t.class.to_string(),
+                    2,
+                    colour(t.class),
                 );
-                canvas.text(lx, ly, &t.class.to_string(), 1, colour(t.class));
             }
         }
     }
