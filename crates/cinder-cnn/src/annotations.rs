@@ -4,8 +4,10 @@
 //!
 //! Every image is shown to the models as the scenes are: resized to a square
 //! `side`, grey, light ink on dark (a mostly light picture is inverted; see
-//! [`load_scene_image`]). Masks are resized by nearest pixel; boxes are
-//! scaled with their image.
+//! [`load_scene_image`](crate::segment::load_scene_image)), upright (a
+//! photo's EXIF turn applied). Masks must have their image's size and are
+//! resized by nearest pixel; box coordinates are pixels of the upright
+//! image, and are scaled with it.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,7 +16,8 @@ use cinder_data::{Scene, SceneList};
 use cinder_tensor::{Error, Result};
 use serde_json::Value;
 
-use crate::segment::load_scene_image;
+use crate::imagefile::decode_image;
+use crate::segment::scene_image;
 
 fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
@@ -39,15 +42,33 @@ fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// A class mask from a grey PNG whose pixel values are classes (0 for
-/// background), resized to `side` by nearest pixel.
-pub fn load_mask(path: &Path, side: usize) -> Result<Vec<i32>> {
+/// A class mask from an 8-bit grey PNG whose pixel values are classes (0
+/// for background), of `size` (its image's width and height), resized to
+/// `side` by nearest pixel.
+pub fn load_mask(path: &Path, size: (u32, u32), side: usize) -> Result<Vec<i32>> {
     let picture = image::open(path)
         .map_err(|e| Error::bad_file(path, format!("not a readable mask image: {e}")))?;
-    let grey = picture.to_luma8();
+    // The brightness of a colour or 16-bit mask is not its class: a
+    // palette's colours, or class 3 stored as 3/65535, would read as others.
+    let grey = match picture {
+        image::DynamicImage::ImageLuma8(g) => g,
+        image::DynamicImage::ImageLumaA8(g) => image::DynamicImage::ImageLumaA8(g).to_luma8(),
+        other => {
+            return Err(Error::bad_file(
+                path,
+                format!(
+                    "a mask must be 8-bit grey, one class per pixel value; this one is {:?}",
+                    other.color()
+                ),
+            ))
+        }
+    };
     let (w, h) = (grey.width() as usize, grey.height() as usize);
-    if w == 0 || h == 0 {
-        return Err(Error::bad_file(path, "an empty mask"));
+    if (grey.width(), grey.height()) != size {
+        return Err(Error::bad_file(
+            path,
+            format!("the mask is {w}x{h}, its image {}x{}", size.0, size.1),
+        ));
     }
     let mut mask = Vec::with_capacity(side * side);
     for y in 0..side {
@@ -75,9 +96,11 @@ pub fn masked_images(images: &Path, masks: &Path, side: usize) -> Result<SceneLi
                 format!("has no mask {}", mask_path.display()),
             ));
         }
+        let picture = decode_image(&path)?;
+        let size = (picture.width(), picture.height());
         scenes.push(Scene {
-            image: load_scene_image(&path, side)?,
-            mask: load_mask(&mask_path, side)?,
+            image: scene_image(&path, &picture, side)?,
+            mask: load_mask(&mask_path, size, side)?,
             boxes: Vec::new(),
             classes: Vec::new(),
             side,
@@ -159,8 +182,10 @@ fn simple_format(items: &[Value], file: &Path, root: &Path) -> Result<Vec<Annota
 }
 
 /// COCO's layout: `images` (`id`, `file_name`), `annotations` (`image_id`,
-/// `bbox` as `[x, y, width, height]`, `category_id`) and `categories`
-/// (`id`); classes are the categories in increasing `id` order.
+/// `bbox` as `[x, y, width, height]`, `category_id`, optional `iscrowd`)
+/// and `categories` (`id`); classes are the categories in increasing `id`
+/// order. Crowd annotations (`iscrowd` 1) are left out, as COCO's
+/// evaluation ignores them.
 fn coco_format(doc: &Value, file: &Path, root: &Path) -> Result<Vec<Annotated>> {
     let list = |name: &str| {
         doc.get(name)
@@ -172,11 +197,15 @@ fn coco_format(doc: &Value, file: &Path, root: &Path) -> Result<Vec<Annotated>> 
             .and_then(Value::as_i64)
             .ok_or_else(|| Error::bad_file(file, format!("{what} without an integer id: {v}")))
     };
+    let duplicate = |what: &str, id: i64| Error::bad_file(file, format!("two {what} have id {id}"));
     let mut category_ids: Vec<i64> = list("categories")?
         .iter()
         .map(|c| id_of(c, "a category"))
         .collect::<Result<_>>()?;
     category_ids.sort_unstable();
+    if let Some(w) = category_ids.windows(2).find(|w| w[0] == w[1]) {
+        return Err(duplicate("categories", w[0]));
+    }
     let class_of: HashMap<i64, i32> = category_ids
         .iter()
         .enumerate()
@@ -190,7 +219,9 @@ fn coco_format(doc: &Value, file: &Path, root: &Path) -> Result<Vec<Annotated>> 
             .get("file_name")
             .and_then(Value::as_str)
             .ok_or_else(|| Error::bad_file(file, format!("image {id} has no file_name")))?;
-        slot_of.insert(id, images.len());
+        if slot_of.insert(id, images.len()).is_some() {
+            return Err(duplicate("images", id));
+        }
         images.push(Annotated {
             path: root.join(name),
             boxes: Vec::new(),
@@ -202,6 +233,9 @@ fn coco_format(doc: &Value, file: &Path, root: &Path) -> Result<Vec<Annotated>> 
             a.get(name)
                 .ok_or_else(|| Error::bad_file(file, format!("an annotation without {name}: {a}")))
         };
+        if a.get("iscrowd").and_then(Value::as_i64) == Some(1) {
+            continue;
+        }
         let image = field("image_id")?.as_i64().and_then(|id| slot_of.get(&id));
         let image = *image.ok_or_else(|| {
             Error::bad_file(file, format!("an annotation of an unknown image: {a}"))
@@ -217,6 +251,27 @@ fn coco_format(doc: &Value, file: &Path, root: &Path) -> Result<Vec<Annotated>> 
         images[image].classes.push(class);
     }
     Ok(images)
+}
+
+/// `b` checked against an upright image of `size`: finite, with positive
+/// width and height, and clipped to the image (a box wholly outside it is
+/// refused).
+fn checked_box(b: [f32; 4], size: (u32, u32), file: &Path, image: &Path) -> Result<[f32; 4]> {
+    let bad = |why: &str| Error::bad_file(file, format!("box {b:?} of {}: {why}", image.display()));
+    if b.iter().any(|v| !v.is_finite()) {
+        return Err(bad("not finite"));
+    }
+    if b[2] <= b[0] || b[3] <= b[1] {
+        return Err(bad(
+            "its right and bottom sides must be past its left and top ([x0, y0, x1, y1])",
+        ));
+    }
+    let (w, h) = (size.0 as f32, size.1 as f32);
+    let clipped = [b[0].max(0.0), b[1].max(0.0), b[2].min(w), b[3].min(h)];
+    if clipped[2] <= clipped[0] || clipped[3] <= clipped[1] {
+        return Err(bad(&format!("outside the {}x{} image", size.0, size.1)));
+    }
+    Ok(clipped)
 }
 
 /// The images of a JSON file of boxes, either the simple format (a list of
@@ -244,17 +299,18 @@ pub fn boxed_images(file: &Path, images: Option<&Path>, side: usize) -> Result<S
     };
     let mut scenes = Vec::with_capacity(annotated.len());
     for a in annotated {
-        let picture = image::image_dimensions(&a.path)
-            .map_err(|e| Error::bad_file(&a.path, format!("not a readable image: {e}")))?;
-        let (sx, sy) = (
-            side as f32 / picture.0.max(1) as f32,
-            side as f32 / picture.1.max(1) as f32,
-        );
+        let picture = decode_image(&a.path)?;
+        let size = (picture.width(), picture.height());
+        let (sx, sy) = (side as f32 / size.0 as f32, side as f32 / size.1 as f32);
+        let boxes = a
+            .boxes
+            .iter()
+            .map(|&b| checked_box(b, size, file, &a.path))
+            .collect::<Result<Vec<_>>>()?;
         scenes.push(Scene {
-            image: load_scene_image(&a.path, side)?,
+            image: scene_image(&a.path, &picture, side)?,
             mask: vec![0; side * side],
-            boxes: a
-                .boxes
+            boxes: boxes
                 .iter()
                 .map(|b| [b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy])
                 .collect(),
@@ -308,6 +364,20 @@ mod tests {
             .err()
             .map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("has no mask")));
+        // A mask of another size, or in colour, is refused.
+        save(&image::GrayImage::new(8, 6), &masks.join("b.png"))?;
+        let err = masked_images(&images, &masks, 4)
+            .err()
+            .map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("8x6")));
+        let colour = masks.join("b.png");
+        image::RgbImage::new(8, 8)
+            .save(&colour)
+            .map_err(|e| Error::bad_file(&colour, e.to_string()))?;
+        let err = masked_images(&images, &masks, 4)
+            .err()
+            .map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("8-bit grey")));
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())
     }
@@ -349,6 +419,39 @@ mod tests {
             r#"{"images": [], "annotations": [{"image_id": 1}], "categories": []}"#,
         )?;
         assert!(boxed_images(&coco, None, 40).is_err());
+        // Crowds are left out; a repeated image id is refused.
+        write(
+            &coco,
+            r#"{"images": [{"id": 5, "file_name": "a.png"}],
+                "annotations": [{"image_id": 5, "bbox": [2, 1, 10, 8], "category_id": 3, "iscrowd": 1},
+                                {"image_id": 5, "bbox": [0, 0, 5, 5], "category_id": 3}],
+                "categories": [{"id": 3}]}"#,
+        )?;
+        assert_eq!(boxed_images(&coco, None, 40)?.scene(0)?.boxes.len(), 1);
+        write(
+            &coco,
+            r#"{"images": [{"id": 5, "file_name": "a.png"}, {"id": 5, "file_name": "a.png"}],
+                "annotations": [], "categories": []}"#,
+        )?;
+        assert!(boxed_images(&coco, None, 40).is_err());
+        // Boxes past the image are clipped; inverted ([x, y, w, h] written
+        // as corners), non-finite or wholly outside ones are refused.
+        write(
+            &simple,
+            r#"[{"image": "a.png", "boxes": [[15, 5, 30, 20]], "classes": [1]}]"#,
+        )?;
+        assert_eq!(
+            boxed_images(&simple, None, 40)?.scene(0)?.boxes,
+            vec![[30.0, 20.0, 40.0, 40.0]]
+        );
+        for bad in ["[12, 8, 4, 2]", "[1, 2, 1e39, 9]", "[25, 1, 30, 5]"] {
+            write(
+                &simple,
+                &format!(r#"[{{"image": "a.png", "boxes": [{bad}], "classes": [1]}}]"#),
+            )?;
+            let err = boxed_images(&simple, None, 40).err().map(|e| e.to_string());
+            assert!(err.is_some_and(|e| e.contains("box")), "{bad}");
+        }
         write(
             &simple,
             r#"[{"image": "a.png", "boxes": [[1, 2, 3]], "classes": [1]}]"#,

@@ -161,8 +161,11 @@ fn class_ap(
     }
     let mut sum = 0.0;
     for step in 0..=100 {
-        let r = step as f64 / 100.0;
-        if let Some(&(_, p)) = curve.iter().find(|(recall, _)| *recall >= r - 1e-12) {
+        // pycocotools' points, np.linspace(0, 1, 101): step * 0.01, which
+        // lands just above some decimals (70 * 0.01 = 0.7000000000000001),
+        // compared exactly as its searchsorted does.
+        let r = step as f64 * 0.01;
+        if let Some(&(_, p)) = curve.iter().find(|(recall, _)| *recall >= r) {
             sum += p;
         }
     }

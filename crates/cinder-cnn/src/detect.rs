@@ -307,6 +307,24 @@ impl TargetEncoder {
             ));
         }
         let (n, k, s) = (self.cells(), self.max_objects, STRIDE as f32);
+        if n == 0 {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "images of side {} have no cell of {STRIDE} pixels",
+                    self.side
+                ),
+            ));
+        }
+        if let Some(b) = boxes
+            .iter()
+            .find(|b| b.iter().any(|v| !v.is_finite()) || b[2] <= b[0] || b[3] <= b[1])
+        {
+            return Err(Error::invalid(
+                OP,
+                format!("box {b:?} is not finite or not [x0, y0, x1, y1] with x1 > x0 and y1 > y0"),
+            ));
+        }
         let mut t = Targets {
             heat: vec![0.0; self.classes * n * n],
             cells: vec![0; k],
@@ -322,9 +340,9 @@ impl TargetEncoder {
             let cell =
                 |lo: f32, hi: f32| (((lo + hi) / 2.0 / s).floor().max(0.0) as usize).min(n - 1);
             let (cx, cy) = (cell(b[0], b[2]), cell(b[1], b[3]));
-            let radius = gaussian_radius((b[3] - b[1]) / s, (b[2] - b[0]) / s, self.min_overlap)
-                .floor()
-                .max(0.0) as usize;
+            // In whole cells, as CenterNet rounds the box up.
+            let (h, w) = (((b[3] - b[1]) / s).ceil(), ((b[2] - b[0]) / s).ceil());
+            let radius = gaussian_radius(h, w, self.min_overlap).floor().max(0.0) as usize;
             let sigma = (2 * radius + 1) as f32 / 6.0;
             let plane = &mut t.heat[class * n * n..(class + 1) * n * n];
             for y in cy.saturating_sub(radius)..(cy + radius + 1).min(n) {
@@ -539,7 +557,28 @@ fn four(t: &Tensor) -> Result<[usize; 4]> {
 
 impl DetectLoss {
     pub fn parts(&self, out: &Tensor, batch: &DetectBatch) -> Result<DetectLossParts> {
-        let classes = batch.heat.shape()[1];
+        let [n, c, h, w] = four(&batch.heat)?;
+        let classes = c;
+        let k = batch.present.shape().get(1).copied().unwrap_or(0);
+        let fits = out.shape() == [n, classes + 4, h, w]
+            && batch.cells.shape() == [n, k]
+            && batch.centres.shape() == [n, 2, k]
+            && batch.boxes.shape() == [n, k, 4]
+            && batch.present.shape() == [n, k];
+        if !fits {
+            return Err(Error::shape(
+                "detect loss",
+                format!(
+                    "output {:?} against heat {:?}, cells {:?}, centres {:?}, boxes {:?}, present {:?}",
+                    out.shape(),
+                    batch.heat.shape(),
+                    batch.cells.shape(),
+                    batch.centres.shape(),
+                    batch.boxes.shape(),
+                    batch.present.shape()
+                ),
+            ));
+        }
         let heat = focal_loss(&out.narrow(1, 0, classes)?, &batch.heat, batch.objects)?;
         let predicted = boxes_at(&raw_at(out, classes, &batch.cells)?, &batch.centres)?;
         let per_box = 1.0 / batch.objects.max(1) as f32;
@@ -616,10 +655,29 @@ pub fn detections(
     min_score: f32,
     iou_threshold: f32,
 ) -> Result<Vec<Vec<Detection>>> {
-    let values = read_all(&[&candidates.scores, &candidates.boxes])?;
-    let classes = candidates.classes.to_vec::<i32>()?;
-    let (scores, boxes) = (&values[0], &values[1]);
-    let [n, k] = [candidates.scores.shape()[0], candidates.scores.shape()[1]];
+    let (n, k) = match *candidates.scores.shape() {
+        [n, k] => (n, k),
+        ref other => {
+            return Err(Error::shape(
+                "detections",
+                format!("candidate scores must be [N, k], got {other:?}"),
+            ))
+        }
+    };
+    if candidates.classes.shape() != [n, k] || candidates.boxes.shape() != [n, k, 4] {
+        return Err(Error::shape(
+            "detections",
+            format!(
+                "scores {:?} need classes [N, k] and boxes [N, k, 4], got {:?} and {:?}",
+                candidates.scores.shape(),
+                candidates.classes.shape(),
+                candidates.boxes.shape()
+            ),
+        ));
+    }
+    // One read: the classes come back as f32 (exact for class indices).
+    let values = read_all(&[&candidates.scores, &candidates.boxes, &candidates.classes])?;
+    let (scores, boxes, classes) = (&values[0], &values[1], &values[2]);
     let mut out = Vec::with_capacity(n);
     for image in 0..n {
         let kept: Vec<usize> = (image * k..(image + 1) * k)
@@ -732,6 +790,9 @@ impl DetectTask {
         let result = (|| {
             let batch = DetectBatch::of(&self.held_out, range, &self.device)?;
             let out = self.model.forward(&batch.images)?;
+            // Kept, so that the loss and the decoding read it rather than
+            // each running the network again.
+            out.realize()?;
             let loss = self.loss.parts(&out, &batch)?.total;
             let c = candidates(&out, self.model.spec.classes, CANDIDATES)?;
             let found = detections(&c, min_score, NMS_IOU)?;

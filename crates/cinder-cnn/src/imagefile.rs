@@ -41,6 +41,13 @@ impl ImageStyle {
 /// digit styles no ink that stands out from the paper), which a model would
 /// still assign a confident class.
 pub fn load_image(path: &Path, style: ImageStyle) -> Result<Vec<f32>> {
+    image_values(path, &decode_image(path)?, style)
+}
+
+/// The picture in an image file, decoded and turned upright (a photo's
+/// EXIF turn applied): its width and height are the ones a person sees.
+/// The file is refused as [`load_image`] says, blank pictures aside.
+pub fn decode_image(path: &Path) -> Result<DynamicImage> {
     let (file, len) = open_regular_file(path)?;
     if len == 0 {
         return Err(Error::bad_file(path, "empty file"));
@@ -98,15 +105,21 @@ pub fn load_image(path: &Path, style: ImageStyle) -> Result<Vec<f32>> {
     if img.width() == 0 || img.height() == 0 {
         return Err(Error::bad_file(path, "the image has zero width or height"));
     }
+    Ok(img)
+}
+
+/// `img`, decoded from `path`, as the values a model of `style` takes;
+/// a blank picture is refused (see [`load_image`]).
+pub fn image_values(path: &Path, img: &DynamicImage, style: ImageStyle) -> Result<Vec<f32>> {
     let blank = |why: String| Error::bad_file(path, format!("blank: {why}; nothing to classify"));
-    let range = colour_range(&img);
+    let range = colour_range(img);
     if range < MIN_CONTRAST {
         return Err(blank(format!(
             "its colours vary by only {:.1}% of the full range",
             100.0 * range
         )));
     }
-    to_input(&img, style)?.ok_or_else(|| {
+    to_input(img, style)?.ok_or_else(|| {
         blank(format!(
             "no ink stands out from the paper by {:.0}% or more",
             100.0 * MIN_CONTRAST

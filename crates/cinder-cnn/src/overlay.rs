@@ -141,13 +141,17 @@ impl Canvas {
     /// y)`, so a label stays readable over any image; the plate is
     /// [`Canvas::label_height`] high.
     pub fn label(&mut self, x: usize, y: usize, text: &str, size: usize, colour: [u8; 3]) {
-        let w = text.chars().count() * 4 * size + size;
+        let w = Canvas::label_width(text, size);
         self.fill(x, y, w, Canvas::label_height(size), [20, 20, 20]);
-        self.text(x + size, y + size / 2 + size / 2, text, size, colour);
+        self.text(x + size, y + size / 2, text, size, colour);
     }
 
     pub fn label_height(size: usize) -> usize {
         6 * size
+    }
+
+    pub fn label_width(text: &str, size: usize) -> usize {
+        text.chars().count() * 4 * size + size
     }
 
     /// A row of the ten digits' colours, each with its digit, at `(x, y)`;
@@ -262,34 +266,44 @@ pub fn detection_sheet(
     let width = (columns * cell + gap).max(10 * 22 + 2 * gap);
     let mut canvas = Canvas::new(width, n * cell + gap + legend_height);
     let colour = |class: usize| DIGIT_COLOURS[class % 10];
-    // Where a box's label goes in an image drawn at `scale`: above the box,
-    // or inside its top where the image has no room above it.
-    let corner = |b: [f32; 4]| {
-        let px = |v: f32| (v.max(0.0) * scale as f32) as usize;
-        let (x, y, h) = (px(b[0]), px(b[1]), Canvas::label_height(2));
-        (x, if y >= h { y - h } else { y + 2 })
+    // Boxes are clipped to the image (a diverged model's box may be huge or
+    // infinite); a label goes above its box, or inside its top where the
+    // image has no room above, and is shifted left to stay on the image.
+    let panel = side * scale;
+    let clip = |b: [f32; 4]| {
+        b.map(|v| {
+            if v.is_finite() {
+                v.clamp(0.0, side as f32)
+            } else {
+                0.0
+            }
+        })
+    };
+    let place = |b: [f32; 4], text: &str| {
+        let px = |v: f32| (v * scale as f32) as usize;
+        let (h, w) = (Canvas::label_height(2), Canvas::label_width(text, 2));
+        let y = px(b[1]);
+        let y = if y >= h { y - h } else { y + 2 };
+        (px(b[0]).min(panel.saturating_sub(w)), y)
     };
     for (i, found) in detections.iter().enumerate() {
         let (image, y) = (&images[i * plane..(i + 1) * plane], gap + i * cell);
         canvas.image(gap, y, side, scale, image, None);
         for d in found {
-            canvas.outline(gap, y, scale, d.bbox, colour(d.class), 2);
-            let (lx, ly) = corner(d.bbox);
+            let b = clip(d.bbox);
+            canvas.outline(gap, y, scale, b, colour(d.class), 2);
             let label = format!("{} {:.2}", d.class, d.score);
+            let (lx, ly) = place(b, &label);
             canvas.label(gap + lx, y + ly, &label, 2, colour(d.class));
         }
         if let Some(truth) = truth {
             canvas.image(gap + cell, y, side, scale, image, None);
             for t in &truth[i] {
-                canvas.outline(gap + cell, y, scale, t.bbox, colour(t.class), 2);
-                let (lx, ly) = corner(t.bbox);
-                canvas.label(
-                    gap + cell + lx,
-                    y + ly,
-                    &t.class.to_string(),
-                    2,
-                    colour(t.class),
-                );
+                let b = clip(t.bbox);
+                canvas.outline(gap + cell, y, scale, b, colour(t.class), 2);
+                let label = t.class.to_string();
+                let (lx, ly) = place(b, &label);
+                canvas.label(gap + cell + lx, y + ly, &label, 2, colour(t.class));
             }
         }
     }

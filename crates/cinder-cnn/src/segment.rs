@@ -660,11 +660,20 @@ pub fn train(
 /// `side` x `side`, grey, ink bright on dark as the scenes are drawn (a
 /// picture that is mostly light, dark ink on paper, is inverted).
 pub fn load_scene_image(path: &std::path::Path, side: usize) -> Result<Vec<f32>> {
+    scene_image(path, &crate::imagefile::decode_image(path)?, side)
+}
+
+/// [`load_scene_image`] of a picture already decoded from `path`.
+pub fn scene_image(
+    path: &std::path::Path,
+    picture: &image::DynamicImage,
+    side: usize,
+) -> Result<Vec<f32>> {
     let style = crate::imagefile::ImageStyle::Natural {
         height: side,
         width: side,
     };
-    let rgb = crate::imagefile::load_image(path, style)?;
+    let rgb = crate::imagefile::image_values(path, picture, style)?;
     let plane = side * side;
     let mut grey: Vec<f32> = (0..plane)
         .map(|i| (rgb[i] + rgb[plane + i] + rgb[2 * plane + i]) / 3.0)

@@ -640,13 +640,31 @@ impl Tensor {
         let mut position_shape = vec![1; self.dims()];
         position_shape[a] = n;
         let positions = Tensor::arange_i32(self.device(), n)?.reshape(&position_shape)?;
-        let lowest = self.scalar_like(f32::NEG_INFINITY);
-        let mut rest = self.detach();
+        let x = self.detach();
+        let (lowest, zero) = (x.scalar_like(f32::NEG_INFINITY), x.scalar_like(0.0));
+        let axis = [a as isize];
+        // Picked positions are masked out of the next rounds by a mask of
+        // their own, not by their value: where everything left is -inf, a
+        // value mask would let the first (picked) -inf win again.
+        let mut open = x.ones_like();
         let mut picks = Vec::with_capacity(k);
         for round in 0..k {
-            let pick = rest.argmax(a as isize, true)?;
+            let left = Tensor::where_cond(&open.gt(&zero)?, &x, &lowest)?;
+            let best = left.max(&axis, true)?;
+            // NaN is the largest, as in torch.topk: where one is left, the
+            // first of them; else the first open position holding the max.
+            let nan = left
+                .eq(&left)?
+                .to_dtype(DType::F32)?
+                .rsub_scalar(1.0)?
+                .mul(&open)?;
+            let any_nan = nan.max(&axis, true)?;
+            let at_best = left.ge(&best)?.to_dtype(DType::F32)?.mul(&open)?;
+            let wanted = Tensor::where_cond(&any_nan.gt(&zero)?, &nan, &at_best)?;
+            let pick = wanted.argmax(a as isize, true)?;
             if round + 1 < k {
-                rest = Tensor::where_cond(&positions.eq(&pick)?, &lowest, &rest)?;
+                let taken = positions.eq(&pick)?.to_dtype(DType::F32)?;
+                open = open.mul(&taken.rsub_scalar(1.0)?)?;
             }
             picks.push(pick);
         }

@@ -2680,6 +2680,13 @@ fn topk_matches_a_stable_sort() -> cinder_tensor::Result<()> {
         assert_eq!(picked, numel(&out_shape), "topk gradient {shape:?}");
         assert!(grad.iter().all(|&v| v == 0.0 || v == 1.0));
     }
+    // Fewer finite values than k: the -inf ones follow in index order,
+    // never a position twice; NaN ranks first, as in torch.topk.
+    let inf = f32::NEG_INFINITY;
+    let (_, idx) = tensor(&[inf, inf, 1.0, inf], &[4]).topk(4, 0)?;
+    assert_eq!(idx.to_vec::<i32>()?, vec![2, 0, 1, 3]);
+    let (_, idx) = tensor(&[1.0, f32::NAN, 3.0], &[3]).topk(2, 0)?;
+    assert_eq!(idx.to_vec::<i32>()?, vec![1, 2]);
     assert!(tensor(&[1.0, 2.0], &[2]).topk(3, 0).is_err());
     assert!(tensor(&[1.0, 2.0], &[2]).topk(0, 0).is_err());
     Ok(())
