@@ -9,12 +9,12 @@ use cinder::cnn::detect::{self, load_detector, DetectLoss, Detector, DetectorSpe
 use cinder::cnn::overlay::detection_sheet;
 use cinder::cnn::segment::load_scene_image;
 use cinder::nn::checkpoint::write_atomic;
-use cinder::train::{Progress, RunDir};
+use cinder::train::Progress;
 use cinder::{Device, Error, Result, Tensor};
 use clap::Args;
 
-use crate::cnn::{report_each, RunArgs, ScheduleArg};
-use crate::segment::{held_out_fifth, SceneArgs, SCENE_SIDE};
+use crate::cnn::{report_each, RunArgs};
+use crate::segment::{print_run_files, scene_run, SceneArgs, SceneRun, SCENE_SIDE};
 
 #[derive(Args)]
 pub struct TrainDetect {
@@ -56,27 +56,19 @@ pub fn train_detect(args: TrainDetect) -> Result<()> {
         None => None,
     };
     spec.validate()?;
-    let name = user_data
-        .as_ref()
-        .map_or_else(|| args.data.name(), |(name, _)| name.clone());
-    let mut options = args
-        .run
-        .options(&name, "runs/detect", 10, 2e-3, ScheduleArg::Cosine)?;
-    options.batch_size = args.run.batch_size.unwrap_or(16);
-    let (train, held_out) = match user_data {
-        Some((_, list)) => held_out_fifth(list)?,
-        None => args.data.scenes(options.seed)?,
-    };
-    let device = Device::new()?;
-    println!("adapter: {} ({})", device.adapter_name(), device.backend());
-    println!(
-        "{name}: {} training and {} held-out scenes of 96x96; {} ({} parameters)",
-        train.len(),
-        held_out.len(),
-        spec.arch_name(),
-        cinder::nn::Module::num_parameters(&spec.build(&device)?),
-    );
-    device.manual_seed(options.seed);
+    let SceneRun {
+        options,
+        train,
+        held_out,
+        device,
+    } = scene_run(
+        &args.data,
+        user_data,
+        &args.run,
+        "runs/detect",
+        &spec.arch_name(),
+        |device| Ok(cinder::nn::Module::num_parameters(&spec.build(device)?)),
+    )?;
     let started = Instant::now();
     let mut progress = Progress::new();
     let loss = DetectLoss {
@@ -106,15 +98,7 @@ pub fn train_detect(args: TrainDetect) -> Result<()> {
             .collect();
         println!("AP@0.5 per digit: {}", per_class.join(", "));
     }
-    let run = RunDir::new(&options.out_dir);
-    println!(
-        "wrote {} (for `cinder predict`), {}, {}, {} and {}",
-        run.model("model").display(),
-        run.checkpoint().display(),
-        run.metrics().display(),
-        run.curves().display(),
-        run.dir.join("predictions").display()
-    );
+    print_run_files(&options.out_dir);
     Ok(())
 }
 

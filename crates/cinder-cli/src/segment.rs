@@ -16,6 +16,7 @@ use cinder::{Device, Error, Result, Tensor};
 use clap::Args;
 
 use crate::cnn::{report_each, RunArgs, ScheduleArg};
+use cinder::train::TrainOptions;
 
 pub type Scenes = Arc<dyn SceneSource>;
 
@@ -66,6 +67,67 @@ impl SceneArgs {
     }
 }
 
+/// What a scene task's run needs: its options, its training and held-out
+/// scenes, and the device, seeded.
+pub struct SceneRun {
+    pub options: TrainOptions,
+    pub train: Scenes,
+    pub held_out: Scenes,
+    pub device: Device,
+}
+
+/// Prepares a scene task's run the same way for every task: the run's
+/// options (10 epochs, batch 16, AdamW at 2e-3 on a cosine schedule, into
+/// `default_out`), the user's images (one in five held out) or drawn
+/// scenes, and the device; prints the adapter and what is trained.
+pub fn scene_run(
+    data: &SceneArgs,
+    user_data: Option<(String, SceneList)>,
+    run: &RunArgs,
+    default_out: &str,
+    arch: &str,
+    parameters: impl FnOnce(&Device) -> Result<usize>,
+) -> Result<SceneRun> {
+    let name = user_data
+        .as_ref()
+        .map_or_else(|| data.name(), |(name, _)| name.clone());
+    let mut options = run.options(&name, default_out, 10, 2e-3, ScheduleArg::Cosine)?;
+    options.batch_size = run.batch_size.unwrap_or(16);
+    let (train, held_out) = match user_data {
+        Some((_, list)) => held_out_fifth(list)?,
+        None => data.scenes(options.seed)?,
+    };
+    let device = Device::new()?;
+    println!("adapter: {} ({})", device.adapter_name(), device.backend());
+    println!(
+        "{name}: {} training and {} held-out scenes of {side}x{side}; {arch} ({} parameters)",
+        train.len(),
+        held_out.len(),
+        parameters(&device)?,
+        side = train.side(),
+    );
+    device.manual_seed(options.seed);
+    Ok(SceneRun {
+        options,
+        train,
+        held_out,
+        device,
+    })
+}
+
+/// The files a scene task's run wrote.
+pub fn print_run_files(out_dir: &Path) {
+    let run = RunDir::new(out_dir);
+    println!(
+        "wrote {} (for `cinder predict`), {}, {}, {} and {}",
+        run.model("model").display(),
+        run.checkpoint().display(),
+        run.metrics().display(),
+        run.curves().display(),
+        run.dir.join("predictions").display()
+    );
+}
+
 #[derive(Args)]
 pub struct TrainSegment {
     #[command(flatten)]
@@ -106,27 +168,19 @@ pub fn train_segment(args: TrainSegment) -> Result<()> {
         _ => None,
     };
     spec.validate()?;
-    let name = user_data
-        .as_ref()
-        .map_or_else(|| args.data.name(), |(name, _)| name.clone());
-    let mut options = args
-        .run
-        .options(&name, "runs/segment", 10, 2e-3, ScheduleArg::Cosine)?;
-    options.batch_size = args.run.batch_size.unwrap_or(16);
-    let (train, held_out) = match user_data {
-        Some((_, list)) => held_out_fifth(list)?,
-        None => args.data.scenes(options.seed)?,
-    };
-    let device = Device::new()?;
-    println!("adapter: {} ({})", device.adapter_name(), device.backend());
-    println!(
-        "{name}: {} training and {} held-out scenes of 96x96; {} ({} parameters)",
-        train.len(),
-        held_out.len(),
-        spec.arch_name(),
-        cinder::nn::Module::num_parameters(&spec.build(&device)?),
-    );
-    device.manual_seed(options.seed);
+    let SceneRun {
+        options,
+        train,
+        held_out,
+        device,
+    } = scene_run(
+        &args.data,
+        user_data,
+        &args.run,
+        "runs/segment",
+        &spec.arch_name(),
+        |device| Ok(cinder::nn::Module::num_parameters(&spec.build(device)?)),
+    )?;
     let started = Instant::now();
     let mut progress = Progress::new();
     let history = segment::train(
@@ -155,15 +209,7 @@ pub fn train_segment(args: TrainSegment) -> Result<()> {
             .collect();
         println!("IoU per class: {}", per_class.join(", "));
     }
-    let run = RunDir::new(&options.out_dir);
-    println!(
-        "wrote {} (for `cinder predict`), {}, {}, {} and {}",
-        run.model("model").display(),
-        run.checkpoint().display(),
-        run.metrics().display(),
-        run.curves().display(),
-        run.dir.join("predictions").display()
-    );
+    print_run_files(&options.out_dir);
     Ok(())
 }
 

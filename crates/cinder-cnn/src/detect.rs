@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use cinder_data::{Dataset, DigitScenes, Field, Loader, Sample, SceneSource};
-use cinder_nn::checkpoint::{check_finite, load_tensors, read_metadata};
+use cinder_nn::checkpoint::load_trained;
 use cinder_nn::module::prefixed;
 use cinder_nn::{Adam, BatchNorm2d, Conv2d, Module, Optimizer, ReLU, Sequential};
 use cinder_tensor::{
@@ -938,20 +938,9 @@ pub fn train(
 
 /// A detector from a run's `model.safetensors`, in evaluation mode.
 pub fn load_detector(path: &std::path::Path, device: &Device) -> Result<Detector> {
-    let meta = read_metadata(path)?;
-    if meta.contains_key("cinder.global_step") || meta.contains_key("cinder.optimizer_steps") {
-        return Err(Error::bad_file(
-            path,
-            "a training checkpoint (for --resume); pass the model.safetensors next to it",
-        ));
-    }
-    let spec =
-        DetectorSpec::from_metadata(&meta).map_err(|e| Error::bad_file(path, e.to_string()))?;
-    let mut model = spec.build(device)?;
-    load_tensors(path, &model.state_dict())?;
-    check_finite(&model.state_dict()).map_err(|e| Error::bad_file(path, e.to_string()))?;
-    model.eval();
-    Ok(model)
+    load_trained(path, "model.safetensors", |meta| {
+        DetectorSpec::from_metadata(meta)?.build(device)
+    })
 }
 
 #[cfg(test)]

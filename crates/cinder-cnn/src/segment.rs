@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use cinder_data::{Collate, DigitScenes, Loader, Scene, SceneSamples, SceneSource};
-use cinder_nn::checkpoint::{check_finite, load_tensors, read_metadata};
+use cinder_nn::checkpoint::load_trained;
 use cinder_nn::module::prefixed;
 use cinder_nn::{
     Adam, BatchNorm2d, Conv2d, ConvTranspose2d, MaxPool2d, Module, Optimizer, ReLU, Sequential,
@@ -696,19 +696,9 @@ pub fn predict_masks(model: &UNet, images: &Tensor) -> Result<Tensor> {
 
 /// A U-Net from a run's `model.safetensors`, in evaluation mode.
 pub fn load_unet(path: &std::path::Path, device: &Device) -> Result<UNet> {
-    let meta = read_metadata(path)?;
-    if meta.contains_key("cinder.global_step") || meta.contains_key("cinder.optimizer_steps") {
-        return Err(Error::bad_file(
-            path,
-            "a training checkpoint (for --resume); pass the model.safetensors next to it",
-        ));
-    }
-    let spec = UNetSpec::from_metadata(&meta).map_err(|e| Error::bad_file(path, e.to_string()))?;
-    let mut model = spec.build(device)?;
-    load_tensors(path, &model.state_dict())?;
-    check_finite(&model.state_dict()).map_err(|e| Error::bad_file(path, e.to_string()))?;
-    model.eval();
-    Ok(model)
+    load_trained(path, "model.safetensors", |meta| {
+        UNetSpec::from_metadata(meta)?.build(device)
+    })
 }
 
 #[cfg(test)]

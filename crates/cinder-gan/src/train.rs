@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use cinder_data::{DataLoader, InMemoryDataset};
-use cinder_nn::checkpoint::{check_finite, load_tensors, read_metadata};
+use cinder_nn::checkpoint::load_trained;
 use cinder_nn::{Adam, Module, Optimizer};
 use cinder_tensor::{no_grad, DType, Device, Error, Reduction, Result, Tensor};
 use cinder_train::classify::ClassBatch;
@@ -367,17 +367,7 @@ pub fn train(
 
 /// A generator from a run's `generator.safetensors`, in evaluation mode.
 pub fn load_generator(path: &std::path::Path, device: &Device) -> Result<Generator> {
-    let meta = read_metadata(path)?;
-    if meta.contains_key("cinder.global_step") || meta.contains_key("cinder.optimizer_steps") {
-        return Err(Error::bad_file(
-            path,
-            "a training checkpoint (for --resume); pass the generator.safetensors next to it",
-        ));
-    }
-    let spec = GanSpec::from_metadata(&meta).map_err(|e| Error::bad_file(path, e.to_string()))?;
-    let mut generator = spec.generator(device)?;
-    load_tensors(path, &generator.state_dict())?;
-    check_finite(&generator.state_dict()).map_err(|e| Error::bad_file(path, e.to_string()))?;
-    generator.eval();
-    Ok(generator)
+    load_trained(path, "generator.safetensors", |meta| {
+        GanSpec::from_metadata(meta)?.generator(device)
+    })
 }

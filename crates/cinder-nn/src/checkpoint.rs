@@ -407,6 +407,34 @@ pub fn load(path: impl AsRef<Path>, module: &dyn Module) -> Result<()> {
     load_tensors(path, &module.state_dict()).map(|_| ())
 }
 
+/// A trained model from its weights file (a run's `model.safetensors`,
+/// say), in evaluation mode: `build` makes the model its header describes,
+/// then the file's weights are loaded into it and checked to be finite.
+/// A training checkpoint is refused with a pointer to `weights_file`, the
+/// file to pass instead; a header `build` rejects, or NaN weights, are
+/// [`Error::BadFile`] naming the file.
+pub fn load_trained<M: Module>(
+    path: &Path,
+    weights_file: &str,
+    build: impl FnOnce(&HashMap<String, String>) -> Result<M>,
+) -> Result<M> {
+    let meta = read_metadata(path)?;
+    if meta.contains_key("cinder.global_step") || meta.contains_key("cinder.optimizer_steps") {
+        return Err(Error::bad_file(
+            path,
+            format!("a training checkpoint (for --resume); pass the {weights_file} next to it"),
+        ));
+    }
+    let mut model = build(&meta).map_err(|e| match e {
+        Error::BadFile { .. } => e,
+        other => Error::bad_file(path, other.to_string()),
+    })?;
+    load_tensors(path, &model.state_dict())?;
+    check_finite(&model.state_dict()).map_err(|e| Error::bad_file(path, e.to_string()))?;
+    model.eval();
+    Ok(model)
+}
+
 /// The string metadata in a safetensors file's header, without its tensors:
 /// reads the header only, after checking its length against the file's,
 /// and checks that the tensors it describes fill the rest of the file.
