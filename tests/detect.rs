@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use cinder::cnn::average_precision::Detection;
@@ -145,12 +144,6 @@ fn decoding_keeps_peaks_tops_and_suppresses_per_class() {
     }
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("cinder-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
 #[test]
 fn detector_learns_scenes_of_real_digits() {
     let _serial = common::serial();
@@ -167,7 +160,7 @@ fn detector_learns_scenes_of_real_digits() {
     };
     let train_scenes = scenes(split.train, 96, 1);
     let held_out = scenes(split.test, 32, 2);
-    let out = scratch("detect");
+    let out = common::scratch("detect");
     let options = TrainOptions {
         epochs: 4,
         batch_size: 8,

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use cinder::cnn::segment::{
@@ -105,12 +104,6 @@ fn confusion_and_dice_match_cpu_counts() {
     assert!((dice - dice_want).abs() < 1e-5, "{dice} vs {dice_want}");
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("cinder-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
 #[test]
 fn unet_learns_scenes_of_real_digits() {
     let _serial = common::serial();
@@ -127,7 +120,7 @@ fn unet_learns_scenes_of_real_digits() {
     };
     let train_scenes = scenes(split.train, 96, 1);
     let held_out = scenes(split.test, 32, 2);
-    let out = scratch("segment");
+    let out = common::scratch("segment");
     let options = TrainOptions {
         epochs: 4,
         batch_size: 8,

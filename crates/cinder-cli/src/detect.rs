@@ -8,13 +8,12 @@ use cinder::cnn::annotations::boxed_images;
 use cinder::cnn::detect::{self, load_detector, DetectLoss, Detector, DetectorSpec, SHOWN_SCORE};
 use cinder::cnn::overlay::detection_sheet;
 use cinder::cnn::segment::load_scene_image;
-use cinder::nn::checkpoint::write_atomic;
 use cinder::train::Progress;
-use cinder::{Device, Error, Result, Tensor};
+use cinder::{Device, Result, Tensor};
 use clap::Args;
 
 use crate::cnn::{report_each, RunArgs};
-use crate::segment::{print_run_files, scene_run, SceneArgs, SceneRun, SCENE_SIDE};
+use crate::segment::{print_run_files, scene_run, write_picture, SceneArgs, SceneRun, SCENE_SIDE};
 
 #[derive(Args)]
 pub struct TrainDetect {
@@ -117,13 +116,8 @@ fn predict_one(model: &Detector, device: &Device, path: &Path, out: &Path) -> Re
     let image = load_scene_image(path, side)?;
     let x = Tensor::from_slice(device, &image, &[1, 1, side, side])?;
     let found = detect::detect(model, &x, SHOWN_SCORE)?;
-    let stem = path
-        .file_stem()
-        .map_or_else(|| "image".into(), |s| s.to_string_lossy().into_owned());
-    let picture = out.join(format!("{stem}.detect.png"));
     let png = detection_sheet(&image, &found, None, side)?;
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    write_atomic(&picture, &png)?;
+    let picture = write_picture(out, path, "detect", &png)?;
     let boxes: Vec<String> = found
         .iter()
         .flatten()

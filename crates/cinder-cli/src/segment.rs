@@ -224,6 +224,18 @@ pub fn predict_segment(checkpoint: &Path, images: &[PathBuf], out: &Path) -> Res
     })
 }
 
+/// Writes `png` as `OUT/<name>.<kind>.png`, named after the image file
+/// it shows, and returns its path.
+pub fn write_picture(out: &Path, image: &Path, kind: &str, png: &[u8]) -> Result<PathBuf> {
+    let stem = image
+        .file_stem()
+        .map_or_else(|| "image".into(), |s| s.to_string_lossy().into_owned());
+    let picture = out.join(format!("{stem}.{kind}.png"));
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    write_atomic(&picture, png)?;
+    Ok(picture)
+}
+
 /// The side the scenes, and so the images shown to the U-Net, have.
 pub const SCENE_SIDE: usize = 96;
 
@@ -251,13 +263,8 @@ fn predict_one(
         .filter(|&(_, n)| n > 0)
         .collect();
     found.sort_by_key(|&(_, n)| std::cmp::Reverse(n));
-    let stem = path
-        .file_stem()
-        .map_or_else(|| "image".into(), |s| s.to_string_lossy().into_owned());
-    let picture = out.join(format!("{stem}.segment.png"));
     let png = segmentation_sheet(&image, &mask, None, 1, side)?;
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    write_atomic(&picture, &png)?;
+    let picture = write_picture(out, path, "segment", &png)?;
     let digits: Vec<String> = found
         .iter()
         .map(|&(c, n)| format!("{} ({n} px)", class_name(c)))
