@@ -86,6 +86,18 @@ fn dcgan_networks_have_pytorch_names_shapes_and_dcgan_weights() -> Result<()> {
     let z = Tensor::randn(&device, &[3, 16])?;
     let images = cg.generate(&z, Some(&labels))?;
     assert_eq!(images.shape(), &[3, 1, 8, 8]);
+    // Every layer's output, in eval mode (no running statistics move):
+    // the last is the images, the first the 2x2 map of 128 channels.
+    let mut cg = cg;
+    cg.eval();
+    let layers = cg.generate_each(&z, Some(&labels))?;
+    assert_eq!(layers.len(), 8);
+    assert_eq!(layers[0].shape(), &[3, 128, 2, 2]);
+    assert_eq!(
+        layers[7].to_vec::<f32>()?,
+        cg.generate(&z, Some(&labels))?.to_vec::<f32>()?
+    );
+    cg.train();
     assert_eq!(cd.logits(&images, Some(&labels))?.shape(), &[3]);
     assert!(cg.generate(&z, None).is_err());
     assert!(g

@@ -267,6 +267,19 @@ pub struct Generator {
 
 impl Generator {
     pub fn generate(&self, z: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
+        self.main.forward(&self.input(z, labels)?)
+    }
+
+    /// Every layer's output of `main`, the images last: a training step
+    /// keeps them so that the generator's backward, submitted after the
+    /// discriminator's update, does not compute its forward again.
+    pub fn generate_each(&self, z: &Tensor, labels: Option<&Tensor>) -> Result<Vec<Tensor>> {
+        self.main.forward_each(&self.input(z, labels)?)
+    }
+
+    /// `main`'s input: the noise (with the label's embedding) as
+    /// `[B, C, 1, 1]`.
+    fn input(&self, z: &Tensor, labels: Option<&Tensor>) -> Result<Tensor> {
         let spec = &self.spec;
         if z.dims() != 2 || z.shape()[1] != spec.latent {
             return Err(Error::shape(
@@ -283,7 +296,7 @@ impl Generator {
             _ => z.clone(),
         };
         let channels = input.shape()[1];
-        self.main.forward(&input.reshape(&[batch, channels, 1, 1])?)
+        input.reshape(&[batch, channels, 1, 1])
     }
 }
 

@@ -142,7 +142,16 @@ impl Task for GanTask {
         let real = to_tanh_range(&batch.x.reshape(&[n, 1, side, side])?)?;
         let labels = spec.is_conditional().then_some(&batch.y);
         let noise = Tensor::randn(&self.device, &[n, spec.latent])?;
-        let fake = self.generator.generate(&noise, labels)?;
+        // The generator's update is submitted after the discriminator's: its
+        // layers' outputs are computed in the first submit and kept for it.
+        let layers = self.generator.generate_each(&noise, labels)?;
+        for output in &layers {
+            step.keep(output);
+        }
+        let fake = layers
+            .last()
+            .ok_or_else(|| Error::invalid("gan", "the generator has no layers"))?
+            .clone();
 
         let d_real = self.discriminator.logits(&real, labels)?;
         let d_fake = self.discriminator.logits(&fake.detach(), labels)?;

@@ -118,6 +118,19 @@ impl Sequential {
         }
         Ok(x)
     }
+
+    /// Every layer's output in order, the last being the forward's. A
+    /// training step that runs the backward in a later submit keeps them
+    /// (`Step::keep`), so that submit reads them instead of computing the
+    /// forward again.
+    pub fn forward_each(&self, input: &Tensor) -> Result<Vec<Tensor>> {
+        let mut outputs: Vec<Tensor> = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            let x = outputs.last().unwrap_or(input);
+            outputs.push(layer.forward(x)?);
+        }
+        Ok(outputs)
+    }
 }
 
 impl Module for Sequential {
