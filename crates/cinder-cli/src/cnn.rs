@@ -45,8 +45,8 @@ pub enum DataArg {
 pub struct RunArgs {
     #[arg(long)]
     epochs: Option<usize>,
-    /// Samples per batch (default: 32; 16 for char-lm, where a sample is
-    /// a stretch of the text).
+    /// Samples per batch (default: 32; 64 for gan; 16 for segment, detect
+    /// and char-lm, where a sample is a stretch of the text).
     #[arg(long)]
     pub(crate) batch_size: Option<usize>,
     /// AdamW's base learning rate.
