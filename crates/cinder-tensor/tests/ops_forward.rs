@@ -2106,6 +2106,40 @@ fn matmul_batched_and_broadcast() {
     }
 }
 
+/// K = 1: outer products, which the runtime computes as a broadcast
+/// multiply: batched on either side or both, broadcast batches, operands
+/// that are transposed views, and a discriminator's one-output layer's
+/// input gradient (64 x 6272).
+#[test]
+fn matmul_outer_products() {
+    let mut rng = Rng::named("matmul_outer");
+    let cases: Vec<(Vec<usize>, Vec<usize>)> = vec![
+        (vec![33, 1], vec![1, 7]),
+        (vec![3, 33, 1], vec![3, 1, 7]),
+        (vec![3, 33, 1], vec![1, 7]),
+        (vec![33, 1], vec![4, 1, 7]),
+        (vec![2, 1, 5, 1], vec![3, 1, 9]),
+        (vec![64, 1], vec![1, 6272]),
+    ];
+    for (sa, sb) in cases {
+        matmul_check("outer product", &mut rng, &sa, &sb);
+    }
+    let (a, b) = (rng.vec(13, -1.0, 1.0), rng.vec(2 * 9, -1.0, 1.0));
+    let y = ok(
+        "transposed outer product",
+        tensor(&a, &[1, 13])
+            .transpose(0, 1)
+            .and_then(|at| at.matmul(&tensor(&b, &[2, 9, 1]).transpose(1, 2)?)),
+    );
+    let (aa, ab) = (Arr::from_f32(&a, &[13, 1]), Arr::from_f32(&b, &[2, 1, 9]));
+    check_scaled(
+        "transposed outer product",
+        &y,
+        &aa.matmul(&ab),
+        &aa.abs().matmul(&ab.abs()),
+    );
+}
+
 #[test]
 fn matmul_vectors() {
     let mut rng = Rng::named("matmul_vectors");

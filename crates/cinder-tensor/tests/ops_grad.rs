@@ -848,6 +848,9 @@ fn grad_matmul_batched_and_broadcast() {
         (vec![3, 4], vec![2, 4, 2]),
         (vec![1, 3, 4], vec![4, 2]),
         (vec![2, 1, 2, 3], vec![1, 2, 3, 2]),
+        // K = 1, an outer product (a broadcast multiply in the runtime).
+        (vec![2, 3, 1], vec![2, 1, 4]),
+        (vec![3, 1], vec![2, 1, 4]),
     ];
     for (sa, sb) in cases {
         matmul_grad(&mut r, &sa, &sb);
