@@ -2140,6 +2140,43 @@ fn matmul_outer_products() {
     );
 }
 
+/// M = 1 or N = 1: matrix-vector products, which the runtime computes as a
+/// sum over K of a broadcast product: a one-output layer ([64, 6272] @
+/// [6272, 1]) and its weight gradient ([1, 64] @ [64, 6272]), batched and
+/// broadcast batches, a K long enough to be split over workgroups, and
+/// operands that are transposed views.
+#[test]
+fn matmul_matrix_vector_products() {
+    let mut rng = Rng::named("matmul_matvec");
+    let cases: Vec<(Vec<usize>, Vec<usize>)> = vec![
+        (vec![64, 6272], vec![6272, 1]),
+        (vec![1, 64], vec![64, 6272]),
+        (vec![1, 3], vec![3, 1]),
+        (vec![3, 1, 129], vec![3, 129, 17]),
+        (vec![3, 17, 129], vec![129, 1]),
+        (vec![2, 1, 1, 70], vec![3, 70, 5]),
+        (vec![5, 70001], vec![70001, 1]),
+    ];
+    for (sa, sb) in cases {
+        matmul_check("matrix-vector product", &mut rng, &sa, &sb);
+    }
+    let (a, b) = (rng.vec(37 * 5, -1.0, 1.0), rng.vec(2 * 37, -1.0, 1.0));
+    let y = ok(
+        "transposed matrix-vector product",
+        tensor(&a, &[37, 5])
+            .transpose(0, 1)
+            .and_then(|at| at.matmul(&tensor(&b, &[2, 1, 37]).transpose(1, 2)?)),
+    );
+    let (aa, ab) = (Arr::from_f32(&a, &[37, 5]), Arr::from_f32(&b, &[2, 1, 37]));
+    let (aa, ab) = (aa.transpose(0, 1), ab.transpose(1, 2));
+    check_scaled(
+        "transposed matrix-vector product",
+        &y,
+        &aa.matmul(&ab),
+        &aa.abs().matmul(&ab.abs()),
+    );
+}
+
 #[test]
 fn matmul_vectors() {
     let mut rng = Rng::named("matmul_vectors");

@@ -851,6 +851,10 @@ fn grad_matmul_batched_and_broadcast() {
         // K = 1, an outer product (a broadcast multiply in the runtime).
         (vec![2, 3, 1], vec![2, 1, 4]),
         (vec![3, 1], vec![2, 1, 4]),
+        // M = 1 or N = 1, a matrix-vector product (a reduction in the runtime).
+        (vec![2, 1, 5], vec![2, 5, 3]),
+        (vec![3, 5], vec![2, 5, 1]),
+        (vec![1, 4], vec![4, 1]),
     ];
     for (sa, sb) in cases {
         matmul_grad(&mut r, &sa, &sb);
