@@ -44,6 +44,11 @@ struct Gen<'a> {
     inputs: Vec<usize>,
     seeds: Vec<usize>,
     memo: HashMap<(usize, String), String>,
+    /// Index variables whose mixed-radix digits are known (outermost first,
+    /// each digit with its extent, none of extent 1): a coordinate of such
+    /// an index is a digit, or a few digits, instead of a division and a
+    /// remainder of the whole index (see [`Gen::coord`]).
+    digits: HashMap<String, Vec<(String, usize)>>,
     counter: usize,
     /// In a matmul epilogue: the matmul entry and the variable holding its
     /// value at the element being stored.
@@ -63,6 +68,7 @@ impl<'a> Gen<'a> {
             inputs: Vec::new(),
             seeds: Vec::new(),
             memo: HashMap::new(),
+            digits: HashMap::new(),
             counter: 0,
             substitute: None,
             scalars: "scalars",
@@ -116,7 +122,134 @@ fn coord(idx: &str, shape: &[usize], d: usize) -> String {
     }
 }
 
+/// Digits `digits` (see `Gen::digits`) divided by `divisor`: the outer
+/// digits, the last of them divided too where the divisor ends inside it.
+/// `None` where the division does not fall on the digits (a divisor that
+/// shares only part of a digit's factors).
+fn digits_div(digits: &[(String, usize)], divisor: usize) -> Option<Vec<(String, usize)>> {
+    let (mut rest, mut j) = (divisor, digits.len());
+    while j > 0 && rest.is_multiple_of(digits[j - 1].1) {
+        rest /= digits[j - 1].1;
+        j -= 1;
+    }
+    if rest == 1 || j == 0 {
+        // With j == 0 the divisor is at least the whole range: quotient 0.
+        return Some(if rest == 1 {
+            digits[..j].to_vec()
+        } else {
+            Vec::new()
+        });
+    }
+    let (e, extent) = &digits[j - 1];
+    if !extent.is_multiple_of(rest) {
+        return None;
+    }
+    let mut q = digits[..j - 1].to_vec();
+    if extent / rest > 1 {
+        q.push((format!("({e} / {rest}u)"), extent / rest));
+    }
+    Some(q)
+}
+
+/// Digits `digits` modulo `modulus`: the inner digits, the first of them
+/// reduced too where the modulus ends inside it; `None` as for
+/// [`digits_div`].
+fn digits_rem(digits: &[(String, usize)], modulus: usize) -> Option<Vec<(String, usize)>> {
+    let (mut rest, mut j) = (modulus, digits.len());
+    while j > 0 && rest.is_multiple_of(digits[j - 1].1) {
+        rest /= digits[j - 1].1;
+        j -= 1;
+    }
+    if rest == 1 || j == 0 {
+        // With j == 0 the modulus covers the whole range: the index itself.
+        return Some(digits[j..].to_vec());
+    }
+    let (e, extent) = &digits[j - 1];
+    if !extent.is_multiple_of(rest) {
+        return None;
+    }
+    let mut r = vec![(format!("({e} % {rest}u)"), rest)];
+    r.extend_from_slice(&digits[j..]);
+    Some(r)
+}
+
+/// The digits of the index a view reads, where the view only reorders
+/// its input's axes (a permutation, with reshapes around it): the view's
+/// coordinates `coords` (axis, u32 expression; extent-1 axes left out)
+/// ordered by decreasing stride, when the strides are exactly the
+/// row-major strides of that order.
+fn permuted_digits(
+    spec: &crate::graph::ViewSpec,
+    shape: &[usize],
+    mut coords: Vec<(usize, String)>,
+) -> Option<Vec<(String, usize)>> {
+    if spec.offset != 0 || spec.mask.is_some() {
+        return None;
+    }
+    coords.retain(|&(d, _)| shape[d] > 1);
+    coords.sort_by_key(|&(d, _)| std::cmp::Reverse(spec.strides[d]));
+    let mut stride = 1i64;
+    for &(d, _) in coords.iter().rev() {
+        if spec.strides[d] != stride {
+            return None;
+        }
+        stride *= shape[d] as i64;
+    }
+    Some(coords.into_iter().map(|(d, c)| (c, shape[d])).collect())
+}
+
+/// The value of digits (a u32 expression).
+fn digits_value(digits: &[(String, usize)]) -> String {
+    let mut terms = Vec::new();
+    let mut stride = 1;
+    for (e, extent) in digits.iter().rev() {
+        terms.push(if stride == 1 {
+            e.clone()
+        } else {
+            format!("{e} * {stride}u")
+        });
+        stride *= extent;
+    }
+    match terms.len() {
+        0 => "0u".to_string(),
+        1 => terms.remove(0),
+        _ => {
+            terms.reverse();
+            format!("({})", terms.join(" + "))
+        }
+    }
+}
+
 impl Gen<'_> {
+    /// Row-major coordinate `d` of index `idx` in `shape`: from `idx`'s
+    /// digits where they are known and line up with `shape`'s axes (an
+    /// unfold read through a permuted view, say, whose index would
+    /// otherwise be linearized and divided apart again), else by division.
+    fn coord(&self, idx: &str, shape: &[usize], d: usize) -> String {
+        let inner: usize = shape[d + 1..].iter().product();
+        self.digits
+            .get(idx)
+            .and_then(|digits| digits_div(digits, inner))
+            .and_then(|q| digits_rem(&q, shape[d]))
+            .map_or_else(|| coord(idx, shape, d), |c| digits_value(&c))
+    }
+
+    /// `idx / divisor`, from `idx`'s digits where they allow.
+    fn quotient(&self, idx: &str, divisor: usize) -> String {
+        self.digits
+            .get(idx)
+            .and_then(|digits| digits_div(digits, divisor))
+            .map_or_else(|| format!("({idx} / {divisor}u)"), |q| digits_value(&q))
+    }
+
+    /// `idx % modulus`, from `idx`'s digits where they allow.
+    fn remainder(&self, idx: &str, modulus: usize) -> String {
+        self.digits
+            .get(idx)
+            .and_then(|digits| digits_rem(digits, modulus))
+            .map_or_else(|| format!("({idx} % {modulus}u)"), |r| digits_value(&r))
+    }
+
     /// A new variable name. Prefixes must not end a WGSL type name when a
     /// number follows: "i" would make `i32`, shadowing the conversion.
     fn fresh(&mut self, prefix: &str) -> String {
@@ -176,7 +309,7 @@ impl Gen<'_> {
                     ),
                 }
             }
-            Op::Iota { axis } => format!("{ty}({})", coord(idx, &e.shape, axis)),
+            Op::Iota { axis } => format!("{ty}({})", self.coord(idx, &e.shape, axis)),
             Op::Rand { normal } => {
                 let s = self.seeds.len();
                 self.seeds.push(i);
@@ -268,7 +401,11 @@ impl Gen<'_> {
                             strides[d]
                         ));
                     } else if src_shape[d] > 1 {
-                        terms.push(format!("{} * {}u", coord(idx, &e.shape, d), strides[d]));
+                        terms.push(format!(
+                            "{} * {}u",
+                            self.coord(idx, &e.shape, d),
+                            strides[d]
+                        ));
                     }
                 }
                 let _ = writeln!(body, "    let {child} = {};", terms.join(" + "));
@@ -296,11 +433,14 @@ impl Gen<'_> {
         let child = self.fresh("ix");
         let mut terms = vec![format!("{}", spec.offset)];
         let mut conds = Vec::new();
+        let mut coords = Vec::new();
         for d in 0..shape.len() {
             if shape[d] == 1 && spec.mask.is_none() {
                 continue;
             }
-            let c = format!("i32({})", coord(idx, shape, d));
+            let u = self.coord(idx, shape, d);
+            let c = format!("i32({u})");
+            coords.push((d, u));
             if spec.strides[d] != 0 {
                 terms.push(format!("{c} * {}", spec.strides[d]));
             }
@@ -317,6 +457,9 @@ impl Gen<'_> {
         let linear = terms.join(" + ");
         if conds.is_empty() {
             let _ = writeln!(body, "    let {child} = u32({linear});");
+            if let Some(digits) = permuted_digits(spec, shape, coords) {
+                self.digits.insert(child.clone(), digits);
+            }
             return (child, None);
         }
         let m = self.fresh("m");
@@ -364,11 +507,12 @@ impl Gen<'_> {
         let [h, w] = win.image;
         let taps: usize = shape[2..].iter().product();
         let (kh, kw, oh, ow) = (
-            coord(idx, shape, 2),
-            coord(idx, shape, 3),
-            coord(idx, shape, 4),
-            coord(idx, shape, 5),
+            self.coord(idx, shape, 2),
+            self.coord(idx, shape, 3),
+            self.coord(idx, shape, 4),
+            self.coord(idx, shape, 5),
         );
+        let image = self.quotient(idx, taps);
         let (y, x, m, child) = (
             self.fresh("y"),
             self.fresh("x"),
@@ -392,7 +536,7 @@ impl Gen<'_> {
         // Outside the image the load reads element 0 and is discarded.
         let _ = writeln!(
             body,
-            "    let {child} = select(0u, ({idx} / {taps}u) * {}u + u32({y}) * {w}u + u32({x}), {m});",
+            "    let {child} = select(0u, {image} * {}u + u32({y}) * {w}u + u32({x}), {m});",
             h * w
         );
         (m, child)
@@ -419,8 +563,9 @@ impl Gen<'_> {
             self.fresh("m"),
             self.fresh("ix"),
         );
-        let _ = writeln!(body, "    let {row} = {idx} / {taps}u;");
-        let _ = writeln!(body, "    let {col} = {idx} % {taps}u;");
+        let (row_value, col_value) = (self.quotient(idx, taps), self.remainder(idx, taps));
+        let _ = writeln!(body, "    let {row} = {row_value};");
+        let _ = writeln!(body, "    let {col} = {col_value};");
         let tap = |axis: usize| {
             if axis == 0 {
                 format!("({col} / {}u)", win.kernel[1] * channels)
@@ -506,6 +651,7 @@ impl Gen<'_> {
                 ),
             ),
         };
+        let image = self.quotient(idx, plane);
         let mut inner = String::new();
         let v = self.value(&mut inner, src, &child, false);
         if win.stride == win.kernel && win.dilation == [1, 1] {
@@ -514,7 +660,7 @@ impl Gen<'_> {
             let valid = self.fresh("ok");
             let _ = write!(
                 body,
-                "    let {nc} = {idx} / {plane}u;
+                "    let {nc} = {image};
     let {ty} = {row} + {ph}u;
     let {tx} = {col} + {pw}u;
     let {oh} = {ty} / {sh}u;
@@ -525,8 +671,8 @@ impl Gen<'_> {
     let {child} = select(0u, {tap_index}, {valid});
 {inner}    let {acc} = select({zero}, {v}, {valid});
 ",
-                row = coord(idx, shape, 2),
-                col = coord(idx, shape, 3),
+                row = self.coord(idx, shape, 2),
+                col = self.coord(idx, shape, 3),
                 ph = win.padding[0],
                 pw = win.padding[1],
                 sh = win.stride[0],
@@ -541,7 +687,7 @@ impl Gen<'_> {
             // convolution of stride 2 visits 4 of its 16 taps).
             let (t_h, lo_h, hi_h) = self.tap_bounds(
                 body,
-                &coord(idx, shape, 2),
+                &self.coord(idx, shape, 2),
                 win.padding[0],
                 win.stride[0],
                 oh_n,
@@ -549,7 +695,7 @@ impl Gen<'_> {
             );
             let (t_w, lo_w, hi_w) = self.tap_bounds(
                 body,
-                &coord(idx, shape, 3),
+                &self.coord(idx, shape, 3),
                 win.padding[1],
                 win.stride[1],
                 ow_n,
@@ -559,7 +705,7 @@ impl Gen<'_> {
             let _ = write!(
                 body,
                 "    var {acc}: {ty_name} = {zero};
-    let {nc} = {idx} / {plane}u;
+    let {nc} = {image};
     for (var {ih} = {lo_h}; {ih} <= {hi_h}; {ih} += {sh}) {{
     let {kh} = u32({ih});
     let {oh} = u32(({t_h} - {ih}) / {sh});
@@ -581,7 +727,7 @@ impl Gen<'_> {
         let _ = write!(
             body,
             "    var {acc}: {ty_name} = {zero};
-    let {nc} = {idx} / {plane}u;
+    let {nc} = {image};
     for (var {kh} = 0u; {kh} < {kh_n}u; {kh}++) {{
     let {ty} = i32({row}) + {ph} - i32({kh} * {dh}u);
     if ({ty} < 0 || {ty} % {sh} != 0 || {ty} / {sh} >= {oh_n}) {{ continue; }}
@@ -597,8 +743,8 @@ impl Gen<'_> {
 ",
             ty_name = dtype.wgsl(),
             zero = zero(dtype),
-            row = coord(idx, shape, 2),
-            col = coord(idx, shape, 3),
+            row = self.coord(idx, shape, 2),
+            col = self.coord(idx, shape, 3),
             ph = win.padding[0],
             pw = win.padding[1],
             dh = win.dilation[0],
@@ -930,10 +1076,30 @@ pub(crate) fn elementwise_texels(
     // kernel compiles once per element's code (LLVM takes ~50-100 ms per
     // copy with Mesa's cache empty). Padding lanes compute a clamped element
     // and discard it: cheaper on lavapipe than a branch around it all.
+    // Element e is (row, column) of the matrix: with both known, an index
+    // computed from e's coordinates need not divide e apart again. Padding
+    // lanes clamp both, which keeps e in range.
+    let whole = rows * cols == n && n > 0;
+    if whole {
+        let digits: Vec<(String, usize)> = [("er", rows), ("ec", cols)]
+            .into_iter()
+            .filter(|&(_, extent)| extent > 1)
+            .map(|(name, extent)| (name.to_string(), extent))
+            .collect();
+        g.digits.insert("e".to_string(), digits);
+    }
     let v = g.value(&mut body, root, "e", true);
+    let element = if whole {
+        format!(
+            "let er = min(r, {}u);\n    let ec = min(4u * q + t, {}u);\n    let e = er * {cols}u + ec;",
+            rows - 1,
+            cols - 1
+        )
+    } else {
+        format!("let e = min(first + t, {}u);", n.max(1) - 1)
+    };
     let indices = format!(
-        "    let q = gid % {width}u;\n    let r = gid / {width}u;\n    let first = r * {cols}u + 4u * q;\n    var texel = vec4<f32>(0.0);\n    for (var t = 0u; t < 4u; t++) {{\n    let e = min(first + t, {}u);\n",
-        n.max(1) - 1
+        "    let q = gid % {width}u;\n    let r = gid / {width}u;\n    let first = r * {cols}u + 4u * q;\n    var texel = vec4<f32>(0.0);\n    for (var t = 0u; t < 4u; t++) {{\n    {element}\n"
     );
     let store = format!(
         "    texel[t] = select(0.0, {v}, r < {rows}u && 4u * q + t < {cols}u);\n    }}\n    textureStore(out, vec2<u32>(q, r), texel);"
@@ -1313,5 +1479,89 @@ fn store4(e: u32, v: vec4<f32>) {{
         inputs: g.inputs,
         seeds: g.seeds,
         items: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{digits_div, digits_rem, digits_value};
+
+    /// Evaluates the u32 expressions digits produce: literals `7u`,
+    /// parentheses, `+`, `*`, `/` and `%` with WGSL's precedence.
+    fn eval(src: &str) -> u64 {
+        fn sum(t: &[String], i: &mut usize) -> u64 {
+            let mut v = product(t, i);
+            while t.get(*i).is_some_and(|s| s == "+") {
+                *i += 1;
+                v += product(t, i);
+            }
+            v
+        }
+        fn product(t: &[String], i: &mut usize) -> u64 {
+            let mut v = atom(t, i);
+            while let Some(op) = t.get(*i).filter(|s| ["*", "/", "%"].contains(&s.as_str())) {
+                let op = op.clone();
+                *i += 1;
+                let r = atom(t, i);
+                v = match op.as_str() {
+                    "*" => v * r,
+                    "/" => v / r,
+                    _ => v % r,
+                };
+            }
+            v
+        }
+        fn atom(t: &[String], i: &mut usize) -> u64 {
+            *i += 1;
+            if t[*i - 1] == "(" {
+                let v = sum(t, i);
+                assert_eq!(t[*i], ")");
+                *i += 1;
+                return v;
+            }
+            t[*i - 1].trim_end_matches('u').parse().unwrap()
+        }
+        let spaced = src.replace('(', " ( ").replace(')', " ) ");
+        let tokens: Vec<String> = spaced.split_whitespace().map(String::from).collect();
+        let mut i = 0;
+        let v = sum(&tokens, &mut i);
+        assert_eq!(i, tokens.len(), "{src}");
+        v
+    }
+
+    /// Every index of a few mixed-radix layouts, divided and reduced by
+    /// every divisor that lines up with its digits, against the plain
+    /// arithmetic; divisors that do not line up are refused.
+    #[test]
+    fn digits_divide_and_reduce_like_the_index() {
+        for extents in [vec![4, 6], vec![3, 8, 5], vec![2, 12], vec![7]] {
+            let total: usize = extents.iter().product();
+            for x in 0..total {
+                let mut rest = x;
+                let mut digits = vec![(String::new(), 0); extents.len()];
+                for (j, &e) in extents.iter().enumerate().rev() {
+                    digits[j] = (format!("{}u", rest % e), e);
+                    rest /= e;
+                }
+                assert_eq!(eval(&digits_value(&digits)), x as u64);
+                for d in 1..=2 * total {
+                    if let Some(q) = digits_div(&digits, d) {
+                        assert_eq!(eval(&digits_value(&q)), (x / d) as u64, "{x} / {d}");
+                        // Each digit stays below its extent, which later
+                        // divisions rely on.
+                        assert!(q.iter().all(|(e, n)| eval(e) < *n as u64));
+                    }
+                    if let Some(r) = digits_rem(&digits, d) {
+                        assert_eq!(eval(&digits_value(&r)), (x % d) as u64, "{x} % {d}");
+                        assert!(r.iter().all(|(e, n)| eval(e) < *n as u64));
+                    }
+                }
+            }
+        }
+        let digits = vec![("a".to_string(), 4), ("b".to_string(), 6)];
+        // 4 shares only a factor 2 with the inner digit's 6.
+        assert!(digits_div(&digits, 4).is_none());
+        assert!(digits_rem(&digits, 4).is_none());
+        assert!(digits_div(&digits, 12).is_some_and(|q| q.len() == 1 && q[0].1 == 2));
     }
 }
