@@ -981,13 +981,22 @@ impl Node {
             let b_cols = broadcast(b, batch_b.is_some(), [0, 1])?;
             return a_rows.binary(BinaryOp::Mul, &b_cols);
         }
-        if m == 1 || n == 1 {
+        let windows = matches!(
+            &*lock(&a.0.state),
+            State::Pending {
+                op: Op::ConvRows(..),
+                ..
+            }
+        );
+        if (m == 1 || n == 1) && !windows {
             // A matrix-vector product (a one-output layer, or its weight
             // gradient): a tiled kernel would pad the vector side to its
             // block, computing 64 times the work, and compiles a kernel of
             // its own (0.1 to 0.3 s on lavapipe with Mesa's cache empty).
             // As a sum over K of a broadcast product it is one fused
-            // reduction.
+            // reduction. Not for a convolution's windows: the texture
+            // kernel fetches them from their image (an implicit GEMM),
+            // where a reduction would compute each window's index anew.
             let mut product = shape.clone();
             product.push(k);
             let operand = |node: &Node, batched: bool, along: [i64; 3]| -> Result<Node> {

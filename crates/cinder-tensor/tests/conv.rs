@@ -697,6 +697,80 @@ fn conv2d_operands_computed_into_textures() {
     }
 }
 
+/// Over one input channel the input gradient's products have one column:
+/// the stride-1 windows stay a product (the texture kernel fetches them, a
+/// matrix-vector reduction would compute every window's index anew), and a
+/// strided layer keeps the GEMM-then-fold (phases would pad one column to
+/// the kernel's 32).
+#[test]
+fn conv2d_input_gradient_over_one_channel() {
+    for (name, kernel, opts) in [
+        (
+            "one channel 3x3",
+            [3, 3],
+            Conv2dOptions::default().padding(1),
+        ),
+        (
+            "one channel 4x4 stride 2",
+            [4, 4],
+            Conv2dOptions::default().stride(2).padding(1),
+        ),
+    ] {
+        conv_texture_step(name, [8, 1, 16, 16, 64], kernel, opts);
+    }
+}
+
+/// A strided convolution whose stride divides its kernel and its image
+/// (a DCGAN's 4x4 stride-2 layers) computes its input gradient one output
+/// phase at a time, each a GEMM over dY's windows: the DCGAN layer (its
+/// four phases big enough for the implicit texture kernel, where the
+/// GEMM-then-fold runs one texture product), a 2x2 stride-2 kernel, an
+/// uneven stride (3 down, 1 across) with a kernel that is not square, and
+/// padding too wide for the phases (3 on a 4x4 stride-2 kernel: the
+/// GEMM-then-fold).
+#[test]
+fn conv2d_strided_input_gradient_by_phases() {
+    for (name, dims, kernel, opts, phases) in [
+        (
+            "phases 4x4 stride 2",
+            [8, 64, 14, 14, 32],
+            [4, 4],
+            Conv2dOptions::default().stride(2).padding(1),
+            Some(4),
+        ),
+        (
+            "phases 2x2 stride 2",
+            [3, 68, 24, 24, 8],
+            [2, 2],
+            Conv2dOptions::default().stride(2),
+            None,
+        ),
+        (
+            "phases 6x3 stride 3x1",
+            [4, 66, 15, 10, 12],
+            [6, 3],
+            Conv2dOptions {
+                stride: [3, 1],
+                padding: [2, 1],
+                ..Conv2dOptions::default()
+            },
+            None,
+        ),
+        (
+            "phases refused, padding 3",
+            [2, 4, 8, 8, 4],
+            [4, 4],
+            Conv2dOptions::default().stride(2).padding(3),
+            None,
+        ),
+    ] {
+        let (texture_products, _) = conv_texture_step(name, dims, kernel, opts);
+        if let (true, Some(phases)) = (device().texture_matmul(), phases) {
+            assert_eq!(texture_products, phases, "{name}: texture products");
+        }
+    }
+}
+
 /// With output channels in whole texels and stride 1, the input gradient is
 /// the convolution of dY with the flipped kernel, and the texture kernel
 /// fetches dY's windows straight from the dY^T texture (an implicit GEMM,
