@@ -553,8 +553,52 @@ impl Tensor {
             padding: opts.padding,
             dilation: opts.dilation,
         };
-        // cols[g] = W[g]^T @ x[g] over the whole batch: [C_out/g * KH * KW, N * H * W].
         let l = h * w;
+        // The input gradient of the convolution whose transpose this is,
+        // one output phase at a time (see `phase_input_gradient`), where
+        // the texture kernel serves; the gradients are that convolution's
+        // forward and weight gradient.
+        let (x_rows, wd) = (
+            self.detach()
+                .permute(&[0, 2, 3, 1])?
+                .reshape(&[n * l, c_in])?,
+            weight.detach(),
+        );
+        if let Some(y) = phase_input_gradient(&x_rows, &wd, &win, [n, c_in, c_out], g)? {
+            let (x, win_back) = (self.detach(), win.clone());
+            let weight_shape = weight.shape().to_vec();
+            let taps = c_out_g * kh * kw;
+            let y = Tensor::from_op(
+                y.node().clone(),
+                OP,
+                &[self, weight],
+                Box::new(move |grad, _| {
+                    // dC, the gradient of the columns W^T @ x that a fold
+                    // would sum: dY's windows, [C_out/g * KH * KW, N * H * W].
+                    let d_cols = grad
+                        .unfold2d(&win_back)?
+                        .permute(&[1, 2, 3, 0, 4, 5])?
+                        .reshape(&[g, taps, n * l])?;
+                    let x_cols = x
+                        .reshape(&[n, g, c_in / g, l])?
+                        .permute(&[1, 2, 0, 3])?
+                        .reshape(&[g, c_in / g, n * l])?;
+                    let dx = wd
+                        .reshape(&[g, c_in / g, taps])?
+                        .matmul(&d_cols)?
+                        .reshape(&[g, c_in / g, n, l])?
+                        .permute(&[2, 0, 1, 3])?
+                        .reshape(&[n, c_in, h, w])?;
+                    let dw = d_cols
+                        .matmul(&x_cols.transpose(1, 2)?)?
+                        .transpose(1, 2)?
+                        .reshape(&weight_shape)?;
+                    Ok(vec![Some(dx), Some(dw)])
+                }),
+            );
+            return add_channel_bias(OP, y, bias, c_out);
+        }
+        // cols[g] = W[g]^T @ x[g] over the whole batch: [C_out/g * KH * KW, N * H * W].
         let wt = weight
             .reshape(&[g, c_in / g, c_out_g * kh * kw])?
             .transpose(1, 2)?;

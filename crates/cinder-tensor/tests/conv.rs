@@ -697,6 +697,107 @@ fn conv2d_operands_computed_into_textures() {
     }
 }
 
+/// A DCGAN generator's strided transposed convolution at a size for the
+/// texture matmuls: the forward is the input gradient of a convolution,
+/// computed one output phase at a time (four implicit GEMMs, where the
+/// GEMM-then-fold runs one), and its gradients are that convolution's
+/// forward and weight gradient; all against f64 loops (the finite
+/// differences of the formulas are checked on the small shapes above).
+#[test]
+fn conv_transpose2d_by_phases() {
+    let (n, ci, h, w, co, k) = (4, 64, 7, 7, 32, 4);
+    let opts = Conv2dOptions::default().stride(2).padding(1);
+    let mut rng = Rng::named("conv_transpose2d phases");
+    let dev = ok(
+        "second device",
+        cinder_tensor::Device::with_options(&cinder_tensor::runtime::DeviceOptions::from_env()),
+    );
+    let (x, wt, b) = (
+        rng.vec(n * ci * h * w, -1.0, 1.0),
+        rng.vec(ci * co * k * k, -1.0, 1.0),
+        rng.vec(co, -1.0, 1.0),
+    );
+    let (xa, wa, ba) = (
+        Arr::from_f32(&x, &[n, ci, h, w]),
+        Arr::from_f32(&wt, &[ci, co, k, k]),
+        Arr::from_f32(&b, &[co]),
+    );
+    let want = conv_transpose2d_ref(&xa, &wa, Some(&ba), opts, [0, 0]);
+    let [oh, ow] = [want.shape[2], want.shape[3]];
+    let dy = rng.vec(n * co * oh * ow, -1.0, 1.0);
+    let on_dev = |data: &[f32], shape: &[usize]| {
+        ok("upload", Tensor::from_slice(&dev, data, shape)).requires_grad_()
+    };
+    let before = dev.stats();
+    let (xt, wtt, bt) = (
+        on_dev(&x, &[n, ci, h, w]),
+        on_dev(&wt, &[ci, co, k, k]),
+        on_dev(&b, &[co]),
+    );
+    let out = ok(
+        "forward",
+        xt.conv_transpose2d(&wtt, Some(&bt), opts, [0, 0]),
+    );
+    let loss = ok(
+        "loss",
+        Tensor::from_slice(&dev, &dy, &[n, co, oh, ow])
+            .and_then(|g| out.mul(&g))
+            .and_then(|l| l.sum_all()),
+    );
+    let grads = ok("backward", loss.backward());
+    let [dx, dw, db] = [&xt, &wtt, &bt].map(|t| grads.get(t).expect("gradient").clone());
+    let got = ok("read", cinder_tensor::read_all(&[&out, &dx, &dw, &db]));
+    let stats = dev.stats();
+    assert_close_msg("phases: forward", &got[0], &want.data, ATOL, RTOL);
+    let (mut want_dx, mut want_dw, mut want_db) =
+        (vec![0.0; x.len()], vec![0.0; wt.len()], vec![0.0; co]);
+    for b_ in 0..n {
+        for c in 0..co {
+            for y in 0..oh {
+                for xo in 0..ow {
+                    want_db[c] += dy[((b_ * co + c) * oh + y) * ow + xo] as f64;
+                }
+            }
+        }
+        for cin in 0..ci {
+            for iy in 0..h {
+                for ix in 0..w {
+                    let xi = ((b_ * ci + cin) * h + iy) * w + ix;
+                    for c in 0..co {
+                        for i in 0..k {
+                            for j in 0..k {
+                                let y = (iy * 2 + i) as i64 - 1;
+                                let xo = (ix * 2 + j) as i64 - 1;
+                                if y < 0 || xo < 0 || y >= oh as i64 || xo >= ow as i64 {
+                                    continue;
+                                }
+                                let g =
+                                    dy[((b_ * co + c) * oh + y as usize) * ow + xo as usize] as f64;
+                                let wi = ((cin * co + c) * k + i) * k + j;
+                                want_dx[xi] += g * wt[wi] as f64;
+                                want_dw[wi] += g * x[xi] as f64;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for (what, got, want) in [
+        ("input gradient", &got[1], &want_dx),
+        ("weight gradient", &got[2], &want_dw),
+        ("bias gradient", &got[3], &want_db),
+    ] {
+        assert_close_msg(&format!("phases: {what}"), got, want, GRAD_ATOL, GRAD_RTOL);
+    }
+    if dev.texture_matmul() {
+        // Four phases and the two gradients' products; the GEMM-then-fold
+        // would run three.
+        let products = stats.texture_products - before.texture_products;
+        assert_eq!(products, 6, "texture products");
+    }
+}
+
 /// Over one input channel the input gradient's products have one column:
 /// the stride-1 windows stay a product (the texture kernel fetches them, a
 /// matrix-vector reduction would compute every window's index anew), and a
