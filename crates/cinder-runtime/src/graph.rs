@@ -956,29 +956,32 @@ impl Node {
             Some(bt) => vec![bt, m, n],
             None => vec![m, n],
         };
+        // An operand read over `over` (the product's elements, with the
+        // batch axis first where there is one) with strides `along`; a
+        // batch stride in front where the product is batched.
+        let spread = |node: &Node, batched: bool, over: &[usize], along: &[i64]| -> Result<Node> {
+            let mut strides = along.to_vec();
+            if batch.is_some() {
+                let per_batch = (node.numel() / node.shape()[0].max(1)) as i64;
+                strides.insert(0, if batched { per_batch } else { 0 });
+            }
+            node.view(
+                over,
+                ViewSpec {
+                    strides,
+                    offset: 0,
+                    mask: None,
+                },
+            )
+        };
         if k == 1 {
             // An outer product (a one-output layer's input gradient, say):
             // one multiply per element, fused with its neighbours, where a
             // tiled kernel would pad K to its block and could cost a
             // compile of its own (1.5 s for the 64x64 block, Mesa's cache
             // empty). The values are the same: a single product per output.
-            let broadcast = |node: &Node, batched: bool, along: [i64; 2]| -> Result<Node> {
-                let mut strides = along.to_vec();
-                if batch.is_some() {
-                    let per_batch = (node.numel() / node.shape()[0].max(1)) as i64;
-                    strides.insert(0, if batched { per_batch } else { 0 });
-                }
-                node.view(
-                    &shape,
-                    ViewSpec {
-                        strides,
-                        offset: 0,
-                        mask: None,
-                    },
-                )
-            };
-            let a_rows = broadcast(a, batch_a.is_some(), [1, 0])?;
-            let b_cols = broadcast(b, batch_b.is_some(), [0, 1])?;
+            let a_rows = spread(a, batch_a.is_some(), &shape, &[1, 0])?;
+            let b_cols = spread(b, batch_b.is_some(), &shape, &[0, 1])?;
             return a_rows.binary(BinaryOp::Mul, &b_cols);
         }
         let windows = matches!(
@@ -999,23 +1002,8 @@ impl Node {
             // where a reduction would compute each window's index anew.
             let mut product = shape.clone();
             product.push(k);
-            let operand = |node: &Node, batched: bool, along: [i64; 3]| -> Result<Node> {
-                let mut strides = along.to_vec();
-                if batch.is_some() {
-                    let per_batch = (node.numel() / node.shape()[0].max(1)) as i64;
-                    strides.insert(0, if batched { per_batch } else { 0 });
-                }
-                node.view(
-                    &product,
-                    ViewSpec {
-                        strides,
-                        offset: 0,
-                        mask: None,
-                    },
-                )
-            };
-            let a_rows = operand(a, batch_a.is_some(), [k as i64, 0, 1])?;
-            let b_cols = operand(b, batch_b.is_some(), [0, 1, n as i64])?;
+            let a_rows = spread(a, batch_a.is_some(), &product, &[k as i64, 0, 1])?;
+            let b_cols = spread(b, batch_b.is_some(), &product, &[0, 1, n as i64])?;
             let summed = a_rows
                 .binary(BinaryOp::Mul, &b_cols)?
                 .reduce(ReduceOp::Sum, &[product.len() - 1])?;

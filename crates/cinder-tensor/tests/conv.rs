@@ -593,10 +593,6 @@ fn conv_texture_step(
 ) -> (u64, u64) {
     let mut rng = Rng::named(name);
     let [kh, kw] = kernel;
-    let dev = ok(
-        "second device",
-        cinder_tensor::Device::with_options(&cinder_tensor::runtime::DeviceOptions::from_env()),
-    );
     let (x, wt, b) = (
         rng.vec(n * ci * h * w, -1.0, 1.0),
         rng.vec(co * ci * kh * kw, -1.0, 1.0),
@@ -610,35 +606,44 @@ fn conv_texture_step(
     let want = conv2d_ref(&xa, &wa, Some(&ba), opts);
     let [oh, ow] = [want.shape[2], want.shape[3]];
     let dy = rng.vec(n * co * oh * ow, -1.0, 1.0);
-    let on_dev = |data: &[f32], shape: &[usize]| {
-        ok("upload", Tensor::from_slice(&dev, data, shape)).requires_grad_()
-    };
-    let before = dev.stats();
-    let (xt, wtt, bt) = (
-        on_dev(&x, &[n, ci, h, w]),
-        on_dev(&wt, &[co, ci, kh, kw]),
-        on_dev(&b, &[co]),
+    let (got, counts) = gradient_step(
+        name,
+        &[(&x, &[n, ci, h, w]), (&wt, &[co, ci, kh, kw]), (&b, &[co])],
+        (&dy, &[n, co, oh, ow]),
+        |t| t[0].conv2d(&t[1], Some(&t[2]), opts),
     );
-    let out = ok(name, xt.conv2d(&wtt, Some(&bt), opts));
-    let loss = ok(
-        "loss",
-        Tensor::from_slice(&dev, &dy, &[n, co, oh, ow])
-            .and_then(|g| out.mul(&g))
-            .and_then(|l| l.sum_all()),
-    );
-    let grads = ok("backward", loss.backward());
-    let [dx, dw, db] = [&xt, &wtt, &bt].map(|t| grads.get(t).expect("gradient").clone());
-    let got = ok("read", cinder_tensor::read_all(&[&out, &dx, &dw, &db]));
-    let stats = dev.stats();
     assert_close_msg(&format!("{name}: forward"), &got[0], &want.data, ATOL, RTOL);
-    let (mut want_dx, mut want_dw, mut want_db) =
-        (vec![0.0; x.len()], vec![0.0; wt.len()], vec![0.0; co]);
+    let [want_dx, want_dw, want_db] = conv2d_grads_ref(
+        (&x, [n, ci, h, w]),
+        (&wt, [co, kh, kw]),
+        (&dy, [oh, ow]),
+        opts,
+    );
+    for (what, got, want) in [
+        ("input gradient", &got[1], &want_dx),
+        ("weight gradient", &got[2], &want_dw),
+        ("bias gradient", &got[3], &want_db),
+    ] {
+        assert_close_msg(&format!("{name}: {what}"), got, want, GRAD_ATOL, GRAD_RTOL);
+    }
+    counts
+}
+
+/// The gradients of `sum(conv2d(x, w) * dy)` (with a bias) by f64 loops:
+/// input, weight and bias.
+fn conv2d_grads_ref(
+    (x, [n, ci, h, w]): (&[f32], [usize; 4]),
+    (wt, [co, kh, kw]): (&[f32], [usize; 3]),
+    (dy, [oh, ow]): (&[f32], [usize; 2]),
+    opts: Conv2dOptions,
+) -> [Vec<f64>; 3] {
+    let (mut dx, mut dw, mut db) = (vec![0.0; x.len()], vec![0.0; wt.len()], vec![0.0; co]);
     for b_ in 0..n {
         for c in 0..co {
             for y in 0..oh {
                 for xo in 0..ow {
                     let g = dy[((b_ * co + c) * oh + y) * ow + xo] as f64;
-                    want_db[c] += g;
+                    db[c] += g;
                     for k in 0..ci {
                         for i in 0..kh {
                             for j in 0..kw {
@@ -651,8 +656,8 @@ fn conv_texture_step(
                                 }
                                 let xi = ((b_ * ci + k) * h + iy as usize) * w + ix as usize;
                                 let wi = ((c * ci + k) * kh + i) * kw + j;
-                                want_dx[xi] += g * wt[wi] as f64;
-                                want_dw[wi] += g * x[xi] as f64;
+                                dx[xi] += g * wt[wi] as f64;
+                                dw[wi] += g * x[xi] as f64;
                             }
                         }
                     }
@@ -660,13 +665,47 @@ fn conv_texture_step(
             }
         }
     }
-    for (what, got, want) in [
-        ("input gradient", &got[1], &want_dx),
-        ("weight gradient", &got[2], &want_dw),
-        ("bias gradient", &got[3], &want_db),
-    ] {
-        assert_close_msg(&format!("{name}: {what}"), got, want, GRAD_ATOL, GRAD_RTOL);
-    }
+    [dx, dw, db]
+}
+
+/// `forward` over `inputs` (uploaded, requiring gradients) on a device of
+/// its own, so that its counters see this step only, and the gradients of
+/// `sum(y * dy)`: returns y and each input's gradient, read back, and the
+/// texture products and operand packs the step ran.
+fn gradient_step(
+    name: &str,
+    inputs: &[(&[f32], &[usize])],
+    (dy, dy_shape): (&[f32], &[usize]),
+    forward: impl Fn(&[Tensor]) -> cinder_tensor::Result<Tensor>,
+) -> (Vec<Vec<f32>>, (u64, u64)) {
+    let dev = ok(
+        "second device",
+        cinder_tensor::Device::with_options(&cinder_tensor::runtime::DeviceOptions::from_env()),
+    );
+    let before = dev.stats();
+    let tensors: Vec<Tensor> = inputs
+        .iter()
+        .map(|(data, shape)| ok("upload", Tensor::from_slice(&dev, data, shape)).requires_grad_())
+        .collect();
+    let out = ok(name, forward(&tensors));
+    let loss = ok(
+        "loss",
+        Tensor::from_slice(&dev, dy, dy_shape)
+            .and_then(|g| out.mul(&g))
+            .and_then(|l| l.sum_all()),
+    );
+    let grads = ok("backward", loss.backward());
+    let mut read = vec![out.clone()];
+    read.extend(
+        tensors
+            .iter()
+            .map(|t| grads.get(t).expect("gradient").clone()),
+    );
+    let got = ok(
+        "read",
+        cinder_tensor::read_all(&read.iter().collect::<Vec<_>>()),
+    );
+    let stats = dev.stats();
     let counts = (
         stats.texture_products - before.texture_products,
         stats.operand_packs - before.operand_packs,
@@ -674,7 +713,7 @@ fn conv_texture_step(
     if !dev.texture_matmul() {
         assert_eq!(counts, (0, 0), "{name}: no textures on this adapter");
     }
-    counts
+    (got, counts)
 }
 
 /// A convolution big enough for the texture matmuls: its unfolded input
@@ -708,10 +747,6 @@ fn conv_transpose2d_by_phases() {
     let (n, ci, h, w, co, k) = (4, 64, 7, 7, 32, 4);
     let opts = Conv2dOptions::default().stride(2).padding(1);
     let mut rng = Rng::named("conv_transpose2d phases");
-    let dev = ok(
-        "second device",
-        cinder_tensor::Device::with_options(&cinder_tensor::runtime::DeviceOptions::from_env()),
-    );
     let (x, wt, b) = (
         rng.vec(n * ci * h * w, -1.0, 1.0),
         rng.vec(ci * co * k * k, -1.0, 1.0),
@@ -725,64 +760,32 @@ fn conv_transpose2d_by_phases() {
     let want = conv_transpose2d_ref(&xa, &wa, Some(&ba), opts, [0, 0]);
     let [oh, ow] = [want.shape[2], want.shape[3]];
     let dy = rng.vec(n * co * oh * ow, -1.0, 1.0);
-    let on_dev = |data: &[f32], shape: &[usize]| {
-        ok("upload", Tensor::from_slice(&dev, data, shape)).requires_grad_()
-    };
-    let before = dev.stats();
-    let (xt, wtt, bt) = (
-        on_dev(&x, &[n, ci, h, w]),
-        on_dev(&wt, &[ci, co, k, k]),
-        on_dev(&b, &[co]),
+    let (got, (products, _)) = gradient_step(
+        "conv_transpose2d by phases",
+        &[(&x, &[n, ci, h, w]), (&wt, &[ci, co, k, k]), (&b, &[co])],
+        (&dy, &[n, co, oh, ow]),
+        |t| t[0].conv_transpose2d(&t[1], Some(&t[2]), opts, [0, 0]),
     );
-    let out = ok(
-        "forward",
-        xt.conv_transpose2d(&wtt, Some(&bt), opts, [0, 0]),
-    );
-    let loss = ok(
-        "loss",
-        Tensor::from_slice(&dev, &dy, &[n, co, oh, ow])
-            .and_then(|g| out.mul(&g))
-            .and_then(|l| l.sum_all()),
-    );
-    let grads = ok("backward", loss.backward());
-    let [dx, dw, db] = [&xt, &wtt, &bt].map(|t| grads.get(t).expect("gradient").clone());
-    let got = ok("read", cinder_tensor::read_all(&[&out, &dx, &dw, &db]));
-    let stats = dev.stats();
     assert_close_msg("phases: forward", &got[0], &want.data, ATOL, RTOL);
-    let (mut want_dx, mut want_dw, mut want_db) =
-        (vec![0.0; x.len()], vec![0.0; wt.len()], vec![0.0; co]);
-    for b_ in 0..n {
-        for c in 0..co {
-            for y in 0..oh {
-                for xo in 0..ow {
-                    want_db[c] += dy[((b_ * co + c) * oh + y) * ow + xo] as f64;
-                }
-            }
-        }
-        for cin in 0..ci {
-            for iy in 0..h {
-                for ix in 0..w {
-                    let xi = ((b_ * ci + cin) * h + iy) * w + ix;
-                    for c in 0..co {
-                        for i in 0..k {
-                            for j in 0..k {
-                                let y = (iy * 2 + i) as i64 - 1;
-                                let xo = (ix * 2 + j) as i64 - 1;
-                                if y < 0 || xo < 0 || y >= oh as i64 || xo >= ow as i64 {
-                                    continue;
-                                }
-                                let g =
-                                    dy[((b_ * co + c) * oh + y as usize) * ow + xo as usize] as f64;
-                                let wi = ((cin * co + c) * k + i) * k + j;
-                                want_dx[xi] += g * wt[wi] as f64;
-                                want_dw[wi] += g * x[xi] as f64;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
+    // The transposed convolution is the adjoint of the convolution of dY
+    // by the same weight ([C_in, C_out, K, K] read as [out, in, K, K]): its
+    // input gradient is that convolution's forward, its weight gradient
+    // that convolution's weight gradient against x.
+    let dya = Arr::from_f32(&dy, &[n, co, oh, ow]);
+    let want_dx = conv2d_ref(&dya, &wa, None, opts).data;
+    let [_, want_dw, _] = conv2d_grads_ref(
+        (&dy, [n, co, oh, ow]),
+        (&wt, [ci, k, k]),
+        (&x, [h, w]),
+        opts,
+    );
+    let want_db: Vec<f64> = (0..co)
+        .map(|c| {
+            (0..n)
+                .flat_map(|b_| &dya.data[(b_ * co + c) * oh * ow..][..oh * ow])
+                .sum()
+        })
+        .collect();
     for (what, got, want) in [
         ("input gradient", &got[1], &want_dx),
         ("weight gradient", &got[2], &want_dw),
@@ -790,10 +793,9 @@ fn conv_transpose2d_by_phases() {
     ] {
         assert_close_msg(&format!("phases: {what}"), got, want, GRAD_ATOL, GRAD_RTOL);
     }
-    if dev.texture_matmul() {
+    if device().texture_matmul() {
         // Four phases and the two gradients' products; the GEMM-then-fold
         // would run three.
-        let products = stats.texture_products - before.texture_products;
         assert_eq!(products, 6, "texture products");
     }
 }
