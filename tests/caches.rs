@@ -151,3 +151,31 @@ fn recurrent_steps_over_many_sequence_lengths_keep_memory_bounded() -> Result<()
     );
     Ok(())
 }
+
+/// A new plan's pipelines are created on several threads before its first
+/// run: each distinct kernel exactly once (no two threads compile the same
+/// one), every one of them cached, and the plan's replay creates none.
+#[test]
+fn a_new_plans_pipelines_are_created_once_each() -> Result<()> {
+    let device = device_with(CacheSizes::default())?;
+    let step = |v: f32| -> Result<Vec<f32>> {
+        let x = Tensor::full(&device, &[4, 96], v);
+        // Reductions and element-wise kernels of several shapes: a plan of
+        // a dozen distinct kernels.
+        let a = x.exp()?.sum(&[1], true)?;
+        let b = x.sin()?.mul_scalar(3.0)?.max(&[0], true)?;
+        let c = x.reshape(&[8, 48])?.tanh()?.mean(&[1], false)?;
+        let d = a.add(&b.sum_all()?)?.mul(&c.reshape(&[8, 1])?.sum_all()?)?;
+        let e = x.sqrt()?.matmul(&x.t()?)?.softmax(1)?;
+        Ok([d.to_vec::<f32>()?, e.to_vec::<f32>()?].concat())
+    };
+    let before = device.stats();
+    let first = step(0.5)?;
+    let after = device.stats();
+    let created = after.pipelines_created - before.pipelines_created;
+    assert!(created >= 8, "{after:?}");
+    assert_eq!(created as usize, device.compiled_kernels().len());
+    assert_eq!(step(0.5)?, first);
+    assert_eq!(device.stats().pipelines_created, after.pipelines_created);
+    Ok(())
+}

@@ -92,6 +92,15 @@ impl Plan {
         // producer) and the product reading it must hold the same texture,
         // whatever the device's texture cache evicts between their lookups.
         let mut textures: HashMap<(u32, u32, u8), Arc<OperandTexture>> = HashMap::new();
+        let kernels: Vec<_> = spec
+            .steps
+            .iter()
+            .map(|step| {
+                let k = &step.kernel;
+                (k.name.as_str(), &k.source, k.constants.as_slice())
+            })
+            .collect();
+        device.prepare_pipelines(&kernels)?;
         for step in spec.steps {
             let kernel = step.kernel;
             let pipeline = device.pipeline(&kernel.name, &kernel.source, &kernel.constants)?;
