@@ -122,16 +122,23 @@ fn coord(idx: &str, shape: &[usize], d: usize) -> String {
     }
 }
 
+/// How much of `n` the innermost digits make up whole: the first of them
+/// (`j`, counting from the outermost) and the factor of `n` left over.
+fn whole_inner_digits(digits: &[(String, usize)], n: usize) -> (usize, usize) {
+    let (mut rest, mut j) = (n, digits.len());
+    while j > 0 && rest.is_multiple_of(digits[j - 1].1) {
+        rest /= digits[j - 1].1;
+        j -= 1;
+    }
+    (j, rest)
+}
+
 /// Digits `digits` (see `Gen::digits`) divided by `divisor`: the outer
 /// digits, the last of them divided too where the divisor ends inside it.
 /// `None` where the division does not fall on the digits (a divisor that
 /// shares only part of a digit's factors).
 fn digits_div(digits: &[(String, usize)], divisor: usize) -> Option<Vec<(String, usize)>> {
-    let (mut rest, mut j) = (divisor, digits.len());
-    while j > 0 && rest.is_multiple_of(digits[j - 1].1) {
-        rest /= digits[j - 1].1;
-        j -= 1;
-    }
+    let (j, rest) = whole_inner_digits(digits, divisor);
     if rest == 1 || j == 0 {
         // With j == 0 the divisor is at least the whole range: quotient 0.
         return Some(if rest == 1 {
@@ -155,11 +162,7 @@ fn digits_div(digits: &[(String, usize)], divisor: usize) -> Option<Vec<(String,
 /// reduced too where the modulus ends inside it; `None` as for
 /// [`digits_div`].
 fn digits_rem(digits: &[(String, usize)], modulus: usize) -> Option<Vec<(String, usize)>> {
-    let (mut rest, mut j) = (modulus, digits.len());
-    while j > 0 && rest.is_multiple_of(digits[j - 1].1) {
-        rest /= digits[j - 1].1;
-        j -= 1;
-    }
+    let (j, rest) = whole_inner_digits(digits, modulus);
     if rest == 1 || j == 0 {
         // With j == 0 the modulus covers the whole range: the index itself.
         return Some(digits[j..].to_vec());

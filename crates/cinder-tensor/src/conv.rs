@@ -385,6 +385,12 @@ fn flipped_window(
     })
 }
 
+/// Input channels below which the GEMM-then-fold serves even where phases
+/// could: the phases' products have C_in columns, padded to the texture
+/// kernel's 32-column block (a discriminator's first layer, over one
+/// channel, took 7.5 ms a phase against 2.3 ms for its GEMM and fold).
+const PHASE_MIN_CHANNELS: usize = 32;
+
 /// A strided convolution's input gradient one output phase at a time, where
 /// the texture kernel can fetch windows (as [`flipped_window`] requires) and
 /// the stride divides the kernel and the image. Input pixel `(s * a + c)`
@@ -393,15 +399,9 @@ fn flipped_window(
 /// stride-1 window of `K / s` taps over dY. Each phase is one implicit GEMM
 /// of dY's windows by the taps of that phase, and the phases interleave into
 /// dX. Against the GEMM-then-fold, no `[N * OH * OW, C_in * KH * KW]`
-/// product is written and read back. `None` where a phase's window would
-/// start past dY's first row (padding of `K / s` or more) or the conditions
-/// do not hold.
-/// Input channels below which the GEMM-then-fold serves even where phases
-/// could: the phases' products have C_in columns, padded to the texture
-/// kernel's 32-column block (a discriminator's first layer, over one
-/// channel, took 7.5 ms a phase against 2.3 ms for its GEMM and fold).
-const PHASE_MIN_CHANNELS: usize = 32;
-
+/// product is written and read back. `None` where a phase's first tap would
+/// lie past dY's row `a` (`(c + p) / s >= K / s`, a padding of nearly the
+/// kernel) or the conditions do not hold.
 fn phase_input_gradient(
     dy_rows: &Tensor,
     weight: &Tensor,
@@ -417,7 +417,6 @@ fn phase_input_gradient(
     let fits = |axis: usize| {
         win.kernel[axis].is_multiple_of(win.stride[axis])
             && win.image[axis].is_multiple_of(win.stride[axis])
-            && win.padding[axis] < win.kernel[axis]
     };
     let (a_n, b_n) = (h / sy.max(1), w / sx.max(1));
     if !device.texture_matmul()
