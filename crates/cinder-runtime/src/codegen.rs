@@ -374,23 +374,7 @@ impl Gen<'_> {
                 (child, Some(m)) => self.guarded(body, &m, &child, a, zero(e.dtype), ty),
             },
             Op::Unfold(win, fill, a) => {
-                let (m, child) = self.unfold(body, &e.shape, &win, idx);
-                let outside = match (fill, e.dtype) {
-                    (Fill::Zero, dtype) => zero(dtype).to_string(),
-                    (Fill::NegInfinity, DType::F32) => "bitcast<f32>(0xff800000u)".to_string(),
-                    (Fill::NegInfinity, DType::I32) => literal(DType::I32, i32::MIN as f64),
-                    (Fill::NegInfinity, DType::U32) => "0u".to_string(),
-                };
-                if (self.materialized)(a) {
-                    // A stored image is read unconditionally (the index is
-                    // 0 outside) and the padding selected: the few taps in
-                    // the padding save less than the branch costs (bench
-                    // gan's 1024x3136 unfolds, 11.4 -> 9.7 ms on lavapipe).
-                    let x = self.value(body, a, &child, false);
-                    format!("select({outside}, {x}, {m})")
-                } else {
-                    self.guarded(body, &m, &child, a, &outside, ty)
-                }
+                self.unfolded(body, (&e.shape, e.dtype), &win, fill, a, idx)
             }
             Op::Fold(win, a) => self.fold(body, &e.shape, e.dtype, &win, a, idx),
             Op::ConvRows(win, a) => {
@@ -429,6 +413,36 @@ impl Gen<'_> {
         let _ = writeln!(body, "    let {v}: {ty} = {expr};");
         self.memo.insert((i, idx.to_string()), v.clone());
         v
+    }
+
+    /// Element `idx` of an unfold (of `shape` and `dtype`) of `input`: the
+    /// image's value at the tap, or `fill` where the tap lies outside it.
+    fn unfolded(
+        &mut self,
+        body: &mut String,
+        (shape, dtype): (&[usize], DType),
+        win: &Window2d,
+        fill: Fill,
+        input: usize,
+        idx: &str,
+    ) -> String {
+        let (m, child) = self.unfold(body, shape, win, idx);
+        let outside = match (fill, dtype) {
+            (Fill::Zero, dtype) => zero(dtype).to_string(),
+            (Fill::NegInfinity, DType::F32) => "bitcast<f32>(0xff800000u)".to_string(),
+            (Fill::NegInfinity, DType::I32) => literal(DType::I32, i32::MIN as f64),
+            (Fill::NegInfinity, DType::U32) => "0u".to_string(),
+        };
+        if (self.materialized)(input) {
+            // A stored image is read unconditionally (the index is 0
+            // outside) and the padding selected: the few taps in the padding
+            // save less than the branch costs (bench gan's 1024x3136
+            // unfolds, 11.4 -> 9.7 ms on lavapipe).
+            let x = self.value(body, input, &child, false);
+            format!("select({outside}, {x}, {m})")
+        } else {
+            self.guarded(body, &m, &child, input, &outside, dtype.wgsl())
+        }
     }
 
     /// Where element `idx` of a view of `shape` reads its input: writes
@@ -1108,10 +1122,10 @@ pub(crate) fn elementwise_texels(
             cols - 1
         )
     } else {
-        format!("let e = min(first + t, {}u);", n.max(1) - 1)
+        format!("let e = min(r * {cols}u + 4u * q + t, {}u);", n.max(1) - 1)
     };
     let indices = format!(
-        "    let q = gid % {width}u;\n    let r = gid / {width}u;\n    let first = r * {cols}u + 4u * q;\n    var texel = vec4<f32>(0.0);\n    for (var t = 0u; t < 4u; t++) {{\n    {element}\n"
+        "    let q = gid % {width}u;\n    let r = gid / {width}u;\n    var texel = vec4<f32>(0.0);\n    for (var t = 0u; t < 4u; t++) {{\n    {element}\n"
     );
     let store = format!(
         "    texel[t] = select(0.0, {v}, r < {rows}u && 4u * q + t < {cols}u);\n    }}\n    textureStore(out, vec2<u32>(q, r), texel);"
@@ -1531,6 +1545,7 @@ mod tests {
                 *i += 1;
                 return v;
             }
+            // ok: the test wrote every literal itself, as digits and a `u`.
             t[*i - 1].trim_end_matches('u').parse().unwrap()
         }
         let spaced = src.replace('(', " ( ").replace(')', " ) ");
