@@ -319,14 +319,14 @@ impl Tensor {
                             .reshape(&[n, h, w, c_in_g])?
                             .permute(&[0, 3, 1, 2])?
                     }
-                    None => match phase_input_gradient(
-                        &dy_t.reshape(&[n * l, c_out])?,
-                        &wd,
-                        &win_back,
-                        [n, c_out, c_in_g],
-                        g,
-                    )? {
-                        Some(dx) => dx,
+                    None => match phases(grad.device(), &win_back, [n, c_out, c_in_g], g) {
+                        Some(phases) => phase_input_gradient(
+                            &dy_t.reshape(&[n * l, c_out])?,
+                            &wd,
+                            &win_back,
+                            &phases,
+                            [n, c_out, c_in_g],
+                        )?,
                         // dcols^T = dY^T @ W: the same dY^T copy, and W as
                         // it lies; the fold reads the transposed columns
                         // through a view.
@@ -400,26 +400,68 @@ const PHASE_MIN_CHANNELS: usize = 32;
 /// stride-1 window of `K / s` taps over dY. Each phase is one implicit GEMM
 /// of dY's windows by the taps of that phase, and the phases interleave into
 /// dX. Against the GEMM-then-fold, no `[N * OH * OW, C_in * KH * KW]`
-/// product is written and read back. `None` where a phase's first tap would
-/// lie past dY's row `a` (`(c + p) / s >= K / s`, a padding of nearly the
-/// kernel) or the conditions do not hold.
+/// product is written and read back. `phases` come from [`phases`].
 fn phase_input_gradient(
     dy_rows: &Tensor,
     weight: &Tensor,
     win: &Window2d,
+    phases: &[Phase],
     [n, c_out, c_in]: [usize; 3],
-    groups: usize,
-) -> Result<Option<Tensor>> {
-    let device = dy_rows.device();
-    let texture_side = device.limits().max_texture_dimension_2d as usize;
+) -> Result<Tensor> {
     let [kh, kw] = win.kernel;
     let [h, w] = win.image;
+    let [sy, sx] = win.stride;
+    let [ty, tx] = [kh / sy, kw / sx];
+    let [a_n, b_n] = [h / sy, w / sx];
+    let taps = (kh * kw) as i64;
+    let mut products = Vec::with_capacity(phases.len());
+    for phase in phases {
+        let rows = Tensor::from_node(dy_rows.node().conv_rows(&phase.window)?);
+        // Row (jy, jx, co) of the phase's weight: tap (first - s * j) of
+        // W[co, :], walking the kernel backwards as j walks dY forwards.
+        let phase_weight = Tensor::from_node(weight.node().view(
+            &[ty, tx, c_out, c_in],
+            ViewSpec {
+                strides: vec![-((sy * kw) as i64), -(sx as i64), c_in as i64 * taps, taps],
+                offset: phase.first_tap,
+                mask: None,
+            },
+        )?)
+        .reshape(&[ty * tx * c_out, c_in])?;
+        products.push(rows.matmul(&phase_weight)?);
+    }
+    let parts: Vec<&Tensor> = products.iter().collect();
+    Tensor::concat(&parts, 0)?
+        .reshape(&[sy, sx, n, a_n, b_n, c_in])?
+        .permute(&[2, 5, 3, 0, 4, 1])?
+        .reshape(&[n, c_in, h, w])
+}
+
+/// One output phase of a strided convolution's input gradient: its window
+/// over dY and the kernel tap (flattened) its last window tap meets.
+struct Phase {
+    window: Window2d,
+    first_tap: i64,
+}
+
+/// The phases of [`phase_input_gradient`], row-major over the stride, or
+/// `None` where the GEMM-then-fold serves: no texture kernel, groups, a
+/// dilation, stride 1, output channels off whole texels, too few input
+/// channels, a stride that does not divide the kernel or the image, rows
+/// past a texture's side, or a phase whose first tap would lie past dY's
+/// row `a` (`(c + p) / s >= K / s`, a padding of nearly the kernel).
+fn phases(
+    device: &cinder_runtime::Device,
+    win: &Window2d,
+    [n, c_out, c_in]: [usize; 3],
+    groups: usize,
+) -> Option<Vec<Phase>> {
+    let texture_side = device.limits().max_texture_dimension_2d as usize;
     let [sy, sx] = win.stride;
     let fits = |axis: usize| {
         win.kernel[axis].is_multiple_of(win.stride[axis])
             && win.image[axis].is_multiple_of(win.stride[axis])
     };
-    let (a_n, b_n) = (h / sy.max(1), w / sx.max(1));
     if !device.texture_matmul()
         || groups != 1
         || win.dilation != [1, 1]
@@ -428,57 +470,36 @@ fn phase_input_gradient(
         || c_in < PHASE_MIN_CHANNELS
         || !(fits(0) && fits(1))
         || n * win.out[0] * win.out[1] >= texture_side
-        || n * a_n * b_n >= texture_side
+        || n * (win.image[0] / sy) * (win.image[1] / sx) >= texture_side
     {
-        return Ok(None);
+        return None;
     }
     // Along one axis, phase c: the window's padding (taps before output
     // row a) and the first kernel tap its last window tap meets.
-    let phase = |axis: usize, c: usize| -> Option<(usize, usize)> {
+    let along = |axis: usize, c: usize| -> Option<(usize, usize)> {
         let (k, s, p) = (win.kernel[axis], win.stride[axis], win.padding[axis]);
         let taps = k / s;
         let pad = (taps - 1).checked_sub((c + p) / s)?;
         Some((pad, (c + p) % s + s * (taps - 1)))
     };
-    let (ty, tx) = (kh / sy, kw / sx);
     let mut phases = Vec::with_capacity(sy * sx);
     for cy in 0..sy {
         for cx in 0..sx {
-            let (Some((pad_y, first_y)), Some((pad_x, first_x))) = (phase(0, cy), phase(1, cx))
-            else {
-                return Ok(None);
-            };
-            let phase_win = Window2d {
-                image: win.out,
-                out: [a_n, b_n],
-                kernel: [ty, tx],
-                stride: [1, 1],
-                padding: [pad_y, pad_x],
-                dilation: [1, 1],
-            };
-            let rows = Tensor::from_node(dy_rows.node().conv_rows(&phase_win)?);
-            // Row (jy, jx, co) of the phase's weight: tap (first - s * j)
-            // of W[co, :], walking the kernel backwards as j walks dY forwards.
-            let taps = (kh * kw) as i64;
-            let phase_weight = Tensor::from_node(weight.node().view(
-                &[ty, tx, c_out, c_in],
-                ViewSpec {
-                    strides: vec![-((sy * kw) as i64), -(sx as i64), c_in as i64 * taps, taps],
-                    offset: (first_y * kw + first_x) as i64,
-                    mask: None,
+            let ((pad_y, first_y), (pad_x, first_x)) = (along(0, cy)?, along(1, cx)?);
+            phases.push(Phase {
+                window: Window2d {
+                    image: win.out,
+                    out: [win.image[0] / sy, win.image[1] / sx],
+                    kernel: [win.kernel[0] / sy, win.kernel[1] / sx],
+                    stride: [1, 1],
+                    padding: [pad_y, pad_x],
+                    dilation: [1, 1],
                 },
-            )?)
-            .reshape(&[ty * tx * c_out, c_in])?;
-            phases.push(rows.matmul(&phase_weight)?);
+                first_tap: (first_y * win.kernel[1] + first_x) as i64,
+            });
         }
     }
-    let parts: Vec<&Tensor> = phases.iter().collect();
-    Ok(Some(
-        Tensor::concat(&parts, 0)?
-            .reshape(&[sy, sx, n, a_n, b_n, c_in])?
-            .permute(&[2, 5, 3, 0, 4, 1])?
-            .reshape(&[n, c_in, h, w])?,
-    ))
+    Some(phases)
 }
 
 /// `[KH * KW * C_out, C_in]`, row `(ky, kx, co)` holding
@@ -558,14 +579,10 @@ impl Tensor {
         // one output phase at a time (see `phase_input_gradient`), where
         // the texture kernel serves; the gradients are that convolution's
         // forward and weight gradient.
-        let (x_rows, wd) = (
-            self.detach()
-                .permute(&[0, 2, 3, 1])?
-                .reshape(&[n * l, c_in])?,
-            weight.detach(),
-        );
-        if let Some(y) = phase_input_gradient(&x_rows, &wd, &win, [n, c_in, c_out], g)? {
-            let (x, win_back) = (self.detach(), win.clone());
+        if let Some(phases) = phases(self.device(), &win, [n, c_in, c_out], g) {
+            let (x, wd, win_back) = (self.detach(), weight.detach(), win.clone());
+            let x_rows = x.permute(&[0, 2, 3, 1])?.reshape(&[n * l, c_in])?;
+            let y = phase_input_gradient(&x_rows, &wd, &win, &phases, [n, c_in, c_out])?;
             let weight_shape = weight.shape().to_vec();
             let taps = c_out_g * kh * kw;
             let y = Tensor::from_op(
