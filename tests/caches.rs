@@ -158,24 +158,63 @@ fn recurrent_steps_over_many_sequence_lengths_keep_memory_bounded() -> Result<()
 #[test]
 fn a_new_plans_pipelines_are_created_once_each() -> Result<()> {
     let device = device_with(CacheSizes::default())?;
-    let step = |v: f32| -> Result<Vec<f32>> {
-        let x = Tensor::full(&device, &[4, 96], v);
-        // Reductions and element-wise kernels of several shapes: a plan of
-        // a dozen distinct kernels.
-        let a = x.exp()?.sum(&[1], true)?;
-        let b = x.sin()?.mul_scalar(3.0)?.max(&[0], true)?;
-        let c = x.reshape(&[8, 48])?.tanh()?.mean(&[1], false)?;
-        let d = a.add(&b.sum_all()?)?.mul(&c.reshape(&[8, 1])?.sum_all()?)?;
-        let e = x.sqrt()?.matmul(&x.t()?)?.softmax(1)?;
-        Ok([d.to_vec::<f32>()?, e.to_vec::<f32>()?].concat())
-    };
     let before = device.stats();
-    let first = step(0.5)?;
+    let first = a_dozen_kernels(&device, 0.5)?;
     let after = device.stats();
     let created = after.pipelines_created - before.pipelines_created;
     assert!(created >= 8, "{after:?}");
     assert_eq!(created as usize, device.compiled_kernels().len());
-    assert_eq!(step(0.5)?, first);
+    assert_eq!(a_dozen_kernels(&device, 0.5)?, first);
     assert_eq!(device.stats().pipelines_created, after.pipelines_created);
+    Ok(())
+}
+
+/// One realization of a dozen distinct kernels: reductions and element-wise
+/// kernels of several shapes, and a product.
+fn a_dozen_kernels(device: &Device, v: f32) -> Result<Vec<f32>> {
+    let x = Tensor::full(device, &[4, 96], v);
+    let a = x.exp()?.sum(&[1], true)?;
+    let b = x.sin()?.mul_scalar(3.0)?.max(&[0], true)?;
+    let c = x.reshape(&[8, 48])?.tanh()?.mean(&[1], false)?;
+    let d = a.add(&b.sum_all()?)?.mul(&c.reshape(&[8, 1])?.sum_all()?)?;
+    let e = x.sqrt()?.matmul(&x.t()?)?.softmax(1)?;
+    Tensor::concat(&[&d.flatten(0, -1)?, &e.flatten(0, -1)?], 0)?.to_vec::<f32>()
+}
+
+/// On lavapipe a helper device compiles a new plan's kernels ahead, on
+/// another core: each exactly once, and each bound to stand-ins the kernel
+/// accepts (one it rejected would be left out of the count). On a GPU, or
+/// turned off, there is no helper. Either way the results are the same.
+#[test]
+fn a_new_plans_kernels_are_compiled_ahead_on_a_cpu_adapter() -> Result<()> {
+    let mut results = Vec::new();
+    for compile_ahead in [true, false] {
+        let device = Device::with_options(&DeviceOptions {
+            compile_ahead,
+            ..DeviceOptions::from_env()
+        })?;
+        let out = a_dozen_kernels(&device, 0.25)?;
+        let created = device.stats().pipelines_created;
+        assert!(created >= 8, "{:?}", device.stats());
+        let lavapipe = device.backend() == "Vulkan" && device.adapter_name().contains("llvmpipe");
+        let spare_core = std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2);
+        let mesa_cache = std::env::var("MESA_SHADER_CACHE_DISABLE")
+            .map_or(true, |v| !matches!(v.trim(), "1" | "true" | "TRUE" | "yes"));
+        assert_eq!(
+            device.compiles_ahead(),
+            compile_ahead && lavapipe && spare_core && mesa_cache
+        );
+        let expected = if device.compiles_ahead() { created } else { 0 };
+        // The helper runs behind the realization; give it ample time.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while device.stats().kernels_compiled_ahead < expected
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(device.stats().kernels_compiled_ahead, expected);
+        results.push(out);
+    }
+    assert_eq!(results[0], results[1]);
     Ok(())
 }

@@ -15,9 +15,9 @@ use crate::spirv::Spirv;
 static NEXT_DEVICE_ID: AtomicU64 = AtomicU64::new(1);
 
 /// What the environment asks for: `CINDER_BACKEND=vulkan|metal|dx12|gl`,
-/// `CINDER_ADAPTER=<name substring>`, `CINDER_PORTABLE_KERNELS=1` and
-/// `CINDER_BUFFER_MATMUL=1`.
-#[derive(Clone, Debug, Default)]
+/// `CINDER_ADAPTER=<name substring>`, `CINDER_PORTABLE_KERNELS=1`,
+/// `CINDER_BUFFER_MATMUL=1` and `CINDER_COMPILE_AHEAD=0`.
+#[derive(Clone, Debug)]
 pub struct DeviceOptions {
     pub backend: Option<String>,
     pub adapter_name: Option<String>,
@@ -38,6 +38,24 @@ pub struct DeviceOptions {
     /// How many plans, pipelines, bind groups and operand textures the
     /// device keeps for reuse.
     pub cache_sizes: CacheSizes,
+    /// On a CPU adapter, have a helper device compile each new plan's
+    /// kernels on another core while the plan runs (see `ahead.rs`); on by
+    /// default, off with `CINDER_COMPILE_AHEAD=0`.
+    pub compile_ahead: bool,
+}
+
+impl Default for DeviceOptions {
+    fn default() -> Self {
+        DeviceOptions {
+            backend: None,
+            adapter_name: None,
+            portable_kernels: false,
+            buffer_matmul: false,
+            limits: None,
+            cache_sizes: CacheSizes::default(),
+            compile_ahead: true,
+        }
+    }
 }
 
 /// Capacities of a device's caches, each least-recently-used: past its
@@ -84,6 +102,7 @@ impl DeviceOptions {
             buffer_matmul: flag("CINDER_BUFFER_MATMUL"),
             limits: None,
             cache_sizes: CacheSizes::default(),
+            compile_ahead: std::env::var("CINDER_COMPILE_AHEAD").map_or(true, |v| v.trim() != "0"),
         }
     }
 
@@ -263,6 +282,12 @@ pub struct Stats {
     pub pipelines_cached: u64,
     pub bind_groups_cached: u64,
     pub textures_cached: u64,
+    /// Kernels a helper device ran over no workgroups on another core, so
+    /// that a CPU adapter's driver compiled them there ahead of the plan's
+    /// own run (see [`DeviceOptions::compile_ahead`]). Counted once each
+    /// has compiled, which is after the realization that sent it may have
+    /// returned.
+    pub kernels_compiled_ahead: u64,
 }
 
 #[derive(Default)]
@@ -403,6 +428,8 @@ pub(crate) struct DeviceInner {
     pub seed: AtomicU64,
     /// Writes that ride along with the next realization (see `defer_assign`).
     pub deferred: Mutex<Vec<crate::canon::Effect>>,
+    /// The helper that compiles new kernels ahead, where that pays.
+    pub ahead: Option<crate::ahead::CompileAhead>,
 }
 
 /// A GPU to compute on. Cheap to clone (an `Arc`), `Send + Sync`; several can
@@ -488,8 +515,9 @@ impl Device {
         Err(options.no_adapter(false))
     }
 
-    fn from_adapter(adapter: wgpu::Adapter, options: &DeviceOptions) -> Result<Device> {
+    pub(crate) fn from_adapter(adapter: wgpu::Adapter, options: &DeviceOptions) -> Result<Device> {
         let info = adapter.get_info();
+        let ahead = crate::ahead::CompileAhead::for_adapter(&adapter, options);
         // The subgroup matmul broadcasts A across 8 lanes and loads pairs of
         // floats as u64: it needs both features and subgroups of at least 8.
         let subgroup_features = wgpu::Features::SUBGROUP | wgpu::Features::SHADER_INT64;
@@ -558,6 +586,7 @@ impl Device {
                 gpu_error,
                 seed: AtomicU64::new(0x5eed),
                 deferred: Mutex::new(Vec::new()),
+                ahead,
             }),
         })
     }
@@ -593,6 +622,12 @@ impl Device {
         self.inner.info.device_type == wgpu::DeviceType::Cpu
     }
 
+    /// Whether a helper device compiles new plans' kernels ahead on another
+    /// core (lavapipe with a core to spare: see [`DeviceOptions::compile_ahead`]).
+    pub fn compiles_ahead(&self) -> bool {
+        self.inner.ahead.is_some()
+    }
+
     pub fn stats(&self) -> Stats {
         let caches = lock(&self.inner.caches);
         let c = &self.inner.counters;
@@ -620,6 +655,7 @@ impl Device {
             pipelines_cached: caches.pipelines.len() as u64,
             bind_groups_cached: caches.bind_groups.len() as u64,
             textures_cached: caches.textures.len() as u64,
+            kernels_compiled_ahead: self.inner.ahead.as_ref().map_or(0, |a| get(&a.compiled)),
         }
     }
 
@@ -745,16 +781,16 @@ impl Device {
     /// (WGSL to SPIR-V, and the driver's translation of that) is CPU work
     /// that a plan's first build would otherwise do one kernel at a time
     /// before anything runs: about 0.19 s for a DCGAN step's 149 kernels on
-    /// lavapipe.
-    pub(crate) fn prepare_pipelines(&self, kernels: &[KernelRef<'_>]) -> Result<()> {
-        let mut missing = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        for &(label, source, constants) in kernels {
-            let key = pipeline_key(source, constants);
-            if seen.insert(key.clone()) && !lock(&self.inner.caches).pipelines.contains(&key) {
-                missing.push((label, source, constants, key));
-            }
-        }
+    /// lavapipe. `new` are the indices of those kernels, from
+    /// [`Device::new_kernels`].
+    pub(crate) fn prepare_pipelines(&self, kernels: &[KernelRef<'_>], new: &[usize]) -> Result<()> {
+        let missing: Vec<_> = new
+            .iter()
+            .filter_map(|&i| kernels.get(i))
+            .map(|&(label, source, constants)| {
+                (label, source, constants, pipeline_key(source, constants))
+            })
+            .collect();
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .min(missing.len());
@@ -792,6 +828,20 @@ impl Device {
             self.insert_pipeline(label, key.clone(), result?);
         }
         Ok(())
+    }
+
+    /// The indices in `kernels` of those whose pipelines the cache lacks,
+    /// each at its first use.
+    pub(crate) fn new_kernels(&self, kernels: &[KernelRef<'_>]) -> Vec<usize> {
+        let mut seen = std::collections::HashSet::new();
+        let caches = lock(&self.inner.caches);
+        (0..kernels.len())
+            .filter(|&i| {
+                let (_, source, constants) = kernels[i];
+                let key = pipeline_key(source, constants);
+                !caches.pipelines.contains(&key) && seen.insert(key)
+            })
+            .collect()
     }
 
     fn cached_pipeline(&self, key: &PipelineKey) -> Option<Arc<PipelineEntry>> {

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use crate::ahead::{AheadBind, AheadKernel};
 use crate::canon::{canonicalize, Bindings, Effect, Entry};
 use crate::device::{lock, BindResource, Counters, Device, OperandTexture, PipelineEntry};
 use crate::error::{Error, Result};
@@ -100,7 +101,16 @@ impl Plan {
                 (k.name.as_str(), &k.source, k.constants.as_slice())
             })
             .collect();
-        device.prepare_pipelines(&kernels)?;
+        let new_kernels = device.new_kernels(&kernels);
+        if let Some(ahead) = &device.inner.ahead {
+            ahead.send(
+                new_kernels
+                    .iter()
+                    .map(|&i| ahead_kernel(&spec.steps[i]))
+                    .collect(),
+            );
+        }
+        device.prepare_pipelines(&kernels, &new_kernels)?;
         for step in spec.steps {
             let kernel = step.kernel;
             let pipeline = device.pipeline(&kernel.name, &kernel.source, &kernel.constants)?;
@@ -146,6 +156,27 @@ impl Plan {
             operand_packs,
             last_ids: Mutex::new(vec![None; count]),
         })
+    }
+}
+
+/// What compiling `step`'s kernel ahead needs to know of it.
+fn ahead_kernel(step: &plan::StepSpec) -> AheadKernel {
+    let k = &step.kernel;
+    AheadKernel {
+        label: k.name.clone(),
+        source: k.source.clone(),
+        constants: k.constants.clone(),
+        binds: step
+            .bound
+            .iter()
+            .map(|b| match b {
+                Bound::Texture { width, height, .. } => AheadBind::Texture {
+                    width: *width,
+                    height: *height,
+                },
+                Bound::Buffer(_) | Bound::Scalars(_) => AheadBind::Buffer,
+            })
+            .collect(),
     }
 }
 

@@ -1,6 +1,7 @@
 //! cinder's GPU side: devices, buffer pool, the lazy graph, WGSL generation,
 //! the planner (fusion, liveness, plan cache) and the executor.
 
+mod ahead;
 mod canon;
 mod codegen;
 mod custom;
