@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::device::{lock, BindResource, Device, DeviceOptions, OperandTexture};
+use crate::device::{lock, BindResource, Device, DeviceOptions, OperandTexture, Role};
 use crate::kernels::KernelSource;
 
 /// A kernel to compile ahead, with what it binds: the driver's machine code
@@ -175,14 +175,16 @@ fn serve(
     stopped: &AtomicBool,
 ) {
     lowest_priority();
-    let device = match unless_exiting(|| Device::from_adapter(adapter.clone(), options)) {
-        Some(Ok(device)) => device,
-        Some(Err(e)) => {
-            log::debug!("compile ahead: no helper device: {e}");
-            return;
-        }
-        None => return,
-    };
+    let device =
+        match unless_exiting(|| Device::from_adapter(adapter.clone(), options, Role::CompileAhead))
+        {
+            Some(Ok(device)) => device,
+            Some(Err(e)) => {
+                log::debug!("compile ahead: no helper device: {e}");
+                return;
+            }
+            None => return,
+        };
     let mut stand_ins = StandIns::default();
     while let Ok(kernels) = jobs.recv() {
         // Last first: the plan's own run compiles from the first.

@@ -430,6 +430,16 @@ pub(crate) struct DeviceInner {
     pub deferred: Mutex<Vec<crate::canon::Effect>>,
     /// The helper that compiles new kernels ahead, where that pays.
     pub ahead: Option<crate::ahead::CompileAhead>,
+    pub role: Role,
+}
+
+/// What a device is for: a user's, or a helper that compiles ahead for one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    Main,
+    /// Its kernels are the main device's again, so `CINDER_DUMP_KERNELS`
+    /// leaves them out.
+    CompileAhead,
 }
 
 /// A GPU to compute on. Cheap to clone (an `Arc`), `Send + Sync`; several can
@@ -509,13 +519,17 @@ impl Device {
             }
             adapters.sort_by_key(rank);
             if let Some(adapter) = adapters.into_iter().next() {
-                return Device::from_adapter(adapter, options);
+                return Device::from_adapter(adapter, options, Role::Main);
             }
         }
         Err(options.no_adapter(false))
     }
 
-    pub(crate) fn from_adapter(adapter: wgpu::Adapter, options: &DeviceOptions) -> Result<Device> {
+    pub(crate) fn from_adapter(
+        adapter: wgpu::Adapter,
+        options: &DeviceOptions,
+        role: Role,
+    ) -> Result<Device> {
         let info = adapter.get_info();
         let ahead = crate::ahead::CompileAhead::for_adapter(&adapter, options);
         // The subgroup matmul broadcasts A across 8 lanes and loads pairs of
@@ -587,6 +601,7 @@ impl Device {
                 seed: AtomicU64::new(0x5eed),
                 deferred: Mutex::new(Vec::new()),
                 ahead,
+                role,
             }),
         })
     }
@@ -922,11 +937,13 @@ impl Device {
             return entry.clone();
         }
         caches.next_pipeline_id += 1;
-        dump_kernel(
-            caches.next_pipeline_id,
-            label,
-            &format!("{}{}", key.0.text(), key.1),
-        );
+        if self.inner.role == Role::Main {
+            dump_kernel(
+                caches.next_pipeline_id,
+                label,
+                &format!("{}{}", key.0.text(), key.1),
+            );
+        }
         let entry = Arc::new(PipelineEntry {
             id: caches.next_pipeline_id,
             pipeline: created.pipeline,
