@@ -181,6 +181,14 @@ fn a_dozen_kernels(device: &Device, v: f32) -> Result<Vec<f32>> {
     Tensor::concat(&[&d.flatten(0, -1)?, &e.flatten(0, -1)?], 0)?.to_vec::<f32>()
 }
 
+/// A product over operand textures on a CPU adapter (its operands computed
+/// into them or packed), in a realization of its own.
+fn a_texture_product(device: &Device, v: f32) -> Result<Vec<f32>> {
+    let a = Tensor::full(device, &[192, 160], v).sin()?;
+    let b = Tensor::full(device, &[200, 160], v).cos()?.t()?;
+    a.matmul(&b)?.sum(&[1], false)?.to_vec::<f32>()
+}
+
 /// On lavapipe a helper device compiles a new plan's kernels ahead, on
 /// another core: each exactly once, and each bound to stand-ins the kernel
 /// accepts (one it rejected would be left out of the count). On a GPU, or
@@ -193,9 +201,17 @@ fn a_new_plans_kernels_are_compiled_ahead_on_a_cpu_adapter() -> Result<()> {
             compile_ahead,
             ..DeviceOptions::from_env()
         })?;
-        let out = a_dozen_kernels(&device, 0.25)?;
-        let created = device.stats().pipelines_created;
-        assert!(created >= 8, "{:?}", device.stats());
+        let mut out = a_dozen_kernels(&device, 0.25)?;
+        out.extend(a_texture_product(&device, 0.25)?);
+        let stats = device.stats();
+        let created = stats.pipelines_created;
+        assert!(created >= 10, "{stats:?}");
+        // Kernels that bind textures too, which the helper must stand in for.
+        assert_eq!(
+            stats.texture_products > 0,
+            device.texture_matmul(),
+            "{stats:?}"
+        );
         let lavapipe = device.backend() == "Vulkan" && device.adapter_name().contains("llvmpipe");
         let spare_core = std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2);
         let mesa_cache = std::env::var("MESA_SHADER_CACHE_DISABLE")
