@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::device::{lock, BindResource, Device, DeviceOptions, OperandTexture, Role};
+use crate::device::{lock, BindResource, CacheSizes, Device, DeviceOptions, OperandTexture, Role};
 use crate::kernels::KernelSource;
 
 /// A kernel to compile ahead, with what it binds: the driver's machine code
@@ -129,6 +129,16 @@ impl CompileAhead {
             adapter: adapter.clone(),
             options: DeviceOptions {
                 compile_ahead: false,
+                // A kernel compiled ahead is not run there again: the helper
+                // keeps a few, so that its memory stays small however many
+                // plans a program compiles.
+                cache_sizes: CacheSizes {
+                    plans: 1,
+                    pipelines: 8,
+                    bind_groups: 8,
+                    textures: 8,
+                    ..CacheSizes::default()
+                },
                 ..options.clone()
             },
             helper: OnceLock::new(),
