@@ -1545,8 +1545,7 @@ mod tests {
                 *i += 1;
                 return v;
             }
-            // ok: the test wrote every literal itself, as digits and a `u`.
-            t[*i - 1].trim_end_matches('u').parse().unwrap()
+            t[*i - 1].trim_end_matches('u').parse().unwrap() // ok: test literals, digits and a `u`
         }
         let spaced = src.replace('(', " ( ").replace(')', " ) ");
         let tokens: Vec<String> = spaced.split_whitespace().map(String::from).collect();
