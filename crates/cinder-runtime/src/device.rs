@@ -351,7 +351,7 @@ pub(crate) enum BindResource<'a> {
 }
 
 /// A pipeline's cache key: its source and its override constants, rendered.
-type PipelineKey = (KernelSource, String);
+pub(crate) type PipelineKey = (KernelSource, String);
 
 fn pipeline_key(source: &KernelSource, constants: &[(String, f64)]) -> PipelineKey {
     let mut rendered = String::new();
@@ -796,14 +796,18 @@ impl Device {
     /// (WGSL to SPIR-V, and the driver's translation of that) is CPU work
     /// that a plan's first build would otherwise do one kernel at a time
     /// before anything runs: about 0.19 s for a DCGAN step's 149 kernels on
-    /// lavapipe. `new` are the indices of those kernels, from
+    /// lavapipe. `new` are those kernels' indices and keys, from
     /// [`Device::new_kernels`].
-    pub(crate) fn prepare_pipelines(&self, kernels: &[KernelRef<'_>], new: &[usize]) -> Result<()> {
+    pub(crate) fn prepare_pipelines(
+        &self,
+        kernels: &[KernelRef<'_>],
+        new: &[(usize, PipelineKey)],
+    ) -> Result<()> {
         let missing: Vec<_> = new
             .iter()
-            .filter_map(|&i| kernels.get(i))
-            .map(|&(label, source, constants)| {
-                (label, source, constants, pipeline_key(source, constants))
+            .filter_map(|(i, key)| {
+                let &(label, source, constants) = kernels.get(*i)?;
+                Some((label, source, constants, key))
             })
             .collect();
         let threads = std::thread::available_parallelism()
@@ -840,23 +844,24 @@ impl Device {
         created.sort_by_key(|(i, _)| *i);
         for (i, result) in created {
             let (label, _, _, key) = &missing[i];
-            self.insert_pipeline(label, key.clone(), result?);
+            self.insert_pipeline(label, (*key).clone(), result?);
         }
         Ok(())
     }
 
-    /// The indices in `kernels` of those whose pipelines the cache lacks,
-    /// each at its first use.
-    pub(crate) fn new_kernels(&self, kernels: &[KernelRef<'_>]) -> Vec<usize> {
+    /// The kernels in `kernels` whose pipelines the cache lacks, each at its
+    /// first use: its index, and its pipeline key.
+    pub(crate) fn new_kernels(&self, kernels: &[KernelRef<'_>]) -> Vec<(usize, PipelineKey)> {
         let mut seen = std::collections::HashSet::new();
         let caches = lock(&self.inner.caches);
-        (0..kernels.len())
-            .filter(|&i| {
-                let (_, source, constants) = kernels[i];
-                let key = pipeline_key(source, constants);
-                !caches.pipelines.contains(&key) && seen.insert(key)
-            })
-            .collect()
+        let mut new = Vec::new();
+        for (i, &(_, source, constants)) in kernels.iter().enumerate() {
+            let key = pipeline_key(source, constants);
+            if !caches.pipelines.contains(&key) && seen.insert(key.clone()) {
+                new.push((i, key));
+            }
+        }
+        new
     }
 
     fn cached_pipeline(&self, key: &PipelineKey) -> Option<Arc<PipelineEntry>> {

@@ -106,7 +106,7 @@ impl Plan {
             ahead.send(
                 new_kernels
                     .iter()
-                    .map(|&i| ahead_kernel(&spec.steps[i]))
+                    .filter_map(|(i, _)| spec.steps.get(*i).map(ahead_kernel))
                     .collect(),
             );
         }
