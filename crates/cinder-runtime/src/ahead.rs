@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::device::{lock, BindResource, CacheSizes, Device, DeviceOptions, OperandTexture, Role};
 use crate::kernels::KernelSource;
+use crate::pool::{BufferKind, Storage};
 
 /// A kernel to compile ahead, with what it binds: the driver's machine code
 /// depends on the kinds of its bindings, and for a texture on whether its
@@ -261,37 +262,55 @@ const STAND_IN_BYTES: u64 = 256;
 /// and a tiny texture per binding index and power-of-two-ness of its sides.
 #[derive(Default)]
 struct StandIns {
-    buffers: Vec<(u64, wgpu::Buffer)>,
-    textures: HashMap<(usize, bool, bool), Arc<OperandTexture>>,
+    buffers: Vec<Storage>,
+    textures: HashMap<TextureKey, Arc<OperandTexture>>,
+}
+
+/// A stand-in texture's binding index, and whether its width and height are
+/// powers of two.
+type TextureKey = (usize, bool, bool);
+
+fn texture_key(index: usize, width: u32, height: u32) -> TextureKey {
+    (index, width.is_power_of_two(), height.is_power_of_two())
 }
 
 impl StandIns {
-    fn buffer(&mut self, device: &Device, index: usize) -> (u64, wgpu::Buffer) {
-        while self.buffers.len() <= index {
-            let buffer = device.inner.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("compile-ahead stand-in"),
-                size: STAND_IN_BYTES,
-                usage: wgpu::BufferUsages::STORAGE,
-                mapped_at_creation: false,
-            });
-            self.buffers.push((self.buffers.len() as u64 + 1, buffer));
+    /// Creates the stand-ins that `binds` need and that are not there yet.
+    fn provide(&mut self, device: &Device, binds: &[AheadBind]) -> crate::error::Result<()> {
+        while self.buffers.len() < binds.len() {
+            self.buffers
+                .push(device.alloc(STAND_IN_BYTES, BufferKind::Storage, None)?);
         }
-        self.buffers[index].clone()
+        let side = |power_of_two: bool| if power_of_two { 1 } else { 3 };
+        for (i, bind) in binds.iter().enumerate() {
+            if let AheadBind::Texture { width, height } = *bind {
+                let key = texture_key(i, width, height);
+                self.textures
+                    .entry(key)
+                    .or_insert_with(|| device.operand_texture(side(key.1), side(key.2), i as u8));
+            }
+        }
+        Ok(())
     }
 
-    fn texture(
-        &mut self,
-        device: &Device,
-        index: usize,
-        width: u32,
-        height: u32,
-    ) -> Arc<OperandTexture> {
-        let side = |pot: bool| if pot { 1 } else { 3 };
-        let (wide, high) = (width.is_power_of_two(), height.is_power_of_two());
-        self.textures
-            .entry((index, wide, high))
-            .or_insert_with(|| device.operand_texture(side(wide), side(high), index as u8))
-            .clone()
+    /// The stand-ins for `binds`, in binding order (after [`StandIns::provide`]).
+    fn resources(&self, binds: &[AheadBind]) -> Vec<BindResource<'_>> {
+        binds
+            .iter()
+            .enumerate()
+            .filter_map(|(i, bind)| match *bind {
+                AheadBind::Buffer => self.buffers.get(i).map(|s| BindResource::Buffer {
+                    id: s.id(),
+                    offset: 0,
+                    size: STAND_IN_BYTES,
+                    buffer: s.buffer(),
+                }),
+                AheadBind::Texture { width, height } => self
+                    .textures
+                    .get(&texture_key(i, width, height))
+                    .map(|t| BindResource::Texture(t)),
+            })
+            .collect()
     }
 }
 
@@ -303,36 +322,8 @@ fn run_empty(
     kernel: &AheadKernel,
 ) -> crate::error::Result<()> {
     let pipeline = device.pipeline(&kernel.label, &kernel.source, &kernel.constants)?;
-    enum StandIn {
-        Buffer(u64, wgpu::Buffer),
-        Texture(Arc<OperandTexture>),
-    }
-    let stand_ins: Vec<StandIn> = kernel
-        .binds
-        .iter()
-        .enumerate()
-        .map(|(i, bind)| match *bind {
-            AheadBind::Buffer => {
-                let (id, buffer) = stand_ins.buffer(device, i);
-                StandIn::Buffer(id, buffer)
-            }
-            AheadBind::Texture { width, height } => {
-                StandIn::Texture(stand_ins.texture(device, i, width, height))
-            }
-        })
-        .collect();
-    let resources: Vec<BindResource<'_>> = stand_ins
-        .iter()
-        .map(|s| match s {
-            StandIn::Buffer(id, buffer) => BindResource::Buffer {
-                id: *id,
-                offset: 0,
-                size: STAND_IN_BYTES,
-                buffer,
-            },
-            StandIn::Texture(texture) => BindResource::Texture(texture),
-        })
-        .collect();
+    stand_ins.provide(device, &kernel.binds)?;
+    let resources = stand_ins.resources(&kernel.binds);
     let bind_group = device.bind_group(&pipeline, &resources);
     let dev = &device.inner.device;
     let mut encoder = dev.create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
