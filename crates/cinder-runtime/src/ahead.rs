@@ -42,8 +42,16 @@ pub(crate) struct AheadKernel {
 
 #[derive(Clone, Copy)]
 pub(crate) enum AheadBind {
-    Buffer,
-    Texture { width: u32, height: u32 },
+    /// A buffer of this many bytes. The stand-in need not be as big for a
+    /// storage binding, but a uniform binding must hold what the shader
+    /// declares.
+    Buffer {
+        bytes: u64,
+    },
+    Texture {
+        width: u32,
+        height: u32,
+    },
 }
 
 /// The helper: started with the first kernels sent to it, stopped when the
@@ -257,6 +265,10 @@ fn unless_exiting<T>(work: impl FnOnce() -> T) -> Option<T> {
 /// Enough for any binding's smallest element.
 const STAND_IN_BYTES: u64 = 256;
 
+/// Bindings up to this size may be uniform buffers (the scalars, small
+/// inputs): their stand-ins are as big as the real ones.
+const UNIFORM_STAND_IN_BYTES: u64 = 64 << 10;
+
 /// Buffers and textures to bind in place of a plan's: one buffer per
 /// binding index (a kernel may bind one read-only and another read-write),
 /// and a tiny texture per binding index and power-of-two-ness of its sides.
@@ -277,9 +289,21 @@ fn texture_key(index: usize, width: u32, height: u32) -> TextureKey {
 impl StandIns {
     /// Creates the stand-ins that `binds` need and that are not there yet.
     fn provide(&mut self, device: &Device, binds: &[AheadBind]) -> crate::error::Result<()> {
-        while self.buffers.len() < binds.len() {
-            self.buffers
-                .push(device.alloc(STAND_IN_BYTES, BufferKind::Storage, None)?);
+        // Scalars buffers serve as storage and as uniform buffers alike.
+        for (i, bind) in binds.iter().enumerate() {
+            let bytes = match *bind {
+                AheadBind::Buffer { bytes } if bytes <= UNIFORM_STAND_IN_BYTES => {
+                    bytes.max(STAND_IN_BYTES)
+                }
+                _ => STAND_IN_BYTES,
+            };
+            match self.buffers.get(i) {
+                Some(b) if b.size_bytes() >= bytes => {}
+                Some(_) => self.buffers[i] = device.alloc(bytes, BufferKind::Scalars, None)?,
+                None => self
+                    .buffers
+                    .push(device.alloc(bytes, BufferKind::Scalars, None)?),
+            }
         }
         let side = |power_of_two: bool| if power_of_two { 1 } else { 3 };
         for (i, bind) in binds.iter().enumerate() {
@@ -299,10 +323,10 @@ impl StandIns {
             .iter()
             .enumerate()
             .filter_map(|(i, bind)| match *bind {
-                AheadBind::Buffer => self.buffers.get(i).map(|s| BindResource::Buffer {
+                AheadBind::Buffer { .. } => self.buffers.get(i).map(|s| BindResource::Buffer {
                     id: s.id(),
                     offset: 0,
-                    size: STAND_IN_BYTES,
+                    size: s.size_bytes(),
                     buffer: s.buffer(),
                 }),
                 AheadBind::Texture { width, height } => self

@@ -26,6 +26,9 @@ pub(crate) struct Generated {
     pub source: String,
     /// Entries bound read-only, in binding order (bindings 0..n).
     pub inputs: Vec<usize>,
+    /// Which of `inputs` the kernel reads as a uniform buffer (see
+    /// [`UNIFORM_INPUT_BYTES`]); bound whole, to a multiple of 16 bytes.
+    pub uniform: Vec<bool>,
     /// Rand entries (seeds) and constants whose values fill the scalars
     /// buffer, two u32 words each: values are not baked into the source, so a
     /// changed constant reuses the same pipeline, and the driver cannot fold
@@ -42,6 +45,11 @@ struct Gen<'a> {
     /// several consecutive ranges and read through a helper.
     chunk: usize,
     inputs: Vec<usize>,
+    /// Parallel to `inputs`: read as a uniform buffer.
+    uniform: Vec<bool>,
+    /// Whether inputs may be uniform buffers at all (not in a matmul's
+    /// epilogue, whose bindings the matmul kernel lays out).
+    uniform_ok: bool,
     seeds: Vec<usize>,
     memo: HashMap<(usize, String), String>,
     /// Index variables whose mixed-radix digits are known (outermost first,
@@ -66,6 +74,8 @@ impl<'a> Gen<'a> {
             materialized,
             chunk,
             inputs: Vec::new(),
+            uniform: Vec::new(),
+            uniform_ok: true,
             seeds: Vec::new(),
             memo: HashMap::new(),
             digits: HashMap::new(),
@@ -108,6 +118,24 @@ pub(crate) fn literal(dtype: DType, v: f64) -> String {
         }
         DType::U32 => format!("{}u", v as u64 as u32),
     }
+}
+
+/// Inputs up to this size are read as uniform buffers: lavapipe gathers
+/// a uniform load across the lanes in one go (one load where the offset is
+/// the same for all), where a storage load loops over the lanes with a
+/// bounds check each. Batch norm's per-channel statistics and a layer's
+/// bias are read once per element, so this halves the loads of many
+/// element-wise kernels. Well under the 64 KiB every adapter binds.
+pub(crate) const UNIFORM_INPUT_BYTES: usize = 16 << 10;
+
+/// Uniform inputs one kernel reads at most (devices allow 12 uniform
+/// buffers per stage; the scalars take one).
+const MAX_UNIFORM_INPUTS: usize = 8;
+
+/// The vec4 words of a generated kernel's uniform scalars for `seeds`
+/// constants and seeds (two words each).
+pub(crate) fn scalar_vec4s(seeds: usize) -> usize {
+    (2 * seeds).div_ceil(4).max(1)
 }
 
 /// Row-major coordinate `d` of linear index `idx` in `shape`.
@@ -253,6 +281,19 @@ impl Gen<'_> {
             .map_or_else(|| format!("({idx} % {modulus}u)"), |r| digits_value(&r))
     }
 
+    /// Word `w` of the kernel's scalars. A generated kernel's own scalars
+    /// are a uniform buffer of vec4 words (uniform arrays have a 16-byte
+    /// stride): lavapipe loads a uniform at a fixed offset once for all
+    /// lanes, where a storage load loops over the lanes, each with a bounds
+    /// check. A matmul epilogue reads the matmul's storage `dims` words.
+    fn scalar_word(&self, w: usize) -> String {
+        if self.scalars == "scalars" {
+            format!("scalars[{}u][{}u]", w / 4, w % 4)
+        } else {
+            format!("{}[{w}u]", self.scalars)
+        }
+    }
+
     /// A new variable name. Prefixes must not end a WGSL type name when a
     /// number follows: "i" would make `i32`, shadowing the conversion.
     fn fresh(&mut self, prefix: &str) -> String {
@@ -264,7 +305,14 @@ impl Gen<'_> {
         match self.inputs.iter().position(|&x| x == i) {
             Some(p) => p,
             None => {
+                let e = &self.entries[i];
+                let bytes = numel(&e.shape) * e.dtype.size();
+                let uniform = self.uniform_ok
+                    && bytes <= UNIFORM_INPUT_BYTES
+                    && self.chunks(i) == 1
+                    && self.uniform.iter().filter(|&&u| u).count() < MAX_UNIFORM_INPUTS;
                 self.inputs.push(i);
+                self.uniform.push(uniform);
                 self.inputs.len() - 1
             }
         }
@@ -303,12 +351,11 @@ impl Gen<'_> {
                 let s = self.seeds.len();
                 self.seeds.push(i);
                 match e.dtype {
-                    DType::U32 => format!("{}[{}u]", self.scalars, self.scalar_base + 2 * s),
+                    DType::U32 => self.scalar_word(self.scalar_base + 2 * s),
                     other => format!(
-                        "bitcast<{}>({}[{}u])",
+                        "bitcast<{}>({})",
                         other.wgsl(),
-                        self.scalars,
-                        self.scalar_base + 2 * s
+                        self.scalar_word(self.scalar_base + 2 * s)
                     ),
                 }
             }
@@ -322,7 +369,11 @@ impl Gen<'_> {
                     "rand_uniform"
                 };
                 let w = self.scalar_base + 2 * s;
-                format!("{f}({idx}, {v}[{w}u], {v}[{}u])", w + 1, v = self.scalars)
+                format!(
+                    "{f}({idx}, {}, {})",
+                    self.scalar_word(w),
+                    self.scalar_word(w + 1)
+                )
             }
             Op::Unary(op, a) => {
                 let x = self.value(body, a, idx, false);
@@ -820,7 +871,9 @@ impl Gen<'_> {
 
     fn load(&mut self, i: usize, idx: &str) -> String {
         let b = self.binding_of(i);
-        if self.chunks(i) > 1 {
+        if self.uniform[b] {
+            format!("b{b}[({idx}) / 4u][({idx}) % 4u]")
+        } else if self.chunks(i) > 1 {
             format!("ld_b{b}({idx})")
         } else {
             format!("b{b}[{idx}]")
@@ -897,11 +950,21 @@ impl Gen<'_> {
             next = 1;
         }
         for (b, &i) in self.inputs.iter().enumerate() {
+            let ty = self.entries[i].dtype.wgsl();
+            if self.uniform[b] {
+                let vec4s = numel(&self.entries[i].shape).div_ceil(4).max(1);
+                let _ = writeln!(
+                    s,
+                    "@group(0) @binding({next}) var<uniform> b{b}: array<vec4<{ty}>, {vec4s}>;"
+                );
+                next += 1;
+                continue;
+            }
             self.declare(
                 &mut s,
                 &mut next,
                 &format!("b{b}"),
-                self.entries[i].dtype.wgsl(),
+                ty,
                 self.chunks(i),
                 false,
             );
@@ -921,7 +984,8 @@ impl Gen<'_> {
         if !self.seeds.is_empty() {
             let _ = writeln!(
                 s,
-                "@group(0) @binding({next}) var<storage, read> scalars: array<u32>;"
+                "@group(0) @binding({next}) var<uniform> scalars: array<vec4<u32>, {}>;",
+                scalar_vec4s(self.seeds.len())
             );
         }
         s
@@ -1073,6 +1137,7 @@ pub(crate) fn elementwise_stored(
     Generated {
         source: src,
         inputs: g.inputs,
+        uniform: g.uniform,
         seeds: g.seeds,
         items: items as u64,
     }
@@ -1140,6 +1205,7 @@ pub(crate) fn elementwise_texels(
     Generated {
         source: src,
         inputs: g.inputs,
+        uniform: g.uniform,
         seeds: g.seeds,
         items: items as u64,
     }
@@ -1174,6 +1240,7 @@ pub(crate) fn elementwise_group(
     Generated {
         source: src,
         inputs: g.inputs,
+        uniform: g.uniform,
         seeds: g.seeds,
         items: n as u64,
     }
@@ -1264,20 +1331,53 @@ pub(crate) fn reduce(
     let out_shape = &entries[root].shape;
     let in_ty = entries[input].dtype;
     let cs = contiguous_strides(in_shape);
+    // Every coordinate of the element read is a variable: the kept ones
+    // divided out of `o` once per thread, the reduced ones counted along
+    // with `r` (see `advance_digits`). Registered as `ridx`'s digits, they
+    // spare the body's views from dividing the index apart again, which
+    // lavapipe pays for in every lane of every element.
+    let mut kept = String::new();
     let mut base_terms = vec!["0u".to_string()];
+    let mut ridx_digits = Vec::new();
+    let mut red_axes = Vec::new();
+    // An empty input reduces nothing: the loop never runs, and digits of
+    // extent 0 would divide by zero here.
+    let empty = in_shape.contains(&0);
     for d in 0..in_shape.len() {
-        if !axes.contains(&d) && in_shape[d] > 1 {
-            base_terms.push(format!("{} * {}u", coord("o", out_shape, d), cs[d]));
+        if in_shape[d] == 1 || empty {
+            continue;
+        }
+        if axes.contains(&d) {
+            ridx_digits.push((format!("rd{d}"), in_shape[d]));
+        } else {
+            let _ = writeln!(kept, "    let od{d} = {};", coord("o", out_shape, d));
+            base_terms.push(format!("od{d} * {}u", cs[d]));
+            ridx_digits.push((format!("od{d}"), in_shape[d]));
         }
     }
-    let red_shape: Vec<usize> = axes.iter().map(|&a| in_shape[a]).collect();
-    let r_total: usize = red_shape.iter().product();
-    let mut red_terms = vec!["base".to_string()];
-    for (j, &a) in axes.iter().enumerate() {
+    // The reduced axes in the order `r` counts them, outermost first.
+    for &a in axes {
         if in_shape[a] > 1 {
-            red_terms.push(format!("{} * {}u", coord("r", &red_shape, j), cs[a]));
+            red_axes.push(a);
         }
     }
+    let red_shape: Vec<usize> = red_axes.iter().map(|&a| in_shape[a]).collect();
+    // Over every reduced axis: 0 where one is empty.
+    let r_total: usize = axes.iter().map(|&a| in_shape[a]).product();
+    let mut red_terms = vec!["base".to_string()];
+    for &a in &red_axes {
+        red_terms.push(format!("rd{a} * {}u", cs[a]));
+    }
+    if !empty {
+        g.digits.insert("ridx".to_string(), ridx_digits);
+    }
+    let start_digits = |r: &str| {
+        let mut s = String::new();
+        for (j, &a) in red_axes.iter().enumerate() {
+            let _ = writeln!(s, "    var rd{a}: u32 = {};", coord(r, &red_shape, j));
+        }
+        s
+    };
     let mut body = String::new();
     let v = g.value(&mut body, input, "ridx", false);
     let ty = in_ty.wgsl();
@@ -1317,22 +1417,25 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         @builtin(local_invocation_index) lid: u32) {{
     let o = (wid.y * nwg.x + wid.x) * {ELEMENTWISE_WG}u + lid;
     if (o >= {n_out}u) {{ return; }}
-    let base = {base};
-    var acc: {ty} = {init};
+{kept}    let base = {base};
+{start}    var acc: {ty} = {init};
     var acci: u32 = 0u;
     for (var r: u32 = 0u; r < {r_total}u; r = r + 1u) {{
         let ridx = {red};
 {body}        {step}
-    }}
+{advance}    }}
     {store}
 }}
 ",
             base = base_terms.join(" + "),
             red = red_terms.join(" + "),
+            start = start_digits("0u"),
+            advance = advance_digits(&red_axes, &red_shape, 1),
         );
         return Generated {
             source: src,
             inputs: g.inputs,
+            uniform: g.uniform,
             seeds: g.seeds,
             items: n_out as u64,
         };
@@ -1356,13 +1459,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let o = wg / {parts}u;
     let first = (wg % {parts}u) * {span}u;
     let end = min(first + {span}u, {r_total}u);
-    let base = {base};
-    var acc: {ty} = {init};
+{kept}    let base = {base};
+    let r0 = first + lid;
+{start}    var acc: {ty} = {init};
     var acci: u32 = 0u;
-    for (var r: u32 = first + lid; r < end; r = r + {REDUCE_WG}u) {{
+    for (var r: u32 = r0; r < end; r = r + {REDUCE_WG}u) {{
         let ridx = {red};
 {body}        {step}
-    }}
+{advance}    }}
     red_v[lid] = acc;
     red_i[lid] = acci;
     workgroupBarrier();
@@ -1376,15 +1480,55 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         base = base_terms.join(" + "),
         red = red_terms.join(" + "),
         half = REDUCE_WG / 2,
+        start = start_digits("r0"),
+        advance = advance_digits(&red_axes, &red_shape, REDUCE_WG as usize),
         n_wg = n_out * parts.max(1),
         parts = parts.max(1),
     );
     Generated {
         source: src,
         inputs: g.inputs,
+        uniform: g.uniform,
         seeds: g.seeds,
         items: (n_out * parts.max(1)) as u64 * REDUCE_WG as u64,
     }
+}
+
+/// Statements that move the digits `rd{axis}` of a reduction's counter
+/// (extents `shape`, outermost first) on by `step`: the step's own digits
+/// added from the innermost out, each sum at most one extent over, so one
+/// conditional subtraction and a carry replace dividing the counter anew.
+/// The outermost digit keeps what overflows; the loop bound stops it.
+fn advance_digits(axes: &[usize], shape: &[usize], step: usize) -> String {
+    let mut s = String::new();
+    let mut rest = step;
+    let mut carry: Option<String> = None;
+    for j in (0..axes.len()).rev() {
+        let a = axes[j];
+        let add = if j == 0 { rest } else { rest % shape[j] };
+        rest /= shape[j];
+        let mut terms = Vec::new();
+        if add > 0 {
+            terms.push(format!("{add}u"));
+        }
+        if let Some(c) = carry.take() {
+            terms.push(format!("select(0u, 1u, {c})"));
+        }
+        if terms.is_empty() {
+            continue;
+        }
+        let _ = writeln!(s, "        rd{a} = rd{a} + {};", terms.join(" + "));
+        if j > 0 {
+            let c = format!("rc{a}");
+            let _ = writeln!(
+                s,
+                "        let {c} = rd{a} >= {e}u;\n        rd{a} = select(rd{a}, rd{a} - {e}u, {c});",
+                e = shape[j]
+            );
+            carry = Some(c);
+        }
+    }
+    s
 }
 
 /// Whether a view reads its input in order, element for element: a reshape.
@@ -1441,6 +1585,7 @@ pub(crate) fn matmul_epilogue(
     let mut g = Gen::new(entries, materialized, chunk);
     g.scalars = "dims";
     g.scalar_base = dims_words;
+    g.uniform_ok = false;
     g.substitute = Some((matmul, "v".to_string()));
     let mut body = String::new();
     // Where the product's element e lands in each node up the chain.
@@ -1503,6 +1648,7 @@ fn store4(e: u32, v: vec4<f32>) {{
     Generated {
         source,
         inputs: g.inputs,
+        uniform: g.uniform,
         seeds: g.seeds,
         items: 0,
     }

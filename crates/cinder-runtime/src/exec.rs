@@ -174,7 +174,10 @@ fn ahead_kernel(step: &plan::StepSpec) -> AheadKernel {
                     width: *width,
                     height: *height,
                 },
-                Bound::Buffer(_) | Bound::Scalars(_) => AheadBind::Buffer,
+                Bound::Buffer(b) => AheadBind::Buffer { bytes: b.size },
+                Bound::Scalars(source) => AheadBind::Buffer {
+                    bytes: crate::pool::padded_size(4 * scalar_words(source) as u64),
+                },
             })
             .collect(),
     }

@@ -18,13 +18,21 @@ pub(crate) enum BufferKind {
 impl BufferKind {
     fn usage(self) -> wgpu::BufferUsages {
         match self {
+            // Generated kernels read small inputs as uniform buffers.
             BufferKind::Storage => {
                 wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::UNIFORM
                     | wgpu::BufferUsages::COPY_SRC
                     | wgpu::BufferUsages::COPY_DST
             }
             BufferKind::Readback => wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            BufferKind::Scalars => wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            // Generated kernels read their scalars as a uniform buffer,
+            // hand-written ones (matmul shapes, optimizer settings) as storage.
+            BufferKind::Scalars => {
+                wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::UNIFORM
+                    | wgpu::BufferUsages::COPY_DST
+            }
         }
     }
 }

@@ -2762,3 +2762,76 @@ fn topk_matches_a_stable_sort() -> cinder_tensor::Result<()> {
     assert!(tensor(&[1.0, 2.0], &[2]).topk(0, 0).is_err());
     Ok(())
 }
+
+// ---- reductions' counted digits and uniform inputs -----------------------------------
+
+#[test]
+fn reductions_over_awkward_axes_count_their_digits_and_read_small_inputs_as_uniforms() {
+    // The reduced axes' digits are counted along with the reduction's
+    // counter: a step of 64 (a workgroup's stride) carries across digits of
+    // 11 and 7, a step of 1 (one thread per output) across every digit, and
+    // a split reduction starts each part mid-digit. The per-channel scale and
+    // shift (9 and 7 elements, not whole vec4s) are small enough to be read
+    // as uniform buffers, through broadcasts and a permutation.
+    let mut rng = Rng::named("reduce-digits");
+    let shape = [5, 9, 7, 11];
+    let x = rng.vec(numel(&shape), -2.0, 2.0);
+    let s = rng.vec(9, 0.5, 1.5);
+    let b = rng.vec(7, -1.0, 1.0);
+    let t = tensor(&x, &shape);
+    let a = Arr::from_f32(&x, &shape);
+    let scale = tensor(&s, &[1, 9, 1, 1]);
+    let shift = tensor(&b, &[7, 1]);
+    let sa = Arr::from_f32(&s, &[1, 9, 1, 1]);
+    let ba = Arr::from_f32(&b, &[7, 1]);
+    let y = ok("affine", t.mul(&scale).and_then(|v| v.add(&shift)));
+    let ya = a.mul(&sa).add(&ba);
+    check("x * scale + shift", &y, &ya);
+    for axes in [
+        vec![0, 2, 3],
+        vec![0, 2],
+        vec![1, 3],
+        vec![3],
+        vec![0],
+        vec![0, 1, 2, 3],
+    ] {
+        check_scaled(
+            &format!("sum over {axes:?}"),
+            &ok("sum", y.sum(&axes, true)),
+            &ya.sum(&axes, true),
+            &ya.abs().sum(&axes, true),
+        );
+        check(
+            &format!("max over {axes:?}"),
+            &ok("max", y.max(&axes, false)),
+            &ya.max(&axes, false),
+        );
+    }
+    // Reduced through a permutation whose digits the body's view reuses.
+    let p = ok("permute", y.permute(&[2, 0, 3, 1]));
+    let pa = ya.permute(&[2, 0, 3, 1]);
+    check_scaled(
+        "permuted sum over [0, 1, 2]",
+        &ok("sum", p.sum(&[0, 1, 2], false)),
+        &pa.sum(&[0, 1, 2], false),
+        &pa.abs().sum(&[0, 1, 2], false),
+    );
+    let am = read_i32("argmax", &ok("argmax", y.argmax(2, false)));
+    let want: Vec<i32> = ya
+        .arg(2, false, true)
+        .data
+        .iter()
+        .map(|&v| v as i32)
+        .collect();
+    assert_eq!(am, want, "argmax over axis 2");
+    // Long enough to be split over several workgroups per output.
+    let long = [3, 7, 10001];
+    let z = rng.vec(numel(&long), -1.0, 1.0);
+    let za = Arr::from_f32(&z, &long);
+    check_scaled(
+        "split sum over [1, 2]",
+        &ok("sum", tensor(&z, &long).sum(&[1, 2], false)),
+        &za.sum(&[1, 2], false),
+        &za.abs().sum(&[1, 2], false),
+    );
+}

@@ -39,6 +39,9 @@ pub(crate) enum Layout {
     /// Whole, to its padded size: hand-written kernels (matmul, optimizers)
     /// read whole 16-byte blocks, as u64 pairs where the device has them.
     Whole,
+    /// Whole, in one binding rounded up to 16 bytes: an input a generated
+    /// kernel reads as a uniform buffer of vec4s.
+    Uniform,
     /// `len` elements from element `start` (a multiple of a binding's
     /// elements, so the offset is aligned), to their padded size.
     Range { start: usize, len: usize },
@@ -118,14 +121,7 @@ impl Kernel {
     /// A generated kernel: its inputs in chunks, then its output (a buffer
     /// in chunks, or a texture bound first), then its scalars.
     fn generated(name: &str, generated: Generated, output: usize, wg: u32) -> Kernel {
-        let mut binds: Vec<Bind> = generated
-            .inputs
-            .iter()
-            .map(|&entry| Bind::Entry {
-                entry,
-                layout: Layout::Chunked,
-            })
-            .collect();
+        let mut binds = input_binds(&generated);
         binds.push(Bind::Entry {
             entry: output,
             layout: Layout::Chunked,
@@ -150,6 +146,24 @@ impl Kernel {
             pack: false,
         }
     }
+}
+
+/// A generated kernel's input bindings, in order: uniform buffers whole,
+/// storage buffers in chunks.
+fn input_binds(generated: &Generated) -> Vec<Bind> {
+    generated
+        .inputs
+        .iter()
+        .zip(&generated.uniform)
+        .map(|(&entry, &uniform)| Bind::Entry {
+            entry,
+            layout: if uniform {
+                Layout::Uniform
+            } else {
+                Layout::Chunked
+            },
+        })
+        .collect()
 }
 
 /// How a kernel that reads `operand` as a plain buffer binds `buffer`, the
@@ -582,15 +596,11 @@ fn group_kernels(graph: &Graph, fusion: &Fusion, target: &Target, group: &Group)
             .map(|&m| elementwise(graph, fusion, target, m))
             .collect();
     }
-    let mut binds: Vec<Bind> = generated
-        .inputs
-        .iter()
-        .chain(stored)
-        .map(|&entry| Bind::Entry {
-            entry,
-            layout: Layout::Chunked,
-        })
-        .collect();
+    let mut binds = input_binds(&generated);
+    binds.extend(stored.iter().map(|&entry| Bind::Entry {
+        entry,
+        layout: Layout::Chunked,
+    }));
     if !generated.seeds.is_empty() {
         binds.push(Bind::Scalars(ScalarSource::Seeds(generated.seeds)));
     }

@@ -235,6 +235,14 @@ fn bind(
             }
             Bind::Entry {
                 entry,
+                layout: Layout::Uniform,
+            } => bound.push(Bound::Buffer(Binding {
+                resource: resource_of(*entry)?,
+                offset: 0,
+                size: crate::pool::padded_size(bytes_of(*entry)),
+            })),
+            Bind::Entry {
+                entry,
                 layout: Layout::Whole,
             } => {
                 let size = bytes_of(*entry).max(4);
@@ -325,6 +333,37 @@ mod tests {
         assert!(slots <= 2, "{slots} slots for a chain");
         // One kernel per `e`, and the last sum.
         assert_eq!(spec.steps.len(), 7);
+    }
+
+    #[test]
+    fn small_inputs_are_bound_whole_as_uniform_buffers() {
+        let mut target = gpu();
+        target.chunk = 1024;
+        let mut g = Builder::new();
+        let small = g.upload(&[5]);
+        let big = g.upload(&[3000]);
+        let sum = g.binary(crate::graph::BinaryOp::Add, small, small);
+        let e = g.unary(UnaryOp::Exp, big);
+        let spec = spec_of(g, &[sum, e], &target);
+        let sizes = |k: usize| -> Vec<u64> {
+            spec.steps[k]
+                .bound
+                .iter()
+                .map(|b| match b {
+                    Bound::Buffer(b) => b.size,
+                    other => panic!("{other:?}"),
+                })
+                .collect()
+        };
+        let source = |k: usize| spec.steps[k].kernel.source.text().to_string();
+        let (small_step, big_step) = if sizes(0).len() == 2 { (0, 1) } else { (1, 0) };
+        // 20 bytes read as two vec4s: bound rounded up to 32. The output is
+        // bound to exactly its elements (its length bounds the kernel).
+        assert_eq!(sizes(small_step), [32, 20]);
+        assert!(source(small_step).contains("var<uniform> b0: array<vec4<f32>, 2>"));
+        // Three bindings' worth is read from storage, in chunks.
+        assert_eq!(sizes(big_step)[..3], [4096, 4096, 3808]);
+        assert!(!source(big_step).contains("var<uniform>"));
     }
 
     #[test]
