@@ -1305,6 +1305,56 @@ pub(crate) fn serial_reduce(span: usize, parts: usize, outputs: usize, cpu: bool
             || (cpu && span <= CPU_SERIAL_SPAN && outputs >= CPU_SERIAL_OUTPUTS))
 }
 
+/// Threads of a reduction's subgroup form: one subgroup of a device whose
+/// subgroups hold at least 8 invocations (`Target::subgroup_matmul`).
+pub(crate) const SUBGROUP_REDUCE_WG: u32 = 8;
+
+/// How [`reduce`] lays out a reduction's threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ReduceForm {
+    /// One thread per output, serially (see [`serial_reduce`]).
+    Serial,
+    /// A workgroup of [`REDUCE_WG`] threads per output (or part), combined
+    /// by a tree through workgroup memory.
+    Workgroup,
+    /// One subgroup per output (or part), combined by `subgroupAdd`. On a
+    /// CPU adapter a workgroup is one SIMD group and needs no barrier,
+    /// where each of the tree's barriers switches between the groups of a
+    /// 64-thread workgroup: a per-channel sum over `[64, 128, 7, 7]` took
+    /// 0.33 to 0.37 ms against 0.47 to 0.49 ms. Sums only.
+    Subgroup,
+}
+
+impl ReduceForm {
+    /// The form for `outputs` reductions of `span` elements in `parts`
+    /// parts each, on a CPU adapter or not, with subgroups or not.
+    pub(crate) fn choose(
+        op: ReduceOp,
+        span: usize,
+        parts: usize,
+        outputs: usize,
+        cpu: bool,
+        subgroups: bool,
+    ) -> ReduceForm {
+        if serial_reduce(span, parts, outputs, cpu) {
+            ReduceForm::Serial
+        } else if cpu && subgroups && op == ReduceOp::Sum {
+            ReduceForm::Subgroup
+        } else {
+            ReduceForm::Workgroup
+        }
+    }
+
+    /// Threads per workgroup.
+    pub(crate) fn threads(self) -> u32 {
+        match self {
+            ReduceForm::Serial => ELEMENTWISE_WG,
+            ReduceForm::Workgroup => REDUCE_WG,
+            ReduceForm::Subgroup => SUBGROUP_REDUCE_WG,
+        }
+    }
+}
+
 /// One workgroup per output element; threads stride over the reduced
 /// elements, then a fixed-order tree combines them (deterministic, no
 /// atomics). With `serial` (see [`serial_reduce`]), one thread per output.
@@ -1324,7 +1374,7 @@ pub(crate) fn reduce(
     axes: &[usize],
     input: usize,
     parts: usize,
-    serial: bool,
+    form: ReduceForm,
 ) -> Generated {
     let mut g = Gen::new(entries, materialized, chunk);
     let in_shape = &entries[input].shape;
@@ -1405,7 +1455,7 @@ pub(crate) fn reduce(
         )
     };
     let n_out = numel(out_shape);
-    if serial && parts <= 1 {
+    if form == ReduceForm::Serial && parts <= 1 {
         let store = g.store(out, "o", if arg { "i32(acci)" } else { "acc" });
         let mut src = String::from(PRELUDE);
         src.push_str(&g.declarations(out));
@@ -1440,11 +1490,56 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             items: n_out as u64,
         };
     }
-    let result = if arg { "i32(red_i[0])" } else { "red_v[0]" };
-    let store = g.store(out, "wg", result);
+    let subgroup = form == ReduceForm::Subgroup && op == ReduceOp::Sum;
+    let threads = if subgroup {
+        SUBGROUP_REDUCE_WG
+    } else {
+        REDUCE_WG
+    };
     let span = r_total.div_ceil(parts.max(1));
     let mut src = String::from(PRELUDE);
     src.push_str(&g.declarations(out));
+    if subgroup {
+        let store = g.store(out, "wg", "total");
+        let _ = write!(
+            src,
+            "
+@compute @workgroup_size({threads})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {{
+    let wg = wid.y * nwg.x + wid.x;
+    if (wg >= {n_wg}u) {{ return; }}
+    let o = wg / {parts}u;
+    let first = (wg % {parts}u) * {span}u;
+    let end = min(first + {span}u, {r_total}u);
+{kept}    let base = {base};
+    let r0 = first + lid;
+{start}    var acc: {ty} = {init};
+    for (var r: u32 = r0; r < end; r = r + {threads}u) {{
+        let ridx = {red};
+{body}        {step}
+{advance}    }}
+    let total = subgroupAdd(acc);
+    if (lid == 0u) {{ {store} }}
+}}
+",
+            base = base_terms.join(" + "),
+            red = red_terms.join(" + "),
+            start = start_digits("r0"),
+            advance = advance_digits(&red_axes, &red_shape, threads as usize),
+            n_wg = n_out * parts.max(1),
+            parts = parts.max(1),
+        );
+        return Generated {
+            source: src,
+            inputs: g.inputs,
+            uniform: g.uniform,
+            seeds: g.seeds,
+            items: (n_out * parts.max(1)) as u64 * threads as u64,
+        };
+    }
+    let result = if arg { "i32(red_i[0])" } else { "red_v[0]" };
+    let store = g.store(out, "wg", result);
     let _ = write!(
         src,
         "

@@ -7,7 +7,7 @@ use super::product::{matmul_kernel, operand_sources};
 use super::texture::Resident;
 use super::{Fusion, Graph, Group, Target};
 use crate::canon::CanonEffect;
-use crate::codegen::{self, Generated, ELEMENTWISE_WG, REDUCE_WG};
+use crate::codegen::{self, Generated, ReduceForm, ELEMENTWISE_WG};
 use crate::error::{Error, Result};
 use crate::graph::{numel, Op, ReduceOp};
 use crate::kernels::{self, KernelSource};
@@ -178,14 +178,16 @@ fn operand_layout(entries: &[crate::canon::Entry], operand: usize, buffer: usize
     }
 }
 
-/// Threads per workgroup of a reduction: a thread per output (`serial`),
-/// else a workgroup per output.
-fn reduce_wg(serial: bool) -> u32 {
-    if serial {
-        ELEMENTWISE_WG
-    } else {
-        REDUCE_WG
-    }
+/// How a reduction of `outputs` results, `span` elements in `parts` parts
+/// each, lays out its threads on this target.
+fn reduce_form(
+    target: &Target,
+    op: ReduceOp,
+    span: usize,
+    parts: usize,
+    outputs: usize,
+) -> ReduceForm {
+    ReduceForm::choose(op, span, parts, outputs, target.cpu, target.subgroup_matmul)
 }
 
 /// The kernels, in dispatch order.
@@ -300,15 +302,17 @@ fn reduce_kernels(
     let chunk = target.chunk;
     let Some(split) = graph.split_reductions.get(&i) else {
         let span = axes.iter().map(|&a| entries[input].shape[a]).product();
-        let serial = codegen::serial_reduce(span, 1, numel(&entries[i].shape), target.cpu);
-        let generated = codegen::reduce(entries, &mat, chunk, i, i, op, axes, input, 1, serial);
+        let form = reduce_form(target, op, span, 1, numel(&entries[i].shape));
+        let generated = codegen::reduce(entries, &mat, chunk, i, i, op, axes, input, 1, form);
         return vec![Kernel::generated(
             &format!("reduce {op:?}"),
             generated,
             i,
-            reduce_wg(serial),
+            form.threads(),
         )];
     };
+    let span = axes.iter().map(|&a| entries[input].shape[a]).product();
+    let partial_form = reduce_form(target, op, span, split.parts, numel(&entries[i].shape));
     let partials = codegen::reduce(
         entries,
         &mat,
@@ -319,9 +323,9 @@ fn reduce_kernels(
         axes,
         input,
         split.parts,
-        false,
+        partial_form,
     );
-    let serial = codegen::serial_reduce(split.parts, 1, numel(&entries[i].shape), target.cpu);
+    let form = reduce_form(target, op, split.parts, 1, numel(&entries[i].shape));
     let combine = codegen::reduce(
         entries,
         &mat,
@@ -332,16 +336,16 @@ fn reduce_kernels(
         &[1],
         split.partial,
         1,
-        serial,
+        form,
     );
     vec![
         Kernel::generated(
             &format!("reduce {op:?} partials"),
             partials,
             split.partial,
-            REDUCE_WG,
+            partial_form.threads(),
         ),
-        Kernel::generated(&format!("reduce {op:?}"), combine, i, reduce_wg(serial)),
+        Kernel::generated(&format!("reduce {op:?}"), combine, i, form.threads()),
     ]
 }
 
@@ -393,7 +397,13 @@ fn matmul_kernels(
     out.push(kernel);
     if let Some(split) = split {
         let mat = |x: usize| fusion.mat[x];
-        let serial = codegen::serial_reduce(split.parts, 1, numel(&entries[i].shape), target.cpu);
+        let form = reduce_form(
+            target,
+            ReduceOp::Sum,
+            split.parts,
+            1,
+            numel(&entries[i].shape),
+        );
         let sum = codegen::reduce(
             entries,
             &mat,
@@ -404,9 +414,9 @@ fn matmul_kernels(
             &[0],
             split.partial,
             1,
-            serial,
+            form,
         );
-        out.push(Kernel::generated("split-K sum", sum, i, reduce_wg(serial)));
+        out.push(Kernel::generated("split-K sum", sum, i, form.threads()));
     }
     Ok(())
 }
@@ -908,20 +918,32 @@ mod tests {
     #[test]
     fn a_cpu_reduces_many_rows_of_a_few_hundred_a_thread_per_row() {
         // A softmax's row sums over 3200 rows of 86: on a CPU, one thread a
-        // row; on a GPU, and on a CPU for 64 rows, a workgroup a row.
-        let plan = |rows: usize, target: &super::Target| {
+        // row; on a GPU a workgroup a row, and on a CPU for 64 rows a
+        // subgroup a row (a maximum, which has no subgroup form there, a
+        // workgroup).
+        use crate::graph::ReduceOp;
+        let plan = |rows: usize, op: ReduceOp, target: &super::Target| {
             let mut g = Builder::new();
             let x = g.upload(&[rows, 86]);
-            let s = g.reduce(crate::graph::ReduceOp::Sum, &[1], x);
+            let s = g.reduce(op, &[1], x);
             let kernels = fusion_of_graph(g, &[s], target, |graph, _, fusion, target| {
                 super::kernels(graph, fusion, target).unwrap() // ok: a test; a panic is its failure
             });
             assert_eq!(kernels.len(), 1);
-            !kernels[0].source.text().contains("var<workgroup>")
+            let source = kernels[0].source.text();
+            match kernels[0].dispatch {
+                Dispatch::Threads { wg, .. } => {
+                    assert_eq!(source.contains("subgroupAdd"), wg == 8);
+                    assert_eq!(source.contains("var<workgroup>"), wg == 64);
+                    wg
+                }
+                Dispatch::Groups(..) => panic!("a reduction's grid is counted in threads"),
+            }
         };
-        assert!(plan(3200, &lavapipe()));
-        assert!(!plan(3200, &gpu()));
-        assert!(!plan(64, &lavapipe()));
+        assert_eq!(plan(3200, ReduceOp::Sum, &lavapipe()), 256);
+        assert_eq!(plan(3200, ReduceOp::Sum, &gpu()), 64);
+        assert_eq!(plan(64, ReduceOp::Sum, &lavapipe()), 8);
+        assert_eq!(plan(64, ReduceOp::Max, &lavapipe()), 64);
     }
 
     #[test]
