@@ -68,14 +68,18 @@ struct Gen<'a> {
 }
 
 impl<'a> Gen<'a> {
-    fn new(entries: &'a [Entry], materialized: &'a dyn Fn(usize) -> bool, chunk: usize) -> Self {
+    fn new(
+        entries: &'a [Entry],
+        materialized: &'a dyn Fn(usize) -> bool,
+        rules: BindingRules,
+    ) -> Self {
         Gen {
             entries,
             materialized,
-            chunk,
+            chunk: rules.chunk,
             inputs: Vec::new(),
             uniform: Vec::new(),
-            uniform_ok: true,
+            uniform_ok: rules.uniform_inputs,
             seeds: Vec::new(),
             memo: HashMap::new(),
             digits: HashMap::new(),
@@ -85,6 +89,18 @@ impl<'a> Gen<'a> {
             scalar_base: 0,
         }
     }
+}
+
+/// How a generated kernel may bind its inputs.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BindingRules {
+    /// Elements one storage binding holds.
+    pub chunk: usize,
+    /// Small inputs may be uniform buffers (see [`UNIFORM_INPUT_BYTES`]):
+    /// on a CPU adapter only. A GPU's constant cache serves lanes that
+    /// read different addresses one after another, and a bias read along
+    /// its rows' last axis would be read so.
+    pub uniform_inputs: bool,
 }
 
 /// Where a generated kernel writes: an entry's buffer, as elements of the
@@ -1089,12 +1105,12 @@ pub(crate) fn paired_store(entries: &[Entry], out: usize, chunk: usize, int64: b
 pub(crate) fn elementwise(
     entries: &[Entry],
     materialized: &dyn Fn(usize) -> bool,
-    chunk: usize,
+    rules: BindingRules,
     root: usize,
     out: usize,
     load_root: bool,
 ) -> Generated {
-    elementwise_stored(entries, materialized, chunk, root, out, load_root, false)
+    elementwise_stored(entries, materialized, rules, root, out, load_root, false)
 }
 
 /// [`elementwise`], storing two elements per invocation as a u64 when
@@ -1102,13 +1118,13 @@ pub(crate) fn elementwise(
 pub(crate) fn elementwise_stored(
     entries: &[Entry],
     materialized: &dyn Fn(usize) -> bool,
-    chunk: usize,
+    rules: BindingRules,
     root: usize,
     out: usize,
     load_root: bool,
     paired: bool,
 ) -> Generated {
-    let mut g = Gen::new(entries, materialized, chunk);
+    let mut g = Gen::new(entries, materialized, rules);
     let mut body = String::new();
     let n = numel(&entries[root].shape);
     let (out_ty, items, indices, store) = if paired {
@@ -1153,13 +1169,13 @@ pub(crate) fn elementwise_stored(
 pub(crate) fn elementwise_texels(
     entries: &[Entry],
     materialized: &dyn Fn(usize) -> bool,
-    chunk: usize,
+    rules: BindingRules,
     root: usize,
     cols: usize,
     width: u32,
     height: u32,
 ) -> Generated {
-    let mut g = Gen::new(entries, materialized, chunk);
+    let mut g = Gen::new(entries, materialized, rules);
     let mut body = String::new();
     let n = numel(&entries[root].shape);
     let rows = n / cols.max(1);
@@ -1220,10 +1236,10 @@ pub(crate) fn elementwise_texels(
 pub(crate) fn elementwise_group(
     entries: &[Entry],
     materialized: &dyn Fn(usize) -> bool,
-    chunk: usize,
+    rules: BindingRules,
     outs: &[usize],
 ) -> Generated {
-    let mut g = Gen::new(entries, materialized, chunk);
+    let mut g = Gen::new(entries, materialized, rules);
     let mut body = String::new();
     let n = outs.first().map_or(0, |&o| numel(&entries[o].shape));
     let mut stores = String::new();
@@ -1367,7 +1383,7 @@ impl ReduceForm {
 pub(crate) fn reduce(
     entries: &[Entry],
     materialized: &dyn Fn(usize) -> bool,
-    chunk: usize,
+    rules: BindingRules,
     root: usize,
     out: usize,
     op: ReduceOp,
@@ -1376,7 +1392,7 @@ pub(crate) fn reduce(
     parts: usize,
     form: ReduceForm,
 ) -> Generated {
-    let mut g = Gen::new(entries, materialized, chunk);
+    let mut g = Gen::new(entries, materialized, rules);
     let in_shape = &entries[input].shape;
     let out_shape = &entries[root].shape;
     let in_ty = entries[input].dtype;
@@ -1672,12 +1688,12 @@ pub(crate) fn is_permutation_view(spec: &crate::graph::ViewSpec, shape: &[usize]
 pub(crate) fn matmul_epilogue(
     entries: &[Entry],
     materialized: &dyn Fn(usize) -> bool,
-    chunk: usize,
+    rules: BindingRules,
     matmul: usize,
     chain: &[usize],
     dims_words: usize,
 ) -> Generated {
-    let mut g = Gen::new(entries, materialized, chunk);
+    let mut g = Gen::new(entries, materialized, rules);
     g.scalars = "dims";
     g.scalar_base = dims_words;
     g.uniform_ok = false;

@@ -261,7 +261,7 @@ fn epilogue_product(
     let generated = codegen::matmul_epilogue(
         entries,
         &mat,
-        target.chunk,
+        target.binding_rules(),
         epilogue.matmul,
         &epilogue.chain,
         k.dims.len(),
@@ -299,11 +299,21 @@ fn reduce_kernels(
 ) -> Vec<Kernel> {
     let entries = &graph.entries;
     let mat = |x: usize| fusion.mat[x];
-    let chunk = target.chunk;
     let Some(split) = graph.split_reductions.get(&i) else {
         let span = axes.iter().map(|&a| entries[input].shape[a]).product();
         let form = reduce_form(target, op, span, 1, numel(&entries[i].shape));
-        let generated = codegen::reduce(entries, &mat, chunk, i, i, op, axes, input, 1, form);
+        let generated = codegen::reduce(
+            entries,
+            &mat,
+            target.binding_rules(),
+            i,
+            i,
+            op,
+            axes,
+            input,
+            1,
+            form,
+        );
         return vec![Kernel::generated(
             &format!("reduce {op:?}"),
             generated,
@@ -316,7 +326,7 @@ fn reduce_kernels(
     let partials = codegen::reduce(
         entries,
         &mat,
-        chunk,
+        target.binding_rules(),
         i,
         split.partial,
         op,
@@ -329,7 +339,7 @@ fn reduce_kernels(
     let combine = codegen::reduce(
         entries,
         &mat,
-        chunk,
+        target.binding_rules(),
         split.combine,
         i,
         op,
@@ -407,7 +417,7 @@ fn matmul_kernels(
         let sum = codegen::reduce(
             entries,
             &mat,
-            target.chunk,
+            target.binding_rules(),
             split.combine,
             i,
             ReduceOp::Sum,
@@ -434,7 +444,7 @@ fn texels_kernel(
     let generated = codegen::elementwise_texels(
         &graph.entries,
         &mat,
-        target.chunk,
+        target.binding_rules(),
         i,
         resident.cols,
         resident.width,
@@ -575,7 +585,7 @@ fn elementwise(graph: &Graph, fusion: &Fusion, target: &Target, i: usize) -> Ker
     let generated = codegen::elementwise_stored(
         entries,
         &|x| fusion.mat[x],
-        target.chunk,
+        target.binding_rules(),
         i,
         i,
         false,
@@ -592,7 +602,7 @@ fn group_kernels(graph: &Graph, fusion: &Fusion, target: &Target, group: &Group)
     let generated = codegen::elementwise_group(
         entries,
         &|x| fusion.mat[x] && !members.contains(&x),
-        target.chunk,
+        target.binding_rules(),
         stored,
     );
     let chunks = |i: usize| codegen::chunk_count(numel(&entries[i].shape), target.chunk);
@@ -869,7 +879,7 @@ fn effect_kernels(
             let generated = codegen::elementwise(
                 entries,
                 &|i| i == v || fusion.mat[i],
-                target.chunk,
+                target.binding_rules(),
                 v,
                 *dest,
                 true,

@@ -79,6 +79,14 @@ pub(crate) struct Target {
 }
 
 impl Target {
+    /// How generated kernels bind their inputs here.
+    pub(crate) fn binding_rules(&self) -> crate::codegen::BindingRules {
+        crate::codegen::BindingRules {
+            chunk: self.chunk,
+            uniform_inputs: self.cpu,
+        }
+    }
+
     pub(crate) fn of(device: &crate::Device) -> Target {
         let limits = &device.inner.limits;
         Target {
