@@ -269,6 +269,15 @@ const STAND_IN_BYTES: u64 = 256;
 /// inputs): their stand-ins are as big as the real ones.
 const UNIFORM_STAND_IN_BYTES: u64 = 64 << 10;
 
+/// The bytes a stand-in binds for `bind`: a uniform binding must hold what
+/// its shader declares, a storage binding only a little.
+fn stand_in_bytes(bind: AheadBind) -> u64 {
+    match bind {
+        AheadBind::Buffer { bytes } if bytes <= UNIFORM_STAND_IN_BYTES => bytes.max(STAND_IN_BYTES),
+        _ => STAND_IN_BYTES,
+    }
+}
+
 /// Buffers and textures to bind in place of a plan's: one buffer per
 /// binding index (a kernel may bind one read-only and another read-write),
 /// and a tiny texture per binding index and power-of-two-ness of its sides.
@@ -291,12 +300,7 @@ impl StandIns {
     fn provide(&mut self, device: &Device, binds: &[AheadBind]) -> crate::error::Result<()> {
         // Scalars buffers serve as storage and as uniform buffers alike.
         for (i, bind) in binds.iter().enumerate() {
-            let bytes = match *bind {
-                AheadBind::Buffer { bytes } if bytes <= UNIFORM_STAND_IN_BYTES => {
-                    bytes.max(STAND_IN_BYTES)
-                }
-                _ => STAND_IN_BYTES,
-            };
+            let bytes = stand_in_bytes(*bind);
             match self.buffers.get(i) {
                 Some(b) if b.size_bytes() >= bytes => {}
                 Some(_) => self.buffers[i] = device.alloc(bytes, BufferKind::Scalars, None)?,
@@ -323,10 +327,13 @@ impl StandIns {
             .iter()
             .enumerate()
             .filter_map(|(i, bind)| match *bind {
+                // Bound to what this kernel needs, not to the whole
+                // stand-in, which an earlier kernel may have grown past a
+                // uniform binding's limit.
                 AheadBind::Buffer { .. } => self.buffers.get(i).map(|s| BindResource::Buffer {
                     id: s.id(),
                     offset: 0,
-                    size: s.size_bytes(),
+                    size: stand_in_bytes(*bind).min(s.size_bytes()),
                     buffer: s.buffer(),
                 }),
                 AheadBind::Texture { width, height } => self

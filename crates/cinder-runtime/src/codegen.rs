@@ -1392,6 +1392,10 @@ pub(crate) fn reduce(
     parts: usize,
     form: ReduceForm,
 ) -> Generated {
+    // The caller dispatches `form.threads()` a workgroup: only the forms
+    // `ReduceForm::choose` gives may reach here.
+    debug_assert!(form != ReduceForm::Serial || parts <= 1);
+    debug_assert!(form != ReduceForm::Subgroup || op == ReduceOp::Sum);
     let mut g = Gen::new(entries, materialized, rules);
     let in_shape = &entries[input].shape;
     let out_shape = &entries[root].shape;

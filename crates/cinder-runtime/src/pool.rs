@@ -16,14 +16,20 @@ pub(crate) enum BufferKind {
 }
 
 impl BufferKind {
-    fn usage(self) -> wgpu::BufferUsages {
+    /// The usages of a buffer of this kind; `uniform_inputs` where
+    /// generated kernels read small inputs as uniform buffers (a CPU
+    /// adapter, `codegen::BindingRules`).
+    fn usage(self, uniform_inputs: bool) -> wgpu::BufferUsages {
         match self {
-            // Generated kernels read small inputs as uniform buffers.
             BufferKind::Storage => {
-                wgpu::BufferUsages::STORAGE
-                    | wgpu::BufferUsages::UNIFORM
+                let usage = wgpu::BufferUsages::STORAGE
                     | wgpu::BufferUsages::COPY_SRC
-                    | wgpu::BufferUsages::COPY_DST
+                    | wgpu::BufferUsages::COPY_DST;
+                if uniform_inputs {
+                    usage | wgpu::BufferUsages::UNIFORM
+                } else {
+                    usage
+                }
             }
             BufferKind::Readback => wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             // Generated kernels read their scalars as a uniform buffer,
@@ -218,7 +224,7 @@ impl Device {
         let buffer = dev.create_buffer(&wgpu::BufferDescriptor {
             label: None,
             size,
-            usage: kind.usage(),
+            usage: kind.usage(self.is_cpu()),
             mapped_at_creation: false,
         });
         if let Some(err) = pollster::block_on(scope.pop()) {
@@ -228,7 +234,7 @@ impl Device {
             let retry = dev.create_buffer(&wgpu::BufferDescriptor {
                 label: None,
                 size,
-                usage: kind.usage(),
+                usage: kind.usage(self.is_cpu()),
                 mapped_at_creation: false,
             });
             if pollster::block_on(scope.pop()).is_some() {
