@@ -1517,13 +1517,40 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         REDUCE_WG
     };
     let span = r_total.div_ceil(parts.max(1));
+    // The subgroup form combines its lanes with one subgroupAdd; the
+    // workgroup form through workgroup memory, by a tree.
+    let (shared, tail) = if subgroup {
+        let store = g.store(out, "wg", "total");
+        (
+            String::new(),
+            format!("    let total = subgroupAdd(acc);\n    if (lid == 0u) {{ {store} }}\n"),
+        )
+    } else {
+        let result = if arg { "i32(red_i[0])" } else { "red_v[0]" };
+        let store = g.store(out, "wg", result);
+        (
+            format!(
+                "\nvar<workgroup> red_v: array<{ty}, {threads}>;\nvar<workgroup> red_i: array<u32, {threads}>;\n"
+            ),
+            format!(
+                "    red_v[lid] = acc;
+    red_i[lid] = acci;
+    workgroupBarrier();
+    for (var s: u32 = {half}u; s > 0u; s = s >> 1u) {{
+        if (lid < s) {{ {combine} }}
+        workgroupBarrier();
+    }}
+    if (lid == 0u) {{ {store} }}
+",
+                half = threads / 2
+            ),
+        )
+    };
     let mut src = String::from(PRELUDE);
     src.push_str(&g.declarations(out));
-    if subgroup {
-        let store = g.store(out, "wg", "total");
-        let _ = write!(
-            src,
-            "
+    let _ = write!(
+        src,
+        "{shared}
 @compute @workgroup_size({threads})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {{
@@ -1535,68 +1562,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 {kept}    let base = {base};
     let r0 = first + lid;
 {start}    var acc: {ty} = {init};
+    var acci: u32 = 0u;
     for (var r: u32 = r0; r < end; r = r + {threads}u) {{
         let ridx = {red};
 {body}        {step}
 {advance}    }}
-    let total = subgroupAdd(acc);
-    if (lid == 0u) {{ {store} }}
-}}
-",
-            base = base_terms.join(" + "),
-            red = red_terms.join(" + "),
-            start = start_digits("r0"),
-            advance = advance_digits(&red_axes, &red_shape, threads as usize),
-            n_wg = n_out * parts.max(1),
-            parts = parts.max(1),
-        );
-        return Generated {
-            source: src,
-            inputs: g.inputs,
-            uniform: g.uniform,
-            seeds: g.seeds,
-            items: (n_out * parts.max(1)) as u64 * threads as u64,
-        };
-    }
-    let result = if arg { "i32(red_i[0])" } else { "red_v[0]" };
-    let store = g.store(out, "wg", result);
-    let _ = write!(
-        src,
-        "
-var<workgroup> red_v: array<{ty}, {REDUCE_WG}>;
-var<workgroup> red_i: array<u32, {REDUCE_WG}>;
-
-@compute @workgroup_size({REDUCE_WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {{
-    let wg = wid.y * nwg.x + wid.x;
-    if (wg >= {n_wg}u) {{ return; }}
-    let o = wg / {parts}u;
-    let first = (wg % {parts}u) * {span}u;
-    let end = min(first + {span}u, {r_total}u);
-{kept}    let base = {base};
-    let r0 = first + lid;
-{start}    var acc: {ty} = {init};
-    var acci: u32 = 0u;
-    for (var r: u32 = r0; r < end; r = r + {REDUCE_WG}u) {{
-        let ridx = {red};
-{body}        {step}
-{advance}    }}
-    red_v[lid] = acc;
-    red_i[lid] = acci;
-    workgroupBarrier();
-    for (var s: u32 = {half}u; s > 0u; s = s >> 1u) {{
-        if (lid < s) {{ {combine} }}
-        workgroupBarrier();
-    }}
-    if (lid == 0u) {{ {store} }}
-}}
+{tail}}}
 ",
         base = base_terms.join(" + "),
         red = red_terms.join(" + "),
-        half = REDUCE_WG / 2,
         start = start_digits("r0"),
-        advance = advance_digits(&red_axes, &red_shape, REDUCE_WG as usize),
+        advance = advance_digits(&red_axes, &red_shape, threads as usize),
         n_wg = n_out * parts.max(1),
         parts = parts.max(1),
     );
@@ -1605,7 +1581,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         inputs: g.inputs,
         uniform: g.uniform,
         seeds: g.seeds,
-        items: (n_out * parts.max(1)) as u64 * REDUCE_WG as u64,
+        items: (n_out * parts.max(1)) as u64 * threads as u64,
     }
 }
 
