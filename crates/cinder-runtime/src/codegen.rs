@@ -1371,9 +1371,109 @@ impl ReduceForm {
     }
 }
 
+/// Where a reduction's thread reads: every coordinate of the element is a
+/// variable, the kept ones divided out of the output index `o` once per
+/// thread, the reduced ones (`rd{axis}`) counted along with the loop's
+/// counter `r` (see [`advance_digits`]). Registered as `ridx`'s digits,
+/// they spare the body's views from dividing the index apart again, which
+/// lavapipe pays for in every lane of every element.
+struct ReduceIndex {
+    /// Statements defining the kept coordinates `od{axis}` from `o`.
+    kept: String,
+    /// The input index of the first element of `o`'s range.
+    base: String,
+    /// The input index at the counter's digits (`ridx`).
+    element: String,
+    /// The reduced axes of extent over 1, in the order `r` counts them.
+    axes: Vec<usize>,
+    extents: Vec<usize>,
+    /// Elements each output reduces: 0 where a reduced axis is empty.
+    total: usize,
+    /// `ridx`'s digits over the input's shape; none for an empty input,
+    /// where the loop never runs and extent-0 digits would divide by zero.
+    digits: Option<Vec<(String, usize)>>,
+}
+
+impl ReduceIndex {
+    fn new(in_shape: &[usize], out_shape: &[usize], axes: &[usize]) -> ReduceIndex {
+        let cs = contiguous_strides(in_shape);
+        let empty = in_shape.contains(&0);
+        let mut kept = String::new();
+        let mut base_terms = vec!["0u".to_string()];
+        let mut digits = Vec::new();
+        for d in 0..in_shape.len() {
+            if in_shape[d] == 1 || empty {
+                continue;
+            }
+            if axes.contains(&d) {
+                digits.push((format!("rd{d}"), in_shape[d]));
+            } else {
+                let _ = writeln!(kept, "    let od{d} = {};", coord("o", out_shape, d));
+                base_terms.push(format!("od{d} * {}u", cs[d]));
+                digits.push((format!("od{d}"), in_shape[d]));
+            }
+        }
+        let counted: Vec<usize> = axes.iter().copied().filter(|&a| in_shape[a] > 1).collect();
+        let mut element_terms = vec!["base".to_string()];
+        element_terms.extend(counted.iter().map(|&a| format!("rd{a} * {}u", cs[a])));
+        ReduceIndex {
+            kept,
+            base: base_terms.join(" + "),
+            element: element_terms.join(" + "),
+            extents: counted.iter().map(|&a| in_shape[a]).collect(),
+            axes: counted,
+            total: axes.iter().map(|&a| in_shape[a]).product(),
+            digits: (!empty).then_some(digits),
+        }
+    }
+
+    /// Declarations of the counter's digits at counter value `r`.
+    fn start(&self, r: &str) -> String {
+        let mut s = String::new();
+        for (j, &a) in self.axes.iter().enumerate() {
+            let _ = writeln!(s, "    var rd{a}: u32 = {};", coord(r, &self.extents, j));
+        }
+        s
+    }
+
+    /// Statements moving the counter's digits on by `step`.
+    fn advance(&self, step: usize) -> String {
+        advance_digits(&self.axes, &self.extents, step)
+    }
+}
+
+/// A reduction's loop step over value `v`, and the workgroup tree's
+/// combining step: a sum adds; max, min and their arg forms keep the
+/// winner (NaN first, then on a tie the smaller index, as in PyTorch).
+fn reduce_steps(op: ReduceOp, in_ty: DType, v: &str) -> (String, String) {
+    if op == ReduceOp::Sum {
+        return (
+            format!("acc = acc + {v};"),
+            "red_v[lid] = red_v[lid] + red_v[lid + s];".to_string(),
+        );
+    }
+    let (_, take) = reduce_start(op, in_ty);
+    let arg = matches!(op, ReduceOp::ArgMax | ReduceOp::ArgMin);
+    let tie = match (arg, in_ty) {
+        // Equal values, or two NaNs: the smaller index wins, as in PyTorch.
+        (true, DType::F32) => {
+            " || ((x == acc || (is_nan_f(x) && is_nan_f(acc))) && red_i[lid + s] < red_i[lid])"
+        }
+        (true, _) => " || (x == acc && red_i[lid + s] < red_i[lid])",
+        _ => "",
+    };
+    (
+        format!("let x = {v}; if ({take}) {{ acc = x; acci = r; }}"),
+        format!(
+            "let x = red_v[lid + s]; let acc = red_v[lid]; if ({take}{tie}) {{ red_v[lid] = x; red_i[lid] = red_i[lid + s]; }}"
+        ),
+    )
+}
+
 /// One workgroup per output element; threads stride over the reduced
 /// elements, then a fixed-order tree combines them (deterministic, no
-/// atomics). With `serial` (see [`serial_reduce`]), one thread per output.
+/// atomics). With `ReduceForm::Serial` (see [`serial_reduce`]), one thread
+/// per output; with `ReduceForm::Subgroup`, one subgroup per output.
 /// With `parts > 1`, each output's range is split over `parts` workgroups
 /// that write partial results to `out` (shape `[outputs, parts]`); a second
 /// reduction combines them. This keeps every workgroup's share bounded, which
@@ -1397,88 +1497,89 @@ pub(crate) fn reduce(
     debug_assert!(form != ReduceForm::Serial || parts <= 1);
     debug_assert!(form != ReduceForm::Subgroup || op == ReduceOp::Sum);
     let mut g = Gen::new(entries, materialized, rules);
-    let in_shape = &entries[input].shape;
-    let out_shape = &entries[root].shape;
     let in_ty = entries[input].dtype;
-    let cs = contiguous_strides(in_shape);
-    // Every coordinate of the element read is a variable: the kept ones
-    // divided out of `o` once per thread, the reduced ones counted along
-    // with `r` (see `advance_digits`). Registered as `ridx`'s digits, they
-    // spare the body's views from dividing the index apart again, which
-    // lavapipe pays for in every lane of every element.
-    let mut kept = String::new();
-    let mut base_terms = vec!["0u".to_string()];
-    let mut ridx_digits = Vec::new();
-    let mut red_axes = Vec::new();
-    // An empty input reduces nothing: the loop never runs, and digits of
-    // extent 0 would divide by zero here.
-    let empty = in_shape.contains(&0);
-    for d in 0..in_shape.len() {
-        if in_shape[d] == 1 || empty {
-            continue;
-        }
-        if axes.contains(&d) {
-            ridx_digits.push((format!("rd{d}"), in_shape[d]));
-        } else {
-            let _ = writeln!(kept, "    let od{d} = {};", coord("o", out_shape, d));
-            base_terms.push(format!("od{d} * {}u", cs[d]));
-            ridx_digits.push((format!("od{d}"), in_shape[d]));
-        }
+    let index = ReduceIndex::new(&entries[input].shape, &entries[root].shape, axes);
+    if let Some(digits) = index.digits.clone() {
+        g.digits.insert("ridx".to_string(), digits);
     }
-    // The reduced axes in the order `r` counts them, outermost first.
-    for &a in axes {
-        if in_shape[a] > 1 {
-            red_axes.push(a);
-        }
-    }
-    let red_shape: Vec<usize> = red_axes.iter().map(|&a| in_shape[a]).collect();
-    // Over every reduced axis: 0 where one is empty.
-    let r_total: usize = axes.iter().map(|&a| in_shape[a]).product();
-    let mut red_terms = vec!["base".to_string()];
-    for &a in &red_axes {
-        red_terms.push(format!("rd{a} * {}u", cs[a]));
-    }
-    if !empty {
-        g.digits.insert("ridx".to_string(), ridx_digits);
-    }
-    let start_digits = |r: &str| {
-        let mut s = String::new();
-        for (j, &a) in red_axes.iter().enumerate() {
-            let _ = writeln!(s, "    var rd{a}: u32 = {};", coord(r, &red_shape, j));
-        }
-        s
-    };
     let mut body = String::new();
     let v = g.value(&mut body, input, "ridx", false);
-    let ty = in_ty.wgsl();
-    let (init, take) = reduce_start(op, in_ty);
-    let arg = matches!(op, ReduceOp::ArgMax | ReduceOp::ArgMin);
-    let (step, combine) = if op == ReduceOp::Sum {
-        (
-            format!("acc = acc + {v};"),
-            "red_v[lid] = red_v[lid] + red_v[lid + s];".to_string(),
-        )
-    } else {
-        let tie = match (arg, in_ty) {
-            // Equal values, or two NaNs: the smaller index wins, as in PyTorch.
-            (true, DType::F32) => {
-                " || ((x == acc || (is_nan_f(x) && is_nan_f(acc))) && red_i[lid + s] < red_i[lid])"
-            }
-            (true, _) => " || (x == acc && red_i[lid + s] < red_i[lid])",
-            _ => "",
-        };
-        (
-            format!("let x = {v}; if ({take}) {{ acc = x; acci = r; }}"),
-            format!(
-                "let x = red_v[lid + s]; let acc = red_v[lid]; if ({take}{tie}) {{ red_v[lid] = x; red_i[lid] = red_i[lid + s]; }}"
-            ),
-        )
+    let (step, combine) = reduce_steps(op, in_ty, &v);
+    let loop_body = format!(
+        "        let ridx = {};\n{body}        {step}\n",
+        index.element
+    );
+    let n_out = numel(&entries[root].shape);
+    let kernel = ReduceKernel {
+        g: &g,
+        out,
+        op,
+        in_ty,
+        index,
+        loop_body,
     };
-    let n_out = numel(out_shape);
-    if form == ReduceForm::Serial && parts <= 1 {
-        let store = g.store(out, "o", if arg { "i32(acci)" } else { "acc" });
+    let (source, items) = if form == ReduceForm::Serial && parts <= 1 {
+        (kernel.serial_source(), n_out)
+    } else {
+        let source = kernel.parallel_source(&combine, n_out, parts, form);
+        (source, n_out * parts.max(1) * form.threads() as usize)
+    };
+    Generated {
+        source,
+        inputs: g.inputs,
+        uniform: g.uniform,
+        seeds: g.seeds,
+        items: items as u64,
+    }
+}
+
+/// What both forms of a reduction's kernel are made of.
+struct ReduceKernel<'g, 'a> {
+    g: &'g Gen<'a>,
+    out: usize,
+    op: ReduceOp,
+    in_ty: DType,
+    index: ReduceIndex,
+    /// Reads and accumulates one element, before the counter moves on.
+    loop_body: String,
+}
+
+impl ReduceKernel<'_, '_> {
+    /// Whether the result is the winner's index (ArgMax, ArgMin).
+    fn arg(&self) -> bool {
+        matches!(self.op, ReduceOp::ArgMax | ReduceOp::ArgMin)
+    }
+
+    /// The prelude and the bindings, which every form starts with.
+    fn head(&self) -> String {
         let mut src = String::from(PRELUDE);
-        src.push_str(&g.declarations(out));
+        src.push_str(&self.g.declarations(self.out));
+        src
+    }
+
+    /// The accumulator's declarations and the loop over the counter from
+    /// `r0`, `step` at a time, while `r < end`.
+    fn accumulate(&self, r0: &str, end: &str, step: usize) -> String {
+        let index = &self.index;
+        format!(
+            "{start}    var acc: {ty} = {init};
+    var acci: u32 = 0u;
+    for (var r: u32 = {r0}; r < {end}; r = r + {step}u) {{
+{body}{advance}    }}
+",
+            start = index.start(r0),
+            ty = self.in_ty.wgsl(),
+            init = reduce_start(self.op, self.in_ty).0,
+            body = self.loop_body,
+            advance = index.advance(step),
+        )
+    }
+
+    /// The one-thread-per-output form's source.
+    fn serial_source(&self) -> String {
+        let result = if self.arg() { "i32(acci)" } else { "acc" };
+        let store = self.g.store(self.out, "o", result);
+        let mut src = self.head();
         let _ = write!(
             src,
             "
@@ -1488,52 +1589,49 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let o = (wid.y * nwg.x + wid.x) * {ELEMENTWISE_WG}u + lid;
     if (o >= {n_out}u) {{ return; }}
 {kept}    let base = {base};
-{start}    var acc: {ty} = {init};
-    var acci: u32 = 0u;
-    for (var r: u32 = 0u; r < {r_total}u; r = r + 1u) {{
-        let ridx = {red};
-{body}        {step}
-{advance}    }}
-    {store}
+{accumulate}    {store}
 }}
 ",
-            base = base_terms.join(" + "),
-            red = red_terms.join(" + "),
-            start = start_digits("0u"),
-            advance = advance_digits(&red_axes, &red_shape, 1),
+            n_out = numel(&self.g.entries[self.out].shape),
+            kept = self.index.kept,
+            base = self.index.base,
+            accumulate = self.accumulate("0u", &format!("{}u", self.index.total), 1),
         );
-        return Generated {
-            source: src,
-            inputs: g.inputs,
-            uniform: g.uniform,
-            seeds: g.seeds,
-            items: n_out as u64,
-        };
+        src
     }
-    let subgroup = form == ReduceForm::Subgroup && op == ReduceOp::Sum;
-    let threads = if subgroup {
-        SUBGROUP_REDUCE_WG
-    } else {
-        REDUCE_WG
-    };
-    let span = r_total.div_ceil(parts.max(1));
-    // The subgroup form combines its lanes with one subgroupAdd; the
-    // workgroup form through workgroup memory, by a tree.
-    let (shared, tail) = if subgroup {
-        let store = g.store(out, "wg", "total");
-        (
-            String::new(),
-            format!("    let total = subgroupAdd(acc);\n    if (lid == 0u) {{ {store} }}\n"),
-        )
-    } else {
-        let result = if arg { "i32(red_i[0])" } else { "red_v[0]" };
-        let store = g.store(out, "wg", result);
-        (
-            format!(
-                "\nvar<workgroup> red_v: array<{ty}, {threads}>;\nvar<workgroup> red_i: array<u32, {threads}>;\n"
-            ),
-            format!(
-                "    red_v[lid] = acc;
+
+    /// The workgroup and subgroup forms' source, `parts` workgroups per
+    /// output. The subgroup form combines its lanes with one `subgroupAdd`;
+    /// the workgroup form through workgroup memory, by a tree (`combine`).
+    fn parallel_source(
+        &self,
+        combine: &str,
+        n_out: usize,
+        parts: usize,
+        form: ReduceForm,
+    ) -> String {
+        // The dispatch counts `form.threads()` a workgroup, so the kernel does.
+        let threads = form.threads();
+        let (shared, tail) = if form == ReduceForm::Subgroup && self.op == ReduceOp::Sum {
+            let store = self.g.store(self.out, "wg", "total");
+            (
+                String::new(),
+                format!("    let total = subgroupAdd(acc);\n    if (lid == 0u) {{ {store} }}\n"),
+            )
+        } else {
+            let result = if self.arg() {
+                "i32(red_i[0])"
+            } else {
+                "red_v[0]"
+            };
+            let store = self.g.store(self.out, "wg", result);
+            let ty = self.in_ty.wgsl();
+            (
+                format!(
+                    "\nvar<workgroup> red_v: array<{ty}, {threads}>;\nvar<workgroup> red_i: array<u32, {threads}>;\n"
+                ),
+                format!(
+                    "    red_v[lid] = acc;
     red_i[lid] = acci;
     workgroupBarrier();
     for (var s: u32 = {half}u; s > 0u; s = s >> 1u) {{
@@ -1542,15 +1640,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }}
     if (lid == 0u) {{ {store} }}
 ",
-                half = threads / 2
-            ),
-        )
-    };
-    let mut src = String::from(PRELUDE);
-    src.push_str(&g.declarations(out));
-    let _ = write!(
-        src,
-        "{shared}
+                    half = threads / 2
+                ),
+            )
+        };
+        let parts = parts.max(1);
+        let span = self.index.total.div_ceil(parts);
+        let mut src = self.head();
+        let _ = write!(
+            src,
+            "{shared}
 @compute @workgroup_size({threads})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {{
@@ -1558,30 +1657,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if (wg >= {n_wg}u) {{ return; }}
     let o = wg / {parts}u;
     let first = (wg % {parts}u) * {span}u;
-    let end = min(first + {span}u, {r_total}u);
+    let end = min(first + {span}u, {total}u);
 {kept}    let base = {base};
     let r0 = first + lid;
-{start}    var acc: {ty} = {init};
-    var acci: u32 = 0u;
-    for (var r: u32 = r0; r < end; r = r + {threads}u) {{
-        let ridx = {red};
-{body}        {step}
-{advance}    }}
-{tail}}}
+{accumulate}{tail}}}
 ",
-        base = base_terms.join(" + "),
-        red = red_terms.join(" + "),
-        start = start_digits("r0"),
-        advance = advance_digits(&red_axes, &red_shape, threads as usize),
-        n_wg = n_out * parts.max(1),
-        parts = parts.max(1),
-    );
-    Generated {
-        source: src,
-        inputs: g.inputs,
-        uniform: g.uniform,
-        seeds: g.seeds,
-        items: (n_out * parts.max(1)) as u64 * threads as u64,
+            n_wg = n_out * parts,
+            total = self.index.total,
+            kept = self.index.kept,
+            base = self.index.base,
+            accumulate = self.accumulate("r0", "end", threads as usize),
+        );
+        src
     }
 }
 
