@@ -2835,3 +2835,131 @@ fn reductions_over_awkward_axes_count_their_digits_and_read_small_inputs_as_unif
         &za.abs().sum(&[1, 2], false),
     );
 }
+
+// ---- element-wise kernels that compute four elements per invocation --------------------
+
+#[test]
+fn large_elementwise_kernels_read_and_store_quads_through_views() {
+    // Outputs of 2^18 elements or more, their counts multiples of 4, are
+    // computed four consecutive elements per invocation on a CPU adapter,
+    // and each input whose view keeps an aligned quad together is read a
+    // vec4 at a time. Each case here keeps the quads together or breaks
+    // them in another way; all must agree with the reference.
+    let mut rng = Rng::named("quads");
+    let shape = [64, 24, 14, 14];
+    let n = numel(&shape);
+    // A product's rows read back as NCHW: contiguous runs of 196, which
+    // quads do not straddle.
+    let m = rng.vec(n, -2.0, 2.0);
+    let ma = Arr::from_f32(&m, &[24, 64, 14, 14]).permute(&[1, 0, 2, 3]);
+    let v = ok(
+        "nchw",
+        tensor(&m, &[24, 64 * 196])
+            .reshape(&[24, 64, 14, 14])
+            .and_then(|t| t.permute(&[1, 0, 2, 3])),
+    );
+    let y = ok(
+        "leaky * 2 + 1",
+        v.leaky_relu(0.2)
+            .and_then(|t| t.mul_scalar(2.0))
+            .and_then(|t| t.add_scalar(1.0)),
+    );
+    let want = ma.map(|x| if x > 0.0 { x } else { 0.2 * x } * 2.0 + 1.0);
+    check("runs of 196 in quads", &y, &want);
+    // Runs of 49: a quad straddles two of them, so reads stay scalar.
+    let m2 = rng.vec(128 * 64 * 49, -2.0, 2.0);
+    let m2a = Arr::from_f32(&m2, &[128, 64, 7, 7]).permute(&[1, 0, 2, 3]);
+    let v2 = ok(
+        "runs of 49",
+        tensor(&m2, &[128, 64 * 49])
+            .reshape(&[128, 64, 7, 7])
+            .and_then(|t| t.permute(&[1, 0, 2, 3]))
+            .and_then(|t| t.mul_scalar(3.0)),
+    );
+    check("runs of 49", &v2, &m2a.map(|x| 3.0 * x));
+    // A transpose: every element of a quad from another row.
+    let t3 = ok(
+        "transpose",
+        tensor(&m, &[64, 4704])
+            .transpose(0, 1)
+            .and_then(|t| t.add_scalar(1.0)),
+    );
+    let t3a = Arr::from_f32(&m, &[64, 4704])
+        .transpose(0, 1)
+        .map(|x| x + 1.0);
+    check("transposed", &t3, &t3a);
+    // A mask over quads: NaN where the mask is 0 still gives 0.
+    let x = rng.vec(n, -1.0, 1.0);
+    let mut mask = rng.vec(n, -1.0, 1.0);
+    let mut g = rng.vec(n, -3.0, 3.0);
+    for i in (0..n).step_by(5) {
+        mask[i] = 0.0;
+        g[i] = f32::NAN;
+    }
+    let masked = ok("masked", tensor(&g, &shape).masked(&tensor(&mask, &shape)));
+    let masked_want: Vec<f64> = g
+        .iter()
+        .zip(&mask)
+        .map(|(&g, &m)| if m != 0.0 { g as f64 } else { 0.0 })
+        .collect();
+    check("masked quads", &masked, &Arr::new(&shape, masked_want));
+    // Broadcasts: an image per sample over the channels (stride 0, which
+    // keeps quads) and a per-channel scale (a uniform input).
+    let b = rng.vec(64 * 196, -1.0, 1.0);
+    let s = rng.vec(24, 0.5, 1.5);
+    let y5 = ok(
+        "broadcasts",
+        tensor(&b, &[64, 1, 14, 14])
+            .mul(&tensor(&s, &[1, 24, 1, 1]))
+            .and_then(|t| t.add(&tensor(&x, &shape))),
+    );
+    let y5a = Arr::from_f32(&b, &[64, 1, 14, 14])
+        .mul(&Arr::from_f32(&s, &[1, 24, 1, 1]))
+        .add(&Arr::from_f32(&x, &shape));
+    check("broadcasts", &y5, &y5a);
+    // Narrowed views: channels from 4 keep quads (the offset is a multiple
+    // of 4 elements); columns from 1 do not.
+    let wide = [64, 32, 14, 14];
+    let w = rng.vec(numel(&wide), -1.0, 1.0);
+    let wa = Arr::from_f32(&w, &wide);
+    let channels = ok(
+        "channels 4..28",
+        tensor(&w, &wide)
+            .narrow(1, 4, 24)
+            .and_then(|t| t.mul_scalar(2.0)),
+    );
+    check(
+        "channels 4..28",
+        &channels,
+        &wa.narrow(1, 4, 24).map(|x| 2.0 * x),
+    );
+    let columns = ok(
+        "columns 1..13",
+        tensor(&w, &wide)
+            .narrow(3, 1, 12)
+            .and_then(|t| t.mul_scalar(2.0)),
+    );
+    check(
+        "columns 1..13",
+        &columns,
+        &wa.narrow(3, 1, 12).map(|x| 2.0 * x),
+    );
+    // A flat run from element 2: contiguous, but each quad misaligned.
+    let flat = ok(
+        "elements 2..",
+        tensor(&w, &[w.len()])
+            .narrow(0, 2, w.len() - 4)
+            .and_then(|t| t.mul_scalar(2.0)),
+    );
+    let flat_want = Arr::from_f32(&w, &[w.len()]).narrow(0, 2, w.len() - 4);
+    check("elements 2..", &flat, &flat_want.map(|x| 2.0 * x));
+    // Integers in quads.
+    let ints = ok(
+        "to i32",
+        tensor(&x, &shape)
+            .mul_scalar(10.0)
+            .and_then(|t| t.to_dtype(DType::I32)),
+    );
+    let want: Vec<i32> = x.iter().map(|&v| (v * 10.0) as i32).collect();
+    assert_eq!(read_i32("to i32", &ints), want, "to i32");
+}

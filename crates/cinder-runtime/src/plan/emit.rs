@@ -7,7 +7,7 @@ use super::product::{matmul_kernel, operand_sources};
 use super::texture::Resident;
 use super::{Fusion, Graph, Group, Target};
 use crate::canon::CanonEffect;
-use crate::codegen::{self, Generated, ReduceForm, ELEMENTWISE_WG};
+use crate::codegen::{self, Generated, InputForm, ReduceForm, ELEMENTWISE_WG};
 use crate::error::{Error, Result};
 use crate::graph::{numel, Op, ReduceOp};
 use crate::kernels::{self, KernelSource};
@@ -149,18 +149,18 @@ impl Kernel {
 }
 
 /// A generated kernel's input bindings, in order: uniform buffers whole,
-/// storage buffers in chunks.
+/// storage buffers in chunks, or whole where read a vec4 at a time.
 fn input_binds(generated: &Generated) -> Vec<Bind> {
     generated
         .inputs
         .iter()
-        .zip(&generated.uniform)
-        .map(|(&entry, &uniform)| Bind::Entry {
+        .zip(&generated.forms)
+        .map(|(&entry, &form)| Bind::Entry {
             entry,
-            layout: if uniform {
-                Layout::Uniform
-            } else {
-                Layout::Chunked
+            layout: match form {
+                InputForm::Storage => Layout::Chunked,
+                InputForm::Uniform => Layout::Uniform,
+                InputForm::Quads => Layout::Whole,
             },
         })
         .collect()
@@ -581,7 +581,7 @@ fn custom_kernel(
 /// Entry `i`'s fused element-wise kernel.
 fn elementwise(graph: &Graph, fusion: &Fusion, target: &Target, i: usize) -> Kernel {
     let entries = &graph.entries;
-    let paired = codegen::paired_store(entries, i, target.chunk, target.subgroup_matmul);
+    let form = codegen::store_form(entries, i, target.chunk, target.subgroup_matmul, target.cpu);
     let generated = codegen::elementwise_stored(
         entries,
         &|x| fusion.mat[x],
@@ -589,7 +589,7 @@ fn elementwise(graph: &Graph, fusion: &Fusion, target: &Target, i: usize) -> Ker
         i,
         i,
         false,
-        paired,
+        form,
     );
     Kernel::generated("fused elementwise", generated, i, ELEMENTWISE_WG)
 }
