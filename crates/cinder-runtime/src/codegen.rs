@@ -48,7 +48,7 @@ pub(crate) enum InputForm {
     /// A storage buffer of vec4s, bound whole (to its padded size): a
     /// kernel that computes four consecutive elements per invocation
     /// reads four consecutive elements of this input in one load (see
-    /// [`keeps_quads`]). The same entry may also be bound as `Storage`.
+    /// [`Quad`]). The same entry may also be bound as `Storage`.
     Quads,
 }
 
@@ -71,10 +71,11 @@ struct Gen<'a> {
     /// an index is a digit, or a few digits, instead of a division and a
     /// remainder of the whole index (see [`Gen::coord`]).
     digits: HashMap<String, Vec<(String, usize)>>,
-    /// Index variables that are element `k` of an aligned quad: the index
-    /// is `base + k`, `base` a multiple of 4, and the quad's four elements
-    /// lie consecutively in the indexed tensor (see [`keeps_quads`]).
-    quads: HashMap<String, (String, usize)>,
+    /// Index variables that are element `k` of a quad (see [`Quad`]).
+    quads: HashMap<String, Quad>,
+    /// Where a view reads a quad's first element: its input's index and
+    /// mask, by the view's entry and the quad's first index.
+    quad_views: HashMap<(usize, String), (String, Option<String>)>,
     counter: usize,
     /// In a matmul epilogue: the matmul entry and the variable holding its
     /// value at the element being stored.
@@ -102,6 +103,7 @@ impl<'a> Gen<'a> {
             memo: HashMap::new(),
             digits: HashMap::new(),
             quads: HashMap::new(),
+            quad_views: HashMap::new(),
             counter: 0,
             substitute: None,
             scalars: "scalars",
@@ -120,6 +122,10 @@ pub(crate) struct BindingRules {
     /// read different addresses one after another, and a bias read along
     /// its rows' last axis would be read so.
     pub uniform_inputs: bool,
+    /// A sum whose innermost reduced elements lie consecutively may read
+    /// four a time (see [`reduce_quads`]): on a CPU adapter, for the same
+    /// reason element-wise kernels do ([`StoreForm::Quads`]).
+    pub reduce_quads: bool,
 }
 
 /// Where a generated kernel writes: an entry's buffer, as elements of the
@@ -376,10 +382,14 @@ impl Gen<'_> {
     /// shared by the quad's four elements where `idx` is a quad's element
     /// and `i` lies in one storage binding, else a load of its own.
     fn leaf(&mut self, body: &mut String, i: usize, idx: &str) -> String {
-        let Some((base, k)) = self.quads.get(idx).cloned() else {
+        let Some(Quad { base, k, stride }) = self.quads.get(idx).cloned() else {
             return self.load(i, idx);
         };
-        if self.chunks(i) > 1 || self.uniform_candidate(i) || self.entries[i].dtype.size() != 4 {
+        if stride != 1
+            || self.chunks(i) > 1
+            || self.uniform_candidate(i)
+            || self.entries[i].dtype.size() != 4
+        {
             return self.load(i, idx);
         }
         let key = (i, format!("quad {base}"));
@@ -463,7 +473,9 @@ impl Gen<'_> {
                 let x = self.value(body, a, idx, false);
                 unary(op, e.dtype, &x)
             }
-            Op::Binary(BinaryOp::Masked, a, mask) if self.quads.contains_key(idx) => {
+            Op::Binary(BinaryOp::Masked, a, mask)
+                if self.quads.get(idx).is_some_and(|q| q.stride == 1) =>
+            {
                 // A quad's load serves four elements: cheaper taken than
                 // guarded four times.
                 let m = self.value(body, mask, idx, false);
@@ -508,20 +520,28 @@ impl Gen<'_> {
                 self.memo.insert((i, idx.to_string()), x.clone());
                 return x;
             }
-            Op::View(spec, a) => match self.view_index(body, &spec, &e.shape, idx) {
-                (child, None) => {
-                    if let Some((base, k)) = self.quads.get(idx).cloned() {
-                        if keeps_quads(&spec, &e.shape) {
-                            let child_base = self.quad_base(body, i, &spec, &base);
-                            self.quads.insert(child.clone(), (child_base, k));
+            Op::View(spec, a) => {
+                let quad = self.quads.get(idx).cloned();
+                if let Some(q) = quad {
+                    if let Some(stride) = q.through(&spec, &e.shape) {
+                        // The quad's elements share the mask: one load
+                        // serves them, taken whether or not they lie inside.
+                        let (child, m) = self.quad_child(body, i, &spec, &q, stride);
+                        let x = self.value(body, a, &child, false);
+                        match m {
+                            Some(m) => format!("select({}, {x}, {m})", zero(e.dtype)),
+                            None => {
+                                self.memo.insert((i, idx.to_string()), x.clone());
+                                return x;
+                            }
                         }
+                    } else {
+                        self.view_value(body, i, &spec, a, idx)
                     }
-                    let x = self.value(body, a, &child, false);
-                    self.memo.insert((i, idx.to_string()), x.clone());
-                    return x;
+                } else {
+                    self.view_value(body, i, &spec, a, idx)
                 }
-                (child, Some(m)) => self.guarded(body, &m, &child, a, zero(e.dtype), ty),
-            },
+            }
             Op::Unfold(win, fill, a) => {
                 self.unfolded(body, (&e.shape, e.dtype), &win, fill, a, idx)
             }
@@ -970,23 +990,64 @@ impl Gen<'_> {
         chunk_count(numel(&self.entries[i].shape), self.chunk)
     }
 
-    /// Where view `i` (of `spec`) reads the quad at `base`: its input's
-    /// index for the quad's first element, computed once for the four.
-    fn quad_base(
+    /// View `i` (of `spec`, over `input`) at `idx`, element by element:
+    /// its input at the viewed index, or `0` outside a mask.
+    fn view_value(
         &mut self,
         body: &mut String,
         i: usize,
         spec: &crate::graph::ViewSpec,
-        base: &str,
+        input: usize,
+        idx: &str,
     ) -> String {
-        let key = (i, format!("quad base {base}"));
-        if let Some(b) = self.memo.get(&key) {
-            return b.clone();
+        let e = &self.entries[i];
+        let (shape, dtype) = (e.shape.clone(), e.dtype);
+        match self.view_index(body, spec, &shape, idx) {
+            (child, None) => {
+                let x = self.value(body, input, &child, false);
+                self.memo.insert((i, idx.to_string()), x.clone());
+                x
+            }
+            (child, Some(m)) => self.guarded(body, &m, &child, input, zero(dtype), dtype.wgsl()),
         }
-        let shape = self.entries[i].shape.clone();
-        let (child_base, _) = self.view_index(body, spec, &shape, base);
-        self.memo.insert(key, child_base.clone());
-        child_base
+    }
+
+    /// Where view `i` (of `spec`) reads element `q.k` of quad `q`, which
+    /// it keeps as a quad `stride` apart (see [`Quad::through`]): the
+    /// first element's index (and mask) computed once for the four, the
+    /// others `stride` on from it. Registers the index as the input's quad.
+    fn quad_child(
+        &mut self,
+        body: &mut String,
+        i: usize,
+        spec: &crate::graph::ViewSpec,
+        q: &Quad,
+        stride: usize,
+    ) -> (String, Option<String>) {
+        let key = (i, q.base.clone());
+        let (first, m) = match self.quad_views.get(&key) {
+            Some(found) => found.clone(),
+            None => {
+                let shape = self.entries[i].shape.clone();
+                let found = self.view_index(body, spec, &shape, &q.base);
+                self.quad_views.insert(key, found.clone());
+                found
+            }
+        };
+        let child = if q.k == 0 || stride == 0 {
+            first.clone()
+        } else {
+            let c = self.fresh("ix");
+            let _ = writeln!(body, "    let {c} = {first} + {}u;", q.k * stride);
+            c
+        };
+        let quad = Quad {
+            base: first,
+            k: q.k,
+            stride,
+        };
+        self.quads.insert(child.clone(), quad);
+        (child, m)
     }
 
     fn load(&mut self, i: usize, idx: &str) -> String {
@@ -1208,7 +1269,7 @@ pub(crate) enum StoreForm {
     /// Two, stored as one u64.
     Pairs,
     /// Four consecutive, stored as one vec4, each input that keeps the
-    /// quads together read as one vec4 too (see [`keeps_quads`]). lavapipe
+    /// quads together read as one vec4 too (see [`Quad`]). lavapipe
     /// loads and stores lane by lane, each lane's load or store a loop
     /// step of its own: over 0.8M elements of `a * b + a`, 0.73 to 0.80 ms
     /// a vec4 at a time, against 1.07 to 1.10 ms for two scalar loads each
@@ -1307,7 +1368,12 @@ pub(crate) fn elementwise_stored(
                 if k > 0 {
                     let _ = writeln!(indices, "    let {e} = e0 + {k}u;");
                 }
-                g.quads.insert(e.clone(), ("e0".to_string(), k));
+                let quad = Quad {
+                    base: "e0".to_string(),
+                    k,
+                    stride: 1,
+                };
+                g.quads.insert(e.clone(), quad);
                 values.push(g.value(&mut body, root, &e, !load_root));
             }
             let store = format!("out[gid] = vec4<{ty}>({});", values.join(", "));
@@ -1674,11 +1740,37 @@ pub(crate) fn reduce(
     if let Some(digits) = index.digits.clone() {
         g.digits.insert("ridx".to_string(), digits);
     }
+    let width = match rules.reduce_quads
+        && op == ReduceOp::Sum
+        && reduce_quads(&entries[input].shape, &index.axes)
+    {
+        true => 4,
+        false => 1,
+    };
     let mut body = String::new();
-    let v = g.value(&mut body, input, "ridx", false);
-    let (step, combine) = reduce_steps(op, in_ty, &v);
+    let mut indices = String::new();
+    let mut values = Vec::new();
+    for k in 0..width {
+        let ridx = match k {
+            0 => "ridx".to_string(),
+            k => {
+                let _ = writeln!(indices, "        let ridx{k} = ridx + {k}u;");
+                format!("ridx{k}")
+            }
+        };
+        if width > 1 {
+            let quad = Quad {
+                base: "ridx".to_string(),
+                k,
+                stride: 1,
+            };
+            g.quads.insert(ridx.clone(), quad);
+        }
+        values.push(g.value(&mut body, input, &ridx, false));
+    }
+    let (step, combine) = reduce_steps(op, in_ty, &values.join(" + "));
     let loop_body = format!(
-        "        let ridx = {};\n{body}        {step}\n",
+        "        let ridx = {};\n{indices}{body}        {step}\n",
         index.element
     );
     let n_out = numel(&entries[root].shape);
@@ -1689,6 +1781,7 @@ pub(crate) fn reduce(
         in_ty,
         index,
         loop_body,
+        width,
     };
     let (source, items) = if form == ReduceForm::Serial && parts <= 1 {
         (kernel.serial_source(), n_out)
@@ -1712,8 +1805,10 @@ struct ReduceKernel<'g, 'a> {
     op: ReduceOp,
     in_ty: DType,
     index: ReduceIndex,
-    /// Reads and accumulates one element, before the counter moves on.
+    /// Reads and accumulates `width` consecutive elements, before the
+    /// counter moves on.
     loop_body: String,
+    width: usize,
 }
 
 impl ReduceKernel<'_, '_> {
@@ -1767,7 +1862,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             n_out = numel(&self.g.entries[self.out].shape),
             kept = self.index.kept,
             base = self.index.base,
-            accumulate = self.accumulate("0u", &format!("{}u", self.index.total), 1),
+            accumulate = self.accumulate("0u", &format!("{}u", self.index.total), self.width),
         );
         src
     }
@@ -1817,7 +1912,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             )
         };
         let parts = parts.max(1);
-        let span = self.index.total.div_ceil(parts);
+        // Each part starts on a whole group of `width` elements.
+        let span = self
+            .index
+            .total
+            .div_ceil(parts)
+            .next_multiple_of(self.width);
         let mut src = self.head();
         let _ = write!(
             src,
@@ -1831,14 +1931,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let first = (wg % {parts}u) * {span}u;
     let end = min(first + {span}u, {total}u);
 {kept}    let base = {base};
-    let r0 = first + lid;
+    let r0 = first + lid * {width}u;
 {accumulate}{tail}}}
 ",
             n_wg = n_out * parts,
             total = self.index.total,
             kept = self.index.kept,
             base = self.index.base,
-            accumulate = self.accumulate("r0", "end", threads as usize),
+            width = self.width,
+            accumulate = self.accumulate("r0", "end", self.width * threads as usize),
         );
         src
     }
@@ -1881,29 +1982,102 @@ fn advance_digits(axes: &[usize], shape: &[usize], step: usize) -> String {
     s
 }
 
-/// Whether a view of `shape` reads each aligned quad of its elements
-/// (indices `4j..4j+3`) from an aligned quad of its input's: no mask, an
-/// offset and outer strides that are multiples of 4, and innermost axes
-/// that run contiguously over a multiple of 4 elements, so a quad never
-/// straddles two runs.
-pub(crate) fn keeps_quads(spec: &crate::graph::ViewSpec, shape: &[usize]) -> bool {
-    if spec.mask.is_some() || spec.offset.rem_euclid(4) != 0 {
-        return false;
+/// Four elements an invocation computes together, as one tensor's indices
+/// see them: `base + j * stride` for `j` in 0..4, where `base / stride` is a
+/// multiple of 4 (so the four differ in one digit, by 0 to 3, and no carry
+/// reaches the digits above), or all four `base` where `stride` is 0 (a
+/// broadcast read them from one element). This index is element `k`. At the kernel's
+/// output the four are consecutive (`stride` 1); a view may keep them a
+/// quad of its input at another stride (see [`Quad::through`]), and an
+/// input reached at stride 1 is read as one aligned vec4.
+#[derive(Clone, Debug)]
+pub(crate) struct Quad {
+    pub base: String,
+    pub k: usize,
+    pub stride: usize,
+}
+
+impl Quad {
+    /// The stride at which a view of `shape` (`spec`) keeps this quad a
+    /// quad of its input, all four inside its mask or all outside; `None`
+    /// where it does not. The quad's digit must fall on a run of the
+    /// view's axes, unmasked, over a multiple of 4 elements, that the view
+    /// reads contiguously at a positive stride `t`; the view's other axes
+    /// and offset must change the input's index only in multiples of `4t`
+    /// or below `t` altogether, so the four stay aligned.
+    pub(crate) fn through(&self, spec: &crate::graph::ViewSpec, shape: &[usize]) -> Option<usize> {
+        step_quad(spec, shape, self.stride)
     }
+}
+
+/// [`Quad::through`] for a quad `stride` apart.
+pub(crate) fn step_quad(
+    spec: &crate::graph::ViewSpec,
+    shape: &[usize],
+    stride: usize,
+) -> Option<usize> {
+    if stride == 0 {
+        // One element read four times stays one element.
+        return Some(0);
+    }
+    let whole = |d: usize| spec.mask.as_ref().is_none_or(|m| m[d] == (0, shape[d]));
+    let logical = contiguous_strides(shape);
     let axes: Vec<usize> = (0..shape.len()).filter(|&d| shape[d] > 1).collect();
-    let (mut run, mut outer) = (1usize, axes.len());
-    while outer > 0 && !run.is_multiple_of(4) {
-        let d = axes[outer - 1];
-        if spec.strides[d] != run as i64 {
+    // The run's innermost axis: the one whose digit the quad steps.
+    let mut at = axes.iter().position(|&d| logical[d] == stride as i64)?;
+    let inner = axes[at];
+    let step = spec.strides[inner];
+    if step < 0 || !whole(inner) {
+        return None;
+    }
+    let (mut run, mut parent_stride) = (shape[inner], step * shape[inner] as i64);
+    while !run.is_multiple_of(4) {
+        let d = *axes.get(at.checked_sub(1)?)?;
+        if spec.strides[d] != parent_stride || !whole(d) {
+            return None;
+        }
+        run *= shape[d];
+        parent_stride *= shape[d] as i64;
+        at -= 1;
+    }
+    if step == 0 {
+        // A broadcast along the run: the four read one element.
+        return Some(0);
+    }
+    let run_axes = &axes[at..=axes.iter().position(|&d| d == inner)?];
+    // The other axes and the offset: multiples of 4t, or a sum below t.
+    let quad = 4 * step;
+    let mut below = spec.offset.rem_euclid(quad);
+    for &d in &axes {
+        if run_axes.contains(&d) || spec.strides[d].rem_euclid(quad) == 0 {
+            continue;
+        }
+        if spec.strides[d] < 0 {
+            return None;
+        }
+        below += spec.strides[d] * (shape[d] as i64 - 1);
+    }
+    (below < step).then_some(step as usize)
+}
+
+/// Whether a reduction over `counted` axes of `shape` (those of extent over
+/// 1, in its counter's order) reads four consecutive counter values from
+/// four consecutive input elements, a quad at stride 1: its innermost
+/// counted axes are the input's innermost axes, over a multiple of 4
+/// elements (then every reduced range is too, and starts on a quad).
+pub(crate) fn reduce_quads(shape: &[usize], counted: &[usize]) -> bool {
+    let inner = (0..shape.len()).rev().filter(|&d| shape[d] > 1);
+    let mut run = 1;
+    for (&c, d) in counted.iter().rev().zip(inner) {
+        if c != d {
             return false;
         }
         run *= shape[d];
-        outer -= 1;
+        if run.is_multiple_of(4) {
+            return true;
+        }
     }
-    run.is_multiple_of(4)
-        && axes[..outer]
-            .iter()
-            .all(|&d| spec.strides[d].rem_euclid(4) == 0)
+    false
 }
 
 /// Whether a view reads its input in order, element for element: a reshape.
@@ -2031,18 +2205,20 @@ fn store4(e: u32, v: vec4<f32>) {{
 
 #[cfg(test)]
 mod tests {
-    use super::{digits_div, digits_rem, digits_value, keeps_quads};
+    use super::{digits_div, digits_rem, digits_value, step_quad};
     use crate::graph::ViewSpec;
 
     #[test]
-    fn views_said_to_keep_quads_read_aligned_consecutive_quads() {
+    fn views_that_keep_a_quad_read_one_at_the_stride_they_say() {
         // Every small view of up to three axes, strides from -2 to 9 (0, a
-        // broadcast, included), offsets 0 to 8: where `keeps_quads` holds,
-        // each aligned quad of the view must read four consecutive input
-        // indices from a multiple of 4. Some views must hold, others not.
+        // broadcast, included), offsets 0 to 8, unmasked or masked on one
+        // axis, and quads 1, 2, 3, 4 or 7 apart: where `step_quad` gives a
+        // stride, each quad of the view (first index `b`, `b / stride` a
+        // multiple of 4) lies inside the mask or outside it whole, and
+        // inside reads four indices that stride apart from an aligned one.
         let extents = [1usize, 2, 3, 4, 6, 7, 8];
         let strides = [-2i64, 0, 1, 2, 3, 4, 6, 7, 8, 9];
-        let (mut kept, mut broken) = (0, 0);
+        let (mut kept, mut broken, mut apart) = (0, 0, 0);
         let mut shapes = Vec::new();
         for &a in &extents {
             for &b in &extents {
@@ -2053,7 +2229,6 @@ mod tests {
             }
         }
         for shape in &shapes {
-            let n: usize = shape.iter().product();
             for offset in 0..=8i64 {
                 for s0 in strides {
                     for s1 in strides {
@@ -2061,44 +2236,113 @@ mod tests {
                         if shape.len() == 3 {
                             all.insert(0, 4 * s0 + s1);
                         }
-                        let spec = ViewSpec {
-                            strides: all,
-                            offset,
-                            mask: None,
-                        };
-                        if !keeps_quads(&spec, shape) {
-                            broken += 1;
-                            continue;
-                        }
-                        kept += 1;
-                        let index = |e: usize| {
-                            let mut rest = e;
-                            let mut at = spec.offset;
-                            for d in (0..shape.len()).rev() {
-                                at += (rest % shape[d]) as i64 * spec.strides[d];
-                                rest /= shape[d];
-                            }
-                            at
-                        };
-                        assert!(n.is_multiple_of(4), "{shape:?} {spec:?}");
-                        for q in (0..n).step_by(4) {
-                            let first = index(q);
-                            assert_eq!(first.rem_euclid(4), 0, "{shape:?} {spec:?} quad {q}");
-                            for k in 1..4 {
-                                assert_eq!(index(q + k), first + k as i64, "{shape:?} {spec:?}");
+                        for masked in 0..=shape.len() {
+                            let mask = (masked < shape.len()).then(|| {
+                                (0..shape.len())
+                                    .map(|d| match d == masked {
+                                        true => (1, shape[d].saturating_sub(1)),
+                                        false => (0, shape[d]),
+                                    })
+                                    .collect::<Vec<_>>()
+                            });
+                            let spec = ViewSpec {
+                                strides: all.clone(),
+                                offset,
+                                mask,
+                            };
+                            for quad in [1, 2, 3, 4, 7] {
+                                match step_quad(&spec, shape, quad) {
+                                    None => broken += 1,
+                                    Some(t) => {
+                                        kept += 1;
+                                        apart += usize::from(t != 1);
+                                        check_quads(shape, &spec, quad, t);
+                                    }
+                                }
                             }
                         }
                     }
                 }
             }
         }
-        assert!(kept > 100 && broken > 100, "{kept} kept, {broken} broken");
+        assert!(
+            kept > 1000 && broken > 1000 && apart > 100,
+            "{kept} kept, {broken} broken, {apart} apart"
+        );
+    }
+
+    /// The property `step_quad` promises (see the test above).
+    fn check_quads(shape: &[usize], spec: &ViewSpec, quad: usize, t: usize) {
+        let n: usize = shape.iter().product();
+        let coords = |e: usize| {
+            let mut rest = e;
+            let mut c = vec![0; shape.len()];
+            for d in (0..shape.len()).rev() {
+                c[d] = rest % shape[d];
+                rest /= shape[d];
+            }
+            c
+        };
+        let index = |c: &[usize]| {
+            spec.offset
+                + (0..shape.len())
+                    .map(|d| c[d] as i64 * spec.strides[d])
+                    .sum::<i64>()
+        };
+        let inside = |c: &[usize]| {
+            spec.mask
+                .as_ref()
+                .is_none_or(|m| (0..shape.len()).all(|d| c[d] >= m[d].0 && c[d] < m[d].1))
+        };
+        let what = format!("{shape:?} {spec:?} quads {quad} apart, read {t} apart");
+        for b in (0..n).filter(|b| (b / quad).is_multiple_of(4)) {
+            assert!(b + 3 * quad < n, "{what}: quad at {b} past the end");
+            let first = coords(b);
+            for k in 1..4 {
+                let c = coords(b + k * quad);
+                assert_eq!(inside(&c), inside(&first), "{what}: quad at {b}");
+                if inside(&first) {
+                    let i0 = index(&first);
+                    // (A real view's indices are never negative; these
+                    // may be, and stay aligned in the same sense.)
+                    let aligned = t == 0 || i0.div_euclid(t as i64).rem_euclid(4) == 0;
+                    assert!(aligned, "{what}: quad at {b}");
+                    assert_eq!(index(&c), i0 + (k * t) as i64, "{what}: quad at {b}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_mask_across_a_quad_breaks_it() {
         let masked = ViewSpec {
             strides: vec![4, 1],
             offset: 0,
             mask: Some(vec![(0, 4), (1, 4)]),
         };
-        assert!(!keeps_quads(&masked, &[4, 4]));
+        assert_eq!(step_quad(&masked, &[4, 4], 1), None);
+        let rows = ViewSpec {
+            strides: vec![4, 1],
+            offset: 0,
+            mask: Some(vec![(1, 3), (0, 4)]),
+        };
+        assert_eq!(step_quad(&rows, &[4, 4], 1), Some(1));
+        // A transpose keeps a quad of rows a quad of columns, 4 apart.
+        let transpose = ViewSpec {
+            strides: vec![1, 4],
+            offset: 0,
+            mask: None,
+        };
+        assert_eq!(step_quad(&transpose, &[4, 4], 1), Some(4));
+        assert_eq!(step_quad(&transpose, &[4, 4], 4), Some(1));
+        // A broadcast along the quad: one element for the four.
+        let broadcast = ViewSpec {
+            strides: vec![1, 0],
+            offset: 0,
+            mask: None,
+        };
+        assert_eq!(step_quad(&broadcast, &[4, 4], 1), Some(0));
+        assert_eq!(step_quad(&broadcast, &[4, 4], 0), Some(0));
     }
 
     /// Evaluates the u32 expressions digits produce: literals `7u`,

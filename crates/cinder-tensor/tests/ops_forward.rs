@@ -2953,6 +2953,40 @@ fn large_elementwise_kernels_read_and_store_quads_through_views() {
     );
     let flat_want = Arr::from_f32(&w, &[w.len()]).narrow(0, 2, w.len() - 4);
     check("elements 2..", &flat, &flat_want.map(|x| 2.0 * x));
+    // Concatenations: along rows, each part's mask covers whole quads; along
+    // columns of 6, the masks cut through quads.
+    let parts: Vec<Vec<f32>> = (0..4).map(|_| rng.vec(784 * 96, -1.0, 1.0)).collect();
+    let tensors: Vec<Tensor> = parts.iter().map(|p| tensor(p, &[784, 96])).collect();
+    let refs: Vec<&Tensor> = tensors.iter().collect();
+    let arrs: Vec<Arr> = parts.iter().map(|p| Arr::from_f32(p, &[784, 96])).collect();
+    let arr_refs: Vec<&Arr> = arrs.iter().collect();
+    let rows = ok(
+        "concat rows",
+        Tensor::concat(&refs, 0).and_then(|t| t.mul_scalar(2.0)),
+    );
+    check(
+        "concat rows",
+        &rows,
+        &Arr::concat(&arr_refs, 0).map(|x| 2.0 * x),
+    );
+    let narrow_parts: Vec<Vec<f32>> = (0..2).map(|_| rng.vec(25000 * 6, -1.0, 1.0)).collect();
+    let narrow_t: Vec<Tensor> = narrow_parts
+        .iter()
+        .map(|p| tensor(p, &[25000, 6]))
+        .collect();
+    let narrow_a: Vec<Arr> = narrow_parts
+        .iter()
+        .map(|p| Arr::from_f32(p, &[25000, 6]))
+        .collect();
+    let cols = ok(
+        "concat columns",
+        Tensor::concat(&[&narrow_t[0], &narrow_t[1]], 1).and_then(|t| t.mul_scalar(2.0)),
+    );
+    check(
+        "concat columns",
+        &cols,
+        &Arr::concat(&[&narrow_a[0], &narrow_a[1]], 1).map(|x| 2.0 * x),
+    );
     // Integers in quads.
     let ints = ok(
         "to i32",
@@ -2962,4 +2996,68 @@ fn large_elementwise_kernels_read_and_store_quads_through_views() {
     );
     let want: Vec<i32> = x.iter().map(|&v| (v * 10.0) as i32).collect();
     assert_eq!(read_i32("to i32", &ints), want, "to i32");
+}
+
+#[test]
+fn sums_over_innermost_runs_of_four_read_them_a_vec4_at_a_time() {
+    // On a CPU adapter a sum whose innermost reduced axes are the input's
+    // innermost, over a multiple of 4 elements, reads four consecutive
+    // elements per step: in one thread per output, a subgroup per output,
+    // and split over several workgroups per output (each part starting on
+    // a quad). An affine per-channel input and a permuted one ride along.
+    let mut rng = Rng::named("reduce-quads");
+    let shape = [6, 5, 14, 12];
+    let x = rng.vec(numel(&shape), -2.0, 2.0);
+    let s = rng.vec(5, 0.5, 1.5);
+    let a = Arr::from_f32(&x, &shape);
+    let sa = Arr::from_f32(&s, &[1, 5, 1, 1]);
+    let y = ok("affine", tensor(&x, &shape).mul(&tensor(&s, &[1, 5, 1, 1])));
+    let ya = a.mul(&sa);
+    for axes in [
+        vec![3],
+        vec![2, 3],
+        vec![0, 2, 3],
+        vec![1, 2, 3],
+        vec![0, 1, 2, 3],
+    ] {
+        check_scaled(
+            &format!("sum over {axes:?}"),
+            &ok("sum", y.sum(&axes, true)),
+            &ya.sum(&axes, true),
+            &ya.abs().sum(&axes, true),
+        );
+    }
+    let p = ok("permute", y.permute(&[0, 3, 2, 1]));
+    let pa = ya.permute(&[0, 3, 2, 1]);
+    check_scaled(
+        "permuted sum over [2, 3]",
+        &ok("sum", p.sum(&[2, 3], false)),
+        &pa.sum(&[2, 3], false),
+        &pa.abs().sum(&[2, 3], false),
+    );
+    // Many short rows: one thread per output.
+    let rows = rng.vec(3000 * 8, -1.0, 1.0);
+    let ra = Arr::from_f32(&rows, &[3000, 8]);
+    check_scaled(
+        "rows of 8",
+        &ok("sum", tensor(&rows, &[3000, 8]).sum(&[1], false)),
+        &ra.sum(&[1], false),
+        &ra.abs().sum(&[1], false),
+    );
+    // Long enough to split, in parts of a length that is not a multiple
+    // of 4 before rounding. Small integers sum exactly in f32, so an
+    // element read twice or missed at a part's edge cannot hide in the
+    // rounding.
+    let long = [3, 4, 40006];
+    let z: Vec<f32> = (0..numel(&long))
+        .map(|_| rng.index(5) as f32 - 2.0)
+        .collect();
+    let za = Arr::from_f32(&z, &long);
+    check_tol(
+        "split sum over [1, 2]",
+        &ok("sum", tensor(&z, &long).sum(&[1, 2], false)),
+        &za.sum(&[1, 2], false),
+        0.0,
+        0.0,
+    );
 }

@@ -84,6 +84,7 @@ impl Target {
         crate::codegen::BindingRules {
             chunk: self.chunk,
             uniform_inputs: self.cpu,
+            reduce_quads: self.cpu,
         }
     }
 
