@@ -3035,6 +3035,83 @@ fn sums_over_innermost_runs_of_four_read_them_a_vec4_at_a_time() {
         &pa.sum(&[2, 3], false),
         &pa.abs().sum(&[2, 3], false),
     );
+    // Batch-norm statistics of a product's rows read as NCHW: the reduced
+    // (h, w) run over 49 elements, which a quad would straddle, so these
+    // read element by element.
+    let rows_nchw = rng.vec(5 * 8 * 49, -2.0, 2.0);
+    let prod = Arr::from_f32(&rows_nchw, &[5, 8, 7, 7]).permute(&[1, 0, 2, 3]);
+    let v = ok(
+        "nchw view",
+        tensor(&rows_nchw, &[5, 8 * 49])
+            .reshape(&[5, 8, 7, 7])
+            .and_then(|t| t.permute(&[1, 0, 2, 3])),
+    );
+    let mean = ok("mean", v.mean(&[0, 2, 3], true));
+    let centred = ok("centred", v.sub(&mean).and_then(|d| d.mul(&d)));
+    let mean_a = prod.mean(&[0, 2, 3], true);
+    let centred_a = prod.sub(&mean_a).map(|d| d * d);
+    check_scaled(
+        "sum over [0, 2, 3] of a view",
+        &ok("sum", v.sum(&[0, 2, 3], true)),
+        &prod.sum(&[0, 2, 3], true),
+        &prod.abs().sum(&[0, 2, 3], true),
+    );
+    check_scaled(
+        "squared deviations",
+        &ok("sum", centred.sum(&[0, 2, 3], true)),
+        &centred_a.sum(&[0, 2, 3], true),
+        &centred_a.sum(&[0, 2, 3], true),
+    );
+    // Rows of 4 that are not quads of their input: a narrowed row (an odd
+    // row stride, or an odd offset) and a transposed one. Small integers
+    // sum exactly, so a misread element shows.
+    let ints: Vec<f32> = (0..3000 * 5).map(|_| rng.index(9) as f32 - 4.0).collect();
+    let ia = Arr::from_f32(&ints, &[3000, 5]);
+    for start in [0, 1] {
+        check_tol(
+            &format!("narrowed rows from {start}"),
+            &ok(
+                "sum",
+                tensor(&ints, &[3000, 5])
+                    .narrow(1, start, 4)
+                    .and_then(|t| t.sum(&[1], false)),
+            ),
+            &ia.narrow(1, start, 4).sum(&[1], false),
+            0.0,
+            0.0,
+        );
+    }
+    let ta = Arr::from_f32(&ints[..12000], &[4, 3000]).transpose(0, 1);
+    check_tol(
+        "transposed rows",
+        &ok(
+            "sum",
+            tensor(&ints[..12000], &[4, 3000])
+                .transpose(0, 1)
+                .and_then(|t| t.sum(&[1], false)),
+        ),
+        &ta.sum(&[1], false),
+        0.0,
+        0.0,
+    );
+    // A row read 4 elements apart, from an aligned start: not a quad.
+    let strided = ok(
+        "sum",
+        tensor(&ints[..12000], &[750, 4, 4])
+            .narrow(2, 0, 1)
+            .and_then(|t| t.reshape(&[750, 4]))
+            .and_then(|t| t.sum(&[1], false)),
+    );
+    let strided_a = Arr::from_f32(&ints[..12000], &[750, 4, 4])
+        .narrow(2, 0, 1)
+        .reshape(&[750, 4]);
+    check_tol(
+        "rows 4 apart",
+        &strided,
+        &strided_a.sum(&[1], false),
+        0.0,
+        0.0,
+    );
     // Many short rows: one thread per output.
     let rows = rng.vec(3000 * 8, -1.0, 1.0);
     let ra = Arr::from_f32(&rows, &[3000, 8]);
