@@ -16,6 +16,37 @@ pub(crate) const REDUCE_WG: u32 = 64;
 /// Helpers every generated kernel may call.
 const PRELUDE: &str = include_str!("../shaders/prelude.wgsl");
 
+/// Whether inlined `entry` reads exactly one buffer, once, through views and
+/// element-wise arithmetic (constants, a word each of the scalars buffer
+/// that every lane shares, do not count): an unfold that reads such a value
+/// at every tap loads no more than it would from the value's own buffer.
+pub(crate) fn reads_one_buffer(
+    entries: &[Entry],
+    materialized: &dyn Fn(usize) -> bool,
+    entry: usize,
+) -> bool {
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = vec![entry];
+    let mut buffers = 0;
+    while let Some(j) = stack.pop() {
+        if !seen.insert(j) {
+            continue;
+        }
+        if j != entry && materialized(j) {
+            buffers += 1;
+            continue;
+        }
+        match &entries[j].op {
+            Op::Const | Op::Iota { .. } => {}
+            Op::Unary(_, a) | Op::Cast(a) | Op::View(_, a) => stack.push(*a),
+            Op::Binary(_, a, b) => stack.extend([*a, *b]),
+            Op::Where(c, a, b) => stack.extend([*c, *a, *b]),
+            _ => return false,
+        }
+    }
+    buffers == 1
+}
+
 /// How many bindings a tensor of `numel` elements needs when one binding
 /// holds at most `chunk` elements.
 pub(crate) fn chunk_count(numel: usize, chunk: usize) -> usize {
@@ -605,11 +636,12 @@ impl Gen<'_> {
             (Fill::NegInfinity, DType::I32) => literal(DType::I32, i32::MIN as f64),
             (Fill::NegInfinity, DType::U32) => "0u".to_string(),
         };
-        if (self.materialized)(input) {
-            // A stored image is read unconditionally (the index is 0
-            // outside) and the padding selected: the few taps in the padding
-            // save less than the branch costs (bench gan's 1024x3136
-            // unfolds, 11.4 -> 9.7 ms on lavapipe).
+        if (self.materialized)(input) || reads_one_buffer(self.entries, self.materialized, input) {
+            // A stored image, or one load's arithmetic, is read
+            // unconditionally (the index is 0 outside) and the padding
+            // selected: the few taps in the padding save less than the
+            // branch costs (bench gan's 1024x3136 unfolds, 11.4 -> 9.7 ms
+            // on lavapipe).
             let x = self.value(body, input, &child, false);
             format!("select({outside}, {x}, {m})")
         } else {
@@ -737,6 +769,17 @@ impl Gen<'_> {
             "    let {child} = select(0u, {image} * {}u + u32({y}) * {w}u + u32({x}), {m});",
             h * w
         );
+        // The image's coordinates as the index's digits, for a view read
+        // through it (the tap clamped into the image, where the value is
+        // discarded anyway): then that view divides nothing.
+        let (yc, xc) = (self.fresh("y"), self.fresh("x"));
+        let _ = writeln!(body, "    let {yc} = u32(select(0, {y}, {m}));");
+        let _ = writeln!(body, "    let {xc} = u32(select(0, {x}, {m}));");
+        let digits: Vec<(String, usize)> = [(image, shape[0] * shape[1]), (yc, h), (xc, w)]
+            .into_iter()
+            .filter(|&(_, extent)| extent > 1)
+            .collect();
+        self.digits.insert(child.clone(), digits);
         (m, child)
     }
 

@@ -908,3 +908,31 @@ fn conv2d_input_gradient_fetches_windows_from_a_texture() {
         }
     }
 }
+
+/// A strided, padded convolution whose input is a leaky ReLU of a product's
+/// rows read as NCHW (a DCGAN discriminator's second layer): the unfold
+/// computes the ReLU of one permuted load at each tap instead of reading a
+/// stored copy, its padding taps clamped to the image and discarded, and
+/// the permutation's coordinates come from the tap's own. Against f64
+/// loops, forward only (the finite differences are checked above).
+#[test]
+fn conv2d_of_a_leaky_relu_of_a_permuted_product() {
+    let (n, c, h, w, co) = (3, 8, 10, 10, 16);
+    let opts = Conv2dOptions::default().stride(2).padding(1);
+    let mut rng = Rng::named("conv2d of an inlined leaky ReLU");
+    let rows = rng.vec(c * n * h * w, -1.0, 1.0);
+    let wt = rng.vec(co * c * 16, -1.0, 1.0);
+    let x = ok(
+        "leaky ReLU of NCHW rows",
+        tensor(&rows, &[c, n * h * w])
+            .reshape(&[c, n, h, w])
+            .and_then(|t| t.permute(&[1, 0, 2, 3]))
+            .and_then(|t| t.leaky_relu(0.2)),
+    );
+    let y = ok("conv2d", x.conv2d(&tensor(&wt, &[co, c, 4, 4]), None, opts));
+    let xa = Arr::from_f32(&rows, &[c, n, h, w])
+        .permute(&[1, 0, 2, 3])
+        .map(|v| if v > 0.0 { v } else { 0.2 * v });
+    let want = conv2d_ref(&xa, &Arr::from_f32(&wt, &[co, c, 4, 4]), None, opts);
+    check_tol("conv2d of a leaky ReLU", &y, &want, 1e-4, 1e-4);
+}

@@ -102,9 +102,11 @@ pub(crate) fn initial(graph: &Graph, uses: &Uses) -> Vec<bool> {
 ///   they already reach one through reshapes: consumers that reshape one
 ///   value differently then share it.
 /// - What an unfold reads is computed once (it reads each pixel once per
-///   tap), views and constants excepted; a channels-last unfold's image
-///   only below its reshapes (an implicit product fetches that `[N * H * W,
-///   C]` matrix).
+///   tap), views and constants excepted, and one buffer's load with its
+///   arithmetic (a leaky ReLU of a product read through a permutation)
+///   that nothing else reads: that costs each tap one load either way; a
+///   channels-last unfold's image only below its reshapes (an implicit
+///   product fetches that `[N * H * W, C]` matrix).
 /// - A value of at least [`BROADCAST_MATERIALIZE_MIN`] elements that an
 ///   element-wise consumer broadcasts (reads through a stride-0 view, or as
 ///   a smaller operand): inlined, its loads would repeat per read.
@@ -162,7 +164,13 @@ pub(crate) fn inputs(graph: &Graph, uses: &Uses, implicit: &HashSet<usize>, mat:
                 },
             }
         }
-        if !matches!(entries[j].op, Op::Const | Op::Iota { .. }) {
+        // One load and its arithmetic are as cheap at every tap as the
+        // load alone, and save the value's own pass.
+        let cheap = through_any_view
+            && !uses.is_root[j]
+            && uses.count[j] == 1
+            && crate::codegen::reads_one_buffer(entries, &|x| mat[x], j);
+        if !matches!(entries[j].op, Op::Const | Op::Iota { .. }) && !cheap {
             mat[j] = true;
         }
     }
