@@ -551,28 +551,7 @@ impl Gen<'_> {
                 self.memo.insert((i, idx.to_string()), x.clone());
                 return x;
             }
-            Op::View(spec, a) => {
-                let quad = self.quads.get(idx).cloned();
-                if let Some(q) = quad {
-                    if let Some(stride) = q.through(&spec, &e.shape) {
-                        // The quad's elements share the mask: one load
-                        // serves them, taken whether or not they lie inside.
-                        let (child, m) = self.quad_child(body, i, &spec, &q, stride);
-                        let x = self.value(body, a, &child, false);
-                        match m {
-                            Some(m) => format!("select({}, {x}, {m})", zero(e.dtype)),
-                            None => {
-                                self.memo.insert((i, idx.to_string()), x.clone());
-                                return x;
-                            }
-                        }
-                    } else {
-                        self.view_value(body, i, &spec, a, idx)
-                    }
-                } else {
-                    self.view_value(body, i, &spec, a, idx)
-                }
-            }
+            Op::View(spec, a) => return self.viewed(body, i, &spec, a, idx),
             Op::Unfold(win, fill, a) => {
                 self.unfolded(body, (&e.shape, e.dtype), &win, fill, a, idx)
             }
@@ -583,31 +562,7 @@ impl Gen<'_> {
                 self.guarded(body, &m, &child, a, zero(e.dtype), ty)
             }
             Op::Gather { axis, src, index } => {
-                let ix = self.value(body, index, idx, false);
-                let src_shape = self.entries[src].shape.clone();
-                let strides = contiguous_strides(&src_shape);
-                let dim = src_shape[axis] as i64;
-                let child = self.fresh("ix");
-                let mut terms = Vec::new();
-                for d in 0..e.shape.len() {
-                    if d == axis {
-                        terms.push(format!(
-                            "u32(clamp(i32({ix}), 0i, {}i)) * {}u",
-                            dim - 1,
-                            strides[d]
-                        ));
-                    } else if src_shape[d] > 1 {
-                        terms.push(format!(
-                            "{} * {}u",
-                            self.coord(idx, &e.shape, d),
-                            strides[d]
-                        ));
-                    }
-                }
-                let _ = writeln!(body, "    let {child} = {};", terms.join(" + "));
-                let x = self.value(body, src, &child, false);
-                self.memo.insert((i, idx.to_string()), x.clone());
-                return x;
+                return self.gathered(body, i, (axis, src, index), idx);
             }
         };
         let _ = writeln!(body, "    let {v}: {ty} = {expr};");
@@ -1033,9 +988,10 @@ impl Gen<'_> {
         chunk_count(numel(&self.entries[i].shape), self.chunk)
     }
 
-    /// View `i` (of `spec`, over `input`) at `idx`, element by element:
-    /// its input at the viewed index, or `0` outside a mask.
-    fn view_value(
+    /// View `i` (of `spec`, over `input`) at `idx`: a quad's element
+    /// where the view keeps the quad (see [`Quad::through`]), else element
+    /// by element, `0` outside a mask. Memoised.
+    fn viewed(
         &mut self,
         body: &mut String,
         i: usize,
@@ -1043,16 +999,77 @@ impl Gen<'_> {
         input: usize,
         idx: &str,
     ) -> String {
-        let e = &self.entries[i];
-        let (shape, dtype) = (e.shape.clone(), e.dtype);
-        match self.view_index(body, spec, &shape, idx) {
-            (child, None) => {
-                let x = self.value(body, input, &child, false);
-                self.memo.insert((i, idx.to_string()), x.clone());
-                x
+        let shape = self.entries[i].shape.clone();
+        let kept = self.quads.get(idx).cloned().and_then(|q| {
+            let stride = q.through(spec, &shape)?;
+            Some((q, stride))
+        });
+        let Some((q, stride)) = kept else {
+            // Element by element: the input at the viewed index, or 0
+            // outside a mask.
+            let dtype = self.entries[i].dtype;
+            let x = match self.view_index(body, spec, &shape, idx) {
+                (child, None) => self.value(body, input, &child, false),
+                (child, Some(m)) => {
+                    self.guarded(body, &m, &child, input, zero(dtype), dtype.wgsl())
+                }
+            };
+            self.memo.insert((i, idx.to_string()), x.clone());
+            return x;
+        };
+        // The quad's elements share the mask: one load serves them, taken
+        // whether or not they lie inside.
+        let (child, m) = self.quad_child(body, i, spec, &q, stride);
+        let x = self.value(body, input, &child, false);
+        let v = match m {
+            Some(m) => {
+                let dtype = self.entries[i].dtype;
+                let v = self.fresh("v");
+                let zero = zero(dtype);
+                let _ = writeln!(
+                    body,
+                    "    let {v}: {} = select({zero}, {x}, {m});",
+                    dtype.wgsl()
+                );
+                v
             }
-            (child, Some(m)) => self.guarded(body, &m, &child, input, zero(dtype), dtype.wgsl()),
+            None => x,
+        };
+        self.memo.insert((i, idx.to_string()), v.clone());
+        v
+    }
+
+    /// Gather `i` (`src` at `index` along `axis`) at `idx`, the index
+    /// clamped into the axis. Memoised.
+    fn gathered(
+        &mut self,
+        body: &mut String,
+        i: usize,
+        (axis, src, index): (usize, usize, usize),
+        idx: &str,
+    ) -> String {
+        let ix = self.value(body, index, idx, false);
+        let shape = self.entries[i].shape.clone();
+        let src_shape = self.entries[src].shape.clone();
+        let strides = contiguous_strides(&src_shape);
+        let dim = src_shape[axis] as i64;
+        let child = self.fresh("ix");
+        let mut terms = Vec::new();
+        for d in 0..shape.len() {
+            if d == axis {
+                terms.push(format!(
+                    "u32(clamp(i32({ix}), 0i, {}i)) * {}u",
+                    dim - 1,
+                    strides[d]
+                ));
+            } else if src_shape[d] > 1 {
+                terms.push(format!("{} * {}u", self.coord(idx, &shape, d), strides[d]));
+            }
         }
+        let _ = writeln!(body, "    let {child} = {};", terms.join(" + "));
+        let x = self.value(body, src, &child, false);
+        self.memo.insert((i, idx.to_string()), x.clone());
+        x
     }
 
     /// Where view `i` (of `spec`) reads element `q.k` of quad `q`, which
@@ -2358,32 +2375,21 @@ mod tests {
 
     #[test]
     fn a_mask_across_a_quad_breaks_it() {
-        let masked = ViewSpec {
-            strides: vec![4, 1],
+        let view = |strides: [i64; 2], mask: Option<Vec<(usize, usize)>>| ViewSpec {
+            strides: strides.to_vec(),
             offset: 0,
-            mask: Some(vec![(0, 4), (1, 4)]),
+            mask,
         };
-        assert_eq!(step_quad(&masked, &[4, 4], 1), None);
-        let rows = ViewSpec {
-            strides: vec![4, 1],
-            offset: 0,
-            mask: Some(vec![(1, 3), (0, 4)]),
-        };
+        let across = view([4, 1], Some(vec![(0, 4), (1, 4)]));
+        assert_eq!(step_quad(&across, &[4, 4], 1), None);
+        let rows = view([4, 1], Some(vec![(1, 3), (0, 4)]));
         assert_eq!(step_quad(&rows, &[4, 4], 1), Some(1));
         // A transpose keeps a quad of rows a quad of columns, 4 apart.
-        let transpose = ViewSpec {
-            strides: vec![1, 4],
-            offset: 0,
-            mask: None,
-        };
+        let transpose = view([1, 4], None);
         assert_eq!(step_quad(&transpose, &[4, 4], 1), Some(4));
         assert_eq!(step_quad(&transpose, &[4, 4], 4), Some(1));
         // A broadcast along the quad: one element for the four.
-        let broadcast = ViewSpec {
-            strides: vec![1, 0],
-            offset: 0,
-            mask: None,
-        };
+        let broadcast = view([1, 0], None);
         assert_eq!(step_quad(&broadcast, &[4, 4], 1), Some(0));
         assert_eq!(step_quad(&broadcast, &[4, 4], 0), Some(0));
     }

@@ -2765,6 +2765,17 @@ fn topk_matches_a_stable_sort() -> cinder_tensor::Result<()> {
 
 // ---- reductions' counted digits and uniform inputs -----------------------------------
 
+/// `t.sum(axes)` against `ta`'s, at a tolerance scaled by the summed
+/// magnitudes.
+fn check_sum(what: &str, t: &Tensor, ta: &Arr, axes: &[isize], keepdim: bool) {
+    check_scaled(
+        what,
+        &ok("sum", t.sum(axes, keepdim)),
+        &ta.sum(axes, keepdim),
+        &ta.abs().sum(axes, keepdim),
+    );
+}
+
 #[test]
 fn reductions_over_awkward_axes_count_their_digits_and_read_small_inputs_as_uniforms() {
     // The reduced axes' digits are counted along with the reduction's
@@ -2795,12 +2806,7 @@ fn reductions_over_awkward_axes_count_their_digits_and_read_small_inputs_as_unif
         vec![0],
         vec![0, 1, 2, 3],
     ] {
-        check_scaled(
-            &format!("sum over {axes:?}"),
-            &ok("sum", y.sum(&axes, true)),
-            &ya.sum(&axes, true),
-            &ya.abs().sum(&axes, true),
-        );
+        check_sum(&format!("sum over {axes:?}"), &y, &ya, &axes, true);
         check(
             &format!("max over {axes:?}"),
             &ok("max", y.max(&axes, false)),
@@ -2810,12 +2816,7 @@ fn reductions_over_awkward_axes_count_their_digits_and_read_small_inputs_as_unif
     // Reduced through a permutation whose digits the body's view reuses.
     let p = ok("permute", y.permute(&[2, 0, 3, 1]));
     let pa = ya.permute(&[2, 0, 3, 1]);
-    check_scaled(
-        "permuted sum over [0, 1, 2]",
-        &ok("sum", p.sum(&[0, 1, 2], false)),
-        &pa.sum(&[0, 1, 2], false),
-        &pa.abs().sum(&[0, 1, 2], false),
-    );
+    check_sum("permuted sum over [0, 1, 2]", &p, &pa, &[0, 1, 2], false);
     let am = read_i32("argmax", &ok("argmax", y.argmax(2, false)));
     let want: Vec<i32> = ya
         .arg(2, false, true)
@@ -2828,11 +2829,12 @@ fn reductions_over_awkward_axes_count_their_digits_and_read_small_inputs_as_unif
     let long = [3, 7, 10001];
     let z = rng.vec(numel(&long), -1.0, 1.0);
     let za = Arr::from_f32(&z, &long);
-    check_scaled(
+    check_sum(
         "split sum over [1, 2]",
-        &ok("sum", tensor(&z, &long).sum(&[1, 2], false)),
-        &za.sum(&[1, 2], false),
-        &za.abs().sum(&[1, 2], false),
+        &tensor(&z, &long),
+        &za,
+        &[1, 2],
+        false,
     );
 }
 
@@ -2918,41 +2920,25 @@ fn large_elementwise_kernels_read_and_store_quads_through_views() {
         .add(&Arr::from_f32(&x, &shape));
     check("broadcasts", &y5, &y5a);
     // Narrowed views: channels from 4 keep quads (the offset is a multiple
-    // of 4 elements); columns from 1 do not.
+    // of 4 elements); columns from 1 do not, nor a flat run from element 2
+    // (contiguous, but each quad misaligned).
     let wide = [64, 32, 14, 14];
     let w = rng.vec(numel(&wide), -1.0, 1.0);
-    let wa = Arr::from_f32(&w, &wide);
-    let channels = ok(
-        "channels 4..28",
-        tensor(&w, &wide)
-            .narrow(1, 4, 24)
-            .and_then(|t| t.mul_scalar(2.0)),
-    );
-    check(
-        "channels 4..28",
-        &channels,
-        &wa.narrow(1, 4, 24).map(|x| 2.0 * x),
-    );
-    let columns = ok(
-        "columns 1..13",
-        tensor(&w, &wide)
-            .narrow(3, 1, 12)
-            .and_then(|t| t.mul_scalar(2.0)),
-    );
-    check(
-        "columns 1..13",
-        &columns,
-        &wa.narrow(3, 1, 12).map(|x| 2.0 * x),
-    );
-    // A flat run from element 2: contiguous, but each quad misaligned.
-    let flat = ok(
-        "elements 2..",
-        tensor(&w, &[w.len()])
-            .narrow(0, 2, w.len() - 4)
-            .and_then(|t| t.mul_scalar(2.0)),
-    );
-    let flat_want = Arr::from_f32(&w, &[w.len()]).narrow(0, 2, w.len() - 4);
-    check("elements 2..", &flat, &flat_want.map(|x| 2.0 * x));
+    let flat = [w.len()];
+    for (what, shape, dim, start, len) in [
+        ("channels 4..28", &wide[..], 1, 4, 24),
+        ("columns 1..13", &wide[..], 3, 1, 12),
+        ("elements 2..", &flat[..], 0, 2, w.len() - 4),
+    ] {
+        let doubled = ok(
+            what,
+            tensor(&w, shape)
+                .narrow(dim, start, len)
+                .and_then(|t| t.mul_scalar(2.0)),
+        );
+        let want = Arr::from_f32(&w, shape).narrow(dim, start, len);
+        check(what, &doubled, &want.map(|x| 2.0 * x));
+    }
     // Concatenations: along rows, each part's mask covers whole quads; along
     // columns of 6, the masks cut through quads.
     let parts: Vec<Vec<f32>> = (0..4).map(|_| rng.vec(784 * 96, -1.0, 1.0)).collect();
@@ -3020,21 +3006,11 @@ fn sums_over_innermost_runs_of_four_read_them_a_vec4_at_a_time() {
         vec![1, 2, 3],
         vec![0, 1, 2, 3],
     ] {
-        check_scaled(
-            &format!("sum over {axes:?}"),
-            &ok("sum", y.sum(&axes, true)),
-            &ya.sum(&axes, true),
-            &ya.abs().sum(&axes, true),
-        );
+        check_sum(&format!("sum over {axes:?}"), &y, &ya, &axes, true);
     }
     let p = ok("permute", y.permute(&[0, 3, 2, 1]));
     let pa = ya.permute(&[0, 3, 2, 1]);
-    check_scaled(
-        "permuted sum over [2, 3]",
-        &ok("sum", p.sum(&[2, 3], false)),
-        &pa.sum(&[2, 3], false),
-        &pa.abs().sum(&[2, 3], false),
-    );
+    check_sum("permuted sum over [2, 3]", &p, &pa, &[2, 3], false);
     // Batch-norm statistics of a product's rows read as NCHW: the reduced
     // (h, w) run over 49 elements, which a quad would straddle, so these
     // read element by element.
@@ -3050,18 +3026,8 @@ fn sums_over_innermost_runs_of_four_read_them_a_vec4_at_a_time() {
     let centred = ok("centred", v.sub(&mean).and_then(|d| d.mul(&d)));
     let mean_a = prod.mean(&[0, 2, 3], true);
     let centred_a = prod.sub(&mean_a).map(|d| d * d);
-    check_scaled(
-        "sum over [0, 2, 3] of a view",
-        &ok("sum", v.sum(&[0, 2, 3], true)),
-        &prod.sum(&[0, 2, 3], true),
-        &prod.abs().sum(&[0, 2, 3], true),
-    );
-    check_scaled(
-        "squared deviations",
-        &ok("sum", centred.sum(&[0, 2, 3], true)),
-        &centred_a.sum(&[0, 2, 3], true),
-        &centred_a.sum(&[0, 2, 3], true),
-    );
+    check_sum("sum over [0, 2, 3] of a view", &v, &prod, &[0, 2, 3], true);
+    check_sum("squared deviations", &centred, &centred_a, &[0, 2, 3], true);
     // Rows of 4 that are not quads of their input: a narrowed row (an odd
     // row stride, or an odd offset) and a transposed one. Small integers
     // sum exactly, so a misread element shows.
@@ -3115,12 +3081,7 @@ fn sums_over_innermost_runs_of_four_read_them_a_vec4_at_a_time() {
     // Many short rows: one thread per output.
     let rows = rng.vec(3000 * 8, -1.0, 1.0);
     let ra = Arr::from_f32(&rows, &[3000, 8]);
-    check_scaled(
-        "rows of 8",
-        &ok("sum", tensor(&rows, &[3000, 8]).sum(&[1], false)),
-        &ra.sum(&[1], false),
-        &ra.abs().sum(&[1], false),
-    );
+    check_sum("rows of 8", &tensor(&rows, &[3000, 8]), &ra, &[1], false);
     // Long enough to split, in parts of a length that is not a multiple
     // of 4 before rounding. Small integers sum exactly in f32, so an
     // element read twice or missed at a part's edge cannot hide in the
