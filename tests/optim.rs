@@ -166,9 +166,9 @@ fn adam_and_adamw_follow_pytorch() -> Result<()> {
     Ok(())
 }
 
-/// Where the device has 64-bit integers Adam reads u64 pairs
-/// (`adam_pairs.wgsl`; the tests above, N odd); a device without them runs
-/// the f32 kernel.
+/// Adam reads and writes vec4s on every device, N odd leaving the last
+/// vec4's padding as it was (the tests above); a device without 64-bit
+/// integers or subgroups runs the same kernel.
 #[test]
 fn adam_without_64_bit_integers_follows_pytorch() -> Result<()> {
     let portable = cinder::Device::with_options(&cinder::runtime::DeviceOptions {

@@ -58,7 +58,6 @@ impl KernelSource {
 }
 
 const ADAM: Shader = shader!("adam.wgsl");
-const ADAM_PAIRS: Shader = shader!("adam_pairs.wgsl");
 const SGD: Shader = shader!("sgd.wgsl");
 const SGD_MOMENTUM: Shader = shader!("sgd_momentum.wgsl");
 
@@ -545,17 +544,11 @@ pub(crate) fn matmul(
 pub(crate) const OPTIM_ELEMENTS_PER_THREAD: usize = 4;
 
 /// The shader for an optimizer, its override constants, how many state
-/// tensors it updates and how many hyper-parameters it reads. With `int64`
-/// (the device has SHADER_INT64) Adam reads and writes its tensors as u64
-/// pairs: the update of `cinder bench cnn`'s fc1 weight (401,408 elements),
-/// timed alone, ran in 8.9 to 11.3 ms against 12.6 to 13.0 ms (medians of
-/// three runs each). Its tensors are bound with their padded sizes.
-pub(crate) fn optimizer(
-    kind: OptimKind,
-    int64: bool,
-) -> (Shader, Vec<(String, f64)>, usize, usize) {
+/// tensors it updates and how many hyper-parameters it reads. Adam reads
+/// and writes its tensors a vec4 at a time, its tensors bound with their
+/// padded sizes, and its scalars as a uniform buffer (see adam.wgsl).
+pub(crate) fn optimizer(kind: OptimKind) -> (Shader, Vec<(String, f64)>, usize, usize) {
     match kind {
-        OptimKind::Adam if int64 => (ADAM_PAIRS, vec![], 2, 8),
         OptimKind::Sgd => (SGD, vec![], 0, 2),
         OptimKind::SgdMomentum { nesterov } => (
             SGD_MOMENTUM,
@@ -603,19 +596,12 @@ pub fn shader_sources() -> Vec<(&'static str, &'static str)> {
         MatmulVariant::TextureImplicit64x32,
     ]
     .map(MatmulVariant::shader);
-    [
-        ADAM,
-        ADAM_PAIRS,
-        SGD,
-        SGD_MOMENTUM,
-        PACK_TEXTURE,
-        COPY_REGION,
-    ]
-    .into_iter()
-    .chain(matmuls)
-    .map(|s| (s.name, s.text))
-    .chain(std::iter::once(prelude))
-    .collect()
+    [ADAM, SGD, SGD_MOMENTUM, PACK_TEXTURE, COPY_REGION]
+        .into_iter()
+        .chain(matmuls)
+        .map(|s| (s.name, s.text))
+        .chain(std::iter::once(prelude))
+        .collect()
 }
 
 #[cfg(test)]

@@ -794,8 +794,7 @@ fn effect_kernels(
             let g = fusion
                 .buffer_of(entries, *grad)
                 .ok_or_else(|| Error::Gpu("internal: gradient without buffer".into()))?;
-            let (source, constants, want_state, want_hyper) =
-                kernels::optimizer(*kind, target.subgroup_matmul);
+            let (source, constants, want_state, want_hyper) = kernels::optimizer(*kind);
             if state.len() != want_state || *hyper_len != want_hyper {
                 return Err(Error::invalid(
                     "optimizer step",

@@ -56,8 +56,7 @@ pub(crate) struct Target {
     /// The adapter's name, for errors.
     pub adapter: String,
     /// Matmuls use the subgroup kernels (`shaders/matmul_subgroup_*.wgsl`);
-    /// their features include 64-bit integers, which paired stores and Adam
-    /// over u64 pairs use too.
+    /// their features include 64-bit integers, which paired stores use too.
     pub subgroup_matmul: bool,
     /// Big matmuls read their operands from textures where the shapes allow
     /// (a CPU adapter).
