@@ -37,7 +37,7 @@ pub(crate) enum Layout {
     /// read a big tensor through a helper that picks the range.
     Chunked,
     /// Whole, to its padded size: hand-written kernels (matmul, optimizers)
-    /// read whole 16-byte blocks, as u64 pairs where the device has them.
+    /// and generated ones reading vec4s read whole 16-byte blocks.
     Whole,
     /// Whole, in one binding rounded up to 16 bytes: an input a generated
     /// kernel reads as a uniform buffer of vec4s.
