@@ -153,10 +153,10 @@ pub(crate) struct BindingRules {
     /// read different addresses one after another, and a bias read along
     /// its rows' last axis would be read so.
     pub uniform_inputs: bool,
-    /// A sum whose innermost reduced elements lie consecutively may read
-    /// four a time (see [`reduce_quads`]): on a CPU adapter, for the same
-    /// reason element-wise kernels do ([`StoreForm::Quads`]).
-    pub reduce_quads: bool,
+    /// Kernels compute and read four consecutive elements at a time where
+    /// they can ([`StoreForm::Quads`], and sums: [`reduce_quads`]): on a
+    /// CPU adapter, which loads and stores lane by lane.
+    pub quads: bool,
 }
 
 /// Where a generated kernel writes: an entry's buffer, as elements of the
@@ -1349,20 +1349,19 @@ impl StoreForm {
 }
 
 /// How [`elementwise_stored`] stores this output (see
-/// [`PAIRED_STORE_MIN`]): 4-byte elements in one binding, in quads on a
-/// CPU adapter where they divide the count, else in pairs where the device
-/// has 64-bit integers and the count is even.
+/// [`PAIRED_STORE_MIN`]): 4-byte elements in one binding, in quads where
+/// `rules` allow them and they divide the count, else in pairs where the
+/// device has 64-bit integers and the count is even.
 pub(crate) fn store_form(
     entries: &[Entry],
     out: usize,
-    chunk: usize,
+    rules: BindingRules,
     int64: bool,
-    cpu: bool,
 ) -> StoreForm {
     let n = numel(&entries[out].shape);
-    if entries[out].dtype.size() != 4 || n < PAIRED_STORE_MIN || chunk_count(n, chunk) > 1 {
+    if entries[out].dtype.size() != 4 || n < PAIRED_STORE_MIN || chunk_count(n, rules.chunk) > 1 {
         StoreForm::Single
-    } else if cpu && n.is_multiple_of(4) {
+    } else if rules.quads && n.is_multiple_of(4) {
         StoreForm::Quads
     } else if int64 && n.is_multiple_of(2) {
         StoreForm::Pairs
@@ -1800,13 +1799,9 @@ pub(crate) fn reduce(
     if let Some(digits) = index.digits.clone() {
         g.digits.insert("ridx".to_string(), digits);
     }
-    let width = match rules.reduce_quads
-        && op == ReduceOp::Sum
-        && reduce_quads(&entries[input].shape, &index.axes)
-    {
-        true => 4,
-        false => 1,
-    };
+    let quads =
+        rules.quads && op == ReduceOp::Sum && reduce_quads(&entries[input].shape, &index.axes);
+    let width = if quads { 4 } else { 1 };
     let mut body = String::new();
     let mut indices = String::new();
     let mut values = Vec::new();

@@ -581,7 +581,7 @@ fn custom_kernel(
 /// Entry `i`'s fused element-wise kernel.
 fn elementwise(graph: &Graph, fusion: &Fusion, target: &Target, i: usize) -> Kernel {
     let entries = &graph.entries;
-    let form = codegen::store_form(entries, i, target.chunk, target.subgroup_matmul, target.cpu);
+    let form = target.store_form(entries, i);
     let generated = codegen::elementwise_stored(
         entries,
         &|x| fusion.mat[x],

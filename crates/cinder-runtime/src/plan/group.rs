@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use super::{Fusion, Graph, Target, Uses};
-use crate::codegen::{chunk_count, store_form, StoreForm};
+use crate::codegen::{chunk_count, StoreForm};
 use crate::graph::{numel, Op};
 
 /// Values computed by one kernel, in entry order; it runs where the last
@@ -64,8 +64,7 @@ pub(crate) fn siblings(
             && !fusion.residents.contains_key(&i)
             && !fusion.epilogues.contains_key(&i)
             && chunk_count(n, target.chunk) == 1
-            && store_form(entries, i, target.chunk, target.subgroup_matmul, target.cpu)
-                == StoreForm::Single
+            && target.store_form(entries, i) == StoreForm::Single
     };
     // What a product's kernel writes: the product, or its epilogue's end.
     let products: Vec<usize> = (0..graph.synthetic_from)

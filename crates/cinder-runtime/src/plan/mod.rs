@@ -83,8 +83,13 @@ impl Target {
         crate::codegen::BindingRules {
             chunk: self.chunk,
             uniform_inputs: self.cpu,
-            reduce_quads: self.cpu,
+            quads: self.cpu,
         }
+    }
+
+    /// How an element-wise kernel stores entry `out` here.
+    pub(crate) fn store_form(&self, entries: &[Entry], out: usize) -> crate::codegen::StoreForm {
+        crate::codegen::store_form(entries, out, self.binding_rules(), self.subgroup_matmul)
     }
 
     pub(crate) fn of(device: &crate::Device) -> Target {
