@@ -1315,12 +1315,12 @@ fn binary(op: BinaryOp, dtype: DType, x: &str, y: &str) -> String {
     }
 }
 
-/// Element-wise kernels at least this long store two elements per
-/// invocation as one u64 where the device has 64-bit integers: lavapipe
-/// stores lane by lane, and a copy kernel over 3.6M floats ran in 21-23 ms
-/// against 26 ms. Shorter kernels keep one element per invocation, which
-/// compiles faster (each stored value's code is emitted twice).
-const PAIRED_STORE_MIN: usize = 1 << 18;
+/// Element-wise kernels at least this long compute several elements per
+/// invocation ([`StoreForm`]): lavapipe stores lane by lane, and a copy
+/// kernel over 3.6M floats ran in 21-23 ms as u64 pairs against 26 ms.
+/// Shorter kernels keep one element per invocation, which compiles faster
+/// (each stored value's code is emitted once per element).
+const WIDE_STORE_MIN: usize = 1 << 18;
 
 /// How many elements an element-wise kernel computes per invocation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1349,7 +1349,7 @@ impl StoreForm {
 }
 
 /// How [`elementwise_stored`] stores this output (see
-/// [`PAIRED_STORE_MIN`]): 4-byte elements in one binding, in quads where
+/// [`WIDE_STORE_MIN`]): 4-byte elements in one binding, in quads where
 /// `rules` allow them and they divide the count, else in pairs where the
 /// device has 64-bit integers and the count is even.
 pub(crate) fn store_form(
@@ -1359,7 +1359,7 @@ pub(crate) fn store_form(
     int64: bool,
 ) -> StoreForm {
     let n = numel(&entries[out].shape);
-    if entries[out].dtype.size() != 4 || n < PAIRED_STORE_MIN || chunk_count(n, rules.chunk) > 1 {
+    if entries[out].dtype.size() != 4 || n < WIDE_STORE_MIN || chunk_count(n, rules.chunk) > 1 {
         StoreForm::Single
     } else if rules.quads && n.is_multiple_of(4) {
         StoreForm::Quads
