@@ -566,6 +566,24 @@ impl Tensor {
             ));
         };
         let c_out = c_out_g * g;
+        // One input pixel and nothing cropped or spread: each input channel
+        // scales its whole kernel, so the layer is `x @ W`, which lies in
+        // NCHW as it is computed and whose weight gradient `x^T @ dY` lies in
+        // the weight's layout (a DCGAN generator's first layer, fed noise).
+        // The GEMM-then-fold would transpose both.
+        let one_pixel = h == 1
+            && w == 1
+            && g == 1
+            && opts.padding == [0, 0]
+            && opts.dilation == [1, 1]
+            && output_padding == [0, 0];
+        if one_pixel {
+            let y = self
+                .reshape(&[n, c_in])?
+                .matmul(&weight.reshape(&[c_in, c_out * kh * kw])?)?
+                .reshape(&[n, c_out, kh, kw])?;
+            return add_channel_bias(OP, y, bias, c_out);
+        }
         let win = Window2d {
             image: [oh, ow],
             out: [h, w],

@@ -356,22 +356,29 @@ fn conv_transpose2d_strided_output_padding() {
     );
 }
 
-/// The fold visits only the taps that land on a window: a 1x1 input
-/// spread by a 5x5 kernel (a DCGAN generator's first layer: one tap per
-/// pixel), and a stride of 3 over a kernel of 2 (pixels no tap reaches),
-/// padded on one axis, with output padding.
+/// A 1x1 input spread by a 5x3 kernel (a DCGAN generator's first layer)
+/// is one product, whatever the stride; cropped by padding it takes the
+/// fold, which visits only the taps that land on a window (one per pixel).
+/// Then a stride of 3 over a kernel of 2 (pixels no tap reaches), padded
+/// on one axis, with output padding.
 #[test]
 fn conv_transpose2d_taps_from_a_point_and_past_the_kernel() {
     let mut rng = Rng::named("conv_transpose2d taps");
-    check_grad_ref(
-        "conv_transpose2d from 1x1, kernel 5",
-        &[
-            rand_input(&mut rng, &[2, 3, 1, 1], -1.0, 1.0),
-            rand_input(&mut rng, &[3, 2, 5, 5], -1.0, 1.0),
-        ],
-        |t| t[0].conv_transpose2d(&t[1], None, Conv2dOptions::default(), [0, 0]),
-        |a| conv_transpose2d_ref(&a[0], &a[1], None, Conv2dOptions::default(), [0, 0]),
-    );
+    for (what, opts) in [
+        ("a product", Conv2dOptions::default().stride(2)),
+        ("cropped, a fold", Conv2dOptions::default().padding(1)),
+    ] {
+        check_grad_ref(
+            &format!("conv_transpose2d from 1x1, kernel 5x3, {what}"),
+            &[
+                rand_input(&mut rng, &[2, 3, 1, 1], -1.0, 1.0),
+                rand_input(&mut rng, &[3, 2, 5, 3], -1.0, 1.0),
+                rand_input(&mut rng, &[2], -1.0, 1.0),
+            ],
+            |t| t[0].conv_transpose2d(&t[1], Some(&t[2]), opts, [0, 0]),
+            |a| conv_transpose2d_ref(&a[0], &a[1], Some(&a[2]), opts, [0, 0]),
+        );
+    }
     let opts = Conv2dOptions {
         stride: [3, 3],
         padding: [1, 0],
