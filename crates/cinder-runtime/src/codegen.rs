@@ -66,6 +66,11 @@ pub(crate) struct Generated {
     pub seeds: Vec<usize>,
     /// Number of threads or workgroups the dispatch must cover.
     pub items: u64,
+    /// Loads one invocation issues (a vec4 counts as one): on lavapipe each
+    /// is a loop over the lanes, whatever it reads. `guarded_loads` of them
+    /// happen only under a condition (see [`Gen::guarded`]).
+    pub loads: usize,
+    pub guarded_loads: usize,
 }
 
 /// How a generated kernel reads one of its inputs.
@@ -104,6 +109,16 @@ struct Gen<'a> {
     digits: HashMap<String, Vec<(String, usize)>>,
     /// Index variables that are element `k` of a quad (see [`Quad`]).
     quads: HashMap<String, Quad>,
+    /// In a tile ([`StoreForm::Tiles`]): index variables that are element
+    /// `k` of a tile's column, four rows apart at the output. An input
+    /// that lies transposed to the output reads a column as one vec4.
+    column_quads: HashMap<String, Quad>,
+    /// Where each view read each index it was asked for: by the view's
+    /// entry and the index, its input's index (a column's later elements
+    /// find their first element's there).
+    view_children: HashMap<(usize, String), String>,
+    loads: usize,
+    guarded_loads: usize,
     /// Where a view reads a quad's first element: its input's index and
     /// mask, by the view's entry and the quad's first index.
     quad_views: HashMap<(usize, String), (String, Option<String>)>,
@@ -134,6 +149,10 @@ impl<'a> Gen<'a> {
             memo: HashMap::new(),
             digits: HashMap::new(),
             quads: HashMap::new(),
+            column_quads: HashMap::new(),
+            view_children: HashMap::new(),
+            loads: 0,
+            guarded_loads: 0,
             quad_views: HashMap::new(),
             counter: 0,
             substitute: None,
@@ -413,17 +432,21 @@ impl Gen<'_> {
     /// shared by the quad's four elements where `idx` is a quad's element
     /// and `i` lies in one storage binding, else a load of its own.
     fn leaf(&mut self, body: &mut String, i: usize, idx: &str) -> String {
-        let Some(Quad { base, k, stride }) = self.quads.get(idx).cloned() else {
-            return self.load(i, idx);
+        let vec4_ok =
+            self.chunks(i) == 1 && !self.uniform_candidate(i) && self.entries[i].dtype.size() == 4;
+        let contiguous = |q: Option<&Quad>| q.filter(|q| q.stride == 1 && vec4_ok).cloned();
+        let (Quad { base, k, .. }, what) = match (
+            contiguous(self.quads.get(idx)),
+            contiguous(self.column_quads.get(idx)),
+        ) {
+            (Some(q), _) => (q, "quad"),
+            (None, Some(q)) => (q, "column"),
+            (None, None) => {
+                self.loads += 1;
+                return self.load(i, idx);
+            }
         };
-        if stride != 1
-            || self.chunks(i) > 1
-            || self.uniform_candidate(i)
-            || self.entries[i].dtype.size() != 4
-        {
-            return self.load(i, idx);
-        }
-        let key = (i, format!("quad {base}"));
+        let key = (i, format!("{what} {base}"));
         let q = match self.memo.get(&key) {
             Some(q) => q.clone(),
             None => {
@@ -431,10 +454,18 @@ impl Gen<'_> {
                 let q = self.fresh("q");
                 let _ = writeln!(body, "    let {q} = b{b}[({base}) / 4u];");
                 self.memo.insert(key, q.clone());
+                self.loads += 1;
                 q
             }
         };
         format!("{q}.{}", ["x", "y", "z", "w"][k])
+    }
+
+    /// Whether the four elements that `idx` belongs to along the output's
+    /// rows (a quad) or down a tile's column are read by one vec4 load.
+    fn shares_a_load(&self, idx: &str) -> bool {
+        let contiguous = |q: Option<&Quad>| q.is_some_and(|q| q.stride == 1);
+        contiguous(self.quads.get(idx)) || contiguous(self.column_quads.get(idx))
     }
 
     /// Emits statements into `body` computing entry `i` at linear index `idx`
@@ -504,9 +535,7 @@ impl Gen<'_> {
                 let x = self.value(body, a, idx, false);
                 unary(op, e.dtype, &x)
             }
-            Op::Binary(BinaryOp::Masked, a, mask)
-                if self.quads.get(idx).is_some_and(|q| q.stride == 1) =>
-            {
+            Op::Binary(BinaryOp::Masked, a, mask) if self.shares_a_load(idx) => {
                 // A quad's load serves four elements: cheaper taken than
                 // guarded four times.
                 let m = self.value(body, mask, idx, false);
@@ -668,11 +697,18 @@ impl Gen<'_> {
         ty: &str,
     ) -> String {
         let v = self.fresh("g");
-        // Values computed inside the branch are not visible after it.
-        let saved = self.memo.clone();
+        // Values and indices computed inside the branch are not visible
+        // after it.
+        let saved = (
+            self.memo.clone(),
+            self.quad_views.clone(),
+            self.view_children.clone(),
+        );
         let mut inner = String::new();
+        let loads = self.loads;
         let x = self.value(&mut inner, input, child, false);
-        self.memo = saved;
+        self.guarded_loads += self.loads - loads;
+        (self.memo, self.quad_views, self.view_children) = saved;
         let _ = write!(
             body,
             "    var {v}: {ty} = {outside};\n    if ({m}) {{\n{inner}    {v} = {x};\n    }}\n"
@@ -1004,26 +1040,38 @@ impl Gen<'_> {
             let stride = q.through(spec, &shape)?;
             Some((q, stride))
         });
-        let Some((q, stride)) = kept else {
-            // Element by element: the input at the viewed index, or 0
-            // outside a mask.
-            let dtype = self.entries[i].dtype;
-            let x = match self.view_index(body, spec, &shape, idx) {
-                (child, None) => self.value(body, input, &child, false),
-                (child, Some(m)) => {
-                    self.guarded(body, &m, &child, input, zero(dtype), dtype.wgsl())
-                }
-            };
-            self.memo.insert((i, idx.to_string()), x.clone());
-            return x;
+        let (child, m) = match &kept {
+            Some((q, stride)) => self.quad_child(body, i, spec, q, *stride),
+            // Element by element.
+            None => self.view_index(body, spec, &shape, idx),
         };
-        // The quad's elements share the mask: one load serves them, taken
-        // whether or not they lie inside.
-        let (child, m) = self.quad_child(body, i, spec, &q, stride);
-        let x = self.value(body, input, &child, false);
+        self.view_children
+            .insert((i, idx.to_string()), child.clone());
+        // Down a tile's column the view may keep four elements together
+        // too; the column's first element went through it first.
+        let column = self.column_quads.get(idx).cloned().and_then(|q| {
+            let stride = q.through(spec, &shape)?;
+            let base = match q.k {
+                0 => child.clone(),
+                _ => self.view_children.get(&(i, q.base.clone()))?.clone(),
+            };
+            Some(Quad {
+                base,
+                k: q.k,
+                stride,
+            })
+        });
+        let shared = kept.is_some() || column.is_some();
+        if let Some(column) = column {
+            self.column_quads.insert(child.clone(), column);
+        }
+        let dtype = self.entries[i].dtype;
         let v = match m {
-            Some(m) => {
-                let dtype = self.entries[i].dtype;
+            None => self.value(body, input, &child, false),
+            // Four elements share the mask: one load serves them, taken
+            // whether or not they lie inside.
+            Some(m) if shared => {
+                let x = self.value(body, input, &child, false);
                 let v = self.fresh("v");
                 let zero = zero(dtype);
                 let _ = writeln!(
@@ -1033,7 +1081,8 @@ impl Gen<'_> {
                 );
                 v
             }
-            None => x,
+            // Else the input is read only inside the mask.
+            Some(m) => self.guarded(body, &m, &child, input, zero(dtype), dtype.wgsl()),
         };
         self.memo.insert((i, idx.to_string()), v.clone());
         v
@@ -1335,6 +1384,15 @@ pub(crate) enum StoreForm {
     /// a vec4 at a time, against 1.07 to 1.10 ms for two scalar loads each
     /// and a u64 store.
     Quads,
+    /// A 4x4 tile: four quads, one in each of four consecutive rows of
+    /// `run` elements (the output's innermost axes). An input that lies
+    /// transposed to the output, contiguous down the rows, reads each of
+    /// the tile's columns as one vec4 instead of four scalars. Chosen over
+    /// [`StoreForm::Quads`] only where that saves loads (see
+    /// [`tile_run`]).
+    Tiles {
+        run: usize,
+    },
 }
 
 impl StoreForm {
@@ -1344,8 +1402,25 @@ impl StoreForm {
             StoreForm::Single => 1,
             StoreForm::Pairs => 2,
             StoreForm::Quads => 4,
+            StoreForm::Tiles { .. } => 16,
         }
     }
+}
+
+/// The row of a [`StoreForm::Tiles`] kernel over `shape`: its innermost
+/// axes, as few as make a multiple of 4 elements, with a multiple of 4 rows
+/// above them. `None` where there is no such row.
+pub(crate) fn tile_run(shape: &[usize]) -> Option<usize> {
+    let n = numel(shape);
+    let mut run = 1;
+    for &extent in shape.iter().rev() {
+        run *= extent;
+        if run.is_multiple_of(4) {
+            let rows = n / run;
+            return (rows >= 4 && rows.is_multiple_of(4)).then_some(run);
+        }
+    }
+    None
 }
 
 /// How [`elementwise_stored`] stores this output (see
@@ -1438,11 +1513,55 @@ pub(crate) fn elementwise_stored(
             let store = format!("out[gid] = vec4<{ty}>({});", values.join(", "));
             (format!("vec4<{ty}>"), indices, store)
         }
+        StoreForm::Tiles { run } => {
+            let cols = run / 4;
+            let mut indices = format!(
+                "    let t0 = (gid / {cols}u) * {}u + (gid % {cols}u) * 4u;\n",
+                4 * run
+            );
+            let element = |i: usize, j: usize| format!("e{i}_{j}");
+            for i in 0..4 {
+                for j in 0..4 {
+                    let e = element(i, j);
+                    let _ = writeln!(indices, "    let {e} = t0 + {}u;", i * run + j);
+                    let along_row = Quad {
+                        base: element(i, 0),
+                        k: j,
+                        stride: 1,
+                    };
+                    let down_column = Quad {
+                        base: element(0, j),
+                        k: i,
+                        stride: run,
+                    };
+                    g.quads.insert(e.clone(), along_row);
+                    g.column_quads.insert(e, down_column);
+                }
+            }
+            // Each row is stored once computed, so that only the shared
+            // column loads stay live across rows.
+            for i in 0..4 {
+                let row: Vec<String> = (0..4)
+                    .map(|j| g.value(&mut body, root, &element(i, j), !load_root))
+                    .collect();
+                let _ = writeln!(
+                    body,
+                    "    out[{} / 4u] = vec4<{ty}>({});",
+                    element(i, 0),
+                    row.join(", ")
+                );
+            }
+            (format!("vec4<{ty}>"), indices, String::new())
+        }
     };
     let items = n / form.width();
     let mut src = String::from(PRELUDE);
     src.push_str(&g.declarations_for(Output::Buffer(out, &out_ty)));
-    let bound = g.bound(out, items);
+    let bound = match form {
+        // The output is bound as vec4s, four to a tile.
+        StoreForm::Tiles { .. } if g.chunks(out) == 1 => "arrayLength(&out) / 4u".to_string(),
+        _ => g.bound(out, items),
+    };
     src.push_str(&elementwise_main(
         &bound,
         &format!("{indices}{body}    {store}\n"),
@@ -1453,6 +1572,8 @@ pub(crate) fn elementwise_stored(
         forms: g.forms,
         seeds: g.seeds,
         items: items as u64,
+        loads: g.loads,
+        guarded_loads: g.guarded_loads,
     }
 }
 
@@ -1521,6 +1642,8 @@ pub(crate) fn elementwise_texels(
         forms: g.forms,
         seeds: g.seeds,
         items: items as u64,
+        loads: g.loads,
+        guarded_loads: g.guarded_loads,
     }
 }
 
@@ -1556,6 +1679,8 @@ pub(crate) fn elementwise_group(
         forms: g.forms,
         seeds: g.seeds,
         items: n as u64,
+        loads: g.loads,
+        guarded_loads: g.guarded_loads,
     }
 }
 
@@ -1850,6 +1975,8 @@ pub(crate) fn reduce(
         forms: g.forms,
         seeds: g.seeds,
         items: items as u64,
+        loads: g.loads,
+        guarded_loads: g.guarded_loads,
     }
 }
 
@@ -2255,6 +2382,8 @@ fn store4(e: u32, v: vec4<f32>) {{
         forms: g.forms,
         seeds: g.seeds,
         items: 0,
+        loads: 0,
+        guarded_loads: 0,
     }
 }
 

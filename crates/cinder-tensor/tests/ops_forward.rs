@@ -2985,6 +2985,78 @@ fn large_elementwise_kernels_read_and_store_quads_through_views() {
 }
 
 #[test]
+fn large_elementwise_kernels_read_transposed_inputs_a_tile_column_at_a_time() {
+    // Where an input lies transposed to the output, a CPU adapter may
+    // compute 4x4 tiles (four quads in four consecutive rows) and read each
+    // tile column of that input as one vec4: a transpose next to a
+    // contiguous input does. A strided convolution's input gradient as its
+    // four phases write it (row blocks of a channels-last [N * A * B, C]
+    // concatenation) stays in quads, read into NCHW (the parts read under
+    // guards) and into channels-last under an NCHW mask (where a quad's
+    // parts are read inside the mask's guard, and each index computed
+    // there must stay there).
+    let mut rng = Rng::named("tiles");
+    let (n, c, a, b) = (64, 32, 7, 7);
+    let parts: Vec<Vec<f32>> = (0..4).map(|_| rng.vec(n * a * b * c, -1.0, 1.0)).collect();
+    let tensors: Vec<Tensor> = parts.iter().map(|p| tensor(p, &[n * a * b, c])).collect();
+    let refs: Vec<&Tensor> = tensors.iter().collect();
+    let arrs: Vec<Arr> = parts
+        .iter()
+        .map(|p| Arr::from_f32(p, &[n * a * b, c]))
+        .collect();
+    let arr_refs: Vec<&Arr> = arrs.iter().collect();
+    let interleave = [2, 5, 3, 0, 4, 1];
+    let nchw = [n, c, 2 * a, 2 * b];
+    let phases = ok(
+        "phases",
+        Tensor::concat(&refs, 0)
+            .and_then(|t| t.reshape(&[2, 2, n, a, b, c]))
+            .and_then(|t| t.permute(&interleave))
+            .and_then(|t| t.reshape(&nchw)),
+    );
+    let phases_a = Arr::concat(&arr_refs, 0)
+        .reshape(&[2, 2, n, a, b, c])
+        .permute(&interleave)
+        .reshape(&nchw);
+    check(
+        "phases into NCHW",
+        &ok("x3", phases.mul_scalar(3.0)),
+        &phases_a.map(|x| 3.0 * x),
+    );
+    let mask: Vec<f32> = rng
+        .vec(numel(&nchw), -1.0, 1.0)
+        .iter()
+        .map(|&m| m.max(0.0))
+        .collect();
+    let masked = ok(
+        "phases into channels-last, masked",
+        phases
+            .masked(&tensor(&mask, &nchw))
+            .and_then(|t| t.permute(&[0, 2, 3, 1])),
+    );
+    let masked_a = phases_a
+        .zip(
+            &Arr::from_f32(&mask, &nchw),
+            |x, m| if m != 0.0 { x } else { 0.0 },
+        )
+        .permute(&[0, 2, 3, 1]);
+    check("phases into channels-last, masked", &masked, &masked_a);
+    let x = rng.vec(numel(&nchw), -1.0, 1.0);
+    let y = rng.vec(numel(&nchw), -1.0, 1.0);
+    let last = [n, 2 * a, 2 * b, c];
+    let sum = ok(
+        "transposed plus contiguous",
+        tensor(&x, &nchw)
+            .permute(&[0, 2, 3, 1])
+            .and_then(|t| t.add(&tensor(&y, &last))),
+    );
+    let sum_a = Arr::from_f32(&x, &nchw)
+        .permute(&[0, 2, 3, 1])
+        .add(&Arr::from_f32(&y, &last));
+    check("transposed plus contiguous", &sum, &sum_a);
+}
+
+#[test]
 fn sums_over_innermost_runs_of_four_read_them_a_vec4_at_a_time() {
     // On a CPU adapter a sum whose innermost reduced axes are the input's
     // innermost, over a multiple of 4 elements, reads four consecutive
