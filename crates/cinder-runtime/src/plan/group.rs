@@ -3,11 +3,13 @@
 //! GRU's three) would give each value a kernel of its own; instead they, and
 //! the values computed from them at the same element (an LSTM's cell and
 //! hidden state), run as one kernel after the product that writes each of
-//! them.
+//! them. A reduction's readers group the same way: batch norm's statistics
+//! (a variance, its inverse square root, the scale and shift from it) are
+//! one kernel where they were a tiny dispatch each.
 
 use std::collections::HashMap;
 
-use super::{Fusion, Graph, Target, Uses};
+use super::{limits, Fusion, Graph, Target, Uses};
 use crate::codegen::{chunk_count, StoreForm};
 use crate::graph::{numel, Op};
 
@@ -66,11 +68,13 @@ pub(crate) fn siblings(
             && chunk_count(n, target.chunk) == 1
             && target.store_form(entries, i) == StoreForm::Single
     };
-    // What a product's kernel writes: the product, or its epilogue's end.
+    // What a product's kernel writes (the product, or its epilogue's end),
+    // and reductions.
     let products: Vec<usize> = (0..graph.synthetic_from)
         .filter(|&i| {
             fusion.mat[i]
-                && (matches!(entries[i].op, Op::Matmul { .. }) || fusion.epilogues.contains_key(&i))
+                && (matches!(entries[i].op, Op::Matmul { .. } | Op::Reduce { .. })
+                    || fusion.epilogues.contains_key(&i))
         })
         .collect();
     let mut groups: Vec<Group> = Vec::new();
@@ -96,12 +100,10 @@ pub(crate) fn siblings(
         for r in readers {
             by_len.entry(numel(&entries[r].shape)).or_default().push(r);
         }
+        // (One reader may still gather a chain below.)
         let Some((len, mut members)) = by_len.into_iter().max_by_key(|(_, m)| m.len()) else {
             continue;
         };
-        if members.len() < 2 {
-            continue;
-        }
         // Values computed from members at the same element (through values
         // computed inline) join them.
         loop {
@@ -132,23 +134,34 @@ pub(crate) fn siblings(
         }
         members.sort_unstable();
         let members = runnable_prefix(graph, uses, &fusion.mat, members);
-        if members.len() >= 2 {
-            for &m in &members {
-                group_of.insert(m, groups.len());
-            }
-            let stored = members
-                .iter()
-                .copied()
-                .filter(|&m| {
-                    uses.is_root[m]
-                        || effect_reads.contains(&m)
-                        || kernel_readers(graph, uses, &fusion.mat, m)
-                            .iter()
-                            .any(|r| !members.contains(r))
-                })
-                .collect();
-            groups.push(Group { members, stored });
+        if members.len() < 2 {
+            continue;
         }
+        let stored: Vec<usize> = members
+            .iter()
+            .copied()
+            .filter(|&m| {
+                uses.is_root[m]
+                    || effect_reads.contains(&m)
+                    || kernel_readers(graph, uses, &fusion.mat, m)
+                        .iter()
+                        .any(|r| !members.contains(r))
+            })
+            .collect();
+        // A chain that `limits::split_fan_in` cut to fit the bindings (a sum
+        // of a thousand terms) stays cut.
+        let reads = limits::group_reads(graph, &fusion.mat, &members);
+        let outputs: usize = stored
+            .iter()
+            .map(|&m| chunk_count(numel(&entries[m].shape), target.chunk))
+            .sum();
+        if limits::bindings(graph, target, &reads, None) + outputs > target.max_bindings {
+            continue;
+        }
+        for &m in &members {
+            group_of.insert(m, groups.len());
+        }
+        groups.push(Group { members, stored });
     }
     (groups, group_of)
 }
@@ -228,8 +241,65 @@ mod tests {
         assert!(!mat[a], "{a} keeps a buffer nobody reads");
     }
 
-    use super::super::testing::{fusion_of_graph, gpu, Builder};
-    use crate::graph::{BinaryOp, UnaryOp};
+    use super::super::testing::{fusion_of_graph, gpu, lavapipe, Builder};
+    use crate::graph::{BinaryOp, ReduceOp, UnaryOp};
+
+    /// Batch norm's per-channel statistics: a sum of squares, the variance
+    /// and inverse standard deviation from it, the scale and shift from
+    /// those; kept (returned) as training keeps them.
+    #[test]
+    fn a_reductions_chain_of_small_values_runs_as_one_kernel() {
+        let mut g = Builder::new();
+        let x = g.upload(&[64, 128]);
+        let gamma = g.upload(&[1, 128]);
+        let beta = g.upload(&[1, 128]);
+        let mean = g.upload(&[1, 128]);
+        let squares = g.binary(BinaryOp::Mul, x, x);
+        let sum = g.reduce(ReduceOp::Sum, &[0], squares);
+        let var = g.binary(BinaryOp::Mul, sum, mean);
+        let invstd = g.unary(UnaryOp::Rsqrt, var);
+        let scale = g.binary(BinaryOp::Mul, gamma, invstd);
+        let shifted = g.binary(BinaryOp::Mul, mean, scale);
+        let shift = g.binary(BinaryOp::Sub, beta, shifted);
+        let roots = [invstd, scale, shift];
+        let groups = fusion_of_graph(g, &roots, &lavapipe(), |_, _, fusion, _| {
+            fusion.groups.clone()
+        });
+        // (The variance, read once, is computed inline.)
+        assert_eq!(groups.len(), 1, "{groups:?}");
+        assert_eq!(groups[0].members, roots.to_vec());
+        assert_eq!(groups[0].stored, roots.to_vec());
+    }
+
+    /// A sum of many separately reduced terms: the fan-in cuts that keep
+    /// each kernel within the bindings are not undone by a group.
+    #[test]
+    fn a_chain_cut_to_fit_the_bindings_stays_cut() {
+        let mut g = Builder::new();
+        let mut total = None;
+        for _ in 0..40 {
+            let x = g.upload(&[16]);
+            let s = g.sum_all(x);
+            total = Some(match total {
+                None => s,
+                Some(t) => g.binary(BinaryOp::Add, t, s),
+            });
+        }
+        let total = total.unwrap_or_default();
+        let target = lavapipe();
+        let max = target.max_bindings;
+        let groups = fusion_of_graph(g, &[total], &target, |graph, _, fusion, _| {
+            fusion
+                .groups
+                .iter()
+                .map(|group| {
+                    let reads = super::limits::group_reads(graph, &fusion.mat, &group.members);
+                    super::limits::bindings(graph, &target, &reads, None) + group.stored.len()
+                })
+                .collect::<Vec<_>>()
+        });
+        assert!(groups.iter().all(|&b| b <= max), "{groups:?} past {max}");
+    }
 
     /// An LSTM cell's forward values: the gate product `[4, 4 * 8]`
     /// sliced into four gates, the cell and hidden state from them, every

@@ -207,6 +207,21 @@ pub(crate) fn epilogue_reads(graph: &Graph, mat: &[bool], end: usize, matmul: us
     reads_below(graph, mat, &memo, end, Some(matmul))
 }
 
+/// What one kernel computing all of `members` reads: every member is
+/// computed in it (none is loaded), with what their inputs read inline.
+pub(crate) fn group_reads(graph: &Graph, mat: &[bool], members: &[usize]) -> Reads {
+    let mut inside = mat.to_vec();
+    for &m in members {
+        inside[m] = false;
+    }
+    let memo = vec![None; graph.entries.len()];
+    let mut reads = Reads::default();
+    for &m in members {
+        reads.add(&reads_below(graph, &inside, &memo, m, None));
+    }
+    reads
+}
+
 /// Storage bindings of `reads` plus an output of `out` elements.
 pub(crate) fn bindings(graph: &Graph, target: &Target, reads: &Reads, out: Option<usize>) -> usize {
     let chunks = |i: usize| chunk_count(numel(&graph.entries[i].shape), target.chunk);
