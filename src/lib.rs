@@ -22,7 +22,7 @@ pub use cinder_tensor as tensor;
 pub use cinder_train as train;
 
 pub use cinder_tensor::{
-    no_grad, with_no_grad, DType, Device, Error, Gradients, Result, Stats, Tensor,
+    freeze, no_grad, with_no_grad, DType, Device, Error, Gradients, Result, Stats, Tensor,
 };
 
 /// What most programs need, in one import.

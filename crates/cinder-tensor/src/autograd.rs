@@ -3,8 +3,8 @@
 //! appends gradient nodes built from the same ops, so they fuse and run on the
 //! GPU like everything else.
 
-use std::cell::Cell;
-use std::collections::HashMap;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
 
 use cinder_runtime::{Error, Result};
 
@@ -49,6 +49,51 @@ pub fn no_grad() -> NoGradGuard {
 pub fn with_no_grad<T>(f: impl FnOnce() -> T) -> T {
     let _guard = no_grad();
     f()
+}
+
+thread_local! {
+    static FROZEN: RefCell<HashSet<u64>> = RefCell::new(HashSet::new());
+}
+
+/// Whether tensor `id` is frozen by a live [`freeze`] guard.
+pub(crate) fn frozen(id: u64) -> bool {
+    FROZEN.with(|f| {
+        let f = f.borrow();
+        !f.is_empty() && f.contains(&id)
+    })
+}
+
+/// While alive, the frozen tensors take no gradient from the ops recorded
+/// (PyTorch's `p.requires_grad_(False)` for the span of the guard): ops
+/// read them as constants, and a backward pass of what was recorded
+/// leaves them out. A GAN's generator step freezes the discriminator, so
+/// that nothing computes its weights' gradients (a convolution then needs
+/// no unfolded input kept for one).
+pub struct FreezeGuard {
+    added: Vec<u64>,
+}
+
+impl Drop for FreezeGuard {
+    fn drop(&mut self) {
+        FROZEN.with(|f| {
+            let mut f = f.borrow_mut();
+            for id in &self.added {
+                f.remove(id);
+            }
+        });
+    }
+}
+
+pub fn freeze(tensors: &[Tensor]) -> FreezeGuard {
+    let added = FROZEN.with(|f| {
+        let mut f = f.borrow_mut();
+        tensors
+            .iter()
+            .map(Tensor::id)
+            .filter(|&id| f.insert(id))
+            .collect()
+    });
+    FreezeGuard { added }
 }
 
 /// The gradients of one backward pass, by tensor.

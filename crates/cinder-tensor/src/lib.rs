@@ -14,7 +14,7 @@ pub mod shape;
 mod tensor;
 
 pub use activation::Approximate;
-pub use autograd::{no_grad, with_no_grad, Gradients, NoGradGuard};
+pub use autograd::{freeze, no_grad, with_no_grad, FreezeGuard, Gradients, NoGradGuard};
 pub use boxes::{batched_nms, nms};
 pub use cinder_runtime::{CustomKernel, CUSTOM_WG};
 pub use cinder_runtime::{DType, Device, Error, Result, Stats};

@@ -72,7 +72,15 @@ impl Tensor {
             grad_fn: if needs {
                 Some(GradFn {
                     name,
-                    inputs: inputs.iter().map(|t| (*t).clone()).collect(),
+                    // A frozen input stays a constant to this op's backward
+                    // after its guard is gone.
+                    inputs: inputs
+                        .iter()
+                        .map(|t| match crate::autograd::frozen(t.id()) {
+                            true => t.detach(),
+                            false => (*t).clone(),
+                        })
+                        .collect(),
                     backward,
                 })
             } else {
@@ -119,8 +127,11 @@ impl Tensor {
         self.0.node.device()
     }
 
+    /// Whether ops on this tensor record gradients for it: a leaf made
+    /// with [`Tensor::requires_grad_`] or a value computed from one, and
+    /// not frozen (see [`crate::freeze`]).
     pub fn requires_grad(&self) -> bool {
-        self.0.requires_grad
+        self.0.requires_grad && !crate::autograd::frozen(self.0.id)
     }
 
     /// The same values as a leaf that autodiff tracks (`requires_grad_(True)`).
