@@ -413,6 +413,10 @@ fn check_gan(name: &str, spec: cinder::gan::GanSpec, g_file: &str) -> Result<()>
     d.eval();
     close("eval images", &g.generate(&z, labels)?, "g_eval")?;
     close("eval logits", &d.logits(&images, labels)?, "d_eval")?;
+    // Without autodiff the discriminator's convolutions over whole texels
+    // fetch their windows (no unfold): the same numbers.
+    let no_grad_logits = cinder::with_no_grad(|| d.logits(&images, labels))?;
+    close("eval logits under no_grad", &no_grad_logits, "d_eval")?;
 
     g.train();
     d.train();
@@ -427,7 +431,13 @@ fn check_gan(name: &str, spec: cinder::gan::GanSpec, g_file: &str) -> Result<()>
     close("train logits", &d_real, "d_train")?;
     close("train images", &fake, "g_train")?;
     close("discriminator loss", &d_loss, "loss_d")?;
-    let g_loss = bce(&d.logits(&fake, labels)?, 1.0)?;
+    // As the GAN's task does: the discriminator frozen for the generator's
+    // loss (its convolutions then fetch their windows).
+    let g_logits = {
+        let _frozen = cinder::freeze(&d.parameters());
+        d.logits(&fake, labels)?
+    };
+    let g_loss = bce(&g_logits, 1.0)?;
     let g_grads = g_loss.backward()?;
     close("generator loss", &g_loss, "loss_g")?;
     let d_params = d.named_parameters();

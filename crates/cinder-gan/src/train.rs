@@ -12,7 +12,7 @@ use std::sync::Arc;
 use cinder_data::{DataLoader, InMemoryDataset};
 use cinder_nn::checkpoint::load_trained;
 use cinder_nn::{Adam, Module, Optimizer};
-use cinder_tensor::{no_grad, DType, Device, Error, Reduction, Result, Tensor};
+use cinder_tensor::{freeze, no_grad, DType, Device, Error, Reduction, Result, Tensor};
 use cinder_train::classify::ClassBatch;
 use cinder_train::{
     Batches, History, Observer, Settings, ShuffledBatches, Step, Task, TrainOptions, Trainer,
@@ -170,7 +170,14 @@ impl Task for GanTask {
         step.record("d_accuracy", &right)?;
         step.optimize(&mut self.d_opt, &d_grads)?;
 
-        let g_loss = bce(&self.discriminator.logits(&fake, labels)?, 1.0)?;
+        // The generator's loss through the updated discriminator, frozen:
+        // its weights take no gradient here (PyTorch's recipe computes and
+        // drops them), so its convolutions keep no unfolded input for one.
+        let g_logits = {
+            let _frozen = freeze(&self.discriminator.parameters());
+            self.discriminator.logits(&fake, labels)?
+        };
+        let g_loss = bce(&g_logits, 1.0)?;
         let mut g_grads = g_loss.backward()?;
         step.clip(&mut g_grads, &self.generator.parameters())?;
         step.record("g_loss", &g_loss)?;

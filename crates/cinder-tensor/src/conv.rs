@@ -240,6 +240,18 @@ impl Tensor {
             padding: opts.padding,
             dilation: opts.dilation,
         };
+        // Where no weight gradient will want the unfolded input (the weight
+        // and bias frozen, or autodiff off), a CPU adapter's texture kernel
+        // fetches the windows from a channels-last copy of the input instead
+        // (an implicit GEMM, the output channels-last): the unfold, KH * KW
+        // times the input, is never written.
+        let takes_grad = |t: &Tensor| crate::autograd::grad_enabled() && t.requires_grad();
+        if !takes_grad(weight)
+            && !bias.is_some_and(takes_grad)
+            && implicit_forward(self.device(), &win, [n, c_in], g)
+        {
+            return conv2d_implicit(self, weight, bias, &win);
+        }
         // One GEMM per group over the whole batch: cols is [C_in/g * KH * KW,
         // N * OH * OW], so the weight gradient is a single long-K product
         // rather than a batch of small ones summed afterwards. The unfold is
@@ -304,40 +316,7 @@ impl Tensor {
                     .narrow(1, 0, taps)?
                     .transpose(1, 2)?
                     .reshape(&weight_shape)?;
-                let dx = match flipped_window(&win_back, n, c_out, g, grad.device()) {
-                    // A stride-1 convolution's input gradient is the
-                    // convolution of dY with the flipped kernel: on a CPU
-                    // adapter the texture kernel fetches dY's windows
-                    // from dY^T itself (an implicit GEMM) and writes dX^T,
-                    // where the GEMM-then-fold below writes and re-reads
-                    // KH * KW values per input pixel.
-                    Some(win_t) => {
-                        let rows = Tensor::from_node(
-                            dy_t.reshape(&[n * l, c_out])?.node().conv_rows(&win_t)?,
-                        );
-                        rows.matmul(&flipped_weight(&wd, [c_out, c_in_g, kh, kw])?)?
-                            .reshape(&[n, h, w, c_in_g])?
-                            .permute(&[0, 3, 1, 2])?
-                    }
-                    None => match phases(grad.device(), &win_back, [n, c_out, c_in_g], g) {
-                        Some(phases) => phase_input_gradient(
-                            &dy_t.reshape(&[n * l, c_out])?,
-                            &wd,
-                            &win_back,
-                            &phases,
-                            [n, c_out, c_in_g],
-                        )?,
-                        // dcols^T = dY^T @ W: the same dY^T copy, and W as
-                        // it lies; the fold reads the transposed columns
-                        // through a view.
-                        None => dy_t
-                            .matmul(&w2)?
-                            .reshape(&[g, n, oh, ow, c_in_g, kh, kw])?
-                            .permute(&[1, 0, 4, 5, 6, 2, 3])?
-                            .reshape(&[n, g * c_in_g, kh, kw, oh, ow])?
-                            .fold2d(&win_back)?,
-                    },
-                };
+                let dx = conv2d_input_gradient(&dy_t, &wd, &win_back, [n, g])?;
                 let mut grads = vec![Some(dx), Some(dw)];
                 if has_bias {
                     // The product's extra row: dY^T summed against the ones.
@@ -346,6 +325,117 @@ impl Tensor {
                 Ok(grads)
             }),
         ))
+    }
+}
+
+/// Whether [`conv2d_implicit`] serves: a CPU adapter (the texture kernel
+/// fetches windows), one group, input channels in whole texels, and the
+/// input's and output's pixels within a texture's side.
+fn implicit_forward(
+    device: &cinder_runtime::Device,
+    win: &Window2d,
+    [n, c_in]: [usize; 2],
+    groups: usize,
+) -> bool {
+    let side = device.limits().max_texture_dimension_2d as usize;
+    device.texture_matmul()
+        && groups == 1
+        && c_in.is_multiple_of(4)
+        && n * win.image[0] * win.image[1] < side
+        && n * win.out[0] * win.out[1] < side
+}
+
+/// `conv2d` as `rows(x^T) @ W'`: `x^T` the input channels-last,
+/// `[N * H * W, C_in]`, whose windows (`Op::ConvRows`, column `(ky, kx,
+/// ci)`) the texture kernel fetches itself, and `W'` the weight as
+/// `[KH * KW * C_in, C_out]`. Only the input takes a gradient.
+fn conv2d_implicit(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    win: &Window2d,
+) -> Result<Tensor> {
+    const OP: &str = "conv2d";
+    let [n, c_in, h, w] = image_dims(OP, x)?;
+    let (c_out, [kh, kw], [oh, ow]) = (weight.shape()[0], win.kernel, win.out);
+    let taps = (kh * kw) as i64;
+    let wd = weight.detach();
+    let w_rows = Tensor::from_node(wd.node().view(
+        &[kh, kw, c_in, c_out],
+        ViewSpec {
+            strides: vec![kw as i64, 1, taps, c_in as i64 * taps],
+            offset: 0,
+            mask: None,
+        },
+    )?)
+    .reshape(&[kh * kw * c_in, c_out])?;
+    let x_rows = x
+        .detach()
+        .permute(&[0, 2, 3, 1])?
+        .reshape(&[n * h * w, c_in])?;
+    let rows = Tensor::from_node(x_rows.node().conv_rows(win)?);
+    let y = rows
+        .matmul(&w_rows)?
+        .reshape(&[n, oh, ow, c_out])?
+        .permute(&[0, 3, 1, 2])?;
+    let win_back = win.clone();
+    let l = oh * ow;
+    let y = Tensor::from_op(
+        y.node().clone(),
+        OP,
+        &[x, weight],
+        Box::new(move |grad, _| {
+            let dy_t = grad
+                .reshape(&[n, 1, c_out, l])?
+                .permute(&[1, 0, 3, 2])?
+                .reshape(&[1, n * l, c_out])?;
+            let dx = conv2d_input_gradient(&dy_t, &wd, &win_back, [n, 1])?;
+            Ok(vec![Some(dx), None])
+        }),
+    );
+    add_channel_bias(OP, y, bias, c_out)
+}
+
+/// `conv2d`'s input gradient from `dy_t`, dY as `[groups, N * OH * OW,
+/// C_out / groups]`, and the weight `wd`.
+fn conv2d_input_gradient(
+    dy_t: &Tensor,
+    wd: &Tensor,
+    win: &Window2d,
+    [n, g]: [usize; 2],
+) -> Result<Tensor> {
+    let (c_out, c_in_g, kh, kw) = (wd.shape()[0], wd.shape()[1], wd.shape()[2], wd.shape()[3]);
+    let ([h, w], [oh, ow]) = (win.image, win.out);
+    let l = oh * ow;
+    match flipped_window(win, n, c_out, g, dy_t.device()) {
+        // A stride-1 convolution's input gradient is the convolution of dY
+        // with the flipped kernel: on a CPU adapter the texture kernel
+        // fetches dY's windows from dY^T itself (an implicit GEMM) and
+        // writes dX^T, where the GEMM-then-fold below writes and re-reads
+        // KH * KW values per input pixel.
+        Some(win_t) => {
+            let rows = Tensor::from_node(dy_t.reshape(&[n * l, c_out])?.node().conv_rows(&win_t)?);
+            rows.matmul(&flipped_weight(wd, [c_out, c_in_g, kh, kw])?)?
+                .reshape(&[n, h, w, c_in_g])?
+                .permute(&[0, 3, 1, 2])
+        }
+        None => match phases(dy_t.device(), win, [n, c_out, c_in_g], g) {
+            Some(phases) => phase_input_gradient(
+                &dy_t.reshape(&[n * l, c_out])?,
+                wd,
+                win,
+                &phases,
+                [n, c_out, c_in_g],
+            ),
+            // dcols^T = dY^T @ W: the same dY^T copy, and W as it lies; the
+            // fold reads the transposed columns through a view.
+            None => dy_t
+                .matmul(&wd.reshape(&[g, c_out / g, c_in_g * kh * kw])?)?
+                .reshape(&[g, n, oh, ow, c_in_g, kh, kw])?
+                .permute(&[1, 0, 4, 5, 6, 2, 3])?
+                .reshape(&[n, g * c_in_g, kh, kw, oh, ow])?
+                .fold2d(win),
+        },
     }
 }
 

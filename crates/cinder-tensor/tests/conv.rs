@@ -313,6 +313,62 @@ fn conv2d_depthwise() {
     );
 }
 
+/// With its weight frozen, or autodiff off, a convolution over channels in
+/// whole texels fetches its windows from a channels-last copy of the
+/// input on a CPU adapter (no unfold): its value, and with the weight
+/// frozen its input gradient, must match the reference; the frozen weight
+/// and bias get no gradient, and thaw when the guard goes.
+#[test]
+fn conv2d_with_its_weight_frozen_fetches_its_windows() {
+    let mut rng = Rng::named("conv2d frozen");
+    let opts = Conv2dOptions {
+        stride: [2, 1],
+        padding: [1, 0],
+        dilation: [1, 2],
+        groups: 1,
+    };
+    let (xs, ws) = ([3, 8, 9, 7], [6, 8, 3, 2]);
+    let x = rng.vec(numel(&xs), -1.0, 1.0);
+    let w = rng.vec(numel(&ws), -1.0, 1.0);
+    let b = rng.vec(6, -1.0, 1.0);
+    let (xa, wa, ba) = (
+        Arr::from_f32(&x, &xs),
+        Arr::from_f32(&w, &ws),
+        Arr::from_f32(&b, &[6]),
+    );
+    let weight = tensor(&w, &ws).requires_grad_();
+    let bias = tensor(&b, &[6]).requires_grad_();
+    let want = conv2d_ref(&xa, &wa, Some(&ba), opts);
+    let under_no_grad =
+        cinder_tensor::with_no_grad(|| tensor(&x, &xs).conv2d(&weight, Some(&bias), opts));
+    check("under no_grad", &ok("conv2d", under_no_grad), &want);
+
+    let xg = tensor(&x, &xs).requires_grad_();
+    let y = {
+        let _frozen = cinder_tensor::freeze(&[weight.clone(), bias.clone()]);
+        assert!(!weight.requires_grad() && xg.requires_grad());
+        ok("frozen", xg.conv2d(&weight, Some(&bias), opts))
+    };
+    assert!(
+        weight.requires_grad(),
+        "the guard is gone: the weight thaws"
+    );
+    check("frozen", &y, &want);
+    let grads = ok("backward", y.sum_all().and_then(|s| s.backward()));
+    assert!(grads.get(&weight).is_none() && grads.get(&bias).is_none());
+
+    let weight_c = weight.clone();
+    check_grad_ref(
+        "conv2d frozen weight, input gradient",
+        &[rand_input(&mut rng, &xs, -1.0, 1.0)],
+        move |t| {
+            let _frozen = cinder_tensor::freeze(std::slice::from_ref(&weight_c));
+            t[0].conv2d(&weight_c, None, opts)
+        },
+        move |a| conv2d_ref(&a[0], &wa, None, opts),
+    );
+}
+
 #[test]
 fn conv2d_shape_errors() {
     let dev = device();
