@@ -202,7 +202,7 @@ impl Tensor {
                 continue;
             };
             let Some(gf) = &t.0.grad_fn else {
-                if t.requires_grad() {
+                if t.recorded_requires_grad() {
                     leaves.insert(t.id(), g);
                 }
                 continue;
@@ -211,7 +211,7 @@ impl Tensor {
             let input_grads = (gf.backward)(&g, &out)?;
             for (input, ig) in gf.inputs.iter().zip(input_grads) {
                 let Some(ig) = ig else { continue };
-                if !input.requires_grad() {
+                if !input.recorded_requires_grad() {
                     continue;
                 }
                 if ig.shape() != input.shape() {
@@ -251,7 +251,7 @@ fn topo_order(root: &Tensor) -> Vec<Tensor> {
         stack.push((t.clone(), true));
         if let Some(gf) = &t.0.grad_fn {
             for input in &gf.inputs {
-                if input.requires_grad() && !seen.contains(&input.id()) {
+                if input.recorded_requires_grad() && !seen.contains(&input.id()) {
                     stack.push((input.clone(), false));
                 }
             }

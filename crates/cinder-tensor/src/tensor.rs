@@ -134,6 +134,15 @@ impl Tensor {
         self.0.requires_grad && !crate::autograd::frozen(self.0.id)
     }
 
+    /// Whether the recorded graph routes gradients to this tensor: what
+    /// [`Tensor::requires_grad`] says without a live freeze. A backward
+    /// pass goes by it, so freezing a tensor after the ops that read it were
+    /// recorded leaves their gradients to it, as in PyTorch (the ops record
+    /// a frozen input as a constant, see `from_op`).
+    pub(crate) fn recorded_requires_grad(&self) -> bool {
+        self.0.requires_grad
+    }
+
     /// The same values as a leaf that autodiff tracks (`requires_grad_(True)`).
     pub fn requires_grad_(self) -> Tensor {
         Tensor(Arc::new(TensorInner {

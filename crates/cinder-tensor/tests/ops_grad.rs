@@ -1149,6 +1149,34 @@ fn detach_stops_gradients() {
     );
 }
 
+/// A freeze applies to the ops recorded while it lives: what they read of
+/// a frozen tensor is a constant to their backward, even after the guard;
+/// ops recorded before it still route gradients to the tensor, even when a
+/// freeze is alive at the backward pass (as PyTorch's graph keeps them).
+#[test]
+fn freeze_applies_to_the_ops_recorded_under_it() {
+    let w = tensor(&[1.0, 2.0], &[2]).requires_grad_();
+    let x = tensor(&[3.0, 5.0], &[2]).requires_grad_();
+    let product = |w: &Tensor| ok("w * x", w.mul(&x).and_then(|p| p.sum_all()));
+    let before = product(&w);
+    let during = {
+        let _frozen = cinder_tensor::freeze(std::slice::from_ref(&w));
+        assert!(!w.requires_grad() && x.requires_grad());
+        product(&w)
+    };
+    assert!(w.requires_grad());
+    let grads = {
+        let _frozen = cinder_tensor::freeze(std::slice::from_ref(&w));
+        ok("backward", before.backward())
+    };
+    let dw = grads.get(&w).map(|g| read_f32("dw", g));
+    assert_eq!(dw, Some(vec![3.0, 5.0]), "recorded before the freeze");
+    let grads = ok("backward", during.backward());
+    assert!(grads.get(&w).is_none(), "recorded under the freeze");
+    let dx = grads.get(&x).map(|g| read_f32("dx", g));
+    assert_eq!(dx, Some(vec![1.0, 2.0]));
+}
+
 #[test]
 fn no_grad_records_nothing() {
     let x = tensor(&[1.0, 2.0, 3.0], &[3]).requires_grad_();
