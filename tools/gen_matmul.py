@@ -173,15 +173,20 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invocation_id) l
             w("    let ix%d = i32((ir%d %% own) * dims[18]) - i32(dims[12]);" % (s_, s_))
             w("    let ib%d = i32(ir%d / (ohn * own)) * ih * iw;" % (s_, s_))
     acc_decls()
+    if implicit:
+        w("""    // Texel k4 of a row is channel texel c4 of tap (tky, tkx), counted
+    // along with k4: a division per step would cost more than it.
+    var c4 = k4_first % c4n;
+    let tap0 = k4_first / c4n;
+    var tky = tap0 / kwn;
+    var tkx = tap0 % kwn;""")
     w("    for (var k4 = k4_first; k4 < k4_first + (K + 3u) / 4u; k4++) {")
     w("        let kr = k4 * 4u;")
     for kk in range(4):
         w("        " + " ".join("let g%d_%d = textureLoad(tb, vec2<u32>(cq + %du, kr + %du), 0);" % (kk, j, j, kk) for j in range(TN4)))
     if implicit:
-        w("        let tap = k4 / c4n;")
-        w("        let c4 = k4 % c4n;")
-        w("        let dy = i32((tap / kwn) * dims[19]);   // the tap's offset: dilation")
-        w("        let dx = i32((tap % kwn) * dims[20]);")
+        w("        let dy = i32(tky * dims[19]);   // the tap's offset: dilation")
+        w("        let dx = i32(tkx * dims[20]);")
         for s_ in range(S):
             w("        let sy%d = iy%d + dy; let sx%d = ix%d + dx;" % (s_, s_, s_, s_))
             w("        let t%d = select(vec4<f32>(0.0), textureLoad(ta, vec2<u32>(c4, u32(ib%d + sy%d * iw + sx%d)), 0), sy%d >= 0 && sy%d < ih && sx%d >= 0 && sx%d < iw);" % ((s_,) * 8))
@@ -192,6 +197,14 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invocation_id) l
         for kk in range(4):
             w("        let a%d_%d = vec4<f32>(subgroupBroadcast(t%d.%s, %du)); " % (i, kk, i // 8, "xyzw"[kk], i % 8)
               + " ".join("acc%d_%d = fma(g%d_%d, a%d_%d, acc%d_%d);" % (i, j, kk, j, i, kk, i, j) for j in range(TN4)))
+    if implicit:
+        w("""        c4 += 1u;
+        let next_tap = c4 == c4n;
+        c4 = select(c4, 0u, next_tap);
+        tkx += select(0u, 1u, next_tap);
+        let next_row = tkx == kwn;
+        tkx = select(tkx, 0u, next_row);
+        tky += select(0u, 1u, next_row);""")
     w("    }")
     store_epilogue()
     w("}")

@@ -150,16 +150,20 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invocation_id) l
     var acc61_0 = vec4<f32>(0.0);
     var acc62_0 = vec4<f32>(0.0);
     var acc63_0 = vec4<f32>(0.0);
+    // Texel k4 of a row is channel texel c4 of tap (tky, tkx), counted
+    // along with k4: a division per step would cost more than it.
+    var c4 = k4_first % c4n;
+    let tap0 = k4_first / c4n;
+    var tky = tap0 / kwn;
+    var tkx = tap0 % kwn;
     for (var k4 = k4_first; k4 < k4_first + (K + 3u) / 4u; k4++) {
         let kr = k4 * 4u;
         let g0_0 = textureLoad(tb, vec2<u32>(cq + 0u, kr + 0u), 0);
         let g1_0 = textureLoad(tb, vec2<u32>(cq + 0u, kr + 1u), 0);
         let g2_0 = textureLoad(tb, vec2<u32>(cq + 0u, kr + 2u), 0);
         let g3_0 = textureLoad(tb, vec2<u32>(cq + 0u, kr + 3u), 0);
-        let tap = k4 / c4n;
-        let c4 = k4 % c4n;
-        let dy = i32((tap / kwn) * dims[19]);   // the tap's offset: dilation
-        let dx = i32((tap % kwn) * dims[20]);
+        let dy = i32(tky * dims[19]);   // the tap's offset: dilation
+        let dx = i32(tkx * dims[20]);
         let sy0 = iy0 + dy; let sx0 = ix0 + dx;
         let t0 = select(vec4<f32>(0.0), textureLoad(ta, vec2<u32>(c4, u32(ib0 + sy0 * iw + sx0)), 0), sy0 >= 0 && sy0 < ih && sx0 >= 0 && sx0 < iw);
         let sy1 = iy1 + dy; let sx1 = ix1 + dx;
@@ -432,6 +436,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invocation_id) l
         let a63_1 = vec4<f32>(subgroupBroadcast(t7.y, 7u)); acc63_0 = fma(g1_0, a63_1, acc63_0);
         let a63_2 = vec4<f32>(subgroupBroadcast(t7.z, 7u)); acc63_0 = fma(g2_0, a63_2, acc63_0);
         let a63_3 = vec4<f32>(subgroupBroadcast(t7.w, 7u)); acc63_0 = fma(g3_0, a63_3, acc63_0);
+        c4 += 1u;
+        let next_tap = c4 == c4n;
+        c4 = select(c4, 0u, next_tap);
+        tkx += select(0u, 1u, next_tap);
+        let next_row = tkx == kwn;
+        tkx = select(tkx, 0u, next_row);
+        tky += select(0u, 1u, next_row);
     }
     if (C_VEC4) {
         if (row0 + 0u < M) {
