@@ -248,9 +248,9 @@ impl Tensor {
         let takes_grad = |t: &Tensor| crate::autograd::grad_enabled() && t.requires_grad();
         if !takes_grad(weight)
             && !bias.is_some_and(takes_grad)
-            && implicit_forward(self.device(), &win, [n, c_in], g)
+            && windows_fetchable(self.device(), g, c_in, &[n * h * w, n * oh * ow])
         {
-            return conv2d_implicit(self, weight, bias, &win);
+            return conv2d_implicit(self, weight, bias, &win, [n, c_in, c_out]);
         }
         // One GEMM per group over the whole batch: cols is [C_in/g * KH * KW,
         // N * OH * OW], so the weight gradient is a single long-K product
@@ -328,21 +328,22 @@ impl Tensor {
     }
 }
 
-/// Whether [`conv2d_implicit`] serves: a CPU adapter (the texture kernel
-/// fetches windows), one group, input channels in whole texels, and the
-/// input's and output's pixels within a texture's side.
-fn implicit_forward(
+/// Whether the texture kernel can fetch a convolution's windows itself: a
+/// CPU adapter, one group, the image's channels in whole texels (a texel is
+/// 4 channels of one tap), and each of `rows` (the image's pixels, the
+/// product's rows) under a texture's side (one texel under the limit:
+/// texture sides step off powers of two).
+fn windows_fetchable(
     device: &cinder_runtime::Device,
-    win: &Window2d,
-    [n, c_in]: [usize; 2],
     groups: usize,
+    channels: usize,
+    rows: &[usize],
 ) -> bool {
     let side = device.limits().max_texture_dimension_2d as usize;
     device.texture_matmul()
         && groups == 1
-        && c_in.is_multiple_of(4)
-        && n * win.image[0] * win.image[1] < side
-        && n * win.out[0] * win.out[1] < side
+        && channels.is_multiple_of(4)
+        && rows.iter().all(|&r| r < side)
 }
 
 /// `conv2d` as `rows(x^T) @ W'`: `x^T` the input channels-last,
@@ -354,10 +355,10 @@ fn conv2d_implicit(
     weight: &Tensor,
     bias: Option<&Tensor>,
     win: &Window2d,
+    [n, c_in, c_out]: [usize; 3],
 ) -> Result<Tensor> {
     const OP: &str = "conv2d";
-    let [n, c_in, h, w] = image_dims(OP, x)?;
-    let (c_out, [kh, kw], [oh, ow]) = (weight.shape()[0], win.kernel, win.out);
+    let ([h, w], [kh, kw], [oh, ow]) = (win.image, win.kernel, win.out);
     let taps = (kh * kw) as i64;
     let wd = weight.detach();
     let w_rows = Tensor::from_node(wd.node().view(
@@ -452,14 +453,8 @@ fn flipped_window(
     groups: usize,
     device: &cinder_runtime::Device,
 ) -> Option<Window2d> {
-    let texture_side = device.limits().max_texture_dimension_2d as usize;
-    // (one texel under the limit: texture sides step off powers of two)
-    let rows_fit = batch * win.out[0] * win.out[1] < texture_side;
-    if !device.texture_matmul()
-        || groups != 1
-        || win.stride != [1, 1]
-        || !c_out.is_multiple_of(4)
-        || !rows_fit
+    if win.stride != [1, 1]
+        || !windows_fetchable(device, groups, c_out, &[batch * win.out[0] * win.out[1]])
     {
         return None;
     }
@@ -546,21 +541,20 @@ fn phases(
     [n, c_out, c_in]: [usize; 3],
     groups: usize,
 ) -> Option<Vec<Phase>> {
-    let texture_side = device.limits().max_texture_dimension_2d as usize;
     let [sy, sx] = win.stride;
     let fits = |axis: usize| {
         win.kernel[axis].is_multiple_of(win.stride[axis])
             && win.image[axis].is_multiple_of(win.stride[axis])
     };
-    if !device.texture_matmul()
-        || groups != 1
-        || win.dilation != [1, 1]
+    let rows = [
+        n * win.out[0] * win.out[1],
+        n * (win.image[0] / sy) * (win.image[1] / sx),
+    ];
+    if win.dilation != [1, 1]
         || win.stride == [1, 1]
-        || !c_out.is_multiple_of(4)
         || c_in < PHASE_MIN_CHANNELS
         || !(fits(0) && fits(1))
-        || n * win.out[0] * win.out[1] >= texture_side
-        || n * (win.image[0] / sy) * (win.image[1] / sx) >= texture_side
+        || !windows_fetchable(device, groups, c_out, &rows)
     {
         return None;
     }

@@ -204,7 +204,7 @@ pub(crate) fn kernels(graph: &Graph, fusion: &Fusion, target: &Target) -> Result
         if let Some(&g) = fusion.group_of.get(&i) {
             let group = &fusion.groups[g];
             if i == group.last() {
-                out.extend(group_kernels(graph, fusion, target, group));
+                out.push(group_kernel(graph, fusion, target, group));
             }
             continue;
         }
@@ -611,28 +611,16 @@ fn elementwise(graph: &Graph, fusion: &Fusion, target: &Target, i: usize) -> Ker
     Kernel::generated("fused elementwise", generated, i, ELEMENTWISE_WG)
 }
 
-/// A group's one kernel (see `group.rs`), or, where it would bind more
-/// storage buffers than the device allows, a kernel per member.
-fn group_kernels(graph: &Graph, fusion: &Fusion, target: &Target, group: &Group) -> Vec<Kernel> {
-    let entries = &graph.entries;
+/// A group's one kernel (see `group.rs`, which forms only groups whose
+/// kernel fits the device's bindings).
+fn group_kernel(graph: &Graph, fusion: &Fusion, target: &Target, group: &Group) -> Kernel {
     let (members, stored) = (&group.members, &group.stored);
     let generated = codegen::elementwise_group(
-        entries,
+        &graph.entries,
         &|x| fusion.mat[x] && !members.contains(&x),
         target.binding_rules(),
         stored,
     );
-    let chunks = |i: usize| codegen::chunk_count(numel(&entries[i].shape), target.chunk);
-    let bindings = generated.inputs.iter().map(|&i| chunks(i)).sum::<usize>()
-        + stored.len()
-        + usize::from(!generated.seeds.is_empty());
-    if bindings > target.max_bindings {
-        // A kernel per stored member (the others, unstored, inline).
-        return stored
-            .iter()
-            .map(|&m| elementwise(graph, fusion, target, m))
-            .collect();
-    }
     let mut binds = input_binds(&generated);
     binds.extend(stored.iter().map(|&entry| Bind::Entry {
         entry,
@@ -641,7 +629,7 @@ fn group_kernels(graph: &Graph, fusion: &Fusion, target: &Target, group: &Group)
     if !generated.seeds.is_empty() {
         binds.push(Bind::Scalars(ScalarSource::Seeds(generated.seeds)));
     }
-    vec![Kernel {
+    Kernel {
         name: "fused elementwise group".to_string(),
         label: String::new(),
         source: KernelSource::Generated(generated.source),
@@ -656,7 +644,7 @@ fn group_kernels(graph: &Graph, fusion: &Fusion, target: &Target, group: &Group)
         in_place: false,
         texture_product: false,
         pack: false,
-    }]
+    }
 }
 
 /// A product's kernel, before its operands are bound.
